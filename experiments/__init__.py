@@ -1,0 +1,1 @@
+"""Runnable Sacred experiments and the training machinery they share."""

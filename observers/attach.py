@@ -1,0 +1,44 @@
+"""Choose where a run is recorded when it starts: ./runs by default, a directory, or MongoDB."""
+
+from __future__ import annotations
+
+import os
+
+from sacred.commandline_options import cli_option
+
+from observers.filestore import FileStore
+
+DEFAULT_STORE = "runs"
+MONGO_URL_VARIABLE = "REPROLAB_MONGO_URL"
+
+# Sacred's own observer flags: when one is given, it alone decides where the run goes.
+OBSERVER_FLAGS = ("--unobserved", "--mongo_db", "--sql", "--tiny_db", "--s3", "--gcs")
+
+
+@cli_option("-R", "--store")
+def store_option(args: str, run) -> None:
+    """Record the run in STORE: a directory, or a mongodb:// URL (default ./runs or $REPROLAB_MONGO_URL)."""
+    run.observers.extend(observers_for(args))
+
+
+def is_mongo_url(location: str) -> bool:
+    return location.startswith(("mongodb://", "mongodb+srv://"))
+
+
+def observers_for(location: str) -> list:
+    """The observers that record a run in the given store."""
+    if is_mongo_url(location):
+        from observers.mongo import mongo_observers  # pymongo only when asked for
+
+        return mongo_observers(location)
+    return [FileStore(location)]
+
+
+def choose_store(options: dict) -> None:
+    """Option hook: route -F to the project's file store and fall back to the default store."""
+    if options.get("--file_storage"):
+        options["--store"] = options["--file_storage"]
+        options["--file_storage"] = None  # so Sacred does not add its own FileStorageObserver
+    if options.get("--store") or any(options.get(flag) for flag in OBSERVER_FLAGS):
+        return
+    options["--store"] = os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE
