@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from typing import Callable, Iterable
 
 import torch
 from sacred.utils import SacredError

@@ -16,6 +16,7 @@ import torch
 from experiments.base import ReproExperiment
 from experiments.checkpoint import save_checkpoint, state_hash
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
+from ingredients import INSPECTION_COMMANDS
 from ingredients.data import data, load_splits, make_loader
 from ingredients.model import build_model, format_summary, model, summarize
 from ingredients.optimizer import build_optimizer, build_scheduler, clip_gradients, optimizer
@@ -56,16 +57,21 @@ def debug():
 @ex.config_hook
 def validate(config, command_name, logger):
     """Refuse bad top-level settings before the run starts."""
+    if command_name in INSPECTION_COMMANDS:
+        return {}
     checks = {
+        "lr": isinstance(config["lr"], (int, float)) and config["lr"] > 0,
         "epochs": isinstance(config["epochs"], int) and config["epochs"] > 0,
         "accumulate": isinstance(config["accumulate"], int) and config["accumulate"] > 0,
         "amp": config["amp"] in AMP_MODES,
         "loss": config["loss"] in LOSSES,
         "monitor_mode": config["monitor_mode"] in ("max", "min"),
+        "monitor": config["monitor"] in ("train_loss", "val_loss")
+        or (config["monitor"] == "val_accuracy" and config["loss"] != "mse"),
     }
     for key, ok in checks.items():
         if not ok:
-            raise ValueError(f"{key}: invalid value {config[key]!r}")
+            raise ValueError(f"{key}: invalid value {config[key]!r} (see print_config)")
     pick_device(config["device"])
     return {}
 

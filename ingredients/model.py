@@ -6,11 +6,13 @@ import fnmatch
 import importlib
 import math
 import types
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from sacred import Ingredient
 from torch import nn
+
+from ingredients import INSPECTION_COMMANDS
 
 model = Ingredient("model")
 
@@ -95,6 +97,8 @@ def resolve(name: str) -> Callable[..., nn.Module]:
 @model.config_hook
 def validate(config, command_name, logger):
     """Refuse an unknown model name before the run starts."""
+    if command_name in INSPECTION_COMMANDS:
+        return {}
     resolve(config["model"]["name"])
     return {}
 

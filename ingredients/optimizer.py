@@ -9,6 +9,8 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
+from ingredients import INSPECTION_COMMANDS
+
 optimizer = Ingredient("optimizer")
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -32,7 +34,9 @@ def config():
 
 @optimizer.config_hook
 def validate(config, command_name, logger):
-    """Refuse bad optimizer settings (and the experiment's lr) before the run starts."""
+    """Refuse bad optimizer settings before the run starts."""
+    if command_name in INSPECTION_COMMANDS:
+        return {}
     cfg = config["optimizer"]
     if cfg["name"] not in OPTIMIZERS:
         raise ValueError(
@@ -43,9 +47,6 @@ def validate(config, command_name, logger):
             f"optimizer.schedule: unknown schedule '{cfg['schedule']}' "
             f"(choose {', '.join(SCHEDULES)})"
         )
-    lr = config.get("lr")
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
     if cfg["clip_grad_norm"] is not None and not cfg["clip_grad_norm"] > 0:
         raise ValueError(
             f"optimizer.clip_grad_norm must be positive or None, got {cfg['clip_grad_norm']!r}"

@@ -1,0 +1,53 @@
+"""Shared fixtures: the repository root and a helper that trains a small real run into a store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN = REPO_ROOT / "experiments" / "train.py"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def run_train(store: Path, *updates: str, flags: tuple[str, ...] = (), env: dict | None = None,
+              cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run experiments/train.py as a user would, recording into store."""
+    command = [sys.executable, str(TRAIN), *flags, "-R", str(store)]
+    if updates:
+        command += ["with", *updates]
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=cwd or REPO_ROOT,
+        env={**os.environ, **(env or {})}, timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def read_json(path: Path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """One run of the default config (seed 7), shared by tests that only read its record."""
+    store = tmp_path_factory.mktemp("default_store")
+    run_train(store, "seed=7", "data.num_workers=2")
+    return store / "1"
+
+
+@pytest.fixture(scope="session")
+def train():
+    """The run_train helper, as a fixture (test modules cannot import conftest)."""
+    return run_train

@@ -1,0 +1,366 @@
+"""Tests of the data ingredient on real files: the bundled digits and small tables in tmp_path."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
+import pytest
+import torch
+from pyarrow import feather
+from sacred import Experiment
+
+from ingredients.data import REPO_ROOT, data, load_splits, make_loader
+
+SPLIT_KEYS = (
+    "path",
+    "format",
+    "target",
+    "features",
+    "shape",
+    "standardize",
+    "val_fraction",
+    "split_seed",
+    "in_memory_mb",
+)
+LOADER_KEYS = ("batch_size", "shuffle", "drop_last", "num_workers", "pin_memory")
+DEFAULTS = dict(data.configurations[0]())
+DIGITS = REPO_ROOT / "data" / "digits.parquet"
+
+
+def load(**overrides):
+    """load_splits with the config defaults, every argument passed explicitly (no Sacred run)."""
+    return load_splits(**{k: overrides.get(k, DEFAULTS[k]) for k in SPLIT_KEYS})
+
+
+def loader(dataset, train=True, generator=None, **overrides):
+    """make_loader with the config defaults (pin_memory off), every argument passed explicitly."""
+    options = {k: {**DEFAULTS, "pin_memory": False, **overrides}[k] for k in LOADER_KEYS}
+    return make_loader(dataset, train, **options, generator=generator)
+
+
+def batches(batch_loader):
+    """One epoch of batches as a list of (features, targets)."""
+    return [(x.clone(), y.clone()) for x, y in batch_loader]
+
+
+def whole(dataset):
+    """Every sample of a dataset, gathered in order."""
+    return dataset[torch.arange(len(dataset))]
+
+
+@pytest.fixture(scope="module")
+def digits_table():
+    return pq.read_table(DIGITS)
+
+
+@pytest.fixture
+def ids_file(tmp_path):
+    """A 103-row Parquet file whose first feature is the row number, to track samples."""
+    n = 103
+    rng = np.random.default_rng(7)
+    table = pa.table(
+        {
+            "row": np.arange(n, dtype=np.float64),
+            "noise": rng.normal(size=n).astype(np.float32),
+            "label": rng.integers(0, 3, size=n),
+        }
+    )
+    path = tmp_path / "ids.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+def epoch_rows(batch_loader):
+    """Row numbers (from the 'row' feature) of every sample of one epoch, in order."""
+    return torch.cat([x[:, 0] for x, _ in batch_loader]).long()
+
+
+def test_bundled_digits_load():
+    splits = load()
+    assert len(splits.train) + len(splits.val) == 1797
+    assert len(splits.val) == round(1797 * 0.2)
+    assert splits.input_shape == (64,) and splits.num_classes == 10
+    x, y = whole(splits.train)
+    assert (
+        x.dtype == torch.float32 and x.shape == (len(splits.train), 64) and y.dtype == torch.int64
+    )
+    assert splits.fingerprint["rows"] == 1797 and splits.fingerprint["columns"][-1] == "label"
+    assert splits.fingerprint["format"] == "parquet"
+
+
+def test_every_config_key_has_a_comment():
+    summary = data.configurations[0]()
+    assert set(summary) >= set(SPLIT_KEYS + LOADER_KEYS)
+    assert all(summary.docs.get(key) for key in summary), summary.docs
+
+
+def test_formats_give_identical_tensors(tmp_path, digits_table):
+    pq.write_table(digits_table, tmp_path / "d.parquet")
+    feather.write_feather(digits_table, tmp_path / "d.feather")  # lz4-compressed Feather v2
+    with pa_ipc.new_file(
+        tmp_path / "d.arrow", digits_table.schema
+    ) as writer:  # uncompressed, several batches
+        writer.write_table(digits_table, max_chunksize=500)
+    pa_csv.write_csv(digits_table, tmp_path / "d.csv")
+    results = [
+        load(path=str(tmp_path / name), shape=[1, 8, 8])
+        for name in ("d.parquet", "d.feather", "d.arrow", "d.csv")
+    ]
+    reference = results[0]
+    for other in results[1:]:
+        for split in ("train", "val"):
+            (xa, ya), (xb, yb) = whole(getattr(reference, split)), whole(getattr(other, split))
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert other.standardization == reference.standardization
+    assert [r.fingerprint["format"] for r in results] == ["parquet", "ipc", "ipc", "csv"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_each_training_sample_once_per_epoch(ids_file, num_workers):
+    splits = load(path=str(ids_file), standardize=False)
+    generator = torch.Generator().manual_seed(0)
+    train = loader(splits.train, generator=generator, batch_size=10, num_workers=num_workers)
+    assert len(train) == 9  # 82 training rows
+    first, second = epoch_rows(train), epoch_rows(train)
+    expected = torch.from_numpy(splits.train.rows)
+    assert torch.equal(first.sort().values, expected) and torch.equal(
+        second.sort().values, expected
+    )
+    assert not torch.equal(first, second)  # reshuffled every epoch
+    dropping = loader(
+        splits.train, generator=generator, batch_size=10, drop_last=True, num_workers=num_workers
+    )
+    sizes = [len(y) for _, y in dropping]
+    assert len(dropping) == 8 and sizes == [10] * 8
+    val = loader(splits.val, train=False, batch_size=10, drop_last=True, num_workers=num_workers)
+    assert len(val) == 3 and torch.equal(
+        epoch_rows(val), torch.from_numpy(splits.val.rows)
+    )  # in order, all
+
+
+def test_generator_seed_decides_the_batches(ids_file):
+    splits = load(path=str(ids_file))
+
+    def run(seed, num_workers=0, epochs=2):
+        g = torch.Generator().manual_seed(seed)
+        batch_loader = loader(splits.train, generator=g, batch_size=16, num_workers=num_workers)
+        return [batches(batch_loader) for _ in range(epochs)]
+
+    def same(a, b):
+        return all(
+            torch.equal(xa, xb) and torch.equal(ya, yb)
+            for ea, eb in zip(a, b)
+            for (xa, ya), (xb, yb) in zip(ea, eb)
+        )
+
+    assert same(run(1), run(1))
+    assert not same(run(1), run(2))
+    assert same(run(1), run(1, num_workers=2))  # worker count does not change the order
+
+
+def test_generator_state_resumes_the_next_epoch(ids_file):
+    splits = load(path=str(ids_file))
+    g = torch.Generator().manual_seed(3)
+    batch_loader = loader(splits.train, generator=g, batch_size=16)
+    batches(batch_loader)
+    state = g.get_state()
+    expected = batches(batch_loader)
+    resumed = loader(splits.train, generator=torch.Generator().manual_seed(99), batch_size=16)
+    resumed.sampler.generator.set_state(state)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(expected, batches(resumed)))
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    a, b, c = load(split_seed=0), load(split_seed=0), load(split_seed=1)
+    assert np.array_equal(a.val.rows, b.val.rows) and a.split == b.split
+    assert not np.array_equal(a.val.rows, c.val.rows)
+    assert a.split["val_rows_sha256"] != c.split["val_rows_sha256"]
+    assert not set(a.train.rows) & set(a.val.rows)
+    assert np.array_equal(np.sort(np.concatenate([a.train.rows, a.val.rows])), np.arange(1797))
+
+
+def test_standardization_uses_training_statistics_only(digits_table):
+    splits = load()
+    raw = np.stack(
+        [digits_table.column(f"pixel_{i}").to_numpy() for i in range(64)], axis=1
+    ).astype(np.float64)
+    train_raw = raw[splits.train.rows]
+    np.testing.assert_allclose(splits.standardization["mean"], train_raw.mean(axis=0), rtol=1e-9)
+    std = train_raw.std(axis=0)
+    np.testing.assert_allclose(
+        splits.standardization["std"], np.where(std > 0, std, 1.0), rtol=1e-9
+    )
+    x_train, _ = whole(splits.train)
+    np.testing.assert_allclose(x_train.mean(0).numpy(), 0, atol=1e-5)
+    varying = std > 0
+    np.testing.assert_allclose(x_train.std(0, unbiased=False).numpy()[varying], 1, atol=1e-4)
+    assert not np.allclose(
+        raw[splits.val.rows].mean(axis=0), train_raw.mean(axis=0)
+    )  # val is not the source
+    assert all(type(v) is float for v in splits.standardization["mean"])
+    assert load(standardize=False).standardization is None
+
+
+def test_reshape_to_image():
+    flat, image = load(), load(shape=[1, 8, 8])
+    assert image.input_shape == (1, 8, 8)
+    x_image, _ = image.train[[0, 5, 9]]
+    assert x_image.shape == (3, 1, 8, 8)
+    assert torch.equal(x_image.reshape(3, 64), flat.train[[0, 5, 9]][0])
+
+
+def test_fingerprint_matches_hashlib():
+    fingerprint = load().fingerprint
+    assert fingerprint["path"] == str(DIGITS.resolve())
+    assert fingerprint["size"] == DIGITS.stat().st_size
+    assert fingerprint["sha256"] == hashlib.sha256(DIGITS.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_memory_mapped_ipc_matches_in_memory(tmp_path, digits_table, standardize):
+    table = digits_table.set_column(
+        0, "pixel_0", pa.array(np.arange(1797, dtype=np.int32))
+    )  # an int column
+    path = tmp_path / "big.arrow"
+    with pa_ipc.new_file(path, table.schema) as writer:
+        writer.write_table(table, max_chunksize=300)
+    options = {"path": str(path), "shape": [1, 8, 8], "standardize": standardize}
+    mapped, in_memory = load(**options, in_memory_mb=0), load(**options)
+    assert not mapped.train.in_memory and in_memory.train.in_memory
+    assert mapped.standardization == in_memory.standardization
+    for num_workers in (0, 2):
+        runs = [
+            batches(
+                loader(
+                    s.train,
+                    generator=torch.Generator().manual_seed(5),
+                    batch_size=64,
+                    num_workers=num_workers,
+                )
+            )
+            for s in (mapped, in_memory)
+        ]
+        assert len(runs[0]) == 23
+        for (xa, ya), (xb, yb) in zip(*runs):
+            assert xa.shape == (len(ya), 1, 8, 8) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert all(torch.equal(a, b) for a, b in zip(whole(mapped.val), whole(in_memory.val)))
+
+
+def test_float_target_gives_float_tensor(tmp_path):
+    path = tmp_path / "regression.csv"
+    path.write_text("a,b,y\n1,2,0.5\n3,4,1.5\n5,6,2.5\n7,8,3.5\n9,10,4.5\n")
+    splits = load(path=str(path), target="y")
+    assert splits.num_classes == 1 and whole(splits.train)[1].dtype == torch.float32
+
+
+def test_runs_inside_a_sacred_experiment(ids_file):
+    ex = Experiment("data_test", ingredients=[data])
+
+    @ex.main
+    def main():
+        splits = load_splits()
+        return len(make_loader(splits.train, True)), splits.fingerprint["rows"]
+
+    run = ex.run(
+        config_updates={"data": {"path": str(ids_file), "batch_size": 20, "pin_memory": False}},
+        options={"--loglevel": "ERROR", "--capture": "no"},
+    )
+    assert run.result == (5, 103)
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "broken.parquet").write_text("not parquet\n")
+    (tmp_path / "text.csv").write_text("name,x,label\nab,1,0\ncd,2,1\nef,3,0\n")
+    (tmp_path / "negative.csv").write_text("x,label\n1,-1\n2,0\n3,1\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            {"path": "missing.parquet"},
+            "data.path: file not found: " + str(REPO_ROOT / "missing.parquet"),
+        ),
+        ({"path": "{tmp}/broken.parquet"}, "data.path: cannot read"),
+        ({"path": "{tmp}/notes.txt"}, "data.format: cannot tell the format of"),
+        ({"format": "xlsx"}, "data.format must be auto, parquet, ipc"),
+        ({"target": "lbl"}, "data.target: column 'lbl' is not in"),
+        ({"features": ["pixel_0", "nope"]}, "data.features: column 'nope' is not in"),
+        (
+            {"features": ["pixel_0", "label"]},
+            "data.features must not contain the target column 'label'",
+        ),
+        ({"features": []}, "data.features must be None or a non-empty list"),
+        ({"path": "{tmp}/text.csv"}, "data.features: column 'name' in"),
+        ({"path": "{tmp}/negative.csv"}, "data.target: column 'label'"),
+        ({"val_fraction": 1.5}, "data.val_fraction must be in (0, 1), got 1.5"),
+        ({"val_fraction": 0}, "data.val_fraction must be in (0, 1), got 0"),
+        (
+            {"val_fraction": 1e-6},
+            "data.val_fraction 1e-06 leaves an empty train or validation split",
+        ),
+        (
+            {"shape": [1, 8, 9]},
+            "data.shape [1, 8, 9] holds 72 values but there are 64 feature columns",
+        ),
+        ({"shape": [0, 64]}, "data.shape must be None or a non-empty list of positive integers"),
+        ({"split_seed": "zero"}, "data.split_seed must be an integer"),
+        ({"in_memory_mb": -1}, "data.in_memory_mb must be a non-negative number"),
+    ],
+)
+def test_bad_split_config_raises_one_clear_sentence(bad_files, overrides, expected):
+    overrides = {
+        k: v.format(tmp=bad_files) if isinstance(v, str) else v for k, v in overrides.items()
+    }
+    with pytest.raises(ValueError) as error:
+        load(**overrides)
+    message = str(error.value)
+    assert message.startswith(expected) and "\n" not in message
+
+
+def test_long_column_lists_are_abbreviated():
+    with pytest.raises(
+        ValueError,
+        match=r"columns: pixel_0, pixel_1, pixel_2, pixel_3, \.\.\., pixel_63, label; 65",
+    ):
+        load(target="lbl")
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"batch_size": 0}, "data.batch_size must be a positive integer, got 0"),
+        ({"batch_size": 2.5}, "data.batch_size must be a positive integer, got 2.5"),
+        ({"num_workers": -1}, "data.num_workers must be a non-negative integer, got -1"),
+        ({"shuffle": "yes"}, "data.shuffle must be true or false"),
+        (
+            {"batch_size": 1000, "drop_last": True},
+            "data.batch_size 1000 exceeds the 82 training samples",
+        ),
+    ],
+)
+def test_bad_loader_config_raises_one_clear_sentence(ids_file, overrides, expected):
+    splits = load(path=str(ids_file))
+    with pytest.raises(ValueError) as error:
+        loader(splits.train, generator=torch.Generator().manual_seed(0), **overrides)
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+
+def test_digits_script_is_deterministic(tmp_path):
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_digits", REPO_ROOT / "data" / "make_digits.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(Path(tmp_path / "digits.parquet"))
+    assert pq.read_table(tmp_path / "digits.parquet").equals(pq.read_table(DIGITS))
