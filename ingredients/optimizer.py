@@ -64,7 +64,8 @@ def validate(config, command_name, logger):
 def parameter_groups(
     net: nn.Module, lr: float, weight_decay: float, groups: list[dict]
 ) -> list[dict]:
-    """Trainable parameters split into groups: the first matching pattern wins, the rest is default."""
+    """Trainable parameters in groups: the default group first (its lr is the run's lr), then one
+    group per pattern; a parameter goes to the first pattern it matches."""
     buckets: list[list] = [[] for _ in groups] + [[]]
     names: list[list[str]] = [[] for _ in groups] + [[]]
     for name, param in net.named_parameters():
@@ -91,7 +92,7 @@ def parameter_groups(
                     "weight_decay": group.get("weight_decay", weight_decay),
                 }
             )
-    return result
+    return result[-1:] + result[:-1] if buckets[-1] else result
 
 
 @optimizer.capture

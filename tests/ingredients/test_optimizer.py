@@ -21,7 +21,7 @@ def net():
 def test_param_groups_get_their_own_lr_and_weight_decay():
     opt = build_optimizer(net(), 0.01, **{**DEFAULTS, "param_groups": [
         {"pattern": "2.*", "lr_scale": 10, "weight_decay": 0.0}]})
-    head, rest = opt.param_groups
+    rest, head = opt.param_groups  # the default group comes first: its lr is the run's lr
     assert head["names"] == ["2.weight", "2.bias"] and head["lr"] == pytest.approx(0.1)
     assert head["weight_decay"] == 0.0
     assert rest["names"] == ["0.weight", "0.bias"] and rest["lr"] == 0.01
