@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
+import os
 import sys
 from pathlib import Path
 
 from sacred import SETTINGS, Experiment
+from sacred.config.config_files import load_config_file
 from sacred.config.utils import undogmatize
 from sacred.dependencies import gather_sources_and_dependencies
+from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
-from observers.attach import choose_store, store_option
+from experiments.resume import (
+    ResumePoint,
+    Terminated,
+    interrupts_handled,
+    load_resume_point,
+    resumed_config,
+)
+from observers.attach import (
+    DEFAULT_STORE,
+    MONGO_URL_VARIABLE,
+    choose_store,
+    is_mongo_url,
+    store_option,
+)
+from observers.store import RecordError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +43,7 @@ def repository_modules() -> list[str]:
     files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
     return sorted(
         f for f in files
-        if f and f.endswith(".py") and Path(f).resolve().is_relative_to(REPO_ROOT)
+        if f and f.endswith(".py") and os.path.isabs(f) and Path(f).resolve().is_relative_to(REPO_ROOT)
         and ".venv" not in Path(f).resolve().relative_to(REPO_ROOT).parts
     )
 
@@ -40,6 +58,30 @@ def closest_key(key: str, known: list[str]) -> str | None:
 
     best = max(known, key=score, default=None)
     return best if best is not None and score(best) >= 0.6 else None
+
+
+class CurrentStderrHandler(logging.StreamHandler):
+    """Logs to whatever sys.stderr is at the moment, so Sacred's "sys" capture records log lines."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def make_logger() -> logging.Logger:
+    handler = CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s - %(name)s - %(message)s"))
+    # Sacred takes a named config's docstring for a new key and warns about it on every run.
+    handler.addFilter(lambda record: 'new config entry: "__doc__"' not in record.getMessage())
+    logger = logging.getLogger("reprolab")
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
 
 
 class ConfigurationError(ValueError):
@@ -65,6 +107,7 @@ class ReproExperiment(Experiment):
         )
         self.option_hook(choose_store)
         self.captured_out_filter = apply_backspaces_and_linefeeds
+        self.logger = make_logger()
         self._from_commandline = False
 
     def run_commandline(self, argv=None):
@@ -73,28 +116,100 @@ class ReproExperiment(Experiment):
 
     def run(self, *args, **kwargs):
         try:
-            return super().run(*args, **kwargs)
+            with interrupts_handled():
+                return super().run(*args, **kwargs)
         except ConfigurationError as error:
             if not self._from_commandline:
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except (KeyboardInterrupt, Terminated) as stop:
+            if not self._from_commandline:
+                raise
+            print(self._interrupted_message(), file=sys.stderr)
+            sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)  # 128 + signal number
 
-    def _create_run(self, *args, **kwargs):
+    def get_experiment_info(self):
+        info = super().get_experiment_info()
+        unique = {tuple(sorted(r.items())): r for r in info.get("repositories") or []}
+        info["repositories"] = list(unique.values())  # Sacred lists the repository once per file
+        return info
+
+    def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
+                    meta_info=None, options=None):
         """Build the run; any config problem becomes one ConfigurationError, before observers start."""
+        command_name = command_name or self.default_command
+        self.resume_point: ResumePoint | None = None
         for path in repository_modules():
             self.add_source_file(path)
         try:
-            run = super()._create_run(*args, **kwargs)
+            run = super()._create_run(command_name, config_updates, named_configs, info,
+                                      meta_info, options)
+            if run.config.get("resume") is not None:  # given directly or in a config file
+                config_updates = self._resume(command_name, config_updates or {}, named_configs,
+                                              options, requested=run.config)
+                run = super()._create_run(command_name, config_updates, named_configs, info,
+                                          meta_info, options)
         except ConfigAddedError as error:
             raise ConfigurationError(self._unknown_key_message(next(iter(error.__conflicting_configs__)))) from None
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError, RecordError) as error:
             raise ConfigurationError(str(error)) from None
         added = sorted(k for k in run.config_modifications.added if not k.endswith("__doc__"))
         if added:  # Sacred only warns about a new key that some captured function could take
             self.current_run = None
             raise ConfigurationError(self._unknown_key_message(added[0]))
+        self._record_late_imports(run)
+        if self.resume_point is not None:
+            run.info["resumed_from"] = self.resume_point.record()
         return run
+
+    def _record_late_imports(self, run) -> None:
+        """Modules imported while the run was set up (store options) are among its sources too."""
+        for path in repository_modules():
+            self.add_source_file(path)
+        sources = set().union(*(ingredient.sources for ingredient, _ in self.traverse_ingredients()))
+        run.experiment_info["sources"] = [s.to_json(self.base_dir) for s in sorted(sources)]
+
+    def _resume(self, command_name: str, config_updates: dict, named_configs, options,
+                requested: dict) -> dict:
+        """Load the checkpoint named by `resume` and return the config that continues it."""
+        chosen = {**self.get_default_options(), **(options or {})}
+        choose_store(chosen)
+        try:
+            self.resume_point = load_resume_point(requested["resume"], chosen.get("--store"))
+        except (RecordError, ValueError) as error:
+            raise ConfigurationError(f"resume: {error}") from None
+        touched = {key for key, _ in iterate_flattened(config_updates)}
+        touched |= self._keys_set_by(named_configs, command_name)
+        return resumed_config(self.resume_point, requested, touched)
+
+    def _keys_set_by(self, named_configs, command_name: str) -> set[str]:
+        """Config keys that named configs (or config files given to `with`) set."""
+        keys: set[str] = set()
+        default = None
+        for name in named_configs:
+            if os.path.isfile(name):
+                keys |= {key for key, _ in iterate_flattened(load_config_file(name))}
+                continue
+            default = default or dict(iterate_flattened(undogmatize(self._default_config())))
+            named = dict(iterate_flattened(create_run(self, command_name, {}, [name]).config))
+            keys |= {key for key, value in named.items() if default.get(key) != value}
+        return {key for key in keys if key != "seed" and not key.endswith("__doc__")}
+
+    def _interrupted_message(self) -> str:
+        """One line: which run stopped, its last checkpoint, and how to continue it."""
+        run = self.current_run
+        if run is None or run.status != "INTERRUPTED":
+            return "interrupted before the run started; nothing was recorded"
+        last = (run.info.get("checkpoints") or {}).get("last.pt")
+        if last is None or run._id is None:
+            return f"run {run._id} interrupted before it finished an epoch; no checkpoint to resume"
+        store = run.meta_info.get("options", {}).get("--store")
+        from_default = store in (None, DEFAULT_STORE) or (  # the same default applies again
+            is_mongo_url(store) and bool(os.environ.get(MONGO_URL_VARIABLE)))
+        where = "" if from_default else f" -R {store}"
+        return (f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
+                f"python {sys.argv[0]}{where} with resume={run._id}")
 
     def _unknown_key_message(self, key: str) -> str:
         known = [k for k, _ in iterate_flattened(undogmatize(self._default_config()))]
@@ -103,6 +218,4 @@ class ReproExperiment(Experiment):
         return f"unknown config key '{key}'{hint} (see print_config for every key)"
 
     def _default_config(self) -> dict:
-        from sacred.initialize import create_run
-
         return create_run(self, self.default_command, {}).config

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
+from ingredients.seeding import rng_state, set_rng_state
+
 FORMAT = "reprolab-checkpoint/1"
+REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "best", "config")
 
 
 class CheckpointError(ValueError):
@@ -23,11 +29,9 @@ class CheckpointError(ValueError):
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file's bytes, read in chunks."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def state_hash(model: torch.nn.Module) -> str:
@@ -36,8 +40,17 @@ def state_hash(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        flat = tensor.reshape(-1)  # 0-d tensors (BatchNorm's counter) cannot be viewed as bytes
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return digest.hexdigest()
+
+
+def plain(config) -> dict:
+    """The config as plain JSON types (Sacred's read-only dicts would not load with weights_only)."""
+    return json.loads(json.dumps(config))
+
+
+# --------------------------------------------------------------------------- files
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
@@ -52,23 +65,88 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
+def checkpoint_from_bytes(
+    data: bytes, expected_sha256: str | None, source: str, map_location="cpu"
+) -> dict:
+    """Check the bytes against the recorded hash, then load them with weights_only=True.
+
+    Any problem is one CheckpointError sentence naming `source`; no pickled code ever runs."""
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise CheckpointError(
+            f"{source} does not match the SHA-256 recorded when it was saved; "
+            "it was changed or damaged, so it was not loaded"
+        )
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{source} holds objects other than tensors and plain values, so it was not loaded "
+            "(a checkpoint must load with weights_only=True)"
+        ) from None
+    except Exception:  # truncated zip, foreign format, bad header: never show a pickle traceback
+        raise CheckpointError(f"{source} is damaged or not a torch checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{source} is not a reprolab checkpoint")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"{source} is incomplete: it has no {', '.join(missing)}")
+    return state
+
+
 def load_checkpoint(
     path: str | os.PathLike, expected_sha256: str | None = None, map_location="cpu"
 ) -> dict:
-    """Load a checkpoint after checking its hash; any problem is one CheckpointError sentence."""
+    """Load a checkpoint file after checking its hash; any problem is one CheckpointError sentence."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
-        raise CheckpointError(
-            f"checkpoint {path} does not match the SHA-256 recorded when it was saved; "
-            "it was changed or damaged"
-        )
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # truncated, foreign or malicious files all end here
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a reprolab checkpoint")
-    return state
+    return checkpoint_from_bytes(path.read_bytes(), expected_sha256, f"checkpoint {path}",
+                                 map_location)
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def training_state(*, model, optimizer, scheduler, scaler, epoch: int, step: int,
+                   generator: torch.Generator, best: dict, config) -> dict:
+    """Everything needed to continue bit-exactly after `epoch`, as tensors and plain values."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "rng": rng_state(generator),  # python, numpy, torch CPU and CUDA, the loader's generator
+        "best": best,
+        "config": plain(config),
+    }
+
+
+def restore_training_state(state: dict, *, model, optimizer, scheduler, scaler,
+                           generator: torch.Generator, same_schedule: bool) -> tuple[int, int, dict]:
+    """Put model, optimizer, schedule, scaler and every RNG where the checkpoint left them.
+
+    With `same_schedule` False (more epochs than the checkpoint's run planned) the schedule is
+    the one built for the new length, advanced to the checkpoint's step. Returns epoch, step
+    and the best-tracker state."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if same_schedule:
+        scheduler.load_state_dict(state["scheduler"])
+    else:
+        advance(scheduler, state["scheduler"]["last_epoch"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"], generator)  # last: nothing may draw from an RNG after this
+    return state["epoch"], state["step"], state["best"]
+
+
+def advance(scheduler, steps: int) -> None:
+    """Step a freshly built schedule to `steps`, setting the optimizer's lr as training would have."""
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore")
+        for _ in range(steps - scheduler.last_epoch):
+            scheduler.step()

@@ -3,24 +3,23 @@
     python experiments/train.py with lr=0.01
     python experiments/train.py with cnn
     python experiments/train.py print_config
+    python experiments/train.py with resume=3   # continue run 3 exactly where it stopped
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
-from pathlib import Path
-
 import torch
 
 from experiments.base import ReproExperiment
-from experiments.checkpoint import save_checkpoint, state_hash
+from experiments.checkpoint import restore_training_state, state_hash, training_state
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
+from experiments.resume import CheckpointRecorder
 from ingredients import INSPECTION_COMMANDS
 from ingredients.data import data, load_splits, make_loader
 from ingredients.model import build_model, format_summary, model, summarize
 from ingredients.optimizer import build_optimizer, build_scheduler, clip_gradients, optimizer
-from ingredients.seeding import loader_generator, rng_state, seed_everything, seed_worker, seeding
+from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
+from observers.provenance import record_provenance
 
 ex = ReproExperiment("train", ingredients=[data, model, optimizer, seeding])
 
@@ -38,6 +37,7 @@ def config():
     patience = None  # stop after this many epochs without improvement of monitor; None trains all
     limit_batches = None  # train at most this many batches per epoch (quick checks); None for all
     progress = True  # progress bars on a terminal (never in captured output)
+    resume = None  # continue this run (id in the store, or run directory) from its last checkpoint; only epochs may change
 
 
 @ex.named_config
@@ -103,11 +103,20 @@ class Best:
             self.stale += 1
         return better
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the tracker."""
+        return {"value": self.value, "epoch": self.epoch, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's tracker state."""
+        self.value, self.epoch, self.stale = state["value"], state["epoch"], state["stale"]
+
 
 @ex.main
 def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monitor, monitor_mode,
           patience, limit_batches, progress):
-    log = logging.getLogger("reprolab")
+    log = _run.run_logger
+    record_provenance(_run)  # packages, git commit and diff, python: what a rerun compares
     _run.info["determinism"] = seed_everything(seed)
     device = pick_device(device)
     _run.info["device"] = str(device)
@@ -118,7 +127,10 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     cuda = device.type == "cuda"
     train_batches = make_loader(splits.train, True, generator=generator,
                                 worker_init_fn=seed_worker, device_is_cuda=cuda)
-    val_batches = make_loader(splits.val, False, device_is_cuda=cuda)
+    # A generator of its own, so starting the validation workers never draws from torch's global
+    # RNG (a resumed run starts them at another epoch, which would shift dropout from then on).
+    val_batches = make_loader(splits.val, False, generator=loader_generator(seed),
+                              device_is_cuda=cuda)
 
     net = build_model(splits.input_shape, splits.num_classes).to(device)
     summary = summarize(net, splits.input_shape)
@@ -130,25 +142,23 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     loss_fn = make_loss(loss)
 
-    best, step = Best(monitor_mode), 0
-    workdir = Path(tempfile.mkdtemp(prefix="reprolab-"))
-    _run.info["checkpoints"] = {}
+    best, step, done = Best(monitor_mode), 0, 0
+    point = ex.resume_point  # verified and loaded before the run started (experiments/resume.py)
+    if point is not None:
+        done, step, best_state = restore_training_state(
+            point.state, model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
+            generator=generator, same_schedule=point.state["config"]["epochs"] == epochs)
+        best.load_state_dict(best_state)
+        log.info("resuming run %s after epoch %d (step %d)", point.run_id, done, step)
+    checkpoints = CheckpointRecorder(_run, carried=point.carried if point else None)
 
-    def checkpoint(name: str, epoch: int) -> None:
-        state = {
-            "model": net.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None,
-            "epoch": epoch, "step": step, "rng": rng_state(generator),
-            "best": {"value": best.value, "epoch": best.epoch, "stale": best.stale},
-            "config": _config,
-        }
-        digest = save_checkpoint(workdir / name, state)
-        _run.info["checkpoints"][name] = {"sha256": digest, "epoch": epoch, "step": step}
+    def state(epoch: int) -> dict:
+        return training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
+                              epoch=epoch, step=step, generator=generator,
+                              best=best.state_dict(), config=_config)
 
-    epoch = 0
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(done + 1, epochs + 1):
             lr_used = opt.param_groups[0]["lr"]
             train_metrics, step = train_one_epoch(
                 net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
@@ -160,15 +170,13 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
                 _run.log_scalar(name, value, epoch)
             log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             if best.update(metrics[monitor], epoch):
-                checkpoint("best.pt", epoch)
-            checkpoint("last.pt", epoch)
+                checkpoints.save("best.pt", state(epoch))
+            checkpoints.save("last.pt", state(epoch))
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break
-    finally:
-        for name in ("last.pt", "best.pt"):
-            if (workdir / name).exists():
-                _run.add_artifact(workdir / name, name=name)
+    finally:  # interrupted or failed too: the checkpoints written so far belong to the run
+        checkpoints.add_artifacts()
     _run.info["final_model_sha256"] = state_hash(net)
     _run.info["best"] = {monitor: best.value, "epoch": best.epoch}
     return best.value

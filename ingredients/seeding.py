@@ -47,7 +47,7 @@ def determinism_record(seed: int) -> dict:
         "cudnn_deterministic": cudnn.deterministic,
         "cudnn_benchmark": cudnn.benchmark,
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a str subclass the record would mangle
         "cuda_version": torch.version.cuda,
         "cudnn_version": cudnn.version() if cudnn.is_available() else None,
         "num_threads": torch.get_num_threads(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 from sacred.commandline_options import cli_option
 
@@ -18,7 +19,21 @@ OBSERVER_FLAGS = ("--unobserved", "--mongo_db", "--sql", "--tiny_db", "--s3", "-
 @cli_option("-R", "--store")
 def store_option(args: str, run) -> None:
     """Record the run in STORE: a directory, or a mongodb:// URL (default ./runs or $REPROLAB_MONGO_URL)."""
+    hide_credentials(run, args)
+    run.meta_info.setdefault("run_uuid", uuid.uuid4().hex)  # one identity in every store (sync)
     run.observers.extend(observers_for(args))
+
+
+def hide_credentials(run, store: str) -> None:
+    """Keep passwords out of the record: the store URL in meta.options, tokens in git remotes."""
+    from observers.mongo import redact
+
+    options = run.meta_info.get("options")
+    if isinstance(options, dict) and options.get("--store"):
+        options["--store"] = redact(store)
+    for repository in run.experiment_info.get("repositories") or []:
+        if repository.get("url"):
+            repository["url"] = redact(repository["url"])
 
 
 def is_mongo_url(location: str) -> bool:

@@ -1,26 +1,382 @@
-"""Runs as tables for people: the ls command."""
+"""Runs as text for people: the ls, show, compare and export commands, each fitting 80 columns."""
 
 from __future__ import annotations
 
-from observers.store import RecordError, open_store
+import datetime as dt
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from observers.plots import abbreviate, format_value, plot_metric, short_key
+from observers.store import RecordError, RunStore, open_store, resolve_run
+from observers.tables import (
+    RECORD_COLUMNS,
+    compare,
+    describe_error,
+    differing_config,
+    flatten_config,
+    load_runs,
+)
+
+WIDTH = 80  # every line printed fits a standard terminal
+CELL = 14  # widest config cell in ls before it is cut
+GAP = "  "
+KNOWN_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "DAMAGED")
+DEFAULT_METRIC = "val_accuracy"
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def fit(text: str, width: int = WIDTH) -> str:
+    """text cut to width characters, marked with an ellipsis when cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render(columns: list[tuple[str, str, list[str]]]) -> list[str]:
+    """Lines of a table from (header, align '<' or '>', cells) columns."""
+    widths = [max(len(header), *(len(c) for c in cells)) for header, _, cells in columns]
+    rows = [[header for header, _, _ in columns]]
+    rows += [list(cells) for cells in zip(*(cells for _, _, cells in columns))]
+    return [
+        GAP.join(f"{cell:{align}{width}}" for cell, (_, align, _), width in zip(row, columns, widths)).rstrip()
+        for row in rows
+    ]
+
+
+def table_width(columns: list[tuple[str, str, list[str]]]) -> int:
+    return sum(max(len(h), *(len(c) for c in cells)) for h, _, cells in columns) + len(GAP) * (len(columns) - 1)
+
+
+def when(timestamp) -> str:
+    """A start time, in local time, the way `ls -l` shows dates (year only when not this one)."""
+    if pd.isna(timestamp):
+        return "-"
+    local = timestamp.tz_localize("UTC").tz_convert(dt.datetime.now().astimezone().tzinfo)
+    if local.year == dt.datetime.now().year:
+        return local.strftime("%b %d %H:%M")
+    return local.strftime("%b %d  %Y")
+
+
+def took(duration) -> str:
+    """A duration as H:MM:SS, rounded down to the second."""
+    if pd.isna(duration) or duration.total_seconds() < 0:
+        return "-"
+    seconds = int(duration.total_seconds())
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def utc(timestamp) -> str:
+    return "-" if pd.isna(timestamp) else f"{timestamp:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def size(n: float) -> str:
+    """A byte count in B, KiB, MiB or GiB."""
+    units = ["B", "KiB", "MiB", "GiB"]
+    while n >= 1024 and len(units) > 1:
+        n, units = n / 1024, units[1:]
+    return f"{n:.0f} B" if units[0] == "B" else f"{n:.1f} {units[0]}"
+
+
+# --------------------------------------------------------------------------- ls
 
 
 def ls_command(args) -> int:
+    """Recent runs as a table: id, status, start, duration, varying config, main metric."""
     store = open_store(args.store)
-    rows = []
-    for run_id in store.run_ids():
-        try:
-            run = store.run(run_id)
-        except RecordError:
-            rows.append((run_id, "DAMAGED", "", ""))
-            continue
-        if args.status and run.get("status") != args.status:
-            continue
-        result = run.get("result")
-        rows.append((run_id, run.get("status", "?"), run.get("start_time", "")[:19], result))
+    status = args.status.upper() if args.status else None
+    if args.last is not None and args.last < 1:
+        raise ValueError(f"--last must be 1 or more, not {args.last}")
+    ids = store.run_ids()
+    if args.last and not status:
+        ids = ids[-args.last:]  # only the runs shown are read
+    runs = load_runs(store, run_ids=ids, status=status)
     if args.last:
-        rows = rows[-args.last:]
-    print(f"{'id':>4}  {'status':<11} {'started':<19}  result")
-    for run_id, status, started, result in rows:
-        print(f"{run_id:>4}  {status:<11} {started:<19}  {'' if result is None else result}")
+        runs = runs.tail(args.last)
+    if runs.empty:
+        if status and status not in KNOWN_STATUSES:
+            raise ValueError(f"unknown status '{args.status}' (one of {', '.join(KNOWN_STATUSES)})")
+        print(f"no {status + ' ' if status else ''}runs in {store.location}")
+        return 0
+    print("\n".join(ls_lines(runs)))
     return 0
+
+
+def ls_lines(runs: pd.DataFrame) -> list[str]:
+    """The ls table and its footnotes: notes of damaged runs, varying keys left out."""
+    metric = "val_accuracy.max" if "val_accuracy.max" in runs.columns else "result"
+    header = "val_acc.max" if metric == "val_accuracy.max" else metric
+    marked = runs["note"].notna()
+    fixed = [
+        ("id", ">", [str(i) for i in runs.index]),
+        ("status", "<", [s + ("*" if m else "") for s, m in zip(runs["status"], marked)]),
+        ("started", "<", [when(t) for t in runs["start_time"]]),
+        ("took", ">", [took(d) for d in runs["duration"]]),
+    ]
+    main = [(header, ">", [format_value(v) for v in runs[metric]])]
+    config, left_out = fit_config_columns(runs, WIDTH - table_width(fixed + main) - len(GAP))
+    lines = render(fixed + config + main)
+    lines += [fit(f"* run {i}: {note}") for i, note in runs["note"][marked].items()]
+    if left_out:
+        lines += textwrap.wrap(f"also varying: {', '.join(left_out)}", WIDTH, subsequent_indent="  ")
+    return lines
+
+
+def fit_config_columns(runs: pd.DataFrame, room: int) -> tuple[list, list[str]]:
+    """Columns of the config keys that vary, most telling first, as many as fit in room (each
+    headed by its key, or its abbreviation when that is too wide); and the keys left out."""
+    columns, left_out = [], []
+    for column in differing_config(runs):
+        key = short_key(column)
+        cells = [fit(format_value(v), CELL) for v in runs[column]]
+        widest = max(map(len, cells))
+        header = key if len(key) <= max(widest, 8) else abbreviate(key)
+        width = max(len(header), widest) + len(GAP)
+        if width <= room:
+            columns.append((header, ">" if is_number_column(runs[column]) else "<", cells))
+            room -= width
+        else:
+            left_out.append(key)
+    return columns, left_out
+
+
+def is_number_column(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+# --------------------------------------------------------------------------- show
+
+
+def show_command(args) -> int:
+    """One run: record summary, flattened config, metric summaries, artifacts, notes."""
+    store, run_id = resolve_run(args.run, args.store)
+    runs = load_runs(store, run_ids=[run_id])
+    row = runs.loc[run_id]
+    run, _ = read_part(store, "run", run_id)
+    info, info_note = read_part(store, "info", run_id)
+    config, _ = read_part(store, "config", run_id)
+    print("\n".join(record_lines(run_id, row, run or {}, info or {}, config or {})))
+    print("\n".join(config_lines(config)))
+    print("\n".join(metric_lines(row)))
+    print("\n".join(artifact_lines(store, run_id, run or {}, info or {})))
+    notes = [n for n in (row["note"], info_note) if isinstance(n, str)]
+    for note in dict.fromkeys(notes):
+        print(fit(f"note: {note}"))
+    return 0
+
+
+def read_part(store: RunStore, part: str, run_id: int):
+    """One part of a record (run, config, info), or None and why it could not be read."""
+    try:
+        return getattr(store, part)(run_id), None
+    except Exception as error:  # noqa: BLE001 - show what can be shown of a damaged run
+        return None, describe_error(error, store, run_id)
+
+
+def record_lines(run_id: int, row: pd.Series, run: dict, info: dict, config: dict) -> list[str]:
+    fields = [
+        ("started", utc(row["start_time"])),
+        ("stopped", utc(row["stop_time"])),
+        ("heartbeat", utc(row["heartbeat"])),
+        ("took", took(row["duration"])),
+        ("host", host_text(run.get("host") or {})),
+        ("git", git_text(row)),
+        ("command", command_text(run)),
+        ("seed", format_value(config.get("seed", (info.get("determinism") or {}).get("seed")))),
+        ("device", format_value(info.get("device"))),
+        ("data", data_text((info.get("data") or {}).get("fingerprint") or {})),
+        ("result", format_value(row["result"])),
+        ("best", best_text(info.get("best") or {})),
+        ("final model", format_value(info.get("final_model_sha256"))[:16]),
+        ("failure", failure_text(run.get("fail_trace"))),
+    ]
+    title = "  ".join(filter(None, [f"run {run_id}", row["experiment"] if isinstance(row["experiment"], str) else None, row["status"]]))
+    return [title] + [fit(f"  {name:<12}{text}") for name, text in fields if text not in ("-", "")]
+
+
+def host_text(host: dict) -> str:
+    details = ", ".join(filter(None, [host.get("cpu"), host.get("python_version") and
+                                      f"python {host['python_version']}"]))
+    return f"{host.get('hostname', '-')}  ({details})" if details else host.get("hostname", "-")
+
+
+def git_text(row: pd.Series) -> str:
+    if pd.isna(row["git_commit"]):
+        return "-"
+    state = "-" if pd.isna(row["git_dirty"]) else ("dirty" if row["git_dirty"] else "clean")
+    return f"{row['git_commit'][:12]}  {state}"
+
+
+def command_text(run: dict) -> str:
+    meta = run.get("meta") or {}
+    updates = [f"{k}={v}" for k, v in flatten_config(meta.get("config_updates") or {}).items()]
+    words = [*meta.get("named_configs", []), *updates]
+    command = meta.get("command") or run.get("command") or "-"
+    return f"{command} with {' '.join(words)}" if words else command
+
+
+def data_text(fingerprint: dict) -> str:
+    if not fingerprint:
+        return "-"
+    rows = f"{fingerprint['rows']:,} rows" if "rows" in fingerprint else ""
+    digest = f"sha256 {fingerprint['sha256'][:12]}" if "sha256" in fingerprint else ""
+    return "  ".join(filter(None, [fingerprint.get("path"), rows, digest]))
+
+
+def best_text(best: dict) -> str:
+    named = {k: v for k, v in best.items() if k != "epoch"}
+    if not named:
+        return "-"
+    name, value = next(iter(named.items()))
+    return f"{name} {format_value(value)} at epoch {best.get('epoch', '?')}"
+
+
+def failure_text(trace) -> str:
+    lines = [line.strip() for line in (trace or []) if line.strip()]
+    return lines[-1].splitlines()[-1] if lines else ""
+
+
+def config_lines(config: dict | None) -> list[str]:
+    if config is None:
+        return ["config: unreadable"]
+    flat = flatten_config(config)
+    width = min(max((len(k) for k in flat), default=0), 36)
+    return ["config"] + [fit(f"  {key:<{width}}  {format_value(value)}") for key, value in sorted(flat.items())]
+
+
+def metric_lines(row: pd.Series) -> list[str]:
+    names = sorted({c.rsplit(".", 1)[0] for c in row.index[len(RECORD_COLUMNS):]
+                    if not c.startswith("config.") and not pd.isna(row[c])})
+    if not names:
+        return ["metrics: none recorded yet"]
+    columns = [("metrics", "<", names)]
+    columns += [(stat, ">", [format_value(row[f"{n}.{stat}"]) for n in names]) for stat in ("last", "min", "max")]
+    return render(columns)
+
+
+def artifact_lines(store: RunStore, run_id: int, run: dict, info: dict) -> list[str]:
+    names = [a["name"] if isinstance(a, dict) else a for a in run.get("artifacts", [])]
+    if not names:
+        return ["artifacts: none"]
+    checkpoints = info.get("checkpoints") or {}
+    lines = ["artifacts"]
+    for name in names:
+        parts = [artifact_size(store, run_id, name)]
+        if name in checkpoints:
+            check = checkpoints[name]
+            parts.append(f"epoch {check.get('epoch')}  sha256 {str(check.get('sha256'))[:12]}")
+        lines.append(fit(f"  {name:<14}" + "  ".join(filter(None, parts))))
+    return lines
+
+
+def artifact_size(store: RunStore, run_id: int, name: str) -> str:
+    """The artifact's size when the store can tell it without reading the file."""
+    path_of = getattr(store, "artifact_path", None)
+    if path_of is None:
+        return ""
+    try:
+        return size(path_of(run_id, name).stat().st_size)
+    except (RecordError, OSError):
+        return "missing"
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare_command(args) -> int:
+    """Runs side by side: the config that differs and the chosen metric's summaries."""
+    ids = run_id_arguments(args.runs)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ValueError(f"plot file '{args.plot}' must end in .png")
+    store = open_store(args.store)
+    metric = args.metric or DEFAULT_METRIC
+    table = compare(store, ids)
+    recorded = sorted({c.rsplit(".", 1)[0] for c in table.columns if c.endswith(".max") and not c.startswith("config.")})
+    if metric not in recorded:
+        known = ", ".join(recorded) or "none"
+        raise ValueError(f"no run of {', '.join(map(str, ids))} recorded the metric '{metric}' (recorded: {known})")
+    keep = [c for c in table.columns if c.startswith("config.") or c.rsplit(".", 1)[0] in ("status", metric)]
+    notes = table["note"].dropna()
+    table = table[[*keep, "result"]].T
+    table.index = [short_key(c) for c in table.index]
+    print("\n".join(compare_lines(table)))
+    for run_id, note in notes.items():
+        print(fit(f"* run {run_id}: {note}"))
+    if args.plot:
+        plot_metric(store, ids, metric, args.plot)
+        print(f"wrote {args.plot} ({metric} of runs {', '.join(map(str, ids))})")
+    return 0
+
+
+def run_id_arguments(refs: list[str]) -> list[int]:
+    for ref in refs:
+        if not ref.isdigit():
+            raise ValueError(f"'{ref}' is not a run id (compare takes run ids, e.g. 3 4 7)")
+    ids = list(dict.fromkeys(int(ref) for ref in refs))
+    if len(ids) < 2:
+        raise ValueError(f"compare needs two or more runs (for one run: reprolab show {ids[0]})")
+    return ids
+
+
+def compare_lines(table: pd.DataFrame) -> list[str]:
+    """Rows are keys and metrics, columns are runs; runs that do not fit go in another block."""
+    labels = [fit(str(key), 26) for key in table.index]
+    label_width = max(len(label) for label in labels)
+    cells = {run_id: [fit(format_value(v), 16) for v in table[run_id]] for run_id in table.columns}
+    blocks, block, used = [], [], label_width
+    for run_id, column in cells.items():
+        width = len(GAP) + max(len(str(run_id)), *map(len, column))
+        if block and used + width > WIDTH:
+            blocks.append(block)
+            block, used = [], label_width
+        block.append(run_id)
+        used += width
+    blocks.append(block)
+    lines = []
+    for block in blocks:
+        columns = [("run", "<", labels)] + [(str(r), ">", cells[r]) for r in block]
+        lines += ([""] if lines else []) + render(columns)
+    return lines
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_command(args) -> int:
+    """The runs table written to a .parquet or .csv file, replaced whole or not at all."""
+    target = Path(args.to)
+    kind = target.suffix.lower()
+    if kind not in (".parquet", ".csv"):
+        raise ValueError(f"--to: '{target}' must end in .parquet or .csv")
+    if not target.parent.is_dir():
+        raise ValueError(f"--to: directory {target.parent} does not exist")
+    runs = load_runs(open_store(args.store))
+    write_atomic(target, lambda path: write_table(runs, path, kind))
+    print(f"wrote {len(runs)} runs x {len(runs.columns)} columns to {target}")
+    return 0
+
+
+def write_table(runs: pd.DataFrame, path: str, kind: str) -> None:
+    if kind == ".csv":
+        runs.to_csv(path, index_label="run_id")
+        return
+    try:
+        runs.to_parquet(path)
+    except (TypeError, ValueError, ArithmeticError):  # mixed-type config columns: keep them as text
+        mixed = runs.select_dtypes("object").columns
+        runs.astype({c: "str" for c in mixed}).to_parquet(path)
+
+
+def write_atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+

@@ -8,11 +8,17 @@ run.json's dict, the config, the info, and metrics as {name: {steps, values, tim
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
 from observers.filestore import JOURNAL, read_journal
+
+# Per-store cache of metric summaries (last/min/max per metric) of sealed metrics.json files,
+# keyed by file mtime and size: listing long runs then costs a stat per run, not a full parse.
+SUMMARY_CACHE = Path(".reprolab") / "metric-summaries.json"
 
 
 class RecordError(LookupError):
@@ -20,6 +26,9 @@ class RecordError(LookupError):
 
 
 class RunStore(Protocol):
+    """What every store offers. A store may also offer `metric_summaries(run_ids)` (see
+    FileRunStore) as a faster path; readers fall back to `metrics` when it is absent."""
+
     location: str  # printable, with any password removed
 
     def run_ids(self) -> list[int]: ...
@@ -34,9 +43,10 @@ class RunStore(Protocol):
 class FileRunStore:
     """Runs in a directory in Sacred's FileStorageObserver layout (one numbered folder each)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, cache: bool = True):
         self.root = Path(root)
         self.location = str(self.root)
+        self.cache = cache  # keep metric summaries in root/.reprolab (best effort)
         if not self.root.is_dir():
             raise RecordError(f"no run store at {self.root} (directory not found)")
 
@@ -46,6 +56,8 @@ class FileRunStore:
     def run_dir(self, run_id: int) -> Path:
         path = self.root / str(run_id)
         if not (path / "run.json").exists():
+            if path.is_dir():  # starting (Sacred writes run.json after making the folder) or damaged
+                raise RecordError(f"run {run_id}: {path / 'run.json'} is missing")
             raise RecordError(f"no run {run_id} in {self.root}")
         return path
 
@@ -81,6 +93,63 @@ class FileRunStore:
                 continue
         return {}
 
+    def metric_summaries(self, run_ids: list[int]) -> dict[int, dict | RecordError]:
+        """summarize_metrics of each run, or the RecordError that kept it from being read.
+
+        Sealed metrics.json files are summarised once and cached by mtime and size; a run
+        still in progress (journal) is summarised afresh on every call."""
+        cached = self._read_summary_cache()
+        fresh: dict[str, dict] = {}
+        summaries: dict[int, dict | RecordError] = {}
+        for run_id in run_ids:
+            try:
+                summaries[run_id] = self._summary(run_id, cached, fresh)
+            except RecordError as error:
+                summaries[run_id] = error
+            except (AttributeError, KeyError, TypeError) as error:  # valid JSON, wrong shape
+                summaries[run_id] = RecordError(f"run {run_id}: metrics not in Sacred's shape ({error!r})")
+        if fresh:
+            self._write_summary_cache({**cached, **fresh})
+        return summaries
+
+    def _summary(self, run_id: int, cached: dict, fresh: dict) -> dict:
+        try:
+            stat = (self.root / str(run_id) / "metrics.json").stat()
+        except FileNotFoundError:
+            return summarize_metrics(self.metrics(run_id))  # in progress: the journal
+        key = [stat.st_mtime_ns, stat.st_size]
+        entry = cached.get(str(run_id))
+        if isinstance(entry, dict) and entry.get("key") == key:
+            return entry["summary"]
+        summary = summarize_metrics(self._json(run_id, "metrics.json"))
+        fresh[str(run_id)] = {"key": key, "summary": summary}
+        return summary
+
+    def _read_summary_cache(self) -> dict:
+        if not self.cache:
+            return {}
+        try:
+            with open(self.root / SUMMARY_CACHE) as f:
+                entries = json.load(f)
+            return entries if isinstance(entries, dict) else {}
+        except (OSError, ValueError):
+            return {}  # no cache yet, or a damaged one: rebuilt below
+
+    def _write_summary_cache(self, entries: dict) -> None:
+        if not self.cache:
+            return
+        present = {str(run_id) for run_id in self.run_ids()}
+        entries = {k: v for k, v in entries.items() if k in present}
+        path = self.root / SUMMARY_CACHE
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".summaries.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only store is read without a cache
+
     def artifact(self, run_id: int, name: str) -> bytes:
         path = self.artifact_path(run_id, name)
         return path.read_bytes()
@@ -100,6 +169,31 @@ class FileRunStore:
                 raise RecordError(f"run {run_id}: recorded source {name} is missing ({path})")
             files[name] = path.read_bytes()
         return files
+
+
+def summarize_metrics(metrics: dict) -> dict[str, dict]:
+    """{name: {last, min, max, count, last_step}} of Sacred-shaped metrics; NaN points are
+    skipped for min/max, and a value that is not a number counts as NaN."""
+    summaries = {}
+    for name, series in metrics.items():
+        values = [_as_float(v) for v in series.get("values", [])]
+        steps = series.get("steps", [])
+        numbers = [v for v in values if not math.isnan(v)]
+        summaries[name] = {
+            "last": values[-1] if values else math.nan,
+            "min": min(numbers, default=math.nan),
+            "max": max(numbers, default=math.nan),
+            "count": len(values),
+            "last_step": steps[-1] if steps else None,
+        }
+    return summaries
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def open_store(location: str | os.PathLike | None = None) -> RunStore:

@@ -1,0 +1,101 @@
+"""Metric curves of chosen runs, drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from observers.store import RunStore
+from observers.tables import as_store, differing_config, load_metrics, load_runs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+LABEL_WIDTH = 70  # legend labels wrap at this width, so the legend never outgrows the figure
+
+
+def plot_metric(store: str | os.PathLike | RunStore | None, run_ids: Iterable[int],
+                metric: str = "val_accuracy", path: str | os.PathLike | None = None) -> Figure:
+    """Draw `metric` against step for each run, labelled by run id and the config values that
+    differ between the runs; with `path`, also write the figure there as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # only when a plot is drawn
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    store = as_store(store)
+    ids = list(dict.fromkeys(int(run_id) for run_id in run_ids))
+    points = load_metrics(store, ids, [metric])
+    if points.empty:
+        raise ValueError(f"no run of {', '.join(map(str, ids))} recorded the metric '{metric}'")
+    labels = run_labels(load_runs(store, run_ids=ids))
+    figure = Figure(figsize=(8, 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for run_id, curve in points.groupby("run_id", sort=False):
+        axes.plot(curve["step"], curve["value"], marker="o" if len(curve) <= 50 else None,
+                  markersize=4, label=labels[run_id])
+    axes.set(xlabel="step", ylabel=metric, title=f"{metric} of runs {', '.join(map(str, ids))}")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are epochs or batches
+    axes.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", fontsize="small", frameon=False)
+    if path is not None:
+        save_png(figure, Path(path))
+    return figure
+
+
+def run_labels(runs: pd.DataFrame) -> dict[int, str]:
+    """'run 3: lr=0.01, opt.name=sgd' for each run: its id and the config values that differ,
+    most telling first, wrapped onto lines of at most LABEL_WIDTH characters."""
+    keys = differing_config(runs)
+    labels = {}
+    for run_id, row in runs.iterrows():
+        parts = [f"{abbreviate(short_key(key))}={format_value(row[key])}" for key in keys]
+        labels[run_id] = "\n".join(textwrap.wrap(f"run {run_id}: " + ", ".join(parts),
+                                                  LABEL_WIDTH, max_lines=3, placeholder=" …"))
+    return labels
+
+
+def short_key(column: str) -> str:
+    """A config column's key without the 'config.' prefix."""
+    return column.removeprefix("config.")
+
+
+def abbreviate(key: str) -> str:
+    """'optimizer.name' -> 'opt.name': long parents cut to three letters, the leaf kept whole."""
+    *parents, leaf = key.split(".")
+    return ".".join([p if len(p) <= 4 else p[:3] for p in parents] + [leaf])
+
+
+def format_value(value) -> str:
+    """A table cell as short text: 4 significant digits, '-' for missing, lists without spaces."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return "-"
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    """Write the figure as a PNG beside its final name, then rename, so no half file is left."""
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plot file '{path}' must end in .png")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write plot '{path}': directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            figure.savefig(f, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

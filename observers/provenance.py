@@ -1,0 +1,191 @@
+"""The reproduction record: what a run ran with, recorded when it starts and compared on rerun.
+
+A run's info gets `provenance` (python, platform, every installed package with its version, the
+git commit and, when the work tree is dirty, the diff itself as the artifact git.diff). The
+data fingerprint, determinism switches, torch/CUDA/cuDNN versions, threads and device are
+recorded by the experiment beside it. `differences` compares all of that, then against now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+RERUN_OF_VARIABLE = "REPROLAB_RERUN_OF"  # JSON {"run_id", "store", ...}: set by `reprolab rerun`
+RUN_ID_FILE_VARIABLE = "REPROLAB_RUN_ID_FILE"  # where a rerun's child writes its new run id
+DIFF_ARTIFACT = "git.diff"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One thing that is not the same now as when the run was recorded."""
+
+    what: str
+    then: object
+    now: object
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.then} then, {self.now} now"
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution (the one import would find first) with its version."""
+    packages: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name and name not in packages:
+            packages[name] = dist.version
+    return dict(sorted(packages.items()))
+
+
+def git(root: Path, *args: str) -> str | None:
+    """Output of a read-only git command in root, or None when git or the repository is absent."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, timeout=30,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},  # never touch the index
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.decode("utf-8", "replace") if result.returncode == 0 else None
+
+
+def git_state(root: Path) -> tuple[dict, str]:
+    """The commit, whether tracked files differ from it, and that diff (text, '' when clean)."""
+    commit = git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff_sha256": None, "untracked": []}, ""
+    diff = git(root, "diff", "HEAD", "--binary") or ""
+    untracked = (git(root, "ls-files", "--others", "--exclude-standard") or "").split()
+    return {
+        "commit": commit.strip(),
+        "dirty": bool(diff),
+        "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+        "untracked": untracked,
+    }, diff
+
+
+def snapshot(root: Path) -> tuple[dict, str]:
+    """The environment as it is now, plus the git diff text."""
+    git_record, diff = git_state(root)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": installed_packages(),
+        "git": git_record,
+    }, diff
+
+
+def record_provenance(run) -> None:
+    """Record the environment in the run's info and the git diff as an artifact (at run start)."""
+    record, diff = snapshot(Path(run.experiment_info["base_dir"]))
+    run.info["provenance"] = record
+    if diff:
+        with tempfile.TemporaryDirectory(prefix="reprolab-") as tmp:
+            path = Path(tmp) / DIFF_ARTIFACT
+            path.write_text(diff)
+            run.add_artifact(str(path), name=DIFF_ARTIFACT)
+    if os.environ.get(RERUN_OF_VARIABLE):
+        run.info["rerun_of"] = json.loads(os.environ[RERUN_OF_VARIABLE])
+    if os.environ.get(RUN_ID_FILE_VARIABLE) and run._id is not None:
+        Path(os.environ[RUN_ID_FILE_VARIABLE]).write_text(str(run._id))
+
+
+def torch_state(device: str) -> dict:
+    """torch/CUDA/cuDNN versions, threads and the device `device` (a config value) picks now."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        picked = str(torch.device(device))
+    except RuntimeError:
+        picked = device
+    cudnn = torch.backends.cudnn
+    return {
+        "torch_version": str(torch.__version__),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": cudnn.version() if cudnn.is_available() else None,
+        "num_threads": torch.get_num_threads(),
+        "device": picked,
+    }
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def short(digest: str | None) -> str:
+    return digest[:12] if digest else "none"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def source_differences(recorded: dict[str, bytes], root: Path) -> list[Difference]:
+    """Recorded source files whose bytes differ from (or are missing in) the tree at root."""
+    found = []
+    for name, data in sorted(recorded.items()):
+        path = root / name
+        now = sha256(path.read_bytes()) if path.is_file() else None
+        if now != sha256(data):
+            found.append(Difference(f"source {name}", f"sha256 {short(sha256(data))}",
+                                    f"sha256 {short(now)}" if now else "missing"))
+    return found
+
+
+def data_differences(fingerprint: dict | None, path_now: Path | None) -> list[Difference]:
+    """The data file's SHA-256 then against the file the rerun will read."""
+    if not fingerprint or not fingerprint.get("sha256"):
+        return [Difference("data file", "not recorded", str(path_now))]
+    if path_now is None or not path_now.is_file():
+        return [Difference("data file", fingerprint.get("path"), "not found")]
+    with open(path_now, "rb") as f:
+        now = hashlib.file_digest(f, "sha256").hexdigest()
+    if now != fingerprint["sha256"]:
+        return [Difference(f"data file {path_now}", f"sha256 {short(fingerprint['sha256'])}",
+                           f"sha256 {short(now)}")]
+    return []
+
+
+def package_differences(then: dict[str, str], now: dict[str, str]) -> list[Difference]:
+    """Packages added, removed or at another version."""
+    return [
+        Difference(f"package {name}", then.get(name, "absent"), now.get(name, "absent"))
+        for name in sorted(set(then) | set(now))
+        if then.get(name) != now.get(name)
+    ]
+
+
+def environment_differences(info: dict, now: dict, torch_now: dict, compare_git: bool = True
+                            ) -> list[Difference]:
+    """Python, packages, git, torch/CUDA/cuDNN, threads and device: recorded info against now."""
+    then = info.get("provenance")
+    if not then:
+        return [Difference("environment (packages, git, python)", "not recorded", "unknown")]
+    found = package_differences(then.get("packages", {}), now["packages"])
+    if then.get("python") != now["python"]:
+        found.append(Difference("python", then.get("python"), now["python"]))
+    if compare_git:
+        git_then, git_now = then.get("git", {}), now["git"]
+        if git_then.get("commit") != git_now["commit"]:
+            found.append(Difference("git commit", short(git_then.get("commit")),
+                                    short(git_now["commit"])))
+        if git_then.get("diff_sha256") != git_now["diff_sha256"]:
+            found.append(Difference("git work-tree diff", f"sha256 {short(git_then.get('diff_sha256'))}",
+                                    f"sha256 {short(git_now['diff_sha256'])}"))
+    determinism = {**info.get("determinism", {}), "device": info.get("device")}
+    for key in ("torch_version", "cuda_version", "cudnn_version", "num_threads", "device"):
+        if determinism.get(key) != torch_now[key]:
+            found.append(Difference(key.replace("_", " "), determinism.get(key), torch_now[key]))
+    return found

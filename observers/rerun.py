@@ -1,0 +1,303 @@
+"""`reprolab rerun RUN`: run a recorded run again with its config, say what changed, verify the result.
+
+The rerun is the recorded main file run as a subprocess with the recorded config (seed included)
+as `with config.json`, recorded into the same store, with info `rerun_of` naming the original.
+Before it starts, every difference between then and now (source hashes, git, packages, data,
+torch/CUDA, threads, device) is printed; --strict refuses to run when there is any.
+--from-recorded-sources runs the store's copies of the sources instead of the working tree.
+--verify compares every metric value bit for bit and the final model's hash; exit 0 only on a
+complete match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from observers.attach import DEFAULT_STORE, MONGO_URL_VARIABLE, is_mongo_url
+from observers.provenance import (
+    RERUN_OF_VARIABLE,
+    RUN_ID_FILE_VARIABLE,
+    Difference,
+    data_differences,
+    environment_differences,
+    short,
+    snapshot,
+    source_differences,
+    torch_state,
+)
+from observers.store import RecordError, RunStore, resolve_run
+
+INSTALLED_ROOT = Path(__file__).resolve().parents[1]  # the repository this reprolab runs from
+
+
+@dataclass
+class Original:
+    """What the store recorded about the run to repeat."""
+
+    store: RunStore
+    run_id: int
+    run: dict
+    config: dict
+    info: dict
+    sources: dict[str, bytes]
+    metrics: dict | None  # only read for --verify
+
+    @property
+    def mainfile(self) -> str:
+        return self.run["experiment"]["mainfile"]
+
+
+@dataclass
+class CodeTree:
+    """Where the rerun's code lives and the directory it runs in."""
+
+    root: Path
+    cwd: Path
+    recorded: bool  # the store's copies of the sources, not a working tree
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_original(store: RunStore, run_id: int, verify: bool) -> Original:
+    """Read every record the rerun needs before anything runs; a gap is one RecordError."""
+    run = store.run(run_id)
+    if not isinstance(run, dict) or not (run.get("experiment") or {}).get("mainfile"):
+        raise RecordError(f"run {run_id}'s run.json does not name the experiment's main file")
+    original = Original(store, run_id, run, store.config(run_id), store.info(run_id),
+                        store.sources(run_id), None)
+    if verify:
+        if run.get("status") != "COMPLETED":
+            raise RecordError(f"run {run_id} has status {run.get('status')}, not COMPLETED, "
+                              "so --verify has no finished result to compare against")
+        if not original.info.get("final_model_sha256"):
+            raise RecordError(f"run {run_id} recorded no final_model_sha256 in its info, "
+                              "so --verify has nothing to compare the final model against")
+        original.metrics = store.metrics(run_id)
+        if not original.metrics:
+            raise RecordError(f"run {run_id} recorded no metrics, so --verify has nothing to compare")
+    return original
+
+
+def store_target(ref: str, store: str | None) -> str:
+    """The store the rerun records into: the original's (a run directory's parent, or the store)."""
+    if not ref.isdigit():
+        return str(Path(ref).resolve().parent)
+    location = store or os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE
+    return location if is_mongo_url(location) else str(Path(location).resolve())
+
+
+# --------------------------------------------------------------------------- the code to run
+
+
+def resolve_data_path(path: str, cwd: Path, root: Path) -> Path:
+    """The data file a run finds: relative paths in the working directory, then in the code root
+    (as ingredients/data.py resolves them)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or (cwd / candidate).exists():
+        return (cwd / candidate).resolve()
+    return (root / candidate).resolve()
+
+
+def data_path(original: Original) -> str | None:
+    data = original.config.get("data")
+    return data.get("path") if isinstance(data, dict) else None
+
+
+@contextmanager
+def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeTree]:
+    """The working tree the run was recorded from (if it is still there), or the recorded sources
+    materialised in a temporary directory."""
+    if not from_recorded_sources:
+        base_dir = Path(original.run["experiment"].get("base_dir") or INSTALLED_ROOT)
+        root = base_dir if (base_dir / original.mainfile).is_file() else INSTALLED_ROOT
+        yield CodeTree(root, Path.cwd(), recorded=False)
+        return
+    if original.mainfile not in original.sources:
+        raise RecordError(f"run {original.run_id}'s main file {original.mainfile} is not among "
+                          "its recorded sources")
+    with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
+        root = Path(tmp).resolve()
+        for name, data in original.sources.items():
+            path = (root / name).resolve()
+            if not path.is_relative_to(root):
+                raise RecordError(f"run {original.run_id}'s recorded source {name!r} lies outside "
+                                  "the source tree")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        link_data_file(original, root)
+        yield CodeTree(root, root, recorded=True)
+
+
+def link_data_file(original: Original, root: Path) -> None:
+    """Make a relative data path found in the materialised tree: a link to the recorded file."""
+    path = data_path(original)
+    if not path or Path(path).expanduser().is_absolute():
+        return
+    recorded = Path(((original.info.get("data") or {}).get("fingerprint") or {}).get("path") or "")
+    target = recorded if recorded.is_file() else resolve_data_path(path, Path.cwd(), INSTALLED_ROOT)
+    if target.is_file():
+        link = root / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+
+
+# --------------------------------------------------------------------------- then against now
+
+
+def differences(original: Original, tree: CodeTree) -> list[Difference]:
+    """Everything that differs between the recorded run and the rerun about to start."""
+    found = [] if tree.recorded else source_differences(original.sources, tree.root)
+    now, _ = snapshot(tree.root)
+    device = original.config.get("device", "auto")
+    found += environment_differences(original.info, now, torch_state(str(device)),
+                                     compare_git=not tree.recorded)
+    path = data_path(original)
+    if path is not None:
+        fingerprint = (original.info.get("data") or {}).get("fingerprint")
+        found += data_differences(fingerprint, resolve_data_path(path, tree.cwd, tree.root))
+    return found
+
+
+def report_differences(original: Original, tree: CodeTree, found: list[Difference]) -> None:
+    code = (f"its {len(original.sources)} recorded source files" if tree.recorded
+            else f"the code in {tree.root}")
+    print(f"rerun of run {original.run_id} ({original.store.location}): {original.mainfile} from "
+          f"{code}, seed {original.config.get('seed')}")
+    if not found:
+        print("then vs now: no differences (sources, git, packages, data, torch/CUDA, device)")
+        return
+    print(f"then vs now: {len(found)} difference{'s' if len(found) != 1 else ''}")
+    for difference in found:
+        print(f"  {difference}")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_again(original: Original, tree: CodeTree, target: str) -> tuple[int, int | None]:
+    """Run the main file with the recorded config; return its exit code and the new run's id."""
+    with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
+        config_file, id_file = Path(tmp) / "config.json", Path(tmp) / "run_id"
+        config_file.write_text(json.dumps(original.config))
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(tree.root), os.environ.get("PYTHONPATH")])),
+               RERUN_OF_VARIABLE: json.dumps({"run_id": original.run_id,
+                                              "store": original.store.location,
+                                              "from_recorded_sources": tree.recorded}),
+               RUN_ID_FILE_VARIABLE: str(id_file)}
+        command = [sys.executable, str(tree.root / original.mainfile)]
+        if is_mongo_url(target):
+            env[MONGO_URL_VARIABLE] = target  # in the environment, not in argv where ps shows it
+        else:
+            command += ["-R", target]
+        before = set(original.store.run_ids())
+        sys.stdout.flush()
+        child = subprocess.Popen([*command, "with", str(config_file)], cwd=tree.cwd, env=env)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # the child got Ctrl-C too: let it record its interruption
+            code = child.wait()
+        if id_file.is_file():
+            return code, int(id_file.read_text())
+    new = set(original.store.run_ids()) - before  # code that predates the id file
+    return code, new.pop() if len(new) == 1 else None
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+def same_bits(a, b) -> bool:
+    """Equal to the last bit (NaN equals NaN, 0.0 differs from -0.0)."""
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return struct.pack("<d", a) == struct.pack("<d", b)
+        except (struct.error, TypeError):
+            return False
+    return a == b
+
+
+def metric_mismatch(name: str, then: dict, now: dict | None) -> str | None:
+    """Where one metric's series first differs and by how much at most, or None if identical."""
+    if now is None:
+        return f"{name}: {len(then['values'])} values then, missing in the rerun"
+    pairs_then = list(zip(then["steps"], then["values"]))
+    pairs_now = list(zip(now["steps"], now["values"]))
+    first = next((i for i, (a, b) in enumerate(zip(pairs_then, pairs_now))
+                  if a[0] != b[0] or not same_bits(a[1], b[1])), None)
+    if first is None and len(pairs_then) == len(pairs_now):
+        return None
+    gaps = [abs(a[1] - b[1]) for a, b in zip(pairs_then, pairs_now)
+            if a[0] == b[0] and isinstance(a[1], (int, float)) and isinstance(b[1], (int, float))]
+    largest = f"; largest absolute difference {max(gaps):.6g}" if gaps else ""
+    if first is None:
+        return (f"{name}: {len(pairs_then)} values then, {len(pairs_now)} now "
+                f"(identical where both have one){largest}")
+    (step, value_then), (_, value_now) = pairs_then[first], pairs_now[first]
+    return f"{name}: first differs at step {step} ({value_then!r} then, {value_now!r} now){largest}"
+
+
+def verify(original: Original, new_id: int) -> int:
+    """Compare the rerun with the original value by value; print the verdict; 0 only if equal."""
+    store = original.store
+    then, now = original.metrics or {}, store.metrics(new_id)
+    lines = [line for name in sorted(then) if (line := metric_mismatch(name, then[name], now.get(name)))]
+    lines += [f"{name}: only in the rerun" for name in sorted(set(now) - set(then))]
+    model_then = original.info["final_model_sha256"]
+    model_now = store.info(new_id).get("final_model_sha256")
+    count = sum(len(series["values"]) for series in then.values())
+    if not lines:
+        print(f"verify: all {count} values of {len(then)} metrics matched bit for bit")
+    else:
+        print(f"verify: {len(lines)} of {len(set(then) | set(now))} metrics differ")
+        for line in lines:
+            print(f"  {line}")
+    if model_then == model_now:
+        print(f"verify: final model state identical (sha256 {short(model_then)})")
+    else:
+        print(f"verify: final model state differs (sha256 {short(model_then)} then, "
+              f"{short(model_now)} now)")
+    matched = not lines and model_then == model_now
+    print(f"verify: {'exact match' if matched else 'MISMATCH'} between run {original.run_id} "
+          f"and its rerun, run {new_id}")
+    return 0 if matched else 1
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def rerun_command(args) -> int:
+    """`reprolab rerun RUN [--store S] [--verify] [--strict] [--from-recorded-sources]`."""
+    store, run_id = resolve_run(args.run, args.store)
+    original = read_original(store, run_id, args.verify)
+    target = store_target(args.run, args.store)
+    with code_tree(original, args.from_recorded_sources) as tree:
+        found = differences(original, tree)
+        report_differences(original, tree, found)
+        if args.strict and found:
+            raise ValueError(
+                f"--strict: not rerunning run {run_id} because {len(found)} thing"
+                f"{'s differ' if len(found) != 1 else ' differs'} between then and now "
+                f"({', '.join(d.what for d in found[:5])}{', ...' if len(found) > 5 else ''})"
+            )
+        code, new_id = run_again(original, tree, target)
+    if code != 0:
+        where = f"; it is recorded as run {new_id}" if new_id is not None else ""
+        print(f"reprolab: error: the rerun of run {run_id} exited with code {code}{where}",
+              file=sys.stderr)
+        return 1
+    if new_id is None:
+        print(f"reprolab: error: cannot tell which run in {store.location} the rerun recorded",
+              file=sys.stderr)
+        return 1
+    print(f"rerun of run {run_id} recorded as run {new_id} in {store.location}")
+    return verify(original, new_id) if args.verify else 0

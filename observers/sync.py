@@ -1,0 +1,255 @@
+"""`reprolab sync PATH --to URL`: upload the runs of a file store (or fallback store) into MongoDB.
+
+Each run is written in Sacred's MongoObserver schema (so Omniboard shows it) with a fresh numeric
+`_id`, and carries its identity (`reprolab.run_uuid`: meta.run_uuid, or a hash of what makes the
+run unique for runs recorded without one). A run MongoDB already holds completely is skipped, so
+syncing twice creates no duplicates; an incomplete MongoDB record (a run that lost its server
+mid-way, or an upload that was cut short) is replaced in place, keeping its `_id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sacred.observers.mongo import MongoObserver, mimetype_detector
+
+from observers.mongo import (
+    CHUNKS_COLLECTION,
+    MetricsWriter,
+    bounded_output,
+    connect,
+    describe_error,
+    ensure_indexes,
+    fit_document,
+    redact,
+    store_full_output,
+    store_source,
+)
+from observers.store import FileRunStore, RecordError
+
+TIMES = ("start_time", "heartbeat", "stop_time")
+
+
+@dataclass
+class SyncReport:
+    """What a sync did, run by run (local id, MongoDB id)."""
+
+    uploaded: list[tuple[int, int]] = field(default_factory=list)  # new in MongoDB
+    completed: list[tuple[int, int]] = field(default_factory=list)  # incomplete record replaced
+    present: list[tuple[int, int]] = field(default_factory=list)  # already complete there
+    running: list[tuple[int, int]] = field(default_factory=list)  # still recorded live
+    unreadable: list[tuple[int, str]] = field(default_factory=list)  # damaged local record
+
+    def summary(self) -> str:
+        """Counts of what happened, in one line."""
+        return (f"{len(self.uploaded)} uploaded, {len(self.completed)} completed, "
+                f"{len(self.present)} already there, {len(self.running)} still running, "
+                f"{len(self.unreadable)} unreadable")
+
+
+@dataclass
+class LocalRun:
+    """Everything of one local run, read before anything is written."""
+
+    run: dict
+    config: dict
+    info: dict
+    metrics: dict
+    sources: dict[str, bytes]
+    artifacts: dict[str, Path]
+    output: str
+
+    @property
+    def identity(self) -> str:
+        return run_identity(self.run, self.config)
+
+
+def run_identity(run: dict, config: dict) -> str:
+    """A run's identity across stores: meta.run_uuid, else a hash of what makes the run unique."""
+    uuid = (run.get("meta") or {}).get("run_uuid")
+    if uuid:
+        return uuid
+    unique = [run.get("experiment", {}).get("name"), run.get("command"), run.get("start_time"),
+              run.get("host", {}).get("hostname"), config]
+    return hashlib.sha256(json.dumps(unique, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_local_run(store: FileRunStore, run_id: int) -> LocalRun:
+    """Read a run completely (RecordError if any part is missing or damaged)."""
+    run = store.run(run_id)
+    output = store.run_dir(run_id) / "cout.txt"
+    return LocalRun(
+        run=run, config=store.config(run_id), info=store.info(run_id),
+        metrics=store.metrics(run_id), sources=store.sources(run_id),
+        artifacts={name: store.artifact_path(run_id, name) for name in run.get("artifacts", [])},
+        output=output.read_text(errors="replace") if output.is_file() else "",
+    )
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _metric_points(metrics: dict) -> dict:
+    return {name: {"steps": series["steps"], "values": series["values"],
+                   "timestamps": [datetime.fromisoformat(t) for t in series["timestamps"]]}
+            for name, series in metrics.items()}
+
+
+class Uploader:
+    """Writes local runs into one MongoDB database."""
+
+    def __init__(self, db):
+        import gridfs
+
+        self.db, self.runs, self.fs = db, db["runs"], gridfs.GridFS(db)
+        ensure_indexes(db)
+
+    def twin(self, identity: str) -> dict | None:
+        """The MongoDB document of the run with this identity, if any."""
+        return self.runs.find_one({"reprolab.run_uuid": identity})
+
+    def upload(self, local: LocalRun, twin: dict | None) -> int:
+        """Write the run (replacing an incomplete twin in place) and return its MongoDB id."""
+        if twin is None:
+            run_id = self._reserve_id(local)
+        else:
+            run_id = twin["_id"]
+            self._forget(run_id, twin)
+        document, _ = fit_document(self._document(local, run_id, twin))
+        self.runs.replace_one({"_id": run_id}, document, upsert=True)
+        return run_id
+
+    def _reserve_id(self, local: LocalRun) -> int:
+        """Insert a placeholder under the next free numeric id (Sacred's numbering)."""
+        from pymongo.errors import DuplicateKeyError
+
+        run = local.run
+        placeholder = {"experiment": {"name": run.get("experiment", {}).get("name")},
+                       "status": run.get("status"), "start_time": _when(run.get("start_time")),
+                       "reprolab": {"run_uuid": local.identity, "source": "sync",
+                                    "complete": False}}
+        while True:
+            ids = [doc["_id"] for doc in self.runs.find({"_id": {"$type": "number"}}, {"_id": 1})]
+            run_id = int(max(ids, default=0)) + 1
+            try:
+                self.runs.insert_one({"_id": run_id, **placeholder})
+                return run_id
+            except DuplicateKeyError:
+                continue  # another writer took this id first
+
+    def _forget(self, run_id: int, twin: dict) -> None:
+        """Remove what an incomplete record left: metric documents and its own GridFS files."""
+        self.db["metrics"].delete_many({"run_id": run_id})
+        self.db[CHUNKS_COLLECTION].delete_many({"run_id": run_id})
+        own_files = {artifact["file_id"] for artifact in twin.get("artifacts", [])}
+        for prefix in (f"^artifact://runs/{run_id}/", f"^captured_out://runs/{run_id}$"):
+            found = self.db["fs.files"].find({"filename": {"$regex": prefix}}, {"_id": 1})
+            own_files |= {f["_id"] for f in found}
+        for file_id in own_files:
+            self.fs.delete(file_id)
+
+    def _document(self, local: LocalRun, run_id: int, twin: dict | None) -> dict:
+        run = local.run
+        refs = MetricsWriter(self.db, run_id).add(_metric_points(local.metrics))
+        bookkeeping = {"run_uuid": local.identity, "source": "sync",
+                       "complete": run.get("status") != "RUNNING",
+                       "times": {key: run[key] for key in TIMES if run.get(key)}}
+        output_file = store_full_output(self.fs, "runs", run_id, local.output)
+        if output_file is not None:
+            bookkeeping["captured_out_file"] = output_file
+        document = {
+            **run, "_id": run_id, "format": MongoObserver.VERSION,
+            "experiment": {**run["experiment"], "sources": self._sources(local)},
+            "config": local.config, "info": {**local.info, "metrics": refs} if refs else local.info,
+            "artifacts": self._artifacts(local, run_id),
+            "captured_out": bounded_output(local.output)[0], "reprolab": bookkeeping,
+            **{key: _when(run.get(key)) for key in TIMES if key in run},
+        }
+        if twin and "omniboard" in twin:
+            document["omniboard"] = twin["omniboard"]  # tags and notes added in Omniboard
+        return document
+
+    def _sources(self, local: LocalRun) -> list[list]:
+        base_dir = local.run["experiment"].get("base_dir", "")
+        return [[name, store_source(self.fs, os.path.join(base_dir, name),
+                                    hashlib.md5(data).hexdigest(), data)]
+                for name, data in local.sources.items()]
+
+    def _artifacts(self, local: LocalRun, run_id: int) -> list[dict]:
+        artifacts = []
+        for name, path in local.artifacts.items():
+            with open(path, "rb") as f:
+                file_id = self.fs.put(f, filename=f"artifact://runs/{run_id}/{name}",
+                                      content_type=mimetype_detector.guess_type(str(path))[0])
+            artifacts.append({"name": name, "file_id": file_id})
+        return artifacts
+
+
+def sync_store(path: str | os.PathLike, url: str,
+               echo: Callable[[str], object] = print) -> SyncReport:
+    """Upload every run of the file store at path into MongoDB at url; say what happened to each."""
+    from pymongo.errors import PyMongoError
+
+    store = FileRunStore(path)
+    try:
+        uploader = Uploader(connect(url))
+    except ValueError:
+        raise
+    except Exception as error:
+        reason = describe_error(error, url)
+        raise RecordError(f"cannot reach MongoDB at {redact(url)}: {reason}") from None
+    report = SyncReport()
+    for run_id in store.run_ids():
+        try:
+            _sync_run(store, run_id, uploader, report, echo)
+        except PyMongoError as error:
+            raise RecordError(
+                f"MongoDB failed while uploading run {run_id} from {store.location} "
+                f"({describe_error(error, url)}); nothing is lost, run the sync again") from None
+    return report
+
+
+def _sync_run(store: FileRunStore, run_id: int, uploader: Uploader, report: SyncReport,
+              echo: Callable[[str], object]) -> None:
+    try:
+        local = read_local_run(store, run_id)
+    except RecordError as error:
+        report.unreadable.append((run_id, str(error)))
+        echo(f"run {run_id}: not uploaded, its record cannot be read ({error})")
+        return
+    twin, running = uploader.twin(local.identity), local.run.get("status") == "RUNNING"
+    if twin is not None and twin["reprolab"].get("complete"):
+        report.present.append((run_id, twin["_id"]))
+        echo(f"run {run_id}: already in MongoDB as run {twin['_id']}")
+    elif twin is not None and twin["reprolab"].get("source") == "live" and running:
+        report.running.append((run_id, twin["_id"]))
+        echo(f"run {run_id}: skipped, still being recorded as MongoDB run {twin['_id']}")
+    else:
+        mongo_id = uploader.upload(local, twin)
+        (report.completed if twin else report.uploaded).append((run_id, mongo_id))
+        what = "completed the record of" if twin else "uploaded as"
+        echo(f"run {run_id}: {what} MongoDB run {mongo_id} ({local.run.get('status')}, "
+             f"{len(local.metrics)} metrics, {len(local.artifacts)} artifacts, "
+             f"{len(local.sources)} sources)")
+
+
+def sync_command(args) -> int:
+    """The `reprolab sync PATH [--to URL]` command: upload a store's runs into MongoDB."""
+    from observers.attach import MONGO_URL_VARIABLE, is_mongo_url
+
+    url = args.to or os.environ.get(MONGO_URL_VARIABLE)
+    if not url:
+        raise ValueError(
+            f"no MongoDB to sync to: pass --to mongodb://... or set {MONGO_URL_VARIABLE}")
+    if not is_mongo_url(url):
+        raise ValueError(f"--to must be a mongodb:// URL, got '{redact(url)}'")
+    report = sync_store(args.path, url)
+    print(f"synced {args.path} into {redact(url)}: {report.summary()}")
+    return 1 if report.unreadable else 0

@@ -1,0 +1,365 @@
+"""Recorded runs as pandas tables: one row per run, metrics in long form, side-by-side comparisons.
+
+Everything here goes through the RunStore protocol (observers.store), so a file store and
+MongoDB give the same columns and dtypes. A run whose record is partly missing or damaged still
+gets its row, with what could be read and a `note` saying what could not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from observers.store import RecordError, RunStore, open_store, summarize_metrics
+
+DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
+RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
+    "experiment": "str",
+    "status": "str",
+    "start_time": "datetime64[us]",
+    "stop_time": "datetime64[us]",
+    "heartbeat": "datetime64[us]",
+    "duration": "timedelta64[us]",
+    "host": "str",
+    "git_commit": "str",
+    "git_dirty": "boolean",
+    "result": "float64",
+    "note": "str",
+}
+SUMMARY_STATS = ("last", "min", "max")
+METRIC_COLUMNS = {"run_id": "int64", "metric": "str", "step": "int64", "value": "float64",
+                  "timestamp": "datetime64[us]"}
+STALE_HEARTBEAT = dt.timedelta(minutes=2)  # a RUNNING run silent this long has probably died
+
+
+def as_store(store: str | os.PathLike | RunStore | None) -> RunStore:
+    """A RunStore as is, or the store a path or mongodb:// URL names (default: open_store's)."""
+    if hasattr(store, "run_ids") and hasattr(store, "run"):
+        return store
+    return open_store(store)
+
+
+# --------------------------------------------------------------------------- load_runs
+
+
+def load_runs(store: str | os.PathLike | RunStore | None = None, *,
+              run_ids: Iterable[int] | None = None, status: str | Iterable[str] | None = None,
+              experiment: str | Iterable[str] | None = None, **config) -> pd.DataFrame:
+    """One row per run, indexed by run id: record, `config.<dotted.key>`, metric summaries.
+
+    Filters: status and experiment (a name or several), and config values by dotted key, e.g.
+    `load_runs("runs", lr=0.01, **{"optimizer.name": "sgd"})` (`optimizer__name=` works too)."""
+    store = as_store(store)
+    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
+    wanted = {key.replace("__", "."): value for key, value in config.items()}
+    rows = [_record_row(store, run_id) for run_id in ids]
+    rows = [row for row in rows if _matches(row, _names(status), _names(experiment), wanted)]
+    if wanted and rows == [] and ids:
+        _check_config_keys(store, ids, wanted)
+    summaries = _metric_summaries(store, [row["run_id"] for row in rows])
+    for row in rows:
+        _add_summaries(row, summaries[row["run_id"]], store)
+    return _runs_frame(rows)
+
+
+def _names(value: str | Iterable[str] | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {value} if isinstance(value, str) else set(value)
+
+
+def _matches(row: dict, statuses, experiments, config: dict) -> bool:
+    if statuses is not None and row["status"] not in statuses:
+        return False
+    if experiments is not None and row.get("experiment") not in experiments:
+        return False
+    return all(_same_value(row.get(f"config.{key}", _MISSING), value) for key, value in config.items())
+
+
+_MISSING = object()
+
+
+def _same_value(recorded, wanted) -> bool:
+    if isinstance(wanted, list):
+        wanted = _hashable(wanted)
+    return recorded is not _MISSING and recorded == wanted
+
+
+def _check_config_keys(store: RunStore, ids: list[int], wanted: dict) -> None:
+    """Tell a filter's unknown config key apart from a value no run has."""
+    known: set[str] = set()
+    for run_id in ids:
+        try:
+            known.update(flatten_config(store.config(run_id)))
+        except Exception:  # noqa: BLE001 - a damaged config only makes the hint less complete
+            continue
+    for key in wanted:
+        if known and key not in known:
+            raise ValueError(f"unknown config key '{key}' in the filter (no run in {store.location} has it)")
+
+
+def _record_row(store: RunStore, run_id: int) -> dict:
+    """What run.json and config hold about one run; a part that cannot be read becomes a note."""
+    row: dict = {"run_id": run_id}
+    notes = []
+    try:
+        row.update(_record_fields(store.run(run_id)))
+    except Exception as error:  # noqa: BLE001 - one bad record never stops the listing
+        row["status"] = DAMAGED
+        notes.append(describe_error(error, store, run_id))
+    try:
+        row.update({f"config.{k}": v for k, v in flatten_config(store.config(run_id)).items()})
+    except Exception as error:  # noqa: BLE001
+        notes.append(describe_error(error, store, run_id))
+    if _probably_dead(row):
+        notes.append(f"no heartbeat since {row['heartbeat']:%Y-%m-%d %H:%M} UTC, probably dead")
+    row["note"] = "; ".join(dict.fromkeys(notes)) or None
+    return row
+
+
+def describe_error(error: Exception, store: RunStore, run_id: int) -> str:
+    """Why part of a run could not be read, without the run id and store path around it."""
+    if not isinstance(error, RecordError):
+        return f"{type(error).__name__}: {error}"
+    return str(error).removeprefix(f"run {run_id}: ").replace(f"{store.location}/{run_id}/", "")
+
+
+def _record_fields(run: dict) -> dict:
+    start, stop, beat = (_timestamp(run.get(key)) for key in ("start_time", "stop_time", "heartbeat"))
+    repositories = (run.get("experiment") or {}).get("repositories") or [{}]
+    end = stop or beat
+    return {
+        "experiment": (run.get("experiment") or {}).get("name"),
+        "status": run.get("status") or DAMAGED,
+        "start_time": start,
+        "stop_time": stop,
+        "heartbeat": beat,
+        "duration": end - start if start and end else None,
+        "host": (run.get("host") or {}).get("hostname"),
+        "git_commit": repositories[0].get("commit"),
+        "git_dirty": repositories[0].get("dirty"),
+        "result": _result(run.get("result")),
+    }
+
+
+def _timestamp(value) -> dt.datetime | None:
+    """A naive UTC datetime from Sacred's ISO text (file store) or a datetime (MongoDB)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _result(value) -> float | None:
+    """The run's return value as a number, when it is one (Sacred allows anything)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _probably_dead(row: dict) -> bool:
+    beat = row.get("heartbeat")
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    return row.get("status") == "RUNNING" and beat is not None and now - beat > STALE_HEARTBEAT
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """{dotted.key: value} of a nested config; lists become tuples so columns stay hashable."""
+    flat = {}
+    for key, value in config.items():
+        if key == "__doc__":
+            continue
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = _hashable(value)
+    return flat
+
+
+def _hashable(value):
+    """Lists as tuples; a dict that cannot be flattened (empty, or inside a list) as JSON text."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _metric_summaries(store: RunStore, run_ids: list[int]) -> dict[int, dict | Exception]:
+    """Per run, summarize_metrics of its metrics, from the store's fast path when it has one."""
+    fast = getattr(store, "metric_summaries", None)
+    if fast is not None:
+        return fast(run_ids)
+    summaries: dict[int, dict | Exception] = {}
+    for run_id in run_ids:
+        try:
+            summaries[run_id] = summarize_metrics(store.metrics(run_id))
+        except Exception as error:  # noqa: BLE001 - one bad record never stops the listing
+            summaries[run_id] = error
+    return summaries
+
+
+def _add_summaries(row: dict, summary: dict | Exception, store: RunStore) -> None:
+    if isinstance(summary, Exception):
+        notes = [row["note"], describe_error(summary, store, row["run_id"])]
+        row["note"] = "; ".join(dict.fromkeys(filter(None, notes)))
+        return
+    for name, stats in summary.items():
+        for stat in SUMMARY_STATS:
+            row[f"{name}.{stat}"] = stats[stat]
+
+
+def _runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """The runs table with fixed leading columns and dtypes, then config, then metrics."""
+    frame = pd.DataFrame.from_records(rows, columns=_column_order(rows))
+    frame = frame.set_index("run_id")
+    frame.index = frame.index.astype("int64")
+    for column, dtype in RECORD_COLUMNS.items():
+        frame[column] = _typed(frame[column], dtype)
+    for column in frame.columns:
+        if column.rsplit(".", 1)[-1] in SUMMARY_STATS and not column.startswith("config."):
+            frame[column] = frame[column].astype("float64")
+    return frame
+
+
+def _column_order(rows: list[dict]) -> list[str]:
+    keys = {key for row in rows for key in row}
+    config = sorted(k for k in keys if k.startswith("config."))
+    names = sorted({k.rsplit(".", 1)[0] for k in keys if k not in RECORD_COLUMNS
+                    and k != "run_id" and not k.startswith("config.")})
+    metrics = [f"{name}.{stat}" for name in names for stat in SUMMARY_STATS]
+    return ["run_id", *RECORD_COLUMNS, *config, *metrics]
+
+
+def _typed(column: pd.Series, dtype: str) -> pd.Series:
+    if dtype.startswith(("datetime64", "timedelta64")):
+        converted = pd.to_timedelta(column) if dtype.startswith("timedelta") else pd.to_datetime(column)
+        return converted.astype(dtype)
+    if dtype == "str":
+        return column.astype(object).where(column.notna(), None).astype("str")
+    return column.astype(dtype)
+
+
+# --------------------------------------------------------------------------- load_metrics
+
+
+def load_metrics(store: str | os.PathLike | RunStore | None = None,
+                 run_ids: Iterable[int] | None = None,
+                 names: str | Iterable[str] | None = None) -> pd.DataFrame:
+    """Metrics in long form: run_id, metric, step, value, timestamp (one row per point).
+
+    A run whose metrics cannot be read is left out with a warning naming it."""
+    store = as_store(store)
+    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
+    wanted = _names(names)
+    columns: dict[str, list] = {"run_id": [], "metric": [], "counts": [], "step": [], "value": [],
+                                "timestamp": []}
+    for run_id in ids:
+        try:
+            metrics = store.metrics(run_id)
+        except Exception as error:  # noqa: BLE001 - one bad record never stops the others
+            warnings.warn(f"run {run_id} left out: {describe_error(error, store, run_id)}", stacklevel=2)
+            continue
+        for name in sorted(metrics):
+            if wanted is None or name in wanted:
+                _append_series(columns, run_id, name, metrics[name])
+    return _metrics_frame(columns)
+
+
+def _known_ids(store: RunStore, run_ids: Iterable[int]) -> list[int]:
+    present = set(store.run_ids())
+    ids = [int(run_id) for run_id in run_ids]
+    for run_id in ids:
+        if run_id not in present:
+            raise RecordError(f"no run {run_id} in {store.location}")
+    return ids
+
+
+def _append_series(columns: dict[str, list], run_id: int, name: str, series: dict) -> None:
+    steps, values, times = series["steps"], series["values"], series["timestamps"]
+    count = min(len(steps), len(values), len(times))  # a torn record keeps its whole points
+    columns["run_id"].append(run_id)
+    columns["metric"].append(name)
+    columns["counts"].append(count)
+    columns["step"] += steps[:count]
+    columns["value"] += values[:count]
+    columns["timestamp"] += times[:count]
+
+
+def _metrics_frame(columns: dict[str, list]) -> pd.DataFrame:
+    counts = np.asarray(columns["counts"], dtype=np.int64)
+    return pd.DataFrame({
+        "run_id": np.repeat(np.asarray(columns["run_id"], dtype=np.int64), counts),
+        "metric": pd.Series(np.repeat(np.asarray(columns["metric"], dtype=object), counts),
+                            dtype="str"),
+        "step": np.asarray(columns["step"], dtype=np.int64),
+        "value": _floats(columns["value"]),
+        "timestamp": _datetimes(columns["timestamp"]),
+    })
+
+
+def _floats(values: list) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):  # a value that is not a number becomes NaN
+        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
+
+
+def _datetimes(values: list) -> np.ndarray:
+    """datetime64[us] of ISO text or datetimes; numpy's parser is fast, pandas handles the rest."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return np.asarray(values, dtype="datetime64[us]")
+        except (TypeError, ValueError, DeprecationWarning, UserWarning):
+            pass
+    parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
+    return parsed.dt.tz_localize(None).to_numpy("datetime64[us]")
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare(store: str | os.PathLike | RunStore | None, run_ids: Iterable[int],
+            metrics: str | Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per run: status, the config keys whose values differ between the runs, the
+    metric summaries (all, or only the named metrics) and result."""
+    store = as_store(store)
+    ids = list(dict.fromkeys(_known_ids(store, run_ids)))
+    runs = load_runs(store, run_ids=ids)
+    wanted = _names(metrics)
+    config = differing_config(runs)
+    metric_columns = [c for c in runs.columns[len(RECORD_COLUMNS):]
+                      if not c.startswith("config.")
+                      and (wanted is None or c.rsplit(".", 1)[0] in wanted)]
+    return runs.loc[ids, ["status", *config, *metric_columns, "result", "note"]]
+
+
+def differing_config(runs: pd.DataFrame) -> list[str]:
+    """The config.* columns whose values are not the same in every row (missing counts as a
+    value), most telling first: top-level keys, then by how many values they take; seeds last."""
+    config = [c for c in runs.columns if c.startswith("config.")]
+    readable = runs[runs[config].notna().any(axis=1)]  # a run whose config is unreadable tells nothing
+    distinct = {c: readable[c].map(_comparable).nunique() for c in config}
+
+    def priority(column: str) -> tuple:
+        key = column.removeprefix("config.")
+        return ("seed" in key.rsplit(".", 1)[-1], key.count("."), -distinct[column], key)
+
+    return sorted((c for c, n in distinct.items() if n > 1), key=priority)
+
+
+def _comparable(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "<missing>"
+    return repr(value)

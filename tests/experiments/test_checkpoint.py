@@ -1,0 +1,217 @@
+"""Checkpoints: everything needed to continue bit-exactly, and nothing unsafe ever loads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import resume
+from experiments.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    state_hash,
+    training_state,
+)
+from experiments.resume import Terminated, interrupts_handled
+from ingredients.model import SmallCNN, mlp
+from ingredients.optimizer import LRFactor
+
+
+def build(schedule: str, epochs: int = 4, steps_per_epoch: int = 3):
+    """A small model with Adam, a schedule and a loader generator, all freshly seeded."""
+    torch.manual_seed(0)
+    net = mlp((8,), 3, hidden=(16,), dropout=0.5)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    total = epochs * steps_per_epoch
+    if schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=total)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            opt, LRFactor(schedule, total, 2, steps_per_epoch, 1, 0.5))
+    return net, opt, scheduler, torch.Generator().manual_seed(1)
+
+
+def train_steps(net, opt, scheduler, generator, steps: int) -> list[float]:
+    """A few optimizer steps drawing from every RNG the training uses; the values drawn."""
+    drawn = []
+    for _ in range(steps):
+        order = torch.randperm(32, generator=generator)
+        x = torch.randn(32, 8)[order]  # global torch RNG; dropout draws from it too
+        loss = torch.nn.functional.cross_entropy(net(x), torch.arange(32) % 3)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        scheduler.step()
+        drawn += [random.random(), float(np.random.rand()), opt.param_groups[0]["lr"]]
+    return drawn
+
+
+@pytest.mark.parametrize("schedule", ["none", "step", "cosine", "onecycle"])
+def test_restored_state_continues_bit_exactly(tmp_path, schedule):
+    random.seed(2)
+    np.random.seed(3)
+    net, opt, scheduler, generator = build(schedule)
+    train_steps(net, opt, scheduler, generator, 4)
+    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=1,
+                           step=4, generator=generator, best={"value": 0.5, "epoch": 1, "stale": 0},
+                           config={"seed": 3, "optimizer": {"betas": (0.9, 0.99)}})
+    digest = save_checkpoint(tmp_path / "last.pt", state)
+    straight = train_steps(net, opt, scheduler, generator, 5)
+
+    random.seed(99)  # everything the checkpoint holds must be restored, not left as it is
+    np.random.seed(99)
+    torch.manual_seed(99)
+    net2, opt2, scheduler2, generator2 = build(schedule)
+    loaded = load_checkpoint(tmp_path / "last.pt", digest)
+    epoch, step, best = restore_training_state(
+        loaded, model=net2, optimizer=opt2, scheduler=scheduler2, scaler=None,
+        generator=generator2, same_schedule=True)
+    resumed = train_steps(net2, opt2, scheduler2, generator2, 5)
+
+    assert (epoch, step, best) == (1, 4, {"value": 0.5, "epoch": 1, "stale": 0})
+    assert loaded["config"] == {"seed": 3, "optimizer": {"betas": [0.9, 0.99]}}
+    assert resumed == straight
+    assert state_hash(net2) == state_hash(net)
+
+
+def test_a_longer_schedule_is_advanced_to_the_checkpoint_step(tmp_path):
+    net, opt, scheduler, generator = build("step", epochs=2)
+    train_steps(net, opt, scheduler, generator, 6)
+    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=2,
+                           step=6, generator=generator, best={}, config={})
+    save_checkpoint(tmp_path / "last.pt", state)
+    longer_net, longer_opt, longer, longer_generator = build("step", epochs=5)
+    restore_training_state(load_checkpoint(tmp_path / "last.pt"), model=longer_net,
+                           optimizer=longer_opt, scheduler=longer, scaler=None,
+                           generator=longer_generator, same_schedule=False)
+    reference = build("step", epochs=5)[2]
+    for _ in range(6):
+        reference.optimizer.step()
+        reference.step()
+    assert longer.last_epoch == 6 and longer.lr_lambdas[0].total == 15
+    assert longer_opt.param_groups[0]["lr"] == reference.get_last_lr()[0] == 0.01 * 0.5 ** 2
+
+
+def test_state_hash_sees_one_bit_and_handles_0_d_tensors():
+    torch.manual_seed(0)
+    cnn = SmallCNN((1, 8, 8), 10)  # BatchNorm's num_batches_tracked is a 0-d tensor
+    before = state_hash(cnn)
+    assert state_hash(cnn) == before
+    with torch.no_grad():
+        weight = cnn.head[2].weight
+        weight.view(-1).view(torch.int32)[0] ^= 1  # flip the lowest bit of one float
+    assert state_hash(cnn) != before
+
+
+@pytest.fixture
+def checkpoint_file(tmp_path) -> tuple[Path, str]:
+    net, opt, scheduler, generator = build("cosine")
+    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=1,
+                           step=3, generator=generator, best={}, config={"seed": 1})
+    path = tmp_path / "last.pt"
+    return path, save_checkpoint(path, state)
+
+
+def test_tampered_checkpoint_is_refused(checkpoint_file):
+    path, digest = checkpoint_file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the SHA-256 recorded"):
+        load_checkpoint(path, digest)
+
+
+def test_truncated_checkpoint_is_one_sentence(checkpoint_file):
+    path, _ = checkpoint_file
+    path.write_bytes(path.read_bytes()[:1000])
+    truncated_digest = hashlib.sha256(path.read_bytes()).hexdigest()  # even if the record agrees
+    with pytest.raises(CheckpointError, match=r"is damaged or not a torch checkpoint$"):
+        load_checkpoint(path, truncated_digest)
+
+
+@pytest.mark.parametrize("content", [b"epoch,loss\n1,0.5\n", b""])
+def test_a_file_that_is_no_torch_file_is_refused(tmp_path, content):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="is damaged or not a torch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_torch_file_that_is_no_checkpoint_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="is not a reprolab checkpoint"):
+        load_checkpoint(tmp_path / "weights.pt")
+
+
+class Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "raw pickle"])
+def test_malicious_pickle_runs_no_code(tmp_path, writer):
+    marker = tmp_path / "owned"
+    path = tmp_path / "last.pt"
+    payload = {"format": "reprolab-checkpoint/1", "model": Payload(marker)}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert not marker.exists()
+    message = str(error.value)
+    assert message == (f"checkpoint {path} holds objects other than tensors and plain values, "
+                       "so it was not loaded (a checkpoint must load with weights_only=True)")
+
+
+def test_checkpoint_bytes_load_on_the_cpu(checkpoint_file):
+    path, digest = checkpoint_file
+    state = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    assert state["format"] == "reprolab-checkpoint/1"
+    assert all(t.device.type == "cpu" for t in load_checkpoint(path, digest)["model"].values())
+
+
+class FakeRun:
+    """The two things CheckpointRecorder uses of a Sacred run."""
+
+    def __init__(self):
+        self.info, self.artifacts = {}, {}
+
+    def add_artifact(self, path: str, name: str) -> None:
+        self.artifacts[name] = Path(path).read_bytes()
+
+
+@pytest.mark.parametrize("signum, stop", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_stop_request_waits_until_the_checkpoint_and_its_hash_are_recorded(
+        monkeypatch, signum, stop):
+    def signal_then_save(path, state):
+        os.kill(os.getpid(), signum)  # arrives in the middle of writing the checkpoint
+        return save_checkpoint(path, state)
+
+    monkeypatch.setattr(resume, "save_checkpoint", signal_then_save)
+    run = FakeRun()
+    recorder = resume.CheckpointRecorder(run)
+    with interrupts_handled(), pytest.raises(stop):
+        recorder.save("last.pt", {"epoch": 2, "step": 6, "weights": torch.ones(3)})
+    recorder.add_artifacts()
+    assert run.info["checkpoints"]["last.pt"]["epoch"] == 2
+    assert run.info["checkpoints"]["last.pt"]["sha256"] == hashlib.sha256(
+        run.artifacts["last.pt"]).hexdigest()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back

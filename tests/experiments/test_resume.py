@@ -1,0 +1,249 @@
+"""Resume: a run stopped by SIGTERM or Ctrl-C continues bit-exactly; bad resumes change nothing.
+
+Every run here uses a step schedule (halving the lr each epoch), so the schedule state matters
+but does not depend on the planned number of epochs: a 2-epoch run resumed to 3 epochs must
+then equal a straight 3-epoch run too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN = REPO_ROOT / "experiments" / "train.py"
+# One thread per run: faster on a busy 2-core machine, and the same count for every run here.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+CONFIG = ("seed=5", "limit_batches=10", "optimizer.schedule=step", "optimizer.step_size=1",
+          "optimizer.gamma=0.5")
+
+# Runs train.py, but once the given epoch's checkpoint is written, says READY on stdout and
+# blocks until the test sends a signal: the signal arrives at a known point, without sleeping.
+STOPPER = '''
+import os, runpy, sys
+import experiments.loop as loop
+
+after, calls, evaluate = int(os.environ["STOP_AFTER_EPOCH"]), [], loop.evaluate
+
+def evaluate_then_wait(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == after + 1:  # epoch `after` is complete and checkpointed
+        os.write(1, b"READY\\n")
+        os.read(0, 1)
+    return result
+
+loop.evaluate = evaluate_then_wait
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def load(path: Path):
+    return json.loads(path.read_text())
+
+
+def tree_hash(root: Path) -> str:
+    """One hash over every file's path and bytes under root."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def interrupt(store: Path, tmp: Path, after: int, signum: int, *updates: str):
+    """Start a run, stop it with a real signal once epoch `after` is done; the finished process."""
+    stopper = tmp / "stopper.py"
+    stopper.write_text(STOPPER)
+    stderr = open(tmp / f"stderr-{signum}.txt", "w+")
+    process = subprocess.Popen(
+        [sys.executable, str(stopper), str(TRAIN), "-R", str(store), "with", *updates],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO_ROOT,
+        env={**os.environ, **ONE_THREAD, "STOP_AFTER_EPOCH": str(after)})
+    for line in process.stdout:
+        if line.strip() == b"READY":
+            break
+    else:
+        raise AssertionError(f"the run ended before epoch {after + 1}:\n{stderr.read()}")
+    process.send_signal(signum)
+    process.stdout.read()
+    process.wait(timeout=120)
+    stderr.seek(0)
+    return process.returncode, stderr.read()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, train):
+    """1: straight 3 epochs; 2: SIGTERM after epoch 1; 3: 2 resumed; 4: a 2-epoch run stopped by
+    Ctrl-C after epoch 1; 5: 4 resumed to 3 epochs."""
+    tmp = tmp_path_factory.mktemp("resume")
+    store = tmp / "store"
+    train(store, *CONFIG, "epochs=3", env=ONE_THREAD)
+    term = interrupt(store, tmp, 1, signal.SIGTERM, *CONFIG, "epochs=3")
+    train(store, "resume=2", env=ONE_THREAD)
+    ctrl_c = interrupt(store, tmp, 1, signal.SIGINT, *CONFIG, "epochs=2")
+    train(store, "resume=4", "epochs=3", env=ONE_THREAD)
+    return store, {"SIGTERM": term, "SIGINT": ctrl_c}
+
+
+def assert_continues_bit_exactly(straight: Path, resumed: Path, after: int) -> None:
+    metrics, again = load(straight / "metrics.json"), load(resumed / "metrics.json")
+    assert again.keys() == metrics.keys() == {"train_loss", "val_loss", "val_accuracy", "lr"}
+    for name, series in metrics.items():
+        assert again[name]["steps"] == series["steps"][after:] == list(range(after + 1, 4))
+        assert again[name]["values"] == series["values"][after:], name
+    assert (load(resumed / "info.json")["final_model_sha256"]
+            == load(straight / "info.json")["final_model_sha256"])
+
+
+@pytest.mark.parametrize("signame, run, code", [("SIGTERM", 2, 143), ("SIGINT", 4, 130)])
+def test_a_signal_ends_the_run_as_interrupted_with_a_checkpoint(runs, signame, run, code):
+    store, stopped = runs
+    returncode, stderr = stopped[signame]
+    assert returncode == code
+    assert f"run {run} interrupted after epoch 1; continue it with:" in stderr
+    assert f"-R {store} with resume={run}" in stderr and "Traceback" not in stderr
+    record = store / str(run)
+    assert load(record / "run.json")["status"] == "INTERRUPTED"
+    assert load(record / "metrics.json")["val_loss"]["steps"] == [1]
+    last = load(record / "info.json")["checkpoints"]["last.pt"]
+    assert last["epoch"] == 1 and last["sha256"] == hashlib.sha256(
+        (record / "last.pt").read_bytes()).hexdigest()
+
+
+def test_resumed_run_equals_the_straight_run_hash_for_hash(runs):
+    store, _ = runs
+    assert_continues_bit_exactly(store / "1", store / "3", after=1)
+    resumed = load(store / "3" / "info.json")["resumed_from"]
+    assert resumed["run_id"] == 2 and resumed["epoch"] == 1 and resumed["checkpoint"] == "last.pt"
+    assert resumed["sha256"] == load(store / "2" / "info.json")["checkpoints"]["last.pt"]["sha256"]
+    config = load(store / "3" / "config.json")
+    assert config == {**load(store / "1" / "config.json"), "resume": 2}
+
+
+def test_a_run_resumed_for_more_epochs_equals_the_longer_straight_run(runs):
+    store, _ = runs
+    assert load(store / "4" / "config.json")["epochs"] == 2
+    assert load(store / "5" / "config.json")["epochs"] == 3
+    assert_continues_bit_exactly(store / "1", store / "5", after=1)
+
+
+def test_the_checkpoint_holds_every_state_and_its_config(runs):
+    store, _ = runs
+    state = torch.load(store / "3" / "last.pt", weights_only=True, map_location="cpu")
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "best",
+            "config"} <= state.keys()
+    assert {"python", "numpy", "torch", "loader"} <= state["rng"].keys()
+    assert state["epoch"] == 3 and state["step"] == 30
+    assert state["config"] == load(store / "3" / "config.json")
+
+
+# --------------------------------------------------------------------------- refused resumes
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    from experiments.base import ConfigurationError
+    from experiments.train import ex
+
+    return ex, ConfigurationError
+
+
+@pytest.fixture
+def scratch(runs, tmp_path) -> Path:
+    """A copy of run 2 (interrupted, resumable) as run 1 of a store of its own."""
+    store, _ = runs
+    copy = tmp_path / "store"
+    copy.mkdir()
+    subprocess.run(["cp", "-r", str(store / "2"), str(copy / "1")], check=True)
+    subprocess.run(["cp", "-r", str(store / "_sources"), str(copy / "_sources")], check=True)
+    return copy
+
+
+def refused(experiment, store: Path, **updates) -> str:
+    """The ConfigurationError a resume in-process is refused with; the store must not change."""
+    ex, ConfigurationError = experiment
+    before = tree_hash(store)
+    with pytest.raises(ConfigurationError) as error:
+        ex.run(config_updates=updates, options={"--store": str(store)})
+    assert tree_hash(store) == before
+    return str(error.value)
+
+
+def test_a_config_that_changes_the_training_is_refused_naming_the_keys(experiment, scratch):
+    message = refused(experiment, scratch, resume=1, lr=0.5, optimizer={"name": "sgd"}, epochs=4)
+    assert message == ("resume: the config differs from run 1's checkpoint in lr, optimizer.name; "
+                       "only epochs may change when resuming")
+    assert "data.shape, model.name" in refused(experiment, scratch, resume=1,
+                                               model={"name": "cnn"}, data={"shape": [1, 8, 8]})
+
+
+def test_epochs_already_reached_are_refused(experiment, scratch):
+    assert refused(experiment, scratch, resume=1, epochs=1) == (
+        "epochs: run 1's checkpoint is already at epoch 1; set epochs above 1 to train further")
+
+
+def test_unknown_run_and_non_run_directory_are_refused(experiment, scratch, tmp_path):
+    assert refused(experiment, scratch, resume=7) == f"resume: no run 7 in {scratch}"
+    assert refused(experiment, scratch, resume=str(scratch)) == (
+        f"resume: {scratch} is not a run directory (no run.json in a numbered folder)")
+
+
+def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, scratch):
+    last = scratch / "1" / "last.pt"
+    last.write_bytes(last.read_bytes()[:-10] + b"0123456789")
+    assert refused(experiment, scratch, resume=1) == (
+        "resume: run 1's checkpoint last.pt does not match the SHA-256 recorded when it was "
+        "saved; it was changed or damaged, so it was not loaded")
+
+    info_path = scratch / "1" / "info.json"
+    info = load(info_path)
+    last.write_bytes(last.read_bytes()[:2000])  # truncated, and the record made to agree
+    info["checkpoints"]["last.pt"]["sha256"] = hashlib.sha256(last.read_bytes()).hexdigest()
+    info_path.write_text(json.dumps(info))
+    assert refused(experiment, scratch, resume=1) == (
+        "resume: run 1's checkpoint last.pt is damaged or not a torch checkpoint")
+
+    info_path.write_text("{ not json")
+    assert refused(experiment, scratch, resume=1).startswith(f"resume: run 1: {info_path} is damaged")
+    info_path.unlink()
+    assert refused(experiment, scratch, resume=1) == (
+        "resume: run 1 recorded no checkpoint last.pt (it stopped before finishing an epoch, "
+        "or its info.json is missing)")
+
+
+class Evil:
+    """Unpickling this would run a shell command that creates a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(train, scratch, tmp_path):
+    marker = tmp_path / "owned"
+    evil = pickle.dumps({"format": "reprolab-checkpoint/1", "model": Evil(marker)})
+    (scratch / "1" / "last.pt").write_bytes(evil)
+    info = load(scratch / "1" / "info.json")
+    info["checkpoints"]["last.pt"]["sha256"] = hashlib.sha256(evil).hexdigest()  # record agrees
+    (scratch / "1" / "info.json").write_text(json.dumps(info))
+    before = tree_hash(scratch)
+
+    result = train(scratch, "resume=1", check=False, env=ONE_THREAD)
+
+    assert result.returncode == 2 and not marker.exists()
+    assert result.stderr.strip() == (
+        "error: resume: run 1's checkpoint last.pt holds objects other than tensors and plain "
+        "values, so it was not loaded (a checkpoint must load with weights_only=True)")
+    assert tree_hash(scratch) == before

@@ -1,0 +1,363 @@
+"""Recording into MongoDB: Omniboard's schema, reading back, the 16 MB bound, outages, credentials.
+
+No MongoDB server can run here: runs are recorded through the real path into mongomock (as
+Sacred's own tests do) by replacing observers.mongo.make_client. One test uses a closed local
+port for a server that is down, and one uses a real server when REPROLAB_TEST_MONGO_URL is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import bson
+import gridfs
+import mongomock
+import pytest
+from mongomock.gridfs import enable_gridfs_integration
+from pymongo.errors import AutoReconnect
+from sacred.serializer import flatten
+
+import observers.mongo as om
+from observers.cli import main as reprolab
+from observers.store import FileRunStore, RecordError
+from observers.sync import sync_store
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN = REPO_ROOT / "experiments" / "train.py"
+PASSWORD = "pw-" + secrets.token_hex(8)  # made at run time: recorded sources cannot contain it
+URL = f"mongodb://reprolab:{PASSWORD}@127.0.0.1:27017/sacred?authSource=admin"
+SHORT_RUN = {"epochs": 2, "limit_batches": 3, "progress": False}
+MONGO_LIMIT = 16 * 1024 * 1024
+
+enable_gridfs_integration()
+
+
+def record(store: str, fallback: Path, **updates):
+    """Train a short real run in this process into store; return the run and everything printed."""
+    from experiments.train import ex
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), redirect_stderr(err):
+        patch.setenv(om.FALLBACK_VARIABLE, str(fallback))
+        run = ex.run(config_updates={**SHORT_RUN, **updates}, options={"--store": store})
+    return run, out.getvalue() + err.getvalue()
+
+
+def documents(client) -> list[dict]:
+    """Every document of every collection (GridFS chunks included)."""
+    db = client["sacred"]
+    return [doc for name in db.list_collection_names() for doc in db[name].find()]
+
+
+def assert_no_password(client=None, texts=(), directories=()) -> None:
+    for document in documents(client) if client is not None else []:
+        assert PASSWORD.encode() not in bson.encode(document), document.get("_id")
+    for text in texts:
+        assert PASSWORD not in text
+    for directory in directories:
+        for path in Path(directory).rglob("*"):
+            if path.is_file():
+                assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One short training run recorded into mongomock through mongo_observers."""
+    client = mongomock.MongoClient()
+    fallback = tmp_path_factory.mktemp("mongo") / "runs_fallback"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(om, "make_client", lambda url, **options: client)
+        run, output = record(URL, fallback)
+    return {"client": client, "run": run, "output": output, "fallback": fallback}
+
+
+@pytest.fixture
+def mongo_store(recorded, monkeypatch):
+    monkeypatch.setattr(om, "make_client", lambda url, **options: recorded["client"])
+    return om.MongoRunStore(URL)
+
+
+# ------------------------------------------------------------------------------ credentials
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("mongodb://user:pw@host:27017/sacred?authSource=admin",
+     "mongodb://user:***@host:27017/sacred?authSource=admin"),
+    ("mongodb://u:p%40ss@h1:1,h2:2/db", "mongodb://u:***@h1:1,h2:2/db"),
+    ("mongodb+srv://a:b@cluster.example.net/x", "mongodb+srv://a:***@cluster.example.net/x"),
+    ("mongodb://user@host/db", "mongodb://user@host/db"),
+    ("https://ghp_token123@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://user:tok@gitlab.com/o/r.git", "https://user:***@gitlab.com/o/r.git"),
+    ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+    ("failed: mongodb://u:s3cret@h/db?tls=true refused",
+     "failed: mongodb://u:***@h/db?tls=true refused"),
+    ("/home/me/runs", "/home/me/runs"),
+])
+def test_redact_hides_passwords_and_tokens(text, expected):
+    assert om.redact(text) == expected
+
+
+def test_connect_gives_up_within_seconds_unless_the_url_says_otherwise(monkeypatch):
+    seen = []
+
+    def spy(url, **options):
+        seen.append(options)
+        return mongomock.MongoClient()
+
+    monkeypatch.setattr(om, "make_client", spy)
+    assert om.connect(URL).name == "sacred"
+    assert seen[0]["serverSelectionTimeoutMS"] <= 3000 and seen[0]["connectTimeoutMS"] <= 3000
+    om.connect("mongodb://h:27017/other?serverSelectionTimeoutMS=9000")
+    assert "serverSelectionTimeoutMS" not in seen[1]
+
+
+def test_malformed_url_is_refused_before_the_run_in_one_sentence(tmp_path):
+    from experiments.base import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as error:
+        record(f"mongodb://u:{PASSWORD}@host:notaport/sacred", tmp_path / "fallback")
+    assert "not a valid MongoDB URL: mongodb://u:***@host:notaport/sacred" in str(error.value)
+    assert PASSWORD not in str(error.value) and not (tmp_path / "fallback").exists()
+
+
+def test_password_appears_nowhere(recorded):
+    run = recorded["client"]["sacred"]["runs"].find_one()
+    assert run["meta"]["options"]["--store"] == URL.replace(PASSWORD, "***")
+    assert "REPROLAB_MONGO_URL" not in run["host"].get("ENV", {})
+    assert_no_password(recorded["client"], [recorded["output"]], [recorded["fallback"]])
+
+
+# ------------------------------------------------------------------------------ recording
+
+
+def test_run_is_recorded_in_the_schema_omniboard_reads(recorded):
+    db, run = recorded["client"]["sacred"], recorded["run"]
+    document = db["runs"].find_one()
+    assert document["_id"] == run._id == 1 and isinstance(document["_id"], int)
+    assert document["status"] == "COMPLETED" and document["reprolab"]["complete"] is True
+    assert isinstance(document["start_time"], dt.datetime)
+    refs = document["info"]["metrics"]
+    assert sorted(ref["name"] for ref in refs) == ["lr", "train_loss", "val_accuracy", "val_loss"]
+    for ref in refs:
+        metric = db["metrics"].find_one({"_id": bson.ObjectId(ref["id"])})
+        assert metric["run_id"] == 1 and metric["name"] == ref["name"] and metric["steps"] == [1, 2]
+    fs = gridfs.GridFS(db)
+    assert {"last.pt", "best.pt"} <= {a["name"] for a in document["artifacts"]}
+    for artifact in document["artifacts"]:
+        assert fs.get(artifact["file_id"]).filename == f"artifact://runs/1/{artifact['name']}"
+    assert all(fs.exists(file_id) for _, file_id in document["experiment"]["sources"])
+    assert "epoch 2:" in document["captured_out"]
+
+
+def test_record_reads_back_as_the_run_was(mongo_store, recorded):
+    run = recorded["run"]
+    assert mongo_store.run_ids() == [1]
+    assert mongo_store.config(1) == json.loads(json.dumps(flatten(run.config)))
+    assert mongo_store.info(1) == json.loads(json.dumps(flatten(run.info)))
+    record = mongo_store.run(1)
+    assert record["status"] == "COMPLETED" and record["start_time"] == run.start_time.isoformat()
+    assert {"best.pt", "last.pt"} <= set(record["artifacts"])
+    for name in ("last.pt", "best.pt"):
+        digest = hashlib.sha256(mongo_store.artifact(1, name)).hexdigest()
+        assert digest == run.info["checkpoints"][name]["sha256"]
+    train_py = (REPO_ROOT / "experiments/train.py").read_bytes()
+    assert mongo_store.sources(1)["experiments/train.py"] == train_py
+    accuracy = mongo_store.metrics(1)["val_accuracy"]
+    assert accuracy["steps"] == [1, 2] and max(accuracy["values"]) == run.result
+    with pytest.raises(RecordError, match="no artifact 'nope.pt'"):
+        mongo_store.artifact(1, "nope.pt")
+
+
+def test_complete_run_leaves_no_local_copy(recorded):
+    assert FileRunStore(recorded["fallback"]).run_ids() == []
+    assert "unreachable" not in recorded["output"] and "incomplete" not in recorded["output"]
+
+
+def test_reprolab_commands_take_a_mongodb_url(recorded, monkeypatch, capsys):
+    monkeypatch.setattr(om, "make_client", lambda url, **options: recorded["client"])
+    assert reprolab(["ls", "--store", URL]) == 0
+    by_option = capsys.readouterr().out
+    monkeypatch.setenv("REPROLAB_MONGO_URL", URL)
+    assert reprolab(["ls"]) == 0
+    assert capsys.readouterr().out == by_option
+    assert "COMPLETED" in by_option and PASSWORD not in by_option
+
+
+# ------------------------------------------------------------------------------ outages
+
+
+@pytest.fixture
+def failing_mongo(monkeypatch):
+    """mongomock that goes away after a given number of writes to the runs collection."""
+    client, state = mongomock.MongoClient(), {"down": False, "runs_writes_left": None}
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    for method in ("insert_one", "update_one", "replace_one", "find_one", "find", "delete_many"):
+        original = getattr(mongomock.collection.Collection, method)
+
+        def guarded(self, *args, _original=original, _method=method, **kwargs):
+            if self.name == "runs" and _method in ("insert_one", "update_one"):
+                left = state["runs_writes_left"]
+                if left is not None:
+                    state["down"] = state["down"] or left == 0
+                    state["runs_writes_left"] = left - 1
+            if state["down"]:
+                raise AutoReconnect("connection closed")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(mongomock.collection.Collection, method, guarded)
+    return client, state
+
+
+def test_outage_mid_run_keeps_full_record_and_sync_completes_it(failing_mongo, tmp_path):
+    client, state = failing_mongo
+    state["runs_writes_left"] = 1  # the run document is inserted, then the server goes away
+    run, output = record(URL, tmp_path / "fallback")
+    assert run.status == "COMPLETED"
+    assert output.count("MongoDB stopped recording run 1 (connection closed)") == 1
+    assert output.count("MongoDB's record of run 1 is incomplete") == 1
+    local = FileRunStore(tmp_path / "fallback")
+    assert local.run_ids() == [1] and local.run(1)["status"] == "COMPLETED"
+    assert {"last.pt", "best.pt"} <= set(local.run(1)["artifacts"])
+    assert all(len(series["steps"]) == 2 for series in local.metrics(1).values())
+
+    state.update(down=False, runs_writes_left=None)  # the server is back
+    db = client["sacred"]
+    assert db["runs"].find_one({"_id": 1})["status"] == "RUNNING"
+    report = sync_store(tmp_path / "fallback", URL, echo=lambda line: None)
+    assert report.completed == [(1, 1)] and report.uploaded == []
+    mongo = om.MongoRunStore(URL)
+    assert mongo.run(1)["status"] == "COMPLETED" and mongo.metrics(1) == local.metrics(1)
+    assert mongo.artifact(1, "last.pt") == local.artifact(1, "last.pt")
+    artifacts = db["fs.files"].count_documents({"filename": {"$regex": "^artifact://"}})
+    assert artifacts == len(local.run(1)["artifacts"])  # what the outage half-uploaded is gone
+    counts = {name: db[name].count_documents({}) for name in db.list_collection_names()}
+    assert sync_store(tmp_path / "fallback", URL, echo=lambda line: None).present == [(1, 1)]
+    assert {name: db[name].count_documents({}) for name in db.list_collection_names()} == counts
+    assert_no_password(client, [output], [tmp_path / "fallback"])
+
+
+def test_unreachable_server_records_locally_and_says_where(tmp_path, capsys):
+    """A closed local port: the connection is refused, the run goes to the fallback store."""
+    url = f"mongodb://reprolab:{PASSWORD}@127.0.0.1:1/sacred"
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "with", "debug", "progress=False"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "REPROLAB_MONGO_URL": url, om.FALLBACK_VARIABLE: ""},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "is unreachable" in line]
+    assert len(warnings) == 1
+    assert "mongodb://reprolab:***@127.0.0.1:1/sacred" in warnings[0]
+    assert "recording this run in runs_fallback/1 instead" in warnings[0]
+    assert_no_password(None, [result.stdout, result.stderr], [tmp_path])
+    assert reprolab(["ls", "--store", str(tmp_path / "runs_fallback")]) == 0
+    assert "COMPLETED" in capsys.readouterr().out
+
+
+def test_reading_an_unreachable_server_is_one_sentence(capsys):
+    url = f"mongodb://reprolab:{PASSWORD}@127.0.0.1:1/sacred"
+    assert reprolab(["ls", "--store", url]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        "reprolab: error: cannot reach MongoDB at mongodb://reprolab:***@127.0.0.1:1/sacred")
+    assert len(error.splitlines()) == 1 and PASSWORD not in error
+
+
+# ------------------------------------------------------------------------------ 16 MB bound
+
+
+def test_long_run_keeps_every_document_under_16_mb(monkeypatch):
+    """2M points of one metric and 20 MB of output: bounded documents, every point kept."""
+    db = mongomock.MongoClient()["sacred"]
+    observer = om.BoundedMongoObserver.on(db, "long-run")
+    start = dt.datetime(2024, 1, 1)
+    ex_info = {"name": "long", "base_dir": str(REPO_ROOT), "sources": [], "dependencies": [],
+               "repositories": [], "mainfile": None}
+    run_id = observer.started_event(ex_info, "main", {"hostname": "h"}, start, {}, {}, None)
+    batch = 200_000
+    stamps = [start + dt.timedelta(milliseconds=i) for i in range(batch)]
+    output = "".join(f"step {i}: loss fine\n" for i in range(1_000_000))  # about 20 MB
+    for first in range(0, 2_000_000, batch):
+        steps = list(range(first, first + batch))
+        observer.log_metrics({"loss": {"steps": steps, "values": [s / 7 for s in steps],
+                                       "timestamps": stamps}}, {})
+        so_far = output[: (first // batch + 1) * 2_000_000]
+        observer.heartbeat_event({"lr": 0.1}, so_far, start, None)
+    observer.heartbeat_event({"lr": 0.1}, output, start, None)
+    observer.completed_event(start, 1.0)
+
+    assert max(len(bson.encode(document)) for document in documents(db.client)) < MONGO_LIMIT
+    view = db["metrics"].find_one({"run_id": run_id, "name": "loss"})
+    every = view["kept_every"]
+    assert len(view["steps"]) <= om.VIEW_POINTS and view["steps"][:2] == [0, every]
+    assert view["steps"][-1] > 2_000_000 - 2 * every  # the whole curve, evenly thinned
+    document = db["runs"].find_one({"_id": run_id})
+    assert len(document["captured_out"].encode()) <= om.CAPTURED_OUT_BYTES + 100
+    assert document["captured_out"].endswith(output[-1000:])
+    whole = gridfs.GridFS(db).get(document["reprolab"]["captured_out_file"]).read().decode()
+    assert whole == output
+    monkeypatch.setattr(om, "make_client", lambda url, **options: db.client)
+    loss = om.MongoRunStore(URL).metrics(run_id)["loss"]
+    assert loss["steps"] == list(range(2_000_000)) and loss["values"][-1] == 1_999_999 / 7
+
+
+def test_oversized_info_is_trimmed_and_the_local_copy_kept(monkeypatch, tmp_path):
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    observer = om.MongoWithFallback(URL, tmp_path / "fallback")
+    start = dt.datetime(2024, 1, 1)
+    ex_info = {"name": "big", "base_dir": str(REPO_ROOT), "sources": [], "dependencies": [],
+               "repositories": [], "mainfile": None}
+    run_id = observer.started_event(ex_info, "main", {"hostname": "h"}, start, {}, {}, None)
+    info = {"diff": "x" * (20 << 20), "seed": 7}
+    observer.heartbeat_event(info, "", start, None)
+    observer.completed_event(start, None)
+    document = client["sacred"]["runs"].find_one({"_id": run_id})
+    assert len(bson.encode(document)) < MONGO_LIMIT and document["info"]["seed"] == 7
+    assert document["info"]["diff"].startswith("[not stored in MongoDB")
+    assert document["reprolab"]["cut"] == ["info.diff"]
+    local = FileRunStore(tmp_path / "fallback")
+    assert local.run_ids() == [1] and local.info(1)["diff"] == info["diff"]
+
+
+# ------------------------------------------------------------------------------ real server
+
+
+@pytest.mark.mongo
+def test_whole_path_against_a_real_server(tmp_path):
+    url = os.environ.get("REPROLAB_TEST_MONGO_URL")
+    if not url:
+        pytest.skip("set REPROLAB_TEST_MONGO_URL=mongodb://user:pw@host:27017/db to run")
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "with", "debug", "progress=False"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "REPROLAB_MONGO_URL": url, om.FALLBACK_VARIABLE: ""},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stderr.splitlines() if "Started run with ID" in line)
+    run_id = int(line.rsplit('"', 2)[-2])
+    store = om.MongoRunStore(url)
+    try:
+        assert store.run(run_id)["status"] == "COMPLETED"
+        assert set(store.metrics(run_id)) == {"lr", "train_loss", "val_accuracy", "val_loss"}
+        assert store.artifact(run_id, "last.pt")
+        assert not FileRunStore(tmp_path / "runs_fallback").run_ids()
+        for secret in om.url_secrets(url):
+            assert secret not in result.stderr + result.stdout
+            assert secret not in json.dumps(store.run(run_id))
+    finally:
+        document = store.db["runs"].find_one({"_id": run_id})
+        for file_id in [a["file_id"] for a in document.get("artifacts", [])]:
+            store.fs.delete(file_id)
+        store.db["metrics"].delete_many({"run_id": run_id})
+        store.db[om.CHUNKS_COLLECTION].delete_many({"run_id": run_id})
+        store.db["runs"].delete_one({"_id": run_id})

@@ -1,0 +1,146 @@
+"""FileRunStore: reading runs the project's FileStore writes, and its cached metric summaries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import observers.store
+from observers.filestore import JOURNAL, FileStore
+from observers.store import (
+    SUMMARY_CACHE,
+    FileRunStore,
+    RecordError,
+    open_store,
+    resolve_run,
+    summarize_metrics,
+)
+
+START = dt.datetime(2026, 3, 1, 12, 0, 0)
+
+
+def points(name: str, steps: range, scale: float) -> dict:
+    """One heartbeat's new points of a metric, as Sacred hands them to an observer."""
+    return {name: {"steps": list(steps), "values": [scale * s for s in steps],
+                   "timestamps": [START + dt.timedelta(seconds=s) for s in steps]}}
+
+
+def start_run(root: Path, config: dict) -> FileStore:
+    """A run started by the project's FileStore observer, as Sacred drives it."""
+    observer = FileStore(root)
+    ex_info = {"name": "train", "base_dir": str(root), "sources": [], "dependencies": [],
+               "repositories": [], "mainfile": "train.py"}
+    observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, config, {}, None)
+    return observer
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    """Run 1 completed (two heartbeats of metrics, sealed); run 2 in progress (journal only)."""
+    done = start_run(tmp_path, {"lr": 0.1})
+    done.log_metrics(points("loss", range(1, 4), 0.5), {})
+    done.log_metrics({**points("loss", range(4, 6), 0.25), **points("acc", range(1, 6), 0.1)}, {})
+    done.completed_event(START + dt.timedelta(minutes=1), 0.5)
+    live = start_run(tmp_path, {"lr": 0.2})
+    live.log_metrics(points("loss", range(1, 3), 1.0), {})
+    return tmp_path
+
+
+def test_the_file_store_layout_is_read_back(store):
+    reader = FileRunStore(store)
+    assert reader.run_ids() == [1, 2]
+    assert (store / "1" / "metrics.json").is_file() and (store / "2" / JOURNAL).is_file()
+    assert reader.metrics(1)["loss"]["values"] == [0.5, 1.0, 1.5, 1.0, 1.25]
+    assert reader.metrics(2)["loss"]["steps"] == [1, 2]
+    assert reader.run(1)["status"] == "COMPLETED" and reader.config(2) == {"lr": 0.2}
+    assert reader.info(1) == {}
+
+
+def test_metric_summaries_give_last_min_max_of_sealed_and_live_runs(store):
+    summaries = FileRunStore(store).metric_summaries([1, 2])
+    assert summaries[1]["loss"] == {"last": 1.25, "min": 0.5, "max": 1.5, "count": 5, "last_step": 5}
+    assert summaries[1]["acc"]["max"] == pytest.approx(0.5)
+    assert summaries[2] == {"loss": {"last": 2.0, "min": 1.0, "max": 2.0, "count": 2, "last_step": 2}}
+
+
+def test_sealed_summaries_are_cached_and_not_parsed_again(store, monkeypatch):
+    reader = FileRunStore(store)
+    first = reader.metric_summaries([1, 2])
+    cached = json.loads((store / SUMMARY_CACHE).read_text())
+    assert list(cached) == ["1"]  # the run in progress is not cached: its journal still grows
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("metrics.json parsed although its summary is cached")
+
+    monkeypatch.setattr(observers.store.FileRunStore, "_json", no_parsing)
+    assert FileRunStore(store).metric_summaries([1]) == {1: first[1]}
+
+
+def test_a_changed_metrics_file_is_summarised_again(store):
+    reader = FileRunStore(store)
+    reader.metric_summaries([1])
+    metrics = reader.metrics(1)
+    metrics["loss"]["values"][-1] = 9.0
+    (store / "1" / "metrics.json").write_text(json.dumps(metrics, indent=3))
+    assert reader.metric_summaries([1])[1]["loss"]["max"] == 9.0
+
+
+def test_a_damaged_cache_is_rebuilt(store):
+    (store / SUMMARY_CACHE).parent.mkdir()
+    (store / SUMMARY_CACHE).write_text('{"1": {"key": ')
+    assert FileRunStore(store).metric_summaries([1])[1]["loss"]["last"] == 1.25
+    assert list(json.loads((store / SUMMARY_CACHE).read_text())) == ["1"]
+
+
+def test_without_cache_nothing_is_written(store):
+    FileRunStore(store, cache=False).metric_summaries([1, 2])
+    assert not (store / SUMMARY_CACHE.parent).exists()
+
+
+def test_one_damaged_run_does_not_spoil_the_others(store):
+    (store / "1" / "metrics.json").write_text('{"loss": {"steps": [1, 2')
+    summaries = FileRunStore(store).metric_summaries([1, 2])
+    assert isinstance(summaries[1], RecordError) and "metrics.json is damaged" in str(summaries[1])
+    assert summaries[2]["loss"]["count"] == 2
+
+
+def test_metrics_of_the_wrong_shape_are_reported_not_raised(store):
+    (store / "1" / "metrics.json").write_text('["loss", 1, 2]')
+    summaries = FileRunStore(store).metric_summaries([1, 2])
+    assert "run 1: metrics not in Sacred's shape" in str(summaries[1])
+    assert summaries[2]["loss"]["count"] == 2
+
+
+def test_a_run_folder_without_run_json_is_told_apart_from_no_run(store):
+    (store / "3").mkdir()
+    reader = FileRunStore(store)
+    with pytest.raises(RecordError, match=r"run 3: .*/3/run.json is missing"):
+        reader.run(3)
+    with pytest.raises(RecordError, match="no run 4 in"):
+        reader.config(4)
+    assert isinstance(reader.metric_summaries([3])[3], RecordError)
+
+
+def test_summaries_skip_nan_and_values_that_are_not_numbers():
+    metrics = {"loss": {"steps": [1, 2, 3, 4], "values": [2.0, float("nan"), "oops", 1.0],
+                        "timestamps": ["t"] * 4},
+               "empty": {"steps": [], "values": [], "timestamps": []}}
+    summary = summarize_metrics(metrics)
+    assert summary["loss"] == {"last": 1.0, "min": 1.0, "max": 2.0, "count": 4, "last_step": 4}
+    assert math.isnan(summary["empty"]["last"]) and summary["empty"]["last_step"] is None
+
+
+def test_runs_are_named_by_id_or_folder(store, monkeypatch):
+    monkeypatch.delenv("REPROLAB_MONGO_URL", raising=False)
+    reader, run_id = resolve_run(str(store / "2"))
+    assert run_id == 2 and reader.config(run_id) == {"lr": 0.2}
+    assert resolve_run("1", str(store))[1] == 1
+    with pytest.raises(RecordError, match="no run 7 in"):
+        resolve_run("7", str(store))
+    monkeypatch.chdir(store.parent)
+    with pytest.raises(RecordError, match="no run store at runs"):
+        open_store()

@@ -1,0 +1,153 @@
+"""`reprolab sync`: file-store runs uploaded into MongoDB (mongomock) once, and read back equal."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import bson
+import mongomock
+import pytest
+from mongomock.gridfs import enable_gridfs_integration
+
+import observers.mongo as om
+from observers.cli import main as reprolab
+from observers.store import FileRunStore
+from observers.sync import sync_store
+
+PASSWORD = "pw-" + secrets.token_hex(8)  # made at run time: recorded sources cannot contain it
+URL = f"mongodb://reprolab:{PASSWORD}@127.0.0.1:27017/sacred?authSource=admin"
+QUIET = {"echo": lambda line: None}
+
+enable_gridfs_integration()
+
+
+@pytest.fixture(scope="module")
+def file_store(tmp_path_factory) -> Path:
+    """Two short real runs in a file store (seeds 1 and 2)."""
+    from experiments.train import ex
+
+    store = tmp_path_factory.mktemp("sync") / "runs"
+    for seed in (1, 2):
+        updates = {"seed": seed, "epochs": 2, "limit_batches": 3, "progress": False}
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            ex.run(config_updates=updates, options={"--store": str(store)})
+    return store
+
+
+@pytest.fixture
+def client(monkeypatch):
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    return client
+
+
+def counts(client) -> dict[str, int]:
+    db = client["sacred"]
+    return {name: db[name].count_documents({}) for name in db.list_collection_names()}
+
+
+def without_storage_paths(run: dict) -> dict:
+    """run.json minus what names storage locations (GridFS ids vs. _sources paths)."""
+    run = json.loads(json.dumps(run))
+    run["experiment"].pop("sources")
+    run.pop("resources", None)
+    return run
+
+
+def test_sync_uploads_every_run_once(file_store, client):
+    report = sync_store(file_store, URL, **QUIET)
+    assert report.uploaded == [(1, 1), (2, 2)] and not (report.present or report.unreadable)
+    before = counts(client)
+    again = sync_store(file_store, URL, **QUIET)
+    assert again.present == [(1, 1), (2, 2)] and again.uploaded == again.completed == []
+    assert counts(client) == before
+
+
+def test_synced_runs_read_back_equal_to_the_originals(file_store, client):
+    sync_store(file_store, URL, **QUIET)
+    local, mongo = FileRunStore(file_store), om.MongoRunStore(URL)
+    assert mongo.run_ids() == local.run_ids() == [1, 2]
+    for run_id in local.run_ids():
+        assert without_storage_paths(mongo.run(run_id)) == without_storage_paths(local.run(run_id))
+        assert mongo.config(run_id) == local.config(run_id)
+        assert mongo.info(run_id) == local.info(run_id)
+        assert mongo.metrics(run_id) == local.metrics(run_id)
+        assert mongo.sources(run_id) == local.sources(run_id)
+        for name in local.run(run_id)["artifacts"]:
+            assert mongo.artifact(run_id, name) == local.artifact(run_id, name)
+
+
+def test_synced_runs_follow_the_schema_omniboard_reads(file_store, client):
+    sync_store(file_store, URL, **QUIET)
+    db = client["sacred"]
+    for document in db["runs"].find():
+        assert isinstance(document["_id"], int) and document["reprolab"]["complete"] is True
+        for ref in document["info"]["metrics"]:
+            metric = db["metrics"].find_one({"_id": bson.ObjectId(ref["id"])})
+            assert (metric["run_id"], metric["name"]) == (document["_id"], ref["name"])
+        for artifact in document["artifacts"]:
+            assert db["fs.files"].find_one({"_id": artifact["file_id"]})["filename"].startswith(
+                f"artifact://runs/{document['_id']}/")
+    local = FileRunStore(file_store)
+    distinct = {(name, hashlib.md5(data).hexdigest())
+                for run_id in local.run_ids() for name, data in local.sources(run_id).items()}
+    assert db["fs.files"].count_documents({"md5": {"$exists": True}}) == len(distinct)
+
+
+def test_listing_and_tables_are_the_same_from_both_stores(file_store, client, capsys):
+    sync_store(file_store, URL, **QUIET)
+    assert reprolab(["ls", "--store", str(file_store)]) == 0
+    from_files = capsys.readouterr().out
+    assert reprolab(["ls", "--store", URL]) == 0
+    assert capsys.readouterr().out == from_files
+    tables = pytest.importorskip("observers.tables")
+    runs_from_files, runs_from_mongo = tables.load_runs(file_store), tables.load_runs(URL)
+    assert list(runs_from_mongo.columns) == list(runs_from_files.columns)
+    assert runs_from_mongo.dtypes.to_dict() == runs_from_files.dtypes.to_dict()
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(runs_from_mongo, runs_from_files)
+    pd.testing.assert_frame_equal(tables.load_metrics(URL), tables.load_metrics(file_store))
+
+
+def test_cut_short_upload_is_completed_in_place(file_store, client):
+    sync_store(file_store, URL, **QUIET)
+    before, db = counts(client), client["sacred"]
+    db["runs"].update_one({"_id": 2}, {"$set": {"reprolab.complete": False, "status": "RUNNING"}})
+    db[om.CHUNKS_COLLECTION].delete_many({"run_id": 2})
+    report = sync_store(file_store, URL, **QUIET)
+    assert report.completed == [(2, 2)] and report.present == [(1, 1)]
+    assert counts(client) == before
+    assert om.MongoRunStore(URL).metrics(2) == FileRunStore(file_store).metrics(2)
+
+
+def test_sync_command_prints_counts_and_refuses_bad_input(file_store, client, tmp_path, capsys,
+                                                         monkeypatch):
+    assert reprolab(["sync", str(file_store), "--to", URL]) == 0
+    out = capsys.readouterr().out
+    assert "run 1: uploaded as MongoDB run 1 (COMPLETED" in out
+    assert out.strip().endswith("2 uploaded, 0 completed, 0 already there, 0 still running, "
+                                "0 unreadable")
+    assert PASSWORD not in out and "mongodb://reprolab:***@127.0.0.1:27017/sacred" in out
+
+    monkeypatch.delenv("REPROLAB_MONGO_URL", raising=False)
+    assert reprolab(["sync", str(file_store)]) == 2
+    assert "no MongoDB to sync to" in capsys.readouterr().err
+    assert reprolab(["sync", str(tmp_path / "missing"), "--to", URL]) == 2
+    assert "missing" in capsys.readouterr().err
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(file_store, damaged)
+    shutil.copytree(damaged / "1", damaged / "3")
+    (damaged / "3" / "config.json").write_text("{not json")
+    before = counts(client)
+    assert reprolab(["sync", str(damaged), "--to", URL]) == 1
+    out = capsys.readouterr().out
+    assert "run 3: not uploaded, its record cannot be read" in out and "1 unreadable" in out
+    assert counts(client) == before  # nothing half-written
