@@ -8,14 +8,23 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from experiments.base import ReproExperiment
 from experiments.checkpoint import restore_training_state, state_hash, training_state
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
 from experiments.resume import CheckpointRecorder
-from ingredients import INSPECTION_COMMANDS
-from ingredients.data import data, load_splits, make_loader
+from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
+from ingredients.data import (
+    data,
+    load_splits,
+    make_loader,
+    read_schema,
+    resolve_format,
+    resolve_path,
+)
 from ingredients.model import build_model, format_summary, model, summarize
 from ingredients.optimizer import build_optimizer, build_scheduler, clip_gradients, optimizer
 from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
@@ -59,21 +68,54 @@ def validate(config, command_name, logger):
     """Refuse bad top-level settings before the run starts."""
     if command_name in INSPECTION_COMMANDS:
         return {}
-    checks = {
-        "lr": isinstance(config["lr"], (int, float)) and config["lr"] > 0,
-        "epochs": isinstance(config["epochs"], int) and config["epochs"] > 0,
-        "accumulate": isinstance(config["accumulate"], int) and config["accumulate"] > 0,
-        "amp": config["amp"] in AMP_MODES,
-        "loss": config["loss"] in LOSSES,
-        "monitor_mode": config["monitor_mode"] in ("max", "min"),
-        "monitor": config["monitor"] in ("train_loss", "val_loss")
-        or (config["monitor"] == "val_accuracy" and config["loss"] != "mse"),
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise ValueError(f"{key}: invalid value {config[key]!r} (see print_config)")
+    positive_int = {"epochs": False, "accumulate": False, "patience": True, "limit_batches": True}
+    for key, may_be_none in positive_int.items():
+        value = config[key]
+        require(key, value, (may_be_none and value is None) or (is_int(value) and value >= 1),
+                "a positive integer" + (" or None" if may_be_none else ""))
+    require("lr", config["lr"], is_number(config["lr"]) and config["lr"] > 0, "a positive number")
+    require("seed", config.get("seed", 0), is_int(config.get("seed", 0))
+            and 0 <= config.get("seed", 0) < 2**32, "an integer in [0, 2**32)")
+    for key, choices in (("amp", AMP_MODES), ("loss", LOSSES), ("monitor_mode", ("max", "min"))):
+        require(key, config[key], config[key] in choices, "one of " + ", ".join(choices))
+    metrics = ("train_loss", "val_loss") + (("val_accuracy",) if config["loss"] != "mse" else ())
+    require("monitor", config["monitor"], config["monitor"] in metrics, "one of " + ", ".join(metrics))
     pick_device(config["device"])
+    preflight(config)
     return {}
+
+
+def preflight(config: dict) -> None:
+    """Build the model and optimizer once from the config, so that one which cannot be built (a
+    freeze or group pattern matching nothing, a value torch rejects) is refused before anything
+    is recorded."""
+    data_cfg, optimizer_cfg = config["data"], config["optimizer"]
+    if data_cfg["shape"]:
+        shape = tuple(data_cfg["shape"])
+    else:  # the data ingredient has checked the file and its columns already
+        file = resolve_path(data_cfg["path"])
+        columns = read_schema(file, resolve_format(file, data_cfg["format"])).names
+        shape = (len(data_cfg["features"] or columns[1:]),)
+    with naming_errors("model"):
+        net = build_model(shape, 2, **{key: config["model"][key] for key in MODEL_KEYS})
+    with naming_errors("optimizer"):
+        build_optimizer(net, 0.1, **{key: optimizer_cfg[key] for key in OPTIMIZER_KEYS})
+
+
+# The builders' own options (a mistyped key is refused later, with a suggestion).
+MODEL_KEYS = ("name", "hidden", "dropout", "batchnorm", "channels", "kwargs", "freeze",
+              "freeze_batchnorm")
+OPTIMIZER_KEYS = ("name", "momentum", "nesterov", "betas", "weight_decay", "param_groups")
+
+
+@contextmanager
+def naming_errors(key: str):
+    """Turn an error raised while building `key` into one sentence that names it."""
+    try:
+        yield
+    except (ValueError, TypeError, RuntimeError) as error:
+        message = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise ValueError(message if message.startswith(key) else f"{key}: {message}") from None
 
 
 def pick_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
-from ingredients import INSPECTION_COMMANDS
+from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
 
 model = Ingredient("model")
 
@@ -96,10 +96,19 @@ def resolve(name: str) -> Callable[..., nn.Module]:
 
 @model.config_hook
 def validate(config, command_name, logger):
-    """Refuse an unknown model name before the run starts."""
+    """Refuse an unknown model name or out-of-range options before the run starts."""
     if command_name in INSPECTION_COMMANDS:
         return {}
-    resolve(config["model"]["name"])
+    cfg = config["model"]
+    resolve(cfg["name"])
+    require("model.dropout", cfg["dropout"], is_number(cfg["dropout"]) and 0 <= cfg["dropout"] < 1,
+            "a number in [0, 1)")
+    for key in ("hidden", "channels"):
+        sizes = cfg[key]
+        require(f"model.{key}", sizes, isinstance(sizes, (list, tuple))
+                and all(is_int(n) and n > 0 for n in sizes), "a list of positive integers")
+    require("model.freeze", cfg["freeze"], isinstance(cfg["freeze"], (list, tuple))
+            and all(isinstance(p, str) for p in cfg["freeze"]), "a list of glob patterns")
     return {}
 
 
@@ -204,13 +213,16 @@ def summarize(net: nn.Module, input_shape: tuple[int, ...]) -> dict:
 
 def format_summary(summary: dict) -> str:
     """The summary as a fixed-width table for the log."""
-    lines = [f"{'layer':<18}{'type':<14}{'output':<16}{'params':>9}{'trainable':>11}"]
-    for row in summary["layers"]:
-        shape = "x".join(map(str, row["output_shape"] or [])) or "-"
-        lines.append(
-            f"{row['layer']:<18}{row['type']:<14}{shape:<16}{row['params']:>9,}{row['trainable']:>11,}"
-        )
-    lines.append(
-        f"total {summary['params']:,} parameters, {summary['trainable_params']:,} trainable"
-    )
+    rows = [
+        (row["layer"], row["type"], "x".join(map(str, row["output_shape"] or [])) or "-",
+         f"{row['params']:,}", f"{row['trainable']:,}")
+        for row in summary["layers"]
+    ]
+    header = ("layer", "type", "output", "params", "trainable")
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        for cells in [header, *rows]
+    ]
+    lines.append(f"total {summary['params']:,} parameters, {summary['trainable_params']:,} trainable")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
-from ingredients import INSPECTION_COMMANDS
+from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
 
 optimizer = Ingredient("optimizer")
 
@@ -47,10 +47,22 @@ def validate(config, command_name, logger):
             f"optimizer.schedule: unknown schedule '{cfg['schedule']}' "
             f"(choose {', '.join(SCHEDULES)})"
         )
-    if cfg["clip_grad_norm"] is not None and not cfg["clip_grad_norm"] > 0:
-        raise ValueError(
-            f"optimizer.clip_grad_norm must be positive or None, got {cfg['clip_grad_norm']!r}"
-        )
+    clip, betas = cfg["clip_grad_norm"], cfg["betas"]
+    require("optimizer.clip_grad_norm", clip, clip is None or (is_number(clip) and clip > 0),
+            "a positive number or None")
+    for key in ("momentum", "weight_decay"):
+        require(f"optimizer.{key}", cfg[key], is_number(cfg[key]) and cfg[key] >= 0,
+                "a number >= 0")
+    require("optimizer.betas", betas, isinstance(betas, (list, tuple)) and len(betas) == 2
+            and all(is_number(b) and 0 <= b < 1 for b in betas), "two numbers in [0, 1)")
+    require("optimizer.step_size", cfg["step_size"], is_int(cfg["step_size"]) and cfg["step_size"] >= 1,
+            "a positive integer")
+    require("optimizer.gamma", cfg["gamma"], is_number(cfg["gamma"]) and cfg["gamma"] > 0,
+            "a positive number")
+    require("optimizer.warmup_epochs", cfg["warmup_epochs"],
+            is_int(cfg["warmup_epochs"]) and cfg["warmup_epochs"] >= 0, "an integer >= 0")
+    if cfg["nesterov"] and cfg["momentum"] == 0 and cfg["name"] == "sgd":
+        raise ValueError("optimizer.nesterov needs optimizer.momentum above 0")
     for group in cfg["param_groups"]:
         unknown = set(group) - {"pattern", "lr_scale", "weight_decay"}
         if "pattern" not in group or unknown:
@@ -58,6 +70,9 @@ def validate(config, command_name, logger):
                 "optimizer.param_groups: each group needs 'pattern' and may set 'lr_scale' "
                 f"and 'weight_decay', got {dict(group)}"
             )
+        scale = group.get("lr_scale", 1.0)
+        require("optimizer.param_groups lr_scale", scale, is_number(scale) and scale > 0,
+                "a positive number")
     return {}
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ingredients.model import build_model, freeze_parameters, summarize
+from ingredients.model import build_model, format_summary, freeze_parameters, summarize
 
 OPTIONS = dict(hidden=[32, 16], dropout=0.0, batchnorm=True, channels=[8, 16], kwargs={},
                freeze=[], freeze_batchnorm=False)
@@ -29,7 +29,7 @@ def test_registry_builds_mlp_and_cnn_with_right_outputs():
 
 
 def test_user_model_by_import_path():
-    net = make("torch.nn:Identity")  # any callable taking input_shape/num_outputs kwargs is refused
+    net = make("torch.nn:Identity")  # any callable taking input_shape/num_outputs keywords
     assert isinstance(net, nn.Identity)
 
 
@@ -68,6 +68,12 @@ def test_frozen_batchnorm_keeps_running_stats_and_eval_mode():
         assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
         assert torch.equal(bn.weight, weight)
     assert net.features[0].training  # the rest of the model still trains
+
+
+def test_summary_table_keeps_columns_apart():
+    table = format_summary(summarize(make("cnn", (1, 8, 8)), (1, 8, 8)))
+    assert "AdaptiveAvgPool2d  16x1x1" in table
+    assert table.splitlines()[-1].startswith("total ")
 
 
 def test_summary_counts_every_parameter_and_shapes():

@@ -4,9 +4,20 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from ingredients.seeding import loader_generator, rng_state, seed_everything, set_rng_state
+
+
+@pytest.fixture(autouse=True)
+def restore_switches(monkeypatch):
+    """These tests flip process-wide switches: put them back for the tests that follow."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.benchmark = before[1]
 
 
 def draws(generator):
@@ -32,7 +43,6 @@ def test_deterministic_switches_are_set_and_recorded():
     assert record["torch_version"] == torch.__version__ and record["num_threads"] >= 1
     fast = seed_everything(3, deterministic=False)
     assert fast["cudnn_benchmark"] and not fast["use_deterministic_algorithms"]
-    seed_everything(3, deterministic=True)
 
 
 def test_rng_state_round_trip_continues_the_same_stream():
