@@ -41,11 +41,17 @@ SETTINGS.CAPTURE_MODE = "sys"
 def repository_modules() -> list[str]:
     """Files of every imported module that lives in this repository (Sacred only sees direct imports)."""
     files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
-    return sorted(
-        f for f in files
-        if f and f.endswith(".py") and os.path.isabs(f) and Path(f).resolve().is_relative_to(REPO_ROOT)
-        and ".venv" not in Path(f).resolve().relative_to(REPO_ROOT).parts
-    )
+    return sorted(f for f in files if f and f.endswith(".py") and os.path.isabs(f) and is_own_code(f))
+
+
+# Installed packages live under these, also in a virtualenv inside the repository (venv/, env/).
+INSTALLED_PARTS = frozenset({".venv", "site-packages", "dist-packages"})
+
+
+def is_own_code(file: str) -> bool:
+    """Whether a file is part of this repository and not an installed package inside it."""
+    path = Path(file).resolve()
+    return path.is_relative_to(REPO_ROOT) and not INSTALLED_PARTS & set(path.relative_to(REPO_ROOT).parts)
 
 
 def closest_key(key: str, known: list[str]) -> str | None:
@@ -207,7 +213,12 @@ class ReproExperiment(Experiment):
         store = run.meta_info.get("options", {}).get("--store")
         from_default = store in (None, DEFAULT_STORE) or (  # the same default applies again
             is_mongo_url(store) and bool(os.environ.get(MONGO_URL_VARIABLE)))
-        where = "" if from_default else f" -R {store}"
+        if from_default:
+            where = ""
+        elif is_mongo_url(store):  # the printable URL hides the password, so it would not connect
+            where = " -R <your MongoDB URL>"
+        else:
+            where = f" -R {store}"
         return (f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
                 f"python {sys.argv[0]}{where} with resume={run._id}")
 

@@ -8,10 +8,8 @@ keys) may differ, anything else that would change the training is refused.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -21,7 +19,8 @@ from pathlib import Path
 
 from sacred.utils import SacredInterrupt, get_by_dotted_path, set_by_dotted_path
 
-from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
+from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint, sha256_file
+from ingredients.data import resolve_path
 from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
@@ -96,30 +95,37 @@ def interrupts_handled():
 
 
 class CheckpointRecorder:
-    """Writes checkpoints to a scratch directory and records their SHA-256 in the run's info;
-    `add_artifacts` (called however the run ends) attaches them to the run."""
+    """Saves each checkpoint straight into the run's store and records its SHA-256 in the info.
+
+    Every save is attached as an artifact at once (the store replaces the same name in place) and
+    the info is written right after, so even a SIGKILLed run keeps its last checkpoint and the
+    hash that verifies it. The scratch copy lives in a temporary directory only while it is added."""
 
     def __init__(self, run, carried: dict[str, tuple[bytes, dict]] | None = None):
         self.run = run
-        self.workdir = Path(tempfile.mkdtemp(prefix="reprolab-"))
-        atexit.register(shutil.rmtree, self.workdir, True)  # after the observers have copied them
         run.info["checkpoints"] = {}
         for name, (data, record) in (carried or {}).items():
-            (self.workdir / name).write_bytes(data)
-            run.info["checkpoints"][name] = record
+            with self._scratch(name) as path:
+                path.write_bytes(data)
+                self._attach(name, path, record)
 
     def save(self, name: str, state: dict) -> None:
         """Write one checkpoint; an interrupt waits until the file and its hash are both recorded."""
-        with INTERRUPTS.deferred():
-            digest = save_checkpoint(self.workdir / name, state)
-            self.run.info["checkpoints"][name] = {
-                "sha256": digest, "epoch": state["epoch"], "step": state["step"]}
+        with INTERRUPTS.deferred(), self._scratch(name) as path:
+            digest = save_checkpoint(path, state)
+            self._attach(name, path, {"sha256": digest, "epoch": state["epoch"], "step": state["step"]})
 
-    def add_artifacts(self) -> None:
-        """Attach the checkpoints written (or carried over) to the run."""
-        for name in (LAST, BEST):
-            if (self.workdir / name).exists():
-                self.run.add_artifact(str(self.workdir / name), name=name)
+    @staticmethod
+    @contextmanager
+    def _scratch(name: str):
+        with tempfile.TemporaryDirectory(prefix="reprolab-") as tmp:
+            yield Path(tmp) / name
+
+    def _attach(self, name: str, path: Path, record: dict) -> None:
+        """Copy the file into the store, then record its hash and write the info out (a heartbeat)."""
+        self.run.add_artifact(str(path), name=name)
+        self.run.info["checkpoints"][name] = record
+        self.run._emit_heartbeat()  # info.json is otherwise only written every 10 s
 
 
 # --------------------------------------------------------------------------- resuming
@@ -153,15 +159,31 @@ def verified_checkpoint(reader, run_id: int, name: str, records: dict) -> tuple[
 def load_resume_point(ref: str, store: str | None) -> ResumePoint:
     """Find run `ref` (an id in `store` or a run directory), verify and load its last checkpoint."""
     reader, run_id = resolve_run(str(ref), store)
-    records = reader.info(run_id).get("checkpoints") or {}
+    info = reader.info(run_id)
+    records = info.get("checkpoints") or {}
     data, record = verified_checkpoint(reader, run_id, LAST, records)
     state = checkpoint_from_bytes(data, record["sha256"], f"run {run_id}'s checkpoint {LAST}")
+    check_same_data(run_id, info, state["config"])
     carried = {}
     if BEST in records:
         best, best_record = verified_checkpoint(reader, run_id, BEST, records)
         checkpoint_from_bytes(best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}")
         carried[BEST] = (best, best_record)
     return ResumePoint(run_id, reader.location, state, record["sha256"], carried)
+
+
+def check_same_data(run_id: int, info: dict, config: dict) -> None:
+    """Refuse when the data file the resumed run would read is not the one run_id trained on."""
+    then = ((info.get("data") or {}).get("fingerprint") or {}).get("sha256")
+    path = (config.get("data") or {}).get("path")
+    if not then or not path:
+        return  # recorded before data fingerprints existed: nothing to compare against
+    file = resolve_path(path)
+    now = sha256_file(file) if file.is_file() else None
+    if now != then:
+        change = "is missing" if now is None else f"has changed (sha256 {then[:12]} then, {now[:12]} now)"
+        raise RecordError(f"data file {file} {change} since run {run_id} was trained on it, so "
+                          "resuming would continue on other data")
 
 
 def resumed_config(point: ResumePoint, requested: dict, touched: set[str]) -> dict:

@@ -199,26 +199,23 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
                               epoch=epoch, step=step, generator=generator,
                               best=best.state_dict(), config=_config)
 
-    try:
-        for epoch in range(done + 1, epochs + 1):
-            lr_used = opt.param_groups[0]["lr"]
-            train_metrics, step = train_one_epoch(
-                net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
-                amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradients,
-                limit_batches=limit_batches, progress=progress)
-            metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
-                       "lr": lr_used}
-            for name, value in metrics.items():
-                _run.log_scalar(name, value, epoch)
-            log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            if best.update(metrics[monitor], epoch):
-                checkpoints.save("best.pt", state(epoch))
-            checkpoints.save("last.pt", state(epoch))
-            if patience is not None and best.stale >= patience:
-                log.info("early stop: %s did not improve for %d epochs", monitor, patience)
-                break
-    finally:  # interrupted or failed too: the checkpoints written so far belong to the run
-        checkpoints.add_artifacts()
+    for epoch in range(done + 1, epochs + 1):
+        lr_used = opt.param_groups[0]["lr"]
+        train_metrics, step = train_one_epoch(
+            net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
+            amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradients,
+            limit_batches=limit_batches, progress=progress)
+        metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
+                   "lr": lr_used}
+        for name, value in metrics.items():
+            _run.log_scalar(name, value, epoch)
+        log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if best.update(metrics[monitor], epoch):
+            checkpoints.save("best.pt", state(epoch))
+        checkpoints.save("last.pt", state(epoch))
+        if patience is not None and best.stale >= patience:
+            log.info("early stop: %s did not improve for %d epochs", monitor, patience)
+            break
     _run.info["final_model_sha256"] = state_hash(net)
     _run.info["best"] = {monitor: best.value, "epoch": best.epoch}
     return best.value

@@ -49,7 +49,13 @@ def installed_packages() -> dict[str, str]:
 
 
 def git(root: Path, *args: str) -> str | None:
-    """Output of a read-only git command in root, or None when git or the repository is absent."""
+    """Output of a read-only git command in root as text, or None when git or the repository is absent."""
+    output = git_bytes(root, *args)
+    return output.decode("utf-8", "replace") if output is not None else None
+
+
+def git_bytes(root: Path, *args: str) -> bytes | None:
+    """Raw output of a read-only git command in root, or None when git or the repository is absent."""
     try:
         result = subprocess.run(
             ["git", "-C", str(root), *args], capture_output=True, timeout=30,
@@ -57,26 +63,26 @@ def git(root: Path, *args: str) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout.decode("utf-8", "replace") if result.returncode == 0 else None
+    return result.stdout if result.returncode == 0 else None
 
 
-def git_state(root: Path) -> tuple[dict, str]:
-    """The commit, whether tracked files differ from it, and that diff (text, '' when clean)."""
+def git_state(root: Path) -> tuple[dict, bytes]:
+    """The commit, whether tracked files differ from it, and that diff (raw bytes, b'' when clean)."""
     commit = git(root, "rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "dirty": None, "diff_sha256": None, "untracked": []}, ""
-    diff = git(root, "diff", "HEAD", "--binary") or ""
+        return {"commit": None, "dirty": None, "diff_sha256": None, "untracked": []}, b""
+    diff = git_bytes(root, "diff", "HEAD", "--binary") or b""  # bytes: a diff need not be UTF-8
     untracked = (git(root, "ls-files", "--others", "--exclude-standard") or "").split()
     return {
         "commit": commit.strip(),
         "dirty": bool(diff),
-        "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+        "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None,
         "untracked": untracked,
     }, diff
 
 
-def snapshot(root: Path) -> tuple[dict, str]:
-    """The environment as it is now, plus the git diff text."""
+def snapshot(root: Path) -> tuple[dict, bytes]:
+    """The environment as it is now, plus the git diff's bytes."""
     git_record, diff = git_state(root)
     return {
         "python": platform.python_version(),
@@ -93,7 +99,7 @@ def record_provenance(run) -> None:
     if diff:
         with tempfile.TemporaryDirectory(prefix="reprolab-") as tmp:
             path = Path(tmp) / DIFF_ARTIFACT
-            path.write_text(diff)
+            path.write_bytes(diff)
             run.add_artifact(str(path), name=DIFF_ARTIFACT)
     if os.environ.get(RERUN_OF_VARIABLE):
         run.info["rerun_of"] = json.loads(os.environ[RERUN_OF_VARIABLE])

@@ -73,12 +73,12 @@ def read_original(store: RunStore, run_id: int, verify: bool) -> Original:
     run = store.run(run_id)
     if not isinstance(run, dict) or not (run.get("experiment") or {}).get("mainfile"):
         raise RecordError(f"run {run_id}'s run.json does not name the experiment's main file")
+    if run.get("status") != "COMPLETED":  # its record is partial; `with resume=ID` continues it
+        raise RecordError(f"run {run_id} has status {run.get('status')}, not COMPLETED, so there "
+                          f"is no finished run to repeat (continue it with resume={run_id})")
     original = Original(store, run_id, run, store.config(run_id), store.info(run_id),
                         store.sources(run_id), None)
     if verify:
-        if run.get("status") != "COMPLETED":
-            raise RecordError(f"run {run_id} has status {run.get('status')}, not COMPLETED, "
-                              "so --verify has no finished result to compare against")
         if not original.info.get("final_model_sha256"):
             raise RecordError(f"run {run_id} recorded no final_model_sha256 in its info, "
                               "so --verify has nothing to compare the final model against")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -51,3 +52,23 @@ def default_run(tmp_path_factory) -> Path:
 def train():
     """The run_train helper, as a fixture (test modules cannot import conftest)."""
     return run_train
+
+
+def hash_tree(root: Path) -> str:
+    """One hash over every file's path and bytes under root."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def load():
+    """read_json, as a fixture: the parsed JSON file at a path."""
+    return read_json
+
+
+@pytest.fixture(scope="session")
+def tree_hash():
+    """hash_tree, as a fixture: one hash over every file under a directory, to show nothing changed."""
+    return hash_tree

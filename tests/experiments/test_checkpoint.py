@@ -189,13 +189,16 @@ def test_checkpoint_bytes_load_on_the_cpu(checkpoint_file):
 
 
 class FakeRun:
-    """The two things CheckpointRecorder uses of a Sacred run."""
+    """The three things CheckpointRecorder uses of a Sacred run."""
 
     def __init__(self):
-        self.info, self.artifacts = {}, {}
+        self.info, self.artifacts, self.heartbeats = {}, {}, []
 
     def add_artifact(self, path: str, name: str) -> None:
         self.artifacts[name] = Path(path).read_bytes()
+
+    def _emit_heartbeat(self) -> None:
+        self.heartbeats.append({name: dict(r) for name, r in self.info["checkpoints"].items()})
 
 
 @pytest.mark.parametrize("signum, stop", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
@@ -210,8 +213,34 @@ def test_a_stop_request_waits_until_the_checkpoint_and_its_hash_are_recorded(
     recorder = resume.CheckpointRecorder(run)
     with interrupts_handled(), pytest.raises(stop):
         recorder.save("last.pt", {"epoch": 2, "step": 6, "weights": torch.ones(3)})
-    recorder.add_artifacts()
     assert run.info["checkpoints"]["last.pt"]["epoch"] == 2
     assert run.info["checkpoints"]["last.pt"]["sha256"] == hashlib.sha256(
         run.artifacts["last.pt"]).hexdigest()
+    assert run.heartbeats == [run.info["checkpoints"]]  # written out before the stop
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
+
+
+def test_each_save_is_attached_and_written_out_at_once_leaving_no_temp_files(monkeypatch, tmp_path):
+    monkeypatch.setattr(resume.tempfile, "tempdir", str(tmp_path))
+    run = FakeRun()
+    carried = {"best.pt": (b"best bytes", {"sha256": "b" * 64, "epoch": 1, "step": 3})}
+    recorder = resume.CheckpointRecorder(run, carried=carried)
+    assert run.artifacts == {"best.pt": b"best bytes"} and len(run.heartbeats) == 1
+    for epoch in (2, 3):
+        recorder.save("last.pt", {"epoch": epoch, "step": 3 * epoch, "weights": torch.ones(3)})
+        assert run.heartbeats[-1]["last.pt"]["epoch"] == epoch
+        assert run.heartbeats[-1]["last.pt"]["sha256"] == hashlib.sha256(
+            run.artifacts["last.pt"]).hexdigest()
+    assert run.info["checkpoints"]["best.pt"]["sha256"] == "b" * 64
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_checkpoint_file_gets_the_mode_the_umask_allows(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,19 +49,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
-def load(path: Path):
-    return json.loads(path.read_text())
-
-
-def tree_hash(root: Path) -> str:
-    """One hash over every file's path and bytes under root."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def interrupt(store: Path, tmp: Path, after: int, signum: int, *updates: str):
+def interrupt(store: Path, tmp: Path, after: int, signum: int, *updates: str, env=None):
     """Start a run, stop it with a real signal once epoch `after` is done; the finished process."""
     stopper = tmp / "stopper.py"
     stopper.write_text(STOPPER)
@@ -68,7 +57,7 @@ def interrupt(store: Path, tmp: Path, after: int, signum: int, *updates: str):
     process = subprocess.Popen(
         [sys.executable, str(stopper), str(TRAIN), "-R", str(store), "with", *updates],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO_ROOT,
-        env={**os.environ, **ONE_THREAD, "STOP_AFTER_EPOCH": str(after)})
+        env={**os.environ, **ONE_THREAD, "STOP_AFTER_EPOCH": str(after), **(env or {})})
     for line in process.stdout:
         if line.strip() == b"READY":
             break
@@ -84,18 +73,23 @@ def interrupt(store: Path, tmp: Path, after: int, signum: int, *updates: str):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, train):
     """1: straight 3 epochs; 2: SIGTERM after epoch 1; 3: 2 resumed; 4: a 2-epoch run stopped by
-    Ctrl-C after epoch 1; 5: 4 resumed to 3 epochs."""
+    Ctrl-C after epoch 1; 5: 4 resumed to 3 epochs; 6: SIGKILL after epoch 1 (its own TMPDIR);
+    7: 6 resumed."""
     tmp = tmp_path_factory.mktemp("resume")
-    store = tmp / "store"
+    store, tmpdir = tmp / "store", tmp / "tmpdir"
+    tmpdir.mkdir()
     train(store, *CONFIG, "epochs=3", env=ONE_THREAD)
     term = interrupt(store, tmp, 1, signal.SIGTERM, *CONFIG, "epochs=3")
     train(store, "resume=2", env=ONE_THREAD)
     ctrl_c = interrupt(store, tmp, 1, signal.SIGINT, *CONFIG, "epochs=2")
     train(store, "resume=4", "epochs=3", env=ONE_THREAD)
-    return store, {"SIGTERM": term, "SIGINT": ctrl_c}
+    kill = interrupt(store, tmp, 1, signal.SIGKILL, *CONFIG, "epochs=3", env={"TMPDIR": str(tmpdir)})
+    left_in_tmpdir = sorted(p.name for p in tmpdir.glob("reprolab-*"))
+    train(store, "resume=6", env=ONE_THREAD)
+    return store, {"SIGTERM": term, "SIGINT": ctrl_c, "SIGKILL": (*kill, left_in_tmpdir)}
 
 
-def assert_continues_bit_exactly(straight: Path, resumed: Path, after: int) -> None:
+def assert_continues_bit_exactly(load, straight: Path, resumed: Path, after: int) -> None:
     metrics, again = load(straight / "metrics.json"), load(resumed / "metrics.json")
     assert again.keys() == metrics.keys() == {"train_loss", "val_loss", "val_accuracy", "lr"}
     for name, series in metrics.items():
@@ -106,7 +100,7 @@ def assert_continues_bit_exactly(straight: Path, resumed: Path, after: int) -> N
 
 
 @pytest.mark.parametrize("signame, run, code", [("SIGTERM", 2, 143), ("SIGINT", 4, 130)])
-def test_a_signal_ends_the_run_as_interrupted_with_a_checkpoint(runs, signame, run, code):
+def test_a_signal_ends_the_run_as_interrupted_with_a_checkpoint(runs, signame, run, code, load):
     store, stopped = runs
     returncode, stderr = stopped[signame]
     assert returncode == code
@@ -120,9 +114,9 @@ def test_a_signal_ends_the_run_as_interrupted_with_a_checkpoint(runs, signame, r
         (record / "last.pt").read_bytes()).hexdigest()
 
 
-def test_resumed_run_equals_the_straight_run_hash_for_hash(runs):
+def test_resumed_run_equals_the_straight_run_hash_for_hash(runs, load):
     store, _ = runs
-    assert_continues_bit_exactly(store / "1", store / "3", after=1)
+    assert_continues_bit_exactly(load, store / "1", store / "3", after=1)
     resumed = load(store / "3" / "info.json")["resumed_from"]
     assert resumed["run_id"] == 2 and resumed["epoch"] == 1 and resumed["checkpoint"] == "last.pt"
     assert resumed["sha256"] == load(store / "2" / "info.json")["checkpoints"]["last.pt"]["sha256"]
@@ -130,14 +124,14 @@ def test_resumed_run_equals_the_straight_run_hash_for_hash(runs):
     assert config == {**load(store / "1" / "config.json"), "resume": 2}
 
 
-def test_a_run_resumed_for_more_epochs_equals_the_longer_straight_run(runs):
+def test_a_run_resumed_for_more_epochs_equals_the_longer_straight_run(runs, load):
     store, _ = runs
     assert load(store / "4" / "config.json")["epochs"] == 2
     assert load(store / "5" / "config.json")["epochs"] == 3
-    assert_continues_bit_exactly(store / "1", store / "5", after=1)
+    assert_continues_bit_exactly(load, store / "1", store / "5", after=1)
 
 
-def test_the_checkpoint_holds_every_state_and_its_config(runs):
+def test_the_checkpoint_holds_every_state_and_its_config(runs, load):
     store, _ = runs
     state = torch.load(store / "3" / "last.pt", weights_only=True, map_location="cpu")
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "best",
@@ -147,15 +141,36 @@ def test_the_checkpoint_holds_every_state_and_its_config(runs):
     assert state["config"] == load(store / "3" / "config.json")
 
 
+def test_a_sigkilled_run_keeps_its_last_checkpoint_in_the_store_and_resumes(runs, load):
+    store, stopped = runs
+    returncode, _, left_in_tmpdir = stopped["SIGKILL"]
+    assert returncode == -signal.SIGKILL and left_in_tmpdir == []
+    killed = store / "6"
+    assert load(killed / "run.json")["status"] == "RUNNING"  # nothing ran after the kill
+    last = load(killed / "info.json")["checkpoints"]["last.pt"]
+    assert last["epoch"] == 1 and last["sha256"] == hashlib.sha256(
+        (killed / "last.pt").read_bytes()).hexdigest()
+    assert load(store / "7" / "info.json")["resumed_from"]["sha256"] == last["sha256"]
+    assert_continues_bit_exactly(load, store / "1", store / "7", after=1)
+
+
+def test_a_checkpoint_saved_every_epoch_is_listed_once(runs, load):
+    store, _ = runs
+    for run in (1, 3, 7):
+        artifacts = load(store / str(run) / "run.json")["artifacts"]
+        assert artifacts.count("last.pt") == artifacts.count("best.pt") == 1, artifacts
+        assert not [p for p in (store / str(run)).iterdir() if p.name.endswith(".tmp")]
+
+
 # --------------------------------------------------------------------------- refused resumes
 
 
 @pytest.fixture(scope="module")
-def experiment():
+def experiment(tree_hash):
     from experiments.base import ConfigurationError
     from experiments.train import ex
 
-    return ex, ConfigurationError
+    return ex, ConfigurationError, tree_hash
 
 
 @pytest.fixture
@@ -171,7 +186,7 @@ def scratch(runs, tmp_path) -> Path:
 
 def refused(experiment, store: Path, **updates) -> str:
     """The ConfigurationError a resume in-process is refused with; the store must not change."""
-    ex, ConfigurationError = experiment
+    ex, ConfigurationError, tree_hash = experiment
     before = tree_hash(store)
     with pytest.raises(ConfigurationError) as error:
         ex.run(config_updates=updates, options={"--store": str(store)})
@@ -198,7 +213,7 @@ def test_unknown_run_and_non_run_directory_are_refused(experiment, scratch, tmp_
         f"resume: {scratch} is not a run directory (no run.json in a numbered folder)")
 
 
-def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, scratch):
+def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, scratch, load):
     last = scratch / "1" / "last.pt"
     last.write_bytes(last.read_bytes()[:-10] + b"0123456789")
     assert refused(experiment, scratch, resume=1) == (
@@ -221,6 +236,18 @@ def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, sc
         "or its info.json is missing)")
 
 
+def test_changed_data_is_refused_naming_the_file(experiment, scratch, load):
+    info_path = scratch / "1" / "info.json"
+    info = load(info_path)
+    info["data"]["fingerprint"]["sha256"] = "0" * 64  # as if the file had changed since
+    info_path.write_text(json.dumps(info))
+    data_file = REPO_ROOT / "data" / "digits.parquet"
+    now = hashlib.sha256(data_file.read_bytes()).hexdigest()
+    assert refused(experiment, scratch, resume=1) == (
+        f"resume: data file {data_file} has changed (sha256 000000000000 then, {now[:12]} now) "
+        "since run 1 was trained on it, so resuming would continue on other data")
+
+
 class Evil:
     """Unpickling this would run a shell command that creates a file."""
 
@@ -231,7 +258,8 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(train, scratch, tmp_path):
+def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(
+        train, scratch, tmp_path, load, tree_hash):
     marker = tmp_path / "owned"
     evil = pickle.dumps({"format": "reprolab-checkpoint/1", "model": Evil(marker)})
     (scratch / "1" / "last.pt").write_bytes(evil)
@@ -247,3 +275,31 @@ def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(train, sc
         "error: resume: run 1's checkpoint last.pt holds objects other than tensors and plain "
         "values, so it was not loaded (a checkpoint must load with weights_only=True)")
     assert tree_hash(scratch) == before
+
+
+# --------------------------------------------------------------------------- experiments/base.py
+
+
+def test_the_interrupt_hint_asks_for_the_mongodb_url_instead_of_printing_it(monkeypatch):
+    from experiments.base import ReproExperiment
+
+    monkeypatch.delenv("REPROLAB_MONGO_URL", raising=False)
+    run = SimpleNamespace(status="INTERRUPTED", _id=3, info={"checkpoints": {"last.pt": {"epoch": 2}}},
+                          meta_info={"options": {"--store": "mongodb://user:***@db:27017/sacred"}})
+    message = ReproExperiment._interrupted_message(SimpleNamespace(current_run=run))
+    assert message == (f"run 3 interrupted after epoch 2; continue it with: python {sys.argv[0]} "
+                       "-R <your MongoDB URL> with resume=3")
+
+
+@pytest.mark.parametrize("relative, own", [
+    ("experiments/train.py", True),
+    ("venv/lib/python3.12/site-packages/torch/nn/modules/module.py", False),
+    ("env/lib/python3/dist-packages/numpy/core.py", False),
+    (".venv/lib/helper.py", False),
+])
+def test_only_the_repositorys_own_code_counts_as_sources(relative, own):
+    from experiments.base import REPO_ROOT as ROOT
+    from experiments.base import is_own_code
+
+    assert is_own_code(str(ROOT / relative)) is own
+    assert is_own_code("/usr/lib/python3/os.py") is False

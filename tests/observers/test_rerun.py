@@ -26,18 +26,6 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 SEED_LINE = '    _run.info["determinism"] = seed_everything(seed)\n'
 
 
-def load(path: Path):
-    return json.loads(path.read_text())
-
-
-def tree_hash(root: Path) -> str:
-    """One hash over every file's path and bytes under root."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, Path]:
     """A copy of the repository (no git work tree) and a store with one run recorded from it."""
@@ -67,7 +55,7 @@ def new_run(result: subprocess.CompletedProcess, store: Path) -> Path:
     return store / found.group(1)
 
 
-def test_the_run_records_what_a_reproduction_needs(project):
+def test_the_run_records_what_a_reproduction_needs(project, load):
     root, store = project
     info = load(store / "1" / "info.json")
     provenance = info["provenance"]
@@ -82,21 +70,41 @@ def test_the_run_records_what_a_reproduction_needs(project):
             "observers/provenance.py", "observers/attach.py"} <= sources
 
 
-def test_a_dirty_work_tree_records_its_commit_and_the_diff_itself(default_run):
-    if not (REPO_ROOT / ".git").exists():
-        pytest.skip("the repository is not a git work tree here")
-    git = load(default_run / "info.json")["provenance"]["git"]
-    assert re.fullmatch(r"[0-9a-f]{40}", git["commit"])
-    artifacts = load(default_run / "run.json")["artifacts"]
-    if git["dirty"]:
-        diff = (default_run / "git.diff").read_bytes()
-        assert "git.diff" in artifacts and diff.startswith(b"diff --git")
-        assert hashlib.sha256(diff).hexdigest() == git["diff_sha256"]
-    else:
-        assert "git.diff" not in artifacts and git["diff_sha256"] is None
+def git(root: Path, *args: str) -> bytes:
+    command = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-C", str(root)]
+    return subprocess.run([*command, *args], check=True, capture_output=True).stdout
 
 
-def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path):
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_dirty_work_tree_records_its_commit_and_the_exact_diff_bytes(tmp_path, load):
+    root = tmp_path / "checkout"
+    for name in ("experiments", "ingredients", "observers", "data"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "notes.txt").write_bytes(b"plain\n")
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "start")
+    train_py = root / "experiments" / "train.py"
+    train_py.write_text(train_py.read_text() + "# an uncommitted edit\n")
+    (root / "notes.txt").write_bytes(b"caf\xe9 \xff not UTF-8\n")  # a lossy decode would show
+    store = tmp_path / "store"
+    result = subprocess.run(
+        [sys.executable, str(train_py), "-R", str(store), "with", "debug", "progress=False"],
+        cwd=root, capture_output=True, text=True, timeout=600,
+        env={**os.environ, **ONE_THREAD, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    recorded = load(store / "1" / "info.json")["provenance"]["git"]
+    assert recorded["commit"] == git(root, "rev-parse", "HEAD").decode().strip()
+    assert recorded["dirty"] is True
+    expected = git(root, "diff", "HEAD", "--binary")
+    assert b"caf\xe9 \xff" in expected and b"+# an uncommitted edit" in expected
+    assert "git.diff" in load(store / "1" / "run.json")["artifacts"]
+    assert (store / "1" / "git.diff").read_bytes() == expected
+    assert recorded["diff_sha256"] == hashlib.sha256(expected).hexdigest()
+
+
+def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path, load):
     root, store = project
     result = rerun(store, "--strict", "--verify", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
@@ -110,7 +118,7 @@ def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path):
 
 
 def test_an_edited_source_is_refused_by_strict_caught_by_verify_undone_by_recorded_sources(
-        project, tmp_path):
+        project, tmp_path, load, tree_hash):
     root, store = project
     train_py = root / "experiments" / "train.py"
     original = train_py.read_text()
@@ -192,21 +200,22 @@ def refused(capsys, *argv: str) -> str:
 
 
 def edit_json(path: Path, **changes) -> None:
-    path.write_text(json.dumps({**load(path), **changes}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
 @pytest.mark.parametrize("damage, expected", [
     ("unknown id", "no run 9 in {store}"),
     ("not a run", "{store}/_sources is not a run directory (no run.json in a numbered folder)"),
-    ("interrupted", "run 1 has status INTERRUPTED, not COMPLETED, so --verify has no finished "
-                    "result to compare against"),
+    ("interrupted", "run 1 has status INTERRUPTED, not COMPLETED, so there is no finished run "
+                    "to repeat (continue it with resume=1)"),
     ("no config", "run 1: {store}/1/config.json is missing"),
     ("damaged run.json", "run 1: {store}/1/run.json is damaged"),
     ("no info", "run 1 recorded no final_model_sha256 in its info, so --verify has nothing to "
                 "compare the final model against"),
     ("no source copy", "run 1: recorded source experiments/train.py is missing"),
 ])
-def test_bad_input_is_one_sentence_and_changes_nothing(scratch, capsys, damage, expected):
+def test_bad_input_is_one_sentence_and_changes_nothing(scratch, capsys, load, tree_hash, damage,
+                                                       expected):
     run = scratch / "1"
     ref = ["9"] if damage == "unknown id" else ["1"]
     if damage == "not a run":
