@@ -26,7 +26,7 @@ def store_option(args: str, run) -> None:
 
 def hide_credentials(run, store: str) -> None:
     """Keep passwords out of the record: the store URL in meta.options, tokens in git remotes."""
-    from observers.mongo import redact
+    from observers.credentials import redact
 
     options = run.meta_info.get("options")
     if isinstance(options, dict) and options.get("--store"):

@@ -1,7 +1,7 @@
 """Reading recorded runs back, whatever store holds them.
 
 `open_store(location)` gives a reader with one interface for a file store directory and for
-MongoDB (observers.mongo). Every method returns plain Python data in Sacred's shapes:
+MongoDB (observers.mongo_store). Every method returns plain Python data in Sacred's shapes:
 run.json's dict, the config, the info, and metrics as {name: {steps, values, timestamps}}.
 """
 
@@ -202,7 +202,7 @@ def open_store(location: str | os.PathLike | None = None) -> RunStore:
 
     location = str(location or os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE)
     if is_mongo_url(location):
-        from observers.mongo import MongoRunStore
+        from observers.mongo_store import MongoRunStore
 
         return MongoRunStore(location)
     return FileRunStore(location)

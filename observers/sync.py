@@ -19,15 +19,13 @@ from pathlib import Path
 
 from sacred.observers.mongo import MongoObserver, mimetype_detector
 
-from observers.mongo import (
+from observers.credentials import describe_error, redact
+from observers.mongo import connect, ensure_indexes
+from observers.mongo_bounds import (
     CHUNKS_COLLECTION,
     MetricsWriter,
     bounded_output,
-    connect,
-    describe_error,
-    ensure_indexes,
     fit_document,
-    redact,
     store_full_output,
     store_source,
 )

@@ -28,6 +28,9 @@ from sacred.serializer import flatten
 
 import observers.mongo as om
 from observers.cli import main as reprolab
+from observers.credentials import redact, url_secrets
+from observers.mongo_bounds import CAPTURED_OUT_BYTES, CHUNKS_COLLECTION, VIEW_POINTS
+from observers.mongo_store import MongoRunStore
 from observers.store import FileRunStore, RecordError
 from observers.sync import sync_store
 
@@ -83,7 +86,7 @@ def recorded(tmp_path_factory):
 @pytest.fixture
 def mongo_store(recorded, monkeypatch):
     monkeypatch.setattr(om, "make_client", lambda url, **options: recorded["client"])
-    return om.MongoRunStore(URL)
+    return MongoRunStore(URL)
 
 
 # ------------------------------------------------------------------------------ credentials
@@ -103,7 +106,7 @@ def mongo_store(recorded, monkeypatch):
     ("/home/me/runs", "/home/me/runs"),
 ])
 def test_redact_hides_passwords_and_tokens(text, expected):
-    assert om.redact(text) == expected
+    assert redact(text) == expected
 
 
 def test_connect_gives_up_within_seconds_unless_the_url_says_otherwise(monkeypatch):
@@ -177,6 +180,60 @@ def test_record_reads_back_as_the_run_was(mongo_store, recorded):
         mongo_store.artifact(1, "nope.pt")
 
 
+def test_checkpoints_saved_every_epoch_are_stored_once(recorded, mongo_store):
+    """The 2-epoch run added last.pt after each epoch: one entry and one GridFS file remain."""
+    db = recorded["client"]["sacred"]
+    names = [a["name"] for a in db["runs"].find_one({"_id": 1})["artifacts"]]
+    assert len(names) == len(set(names)) and {"best.pt", "last.pt"} <= set(names)
+    files = [f["filename"] for f in db["fs.files"].find({"filename": {"$regex": "^artifact://"}})]
+    assert sorted(files) == sorted(f"artifact://runs/1/{name}" for name in names)
+    assert mongo_store.run(1)["artifacts"] == names
+
+
+def test_artifact_added_again_replaces_the_earlier_one(monkeypatch, tmp_path):
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    observer = om.MongoWithFallback(URL, tmp_path / "fallback")
+    ex_info = {"name": "ckpt", "base_dir": str(REPO_ROOT), "sources": [], "dependencies": [],
+               "repositories": [], "mainfile": None}
+    run_id = observer.started_event(ex_info, "main", {"hostname": "h"}, dt.datetime(2024, 1, 1),
+                                    {}, {}, None)
+    for name, data in [("last.pt", b"epoch 1"), ("best.pt", b"best 1"), ("last.pt", b"epoch 2"),
+                       ("last.pt", b"epoch 3")]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        observer.artifact_event(name, str(path))
+
+    db, fs = client["sacred"], gridfs.GridFS(client["sacred"])
+    artifacts = db["runs"].find_one({"_id": run_id})["artifacts"]
+    assert [a["name"] for a in artifacts] == ["last.pt", "best.pt"]  # replaced in its place
+    last = list(db["fs.files"].find({"filename": f"artifact://runs/{run_id}/last.pt"}))
+    assert [f["_id"] for f in last] == [artifacts[0]["file_id"]]
+    assert fs.get(artifacts[0]["file_id"]).read() == b"epoch 3"
+    assert db["fs.files"].count_documents({}) == 2
+    assert MongoRunStore(URL).artifact(run_id, "last.pt") == b"epoch 3"
+    local = FileRunStore(tmp_path / "fallback")  # the local copy, kept while the run goes on
+    assert local.run(1)["artifacts"] == ["last.pt", "best.pt"]
+    assert local.artifact(1, "last.pt") == b"epoch 3"
+
+
+def test_record_with_repeated_artifacts_reads_the_latest(mongo_store, recorded):
+    """A run recorded before artifacts were replaced lists a name once and reads its last file."""
+    db = recorded["client"]["sacred"]
+    old = db["runs"].find_one({"_id": 1})
+    file_id = gridfs.GridFS(db).put(b"older", filename="artifact://runs/1/last.pt")
+    repeated = [{"name": "last.pt", "file_id": file_id}, *old["artifacts"]]
+    db["runs"].update_one({"_id": 1}, {"$set": {"artifacts": repeated}})
+    try:
+        listed = mongo_store.run(1)["artifacts"]
+        assert sorted(listed) == sorted(a["name"] for a in old["artifacts"])
+        latest = next(a["file_id"] for a in old["artifacts"] if a["name"] == "last.pt")
+        assert mongo_store.artifact(1, "last.pt") == gridfs.GridFS(db).get(latest).read() != b"older"
+    finally:
+        db["runs"].update_one({"_id": 1}, {"$set": {"artifacts": old["artifacts"]}})
+        gridfs.GridFS(db).delete(file_id)
+
+
 def test_complete_run_leaves_no_local_copy(recorded):
     assert FileRunStore(recorded["fallback"]).run_ids() == []
     assert "unreachable" not in recorded["output"] and "incomplete" not in recorded["output"]
@@ -234,7 +291,7 @@ def test_outage_mid_run_keeps_full_record_and_sync_completes_it(failing_mongo, t
     assert db["runs"].find_one({"_id": 1})["status"] == "RUNNING"
     report = sync_store(tmp_path / "fallback", URL, echo=lambda line: None)
     assert report.completed == [(1, 1)] and report.uploaded == []
-    mongo = om.MongoRunStore(URL)
+    mongo = MongoRunStore(URL)
     assert mongo.run(1)["status"] == "COMPLETED" and mongo.metrics(1) == local.metrics(1)
     assert mongo.artifact(1, "last.pt") == local.artifact(1, "last.pt")
     artifacts = db["fs.files"].count_documents({"filename": {"$regex": "^artifact://"}})
@@ -298,15 +355,15 @@ def test_long_run_keeps_every_document_under_16_mb(monkeypatch):
     assert max(len(bson.encode(document)) for document in documents(db.client)) < MONGO_LIMIT
     view = db["metrics"].find_one({"run_id": run_id, "name": "loss"})
     every = view["kept_every"]
-    assert len(view["steps"]) <= om.VIEW_POINTS and view["steps"][:2] == [0, every]
+    assert len(view["steps"]) <= VIEW_POINTS and view["steps"][:2] == [0, every]
     assert view["steps"][-1] > 2_000_000 - 2 * every  # the whole curve, evenly thinned
     document = db["runs"].find_one({"_id": run_id})
-    assert len(document["captured_out"].encode()) <= om.CAPTURED_OUT_BYTES + 100
+    assert len(document["captured_out"].encode()) <= CAPTURED_OUT_BYTES + 100
     assert document["captured_out"].endswith(output[-1000:])
     whole = gridfs.GridFS(db).get(document["reprolab"]["captured_out_file"]).read().decode()
     assert whole == output
     monkeypatch.setattr(om, "make_client", lambda url, **options: db.client)
-    loss = om.MongoRunStore(URL).metrics(run_id)["loss"]
+    loss = MongoRunStore(URL).metrics(run_id)["loss"]
     assert loss["steps"] == list(range(2_000_000)) and loss["values"][-1] == 1_999_999 / 7
 
 
@@ -345,13 +402,13 @@ def test_whole_path_against_a_real_server(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(line for line in result.stderr.splitlines() if "Started run with ID" in line)
     run_id = int(line.rsplit('"', 2)[-2])
-    store = om.MongoRunStore(url)
+    store = MongoRunStore(url)
     try:
         assert store.run(run_id)["status"] == "COMPLETED"
         assert set(store.metrics(run_id)) == {"lr", "train_loss", "val_accuracy", "val_loss"}
         assert store.artifact(run_id, "last.pt")
         assert not FileRunStore(tmp_path / "runs_fallback").run_ids()
-        for secret in om.url_secrets(url):
+        for secret in url_secrets(url):
             assert secret not in result.stderr + result.stdout
             assert secret not in json.dumps(store.run(run_id))
     finally:
@@ -359,5 +416,5 @@ def test_whole_path_against_a_real_server(tmp_path):
         for file_id in [a["file_id"] for a in document.get("artifacts", [])]:
             store.fs.delete(file_id)
         store.db["metrics"].delete_many({"run_id": run_id})
-        store.db[om.CHUNKS_COLLECTION].delete_many({"run_id": run_id})
+        store.db[CHUNKS_COLLECTION].delete_many({"run_id": run_id})
         store.db["runs"].delete_one({"_id": run_id})

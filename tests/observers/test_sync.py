@@ -17,6 +17,8 @@ from mongomock.gridfs import enable_gridfs_integration
 
 import observers.mongo as om
 from observers.cli import main as reprolab
+from observers.mongo_bounds import CHUNKS_COLLECTION
+from observers.mongo_store import MongoRunStore
 from observers.store import FileRunStore
 from observers.sync import sync_store
 
@@ -71,7 +73,7 @@ def test_sync_uploads_every_run_once(file_store, client):
 
 def test_synced_runs_read_back_equal_to_the_originals(file_store, client):
     sync_store(file_store, URL, **QUIET)
-    local, mongo = FileRunStore(file_store), om.MongoRunStore(URL)
+    local, mongo = FileRunStore(file_store), MongoRunStore(URL)
     assert mongo.run_ids() == local.run_ids() == [1, 2]
     for run_id in local.run_ids():
         assert without_storage_paths(mongo.run(run_id)) == without_storage_paths(local.run(run_id))
@@ -116,15 +118,32 @@ def test_listing_and_tables_are_the_same_from_both_stores(file_store, client, ca
     pd.testing.assert_frame_equal(tables.load_metrics(URL), tables.load_metrics(file_store))
 
 
+def test_sync_uploads_each_artifact_once(file_store, client, tmp_path):
+    """A run.json listing last.pt twice (an older file store) still gives one entry, one file."""
+    store = tmp_path / "runs"
+    shutil.copytree(file_store, store)
+    shutil.rmtree(store / "2")
+    run_json = store / "1" / "run.json"
+    run = json.loads(run_json.read_text())
+    run["artifacts"] = ["last.pt", *run["artifacts"]]
+    run_json.write_text(json.dumps(run))
+    assert sync_store(store, URL, **QUIET).uploaded == [(1, 1)]
+    db = client["sacred"]
+    names = [a["name"] for a in db["runs"].find_one({"_id": 1})["artifacts"]]
+    assert sorted(names) == sorted(set(run["artifacts"])) and "last.pt" in names
+    assert db["fs.files"].count_documents({"filename": "artifact://runs/1/last.pt"}) == 1
+    assert MongoRunStore(URL).artifact(1, "last.pt") == (store / "1" / "last.pt").read_bytes()
+
+
 def test_cut_short_upload_is_completed_in_place(file_store, client):
     sync_store(file_store, URL, **QUIET)
     before, db = counts(client), client["sacred"]
     db["runs"].update_one({"_id": 2}, {"$set": {"reprolab.complete": False, "status": "RUNNING"}})
-    db[om.CHUNKS_COLLECTION].delete_many({"run_id": 2})
+    db[CHUNKS_COLLECTION].delete_many({"run_id": 2})
     report = sync_store(file_store, URL, **QUIET)
     assert report.completed == [(2, 2)] and report.present == [(1, 1)]
     assert counts(client) == before
-    assert om.MongoRunStore(URL).metrics(2) == FileRunStore(file_store).metrics(2)
+    assert MongoRunStore(URL).metrics(2) == FileRunStore(file_store).metrics(2)
 
 
 def test_sync_command_prints_counts_and_refuses_bad_input(file_store, client, tmp_path, capsys,

@@ -1,0 +1,129 @@
+"""Reading runs back from MongoDB (Sacred's MongoObserver schema) in the file store's shapes."""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+
+from observers.credentials import describe_error, redact
+from observers.mongo import connect
+from observers.mongo_bounds import CHUNKS_COLLECTION
+from observers.store import RecordError
+
+HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
+
+
+def _plain(value):
+    """BSON values as JSON-like Python: ObjectIds as strings, dates as ISO strings."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if type(value).__name__ == "ObjectId":
+        return str(value)
+    return value
+
+
+def _reading(method):
+    """Turn a MongoDB error while reading into one RecordError sentence."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        from pymongo.errors import PyMongoError
+
+        try:
+            return method(self, *args, **kwargs)
+        except PyMongoError as error:
+            raise RecordError(
+                f"cannot read from MongoDB at {self.location}: {describe_error(error, self._url)}"
+            ) from None
+
+    return wrapper
+
+
+class MongoRunStore:
+    """Runs in MongoDB (Sacred's MongoObserver schema), read back in the file store's shapes."""
+
+    def __init__(self, url: str):
+        self._url, self.location = url, redact(url)
+        try:
+            self.db = connect(url)
+        except ValueError:
+            raise
+        except Exception as error:
+            raise RecordError(
+                f"cannot reach MongoDB at {self.location}: {describe_error(error, url)}"
+            ) from None
+        import gridfs
+
+        self.fs = gridfs.GridFS(self.db)
+
+    @_reading
+    def run_ids(self) -> list[int]:
+        """Numeric run ids, in order."""
+        ids = (doc["_id"] for doc in self.db["runs"].find({}, {"_id": 1}))
+        return sorted(i for i in ids if isinstance(i, int))
+
+    def _document(self, run_id: int) -> dict:
+        document = self.db["runs"].find_one({"_id": run_id})
+        if document is None:
+            raise RecordError(f"no run {run_id} in {self.location}")
+        return document
+
+    @_reading
+    def run(self, run_id: int) -> dict:
+        """The run document in run.json's shape: artifacts by name, exact times, ids as strings."""
+        document = self._document(run_id)
+        run = {k: v for k, v in document.items() if k not in HIDDEN_FIELDS}
+        names = (artifact["name"] for artifact in document.get("artifacts", []))
+        run["artifacts"] = list(dict.fromkeys(names))  # a record from before replacing: once each
+        run = _plain(run)
+        run.update((document.get("reprolab") or {}).get("times") or {})
+        return run
+
+    @_reading
+    def config(self, run_id: int) -> dict:
+        """The run's config as recorded."""
+        return _plain(self._document(run_id).get("config", {}))
+
+    @_reading
+    def info(self, run_id: int) -> dict:
+        """The run's info without Sacred's metric references (MongoDB bookkeeping)."""
+        info = _plain(self._document(run_id).get("info") or {})
+        info.pop("metrics", None)
+        return info
+
+    @_reading
+    def metrics(self, run_id: int) -> dict:
+        """Every point of every metric: from the chunks, or Sacred's own documents without them."""
+        self._document(run_id)
+        metrics: dict[str, dict] = {}
+        chunks = self.db[CHUNKS_COLLECTION].find({"run_id": run_id})
+        for chunk in chunks.sort([("name", 1), ("chunk", 1)]):
+            empty = {"steps": [], "values": [], "timestamps": []}
+            series = metrics.setdefault(chunk["name"], empty)
+            for key in series:
+                series[key] += chunk[key]
+        if metrics:
+            return metrics
+        for document in self.db["metrics"].find({"run_id": run_id}).sort("name", 1):
+            metrics[document["name"]] = {
+                "steps": document.get("steps", []), "values": document.get("values", []),
+                "timestamps": _plain(document.get("timestamps", []))}
+        return metrics
+
+    @_reading
+    def artifact(self, run_id: int, name: str) -> bytes:
+        """The bytes of one artifact, read from GridFS (the latest one added under its name)."""
+        for artifact in reversed(self._document(run_id).get("artifacts", [])):
+            if artifact["name"] == name:
+                return self.fs.get(artifact["file_id"]).read()
+        raise RecordError(f"run {run_id} has no artifact '{name}'")
+
+    @_reading
+    def sources(self, run_id: int) -> dict[str, bytes]:
+        """Recorded source files by their path relative to the experiment's base directory."""
+        sources = self._document(run_id)["experiment"].get("sources", [])
+        return {name: self.fs.get(file_id).read() for name, file_id in sources}
