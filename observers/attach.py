@@ -36,6 +36,11 @@ def hide_credentials(run, store: str) -> None:
             repository["url"] = redact(repository["url"])
 
 
+def default_store() -> str:
+    """Where runs go and are read from when no store is named: $REPROLAB_MONGO_URL, else ./runs."""
+    return os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE
+
+
 def is_mongo_url(location: str) -> bool:
     return location.startswith(("mongodb://", "mongodb+srv://"))
 
@@ -56,4 +61,4 @@ def choose_store(options: dict) -> None:
         options["--file_storage"] = None  # so Sacred does not add its own FileStorageObserver
     if options.get("--store") or any(options.get(flag) for flag in OBSERVER_FLAGS):
         return
-    options["--store"] = os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE
+    options["--store"] = default_store()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from observers.attach import DEFAULT_STORE, MONGO_URL_VARIABLE, is_mongo_url
+from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
 from observers.provenance import (
     RERUN_OF_VARIABLE,
     RUN_ID_FILE_VARIABLE,
@@ -92,7 +92,7 @@ def store_target(ref: str, store: str | None) -> str:
     """The store the rerun records into: the original's (a run directory's parent, or the store)."""
     if not ref.isdigit():
         return str(Path(ref).resolve().parent)
-    location = store or os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE
+    location = store or default_store()
     return location if is_mongo_url(location) else str(Path(location).resolve())
 
 

@@ -198,9 +198,9 @@ def _as_float(value) -> float:
 
 def open_store(location: str | os.PathLike | None = None) -> RunStore:
     """A reader for a store directory or a mongodb:// URL (default: $REPROLAB_MONGO_URL or ./runs)."""
-    from observers.attach import DEFAULT_STORE, MONGO_URL_VARIABLE, is_mongo_url
+    from observers.attach import default_store, is_mongo_url
 
-    location = str(location or os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE)
+    location = str(location or default_store())
     if is_mongo_url(location):
         from observers.mongo_store import MongoRunStore
 
