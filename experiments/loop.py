@@ -13,6 +13,9 @@ from tqdm.auto import tqdm
 
 LOSSES = ("cross_entropy", "bce_with_logits", "mse")
 AMP_MODES = ("off", "bf16", "fp16")
+# Training losses are checked for NaN/inf and summed every this many batches (and at the end of
+# the epoch) in one go: reading a loss back from the device waits for all queued work on a GPU.
+LOSS_WINDOW = 16
 
 
 class NonFiniteLoss(SacredError):
@@ -48,6 +51,48 @@ def correct_predictions(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.
     return ((out.squeeze(-1) > 0).long() == y.long()).sum()
 
 
+class LossWindow:
+    """The epoch's training loss, kept on the device: the last few batch losses are checked for
+    NaN/inf and added to the total together, so the loop never waits for the device per batch."""
+
+    def __init__(self, epoch: int, device: torch.device, size: int = LOSS_WINDOW):
+        self.epoch, self.size = epoch, size
+        self.total, self.count = torch.zeros((), device=device), 0
+        self.losses: list[torch.Tensor] = []
+        self.batch_sizes: list[int] = []
+        self.steps: list[int] = []
+
+    def add(self, loss: torch.Tensor, batch_size: int, step: int) -> None:
+        """Remember a batch's loss (from optimizer step `step`); flush when the window is full."""
+        self.losses.append(loss.detach())
+        self.batch_sizes.append(batch_size)
+        self.steps.append(step)
+        if len(self.losses) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Raise NonFiniteLoss naming the first non-finite loss, else add the window to the total."""
+        if not self.losses:
+            return
+        losses = torch.stack(self.losses).float()
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0])
+            raise NonFiniteLoss(
+                f"training loss became {self.losses[first].item()} at epoch {self.epoch}, "
+                f"step {self.steps[first]}; lower lr or set optimizer.clip_grad_norm"
+            )
+        sizes = torch.tensor(self.batch_sizes, dtype=losses.dtype).to(losses.device)
+        self.total += (losses * sizes).sum()
+        self.count += sum(self.batch_sizes)
+        self.losses, self.batch_sizes, self.steps = [], [], []
+
+    def mean(self) -> float:
+        """Mean training loss per sample over the epoch (after a last check)."""
+        self.flush()
+        return (self.total / max(self.count, 1)).item()
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable,
@@ -65,33 +110,30 @@ def train_one_epoch(
     limit_batches: int | None = None,
     progress: bool = True,
 ) -> tuple[dict, int]:
-    """Train for one epoch; return the mean training loss and the global step after it."""
+    """Train for one epoch; return the mean training loss and the global step after it.
+
+    A non-finite loss stops the epoch within LOSS_WINDOW batches, before it returns (so before
+    any checkpoint of this epoch), with NonFiniteLoss naming the first bad step."""
     model.train()
     non_blocking = device.type == "cuda"
-    total, count = torch.zeros((), device=device), 0
+    window = LossWindow(epoch, device)
+    n_batches = len(batches) if limit_batches is None else min(len(batches), limit_batches)
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
     for index, (x, y) in enumerate(bar):
-        if limit_batches is not None and index >= limit_batches:
+        if index >= n_batches:
             break
         x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
         with autocast(device, amp):
             loss = loss_fn(model(x), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"training loss became {loss.item()} at epoch {epoch}, step {step + 1}; "
-                "lower lr or set optimizer.clip_grad_norm"
-            )
-        scaled = loss / accumulate
+        window.add(loss, len(y), step + 1)
+        scaled = loss / accumulate if accumulate > 1 else loss
         (scaler.scale(scaled) if scaler else scaled).backward()
-        total += loss.detach() * len(y)
-        count += len(y)
-        last_batch = index + 1 == len(batches) or index + 1 == limit_batches
-        if (index + 1) % accumulate == 0 or last_batch:
+        if (index + 1) % accumulate == 0 or index + 1 == n_batches:
             step += 1
             optimizer_step(model, optimizer, scaler, clip)
             scheduler.step()
     bar.close()
-    return {"train_loss": (total / max(count, 1)).item()}, step
+    return {"train_loss": window.mean()}, step
 
 
 def optimizer_step(model, optimizer, scaler, clip) -> None:

@@ -13,7 +13,16 @@ import torch
 from pyarrow import feather
 from sacred import Experiment
 
-from ingredients.data import REPO_ROOT, data, load_splits, make_loader
+import ingredients.data as data_module
+from ingredients.data import (
+    REPO_ROOT,
+    MappedColumns,
+    RowFile,
+    data,
+    load_splits,
+    make_loader,
+    row_major_table,
+)
 
 SPLIT_KEYS = (
     "path",
@@ -250,6 +259,120 @@ def test_memory_mapped_ipc_matches_in_memory(tmp_path, digits_table, standardize
     assert all(torch.equal(a, b) for a, b in zip(whole(mapped.val), whole(in_memory.val)))
 
 
+def write_ipc(path, table, chunk_rows=None):
+    """An uncompressed Arrow IPC file of the table, in record batches of chunk_rows rows."""
+    with pa_ipc.new_file(path, table.schema) as writer:
+        writer.write_table(table, max_chunksize=chunk_rows)
+    return path
+
+
+def same_epochs(a, b, num_workers=0, batch_size=64):
+    """Both datasets give identical shuffled batches (same generator seed), and identical val."""
+    runs = [
+        batches(
+            loader(
+                s.train,
+                generator=torch.Generator().manual_seed(5),
+                batch_size=batch_size,
+                num_workers=num_workers,
+            )
+        )
+        for s in (a, b)
+    ]
+    assert len(runs[0]) == len(runs[1]) > 1
+    for (xa, ya), (xb, yb) in zip(*runs):
+        assert xa.shape == xb.shape and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert all(torch.equal(p, q) for p, q in zip(whole(a.val), whole(b.val)))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_row_major_file_is_read_per_row_and_matches_the_columns(
+    tmp_path, digits_table, num_workers
+):
+    packed = row_major_table(digits_table, "label")
+    assert packed.schema.names == ["features", "label"]
+    assert packed.schema.field("features").type == pa.list_(pa.float32(), 64)
+    path = write_ipc(tmp_path / "rows.arrow", packed, chunk_rows=500)
+    reference = load(shape=[1, 8, 8])  # the bundled Parquet, one column per pixel
+    in_memory = load(path=str(path), shape=[1, 8, 8])
+    from_file = load(path=str(path), shape=[1, 8, 8], in_memory_mb=0)
+    assert in_memory.train.in_memory and isinstance(from_file.train.features, RowFile)
+    assert from_file.standardization == in_memory.standardization == reference.standardization
+    assert from_file.fingerprint["columns"] == ["features", "label"]
+    same_epochs(reference, from_file, num_workers)
+    same_epochs(in_memory, from_file, num_workers)
+
+
+def test_float32_columns_are_gathered_from_the_memory_map(tmp_path, digits_table):
+    path = write_ipc(tmp_path / "wide.arrow", digits_table, chunk_rows=256)
+    mapped, in_memory = load(path=str(path), in_memory_mb=0), load(path=str(path))
+    assert isinstance(mapped.train.features, MappedColumns) and in_memory.train.in_memory
+    assert mapped.standardization == in_memory.standardization
+    same_epochs(mapped, in_memory, num_workers=2)
+
+
+def test_list_and_plain_feature_columns_mix(tmp_path, digits_table):
+    pixels = np.stack([digits_table.column(i).to_numpy() for i in range(64)], axis=1)
+    table = pa.table(
+        {
+            "first": pa.FixedSizeListArray.from_arrays(pa.array(pixels[:, :10].ravel()), 10),
+            "middle": pixels[:, 10].astype(np.int16),
+            "rest": pa.FixedSizeListArray.from_arrays(pa.array(pixels[:, 11:].ravel()), 53),
+            "label": digits_table.column("label"),
+        }
+    )
+    path = write_ipc(tmp_path / "mixed.arrow", table, chunk_rows=700)
+    reference = load()
+    for in_memory_mb in (1024, 0):
+        mixed = load(path=str(path), in_memory_mb=in_memory_mb)
+        assert mixed.input_shape == (64,) and mixed.train.in_memory == bool(in_memory_mb)
+        assert mixed.standardization == reference.standardization
+        same_epochs(reference, mixed)
+
+
+def test_compressed_ipc_above_the_budget_is_loaded_into_memory(tmp_path, digits_table):
+    feather.write_feather(digits_table, tmp_path / "d.feather", chunksize=500)  # lz4
+    compressed = load(path=str(tmp_path / "d.feather"), in_memory_mb=0)
+    assert compressed.train.in_memory  # nothing in the map to read from: decompressed anyway
+    same_epochs(compressed, load())
+
+
+def test_a_row_major_file_cut_short_is_named(tmp_path, digits_table):
+    path = write_ipc(tmp_path / "rows.arrow", row_major_table(digits_table, "label"))
+    splits = load(path=str(path), in_memory_mb=0)
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(OSError, match=f"data.path: {path} ended early"):
+        splits.train[torch.arange(len(splits.train))]
+
+
+def test_groups_of_batches_are_split_back_into_the_same_batches(ids_file, monkeypatch):
+    splits = load(path=str(ids_file))
+
+    def epoch(group_bytes):
+        monkeypatch.setattr(data_module, "GROUP_BYTES", group_bytes)
+        batch_loader = loader(splits.train, generator=torch.Generator().manual_seed(2), batch_size=8)
+        return batch_loader.group, batches(batch_loader)
+
+    (one, single), (many, grouped) = epoch(1), epoch(10**6)
+    assert one == 1 and many > len(single)  # one gather per batch, against one for the epoch
+    assert [len(y) for _, y in grouped] == [8] * 10 + [2]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(single, grouped))
+
+
+def test_in_memory_batches_skip_worker_processes(ids_file):
+    splits = load(path=str(ids_file))
+    assert loader(splits.train, generator=torch.Generator(), num_workers=2).workers is None
+
+
+def test_constant_feature_gets_unit_std(tmp_path):
+    path = tmp_path / "constant.csv"
+    path.write_text("a,b,label\n" + "".join(f"0.1,{i},{i % 2}\n" for i in range(20)))
+    splits = load(path=str(path))
+    assert splits.standardization["std"][0] == 1.0
+    assert torch.allclose(whole(splits.train)[0][:, 0], torch.tensor(0.0), atol=1e-6)
+
+
 def test_float_target_gives_float_tensor(tmp_path):
     path = tmp_path / "regression.csv"
     path.write_text("a,b,y\n1,2,0.5\n3,4,1.5\n5,6,2.5\n7,8,3.5\n9,10,4.5\n")
@@ -308,7 +431,7 @@ def bad_files(tmp_path):
         ),
         (
             {"shape": [1, 8, 9]},
-            "data.shape [1, 8, 9] holds 72 values but there are 64 feature columns",
+            "data.shape [1, 8, 9] holds 72 values but there are 64 feature values per row",
         ),
         ({"shape": [0, 64]}, "data.shape must be None or a non-empty list of positive integers"),
         ({"split_seed": "zero"}, "data.split_seed must be an integer"),

@@ -1,0 +1,27 @@
+"""The benchmark scripts run end to end (smallest sizes) and print their tables; no timing asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+SMOKE_RUNS = {
+    "loader.py": (["--quick", "--rows", "20000", "--repeats", "1"],
+                  ["file -> first batch", "(c) index_select", "file-backed Arrow IPC"]),
+    "recording.py": (["--quick", "--runs", "1"],
+                     ["(d) cost of logging", "(e) observer time per heartbeat", "(f) end to end"]),
+    "train.py": (["--quick", "--repeats", "1"],
+                 ["our loop against a bare PyTorch loop", "cost of options"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE_RUNS))
+def test_benchmark_prints_its_tables(repo_root, script):
+    arguments, titles = SMOKE_RUNS[script]
+    result = subprocess.run([sys.executable, str(repo_root / "benchmarks" / script), *arguments],
+                            capture_output=True, text=True, cwd=repo_root, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for title in titles:
+        assert title in result.stdout, result.stdout

@@ -1,0 +1,137 @@
+"""The FileStore observer: per-heartbeat cost independent of history, Sacred's layout at the end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+from sacred import Experiment
+from sacred.observers import FileStorageObserver
+
+from observers.filestore import JOURNAL, FileStore, read_journal, write_json_atomic
+from observers.store import FileRunStore
+
+START = dt.datetime(2026, 3, 1, 12, 0, 0)
+INFO = {"model_summary": {"params": 1234}, "data": {"rows": 1797}}
+
+
+def beat_points(beat: int, per_metric: int = 50) -> dict:
+    """One heartbeat's new points of two metrics, as Sacred hands them to log_metrics."""
+    steps = range(beat * per_metric, (beat + 1) * per_metric)
+    return {
+        name: {
+            "steps": list(steps),
+            "values": [scale * s for s in steps],
+            "timestamps": [START + dt.timedelta(seconds=s) for s in steps],
+        }
+        for name, scale in (("loss", 0.5), ("lr", 0.001))
+    }
+
+
+def started(observer, root: Path):
+    """The observer after Sacred's started_event."""
+    ex_info = {"name": "train", "base_dir": str(root), "sources": [], "dependencies": [],
+               "repositories": [], "mainfile": "train.py"}
+    observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, {"lr": 0.1}, {}, None)
+    return observer
+
+
+def heartbeat(observer, beat: int, info: dict = INFO) -> None:
+    """What Sacred's heartbeat does to an observer: new metrics, then the heartbeat event."""
+    observer.log_metrics(beat_points(beat), info)
+    observer.heartbeat_event(info, f"epoch {beat}\n" * (beat + 1), START, None)
+
+
+def test_heartbeats_append_only_their_new_points(tmp_path):
+    store = started(FileStore(tmp_path), tmp_path)
+    run_dir = Path(store.dir)
+    for beat in range(6):
+        heartbeat(store, beat)
+    lines = [json.loads(line) for line in (run_dir / JOURNAL).read_text().splitlines()]
+    assert [entry["name"] for entry in lines] == ["loss", "lr"] * 6  # one line per metric and beat
+    assert [entry["steps"][0] for entry in lines[::2]] == [0, 50, 100, 150, 200, 250]
+    assert all(len(entry["steps"]) == len(entry["timestamps"]) == 50 for entry in lines)
+    assert not (run_dir / "metrics.json").exists()  # nothing is rewritten while the run goes on
+
+
+def test_sealed_metrics_equal_what_sacreds_observer_writes(tmp_path):
+    ours = started(FileStore(tmp_path / "ours"), tmp_path)
+    sacred = started(FileStorageObserver(str(tmp_path / "sacred")), tmp_path)
+    for beat in range(4):
+        for observer in (ours, sacred):
+            heartbeat(observer, beat)
+    for observer in (ours, sacred):
+        observer.completed_event(START + dt.timedelta(hours=1), 0.9)
+    ours_dir, sacred_dir = Path(ours.dir), Path(sacred.dir)
+    load = lambda path: json.loads(path.read_text())  # noqa: E731
+    assert load(ours_dir / "metrics.json") == load(sacred_dir / "metrics.json")
+    assert load(ours_dir / "metrics.json")["loss"]["steps"] == list(range(200))
+    assert not (ours_dir / JOURNAL).exists()
+    for name in ("run.json", "info.json", "config.json", "cout.txt"):
+        assert (ours_dir / name).read_bytes() == (sacred_dir / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("ending", ["failed", "interrupted"])
+def test_runs_that_end_early_are_sealed_too(tmp_path, ending):
+    store = started(FileStore(tmp_path), tmp_path)
+    heartbeat(store, 0)
+    if ending == "failed":
+        store.failed_event(START, ["Traceback ...", "ValueError: boom"])
+    else:
+        store.interrupted_event(START, "INTERRUPTED")
+    metrics = FileRunStore(tmp_path).metrics(1)
+    assert metrics["loss"]["values"][:3] == [0.0, 0.5, 1.0] and (tmp_path / "1" / "metrics.json").exists()
+
+
+def test_info_json_is_rewritten_only_when_the_info_changes(tmp_path):
+    store = started(FileStore(tmp_path), tmp_path)
+    info_file = tmp_path / "1" / "info.json"
+    heartbeat(store, 0)
+    first = info_file.stat().st_ino  # each atomic write is a new file
+    heartbeat(store, 1)
+    assert info_file.stat().st_ino == first
+    changed = {**INFO, "best": {"val_accuracy": 0.97}}
+    heartbeat(store, 2, changed)
+    assert info_file.stat().st_ino != first and json.loads(info_file.read_text()) == changed
+
+
+def test_json_writes_are_atomic_and_follow_the_umask(tmp_path):
+    target = tmp_path / "run.json"
+    write_json_atomic(target, {"b": 1, "a": [1, 2]})
+    write_json_atomic(target, {"b": 2}, indent=None)
+    assert json.loads(target.read_text()) == {"b": 2} and target.read_text() == '{"b": 2}'
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_torn_last_journal_line_is_skipped(tmp_path):
+    journal = tmp_path / JOURNAL
+    journal.write_text(
+        json.dumps({"name": "loss", "steps": [1], "values": [0.5], "timestamps": ["t"]})
+        + '\n{"name": "loss", "steps": [2], "val'
+    )
+    assert read_journal(journal) == {"loss": {"steps": [1], "values": [0.5], "timestamps": ["t"]}}
+
+
+def test_a_real_sacred_run_is_read_back(tmp_path):
+    ex = Experiment("filestore_test", save_git_info=False)
+    ex.observers.append(FileStore(tmp_path))
+
+    @ex.main
+    def main(_run):
+        for step in range(1, 301):
+            _run.log_scalar("loss", 1 / step, step)
+        _run.info["note"] = "done"
+        return 7
+
+    ex.run(options={"--loglevel": "ERROR", "--capture": "no"})
+    reader = FileRunStore(tmp_path)
+    metrics = reader.metrics(1)
+    assert metrics["loss"]["steps"] == list(range(1, 301)) and metrics["loss"]["values"][1] == 0.5
+    assert reader.run(1)["status"] == "COMPLETED" and reader.info(1) == {"note": "done"}
+    assert not (tmp_path / "1" / JOURNAL).exists()
