@@ -5,7 +5,7 @@
 
 Both loops train the same model (same initial weights) on the bundled digits, the same batch
 size and one reshuffle per epoch, on the same device. Ours goes through the real ingredients
-(load_splits, make_loader, build_model, build_optimizer, build_scheduler, clip_gradients) and
+(load_splits, make_loader, build_model, build_optimizer, build_scheduler, gradient_clipper) and
 train_one_epoch, as experiments/train.py does; the bare loop is index_select + forward + loss +
 backward + step + schedule, written by hand. Every measurement trains a fresh copy of the model
 (where its tensors land in memory moves small models' speed by several percent), the candidates
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import statistics
 import tempfile
 import time
@@ -31,11 +30,10 @@ import pyarrow.parquet as pq
 import torch
 from sacred import Experiment
 
-import ingredients.optimizer as optimizer_ingredient
 from experiments.loop import make_loss, train_one_epoch
 from ingredients.data import REPO_ROOT, data, load_splits, make_loader, row_major_table
 from ingredients.model import build_model, model
-from ingredients.optimizer import build_optimizer, build_scheduler, clip_gradients, optimizer
+from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
 from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
 
 ex = Experiment("bench_train", ingredients=[data, model, optimizer, seeding], save_git_info=False)
@@ -62,10 +60,8 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 
 def default_clip() -> Callable:
-    """What experiments/train.py passes as clip: gradient_clipper() (a plain function) where the
-    optimizer ingredient has it, else the captured clip_gradients, called once per step."""
-    clipper = getattr(optimizer_ingredient, "gradient_clipper", None)
-    return clipper() if clipper is not None else clip_gradients
+    """What experiments/train.py passes as clip: the optimizer ingredient's plain clipping step."""
+    return gradient_clipper()
 
 
 class Trainer:
@@ -182,10 +178,6 @@ def bench(_config, seed, repeats: int, epochs: int, options: bool, workload: str
     if options:
         with tempfile.TemporaryDirectory(prefix="reprolab-train-bench-") as tmp:
             candidates = option_candidates(fresh, batches, train, seed, epochs, Path(tmp))
-            max_norm = _config["optimizer"]["clip_grad_norm"]
-            plain_clip = functools.partial(clip_gradients.__wrapped__, clip_grad_norm=max_norm)
-            candidates["clip as a plain function (no Sacred call per step)"] = (
-                lambda: fresh().ours(batches, epochs, clip=plain_clip))
             results |= {name: against(option, ours, repeats)
                         for name, option in candidates.items()}
     return results

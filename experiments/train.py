@@ -26,7 +26,7 @@ from ingredients.data import (
     resolve_path,
 )
 from ingredients.model import build_model, format_summary, model, summarize
-from ingredients.optimizer import build_optimizer, build_scheduler, clip_gradients, optimizer
+from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
 from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
 from observers.provenance import record_provenance
 
@@ -183,6 +183,7 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     scheduler = build_scheduler(opt, epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     loss_fn = make_loss(loss)
+    clip_gradient = gradient_clipper()
 
     best, step, done = Best(monitor_mode), 0, 0
     point = ex.resume_point  # verified and loaded before the run started (experiments/resume.py)
@@ -203,7 +204,7 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
         lr_used = opt.param_groups[0]["lr"]
         train_metrics, step = train_one_epoch(
             net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
-            amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradients,
+            amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
             limit_batches=limit_batches, progress=progress)
         metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
                    "lr": lr_used}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ingredients.optimizer import build_optimizer, build_scheduler, clip_gradients
+from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper
 
 DEFAULTS = dict(name="sgd", momentum=0.9, nesterov=True, betas=[0.9, 0.999], weight_decay=1e-4,
                 param_groups=[])
@@ -45,10 +45,10 @@ def test_group_pattern_matching_nothing_is_refused():
 def test_clipping_bounds_the_gradient_norm():
     model = net()
     (model(torch.randn(5, 4)) * 1000).sum().backward()
-    before = clip_gradients(model, 0.5)
+    before = gradient_clipper(0.5)(model)
     after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
     assert before > 0.5 and float(after) == pytest.approx(0.5, rel=1e-4)
-    assert clip_gradients(model, None) is None
+    assert gradient_clipper(None)(model) is None
 
 
 def lrs(schedule, epochs=4, steps=3, **kw):
