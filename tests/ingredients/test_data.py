@@ -13,11 +13,10 @@ import torch
 from pyarrow import feather
 from sacred import Experiment
 
-import ingredients.data as data_module
+import ingredients.batches as batches_module
+from ingredients.columnar import MappedColumns, RowFile
 from ingredients.data import (
     REPO_ROOT,
-    MappedColumns,
-    RowFile,
     data,
     load_splits,
     make_loader,
@@ -350,7 +349,7 @@ def test_groups_of_batches_are_split_back_into_the_same_batches(ids_file, monkey
     splits = load(path=str(ids_file))
 
     def epoch(group_bytes):
-        monkeypatch.setattr(data_module, "GROUP_BYTES", group_bytes)
+        monkeypatch.setattr(batches_module, "GROUP_BYTES", group_bytes)
         batch_loader = loader(splits.train, generator=torch.Generator().manual_seed(2), batch_size=8)
         return batch_loader.group, batches(batch_loader)
 
