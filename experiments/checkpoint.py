@@ -12,13 +12,13 @@ import io
 import json
 import os
 import pickle
-import secrets
 import warnings
 from pathlib import Path
 
 import torch
 
 from ingredients.seeding import rng_state, set_rng_state
+from observers.files import replacing
 
 FORMAT = "reprolab-checkpoint/1"
 REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "best", "config")
@@ -58,16 +58,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
     path = Path(path)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode (mkstemp would make it 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path, "wb") as f:
+        f.write(buffer.getvalue())
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
 
+from observers.files import replacing
+
 JOURNAL = "metrics.jsonl"
 
 
@@ -24,18 +26,9 @@ def write_json_atomic(path: Path, obj, indent: int | None = 2) -> None:
     """Write JSON to a temporary file beside path, then rename it over path.
 
     indent=None writes compact JSON with the C encoder, several times faster for large files."""
-    path = Path(path)
     text = json.dumps(obj, sort_keys=True, indent=indent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as for every other file of the run
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as f:
+        f.write(text)
 
 
 def read_journal(path: Path) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from observers.files import replacing
 from observers.store import RunStore
 from observers.tables import as_store, differing_config, load_metrics, load_runs
 
@@ -91,11 +91,5 @@ def save_png(figure: Figure, path: Path) -> None:
         raise ValueError(f"plot file '{path}' must end in .png")
     if not path.parent.is_dir():
         raise ValueError(f"cannot write plot '{path}': directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=100)

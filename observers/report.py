@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pandas as pd
 
+from observers.files import replacing
 from observers.plots import abbreviate, format_value, plot_metric, short_key
 from observers.store import RecordError, RunStore, open_store, resolve_run
 from observers.tables import (
@@ -62,9 +61,11 @@ def when(timestamp) -> str:
 
 
 def took(duration) -> str:
-    """A duration as H:MM:SS, rounded down to the second."""
+    """A duration as H:MM:SS, or in tenths of a second below a minute (short runs are common)."""
     if pd.isna(duration) or duration.total_seconds() < 0:
         return "-"
+    if duration.total_seconds() < 60:
+        return f"{duration.total_seconds():.1f}s"
     seconds = int(duration.total_seconds())
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -354,12 +355,13 @@ def export_command(args) -> int:
     if not target.parent.is_dir():
         raise ValueError(f"--to: directory {target.parent} does not exist")
     runs = load_runs(open_store(args.store))
-    write_atomic(target, lambda path: write_table(runs, path, kind))
+    with replacing(target, "wb") as f:
+        write_table(runs, f, kind)
     print(f"wrote {len(runs)} runs x {len(runs.columns)} columns to {target}")
     return 0
 
 
-def write_table(runs: pd.DataFrame, path: str, kind: str) -> None:
+def write_table(runs: pd.DataFrame, path, kind: str) -> None:
     if kind == ".csv":
         runs.to_csv(path, index_label="run_id")
         return
@@ -370,13 +372,4 @@ def write_table(runs: pd.DataFrame, path: str, kind: str) -> None:
         runs.astype({c: "str" for c in mixed}).to_parquet(path)
 
 
-def write_atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 

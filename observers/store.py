@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from observers.files import replacing
 from observers.filestore import JOURNAL, read_journal
 
 # Per-store cache of metric summaries (last/min/max per metric) of sealed metrics.json files,
@@ -143,10 +143,8 @@ class FileRunStore:
         path = self.root / SUMMARY_CACHE
         try:
             path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".summaries.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
+            with replacing(path) as f:
                 json.dump(entries, f)
-            os.replace(tmp, path)
         except OSError:
             pass  # a read-only store is read without a cache
 
