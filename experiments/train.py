@@ -95,7 +95,8 @@ def preflight(config: dict) -> None:
     else:  # the data ingredient has checked the file and its columns already
         file = resolve_path(data_cfg["path"])
         columns = read_schema(file, resolve_format(file, data_cfg["format"])).names
-        shape = (len(data_cfg["features"] or columns[1:]),)
+        features = data_cfg["features"] or columns[:-1]  # every column but the target
+        shape = (len(features),)
     with naming_errors("model"):
         net = build_model(shape, 2, **{key: config["model"][key] for key in MODEL_KEYS})
     with naming_errors("optimizer"):
