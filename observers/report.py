@@ -224,7 +224,8 @@ def data_text(fingerprint: dict) -> str:
         return "-"
     rows = f"{fingerprint['rows']:,} rows" if "rows" in fingerprint else ""
     digest = f"sha256 {fingerprint['sha256'][:12]}" if "sha256" in fingerprint else ""
-    return "  ".join(filter(None, [fingerprint.get("path"), rows, digest]))
+    # the path last: a long one is what gets cut to fit the terminal, never the hash
+    return "  ".join(filter(None, [rows, digest, fingerprint.get("path")]))
 
 
 def best_text(best: dict) -> str:

@@ -171,7 +171,7 @@ def test_show_summarises_a_run(store, ids, capsys, repo_root):
     assert cells(lines, "device") == ["device", "cpu"]
     assert cells(lines, "git")[1] == runs.loc[run_id, "git_commit"][:12]
     assert "command     train with epochs=2 limit_batches=5 lr=0.05 optimizer.name=sgd" in text
-    assert f"sha256 {info['data']['fingerprint']['sha256'][:12]}" in text and "1,797 rows" in text
+    assert f"1,797 rows  sha256 {info['data']['fingerprint']['sha256'][:12]}" in text
     assert cells(lines, "lr") == ["lr", "0.05"] and cells(lines, "optimizer.name")[1] == "sgd"
     assert cells(lines, "val_accuracy")[1:] == [
         f"{runs.loc[run_id, f'val_accuracy.{stat}']:.4g}" for stat in ("last", "min", "max")]
