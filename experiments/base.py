@@ -146,8 +146,6 @@ class ReproExperiment(Experiment):
         """Build the run; any config problem becomes one ConfigurationError, before observers start."""
         command_name = command_name or self.default_command
         self.resume_point: ResumePoint | None = None
-        for path in repository_modules():
-            self.add_source_file(path)
         try:
             run = super()._create_run(command_name, config_updates, named_configs, info,
                                       meta_info, options)
@@ -164,16 +162,22 @@ class ReproExperiment(Experiment):
         if added:  # Sacred only warns about a new key that some captured function could take
             self.current_run = None
             raise ConfigurationError(self._unknown_key_message(added[0]))
-        self._record_late_imports(run)
+        self._record_sources(run)
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run
 
-    def _record_late_imports(self, run) -> None:
-        """Modules imported while the run was set up (store options) are among its sources too."""
+    def _record_sources(self, run) -> None:
+        """Every repository module imported by now, the run's setup included (Sacred only sees
+        the experiment's direct imports), becomes one of the run's sources."""
+        def gathered() -> set:
+            return set().union(*(ingredient.sources for ingredient, _ in self.traverse_ingredients()))
+
+        known = {source.filename for source in gathered()}
         for path in repository_modules():
-            self.add_source_file(path)
-        sources = set().union(*(ingredient.sources for ingredient, _ in self.traverse_ingredients()))
+            if os.path.realpath(path) not in known:  # Source.create asks git per file: new ones only
+                self.add_source_file(path)
+        sources = gathered()
         run.experiment_info["sources"] = [s.to_json(self.base_dir) for s in sorted(sources)]
 
     def _resume(self, command_name: str, config_updates: dict, named_configs, options,

@@ -28,12 +28,6 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, tampered with or not a checkpoint."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def state_hash(model: torch.nn.Module) -> str:
     """SHA-256 over the model's state dict (names, dtypes, shapes, bytes): equal iff bit-identical."""
     digest = hashlib.sha256()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sacred.utils import SacredInterrupt, get_by_dotted_path, set_by_dotted_path
 
-from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint, sha256_file
-from ingredients.data import resolve_path
+from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
+from ingredients.data import fingerprint_file, resolve_path
 from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
@@ -179,7 +179,7 @@ def check_same_data(run_id: int, info: dict, config: dict) -> None:
     if not then or not path:
         return  # recorded before data fingerprints existed: nothing to compare against
     file = resolve_path(path)
-    now = sha256_file(file) if file.is_file() else None
+    now = fingerprint_file(file)["sha256"] if file.is_file() else None
     if now != then:
         change = "is missing" if now is None else f"has changed (sha256 {then[:12]} then, {now[:12]} now)"
         raise RecordError(f"data file {file} {change} since run {run_id} was trained on it, so "

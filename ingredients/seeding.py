@@ -47,11 +47,19 @@ def determinism_record(seed: int) -> dict:
         "cudnn_deterministic": cudnn.deterministic,
         "cudnn_benchmark": cudnn.benchmark,
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        **torch_build(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+    }
+
+
+def torch_build() -> dict:
+    """torch, CUDA and cuDNN versions and the thread count: what a rerun compares with then."""
+    cudnn = torch.backends.cudnn
+    return {
         "torch_version": str(torch.__version__),  # a str subclass the record would mangle
         "cuda_version": torch.version.cuda,
         "cudnn_version": cudnn.version() if cudnn.is_available() else None,
         "num_threads": torch.get_num_threads(),
-        "num_interop_threads": torch.get_num_interop_threads(),
     }
 
 

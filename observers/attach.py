@@ -19,18 +19,18 @@ OBSERVER_FLAGS = ("--unobserved", "--mongo_db", "--sql", "--tiny_db", "--s3", "-
 @cli_option("-R", "--store")
 def store_option(args: str, run) -> None:
     """Record the run in STORE: a directory, or a mongodb:// URL (default ./runs or $REPROLAB_MONGO_URL)."""
-    hide_credentials(run, args)
+    hide_credentials(run)
     run.meta_info.setdefault("run_uuid", uuid.uuid4().hex)  # one identity in every store (sync)
     run.observers.extend(observers_for(args))
 
 
-def hide_credentials(run, store: str) -> None:
+def hide_credentials(run) -> None:
     """Keep passwords out of the record: the store URL in meta.options, tokens in git remotes."""
     from observers.credentials import redact
 
     options = run.meta_info.get("options")
     if isinstance(options, dict) and options.get("--store"):
-        options["--store"] = redact(store)
+        options["--store"] = redact(options["--store"])
     for repository in run.experiment_info.get("repositories") or []:
         if repository.get("url"):
             repository["url"] = redact(repository["url"])

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sacred.observers.base import RunObserver
-from sacred.observers.mongo import MongoObserver, mimetype_detector
+from sacred.observers.mongo import MongoObserver
 
 from observers.credentials import describe_error, redact
 from observers.filestore import FileStore
@@ -32,6 +32,7 @@ from observers.mongo_bounds import (
     bounded_output,
     exact_times,
     fit_document,
+    store_artifact,
     store_full_output,
     store_source,
 )
@@ -140,11 +141,8 @@ class BoundedMongoObserver(MongoObserver):
         epoch) takes the earlier entry's place, and the earlier file is deleted only once the run
         document no longer points to it (a failed write leaves no dangling file id)."""
         earlier = [a["file_id"] for a in self.run_entry["artifacts"] if a["name"] == name]
-        with open(filename, "rb") as f:
-            file_id = self.fs.put(
-                f, filename=f"artifact://{self.runs.name}/{self.run_entry['_id']}/{name}",
-                metadata=metadata,
-                content_type=content_type or self._try_to_detect_content_type(filename))
+        file_id = store_artifact(self.fs, self.runs.name, self.run_entry["_id"], name, filename,
+                                 metadata, content_type)
         self.run_entry["artifacts"] = with_artifact(self.run_entry["artifacts"], name, file_id)
         self.save()
         for old_id in earlier:
@@ -170,10 +168,6 @@ class BoundedMongoObserver(MongoObserver):
         entry["reprolab"] = {**entry["reprolab"], "times": exact_times(entry)}
         document, self.cut = fit_document(entry)
         return document
-
-    @staticmethod
-    def _try_to_detect_content_type(filename):
-        return mimetype_detector.guess_type(filename)[0]  # Sacred prints this into the output
 
 
 class MongoWithFallback(RunObserver):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
 CAPTURED_OUT_BYTES = 1 << 20  # tail of the captured output kept in the run document (1 MiB)
@@ -17,6 +18,7 @@ VIEW_POINTS = 10_000  # most points per metric in the document Omniboard plots
 CHUNK_POINTS = 50_000  # points per metrics_chunks document (about 3.5 MB at most)
 DOCUMENT_BYTES = 15 << 20  # a run document is trimmed above this (MongoDB refuses 16 MiB)
 CHUNKS_COLLECTION = "metrics_chunks"
+TIMES = ("start_time", "heartbeat", "stop_time")  # a run's dates, kept exactly in reprolab.times
 
 
 def bson_size(document: dict) -> int:
@@ -59,7 +61,7 @@ def fit_document(document: dict) -> tuple[dict, list[str]]:
 
 def exact_times(document: dict) -> dict:
     """Start, heartbeat and stop times to the microsecond (BSON dates keep milliseconds)."""
-    return {key: document[key].isoformat() for key in ("start_time", "heartbeat", "stop_time")
+    return {key: document[key].isoformat() for key in TIMES
             if isinstance(document.get(key), datetime)}
 
 
@@ -72,6 +74,16 @@ def store_source(fs, path: str, md5: str, data: bytes | None = None):
         with open(path, "rb") as f:
             return fs.put(f, filename=path, md5=md5)
     return fs.put(data, filename=path, md5=md5)
+
+
+def store_artifact(fs, collection: str, run_id: int, name: str, path: str | os.PathLike,
+                   metadata=None, content_type: str | None = None):
+    """GridFS id of an artifact file, named as Sacred's MongoObserver names it."""
+    from sacred.observers.mongo import mimetype_detector
+
+    with open(path, "rb") as f:
+        return fs.put(f, filename=f"artifact://{collection}/{run_id}/{name}", metadata=metadata,
+                      content_type=content_type or mimetype_detector.guess_type(str(path))[0])
 
 
 def store_full_output(fs, collection: str, run_id: int, text: str):

@@ -111,20 +111,15 @@ def torch_state(device: str) -> dict:
     """torch/CUDA/cuDNN versions, threads and the device `device` (a config value) picks now."""
     import torch
 
+    from ingredients.seeding import torch_build
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         picked = str(torch.device(device))
     except RuntimeError:
         picked = device
-    cudnn = torch.backends.cudnn
-    return {
-        "torch_version": str(torch.__version__),
-        "cuda_version": torch.version.cuda,
-        "cudnn_version": cudnn.version() if cudnn.is_available() else None,
-        "num_threads": torch.get_num_threads(),
-        "device": picked,
-    }
+    return {**torch_build(), "device": picked}
 
 
 # --------------------------------------------------------------------------- comparing
@@ -156,8 +151,9 @@ def data_differences(fingerprint: dict | None, path_now: Path | None) -> list[Di
         return [Difference("data file", "not recorded", str(path_now))]
     if path_now is None or not path_now.is_file():
         return [Difference("data file", fingerprint.get("path"), "not found")]
-    with open(path_now, "rb") as f:
-        now = hashlib.file_digest(f, "sha256").hexdigest()
+    from ingredients.data import fingerprint_file
+
+    now = fingerprint_file(path_now)["sha256"]
     if now != fingerprint["sha256"]:
         return [Difference(f"data file {path_now}", f"sha256 {short(fingerprint['sha256'])}",
                            f"sha256 {short(now)}")]

@@ -371,6 +371,3 @@ def write_table(runs: pd.DataFrame, path, kind: str) -> None:
     except (TypeError, ValueError, ArithmeticError):  # mixed-type config columns: keep them as text
         mixed = runs.select_dtypes("object").columns
         runs.astype({c: "str" for c in mixed}).to_parquet(path)
-
-
-

@@ -200,17 +200,13 @@ def run_again(original: Original, tree: CodeTree, target: str) -> tuple[int, int
             env[MONGO_URL_VARIABLE] = target  # in the environment, not in argv where ps shows it
         else:
             command += ["-R", target]
-        before = set(original.store.run_ids())
         sys.stdout.flush()
         child = subprocess.Popen([*command, "with", str(config_file)], cwd=tree.cwd, env=env)
         try:
             code = child.wait()
         except KeyboardInterrupt:  # the child got Ctrl-C too: let it record its interruption
             code = child.wait()
-        if id_file.is_file():
-            return code, int(id_file.read_text())
-    new = set(original.store.run_ids()) - before  # code that predates the id file
-    return code, new.pop() if len(new) == 1 else None
+        return code, int(id_file.read_text()) if id_file.is_file() else None
 
 
 # --------------------------------------------------------------------------- verifying

@@ -15,23 +15,24 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
-from sacred.observers.mongo import MongoObserver, mimetype_detector
+from sacred.observers.mongo import MongoObserver
 
 from observers.credentials import describe_error, redact
 from observers.mongo import connect, ensure_indexes
 from observers.mongo_bounds import (
     CHUNKS_COLLECTION,
+    TIMES,
     MetricsWriter,
     bounded_output,
     fit_document,
+    store_artifact,
     store_full_output,
     store_source,
 )
 from observers.store import FileRunStore, RecordError
-
-TIMES = ("start_time", "heartbeat", "stop_time")
 
 
 @dataclass
@@ -63,7 +64,7 @@ class LocalRun:
     artifacts: dict[str, Path]
     output: str
 
-    @property
+    @cached_property
     def identity(self) -> str:
         return run_identity(self.run, self.config)
 
@@ -181,13 +182,8 @@ class Uploader:
                 for name, data in local.sources.items()]
 
     def _artifacts(self, local: LocalRun, run_id: int) -> list[dict]:
-        artifacts = []
-        for name, path in local.artifacts.items():
-            with open(path, "rb") as f:
-                file_id = self.fs.put(f, filename=f"artifact://runs/{run_id}/{name}",
-                                      content_type=mimetype_detector.guess_type(str(path))[0])
-            artifacts.append({"name": name, "file_id": file_id})
-        return artifacts
+        return [{"name": name, "file_id": store_artifact(self.fs, self.runs.name, run_id, name, path)}
+                for name, path in local.artifacts.items()]
 
 
 def sync_store(path: str | os.PathLike, url: str,

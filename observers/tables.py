@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from ingredients import is_number
 from observers.store import RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
@@ -34,8 +35,6 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "note": "str",
 }
 SUMMARY_STATS = ("last", "min", "max")
-METRIC_COLUMNS = {"run_id": "int64", "metric": "str", "step": "int64", "value": "float64",
-                  "timestamp": "datetime64[us]"}
 STALE_HEARTBEAT = dt.timedelta(minutes=2)  # a RUNNING run silent this long has probably died
 
 
@@ -59,10 +58,11 @@ def load_runs(store: str | os.PathLike | RunStore | None = None, *,
     store = as_store(store)
     ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     wanted = {key.replace("__", "."): value for key, value in config.items()}
-    rows = [_record_row(store, run_id) for run_id in ids]
-    rows = [row for row in rows if _matches(row, _names(status), _names(experiment), wanted)]
-    if wanted and rows == [] and ids:
-        _check_config_keys(store, ids, wanted)
+    statuses, experiments = _names(status), _names(experiment)
+    all_rows = [_record_row(store, run_id) for run_id in ids]
+    rows = [row for row in all_rows if _matches(row, statuses, experiments, wanted)]
+    if wanted and not rows:
+        _check_config_keys(store, all_rows, wanted)
     summaries = _metric_summaries(store, [row["run_id"] for row in rows])
     for row in rows:
         _add_summaries(row, summaries[row["run_id"]], store)
@@ -92,14 +92,10 @@ def _same_value(recorded, wanted) -> bool:
     return recorded is not _MISSING and recorded == wanted
 
 
-def _check_config_keys(store: RunStore, ids: list[int], wanted: dict) -> None:
-    """Tell a filter's unknown config key apart from a value no run has."""
-    known: set[str] = set()
-    for run_id in ids:
-        try:
-            known.update(flatten_config(store.config(run_id)))
-        except Exception:  # noqa: BLE001 - a damaged config only makes the hint less complete
-            continue
+def _check_config_keys(store: RunStore, rows: list[dict], wanted: dict) -> None:
+    """Tell a filter's unknown config key apart from a value no run has (runs whose config
+    could not be read add no keys: they only make the hint less complete)."""
+    known = {key.removeprefix("config.") for row in rows for key in row if key.startswith("config.")}
     for key in wanted:
         if known and key not in known:
             raise ValueError(f"unknown config key '{key}' in the filter (no run in {store.location} has it)")
@@ -162,9 +158,7 @@ def _timestamp(value) -> dt.datetime | None:
 
 def _result(value) -> float | None:
     """The run's return value as a number, when it is one (Sacred allows anything)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
+    return float(value) if is_number(value) else None
 
 
 def _probably_dead(row: dict) -> bool:

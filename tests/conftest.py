@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,19 @@ def default_run(tmp_path_factory) -> Path:
 def train():
     """The run_train helper, as a fixture (test modules cannot import conftest)."""
     return run_train
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory):
+    """make(name, runs): a new store holding one run per config-updates tuple in runs, trained
+    in parallel (so the runs take their ids in any order)."""
+    def make(name: str, runs: Iterable[tuple[str, ...]]) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        runs = list(runs)
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(lambda updates: run_train(root, *updates), runs))
+        return root
+    return make
 
 
 def hash_tree(root: Path) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -26,11 +25,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, train) -> Path:
-    root = tmp_path_factory.mktemp("report_store")
-    with ThreadPoolExecutor(len(RUNS)) as pool:
-        list(pool.map(lambda updates: train(root, *updates), RUNS.values()))
-    return root
+def store(trained_store) -> Path:
+    return trained_store("report_store", RUNS.values())
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -29,11 +28,8 @@ LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, train) -> Path:
-    root = tmp_path_factory.mktemp("tables_store")
-    with ThreadPoolExecutor(len(RUNS)) as pool:
-        list(pool.map(lambda updates: train(root, *updates), RUNS.values()))
-    return root
+def store(trained_store) -> Path:
+    return trained_store("tables_store", RUNS.values())
 
 
 @pytest.fixture(scope="module")
