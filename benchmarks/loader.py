@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import torch
+from report import print_table
 
 from ingredients.data import data, fingerprint_file, load_splits, make_loader, row_major_table
 
@@ -207,16 +208,6 @@ def measure_memory(path: Path, budget_mb: float) -> dict:
 
 def mb(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:,.0f} MB"
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    """A plain fixed-width table."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in
-                 enumerate(zip(row, widths))]
-        print("  " + "   ".join(cells))
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from report import print_table
 from sacred import Experiment
 from sacred.observers import FileStorageObserver
 
@@ -36,16 +37,6 @@ TRAIN = REPO_ROOT / "experiments" / "train.py"
 METRICS = ("train_loss", "val_loss", "val_accuracy", "lr")
 POINTS_PER_BEAT = 1000
 START = dt.datetime(2026, 1, 1)
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    """A plain fixed-width table."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths))]
-        print("  " + "   ".join(cells))
 
 
 # --------------------------------------------------------------------------- (d) log_scalar

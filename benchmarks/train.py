@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import torch
+from report import print_table
 from sacred import Experiment
 
 from experiments.loop import make_loss, train_one_epoch
@@ -47,16 +48,6 @@ def sync() -> None:
     """Wait for the device, so that the clock measures finished work."""
     if CUDA:
         torch.cuda.synchronize()
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    """A plain fixed-width table."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths))]
-        print("  " + "   ".join(cells))
 
 
 def default_clip() -> Callable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+from itertools import islice
 
 import torch
 from sacred.utils import SacredError
@@ -117,13 +118,12 @@ def train_one_epoch(
     model.train()
     non_blocking = device.type == "cuda"
     window = LossWindow(epoch, device)
+    mixed_precision = autocast(device, amp)  # one context, entered per batch
     n_batches = len(batches) if limit_batches is None else min(len(batches), limit_batches)
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
-    for index, (x, y) in enumerate(bar):
-        if index >= n_batches:
-            break
+    for index, (x, y) in enumerate(islice(bar, n_batches)):
         x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
-        with autocast(device, amp):
+        with mixed_precision:
             loss = loss_fn(model(x), y)
         window.add(loss, len(y), step + 1)
         scaled = loss / accumulate if accumulate > 1 else loss

@@ -1,5 +1,7 @@
 """Sacred ingredients: one per concern (data, model, optimizer, seeding), each a config scope plus captured factories."""
 
+import numbers
+
 # Sacred commands that only show the config: they must work even when the config cannot run.
 INSPECTION_COMMANDS = frozenset(
     {"print_config", "print_named_configs", "print_dependencies", "save_config"}
@@ -7,8 +9,8 @@ INSPECTION_COMMANDS = frozenset(
 
 
 def is_int(value) -> bool:
-    """An integer, but not a bool (True would pass as 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (numpy's too), but not a bool (True would pass as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_number(value) -> bool:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from sacred import Ingredient
 
-from ingredients import INSPECTION_COMMANDS
+from ingredients import INSPECTION_COMMANDS, is_int, is_number
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
 from ingredients.columnar import (
     ColumnarDataset,
@@ -96,11 +96,6 @@ def _fail(message: str) -> NoReturn:
     raise ValueError(message)
 
 
-def _is_int(value: object) -> bool:
-    """True for integers (numpy ones too) but not for booleans."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _abbrev(names: Sequence[str], limit: int = 8) -> str:
     """Column names for an error message, shortened to the first and last few."""
     if len(names) <= limit:
@@ -108,13 +103,16 @@ def _abbrev(names: Sequence[str], limit: int = 8) -> str:
     return ", ".join([*names[:4], "...", *names[-2:]]) + f"; {len(names)} in all"
 
 
-def resolve_path(path: str | Path) -> Path:
+def resolve_path(path: str | Path, cwd: Path | None = None, root: Path = REPO_ROOT) -> Path:
     """Absolute path of the data file: a relative path is looked up in the working directory,
-    then in the repository root (so the bundled dataset is found from anywhere)."""
+    then in the code's root (so the bundled dataset is found from anywhere). A rerun passes the
+    directory and root its run will have."""
     p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute():
         return p.resolve()
-    return (REPO_ROOT / p).resolve()
+    if ((cwd or Path.cwd()) / p).exists():
+        return ((cwd or Path.cwd()) / p).resolve()
+    return (root / p).resolve()
 
 
 def resolve_format(path: Path, format: str) -> str:
@@ -146,20 +144,16 @@ def _check_options(
     in_memory_mb: float,
 ) -> None:
     """Validate the cheap config values before touching the file."""
-    if (
-        not isinstance(val_fraction, (int, float))
-        or isinstance(val_fraction, bool)
-        or not 0 < val_fraction < 1
-    ):
+    if not is_number(val_fraction) or not 0 < val_fraction < 1:
         _fail(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
-    if not _is_int(split_seed):
+    if not is_int(split_seed):
         _fail(f"data.split_seed must be an integer, got {split_seed!r}")
     if not isinstance(standardize, bool):
         _fail(f"data.standardize must be true or false, got {standardize!r}")
     if shape is not None and (
         not isinstance(shape, (list, tuple))
         or not shape
-        or not all(_is_int(s) and s > 0 for s in shape)
+        or not all(is_int(s) and s > 0 for s in shape)
     ):
         _fail(f"data.shape must be None or a non-empty list of positive integers, got {shape!r}")
     if not isinstance(target, str) or not target:
@@ -177,15 +171,12 @@ def _check_options(
             _fail(f"data.features lists a column twice: {list(features)!r}")
         if target in features:
             _fail(f"data.features must not contain the target column {target!r}")
-    if (
-        not isinstance(in_memory_mb, (int, float))
-        or isinstance(in_memory_mb, bool)
-        or in_memory_mb < 0
-    ):
+    if not is_number(in_memory_mb) or in_memory_mb < 0:
         _fail(f"data.in_memory_mb must be a non-negative number, got {in_memory_mb!r}")
 
 
-def _is_number(kind: pa.DataType) -> bool:
+def _is_numeric_type(kind: pa.DataType) -> bool:
+    """An Arrow integer or floating-point type."""
     return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
@@ -197,7 +188,7 @@ def _check_columns(
     wanted = list(features) if features is not None else [n for n in names if n != target]
     if target not in names:
         _fail(f"data.target: column {target!r} is not in {path} (columns: {_abbrev(names)})")
-    if not _is_number(schema.field(target).type):
+    if not _is_numeric_type(schema.field(target).type):
         _fail(
             f"data.target: column {target!r} in {path} must be integer or floating point, "
             f"got {schema.field(target).type}"
@@ -207,7 +198,8 @@ def _check_columns(
             _fail(f"data.features: column {column!r} is not in {path} (columns: {_abbrev(names)})")
         kind = schema.field(column).type
         if not (
-            _is_number(kind) or (pa.types.is_fixed_size_list(kind) and _is_number(kind.value_type))
+            _is_numeric_type(kind)
+            or (pa.types.is_fixed_size_list(kind) and _is_numeric_type(kind.value_type))
         ):
             _fail(
                 f"data.features: column {column!r} in {path} must be integer or floating point "
@@ -474,9 +466,9 @@ def _check_loader_options(
     batch_size: int, shuffle: bool, drop_last: bool, num_workers: int, pin_memory: bool
 ) -> None:
     """Validate the loader's config values."""
-    if not _is_int(batch_size) or batch_size <= 0:
+    if not is_int(batch_size) or batch_size <= 0:
         _fail(f"data.batch_size must be a positive integer, got {batch_size!r}")
-    if not _is_int(num_workers) or num_workers < 0:
+    if not is_int(num_workers) or num_workers < 0:
         _fail(f"data.num_workers must be a non-negative integer, got {num_workers!r}")
     for key, value in [("shuffle", shuffle), ("drop_last", drop_last), ("pin_memory", pin_memory)]:
         if not isinstance(value, bool):

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingredients.data import resolve_path
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
 from observers.provenance import (
     RERUN_OF_VARIABLE,
@@ -99,15 +100,6 @@ def store_target(ref: str, store: str | None) -> str:
 # --------------------------------------------------------------------------- the code to run
 
 
-def resolve_data_path(path: str, cwd: Path, root: Path) -> Path:
-    """The data file a run finds: relative paths in the working directory, then in the code root
-    (as ingredients/data.py resolves them)."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute() or (cwd / candidate).exists():
-        return (cwd / candidate).resolve()
-    return (root / candidate).resolve()
-
-
 def data_path(original: Original) -> str | None:
     data = original.config.get("data")
     return data.get("path") if isinstance(data, dict) else None
@@ -144,7 +136,7 @@ def link_data_file(original: Original, root: Path) -> None:
     if not path or Path(path).expanduser().is_absolute():
         return
     recorded = Path(((original.info.get("data") or {}).get("fingerprint") or {}).get("path") or "")
-    target = recorded if recorded.is_file() else resolve_data_path(path, Path.cwd(), INSTALLED_ROOT)
+    target = recorded if recorded.is_file() else resolve_path(path, root=INSTALLED_ROOT)
     if target.is_file():
         link = root / path
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +156,7 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
     path = data_path(original)
     if path is not None:
         fingerprint = (original.info.get("data") or {}).get("fingerprint")
-        found += data_differences(fingerprint, resolve_data_path(path, tree.cwd, tree.root))
+        found += data_differences(fingerprint, resolve_path(path, tree.cwd, tree.root))
     return found
 
 

@@ -82,6 +82,16 @@ def ids_file(tmp_path):
     return path
 
 
+@pytest.fixture
+def ids_ipc(ids_file, tmp_path):
+    """The same rows as an uncompressed Arrow IPC file: with in_memory_mb=0 it is read per batch
+    from the file, the only case where num_workers starts worker processes."""
+    path = tmp_path / "ids.arrow"
+    with pa_ipc.new_file(path, pq.read_schema(ids_file)) as writer:
+        writer.write_table(pq.read_table(ids_file))
+    return path
+
+
 def epoch_rows(batch_loader):
     """Row numbers (from the 'row' feature) of every sample of one epoch, in order."""
     return torch.cat([x[:, 0] for x, _ in batch_loader]).long()
@@ -127,9 +137,10 @@ def test_formats_give_identical_tensors(tmp_path, digits_table):
     assert [r.fingerprint["format"] for r in results] == ["parquet", "ipc", "ipc", "csv"]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_each_training_sample_once_per_epoch(ids_file, num_workers):
-    splits = load(path=str(ids_file), standardize=False)
+@pytest.mark.parametrize("in_memory_mb, num_workers", [(1024, 0), (0, 0), (0, 2)])
+def test_each_training_sample_once_per_epoch(ids_ipc, in_memory_mb, num_workers):
+    splits = load(path=str(ids_ipc), standardize=False, in_memory_mb=in_memory_mb)
+    assert splits.train.in_memory == bool(in_memory_mb)
     generator = torch.Generator().manual_seed(0)
     train = loader(splits.train, generator=generator, batch_size=10, num_workers=num_workers)
     assert len(train) == 9  # 82 training rows
@@ -150,8 +161,8 @@ def test_each_training_sample_once_per_epoch(ids_file, num_workers):
     )  # in order, all
 
 
-def test_generator_seed_decides_the_batches(ids_file):
-    splits = load(path=str(ids_file))
+def test_generator_seed_decides_the_batches(ids_ipc):
+    splits = load(path=str(ids_ipc), in_memory_mb=0)  # file-backed, so workers really start
 
     def run(seed, num_workers=0, epochs=2):
         g = torch.Generator().manual_seed(seed)
