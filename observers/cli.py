@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from observers.store import RecordError
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(__import__(module_name, fromlist=[function]), function)
     try:
         return handler(args) or 0
+    except BrokenPipeError:  # output piped into `head` and closed: stop quietly, as ls does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (RecordError, ValueError) as error:
         print(f"reprolab: error: {error}", file=sys.stderr)
         return 2
