@@ -164,8 +164,13 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     device = pick_device(device)
     _run.info["device"] = str(device)
 
-    splits = load_splits()
-    _run.info["data"] = {"fingerprint": splits.fingerprint, "standardization": splits.standardization}
+    splits = load_splits()  # the data file is hashed on a thread from here, alongside training
+
+    def record_data() -> None:
+        """The data file's fingerprint (waiting for its hash) and statistics, in the run's info."""
+        _run.info["data"] = {"fingerprint": splits.fingerprint,
+                             "standardization": splits.standardization}
+
     generator = loader_generator(seed)
     cuda = device.type == "cuda"
     train_batches = make_loader(splits.train, True, generator=generator,
@@ -201,23 +206,27 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
                               epoch=epoch, step=step, generator=generator,
                               best=best.state_dict(), config=_config)
 
-    for epoch in range(done + 1, epochs + 1):
-        lr_used = opt.param_groups[0]["lr"]
-        train_metrics, step = train_one_epoch(
-            net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
-            amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
-            limit_batches=limit_batches, progress=progress)
-        metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
-                   "lr": lr_used}
-        for name, value in metrics.items():
-            _run.log_scalar(name, value, epoch)
-        log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        if best.update(metrics[monitor], epoch):
-            checkpoints.save("best.pt", state(epoch))
-        checkpoints.save("last.pt", state(epoch))
-        if patience is not None and best.stale >= patience:
-            log.info("early stop: %s did not improve for %d epochs", monitor, patience)
-            break
+    try:
+        for epoch in range(done + 1, epochs + 1):
+            lr_used = opt.param_groups[0]["lr"]
+            train_metrics, step = train_one_epoch(
+                net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
+                amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
+                limit_batches=limit_batches, progress=progress)
+            record_data()  # before the first metric; the hash is done by now
+            metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
+                       "lr": lr_used}
+            for name, value in metrics.items():
+                _run.log_scalar(name, value, epoch)
+            log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            if best.update(metrics[monitor], epoch):
+                checkpoints.save("best.pt", state(epoch))
+            checkpoints.save("last.pt", state(epoch))
+            if patience is not None and best.stale >= patience:
+                log.info("early stop: %s did not improve for %d epochs", monitor, patience)
+                break
+    finally:
+        record_data()  # also when the run fails or is stopped in its first epoch
     _run.info["final_model_sha256"] = state_hash(net)
     _run.info["best"] = {monitor: best.value, "epoch": best.epoch}
     return best.value

@@ -1,10 +1,11 @@
 """Columnar features: batch rows gathered from Arrow columns in memory or from an Arrow IPC file.
 
 A table within the memory budget becomes one row-major float32 matrix per split, transposed from
-the columns a cache-sized tile at a time on a few threads. An uncompressed Arrow IPC file above
-the budget stays on disk: row-major features (one fixed-size-list column) are read a row at a
-time with positional reads (RowFile), one column per feature is gathered with one `take` over the
-file's memory map (MappedColumns). Standardisation statistics are merged block by block.
+the columns a cache-sized block at a time on a few threads, the training statistics taken from
+each block while it is in cache. An uncompressed Arrow IPC file above the budget stays on disk:
+row-major features (one fixed-size-list column) are read a row at a time with positional reads
+(RowFile), one column per feature is gathered with one `take` over the file's memory map
+(MappedColumns), and standardised batch by batch. Statistics are merged block by block.
 """
 
 from __future__ import annotations
@@ -81,22 +82,14 @@ def gather_sorted(
     views: list[list[np.ndarray]],
     rows: np.ndarray,
     out: np.ndarray,
-    threads: bool = False,
 ) -> None:
     """Copy feature rows `rows` (ascending) into the float32 matrix out, record batch by record
-    batch (on several threads if asked), each a cache-sized tile at a time."""
+    batch, each a cache-sized tile at a time."""
     first = np.searchsorted(rows, starts)
     end = [*first[1:], len(rows)]
-
-    def copy_chunk(c: int) -> None:
-        _gather_chunk(views[c], rows[first[c] : end[c]] - starts[c], out[first[c] : end[c]])
-
-    chunks = range(len(views))
-    if threads:
-        _in_threads(copy_chunk, chunks)
-    else:
-        for c in chunks:
-            copy_chunk(c)
+    for c in range(len(views)):
+        if first[c] < end[c]:
+            _gather_chunk(views[c], rows[first[c] : end[c]] - starts[c], out[first[c] : end[c]])
 
 
 def _gather_chunk(views: list[np.ndarray], local: np.ndarray, out: np.ndarray) -> None:
@@ -111,7 +104,9 @@ def _gather_chunk(views: list[np.ndarray], local: np.ndarray, out: np.ndarray) -
         tile = slab[:, : len(tile_rows)]
         for i, j in enumerate(flat):
             _take(views[j], tile_rows, tile[i])
-        if flat:
+        if isinstance(positions, slice):  # plain columns only: torch transposes twice as fast
+            torch.from_numpy(out[t0 : t0 + len(tile_rows)]).copy_(torch.from_numpy(tile).T)
+        elif flat:
             out[t0 : t0 + len(tile_rows), positions] = tile.T
         for j, values in enumerate(views):
             if values.ndim == 2:
@@ -148,14 +143,9 @@ def block_statistics(
     return mean, np.where(std > 0, std, 1.0)
 
 
-def _matrix_blocks(matrix: np.ndarray) -> list[np.ndarray]:
-    """The matrix in blocks (views) of STATS_ROWS rows."""
-    return [matrix[start : start + STATS_ROWS] for start in range(0, len(matrix), STATS_ROWS)]
-
-
 def source_blocks(source: MappedColumns | RowFile, rows: np.ndarray) -> Iterator[np.ndarray]:
-    """Rows `rows` of a file-backed source in blocks of STATS_ROWS rows (the same blocks as
-    _matrix_blocks gives for the in-memory matrix, so both give bit-identical statistics)."""
+    """Rows `rows` of a file-backed source in blocks of STATS_ROWS rows (the blocks
+    features_in_memory takes moments of, so both give bit-identical statistics)."""
     for start in range(0, len(rows), STATS_ROWS):
         part = rows[start : start + STATS_ROWS]
         block = np.empty((len(part), source.n_features), dtype=np.float32)
@@ -197,8 +187,6 @@ class MappedColumns:
 
     def __init__(self, path: Path, columns: list[str], n_features: int) -> None:
         self.path, self.columns, self.n_features = path, columns, n_features
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
         self._state: tuple | None = None
 
     def __getstate__(self) -> dict:
@@ -226,7 +214,7 @@ class MappedColumns:
         return self._state
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Rows `rows` of the file as a standardised (len(rows), n_features) float32 matrix."""
+        """Rows `rows` of the file as a (len(rows), n_features) float32 matrix."""
         starts, _, groups = self._state or self._open()
         chunk = np.searchsorted(starts, rows, side="right") - 1
         local = rows - starts[chunk]
@@ -237,7 +225,6 @@ class MappedColumns:
                 np.take(flat, index, out=out)
             else:
                 out[:, positions] = flat[index]
-        _standardize(out, self.mean, self.std)
         return out
 
     def gather_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
@@ -256,8 +243,6 @@ class RowFile:
         self.path, self.n_features, self.dtype = path, width, np.dtype(dtype)
         self.row_bytes = width * self.dtype.itemsize
         self.starts, self.offsets = starts, offsets  # first row and its byte offset, per chunk
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
         self._fd: int | None = None
 
     def __getstate__(self) -> dict:
@@ -289,14 +274,12 @@ class RowFile:
         return self.offsets[chunk] + (rows - self.starts[chunk]) * self.row_bytes
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Rows `rows` of the file as a standardised (len(rows), n_features) float32 matrix."""
+        """Rows `rows` of the file as a (len(rows), n_features) float32 matrix."""
         fd, size = self._file(), self.row_bytes
         raw = b"".join(map(os.pread, repeat(fd), repeat(size), self._positions(rows).tolist()))
         if len(raw) != size * len(rows):
             raise OSError(f"data.path: {self.path} ended early (changed while reading?)")
-        out = np.frombuffer(raw, dtype=self.dtype).reshape(len(rows), -1).astype(np.float32)
-        _standardize(out, self.mean, self.std)
-        return out
+        return np.frombuffer(raw, dtype=self.dtype).reshape(len(rows), -1).astype(np.float32)
 
     def gather_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Raw rows `rows` (ascending) into out, reading contiguous stretches of the file."""
@@ -329,7 +312,9 @@ def _row_file(path: Path, table: pa.Table, column: str, whole: pa.Buffer) -> Row
 
 
 class ColumnarDataset(torch.utils.data.Dataset):
-    """A split of the table; `dataset[indices]` gathers a whole (features, targets) batch at once."""
+    """A split of the table; `dataset[indices]` gathers a whole (features, targets) batch at once.
+    Features in memory are standardised already; a file-backed source's batches are standardised
+    with `mean` and `std` as they are gathered."""
 
     def __init__(
         self,
@@ -337,12 +322,15 @@ class ColumnarDataset(torch.utils.data.Dataset):
         targets: torch.Tensor,
         rows: np.ndarray,
         sample_shape: tuple[int, ...],
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
     ) -> None:
-        # (n, *sample_shape) float32 tensor, or a file-backed source gathered per batch
+        # (n, *sample_shape) float32 tensor, or a file-backed source
         self.features = features
         self.targets = targets  # (n,) int64 or float32
         self.rows = rows  # row numbers in the file, sorted
         self.sample_shape = sample_shape
+        self.mean, self.std = mean, std  # float32 per feature value, or None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -361,12 +349,12 @@ class ColumnarDataset(torch.utils.data.Dataset):
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         # numpy's take: one thread, never waiting for torch's intra-op threads on a busy machine
         if isinstance(self.features, torch.Tensor):
-            x = torch.from_numpy(np.take(self.features.numpy(), idx, axis=0))
+            x = np.take(self.features.numpy().reshape(len(self), -1), idx, axis=0)
         else:
-            x = torch.from_numpy(self.features.gather(self.rows[idx])).reshape(
-                -1, *self.sample_shape
-            )
-        return x, torch.from_numpy(np.take(self.targets.numpy(), idx))
+            x = self.features.gather(self.rows[idx])
+        _standardize(x, self.mean, self.std)
+        y = np.take(self.targets.numpy(), idx)
+        return torch.from_numpy(x).reshape(-1, *self.sample_shape), torch.from_numpy(y)
 
 
 def file_source(
@@ -391,17 +379,26 @@ def features_in_memory(
     rows: list[np.ndarray],
     standardize: bool,
 ) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray | None]:
-    """Row-major float32 matrices per row set, standardised with the first set's statistics."""
+    """Row-major float32 matrices per row set, standardised with the first set's mean and std if
+    asked (returned too). Blocks of STATS_ROWS rows are filled on a few threads; a block of the
+    first set has its moments taken right after it is filled, while it is still in cache."""
     starts, views = chunk_views(table, columns)
-    out = []
-    for r in rows:
-        matrix = np.empty((len(r), n_features), dtype=np.float32)
-        gather_sorted(starts, views, r, matrix, threads=True)
-        out.append(matrix)
+    matrices = [np.empty((len(r), n_features), dtype=np.float32) for r in rows]
+    blocks = [(k, start) for k, r in enumerate(rows) for start in range(0, len(r), STATS_ROWS)]
+
+    def part(block: tuple[int, int]) -> np.ndarray:
+        k, start = block
+        return matrices[k][start : start + STATS_ROWS]
+
+    def fill(block: tuple[int, int]) -> tuple | None:
+        k, start = block
+        gather_sorted(starts, views, rows[k][start : start + STATS_ROWS], part(block))
+        return moments(part(block)) if standardize and k == 0 else None
+
+    found = _in_threads(fill, blocks)
     if not standardize:
-        return out, None, None
-    mean, std = block_statistics(_in_threads(moments, _matrix_blocks(out[0])), n_features)
+        return matrices, None, None
+    mean, std = block_statistics((m for (k, _), m in zip(blocks, found) if k == 0), n_features)
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-    blocks = [block for matrix in out for block in _matrix_blocks(matrix)]
-    _in_threads(lambda block: _standardize(block, mean32, std32), blocks)
-    return out, mean, std
+    _in_threads(lambda block: _standardize(part(block), mean32, std32), blocks)
+    return matrices, mean, std

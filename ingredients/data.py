@@ -1,8 +1,9 @@
 """Data ingredient: a Parquet, Arrow IPC or CSV table read by pyarrow, split, standardised, batched.
 
 The config, its validation, reading and splitting live here; the file's SHA-256 is computed on a
-thread while the table is read. How rows are gathered (in memory or from the file) is in
-ingredients/columnar.py, how batches are handed out in ingredients/batches.py.
+thread once the table is loaded, so the first batch does not wait for it. How rows are gathered
+(in memory or from the file) is in ingredients/columnar.py, how batches are handed out in
+ingredients/batches.py.
 """
 
 # ruff: noqa: F841  (Sacred config scopes assign names that look unused)
@@ -83,9 +84,22 @@ class Splits:
     val: ColumnarDataset
     input_shape: tuple[int, ...]  # one sample's feature shape
     num_classes: int  # max label + 1 for integer targets, 1 for float targets
-    fingerprint: dict  # path, format, size, sha256, rows, columns of the data file
+    file: dict  # path, format, rows, columns of the data file
+    digest: Callable[[], dict]  # waits for the size and SHA-256 of the file, hashed on a thread
     standardization: dict | None  # {"mean": [...], "std": [...]} of the training split, or None
-    split: dict | None = None  # split_seed, val_fraction, row counts, sha256 of the val rows
+    split: dict  # split_seed, val_fraction, row counts, sha256 of the val rows
+
+    @property
+    def fingerprint(self) -> dict:
+        """Path, format, size, sha256, rows and columns of the data file (waits for the hash)."""
+        f = self.file
+        return {
+            "path": f["path"],
+            "format": f["format"],
+            **self.digest(),
+            "rows": f["rows"],
+            "columns": f["columns"],
+        }
 
 
 # --------------------------------------------------------------------------- validation
@@ -307,7 +321,7 @@ def fingerprint_file(path: Path) -> dict:
 
 
 def _fingerprint_in_background(path: Path) -> Callable[[], dict]:
-    """Start hashing the file on a thread (hashlib releases the GIL, so it overlaps the reading);
+    """Start hashing the file on a thread (hashlib releases the GIL, so it overlaps what follows);
     the returned function waits for the result."""
     result: dict = {}
 
@@ -384,23 +398,23 @@ def load_splits(
     if not file.is_file():
         _fail(f"data.path: file not found: {file}")
     fmt = resolve_format(file, format)
-    fingerprint = _fingerprint_in_background(file)
     table, whole, columns, file_columns = _read_table(file, fmt, target, features)
     n_features = _feature_count(table.schema, columns)
     sample_shape = _sample_shape(shape, n_features)
     _check_no_nulls(table, columns)
     train_rows, val_rows = split_rows(table.num_rows, val_fraction, split_seed)
     targets, num_classes = _targets(table, target, file)
-    source = None
+    source, scale = None, (None, None)
     if table.num_rows * n_features * 4 > in_memory_mb * 2**20:
         source = file_source(file, table, whole, columns, n_features)
     if source is not None:
         del table, whole  # unmap: batches are read from the file from now on
         mean = std = None
-        if standardize:
-            blocks = map(moments, source_blocks(source, train_rows))
-            mean, std = block_statistics(blocks, n_features)
-            source.mean, source.std = mean.astype(np.float32), std.astype(np.float32)
+        if standardize:  # batches are standardised as they are read
+            mean, std = block_statistics(
+                map(moments, source_blocks(source, train_rows)), n_features
+            )
+            scale = (mean.astype(np.float32), std.astype(np.float32))
         train = val = source
     else:
         (train_x, val_x), mean, std = features_in_memory(
@@ -411,18 +425,20 @@ def load_splits(
         del table, whole
     return Splits(
         train=ColumnarDataset(
-            train, torch.from_numpy(targets[train_rows]), train_rows, sample_shape
+            train, torch.from_numpy(targets[train_rows]), train_rows, sample_shape, *scale
         ),
-        val=ColumnarDataset(val, torch.from_numpy(targets[val_rows]), val_rows, sample_shape),
+        val=ColumnarDataset(
+            val, torch.from_numpy(targets[val_rows]), val_rows, sample_shape, *scale
+        ),
         input_shape=sample_shape,
         num_classes=num_classes,
-        fingerprint={
+        file={
             "path": str(file),
             "format": fmt,
-            **fingerprint(),
             "rows": len(targets),
             "columns": list(file_columns),
         },
+        digest=_fingerprint_in_background(file),
         standardization={"mean": mean.tolist(), "std": std.tolist()} if standardize else None,
         split={
             "split_seed": split_seed,
