@@ -2,16 +2,19 @@
 
 A table within the memory budget becomes one row-major float32 matrix per split, transposed from
 the columns a cache-sized block at a time on a few threads, the training statistics taken from
-each block while it is in cache. An uncompressed Arrow IPC file above the budget stays on disk:
-row-major features (one fixed-size-list column) are read a row at a time with positional reads
-(RowFile), one column per feature is gathered with one `take` over the file's memory map
-(MappedColumns), and standardised batch by batch. Statistics are merged block by block.
+each block while it is in cache. Above the budget, features are read a row at a time with
+positional reads (RowFile) and standardised batch by batch: from the file itself when it is
+uncompressed Arrow IPC with one fixed-size-list feature column (row-major), else from a row-major
+copy spilled to the temporary directory one record batch at a time. Statistics are merged block
+by block, in the same blocks either way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
@@ -143,7 +146,7 @@ def block_statistics(
     return mean, np.where(std > 0, std, 1.0)
 
 
-def source_blocks(source: MappedColumns | RowFile, rows: np.ndarray) -> Iterator[np.ndarray]:
+def source_blocks(source: RowFile, rows: np.ndarray) -> Iterator[np.ndarray]:
     """Rows `rows` of a file-backed source in blocks of STATS_ROWS rows (the blocks
     features_in_memory takes moments of, so both give bit-identical statistics)."""
     for start in range(0, len(rows), STATS_ROWS):
@@ -173,64 +176,6 @@ def _element_offset(view: np.ndarray, whole: pa.Buffer) -> int | None:
     if start < 0 or end > whole.size or start % view.itemsize:
         return None  # compressed columns are decompressed into memory outside the mapping
     return start // view.itemsize
-
-
-def _is_mapped(views: list[list[np.ndarray]], whole: pa.Buffer) -> bool:
-    """True when every feature column lies in the file's memory map (uncompressed, aligned)."""
-    return all(_element_offset(v, whole) is not None for chunk in views for v in chunk)
-
-
-class MappedColumns:
-    """Feature columns of an uncompressed Arrow IPC file, gathered per batch from its memory map
-    with one `take` per dtype over the mapped bytes. Pages a batch touches stay mapped (and count
-    in resident memory) until the kernel reclaims them; row-major files use RowFile instead."""
-
-    def __init__(self, path: Path, columns: list[str], n_features: int) -> None:
-        self.path, self.columns, self.n_features = path, columns, n_features
-        self._state: tuple | None = None
-
-    def __getstate__(self) -> dict:
-        """Pickle without the mapping: spawned workers map the file again."""
-        return {**self.__dict__, "_state": None}
-
-    def _open(self) -> tuple:
-        """Chunk starts, views, and per dtype: flat view, element offsets, row strides, positions."""
-        table, whole = open_ipc(self.path)
-        starts, views = chunk_views(table, self.columns)
-        columns = [(j, i, v) for j, v in enumerate(views[0]) for i in range(_view_width(v))]
-        groups = []
-        for dtype in sorted({v.dtype for v in views[0]}, key=str):
-            chosen = [(n, j, i) for n, (j, i, v) in enumerate(columns) if v.dtype == dtype]
-            offsets = np.array(
-                [[_element_offset(chunk[j], whole) + i for _, j, i in chosen] for chunk in views],
-                dtype=np.int64,
-            )
-            strides = np.array([_view_width(views[0][j]) for _, j, _ in chosen], dtype=np.int64)
-            positions = [n for n, _, _ in chosen]
-            everything = slice(None) if len(positions) == self.n_features else positions
-            flat = np.frombuffer(whole, dtype=dtype, count=whole.size // dtype.itemsize)
-            groups.append((flat, offsets, strides, everything))
-        self._state = (starts, views, groups)
-        return self._state
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Rows `rows` of the file as a (len(rows), n_features) float32 matrix."""
-        starts, _, groups = self._state or self._open()
-        chunk = np.searchsorted(starts, rows, side="right") - 1
-        local = rows - starts[chunk]
-        out = np.empty((len(rows), self.n_features), dtype=np.float32)
-        for flat, offsets, strides, positions in groups:
-            index = offsets[chunk] + local[:, None] * strides
-            if positions == slice(None) and flat.dtype == out.dtype:
-                np.take(flat, index, out=out)
-            else:
-                out[:, positions] = flat[index]
-        return out
-
-    def gather_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Raw feature rows `rows` (ascending) into out, for the statistics."""
-        starts, views, _ = self._state or self._open()
-        gather_sorted(starts, views, rows, out)
 
 
 class RowFile:
@@ -297,11 +242,13 @@ class RowFile:
             start = end
 
 
-def _row_file(path: Path, table: pa.Table, column: str, whole: pa.Buffer) -> RowFile | None:
-    """A RowFile for a single fixed-size-list feature column lying in the mapping, else None."""
-    kind = table.schema.field(column).type
-    if not pa.types.is_fixed_size_list(kind) or not hasattr(os, "preadv"):  # no pread on Windows
+def row_file(path: Path, table: pa.Table, columns: list[str], whole: pa.Buffer) -> RowFile | None:
+    """A RowFile over the file itself when its features are one uncompressed fixed-size-list
+    column (row-major), else None."""
+    kind = table.schema.field(columns[0]).type
+    if len(columns) > 1 or not pa.types.is_fixed_size_list(kind):
         return None
+    column = columns[0]
     starts, views = chunk_views(table, [column])
     offsets = [_element_offset(chunk[0], whole) for chunk in views]
     if any(o is None for o in offsets):
@@ -311,21 +258,61 @@ def _row_file(path: Path, table: pa.Table, column: str, whole: pa.Buffer) -> Row
     return RowFile(path, kind.list_size, views[0][0].dtype, starts, byte_offsets)
 
 
+def _remove_if_owner(path: str, owner: int) -> None:
+    """Delete a spilled copy, but only from the process that wrote it (forked worker processes
+    inherit its finalizer and must leave the file to their parent)."""
+    if os.getpid() == owner:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int) -> RowFile:
+    """Write the feature columns of the record batches, row-major float32, to a scratch file in
+    the temporary directory ($TMPDIR), holding one batch in memory at a time; return a RowFile
+    over it, which deletes the file when it is garbage collected or the process ends."""
+    with _writing_copy():
+        handle = tempfile.NamedTemporaryFile(prefix="reprolab-rows-", suffix=".f32", delete=False)
+    first = np.zeros(1, dtype=np.int64)  # one chunk, starting at row 0 and byte 0
+    source = RowFile(Path(handle.name), n_features, np.dtype(np.float32), first, first)
+    weakref.finalize(source, _remove_if_owner, handle.name, os.getpid())
+    with handle:
+        for batch in batches:
+            starts, views = chunk_views(pa.Table.from_batches([batch]), columns)
+            rows = np.empty((batch.num_rows, n_features), dtype=np.float32)
+            gather_sorted(starts, views, np.arange(batch.num_rows), rows)
+            with _writing_copy():
+                handle.write(rows.data)
+    return source
+
+
+@contextlib.contextmanager
+def _writing_copy() -> Iterator[None]:
+    """A system error while writing the row-major copy, as the one sentence a user sees."""
+    try:
+        yield
+    except OSError as error:
+        raise ValueError(
+            f"data.in_memory_mb: cannot write the row-major copy of the data to "
+            f"{tempfile.gettempdir()} ({type(error).__name__}: {error}); free space there, "
+            "point TMPDIR at a roomier directory or raise data.in_memory_mb"
+        ) from None
+
+
 class ColumnarDataset(torch.utils.data.Dataset):
     """A split of the table; `dataset[indices]` gathers a whole (features, targets) batch at once.
-    Features in memory are standardised already; a file-backed source's batches are standardised
-    with `mean` and `std` as they are gathered."""
+    Features in memory are standardised already; batches read from a file are standardised with
+    `mean` and `std` as they are gathered."""
 
     def __init__(
         self,
-        features: torch.Tensor | MappedColumns | RowFile,
+        features: torch.Tensor | RowFile,
         targets: torch.Tensor,
         rows: np.ndarray,
         sample_shape: tuple[int, ...],
         mean: np.ndarray | None = None,
         std: np.ndarray | None = None,
     ) -> None:
-        # (n, *sample_shape) float32 tensor, or a file-backed source
+        # (n, *sample_shape) float32 tensor, or a file read per batch
         self.features = features
         self.targets = targets  # (n,) int64 or float32
         self.rows = rows  # row numbers in the file, sorted
@@ -355,21 +342,6 @@ class ColumnarDataset(torch.utils.data.Dataset):
         _standardize(x, self.mean, self.std)
         y = np.take(self.targets.numpy(), idx)
         return torch.from_numpy(x).reshape(-1, *self.sample_shape), torch.from_numpy(y)
-
-
-def file_source(
-    file: Path, table: pa.Table, whole: pa.Buffer | None, columns: list[str], n_features: int
-) -> MappedColumns | RowFile | None:
-    """The file-backed feature source of an uncompressed IPC file, or None if it must be loaded."""
-    if whole is None:
-        return None
-    if len(columns) == 1:
-        rows = _row_file(file, table, columns[0], whole)
-        if rows is not None:
-            return rows
-    if not _is_mapped(chunk_views(table, columns)[1], whole):
-        return None  # compressed: the columns were decompressed into memory anyway
-    return MappedColumns(file, columns, n_features)
 
 
 def features_in_memory(

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -29,14 +30,16 @@ from ingredients import INSPECTION_COMMANDS, is_int, is_number
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
 from ingredients.columnar import (
     ColumnarDataset,
+    RowFile,
     block_statistics,
     chunk_views,
     features_in_memory,
-    file_source,
     gather_sorted,
     moments,
     open_ipc,
+    row_file,
     source_blocks,
+    spill,
     width,
 )
 
@@ -54,6 +57,7 @@ EXTENSIONS = {
     ".csv": "csv",
 }
 COMPRESSED_CSV = (".gz", ".bz2", ".zst", ".lz4")
+SPILL_ROWS = 65536  # rows per record batch read when data above the budget is copied row-major
 
 
 # fmt: off
@@ -72,7 +76,7 @@ def config():
     drop_last = False             # drop the last incomplete training batch
     num_workers = 0               # worker processes reading batches of a file-backed dataset (in-memory batches are gathered in the main process, cheaper than any hand-over)
     pin_memory = True             # pin host memory for faster copies to the GPU (only takes effect when CUDA is used)
-    in_memory_mb = 1024           # uncompressed IPC files whose float32 features exceed this many MB are read per batch from the file instead of loaded
+    in_memory_mb = 1024           # Parquet and Arrow IPC data whose float32 features exceed this many MB are read per batch from disk instead of loaded: row-major IPC from the file itself, others from a row-major copy in the temporary directory ($TMPDIR); CSV is always loaded
 # fmt: on
 
 
@@ -243,9 +247,20 @@ def _sample_shape(shape: Sequence[int] | None, n_features: int) -> tuple[int, ..
     return sample_shape
 
 
+@contextmanager
+def _reading(path: Path, fmt: str) -> Iterator[None]:
+    """Turn Arrow's and the system's reading errors into the one sentence a user sees."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(
+            f"data.path: cannot read {path} as {fmt} ({type(error).__name__}: {error})"
+        ) from None
+
+
 def read_schema(path: Path, fmt: str) -> pa.Schema:
     """The file's schema, reading as little of it as the format allows."""
-    try:
+    with _reading(path, fmt):
         if fmt == "parquet":
             return pq.read_schema(path)
         if fmt == "csv":
@@ -256,10 +271,6 @@ def read_schema(path: Path, fmt: str) -> pa.Schema:
         except pa.ArrowInvalid:
             source.seek(0)
             return pa_ipc.open_stream(source).schema
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(
-            f"data.path: cannot read {path} as {fmt} ({type(error).__name__}: {error})"
-        ) from None
 
 
 @data.config_hook
@@ -290,27 +301,81 @@ def validate(config, command_name, logger):
     return {}
 
 
+class Read(NamedTuple):
+    """What _read_table found in the file."""
+
+    table: pa.Table  # features and target; only the target when `on_disk` holds the features
+    on_disk: RowFile | None  # features above data.in_memory_mb, read a row at a time
+    columns: list[str]  # the feature columns
+    n_features: int  # feature values per row
+    file_columns: list[str]  # every column of the file
+
+
 def _read_table(
-    path: Path, fmt: str, target: str, features: Sequence[str] | None
-) -> tuple[pa.Table, pa.Buffer | None, list[str], list[str]]:
-    """Read the table (only the needed columns of Parquet); return it, the IPC mapping (or None),
-    the feature columns and the file's columns."""
-    whole = None
-    try:
-        if fmt == "parquet":
-            schema = pq.read_schema(path)
-            wanted = _check_columns(schema, path, target, features)
-            return pq.read_table(path, columns=[*wanted, target]), None, wanted, schema.names
-        if fmt == "ipc":
-            table, whole = open_ipc(path)
-        else:
+    path: Path, fmt: str, target: str, features: Sequence[str] | None, in_memory_mb: float
+) -> Read:
+    """Read the table (only the needed columns of Parquet), refusing missing feature values.
+    Parquet and Arrow IPC features above data.in_memory_mb stay on disk: in the file itself if it
+    is row-major Arrow IPC, else in a row-major copy written one record batch at a time."""
+    with _reading(path, fmt):
+        if fmt == "csv":
             table = pa_csv.read_csv(path)
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(
-            f"data.path: cannot read {path} as {fmt} ({type(error).__name__}: {error})"
-        ) from None
-    columns = _check_columns(table.schema, path, target, features)
-    return table, whole, columns, table.schema.names
+            columns = _check_columns(table.schema, path, target, features)
+            n_features = _feature_count(table.schema, columns)
+            _check_no_nulls(table, columns)
+            return Read(table, None, columns, n_features, table.schema.names)
+        schema = read_schema(path, fmt)
+        columns = _check_columns(schema, path, target, features)
+        n_features = _feature_count(schema, columns)
+        budget_rows = in_memory_mb * 2**20 / (4 * n_features)
+        if fmt == "parquet":
+            wanted = [*columns, target]
+            if pq.read_metadata(path).num_rows <= budget_rows:
+                table = pq.read_table(path, columns=wanted)
+                _check_no_nulls(table, columns)
+                return Read(table, None, columns, n_features, schema.names)
+            # pre_buffer=False: each batch is read as needed instead of whole row groups ahead
+            reader = pq.ParquetFile(path, pre_buffer=False)
+            batches = reader.iter_batches(SPILL_ROWS, columns=wanted)
+        else:
+            table, whole = open_ipc(path)
+            _check_no_nulls(table, columns)  # null counts are in the file's metadata
+            if table.num_rows <= budget_rows:
+                return Read(table, None, columns, n_features, schema.names)
+            in_place = row_file(path, table, columns, whole)
+            if in_place is not None:
+                return Read(table.select([target]), in_place, columns, n_features, schema.names)
+            del table, whole  # unmap: the copy reads the file one record batch at a time
+            batches = _ipc_batches(path)
+        targets: list[pa.Array] = []
+        on_disk = spill(_checked(batches, columns, target, targets), columns, n_features)
+    table = pa.table({target: pa.chunked_array(targets, schema.field(target).type)})
+    return Read(table, on_disk, columns, n_features, schema.names)
+
+
+def _ipc_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC file (file or stream format), read one at a time into
+    memory (not mapped, so pages once read do not stay resident in this process)."""
+    with pa.OSFile(str(path)) as source:
+        try:
+            reader = pa_ipc.open_file(source)
+        except pa.ArrowInvalid:
+            source.seek(0)
+            yield from pa_ipc.open_stream(source)
+            return
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+
+
+def _checked(
+    batches: Iterable[pa.RecordBatch], columns: list[str], target: str, targets: list[pa.Array]
+) -> Iterator[pa.RecordBatch]:
+    """The batches, each refused if a feature value is missing; their targets go to `targets`."""
+    for batch in batches:
+        _check_no_nulls(pa.Table.from_batches([batch]), columns)
+        column = batch.column(target)
+        targets.append(column.take(np.arange(len(column))))  # a copy: frees the batch's buffers
+        yield batch
 
 
 def fingerprint_file(path: Path) -> dict:
@@ -398,31 +463,29 @@ def load_splits(
     if not file.is_file():
         _fail(f"data.path: file not found: {file}")
     fmt = resolve_format(file, format)
-    table, whole, columns, file_columns = _read_table(file, fmt, target, features)
-    n_features = _feature_count(table.schema, columns)
+    table, on_disk, columns, n_features, file_columns = _read_table(
+        file, fmt, target, features, in_memory_mb
+    )
     sample_shape = _sample_shape(shape, n_features)
-    _check_no_nulls(table, columns)
     train_rows, val_rows = split_rows(table.num_rows, val_fraction, split_seed)
     targets, num_classes = _targets(table, target, file)
-    source, scale = None, (None, None)
-    if table.num_rows * n_features * 4 > in_memory_mb * 2**20:
-        source = file_source(file, table, whole, columns, n_features)
-    if source is not None:
-        del table, whole  # unmap: batches are read from the file from now on
-        mean = std = None
+    mean = std = None
+    scale = (None, None)
+    if on_disk is not None:
+        del table
         if standardize:  # batches are standardised as they are read
             mean, std = block_statistics(
-                map(moments, source_blocks(source, train_rows)), n_features
+                map(moments, source_blocks(on_disk, train_rows)), n_features
             )
             scale = (mean.astype(np.float32), std.astype(np.float32))
-        train = val = source
+        train = val = on_disk
     else:
         (train_x, val_x), mean, std = features_in_memory(
             table, columns, n_features, [train_rows, val_rows], standardize
         )
         train = torch.from_numpy(train_x).reshape(-1, *sample_shape)
         val = torch.from_numpy(val_x).reshape(-1, *sample_shape)
-        del table, whole
+        del table
     return Splits(
         train=ColumnarDataset(
             train, torch.from_numpy(targets[train_rows]), train_rows, sample_shape, *scale

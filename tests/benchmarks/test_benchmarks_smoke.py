@@ -9,7 +9,7 @@ import pytest
 
 SMOKE_RUNS = {
     "loader.py": (["--quick", "--rows", "20000", "--repeats", "1"],
-                  ["file -> first batch", "(c) index_select", "file-backed Arrow IPC"]),
+                  ["file -> first batch", "(c) index_select", "files above data.in_memory_mb"]),
     "recording.py": (["--quick", "--runs", "1"],
                      ["(d) cost of logging", "(e) observer time per heartbeat", "(f) end to end"]),
     "train.py": (["--quick", "--repeats", "1"],

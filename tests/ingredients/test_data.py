@@ -1,6 +1,8 @@
 """Tests of the data ingredient on real files: the bundled digits and small tables in tmp_path."""
 
+import gc
 import hashlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from pyarrow import feather
 from sacred import Experiment
 
 import ingredients.batches as batches_module
-from ingredients.columnar import MappedColumns, RowFile
+from ingredients.columnar import RowFile
 from ingredients.data import (
     REPO_ROOT,
     data,
@@ -313,12 +315,59 @@ def test_row_major_file_is_read_per_row_and_matches_the_columns(
     same_epochs(in_memory, from_file, num_workers)
 
 
-def test_float32_columns_are_gathered_from_the_memory_map(tmp_path, digits_table):
+def spilled_copy(splits):
+    """The row-major copy a split's features are read from, checked to be a scratch file."""
+    copy = splits.train.features.path
+    assert (
+        isinstance(splits.train.features, RowFile) and splits.val.features is splits.train.features
+    )
+    assert copy.parent == Path(tempfile.gettempdir()) and copy.name.startswith("reprolab-rows-")
+    return copy
+
+
+def test_column_per_feature_ipc_above_the_budget_is_read_from_a_row_major_copy(
+    tmp_path, digits_table
+):
     path = write_ipc(tmp_path / "wide.arrow", digits_table, chunk_rows=256)
-    mapped, in_memory = load(path=str(path), in_memory_mb=0), load(path=str(path))
-    assert isinstance(mapped.train.features, MappedColumns) and in_memory.train.in_memory
-    assert mapped.standardization == in_memory.standardization
-    same_epochs(mapped, in_memory, num_workers=2)
+    spilled, in_memory = load(path=str(path), in_memory_mb=0), load(path=str(path))
+    copy = spilled_copy(spilled)
+    assert copy.stat().st_size == 1797 * 64 * 4  # float32, row after row
+    first_row = np.stack([digits_table.column(i)[0].as_py() for i in range(64)])
+    assert np.array_equal(np.fromfile(copy, dtype=np.float32, count=64), first_row)
+    assert spilled.standardization == in_memory.standardization and in_memory.train.in_memory
+    same_epochs(spilled, in_memory, num_workers=2)
+    gc.collect()  # the worker processes are gone: the copy stays while the splits live
+    assert copy.exists()
+    del spilled
+    gc.collect()
+    assert not copy.exists()
+
+
+def test_parquet_and_compressed_ipc_above_the_budget_are_read_from_a_row_major_copy(
+    tmp_path, digits_table
+):
+    feather.write_feather(digits_table, tmp_path / "d.feather", chunksize=500)  # lz4
+    pq.write_table(digits_table, tmp_path / "d.parquet", row_group_size=400)
+    for name in ("d.feather", "d.parquet"):
+        spilled = load(path=str(tmp_path / name), in_memory_mb=0)
+        assert spilled_copy(spilled).stat().st_size == 1797 * 64 * 4
+        assert spilled.fingerprint["rows"] == 1797
+        same_epochs(spilled, load())
+
+
+def test_missing_values_are_refused_when_spilling(tmp_path, digits_table):
+    pixels = digits_table.column("pixel_5").to_pylist()
+    pixels[1500] = None
+    table = digits_table.set_column(5, "pixel_5", pa.array(pixels, pa.float64()))
+    pq.write_table(table, tmp_path / "holes.parquet", row_group_size=400)
+    with pytest.raises(ValueError, match="data: column 'pixel_5' has 1 missing values"):
+        load(path=str(tmp_path / "holes.parquet"), in_memory_mb=0)
+
+
+def test_a_copy_that_cannot_be_written_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    with pytest.raises(ValueError, match="data.in_memory_mb: cannot write the row-major copy"):
+        load(in_memory_mb=0)
 
 
 def test_list_and_plain_feature_columns_mix(tmp_path, digits_table):
@@ -340,13 +389,6 @@ def test_list_and_plain_feature_columns_mix(tmp_path, digits_table):
         same_epochs(reference, mixed)
 
 
-def test_compressed_ipc_above_the_budget_is_loaded_into_memory(tmp_path, digits_table):
-    feather.write_feather(digits_table, tmp_path / "d.feather", chunksize=500)  # lz4
-    compressed = load(path=str(tmp_path / "d.feather"), in_memory_mb=0)
-    assert compressed.train.in_memory  # nothing in the map to read from: decompressed anyway
-    same_epochs(compressed, load())
-
-
 def test_a_row_major_file_cut_short_is_named(tmp_path, digits_table):
     path = write_ipc(tmp_path / "rows.arrow", row_major_table(digits_table, "label"))
     splits = load(path=str(path), in_memory_mb=0)
@@ -361,7 +403,9 @@ def test_groups_of_batches_are_split_back_into_the_same_batches(ids_file, monkey
 
     def epoch(group_bytes):
         monkeypatch.setattr(batches_module, "GROUP_BYTES", group_bytes)
-        batch_loader = loader(splits.train, generator=torch.Generator().manual_seed(2), batch_size=8)
+        batch_loader = loader(
+            splits.train, generator=torch.Generator().manual_seed(2), batch_size=8
+        )
         return batch_loader.group, batches(batch_loader)
 
     (one, single), (many, grouped) = epoch(1), epoch(10**6)
