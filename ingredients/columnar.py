@@ -179,8 +179,9 @@ def _element_offset(view: np.ndarray, whole: pa.Buffer) -> int | None:
 
 
 class RowFile:
-    """Row-major features (one fixed-size-list column) of an uncompressed Arrow IPC file, read with
-    one positional read per row (pread): the page cache holds the file, this process the batch."""
+    """Row-major features in a file (the fixed-size-list column of an uncompressed Arrow IPC file,
+    or a spilled copy), read with one positional read per row (pread): the page cache holds the
+    file, this process only the batch."""
 
     def __init__(
         self, path: Path, width: int, dtype: np.dtype, starts: np.ndarray, offsets: np.ndarray

@@ -374,7 +374,7 @@ def _checked(
     for batch in batches:
         _check_no_nulls(pa.Table.from_batches([batch]), columns)
         column = batch.column(target)
-        targets.append(column.take(np.arange(len(column))))  # a copy: frees the batch's buffers
+        targets.append(column.take(np.arange(len(column))))  # a copy, not a view into the batch
         yield batch
 
 
