@@ -142,6 +142,10 @@ def test_non_finite_loss_stops_the_run_as_failed(train, tmp_path):
     assert "training loss became" in result.stderr and "Traceback" not in result.stderr
     run = load(tmp_path / "1" / "run.json")
     assert run["status"] == "FAILED" and "training loss became" in "".join(run["fail_trace"])
+    assert "epoch 1:" not in result.stderr  # it failed in its first epoch,
+    data_file = REPO_ROOT / "data" / "digits.parquet"  # yet the data's hash is in its record
+    fingerprint = load(tmp_path / "1" / "info.json")["data"]["fingerprint"]
+    assert fingerprint["sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
 
 
 def test_print_config_comments_every_key():
