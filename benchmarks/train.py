@@ -149,6 +149,7 @@ def bench(_config, seed, repeats: int, epochs: int, options: bool, workload: str
     """Ours against bare on the configured workload; with options, what each option costs."""
     seed_everything(seed)
     splits = load_splits()
+    splits.digest(None)  # the data file's hash runs on a thread: let it end before timing
     train = splits.train
     batches = make_loader(train, True, generator=loader_generator(seed),
                           worker_init_fn=seed_worker, device_is_cuda=CUDA)

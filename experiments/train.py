@@ -155,6 +155,23 @@ class Best:
         self.value, self.epoch, self.stale = state["value"], state["epoch"], state["stale"]
 
 
+def record_data(run, splits, timeout: float | None = None, quiet: bool = False) -> None:
+    """The data file's fingerprint and statistics in the run's info, unless its SHA-256 is there
+    already; the hash is waited for up to `timeout` seconds (None: until done), else recorded as
+    None. The key is set before training and then only replaced, never added while Sacred's
+    heartbeat thread reads the info. `quiet` logs a failed hash instead of raising it."""
+    if ((run.info.get("data") or {}).get("fingerprint") or {}).get("sha256"):
+        return
+    try:
+        fingerprint = splits.fingerprint_after(timeout)
+    except ValueError as error:
+        if not quiet:
+            raise
+        run.run_logger.warning("%s", error)
+        return
+    run.info["data"] = {"fingerprint": fingerprint, "standardization": splits.standardization}
+
+
 @ex.main
 def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monitor, monitor_mode,
           patience, limit_batches, progress):
@@ -165,12 +182,7 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     _run.info["device"] = str(device)
 
     splits = load_splits()  # the data file is hashed on a thread from here, alongside training
-
-    def record_data() -> None:
-        """The data file's fingerprint (waiting for its hash) and statistics, in the run's info."""
-        _run.info["data"] = {"fingerprint": splits.fingerprint,
-                             "standardization": splits.standardization}
-
+    record_data(_run, splits, timeout=0)
     generator = loader_generator(seed)
     cuda = device.type == "cuda"
     train_batches = make_loader(splits.train, True, generator=generator,
@@ -213,7 +225,7 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
                 net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
                 amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
                 limit_batches=limit_batches, progress=progress)
-            record_data()  # before the first metric; the hash is done by now
+            record_data(_run, splits)  # before the first metric; the hash is done by now
             metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
                        "lr": lr_used}
             for name, value in metrics.items():
@@ -225,8 +237,8 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break
-    finally:
-        record_data()  # also when the run fails or is stopped in its first epoch
+    finally:  # a run ending in its first epoch waits a little for the hash, never fails on it
+        record_data(_run, splits, timeout=5, quiet=True)
     _run.info["final_model_sha256"] = state_hash(net)
     _run.info["best"] = {monitor: best.value, "epoch": best.epoch}
     return best.value

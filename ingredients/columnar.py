@@ -1,4 +1,4 @@
-"""Columnar features: batch rows gathered from Arrow columns in memory or from an Arrow IPC file.
+"""Columnar features: batch rows gathered from Arrow columns in memory or read from a file.
 
 A table within the memory budget becomes one row-major float32 matrix per split, transposed from
 the columns a cache-sized block at a time on a few threads, the training statistics taken from
@@ -12,6 +12,7 @@ by block, in the same blocks either way.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import tempfile
 import weakref
@@ -26,6 +27,7 @@ import pyarrow.ipc as pa_ipc
 import torch
 
 TILE_ROWS = 16384  # rows per tile when columns are transposed into a row-major matrix (a few MB)
+POSITIONAL_READS = hasattr(os, "preadv")  # RowFile's pread (not on Windows: data stays in memory)
 STATS_ROWS = 8192  # training rows per block of the standardisation statistics (a few MB)
 MAX_READ_BYTES = 4 * 2**20  # largest single positional read when a row-major file is scanned
 LOAD_THREADS = min(4, os.cpu_count() or 1)  # threads building the in-memory matrices
@@ -89,10 +91,9 @@ def gather_sorted(
     """Copy feature rows `rows` (ascending) into the float32 matrix out, record batch by record
     batch, each a cache-sized tile at a time."""
     first = np.searchsorted(rows, starts)
-    end = [*first[1:], len(rows)]
-    for c in range(len(views)):
-        if first[c] < end[c]:
-            _gather_chunk(views[c], rows[first[c] : end[c]] - starts[c], out[first[c] : end[c]])
+    end = np.append(first[1:], len(rows))
+    for c in np.flatnonzero(first < end):  # the record batches holding any of the rows
+        _gather_chunk(views[c], rows[first[c] : end[c]] - starts[c], out[first[c] : end[c]])
 
 
 def _gather_chunk(views: list[np.ndarray], local: np.ndarray, out: np.ndarray) -> None:
@@ -159,14 +160,53 @@ def source_blocks(source: RowFile, rows: np.ndarray) -> Iterator[np.ndarray]:
 # --------------------------------------------------------------------------- file-backed features
 
 
-def open_ipc(path: Path) -> tuple[pa.Table, pa.Buffer]:
-    """Memory-map an Arrow IPC file (Feather v2, file or stream format): the zero-copy table and
-    the whole mapping as one buffer (uncompressed columns point into it)."""
-    whole = pa.memory_map(str(path), "r").read_buffer()
-    try:
-        return pa_ipc.open_file(pa.BufferReader(whole)).read_all(), whole
-    except pa.ArrowInvalid:
-        return pa_ipc.open_stream(pa.BufferReader(whole)).read_all(), whole
+class MappedIPC:
+    """An Arrow IPC file (Feather v2, file or stream format) mapped read-only. Record batches are
+    read lazily: an uncompressed batch is a zero-copy view of the map (`whole`), a compressed one
+    is decompressed into memory."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.whole = pa.py_buffer(self._map)
+
+    def _reader(self) -> pa_ipc.RecordBatchFileReader | pa_ipc.RecordBatchStreamReader:
+        try:
+            return pa_ipc.open_file(self.whole)
+        except pa.ArrowInvalid:
+            return pa_ipc.open_stream(self.whole)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        reader = self._reader()
+        if isinstance(reader, pa_ipc.RecordBatchFileReader):
+            return (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return iter(reader)
+
+    def rows(self) -> int:
+        """Rows in the file, from its metadata when it is in the file format."""
+        reader = self._reader()
+        if isinstance(reader, pa_ipc.RecordBatchFileReader):
+            return reader.count_rows()
+        return sum(batch.num_rows for batch in reader)
+
+    def compressed(self) -> bool:
+        """True when the record batches are compressed (read into memory, not views of the map)."""
+        first = next(self.batches(), None)
+        start, end = self.whole.address, self.whole.address + self.whole.size
+        buffers = [b for column in (first.columns if first else []) for b in column.buffers() if b]
+        return any(not start <= b.address < end for b in buffers)
+
+    def table(self) -> pa.Table:
+        return self._reader().read_all()
+
+    def pieces(self, rows: int) -> Iterator[pa.RecordBatch]:
+        """The record batches in slices of at most `rows` rows; after each slice the pages read
+        so far leave this process's memory (the page cache keeps them), so resident memory
+        stays at one slice (one decompressed record batch for a compressed file)."""
+        for batch in self.batches():
+            for start in range(0, batch.num_rows, rows):
+                yield batch.slice(start, rows)
+                self._map.madvise(mmap.MADV_DONTNEED)
 
 
 def _element_offset(view: np.ndarray, whole: pa.Buffer) -> int | None:
@@ -259,6 +299,30 @@ def row_file(path: Path, table: pa.Table, columns: list[str], whole: pa.Buffer) 
     return RowFile(path, kind.list_size, views[0][0].dtype, starts, byte_offsets)
 
 
+SPILL_PREFIX = "reprolab-rows-"  # then the writing process's id: reprolab-rows-<pid>-<random>.f32
+
+
+def _sweep_stale_copies() -> None:
+    """Delete copies left in the temporary directory by processes that no longer run (killed
+    before they could clean up)."""
+    for copy in Path(tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*.f32"):
+        pid = copy.name[len(SPILL_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                copy.unlink()
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _remove_if_owner(path: str, owner: int) -> None:
     """Delete a spilled copy, but only from the process that wrote it (forked worker processes
     inherit its finalizer and must leave the file to their parent)."""
@@ -271,8 +335,12 @@ def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int
     """Write the feature columns of the record batches, row-major float32, to a scratch file in
     the temporary directory ($TMPDIR), holding one batch in memory at a time; return a RowFile
     over it, which deletes the file when it is garbage collected or the process ends."""
-    with _writing_copy():
-        handle = tempfile.NamedTemporaryFile(prefix="reprolab-rows-", suffix=".f32", delete=False)
+    _sweep_stale_copies()
+    prefix = f"{SPILL_PREFIX}{os.getpid()}-"
+    with _writing_copy():  # unbuffered, so a full disk is reported by the write that hit it
+        handle = tempfile.NamedTemporaryFile(
+            prefix=prefix, suffix=".f32", buffering=0, delete=False
+        )
     first = np.zeros(1, dtype=np.int64)  # one chunk, starting at row 0 and byte 0
     source = RowFile(Path(handle.name), n_features, np.dtype(np.float32), first, first)
     weakref.finalize(source, _remove_if_owner, handle.name, os.getpid())
@@ -282,7 +350,9 @@ def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int
             rows = np.empty((batch.num_rows, n_features), dtype=np.float32)
             gather_sorted(starts, views, np.arange(batch.num_rows), rows)
             with _writing_copy():
-                handle.write(rows.data)
+                unwritten = memoryview(rows).cast("B")
+                while unwritten:
+                    unwritten = unwritten[handle.write(unwritten) :]
     return source
 
 

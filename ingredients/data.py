@@ -1,7 +1,7 @@
 """Data ingredient: a Parquet, Arrow IPC or CSV table read by pyarrow, split, standardised, batched.
 
 The config, its validation, reading and splitting live here; the file's SHA-256 is computed on a
-thread once the table is loaded, so the first batch does not wait for it. How rows are gathered
+thread once the data is loaded, so the first batch does not wait for it. How rows are gathered
 (in memory or from the file) is in ingredients/columnar.py, how batches are handed out in
 ingredients/batches.py.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,14 +30,15 @@ from sacred import Ingredient
 from ingredients import INSPECTION_COMMANDS, is_int, is_number
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
 from ingredients.columnar import (
+    POSITIONAL_READS,
     ColumnarDataset,
+    MappedIPC,
     RowFile,
     block_statistics,
     chunk_views,
     features_in_memory,
     gather_sorted,
     moments,
-    open_ipc,
     row_file,
     source_blocks,
     spill,
@@ -89,18 +91,23 @@ class Splits:
     input_shape: tuple[int, ...]  # one sample's feature shape
     num_classes: int  # max label + 1 for integer targets, 1 for float targets
     file: dict  # path, format, rows, columns of the data file
-    digest: Callable[[], dict]  # waits for the size and SHA-256 of the file, hashed on a thread
+    digest: Callable[[float | None], dict]  # size and SHA-256 of the file, hashed on a thread
     standardization: dict | None  # {"mean": [...], "std": [...]} of the training split, or None
     split: dict  # split_seed, val_fraction, row counts, sha256 of the val rows
 
     @property
     def fingerprint(self) -> dict:
         """Path, format, size, sha256, rows and columns of the data file (waits for the hash)."""
+        return self.fingerprint_after(None)
+
+    def fingerprint_after(self, timeout: float | None) -> dict:
+        """The fingerprint once the file is hashed or `timeout` seconds have passed (then its
+        sha256 is None)."""
         f = self.file
         return {
             "path": f["path"],
             "format": f["format"],
-            **self.digest(),
+            **self.digest(timeout),
             "rows": f["rows"],
             "columns": f["columns"],
         }
@@ -327,7 +334,7 @@ def _read_table(
         schema = read_schema(path, fmt)
         columns = _check_columns(schema, path, target, features)
         n_features = _feature_count(schema, columns)
-        budget_rows = in_memory_mb * 2**20 / (4 * n_features)
+        budget_rows = in_memory_mb * 2**20 / (4 * n_features) if POSITIONAL_READS else math.inf
         if fmt == "parquet":
             wanted = [*columns, target]
             if pq.read_metadata(path).num_rows <= budget_rows:
@@ -338,33 +345,24 @@ def _read_table(
             reader = pq.ParquetFile(path, pre_buffer=False)
             batches = reader.iter_batches(SPILL_ROWS, columns=wanted)
         else:
-            table, whole = open_ipc(path)
-            _check_no_nulls(table, columns)  # null counts are in the file's metadata
-            if table.num_rows <= budget_rows:
+            ipc = MappedIPC(path)
+            if ipc.rows() <= budget_rows:
+                table = ipc.table()
+                _check_no_nulls(table, columns)  # null counts are in the file's metadata
                 return Read(table, None, columns, n_features, schema.names)
-            in_place = row_file(path, table, columns, whole)
-            if in_place is not None:
-                return Read(table.select([target]), in_place, columns, n_features, schema.names)
-            del table, whole  # unmap: the copy reads the file one record batch at a time
-            batches = _ipc_batches(path)
+            if not ipc.compressed():  # zero-copy: a row-major file is read in place
+                table = ipc.table()
+                _check_no_nulls(table, columns)
+                in_place = row_file(path, table, columns, ipc.whole)
+                if in_place is not None:
+                    targets_only = table.select([target])
+                    return Read(targets_only, in_place, columns, n_features, schema.names)
+                del table
+            batches = ipc.pieces(SPILL_ROWS)
         targets: list[pa.Array] = []
         on_disk = spill(_checked(batches, columns, target, targets), columns, n_features)
     table = pa.table({target: pa.chunked_array(targets, schema.field(target).type)})
     return Read(table, on_disk, columns, n_features, schema.names)
-
-
-def _ipc_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The record batches of an Arrow IPC file (file or stream format), read one at a time into
-    memory (not mapped, so pages once read do not stay resident in this process)."""
-    with pa.OSFile(str(path)) as source:
-        try:
-            reader = pa_ipc.open_file(source)
-        except pa.ArrowInvalid:
-            source.seek(0)
-            yield from pa_ipc.open_stream(source)
-            return
-        for i in range(reader.num_record_batches):
-            yield reader.get_batch(i)
 
 
 def _checked(
@@ -385,22 +383,29 @@ def fingerprint_file(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": digest}
 
 
-def _fingerprint_in_background(path: Path) -> Callable[[], dict]:
-    """Start hashing the file on a thread (hashlib releases the GIL, so it overlaps what follows);
-    the returned function waits for the result."""
+def _fingerprint_in_background(path: Path, read: os.stat_result) -> Callable[[float | None], dict]:
+    """Start hashing the file on a thread (hashlib releases the GIL, so it overlaps what follows).
+    The returned function waits up to `timeout` seconds (None: until done) and gives its size
+    and SHA-256, None while unfinished; it refuses a file changed since `read` (its stat before
+    reading)."""
     result: dict = {}
 
     def work() -> None:
         try:
             result["value"] = fingerprint_file(path)
+            now = path.stat()
+            if (now.st_size, now.st_mtime_ns) != (read.st_size, read.st_mtime_ns):
+                _fail(f"data.path: {path} changed while it was read; run again once it is stable")
         except BaseException as error:  # handed to the waiting thread
             result["error"] = error
 
     thread = threading.Thread(target=work, name="data-fingerprint", daemon=True)
     thread.start()
 
-    def wait() -> dict:
-        thread.join()
+    def wait(timeout: float | None = None) -> dict:
+        thread.join(timeout)
+        if thread.is_alive():
+            return {"size": read.st_size, "sha256": None}
         if "error" in result:
             raise result["error"]
         return result["value"]
@@ -463,6 +468,7 @@ def load_splits(
     if not file.is_file():
         _fail(f"data.path: file not found: {file}")
     fmt = resolve_format(file, format)
+    read = file.stat()
     table, on_disk, columns, n_features, file_columns = _read_table(
         file, fmt, target, features, in_memory_mb
     )
@@ -501,7 +507,7 @@ def load_splits(
             "rows": len(targets),
             "columns": list(file_columns),
         },
-        digest=_fingerprint_in_background(file),
+        digest=_fingerprint_in_background(file, read),
         standardization={"mean": mean.tolist(), "std": std.tolist()} if standardize else None,
         split={
             "split_seed": split_seed,

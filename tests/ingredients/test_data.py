@@ -2,7 +2,11 @@
 
 import gc
 import hashlib
+import os
+import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from pyarrow import feather
 from sacred import Experiment
 
 import ingredients.batches as batches_module
+import ingredients.data as data_module
 from ingredients.columnar import RowFile
 from ingredients.data import (
     REPO_ROOT,
@@ -87,7 +92,7 @@ def ids_file(tmp_path):
 @pytest.fixture
 def ids_ipc(ids_file, tmp_path):
     """The same rows as an uncompressed Arrow IPC file: with in_memory_mb=0 it is read per batch
-    from the file, the only case where num_workers starts worker processes."""
+    from disk (a row-major copy), where num_workers starts worker processes."""
     path = tmp_path / "ids.arrow"
     with pa_ipc.new_file(path, pq.read_schema(ids_file)) as writer:
         writer.write_table(pq.read_table(ids_file))
@@ -234,6 +239,26 @@ def test_reshape_to_image():
     assert torch.equal(x_image.reshape(3, 64), flat.train[[0, 5, 9]][0])
 
 
+def test_the_hash_runs_alongside_and_refuses_a_file_changed_meanwhile(tmp_path, monkeypatch):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(DIGITS.read_bytes())
+    release, hashing = threading.Event(), data_module.fingerprint_file
+
+    def slow_then_changed(file):
+        release.wait()
+        value = hashing(file)
+        os.utime(file, ns=(0, 0))  # as if the file were replaced while it was read
+        return value
+
+    monkeypatch.setattr(data_module, "fingerprint_file", slow_then_changed)
+    splits = load(path=str(path))
+    pending = splits.fingerprint_after(0)  # the splits are usable before the hash is done
+    assert pending["sha256"] is None and pending["size"] == path.stat().st_size
+    release.set()
+    with pytest.raises(ValueError, match=f"data.path: {path} changed while it was read"):
+        splits.fingerprint_after(None)
+
+
 def test_fingerprint_matches_hashlib():
     fingerprint = load().fingerprint
     assert fingerprint["path"] == str(DIGITS.resolve())
@@ -242,7 +267,7 @@ def test_fingerprint_matches_hashlib():
 
 
 @pytest.mark.parametrize("standardize", [True, False])
-def test_memory_mapped_ipc_matches_in_memory(tmp_path, digits_table, standardize):
+def test_ipc_read_from_disk_matches_in_memory(tmp_path, digits_table, standardize):
     table = digits_table.set_column(
         0, "pixel_0", pa.array(np.arange(1797, dtype=np.int32))
     )  # an int column
@@ -250,9 +275,9 @@ def test_memory_mapped_ipc_matches_in_memory(tmp_path, digits_table, standardize
     with pa_ipc.new_file(path, table.schema) as writer:
         writer.write_table(table, max_chunksize=300)
     options = {"path": str(path), "shape": [1, 8, 8], "standardize": standardize}
-    mapped, in_memory = load(**options, in_memory_mb=0), load(**options)
-    assert not mapped.train.in_memory and in_memory.train.in_memory
-    assert mapped.standardization == in_memory.standardization
+    from_disk, in_memory = load(**options, in_memory_mb=0), load(**options)
+    assert not from_disk.train.in_memory and in_memory.train.in_memory
+    assert from_disk.standardization == in_memory.standardization
     for num_workers in (0, 2):
         runs = [
             batches(
@@ -263,12 +288,12 @@ def test_memory_mapped_ipc_matches_in_memory(tmp_path, digits_table, standardize
                     num_workers=num_workers,
                 )
             )
-            for s in (mapped, in_memory)
+            for s in (from_disk, in_memory)
         ]
         assert len(runs[0]) == 23
         for (xa, ya), (xb, yb) in zip(*runs):
             assert xa.shape == (len(ya), 1, 8, 8) and torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert all(torch.equal(a, b) for a, b in zip(whole(mapped.val), whole(in_memory.val)))
+    assert all(torch.equal(a, b) for a, b in zip(whole(from_disk.val), whole(in_memory.val)))
 
 
 def write_ipc(path, table, chunk_rows=None):
@@ -325,10 +350,12 @@ def spilled_copy(splits):
     return copy
 
 
+@pytest.mark.parametrize("chunk_rows", [256, None])  # None: one record batch, copied in slices
 def test_column_per_feature_ipc_above_the_budget_is_read_from_a_row_major_copy(
-    tmp_path, digits_table
+    tmp_path, digits_table, monkeypatch, chunk_rows
 ):
-    path = write_ipc(tmp_path / "wide.arrow", digits_table, chunk_rows=256)
+    monkeypatch.setattr(data_module, "SPILL_ROWS", 500)
+    path = write_ipc(tmp_path / "wide.arrow", digits_table, chunk_rows=chunk_rows)
     spilled, in_memory = load(path=str(path), in_memory_mb=0), load(path=str(path))
     copy = spilled_copy(spilled)
     assert copy.stat().st_size == 1797 * 64 * 4  # float32, row after row
@@ -353,6 +380,24 @@ def test_parquet_and_compressed_ipc_above_the_budget_are_read_from_a_row_major_c
         assert spilled_copy(spilled).stat().st_size == 1797 * 64 * 4
         assert spilled.fingerprint["rows"] == 1797
         same_epochs(spilled, load())
+
+
+def test_copies_left_by_killed_processes_are_swept(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # a pid no longer running
+    stale = tmp_path / f"reprolab-rows-{gone.stdout.strip()}-abc.f32"
+    live = tmp_path / f"reprolab-rows-{os.getppid()}-def.f32"  # pytest's parent still runs
+    other = tmp_path / "unrelated.f32"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    spilled = load(in_memory_mb=0)
+    assert not stale.exists() and live.exists() and other.exists()
+    assert spilled_copy(spilled).name.startswith(f"reprolab-rows-{os.getpid()}-")
 
 
 def test_missing_values_are_refused_when_spilling(tmp_path, digits_table):
