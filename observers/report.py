@@ -223,7 +223,9 @@ def data_text(fingerprint: dict) -> str:
     if not fingerprint:
         return "-"
     rows = f"{fingerprint['rows']:,} rows" if "rows" in fingerprint else ""
-    digest = f"sha256 {fingerprint['sha256'][:12]}" if "sha256" in fingerprint else ""
+    digest = ""
+    if "sha256" in fingerprint:  # None while a running run still hashes the file
+        digest = f"sha256 {(fingerprint['sha256'] or 'not recorded')[:12]}"
     # the path last: a long one is what gets cut to fit the terminal, never the hash
     return "  ".join(filter(None, [rows, digest, fingerprint.get("path")]))
 
