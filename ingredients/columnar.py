@@ -60,6 +60,14 @@ def chunk_views(table: pa.Table, columns: list[str]) -> tuple[np.ndarray, list[l
     return np.asarray(starts, dtype=np.int64), views
 
 
+def row_major(table: pa.Table, columns: list[str], n_features: int) -> np.ndarray:
+    """The feature columns of the whole table as one row-major float32 matrix."""
+    starts, views = chunk_views(table, columns)
+    matrix = np.empty((table.num_rows, n_features), dtype=np.float32)
+    gather_sorted(starts, views, np.arange(table.num_rows), matrix)
+    return matrix
+
+
 def _view_width(view: np.ndarray) -> int:
     """Feature values per row in a column view (2-D for fixed-size lists)."""
     return view.shape[1] if view.ndim == 2 else 1
@@ -346,9 +354,7 @@ def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int
     weakref.finalize(source, _remove_if_owner, handle.name, os.getpid())
     with handle:
         for batch in batches:
-            starts, views = chunk_views(pa.Table.from_batches([batch]), columns)
-            rows = np.empty((batch.num_rows, n_features), dtype=np.float32)
-            gather_sorted(starts, views, np.arange(batch.num_rows), rows)
+            rows = row_major(pa.Table.from_batches([batch]), columns, n_features)
             with _writing_copy():
                 unwritten = memoryview(rows).cast("B")
                 while unwritten:

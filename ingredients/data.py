@@ -35,11 +35,10 @@ from ingredients.columnar import (
     MappedIPC,
     RowFile,
     block_statistics,
-    chunk_views,
     features_in_memory,
-    gather_sorted,
     moments,
     row_file,
+    row_major,
     source_blocks,
     spill,
     width,
@@ -322,47 +321,49 @@ def _read_table(
     path: Path, fmt: str, target: str, features: Sequence[str] | None, in_memory_mb: float
 ) -> Read:
     """Read the table (only the needed columns of Parquet), refusing missing feature values.
-    Parquet and Arrow IPC features above data.in_memory_mb stay on disk: in the file itself if it
-    is row-major Arrow IPC, else in a row-major copy written one record batch at a time."""
+    Parquet and Arrow IPC features above data.in_memory_mb stay on disk (see _load)."""
     with _reading(path, fmt):
         if fmt == "csv":
-            table = pa_csv.read_csv(path)
-            columns = _check_columns(table.schema, path, target, features)
-            n_features = _feature_count(table.schema, columns)
-            _check_no_nulls(table, columns)
-            return Read(table, None, columns, n_features, table.schema.names)
-        schema = read_schema(path, fmt)
-        columns = _check_columns(schema, path, target, features)
-        n_features = _feature_count(schema, columns)
-        budget_rows = in_memory_mb * 2**20 / (4 * n_features) if POSITIONAL_READS else math.inf
-        if fmt == "parquet":
-            wanted = [*columns, target]
-            if pq.read_metadata(path).num_rows <= budget_rows:
-                table = pq.read_table(path, columns=wanted)
-                _check_no_nulls(table, columns)
-                return Read(table, None, columns, n_features, schema.names)
-            # pre_buffer=False: each batch is read as needed instead of whole row groups ahead
-            reader = pq.ParquetFile(path, pre_buffer=False)
-            batches = reader.iter_batches(SPILL_ROWS, columns=wanted)
+            table, on_disk = pa_csv.read_csv(path), None
+            schema = table.schema
+            columns = _check_columns(schema, path, target, features)
         else:
-            ipc = MappedIPC(path)
-            if ipc.rows() <= budget_rows:
-                table = ipc.table()
+            schema = read_schema(path, fmt)
+            columns = _check_columns(schema, path, target, features)
+            table, on_disk = _load(path, fmt, schema, columns, target, in_memory_mb)
+    if on_disk is None:
+        _check_no_nulls(table, columns)  # data on disk was checked as it was read
+    return Read(table, on_disk, columns, _feature_count(schema, columns), schema.names)
+
+
+def _load(
+    path: Path, fmt: str, schema: pa.Schema, columns: list[str], target: str, in_memory_mb: float
+) -> tuple[pa.Table, RowFile | None]:
+    """The Parquet or IPC table; above data.in_memory_mb only its target column and the RowFile
+    the features are read from: the file itself if it is uncompressed row-major Arrow IPC, else a
+    row-major copy written 65,536 rows at a time."""
+    n_features = _feature_count(schema, columns)
+    budget_rows = in_memory_mb * 2**20 / (4 * n_features) if POSITIONAL_READS else math.inf
+    if fmt == "parquet":
+        wanted = [*columns, target]
+        if pq.read_metadata(path).num_rows <= budget_rows:
+            return pq.read_table(path, columns=wanted), None
+        # pre_buffer=False: each batch is read as needed instead of whole row groups ahead
+        batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(SPILL_ROWS, columns=wanted)
+    else:
+        ipc = MappedIPC(path)
+        if ipc.rows() <= budget_rows:
+            return ipc.table(), None
+        if len(columns) == 1 and not ipc.compressed():  # zero-copy: row-major is read in place
+            table = ipc.table()
+            in_place = row_file(path, table, columns, ipc.whole)
+            if in_place is not None:
                 _check_no_nulls(table, columns)  # null counts are in the file's metadata
-                return Read(table, None, columns, n_features, schema.names)
-            if not ipc.compressed():  # zero-copy: a row-major file is read in place
-                table = ipc.table()
-                _check_no_nulls(table, columns)
-                in_place = row_file(path, table, columns, ipc.whole)
-                if in_place is not None:
-                    targets_only = table.select([target])
-                    return Read(targets_only, in_place, columns, n_features, schema.names)
-                del table
-            batches = ipc.pieces(SPILL_ROWS)
-        targets: list[pa.Array] = []
-        on_disk = spill(_checked(batches, columns, target, targets), columns, n_features)
-    table = pa.table({target: pa.chunked_array(targets, schema.field(target).type)})
-    return Read(table, on_disk, columns, n_features, schema.names)
+                return table.select([target]), in_place
+        batches = ipc.pieces(SPILL_ROWS)
+    targets: list[pa.Array] = []
+    on_disk = spill(_checked(batches, columns, target, targets), columns, n_features)
+    return pa.table({target: pa.chunked_array(targets, schema.field(target).type)}), on_disk
 
 
 def _checked(
@@ -475,11 +476,11 @@ def load_splits(
     sample_shape = _sample_shape(shape, n_features)
     train_rows, val_rows = split_rows(table.num_rows, val_fraction, split_seed)
     targets, num_classes = _targets(table, target, file)
-    mean = std = None
-    scale = (None, None)
+    scale = (None, None)  # how batches are standardised as they are read from disk
     if on_disk is not None:
         del table
-        if standardize:  # batches are standardised as they are read
+        mean = std = None
+        if standardize:
             mean, std = block_statistics(
                 map(moments, source_blocks(on_disk, train_rows)), n_features
             )
@@ -540,9 +541,7 @@ def row_major_table(
     a file larger than memory is read a row at a time (see RowFile)."""
     columns = _check_columns(table.schema, Path("<table>"), target, features)
     _check_no_nulls(table, columns)
-    starts, views = chunk_views(table, columns)
-    matrix = np.empty((table.num_rows, _feature_count(table.schema, columns)), dtype=np.float32)
-    gather_sorted(starts, views, np.arange(table.num_rows), matrix)
+    matrix = row_major(table, columns, _feature_count(table.schema, columns))
     packed = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
     return pa.table({name: packed, target: table.column(target)})
 
