@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import difflib
-import inspect
+import functools
 import logging
 import os
+import site
 import sys
+import sysconfig
 from pathlib import Path
 
 from sacred import SETTINGS, Experiment
 from sacred.config.config_files import load_config_file
 from sacred.config.utils import undogmatize
-from sacred.dependencies import gather_sources_and_dependencies
+from sacred.commands import print_config, print_dependencies, print_named_configs, save_config
+from sacred.dependencies import Source, get_digest
+from sacred.experiment import gather_command_line_options
+from sacred.ingredient import Ingredient
 from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
@@ -30,6 +35,8 @@ from observers.attach import (
     is_mongo_url,
     store_option,
 )
+from ingredients.imports import RESOLVED
+from observers.provenance import git
 from observers.store import RecordError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +47,7 @@ SETTINGS.CAPTURE_MODE = "sys"
 
 def repository_modules() -> list[str]:
     """Files of every imported module that lives in this repository (Sacred only sees direct imports)."""
-    files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
-    return sorted(f for f in files if f and f.endswith(".py") and os.path.isabs(f) and is_own_code(f))
+    return sorted({file for _, file in candidate_modules() if is_own_code(file)})
 
 
 # Installed packages live under these, also in a virtualenv inside the repository (venv/, env/).
@@ -52,6 +58,87 @@ def is_own_code(file: str) -> bool:
     """Whether a file is part of this repository and not an installed package inside it."""
     path = Path(file).resolve()
     return path.is_relative_to(REPO_ROOT) and not INSTALLED_PARTS & set(path.relative_to(REPO_ROOT).parts)
+
+
+@functools.cache
+def installed_locations() -> tuple[str, ...]:
+    """Where the standard library and installed distributions live (as given and resolved)."""
+    paths = sysconfig.get_paths()
+    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
+    found += site.getsitepackages() + [site.getusersitepackages()]
+    both = {str(Path(p)) for p in found} | {str(Path(p).resolve()) for p in found}
+    return tuple(sorted(place + os.sep for place in both))
+
+
+def candidate_modules() -> list[tuple[str, str]]:
+    """(module, file) of imported Python files that may be the user's own code: files of the
+    standard library and installed distributions are skipped by their path's prefix, before
+    anything is resolved (there are over a thousand with torch loaded)."""
+    installed = installed_locations()
+    found = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if (isinstance(file, str) and file.endswith(".py") and os.path.isabs(file)
+                and not file.startswith(installed)):
+            found.append((name, file))
+    return found
+
+
+def outside_modules() -> dict[str, str]:
+    """{module: file} of every imported module that is the user's own code outside this
+    repository (cwd, PYTHONPATH, a sibling folder, an editable install): neither the
+    repository's, nor the standard library's, nor an installed distribution's."""
+    installed = installed_locations()
+    found: dict[str, str] = {}
+    for name, file in candidate_modules():
+        path = Path(file).resolve()
+        if (path.is_file() and not path.is_relative_to(REPO_ROOT)
+                and not INSTALLED_PARTS & set(path.parts) and not str(path).startswith(installed)):
+            found.setdefault(str(path), name)
+    return {name: file for file, name in sorted(found.items())}
+
+
+def import_root(module: str, file: str) -> str:
+    """The search-path directory a module was imported from: its file less the module's dotted
+    name (e.g. /x/pkg/mod.py for pkg.mod gives /x)."""
+    path = Path(file)
+    parts = module.split(".") if module != "__main__" else [path.stem]
+    levels = len(parts) + (path.name == "__init__.py")
+    if path.with_suffix("").parts[-len(parts):] != tuple(parts) and path.name != "__init__.py":
+        return str(path.parent)
+    return str(path.parents[levels - 1])
+
+
+@functools.cache
+def repository_state(directory: str) -> tuple[str | None, str | None, bool | None]:
+    """(url, commit, dirty) of the git repository holding `directory`, as Sacred records them,
+    from two git calls per repository (Sacred asks git once per source file)."""
+    top_and_head = git(Path(directory), "rev-parse", "--show-toplevel", "HEAD")
+    if top_and_head is None:
+        return None, None, None
+    top, commit = top_and_head.split()[:2]
+    dirty = bool((git(Path(top), "status", "--porcelain", "--untracked-files=no") or "").strip())
+    url = (git(Path(top), "config", "--get", "remote.origin.url") or "").strip()
+    return url or "git:/" + top, commit, dirty
+
+
+def own_sources() -> tuple[list[Source], dict[str, str]]:
+    """Sources of this repository's imported modules and of the user's code outside it, each
+    with its hash and its repository's git state; and {module: file} of the ones outside."""
+    sources = [Source(file, get_digest(file), *repository_state(str(REPO_ROOT)))
+               for file in repository_modules()]
+    outside = outside_modules()
+    for module, file in outside.items():
+        state = repository_state(import_root(module, file))
+        sources.append(Source(file, get_digest(file), *state))
+    return sources, outside
+
+
+def config_value(config: dict, key: str):
+    """The value at a dotted key ('model.name') of a nested config, or None."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def closest_key(key: str, known: list[str]) -> str | None:
@@ -99,18 +186,19 @@ class ReproExperiment(Experiment):
     store, progress bars filtered from captured output, and strict config keys."""
 
     def __init__(self, name: str, ingredients=()):
-        super().__init__(
-            name,
-            ingredients=list(ingredients),
-            base_dir=str(REPO_ROOT),
-            additional_cli_options=[store_option],
-        )
-        # Sacred takes the main file from its caller's globals, which would be this module.
-        caller = inspect.stack()[1][0].f_globals
-        self.doc = caller.get("__doc__", "")
-        self.mainfile, self.sources, self.dependencies = gather_sources_and_dependencies(
-            caller, True, self.base_dir
-        )
+        # Experiment.__init__ of Sacred 0.8.7 without its inspect.stack() call, which scans every
+        # loaded module (about half a second with torch loaded); the caller's globals name the
+        # main file. Sources and their git state are gathered once, when a run is created.
+        caller = sys._getframe(1).f_globals
+        self.additional_host_info = []
+        self.additional_cli_options = [store_option]
+        self.all_cli_options = gather_command_line_options() + self.additional_cli_options
+        Ingredient.__init__(self, path=name, ingredients=list(ingredients), base_dir=str(REPO_ROOT),
+                            _caller_globals=caller, save_git_info=False)
+        self.default_command = None
+        for command in (print_config, print_dependencies, save_config, print_named_configs(self)):
+            self.command(command, unobserved=True)
+        self.observers, self.current_run, self.option_hooks = [], None, []
         self.option_hook(choose_store)
         self.captured_out_filter = apply_backspaces_and_linefeeds
         self.logger = make_logger()
@@ -168,17 +256,28 @@ class ReproExperiment(Experiment):
         return run
 
     def _record_sources(self, run) -> None:
-        """Every repository module imported by now, the run's setup included (Sacred only sees
-        the experiment's direct imports), becomes one of the run's sources."""
-        def gathered() -> set:
-            return set().union(*(ingredient.sources for ingredient, _ in self.traverse_ingredients()))
-
-        known = {source.filename for source in gathered()}
-        for path in repository_modules():
-            if os.path.realpath(path) not in known:  # Source.create asks git per file: new ones only
-                self.add_source_file(path)
-        sources = gathered()
-        run.experiment_info["sources"] = [s.to_json(self.base_dir) for s in sorted(sources)]
+        """Every module of the user's own code imported by now, the run's setup and a model given
+        by import path included (Sacred only sees the experiment's direct imports), becomes one of
+        the run's sources: the repository's by their path in it, the rest by absolute path, with
+        the folder each was imported from in the info, so a rerun finds them there again."""
+        sources, outside = own_sources()
+        known = {source.filename for source in sources}
+        gathered = set().union(*(ingredient.sources for ingredient, _ in self.traverse_ingredients()))
+        sources += [s for s in gathered if s.filename not in known]
+        run.experiment_info["sources"] = [
+            (s.filename, s.digest) if s.filename in outside.values() else s.to_json(self.base_dir)
+            for s in sorted(sources)]
+        repositories = {(s.repo, s.commit, s.is_dirty) for s in sources if s.repo}
+        run.experiment_info["repositories"] = [
+            {"url": url, "commit": commit, "dirty": dirty} for url, commit, dirty in sorted(repositories)]
+        if outside:
+            run.info["outside_code"] = {
+                "roots": sorted({import_root(module, file) for module, file in outside.items()}),
+                "modules": outside}
+        resolved = {key: found for key, found in RESOLVED.items()  # this run's, not an earlier one's
+                    if config_value(run.config, key) == found["import_path"]}
+        if resolved:
+            run.info["import_paths"] = resolved
 
     def _resume(self, command_name: str, config_updates: dict, named_configs, options,
                 requested: dict) -> dict:

@@ -44,7 +44,9 @@ from ingredients.columnar import (
     width,
 )
 
-data = Ingredient("data")
+# Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
+# sources and their git state are gathered once by experiments/base.py.
+data = Ingredient("data", _caller_globals=globals(), save_git_info=False)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMATS = {"parquet": "parquet", "ipc": "ipc", "feather": "ipc", "arrow": "ipc", "csv": "csv"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import math
 import types
 from collections.abc import Callable
@@ -13,8 +12,11 @@ from sacred import Ingredient
 from torch import nn
 
 from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
+from ingredients.imports import import_callable
 
-model = Ingredient("model")
+# Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
+# sources and their git state are gathered once by experiments/base.py.
+model = Ingredient("model", _caller_globals=globals(), save_git_info=False)
 
 
 @model.config
@@ -84,14 +86,7 @@ def resolve(name: str) -> Callable[..., nn.Module]:
             f"model.name: unknown model '{name}' (registered: {', '.join(REGISTRY)}; "
             "or give an import path 'package.module:callable')"
         )
-    module_name, _, attr = name.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"model.name: cannot import '{name}': {error}") from None
-    if not callable(factory):
-        raise ValueError(f"model.name: '{name}' is not callable")
-    return factory
+    return import_callable("model.name", name)
 
 
 @model.config_hook

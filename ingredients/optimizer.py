@@ -12,7 +12,9 @@ from torch import nn
 
 from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
 
-optimizer = Ingredient("optimizer")
+# Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
+# sources and their git state are gathered once by experiments/base.py.
+optimizer = Ingredient("optimizer", _caller_globals=globals(), save_git_info=False)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")

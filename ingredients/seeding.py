@@ -10,10 +10,13 @@ import numpy as np
 import torch
 from sacred import Ingredient
 
-seeding = Ingredient("seeding")
+# Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
+# sources and their git state are gathered once by experiments/base.py.
+seeding = Ingredient("seeding", _caller_globals=globals(), save_git_info=False)
 
 # cuBLAS needs a fixed workspace to be deterministic; it must be set before CUDA starts.
 CUBLAS_WORKSPACE = ":4096:8"
+THREADS_VARIABLE = "REPROLAB_NUM_THREADS"  # set by `reprolab rerun`: the thread count recorded then
 
 
 @seeding.config
@@ -35,7 +38,18 @@ def seed_everything(seed: int, deterministic: bool) -> dict:
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+    fix_threads()
     return determinism_record(seed)
+
+
+def fix_threads() -> int:
+    """Set torch's intra-op thread count explicitly (a rerun's: the recorded one). Float results
+    depend on it (reductions and matrix products are split by thread), and only an explicit
+    count turns off MKL's dynamic mode, in which each call may pick its own number of threads."""
+    wanted = os.environ.get(THREADS_VARIABLE, "")
+    threads = int(wanted) if wanted.isdigit() and int(wanted) > 0 else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def determinism_record(seed: int) -> dict:

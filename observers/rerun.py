@@ -19,10 +19,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingredients.data import resolve_path
+from ingredients.imports import ROOTS_VARIABLE, run_store_around
+from ingredients.seeding import THREADS_VARIABLE
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
 from observers.provenance import (
     RERUN_OF_VARIABLE,
@@ -64,6 +66,7 @@ class CodeTree:
     root: Path
     cwd: Path
     recorded: bool  # the store's copies of the sources, not a working tree
+    outside: list[Path] = field(default_factory=list)  # recorded code from outside the checkout
 
 
 # --------------------------------------------------------------------------- reading
@@ -119,7 +122,10 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
                           "its recorded sources")
     with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
         root = Path(tmp).resolve()
+        outside = materialise_outside(original, root / "_outside")
         for name, data in original.sources.items():
+            if Path(name).is_absolute():  # from outside the checkout: written above
+                continue
             path = (root / name).resolve()
             if not path.is_relative_to(root):
                 raise RecordError(f"run {original.run_id}'s recorded source {name!r} lies outside "
@@ -127,7 +133,46 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         link_data_file(original, root)
-        yield CodeTree(root, root, recorded=True)
+        yield CodeTree(root, root, recorded=True, outside=outside)
+
+
+def outside_roots(original: Original) -> list[str]:
+    """The folders the run imported its own code outside the checkout from (recorded in its info
+    as outside_code.roots); one that lies inside a run store is refused, never searched."""
+    roots = ((original.info.get("outside_code") or {}).get("roots")) or []
+    if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots):
+        raise RecordError(f"run {original.run_id}'s info outside_code.roots is not a list of "
+                          "absolute paths")
+    for folder in roots:
+        store = run_store_around(os.path.join(folder, "x"))
+        if store is not None:
+            raise RecordError(f"run {original.run_id} imported code from {folder}, inside the run "
+                              f"store {store}; code kept in a run store is never run")
+    return roots
+
+
+def materialise_outside(original: Original, under: Path) -> list[Path]:
+    """Write the recorded sources from outside the checkout (recorded by absolute path) below
+    `under`, one folder per folder they were imported from, laid out as they were imported;
+    return those folders, which go first on the rerun's PYTHONPATH."""
+    roots, folders = outside_roots(original), []
+    for name, data in sorted(original.sources.items()):
+        if not Path(name).is_absolute():
+            continue
+        homes = [r for r in roots if Path(name).is_relative_to(r)]
+        if not homes:
+            raise RecordError(f"run {original.run_id}'s recorded source {name} lies in none of the "
+                              "folders its info says it imported code from")
+        home = max(homes, key=len)
+        folder = (under / str(roots.index(home))).resolve()
+        path = (folder / Path(name).relative_to(home)).resolve()
+        if not path.is_relative_to(folder):
+            raise RecordError(f"run {original.run_id}'s recorded source {name!r} lies outside "
+                              f"the folder {home} it was imported from")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        folders += [folder] if folder not in folders else []
+    return folders
 
 
 def link_data_file(original: Original, root: Path) -> None:
@@ -151,7 +196,10 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
     found = [] if tree.recorded else source_differences(original.sources, tree.root)
     now, _ = snapshot(tree.root)
     device = original.config.get("device", "auto")
-    found += environment_differences(original.info, now, torch_state(str(device)),
+    torch_now = torch_state(str(device))
+    if recorded_threads(original) is not None:  # the rerun sets the thread count recorded then
+        torch_now["num_threads"] = recorded_threads(original)
+    found += environment_differences(original.info, now, torch_now,
                                      compare_git=not tree.recorded)
     path = data_path(original)
     if path is not None:
@@ -160,11 +208,21 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
     return found
 
 
+def recorded_threads(original: Original) -> int | None:
+    """The intra-op thread count the run recorded, which its rerun uses again."""
+    threads = (original.info.get("determinism") or {}).get("num_threads")
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
+
+
 def report_differences(original: Original, tree: CodeTree, found: list[Difference]) -> None:
     code = (f"its {len(original.sources)} recorded source files" if tree.recorded
             else f"the code in {tree.root}")
     print(f"rerun of run {original.run_id} ({original.store.location}): {original.mainfile} from "
           f"{code}, seed {original.config.get('seed')}")
+    outside = sorted(name for name in original.sources if Path(name).is_absolute())
+    if outside:
+        where = "recorded copies of " if tree.recorded else ""
+        print(f"code outside the checkout: {where}{', '.join(outside)}")
     if not found:
         print("then vs now: no differences (sources, git, packages, data, torch/CUDA, device)")
         return
@@ -181,12 +239,17 @@ def run_again(original: Original, tree: CodeTree, target: str) -> tuple[int, int
     with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
         config_file, id_file = Path(tmp) / "config.json", Path(tmp) / "run_id"
         config_file.write_text(json.dumps(original.config))
+        python_path = [*map(str, tree.outside), str(tree.root), os.environ.get("PYTHONPATH")]
         env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(tree.root), os.environ.get("PYTHONPATH")])),
+               "PYTHONPATH": os.pathsep.join(filter(None, python_path)),
+               # searched for import paths after everything else: found again, never shadowing
+               ROOTS_VARIABLE: os.pathsep.join(outside_roots(original)),
                RERUN_OF_VARIABLE: json.dumps({"run_id": original.run_id,
                                               "store": original.store.location,
                                               "from_recorded_sources": tree.recorded}),
                RUN_ID_FILE_VARIABLE: str(id_file)}
+        if recorded_threads(original) is not None:
+            env[THREADS_VARIABLE] = str(recorded_threads(original))
         command = [sys.executable, str(tree.root / original.mainfile)]
         if is_mongo_url(target):
             env[MONGO_URL_VARIABLE] = target  # in the environment, not in argv where ps shows it

@@ -1,0 +1,98 @@
+"""Import paths in the config ('package.module:callable'): found where a Python user expects, never
+from inside a run store, and recorded so a rerun finds the same code again.
+
+The module is looked for on Python's path (PYTHONPATH and the installed packages), then in the
+current directory (as `python -m` would), then in the directories a recorded run imported its
+own code from (set by `reprolab rerun`). Where each module lies is checked before anything of it
+is imported: a run store is data that others may write, so code inside one is never imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from importlib.machinery import ModuleSpec, PathFinder
+from pathlib import Path
+
+ROOTS_VARIABLE = "REPROLAB_IMPORT_ROOTS"  # set by `reprolab rerun`: where the run's own code was
+RESOLVED: dict[str, dict] = {}  # config key -> the import path, its file and what was searched
+
+
+def search_path() -> list[str]:
+    """Directories searched, in order: Python's path, the current directory, recorded roots."""
+    recorded = [p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p]
+    entries = [os.path.abspath(p or ".") for p in sys.path] + [os.getcwd(), *recorded]
+    return list(dict.fromkeys(e for e in entries if os.path.isdir(e)))
+
+
+def run_store_around(path: str) -> Path | None:
+    """The run store (or run directory) a file lies in, judged by Sacred's file-store layout:
+    a folder holding `_sources/`, a run's `run.json` or the store's `.reprolab/` cache."""
+    for folder in Path(os.path.realpath(path)).parents:
+        if (folder / "_sources").is_dir() or (folder / "run.json").is_file() or (
+            folder / ".reprolab"
+        ).is_dir():
+            return folder
+    return None
+
+
+def _locate(module_name: str, entries: list[str]) -> tuple[list[ModuleSpec], str] | None:
+    """Specs of the module and its parent packages, found without running any of them, and the
+    search directory the top-level package was found in; None when it is not there."""
+    top = module_name.split(".")[0]
+    for entry in entries:
+        spec = PathFinder.find_spec(top, [entry])
+        if spec is not None:
+            break
+    else:
+        return None
+    specs, parts = [spec], module_name.split(".")
+    for depth in range(2, len(parts) + 1):
+        locations = specs[-1].submodule_search_locations
+        spec = PathFinder.find_spec(".".join(parts[:depth]), list(locations or []))
+        if spec is None:
+            return None
+        specs.append(spec)
+    return specs, entry
+
+
+def _files(spec: ModuleSpec) -> list[str]:
+    return [spec.origin] if spec.origin and os.path.isabs(spec.origin) else list(
+        spec.submodule_search_locations or [])
+
+
+def import_callable(key: str, path: str) -> Callable:
+    """The callable that `path` ('package.module:callable') names; `key` names the config key in
+    every error, each one sentence."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{key}: '{path}' is not an import path 'package.module:callable'")
+    searched = search_path()
+    if module_name not in sys.modules:
+        found = _locate(module_name, searched)
+        if found is None:
+            python_path = os.environ.get("PYTHONPATH") or "not set"
+            raise ValueError(
+                f"{key}: cannot import '{path}': no module '{module_name}' in the current "
+                f"directory ({os.getcwd()}), on PYTHONPATH ({python_path}) or among the "
+                f"installed packages")
+        specs, entry = found
+        for file in (f for spec in specs for f in _files(spec)):
+            store = run_store_around(file)
+            if store is not None:
+                raise ValueError(
+                    f"{key}: refusing to import '{path}' from {file}: it lies inside the run "
+                    f"store {store}, and code kept in a run store is never run")
+        if entry not in map(os.path.abspath, sys.path):
+            sys.path.append(entry)  # after the installed packages: it never shadows one of them
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"{key}: cannot import '{path}': {error}") from None
+    if not callable(factory):
+        raise ValueError(f"{key}: '{path}' is not callable")
+    RESOLVED[key] = {"import_path": path, "file": getattr(sys.modules[module_name], "__file__", None),
+                     "searched": searched}
+    return factory

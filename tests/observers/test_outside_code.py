@@ -1,0 +1,66 @@
+"""A user's model module outside the checkout, trained by import path, is part of the record:
+then-vs-now lists it once edited, --strict refuses, --from-recorded-sources runs its recorded
+copy to an exact match."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL = """\
+from torch import nn
+
+
+def make(input_shape, num_outputs, width=16):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, num_outputs))
+"""
+
+
+def child_env() -> dict:
+    """The checkout importable, the user's folder not on PYTHONPATH; one thread (faster here)."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store), *flags],
+        cwd=cwd, capture_output=True, text=True, timeout=600, env=child_env())
+
+
+def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(tmp_path, load):
+    own = (tmp_path / "own").resolve()
+    own.mkdir()
+    (own / "mymodels.py").write_text(MODEL)
+    store = tmp_path / "runs"
+    trained = subprocess.run(  # from the folder that holds mymodels.py, as a user would
+        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store), "with",
+         "model.name=mymodels:make", "epochs=1", "limit_batches=4", "progress=False"],
+        cwd=own, capture_output=True, text=True, timeout=600, env=child_env())
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    module = str(own / "mymodels.py")
+    assert module in dict(load(store / "1" / "run.json")["experiment"]["sources"])
+    info = load(store / "1" / "info.json")
+    assert info["outside_code"] == {"roots": [str(own)], "modules": {"mymodels": module}}
+    assert info["import_paths"]["model.name"]["file"] == module
+
+    (own / "mymodels.py").write_text(MODEL.replace("width=16", "width=24"))
+    elsewhere = tmp_path  # not the module's folder: the record says where to find it
+
+    plain = rerun(store, "--verify", cwd=elsewhere)
+    assert plain.returncode == 1, plain.stdout + plain.stderr[-3000:]
+    assert re.search(rf"source {re.escape(module)}: sha256 \w+ then, sha256 \w+ now", plain.stdout)
+    assert "verify: MISMATCH between run 1 and its rerun, run 2" in plain.stdout
+
+    strict = rerun(store, "--strict", cwd=elsewhere)
+    assert strict.returncode != 0
+    assert f"--strict: not rerunning run 1" in strict.stderr and module in strict.stderr
+    assert not (store / "3").exists()
+
+    recorded = rerun(store, "--from-recorded-sources", "--verify", cwd=elsewhere)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr[-3000:]
+    assert f"code outside the checkout: recorded copies of {module}" in recorded.stdout
+    assert "verify: exact match between run 1 and its rerun, run 3" in recorded.stdout
