@@ -12,9 +12,9 @@ import sysconfig
 from pathlib import Path
 
 from sacred import SETTINGS, Experiment
+from sacred.commands import print_config, print_dependencies, print_named_configs, save_config
 from sacred.config.config_files import load_config_file
 from sacred.config.utils import undogmatize
-from sacred.commands import print_config, print_dependencies, print_named_configs, save_config
 from sacred.dependencies import Source, get_digest
 from sacred.experiment import gather_command_line_options
 from sacred.ingredient import Ingredient
@@ -28,6 +28,7 @@ from experiments.resume import (
     load_resume_point,
     resumed_config,
 )
+from ingredients.imports import RESOLVED
 from observers.attach import (
     DEFAULT_STORE,
     MONGO_URL_VARIABLE,
@@ -35,7 +36,6 @@ from observers.attach import (
     is_mongo_url,
     store_option,
 )
-from ingredients.imports import RESOLVED
 from observers.provenance import git
 from observers.store import RecordError
 
@@ -99,20 +99,18 @@ def outside_modules() -> dict[str, str]:
 
 
 def import_root(module: str, file: str) -> str:
-    """The search-path directory a module was imported from: its file less the module's dotted
-    name (e.g. /x/pkg/mod.py for pkg.mod gives /x)."""
-    path = Path(file)
-    parts = module.split(".") if module != "__main__" else [path.stem]
-    levels = len(parts) + (path.name == "__init__.py")
-    if path.with_suffix("").parts[-len(parts):] != tuple(parts) and path.name != "__init__.py":
+    """The search-path folder a module was imported from: its file less the module's dotted name
+    (/x/pkg/mod.py of pkg.mod, or /x/pkg/__init__.py of pkg, gives /x)."""
+    path, parts = Path(file), module.split(".")
+    stem = path.parent if path.name == "__init__.py" else path.with_suffix("")
+    if module == "__main__" or stem.parts[-len(parts):] != tuple(parts):
         return str(path.parent)
-    return str(path.parents[levels - 1])
+    return str(stem.parents[len(parts) - 1])
 
 
-@functools.cache
 def repository_state(directory: str) -> tuple[str | None, str | None, bool | None]:
     """(url, commit, dirty) of the git repository holding `directory`, as Sacred records them,
-    from two git calls per repository (Sacred asks git once per source file)."""
+    from three git calls per repository (Sacred asks git once per source file, twice)."""
     top_and_head = git(Path(directory), "rev-parse", "--show-toplevel", "HEAD")
     if top_and_head is None:
         return None, None, None
@@ -125,12 +123,12 @@ def repository_state(directory: str) -> tuple[str | None, str | None, bool | Non
 def own_sources() -> tuple[list[Source], dict[str, str]]:
     """Sources of this repository's imported modules and of the user's code outside it, each
     with its hash and its repository's git state; and {module: file} of the ones outside."""
-    sources = [Source(file, get_digest(file), *repository_state(str(REPO_ROOT)))
+    states = functools.cache(repository_state)  # asked once per folder and run, never reused
+    sources = [Source(file, get_digest(file), *states(str(REPO_ROOT)))
                for file in repository_modules()]
     outside = outside_modules()
     for module, file in outside.items():
-        state = repository_state(import_root(module, file))
-        sources.append(Source(file, get_digest(file), *state))
+        sources.append(Source(file, get_digest(file), *states(import_root(module, file))))
     return sources, outside
 
 

@@ -14,8 +14,11 @@ from ingredients.imports import RESOLVED, ROOTS_VARIABLE, import_callable
 def own_sys_path(monkeypatch):
     """Each test's additions to sys.path and sys.modules are undone after it."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(sys, "modules", dict(sys.modules))
     monkeypatch.delenv(ROOTS_VARIABLE, raising=False)
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
 
 
 def test_a_module_in_the_current_directory_is_found_and_recorded(tmp_path, monkeypatch):

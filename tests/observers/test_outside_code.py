@@ -57,7 +57,7 @@ def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(
 
     strict = rerun(store, "--strict", cwd=elsewhere)
     assert strict.returncode != 0
-    assert f"--strict: not rerunning run 1" in strict.stderr and module in strict.stderr
+    assert "--strict: not rerunning run 1" in strict.stderr and module in strict.stderr
     assert not (store / "3").exists()
 
     recorded = rerun(store, "--from-recorded-sources", "--verify", cwd=elsewhere)
