@@ -10,6 +10,7 @@ is imported: a run store is data that others may write, so code inside one is ne
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -20,10 +21,14 @@ ROOTS_VARIABLE = "REPROLAB_IMPORT_ROOTS"  # set by `reprolab rerun`: where the r
 RESOLVED: dict[str, dict] = {}  # config key -> the import path, its file and what was searched
 
 
+def recorded_roots() -> list[str]:
+    """The folders a rerun's original imported its own code from."""
+    return [p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p]
+
+
 def search_path() -> list[str]:
-    """Directories searched, in order: Python's path, the current directory, recorded roots."""
-    recorded = [p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p]
-    entries = [os.path.abspath(p or ".") for p in sys.path] + [os.getcwd(), *recorded]
+    """Folders searched, in order: Python's path, the current directory, recorded roots."""
+    entries = [os.path.abspath(p or ".") for p in sys.path] + [os.getcwd(), *recorded_roots()]
     return list(dict.fromkeys(e for e in entries if os.path.isdir(e)))
 
 
@@ -38,17 +43,22 @@ def run_store_around(path: str) -> Path | None:
     return None
 
 
-def _locate(module_name: str, entries: list[str]) -> tuple[list[ModuleSpec], str] | None:
-    """Specs of the module and its parent packages, found without running any of them, and the
-    search directory the top-level package was found in; None when it is not there."""
-    top = module_name.split(".")[0]
-    for entry in entries:
-        spec = PathFinder.find_spec(top, [entry])
+def _locate(module_name: str, extra: list[str]) -> tuple[list[ModuleSpec], str | None] | None:
+    """Specs of the module and its parent packages, found without running any of them (Python's
+    own finders first, editable installs included, then the `extra` folders), and the extra
+    folder it was found in (None: Python finds it by itself); None when it is nowhere."""
+    parts = module_name.split(".")
+    try:
+        spec, entry = importlib.util.find_spec(parts[0]), None  # a top-level name runs nothing
+    except (ImportError, ValueError):
+        spec, entry = None, None
+    for folder in extra if spec is None else ():
+        spec, entry = PathFinder.find_spec(parts[0], [folder]), folder
         if spec is not None:
             break
-    else:
+    if spec is None:
         return None
-    specs, parts = [spec], module_name.split(".")
+    specs = [spec]
     for depth in range(2, len(parts) + 1):
         locations = specs[-1].submodule_search_locations
         spec = PathFinder.find_spec(".".join(parts[:depth]), list(locations or []))
@@ -71,7 +81,7 @@ def import_callable(key: str, path: str) -> Callable:
         raise ValueError(f"{key}: '{path}' is not an import path 'package.module:callable'")
     searched = search_path()
     if module_name not in sys.modules:
-        found = _locate(module_name, searched)
+        found = _locate(module_name, [os.getcwd(), *recorded_roots()])
         if found is None:
             python_path = os.environ.get("PYTHONPATH") or "not set"
             raise ValueError(
@@ -85,7 +95,7 @@ def import_callable(key: str, path: str) -> Callable:
                 raise ValueError(
                     f"{key}: refusing to import '{path}' from {file}: it lies inside the run "
                     f"store {store}, and code kept in a run store is never run")
-        if entry not in map(os.path.abspath, sys.path):
+        if entry is not None:
             sys.path.append(entry)  # after the installed packages: it never shadows one of them
     try:
         factory = getattr(importlib.import_module(module_name), attr)

@@ -5,6 +5,9 @@ as `with config.json`, recorded into the same store, with info `rerun_of` naming
 Before it starts, every difference between then and now (source hashes, git, packages, data,
 torch/CUDA, threads, device) is printed; --strict refuses to run when there is any.
 --from-recorded-sources runs the store's copies of the sources instead of the working tree.
+The user's own code from outside the checkout is found again in the folders the run recorded
+(searched for import paths after everything else) or, with --from-recorded-sources, its recorded
+copies are put first on PYTHONPATH. The rerun uses the recorded intra-op thread count.
 --verify compares every metric value bit for bit and the final model's hash; exit 0 only on a
 complete match.
 """
