@@ -10,6 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from observers.rerun import Original, outside_roots
+from observers.store import RecordError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = """\
 from torch import nn
@@ -64,3 +69,14 @@ def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr[-3000:]
     assert f"code outside the checkout: recorded copies of {module}" in recorded.stdout
     assert "verify: exact match between run 1 and its rerun, run 3" in recorded.stdout
+
+
+def test_a_recorded_folder_inside_a_run_store_is_refused(tmp_path):
+    store = tmp_path / "runs"
+    (store / "_sources").mkdir(parents=True)
+    (store / "planted").mkdir()
+    info = {"outside_code": {"roots": [str(store / "planted")], "modules": {}}}
+    original = Original(None, 4, {}, {}, info, {}, None)
+    with pytest.raises(RecordError, match=r"^run 4 imported code from .*planted, inside the run "
+                                          r"store .*runs; code kept in a run store is never run"):
+        outside_roots(original)
