@@ -17,6 +17,7 @@ from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
 from experiments.resume import (
+    RecordedRun,
     ResumePoint,
     Terminated,
     interrupts_handled,
@@ -30,6 +31,7 @@ from observers.attach import (
     is_mongo_url,
     store_option,
 )
+from observers.files import StoreWriteError
 from observers.store import RecordError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +131,11 @@ class ReproExperiment(Experiment):
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except StoreWriteError as error:
+            if not self._from_commandline:
+                raise
+            print(f"error: {self._store_failure_message(error)}", file=sys.stderr)
+            sys.exit(1)
         except (KeyboardInterrupt, Terminated) as stop:
             if not self._from_commandline:
                 raise
@@ -163,6 +170,7 @@ class ReproExperiment(Experiment):
             self.current_run = None
             raise ConfigurationError(self._unknown_key_message(added[0]))
         self._record_sources(run)
+        run.__class__ = RecordedRun  # Sacred builds a plain Run; this one never loses a record
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run
@@ -209,7 +217,7 @@ class ReproExperiment(Experiment):
     def _interrupted_message(self) -> str:
         """One line: which run stopped, its last checkpoint, and how to continue it."""
         run = self.current_run
-        if run is None or run.status != "INTERRUPTED":
+        if run is None or run.status != "INTERRUPTED" or run._id is None:
             return "interrupted before the run started; nothing was recorded"
         last = (run.info.get("checkpoints") or {}).get("last.pt")
         if last is None or run._id is None:
@@ -225,6 +233,17 @@ class ReproExperiment(Experiment):
             where = f" -R {store}"
         return (f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
                 f"python {sys.argv[0]}{where} with resume={run._id}")
+
+    def _store_failure_message(self, error: StoreWriteError) -> str:
+        """One sentence: the first write that failed, and what became of the run's record."""
+        run = self.current_run
+        first = getattr(run, "store_failure", None) or error
+        if run is None or run._id is None:
+            return f"{first}; the run could not start"
+        if run.status_failure is not None:
+            return (f"{first}; run {run._id} stopped, and its status could not be written either "
+                    f"({run.status_failure.cause}), so its record still says RUNNING")
+        return f"{first}; run {run._id} stopped and is recorded as FAILED"
 
     def _unknown_key_message(self, key: str) -> str:
         known = [k for k, _ in iterate_flattened(undogmatize(self._default_config()))]

@@ -231,9 +231,10 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
             for name, value in metrics.items():
                 _run.log_scalar(name, value, epoch)
             log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            if best.update(metrics[monitor], epoch):
+            improved = best.update(metrics[monitor], epoch)
+            checkpoints.save("last.pt", state(epoch))  # first: a kill in the next save keeps it
+            if improved:
                 checkpoints.save("best.pt", state(epoch))
-            checkpoints.save("last.pt", state(epoch))
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break
