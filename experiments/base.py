@@ -6,6 +6,7 @@ import difflib
 import inspect
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -120,7 +121,11 @@ class ReproExperiment(Experiment):
 
     def run_commandline(self, argv=None):
         self._from_commandline = True
-        return super().run_commandline(argv)
+        try:
+            return super().run_commandline(argv)
+        finally:  # the run is recorded and said: a late signal must not add a traceback
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
 
     def run(self, *args, **kwargs):
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _thread
 import copy
+import datetime
 import hashlib
 import os
 import signal
@@ -132,7 +133,7 @@ class RecordedRun(Run):
     _thread: threading.Thread | None = None
 
     def _emit_started(self):
-        self._thread = threading.current_thread()
+        self._thread, self.start_time = threading.current_thread(), datetime.datetime.utcnow()
         for observer in self.observers:  # may take seconds (a server away): a signal stops it
             getattr(observer, "connect", lambda: None)()
         with INTERRUPTS.deferred():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 
-from observers.credentials import describe_error, redact
+from observers.credentials import describe_error, redact_url
 from observers.mongo import connect
 from observers.mongo_bounds import CHUNKS_COLLECTION
 from observers.store import RecordError
@@ -47,7 +47,7 @@ class MongoRunStore:
     """Runs in MongoDB (Sacred's MongoObserver schema), read back in the file store's shapes."""
 
     def __init__(self, url: str):
-        self._url, self.location = url, redact(url)
+        self._url, self.location = url, redact_url(url)
         try:
             self.db = connect(url)
         except ValueError:
