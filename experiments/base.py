@@ -124,8 +124,9 @@ class ReproExperiment(Experiment):
         try:
             return super().run_commandline(argv)
         finally:  # the run is recorded and said: a late signal must not add a traceback
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+            if argv is None:  # the process's own command line: it only exits from here
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)
 
     def run(self, *args, **kwargs):
         try:
@@ -141,11 +142,11 @@ class ReproExperiment(Experiment):
                 raise
             print(f"error: {self._store_failure_message(error)}", file=sys.stderr)
             sys.exit(1)
-        except (KeyboardInterrupt, Terminated) as stop:
+        except KeyboardInterrupt as stop:  # Terminated (SIGTERM) too
             if not self._from_commandline:
                 raise
             print(self._interrupted_message(), file=sys.stderr)
-            sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)  # 128 + signal number
+            sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + signal number
 
     def get_experiment_info(self):
         info = super().get_experiment_info()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sacred.run import Run
-from sacred.utils import SacredInterrupt, get_by_dotted_path, set_by_dotted_path
+from sacred.utils import get_by_dotted_path, set_by_dotted_path
 
 from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
 from ingredients.data import fingerprint_file, resolve_path
@@ -40,10 +40,11 @@ MISSING = object()
 SCRATCH = "reprolab-checkpoint-{tag}-*"  # a checkpoint's scratch folder in $TMPDIR
 
 
-class Terminated(SacredInterrupt):
-    """SIGTERM arrived: the run ends as INTERRUPTED, like Ctrl-C."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run ends as INTERRUPTED, like Ctrl-C. Like KeyboardInterrupt it is
+    no Exception, so no `except Exception` on the way (logging, a client library) swallows it."""
 
-    STATUS = "INTERRUPTED"
+    STATUS = "INTERRUPTED"  # what Sacred records for it
 
 
 # --------------------------------------------------------------------------- interrupts

@@ -23,7 +23,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sacred.observers.base import RunObserver
 from sacred.observers.mongo import MongoObserver
-from sacred.utils import SacredInterrupt
 
 from observers.credentials import describe_error, redact_url
 from observers.filestore import FileStore
@@ -225,12 +224,10 @@ class MongoWithFallback(RunObserver):
 
     def connect(self) -> None:
         """Reach MongoDB, before the run starts: it may take seconds, and Ctrl-C or SIGTERM
-        stop it (they are not taken for a server that is away)."""
+        stop it: they raise no Exception, so they are not taken for a server that is away."""
         log.info("reaching MongoDB at %s", self.location)
         try:
             self.db = connect(self.url)
-        except (SacredInterrupt, KeyboardInterrupt):
-            raise
         except Exception as error:
             self.problem = describe_error(error, self.url)
 
@@ -244,8 +241,6 @@ class MongoWithFallback(RunObserver):
             self.mongo_id = mongo.started_event(
                 ex_info, command, host_info, start_time, config, meta_info, None)
             self.mongo = mongo
-        except (SacredInterrupt, KeyboardInterrupt):
-            raise
         except Exception as error:  # whatever MongoDB does, the run must start
             self.problem = describe_error(error, self.url)
 
