@@ -124,6 +124,7 @@ class ReproExperiment(Experiment):
         try:
             return super().run_commandline(argv)
         finally:  # the run is recorded and said: a late signal must not add a traceback
+            self._from_commandline = False
             if argv is None:  # the process's own command line: it only exits from here
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_IGN)

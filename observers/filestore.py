@@ -38,9 +38,8 @@ def write_json_atomic(path: Path, obj, indent: int | None = 2) -> None:
 
 
 def append_whole(path: Path, data: bytes) -> None:
-    """Append data to path, or nothing: a write that fails part-way is cut off again."""
-    if not data:
-        return
+    """Append data to path (created if missing), or nothing: a write that fails part-way is cut
+    off again."""
     with writing(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
