@@ -21,6 +21,7 @@ from sacred.utils import SacredInterrupt, get_by_dotted_path, set_by_dotted_path
 
 from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
 from ingredients.data import fingerprint_file, resolve_path
+from observers.records import ObjectEncoding, check_plain, refusal
 from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
@@ -163,13 +164,26 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
     records = info.get("checkpoints") or {}
     data, record = verified_checkpoint(reader, run_id, LAST, records)
     state = checkpoint_from_bytes(data, record["sha256"], f"run {run_id}'s checkpoint {LAST}")
+    plain_config(run_id, LAST, state)
     check_same_data(run_id, info, state["config"])
     carried = {}
     if BEST in records:
         best, best_record = verified_checkpoint(reader, run_id, BEST, records)
-        checkpoint_from_bytes(best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}")
+        plain_config(run_id, BEST, checkpoint_from_bytes(
+            best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}"))
         carried[BEST] = (best, best_record)
     return ResumePoint(run_id, reader.location, state, record["sha256"], carried)
+
+
+def plain_config(run_id: int, name: str, state: dict) -> None:
+    """Refuse a checkpoint whose config is not plain data (the resumed run would record it, and
+    Sacred's JSON codec would turn its object-encoding keys into calls when read back)."""
+    if not isinstance(state.get("config"), dict):
+        raise RecordError(f"run {run_id}'s checkpoint {name} holds no config")
+    try:
+        check_plain(state["config"])
+    except ObjectEncoding as error:
+        raise refusal(f"run {run_id}'s checkpoint {name}: its config", error.key) from None
 
 
 def check_same_data(run_id: int, info: dict, config: dict) -> None:

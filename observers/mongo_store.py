@@ -8,14 +8,19 @@ from datetime import datetime
 from observers.credentials import describe_error, redact
 from observers.mongo import connect
 from observers.mongo_bounds import CHUNKS_COLLECTION
-from observers.store import RecordError
+from observers.records import ENCODING_PREFIXES, ObjectEncoding, RecordError, refusal
 
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
 
 
 def _plain(value):
-    """BSON values as JSON-like Python: ObjectIds as strings, dates as ISO strings."""
+    """BSON values as JSON-like Python: ObjectIds as strings, dates as ISO strings.
+
+    Raises ObjectEncoding on a key of Sacred's object-encoding (records are plain data)."""
     if isinstance(value, dict):
+        for key in value:
+            if isinstance(key, str) and key.startswith(ENCODING_PREFIXES):
+                raise ObjectEncoding(key)
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
@@ -72,6 +77,13 @@ class MongoRunStore:
             raise RecordError(f"no run {run_id} in {self.location}")
         return document
 
+    def _plain_part(self, run_id: int, part: str, value):
+        """One part of a run's document as plain data, or the one-sentence refusal."""
+        try:
+            return _plain(value)
+        except ObjectEncoding as error:
+            raise refusal(f"run {run_id}: the {part} in {self.location}", error.key) from None
+
     @_reading
     def run(self, run_id: int) -> dict:
         """The run document in run.json's shape: artifacts by name, exact times, ids as strings."""
@@ -79,19 +91,21 @@ class MongoRunStore:
         run = {k: v for k, v in document.items() if k not in HIDDEN_FIELDS}
         names = (artifact["name"] for artifact in document.get("artifacts", []))
         run["artifacts"] = list(dict.fromkeys(names))  # a record from before replacing: once each
-        run = _plain(run)
-        run.update((document.get("reprolab") or {}).get("times") or {})
+        run = self._plain_part(run_id, "run document", run)
+        extra = document.get("reprolab")
+        times = extra.get("times") if isinstance(extra, dict) else None
+        run.update(self._plain_part(run_id, "run document", times) if isinstance(times, dict) else {})
         return run
 
     @_reading
     def config(self, run_id: int) -> dict:
         """The run's config as recorded."""
-        return _plain(self._document(run_id).get("config", {}))
+        return self._plain_part(run_id, "config", self._document(run_id).get("config", {}))
 
     @_reading
     def info(self, run_id: int) -> dict:
         """The run's info without Sacred's metric references (MongoDB bookkeeping)."""
-        info = _plain(self._document(run_id).get("info") or {})
+        info = self._plain_part(run_id, "info", self._document(run_id).get("info") or {})
         info.pop("metrics", None)
         return info
 
@@ -111,7 +125,7 @@ class MongoRunStore:
         for document in self.db["metrics"].find({"run_id": run_id}).sort("name", 1):
             metrics[document["name"]] = {
                 "steps": document.get("steps", []), "values": document.get("values", []),
-                "timestamps": _plain(document.get("timestamps", []))}
+                "timestamps": self._plain_part(run_id, "metrics", document.get("timestamps", []))}
         return metrics
 
     @_reading
