@@ -9,6 +9,7 @@ from observers.credentials import describe_error, redact
 from observers.mongo import connect
 from observers.mongo_bounds import CHUNKS_COLLECTION
 from observers.records import ENCODING_PREFIXES, ObjectEncoding, RecordError, refusal
+from observers.store import recorded_sources
 
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
 
@@ -69,7 +70,7 @@ class MongoRunStore:
     def run_ids(self) -> list[int]:
         """Numeric run ids, in order."""
         ids = (doc["_id"] for doc in self.db["runs"].find({}, {"_id": 1}))
-        return sorted(i for i in ids if isinstance(i, int))
+        return sorted(i for i in ids if type(i) is int)  # not True, which would read as run 1
 
     def _document(self, run_id: int) -> dict:
         document = self.db["runs"].find_one({"_id": run_id})
@@ -139,5 +140,5 @@ class MongoRunStore:
     @_reading
     def sources(self, run_id: int) -> dict[str, bytes]:
         """Recorded source files by their path relative to the experiment's base directory."""
-        sources = self._document(run_id)["experiment"].get("sources", [])
+        sources = recorded_sources(self._document(run_id), run_id)
         return {name: self.fs.get(file_id).read() for name, file_id in sources}
