@@ -161,7 +161,9 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
     """Find run `ref` (an id in `store` or a run directory), verify and load its last checkpoint."""
     reader, run_id = resolve_run(str(ref), store)
     info = reader.info(run_id)
-    records = info.get("checkpoints") or {}
+    records = info.get("checkpoints") if isinstance(info, dict) else None
+    if not isinstance(records, dict):
+        records = {}  # no checkpoints recorded (or a record of another shape): refused below
     data, record = verified_checkpoint(reader, run_id, LAST, records)
     state = checkpoint_from_bytes(data, record["sha256"], f"run {run_id}'s checkpoint {LAST}")
     plain_config(run_id, LAST, state)
