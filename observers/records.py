@@ -48,7 +48,7 @@ def loads_plain(text: str | bytes):
     """json.loads that raises ObjectEncoding on an object-encoding key at any depth."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    if "\\" not in text and not any(prefix in text for prefix in ENCODING_PREFIXES):
+    if "py/" not in text and "json://" not in text and "\\" not in text:
         return json.loads(text)  # no such key can hide in it (only an escape could spell one)
     return json.loads(text, object_pairs_hook=_plain_pairs)
 

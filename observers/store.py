@@ -21,7 +21,8 @@ from observers.records import ObjectEncoding, RecordError, is_run_id, load_plain
 # keyed by the file's stat (mtime, size, ctime, inode): listing long runs then costs a stat per
 # run, not a full parse. An entry whose key or shape does not match is recomputed.
 SUMMARY_CACHE = Path(".reprolab") / "metric-summaries.json"
-SUMMARY_FIELDS = ("last", "min", "max", "count", "last_step")
+SUMMARY_KEYS = frozenset({"last", "min", "max", "count", "last_step"})
+NUMBERS = (int, float)
 
 __all__ = ["RecordError", "FileRunStore", "RunStore", "open_store", "resolve_run", "summarize_metrics"]
 
@@ -217,9 +218,9 @@ def _within(path: Path, folder: Path) -> bool:
 def _is_summary(summary) -> bool:
     """Whether a cached summary has summarize_metrics' shape (a damaged cache is recomputed)."""
     return isinstance(summary, dict) and all(
-        isinstance(stats, dict) and all(field in stats for field in SUMMARY_FIELDS)
-        and all(isinstance(stats[f], (int, float)) and not isinstance(stats[f], bool)
-                for f in ("last", "min", "max", "count"))
+        type(stats) is dict and SUMMARY_KEYS <= stats.keys()
+        and type(stats["last"]) in NUMBERS and type(stats["min"]) in NUMBERS
+        and type(stats["max"]) in NUMBERS and type(stats["count"]) is int
         for stats in summary.values())
 
 
