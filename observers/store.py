@@ -179,7 +179,8 @@ class FileRunStore:
     def artifact_path(self, run_id: int, name: str) -> Path:
         run_dir = self.run_dir(run_id)
         path = run_dir / name
-        artifacts = self.run(run_id).get("artifacts", [])
+        run = self.run(run_id)
+        artifacts = run.get("artifacts", []) if isinstance(run, dict) else None
         if not isinstance(artifacts, list) or name not in artifacts or not path.is_file():
             raise RecordError(f"run {run_id} has no artifact '{name}'")
         if not _within(path, run_dir):  # a record names only files of its own run folder
@@ -190,8 +191,8 @@ class FileRunStore:
         """Recorded source files by their path relative to the experiment's base directory."""
         files = {}
         for name, stored in recorded_sources(self.run(run_id), run_id):
-            path = self.root / stored
-            if not _within(path, self.root / "_sources"):
+            path = self.root / stored if isinstance(stored, str) else None
+            if path is None or not _within(path, self.root / "_sources"):
                 raise RecordError(f"run {run_id}: recorded source {name} is stored at {stored}, "
                                   "outside the store's _sources folder")
             if not path.is_file():
