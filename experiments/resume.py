@@ -30,6 +30,7 @@ from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
 from ingredients.data import fingerprint_file, resolve_path
 from ingredients.scratch import sweep_orphans, writer_tag
 from observers.files import StoreWriteError
+from observers.records import ObjectEncoding, check_plain, refusal
 from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
@@ -296,9 +297,12 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
     """Find run `ref` (an id in `store` or a run directory), verify and load its last checkpoint."""
     reader, run_id = resolve_run(str(ref), store)
     info = reader.info(run_id)
-    records = info.get("checkpoints") or {}
+    records = info.get("checkpoints") if isinstance(info, dict) else None
+    if not isinstance(records, dict):
+        records = {}  # no checkpoints recorded (or a record of another shape): refused below
     data, record = verified_checkpoint(reader, run_id, LAST, records)
     state = checkpoint_from_bytes(data, record["sha256"], f"run {run_id}'s checkpoint {LAST}")
+    plain_config(run_id, LAST, state)
     check_same_data(run_id, info, state["config"])
     carried = {}
     if BEST in records:
@@ -307,9 +311,21 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
         except NeverWritten:  # killed while writing it, after last.pt: the next best writes one
             best = None
         if best is not None:
-            checkpoint_from_bytes(best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}")
+            plain_config(run_id, BEST, checkpoint_from_bytes(
+                best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}"))
             carried[BEST] = (best, best_record)
     return ResumePoint(run_id, reader.location, state, record["sha256"], carried)
+
+
+def plain_config(run_id: int, name: str, state: dict) -> None:
+    """Refuse a checkpoint whose config is not plain data (the resumed run would record it, and
+    Sacred's JSON codec would turn its object-encoding keys into calls when read back)."""
+    if not isinstance(state.get("config"), dict):
+        raise RecordError(f"run {run_id}'s checkpoint {name} holds no config")
+    try:
+        check_plain(state["config"])
+    except ObjectEncoding as error:
+        raise refusal(f"run {run_id}'s checkpoint {name}: its config", error.key) from None
 
 
 def check_same_data(run_id: int, info: dict, config: dict) -> None:

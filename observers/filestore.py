@@ -24,6 +24,7 @@ from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
 
 from observers.files import TMP_PATTERN, StoreWriteError, replacing, sweep_temporaries, writing
+from observers.records import loads_plain
 
 JOURNAL = "metrics.jsonl"
 
@@ -56,12 +57,14 @@ def append_whole(path: Path, data: bytes) -> None:
 
 
 def read_journal(path: Path) -> dict:
-    """Metrics from a journal in Sacred's metrics.json shape; a torn last line is skipped."""
+    """Metrics from a journal in Sacred's metrics.json shape; a torn last line is skipped.
+
+    Read as plain data: observers.records.ObjectEncoding on an object-encoding key."""
     metrics: dict[str, dict] = {}
     with open(path) as f:
         for line in f:
             try:
-                entry = json.loads(line)
+                entry = loads_plain(line)
             except json.JSONDecodeError:
                 continue  # the line being written right now
             series = metrics.setdefault(entry["name"], {"steps": [], "values": [], "timestamps": []})

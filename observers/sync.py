@@ -207,6 +207,8 @@ def sync_store(path: str | os.PathLike, url: str,
             raise RecordError(
                 f"MongoDB failed while uploading run {run_id} from {store.location} "
                 f"({describe_error(error, url)}); nothing is lost, run the sync again") from None
+    for note in store.skipped:  # entries that are not runs of this store: never uploaded
+        echo(f"note: {note}")
     return report
 
 
