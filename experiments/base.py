@@ -24,7 +24,7 @@ from experiments.resume import (
     load_resume_point,
     resumed_config,
 )
-from ingredients import shown
+from ingredients import check_storable, shown
 from observers.attach import (
     DEFAULT_STORE,
     MONGO_URL_VARIABLE,
@@ -171,8 +171,10 @@ class ReproExperiment(Experiment):
         """Build the run; any config problem becomes one ConfigurationError, before observers start."""
         command_name = command_name or self.default_command
         self.resume_point: ResumePoint | None = None
-        self._check_named_configs(named_configs)
         try:
+            self._check_named_configs(named_configs)
+            for key, value in (config_updates or {}).items():  # before Sacred walks them
+                check_storable(str(key), value)
             run = super()._create_run(command_name, config_updates, named_configs, info,
                                       meta_info, options)
             if run.config.get("resume") is not None:  # given directly or in a config file

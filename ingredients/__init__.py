@@ -116,7 +116,8 @@ def mapping(keys: dict[str, Rule] | None = None, required: tuple[str, ...] = ())
 
 def unstorable(value, key: str) -> tuple[str, Any] | None:
     """The key and value of the first thing inside `value` that a record cannot hold as plain
-    JSON (complex, bytes, sets, objects, integers beyond 64 bits), or None when all can."""
+    JSON (complex, bytes, sets, objects, integers beyond 64 bits, dicts keyed by anything but
+    a non-empty string), or None when all can."""
     if value is None or isinstance(value, (bool, str, float)):
         return None
     if isinstance(value, numbers.Integral):
@@ -125,7 +126,7 @@ def unstorable(value, key: str) -> tuple[str, Any] | None:
         found = (unstorable(x, f"{key}[{i}]") for i, x in enumerate(value))
         return next((bad for bad in found if bad), None)
     if isinstance(value, dict):
-        if not all(isinstance(name, str) for name in value):
+        if not all(isinstance(name, str) and name for name in value):  # Sacred needs names
             return key, value
         found = (unstorable(x, f"{key}.{name}") for name, x in value.items())
         return next((bad for bad in found if bad), None)
