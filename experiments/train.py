@@ -122,9 +122,13 @@ def model_outputs(loss: str, contents: Contents) -> int:
             raise ValueError("loss: cross_entropy needs an integer target column (classes 0, 1, "
                              "2, ...); use mse or bce_with_logits for a float target")
         return contents.num_classes
+    low, high = contents.target_range
     if loss == "bce_with_logits" and contents.integer_target and contents.num_classes > 2:
         raise ValueError(f"loss: bce_with_logits needs a binary target (labels 0 and 1), the "
                          f"target column has {contents.num_classes} classes; use cross_entropy")
+    if loss == "bce_with_logits" and low is not None and not 0 <= low <= high <= 1:
+        raise ValueError(f"loss: bce_with_logits needs targets in [0, 1], the target column "
+                         f"holds values from {low} to {high}")
     return 1
 
 

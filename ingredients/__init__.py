@@ -36,12 +36,6 @@ def shown(value, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 4:]}"
 
 
-def require(key: str, value, ok: bool, expected: str) -> None:
-    """Refuse a config value in one sentence naming its key."""
-    if not ok:
-        raise ValueError(f"{key} must be {expected}, got {shown(value)}")
-
-
 class Rule(NamedTuple):
     """What one config key accepts: a test and the words that describe it to a user."""
 

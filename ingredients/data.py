@@ -312,6 +312,7 @@ class Contents(NamedTuple):
     sample_shape: tuple[int, ...]  # one sample's feature shape
     integer_target: bool
     num_classes: int  # max label + 1 for integer targets, 1 for float targets
+    target_range: tuple  # the target's smallest and largest value (None, None) when empty
 
 
 def describe(cfg: dict) -> Contents:
@@ -326,13 +327,14 @@ def describe(cfg: dict) -> Contents:
     stat = file.stat()
     rows, label_range = _scan(file, fmt, tuple(columns), cfg["target"], stat.st_size,
                               stat.st_mtime_ns)
+    label_range = tuple(None if v is None else v + 0 for v in label_range)  # Parquet's -0.0
     integer_target = pa.types.is_integer(schema.field(cfg["target"]).type)
     if integer_target and label_range[0] is not None and label_range[0] < 0:
         _fail(f"data.target: column {cfg['target']!r} in {file} has negative labels; "
               "classes must be 0, 1, 2, ...")
     classes = int(label_range[1]) + 1 if integer_target and label_range[1] is not None else 1
     _validation_rows(rows, cfg["val_fraction"])
-    return Contents(rows, shape, integer_target, classes)
+    return Contents(rows, shape, integer_target, classes, label_range)
 
 
 def _existing_file(path: str) -> Path:
@@ -362,8 +364,11 @@ def _scan(path: Path, fmt: str, columns: tuple[str, ...], target: str, size: int
             batches = pq.ParquetFile(path).iter_batches(SPILL_ROWS, columns=used)
         elif fmt == "ipc":
             batches = MappedIPC(path).pieces(SPILL_ROWS)
-        else:  # CSV is always read whole; one read, the same type inference as the run's
-            batches = pa_csv.read_csv(path).select(used).to_batches()
+        else:  # CSV is always read whole: read once, handed to the run (see _read_csv)
+            table = pa_csv.read_csv(path)
+            _CSV_READ.clear()
+            _CSV_READ[(path, size, mtime_ns)] = table
+            batches = table.select(used).to_batches()
         rows, low, high = 0, None, None
         for batch in batches:
             _check_no_nulls(pa.Table.from_batches([batch]), used)
@@ -372,6 +377,17 @@ def _scan(path: Path, fmt: str, columns: tuple[str, ...], target: str, size: int
             low = _extreme(min, low, ends["min"].as_py())
             high = _extreme(max, high, ends["max"].as_py())
     return rows, (low, high)
+
+
+# The CSV table read by the pre-run check, kept for the run's load: one entry, taken once.
+_CSV_READ: dict[tuple[Path, int, int], pa.Table] = {}
+
+
+def _read_csv(path: Path) -> pa.Table:
+    """The CSV file's table: the one the pre-run check read if the file is unchanged since."""
+    stat = path.stat()
+    cached = _CSV_READ.pop((path, stat.st_size, stat.st_mtime_ns), None)
+    return cached if cached is not None else pa_csv.read_csv(path)
 
 
 def _extreme(pick, current, new):
@@ -423,7 +439,7 @@ def _read_table(
     Parquet and Arrow IPC features above data.in_memory_mb stay on disk (see _load)."""
     with _reading(path, fmt):
         if fmt == "csv":
-            table, on_disk = pa_csv.read_csv(path), None
+            table, on_disk = _read_csv(path), None
             schema = table.schema
             columns = _check_columns(schema, path, target, features)
         else:

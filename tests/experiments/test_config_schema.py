@@ -147,3 +147,25 @@ def test_the_command_line_says_one_line_and_exits_2(tmp_path, update, expected):
     assert result.returncode == 2
     assert result.stderr.startswith(expected) and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def float_target(tmp_path_factory) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(REPO_ROOT / "data" / "digits.parquet")
+    labels = pa.array(table.column("label").to_numpy().astype("float32"))
+    path = tmp_path_factory.mktemp("float_target") / "float.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels), path)
+    return path
+
+
+@pytest.mark.parametrize("loss, expected", [
+    ("bce_with_logits", "loss: bce_with_logits needs targets in [0, 1], the target column holds "
+                        "values from 0.0 to 9.0"),
+    ("cross_entropy", "loss: cross_entropy needs an integer target column"),
+])
+def test_a_target_that_does_not_fit_the_loss_is_refused(store, float_target, loss, expected):
+    message = refused(store, {"loss": loss, "data": {"path": str(float_target)}})
+    assert message.startswith(expected)

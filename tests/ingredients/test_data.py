@@ -619,10 +619,10 @@ def test_missing_values_are_found_before_loading_in_every_format(tmp_path, digit
 
 def test_describe_counts_rows_and_classes_and_refuses_an_empty_split(tmp_path, digits_table):
     contents = describe({**DEFAULTS, "path": str(DIGITS)})
-    assert contents == (1797, (64,), True, 10)
+    assert contents == (1797, (64,), True, 10, (0, 9))
     path = tmp_path / "float.ipc"
     feather.write_feather(digits_table.set_column(64, "label", pa.array(
         digits_table.column("label").to_numpy().astype("float32"))), path)
-    assert describe({**DEFAULTS, "path": str(path)})[2:] == (False, 1)
+    assert describe({**DEFAULTS, "path": str(path)})[2:] == (False, 1, (0.0, 9.0))
     with pytest.raises(ValueError, match="^data.val_fraction 0.0002 leaves an empty train"):
         describe({**DEFAULTS, "val_fraction": 0.0002})
