@@ -169,3 +169,12 @@ def float_target(tmp_path_factory) -> Path:
 def test_a_target_that_does_not_fit_the_loss_is_refused(store, float_target, loss, expected):
     message = refused(store, {"loss": loss, "data": {"path": str(float_target)}})
     assert message.startswith(expected)
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("x" * 5000, "data.path: cannot use 'xxx"),  # longer than any file name may be
+    ("data/\0digits.parquet", "data.path must be a file path"),
+    (str(REPO_ROOT / "data" / "absent.parquet"), "data.path: file not found"),
+])
+def test_a_path_that_cannot_be_a_file_is_one_sentence(store, path, expected):
+    assert refused(store, {"data": {"path": path}}).startswith(expected)
