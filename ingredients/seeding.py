@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from sacred import Ingredient
 
+from ingredients import BOOLEAN, INSPECTION_COMMANDS, check_section, integer
+
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
 # sources and their git state are gathered once by experiments/base.py.
 seeding = Ingredient("seeding", _caller_globals=globals(), save_git_info=False)
@@ -23,6 +25,19 @@ THREADS_VARIABLE = "REPROLAB_NUM_THREADS"  # set by `reprolab rerun`: the thread
 def config():
     deterministic = True  # deterministic kernels, cuDNN deterministic, benchmark off; False lets cuDNN benchmark for speed
     loader_seed_offset = 1  # the loader's shuffling generator is seeded with seed + this offset
+
+
+# What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
+# The offset keeps seed + offset within what torch.Generator.manual_seed takes (seed < 2**32).
+SCHEMA = {"deterministic": BOOLEAN, "loader_seed_offset": integer(0, 2**32, words="an integer in [0, 2**32)")}
+
+
+@seeding.config_hook
+def validate(config, command_name, logger):
+    """Refuse bad seeding settings before the run starts."""
+    if command_name not in INSPECTION_COMMANDS:
+        check_section("seeding", config, SCHEMA)
+    return {}
 
 
 @seeding.capture
