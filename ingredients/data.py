@@ -21,9 +21,7 @@ from typing import NamedTuple, NoReturn
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
-import pyarrow.parquet as pq
 import torch
 from sacred import Ingredient
 
@@ -253,6 +251,20 @@ def _sample_shape(shape: Sequence[int] | None, n_features: int) -> tuple[int, ..
     return sample_shape
 
 
+def _parquet():
+    """pyarrow.parquet, imported when a Parquet file is read (print_config reads none)."""
+    import pyarrow.parquet
+
+    return pyarrow.parquet
+
+
+def _csv():
+    """pyarrow.csv, imported when a CSV file is read."""
+    import pyarrow.csv
+
+    return pyarrow.csv
+
+
 @contextmanager
 def _reading(path: Path, fmt: str) -> Iterator[None]:
     """Turn Arrow's and the system's reading errors into the one sentence a user sees."""
@@ -268,9 +280,9 @@ def read_schema(path: Path, fmt: str) -> pa.Schema:
     """The file's schema, reading as little of it as the format allows."""
     with _reading(path, fmt):
         if fmt == "parquet":
-            return pq.read_schema(path)
+            return _parquet().read_schema(path)
         if fmt == "csv":
-            return pa_csv.open_csv(path).schema
+            return _csv().open_csv(path).schema
         source = pa.memory_map(str(path), "r")
         try:
             return pa_ipc.open_file(source).schema
@@ -324,7 +336,7 @@ def _read_table(
     Parquet and Arrow IPC features above data.in_memory_mb stay on disk (see _load)."""
     with _reading(path, fmt):
         if fmt == "csv":
-            table, on_disk = pa_csv.read_csv(path), None
+            table, on_disk = _csv().read_csv(path), None
             schema = table.schema
             columns = _check_columns(schema, path, target, features)
         else:
@@ -345,6 +357,7 @@ def _load(
     n_features = _feature_count(schema, columns)
     budget_rows = in_memory_mb * 2**20 / (4 * n_features) if POSITIONAL_READS else math.inf
     if fmt == "parquet":
+        pq = _parquet()
         wanted = [*columns, target]
         if pq.read_metadata(path).num_rows <= budget_rows:
             return pq.read_table(path, columns=wanted), None

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def utc(moment: dt.datetime) -> dt.datetime:
+    """A moment as timezone-aware UTC (Sacred's times are naive UTC)."""
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def utc_text(moment: dt.datetime) -> str:
+    """ISO text with its offset, '2026-12-01T00:00:00.123456+00:00', as every record writes times."""
+    return utc(moment).isoformat()
 
 
 @contextmanager

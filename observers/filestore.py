@@ -17,7 +17,7 @@ from pathlib import Path
 from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
 
-from observers.files import replacing
+from observers.files import replacing, utc, utc_text
 
 JOURNAL = "metrics.jsonl"
 
@@ -63,7 +63,7 @@ class FileStore(FileStorageObserver):
                     "name": name,
                     "steps": series["steps"],
                     "values": series["values"],
-                    "timestamps": [t.isoformat() for t in series["timestamps"]],
+                    "timestamps": [utc_text(t) for t in series["timestamps"]],
                 }
             )
             for name, series in metrics_by_name.items()
@@ -75,7 +75,7 @@ class FileStore(FileStorageObserver):
     def heartbeat_event(self, info, captured_out, beat_time, result):
         """Sacred's heartbeat (new output appended, run.json rewritten), info.json only if changed."""
         self.info = info
-        self.run_entry["heartbeat"] = beat_time.isoformat()
+        self.run_entry["heartbeat"] = utc_text(beat_time)
         self.run_entry["result"] = result
         self.cout = captured_out
         self.save_cout()
@@ -99,6 +99,10 @@ class FileStore(FileStorageObserver):
             self.run_entry["artifacts"].append(name)
             self.save_json(self.run_entry, "run.json")
 
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        return super().started_event(ex_info, command, host_info, utc(start_time), config,
+                                     meta_info, _id)
+
     def _seal_metrics(self) -> None:
         journal = Path(self.dir) / JOURNAL
         if journal.exists():
@@ -108,12 +112,12 @@ class FileStore(FileStorageObserver):
 
     def completed_event(self, stop_time, result):
         self._seal_metrics()
-        super().completed_event(stop_time, result)
+        super().completed_event(utc(stop_time), result)
 
     def interrupted_event(self, interrupt_time, status):
         self._seal_metrics()
-        super().interrupted_event(interrupt_time, status)
+        super().interrupted_event(utc(interrupt_time), status)
 
     def failed_event(self, fail_time, fail_trace):
         self._seal_metrics()
-        super().failed_event(fail_time, fail_trace)
+        super().failed_event(utc(fail_time), fail_trace)

@@ -283,7 +283,7 @@ def test_export_parquet_round_trips(store, capsys, tmp_path, monkeypatch):
     assert list(back.columns) == list(runs.columns) and list(back.index) == list(runs.index)
     scalar = [c for c in runs.columns if runs[c].map(lambda v: not isinstance(v, tuple)).all()]
     pd.testing.assert_frame_equal(back[scalar], runs[scalar], check_dtype=False)
-    assert back["start_time"].dtype == "datetime64[us]" and back["duration"].dtype == "timedelta64[us]"
+    assert back["start_time"].dtype == "datetime64[us, UTC]" and back["duration"].dtype == "timedelta64[us]"
     assert [list(v) for v in back["config.model.hidden"]] == [[128, 64], [128, 64]]
 
 
