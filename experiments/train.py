@@ -191,6 +191,7 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     _run.info["determinism"] = seed_everything(seed)
     device = pick_device(device)
     _run.info["device"] = str(device)
+    _run.info["metric_step"] = "epoch"  # what the step of every logged metric counts (plots say it)
 
     splits = load_splits()  # the data file is hashed on a thread from here, alongside training
     record_data(_run, splits, timeout=0)

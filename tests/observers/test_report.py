@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -244,7 +246,7 @@ def test_plot_metric_labels_curves_by_run_and_differing_config(store, ids):
     assert legend[0].startswith(f"run {ids['debug']}: epochs=1, lr=0.01, opt.name=adam, seed=")
     assert legend[1].startswith(f"run {ids['sgd']}: epochs=2, lr=0.05, opt.name=sgd, seed=")
     assert [len(line.get_xdata()) for line in axes.get_lines()] == [1, 2]
-    assert axes.get_ylabel() == "val_loss"
+    assert axes.get_ylabel() == "val_loss" and axes.get_xlabel() == "epoch"  # as the runs recorded
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -319,3 +321,33 @@ def test_export_keeps_a_column_of_mixed_types_as_text(tmp_path):
     write_table(runs, str(tmp_path / "mixed.parquet"), ".parquet")
     back = pd.read_parquet(tmp_path / "mixed.parquet")
     assert back["config.device"].tolist() == ["0", "cuda:1"] and back["val_loss.min"].tolist() == [0.5, 0.25]
+
+
+def test_long_data_paths_keep_their_file_name_in_ls_and_show(store, ids, capsys, tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    folder = "/home/someone/projects/" + "deeper/" * 8
+    for run_id, name in ((1, "digits_a.parquet"), (2, "digits_b.parquet")):
+        shutil.copytree(store / str(ids["sgd"]), root / str(run_id))
+        for part, node in (("config.json", ("data",)), ("info.json", ("data", "fingerprint"))):
+            record = json.loads((root / str(run_id) / part).read_text())
+            leaf = record
+            for key in node:
+                leaf = leaf[key]
+            leaf["path"] = folder + name
+            write_json_atomic(root / str(run_id) / part, record)
+
+    _, lines, _ = reprolab(capsys, "ls", "--store", root)
+    cells = [line.split()[-2] for line in lines[1:3]]  # data.path, the one config key that varies
+    assert [cell[0] + cell[-16:] for cell in cells] == ["…digits_a.parquet", "…digits_b.parquet"]
+    _, lines, _ = reprolab(capsys, "show", "2", "--store", root)
+    data = [line for line in lines if line.split()[:1] in (["data"], ["data.path"])]
+    assert len(data) == 2 and all(line.endswith("/deeper/digits_b.parquet") for line in data)
+
+
+def test_ls_of_an_empty_store_imports_neither_torch_nor_pandas(tmp_path, repo_root):
+    probe = ("import sys; from observers.cli import main; main(['ls', '--store', sys.argv[1]]); "
+             "print(sorted({'torch', 'pandas', 'matplotlib'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                            text=True, cwd=repo_root, timeout=120)
+    assert result.stdout.splitlines() == [f"no runs in {tmp_path}", "[]"], result.stderr
