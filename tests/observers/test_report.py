@@ -19,16 +19,13 @@ from observers.plots import abbreviate
 from observers.report import write_table
 from observers.store import FileRunStore
 
-RUNS = {  # name: config updates; trained once for the module, in parallel
-    "debug": ("debug",),  # 1 epoch of 5 batches, lr 0.01, adam
-    "sgd": ("epochs=2", "limit_batches=5", "lr=0.05", "optimizer.name=sgd"),
-}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def store(trained_store) -> Path:
-    return trained_store("report_store", RUNS.values())
+def store(small_store_of) -> Path:
+    """debug (1 epoch of 5 batches, lr 0.01, adam) and sgd (2 epochs, lr 0.05), from conftest."""
+    return small_store_of(["debug", "sgd"])
 
 
 @pytest.fixture(scope="module")

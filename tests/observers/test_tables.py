@@ -19,22 +19,17 @@ from observers.filestore import JOURNAL, write_json_atomic
 from observers.store import FileRunStore, RecordError
 from observers.tables import RECORD_COLUMNS, differing_config
 
-RUNS = {  # name: config updates; trained once for the module, in parallel
-    "debug": ("debug",),  # 1 epoch of 5 batches, lr 0.01, adam
-    "sgd": ("epochs=2", "limit_batches=5", "lr=0.05", "optimizer.name=sgd"),
-    "slow": ("epochs=2", "limit_batches=5", "lr=0.001"),
-}
-LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}
+LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}  # the lr of each of conftest's SMALL_RUNS
 
 
 @pytest.fixture(scope="module")
-def store(trained_store) -> Path:
-    return trained_store("tables_store", RUNS.values())
+def store(small_store) -> Path:
+    return small_store  # debug, sgd and slow, trained once per session
 
 
 @pytest.fixture(scope="module")
 def ids(store) -> dict[str, int]:
-    """Run id of each RUNS entry (parallel runs take their ids in any order)."""
+    """Run id of each run (parallel runs take their ids in any order)."""
     reader = FileRunStore(store)
     return {LR[reader.config(run_id)["lr"]]: run_id for run_id in reader.run_ids()}
 
