@@ -187,3 +187,11 @@ def test_progress_bar_shows_on_a_terminal_but_not_in_the_record(tmp_path):
     assert b"it/s" in screen or b"s/it" in screen
     cout = (tmp_path / "1" / "cout.txt").read_text()
     assert "it/s" not in cout and "\r" not in cout
+
+
+def test_a_run_imports_neither_pandas_nor_matplotlib():
+    probe = ("import sys, experiments.train, observers.provenance; "
+             "print(sorted({'pandas', 'matplotlib', 'pyarrow.parquet'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr[-2000:]
