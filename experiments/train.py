@@ -268,7 +268,7 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     def state(epoch: int) -> dict:
         return training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
                               epoch=epoch, step=step, generator=generator,
-                              best=best.state_dict(), config=_config)
+                              best=best.state_dict(), config=_run.config)  # no __doc__
 
     try:
         for epoch in range(done + 1, epochs + 1):

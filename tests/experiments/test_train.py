@@ -92,6 +92,10 @@ def test_cnn_and_debug_named_configs_compose(train, tmp_path):
     layers = load(tmp_path / "1" / "info.json")["model_summary"]["layers"]
     assert any(row["type"] == "Conv2d" and row["output_shape"] == [16, 8, 8] for row in layers)
     assert "__doc__" not in json.dumps(config)  # named configs' docstrings are no settings
+    import torch
+
+    checkpoint = torch.load(tmp_path / "1" / "last.pt", weights_only=True)
+    assert "__doc__" not in json.dumps(checkpoint["config"])
 
 
 def test_each_parameter_group_logs_its_lr(train, tmp_path):
