@@ -8,7 +8,8 @@ writes them (atomic, sorted, indented JSON; Sacred's run.json/config.json/info.j
   short: --runs runs of --epochs epochs (4 metrics per epoch, like experiments/train.py)
   long:  --runs runs of --points points each (4 metrics x points/4 steps)
 and prints the median of --repeats timings of each reader and of the baseline, measured in the
-same process. Targets: load_runs < 1 s on the short store, load_metrics < 3 s on the long one.
+same process, the readers taking turns in every round (shuffled), ratios as medians of the
+rounds' paired ratios. Targets: load_runs < 1 s on the short store, load_metrics < 3 s on the long one.
 """
 
 from __future__ import annotations
@@ -142,15 +143,12 @@ def json_load_all(root: Path, names: tuple[str, ...]) -> int:
     return loaded
 
 
-def median_time(function, repeats: int, before=None) -> float:
-    times = []
-    for _ in range(repeats):
-        if before:
-            before()
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(function, before=None) -> float:
+    if before:
+        before()
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def ls_quietly(root: Path) -> None:
@@ -164,23 +162,41 @@ def ls_process(root: Path) -> None:
                    check=True, stdout=subprocess.DEVNULL)
 
 
-def measure(root: Path, repeats: int, label: str) -> dict[str, float]:
+def measure(root: Path, repeats: int, label: str) -> dict[str, list[float]]:
+    """Each reader's time in every round; the readers take turns within a round, in a shuffled
+    order, so a busy moment of the machine falls on all of them alike."""
     drop_cache = lambda: shutil.rmtree(root / SUMMARY_CACHE.parent, ignore_errors=True)  # noqa: E731
-    times = {
-        "json.load run+config+metrics": median_time(
-            lambda: json_load_all(root, ("run.json", "config.json", "metrics.json", JOURNAL)), repeats),
-        "json.load metrics": median_time(lambda: json_load_all(root, ("metrics.json",)), repeats),
-        "load_runs, no cache": median_time(lambda: load_runs(FileRunStore(root, cache=False)), repeats),
-        "load_runs, cache cold": median_time(lambda: load_runs(root), repeats, before=drop_cache),
-        "load_runs, cache warm": median_time(lambda: load_runs(root), repeats),
-        "reprolab ls (in process)": median_time(lambda: ls_quietly(root), repeats),
-        "reprolab ls (new process)": median_time(lambda: ls_process(root), repeats),
-        "load_metrics": median_time(lambda: load_metrics(root), repeats),
+    readers = {
+        "json.load run+config+metrics": (
+            lambda: json_load_all(root, ("run.json", "config.json", "metrics.json", JOURNAL)), None),
+        "json.load metrics": (lambda: json_load_all(root, ("metrics.json",)), None),
+        "load_runs, no cache": (lambda: load_runs(FileRunStore(root, cache=False)), None),
+        "load_runs, cache cold": (lambda: load_runs(root), drop_cache),
+        "load_runs, cache warm": (lambda: load_runs(root), None),
+        "reprolab ls (in process)": (lambda: ls_quietly(root), None),
+        "reprolab ls (new process)": (lambda: ls_process(root), None),
+        "load_metrics": (lambda: load_metrics(root), None),
     }
+    load_runs(root)  # the cache exists before the first warm reading
+    times: dict[str, list[float]] = {name: [] for name in readers}
+    order = random.Random(0)
+    for _ in range(repeats):
+        names = list(readers)
+        order.shuffle(names)
+        for name in names:
+            function, before = readers[name]
+            times[name].append(timed(function, before))
+            if before is not None:
+                load_runs(root)  # a cold reading leaves the cache written, as a user's does
     print(f"\n{label}")
     for name, seconds in times.items():
-        print(f"  {name:<30} {seconds:7.3f} s")
+        print(f"  {name:<30} {statistics.median(seconds):7.3f} s")
     return times
+
+
+def ratio(times: dict[str, list[float]], name: str, baseline: str) -> float:
+    """Median over rounds of name's time over the baseline's time in the same round."""
+    return statistics.median(a / b for a, b in zip(times[name], times[baseline]))
 
 
 def main() -> None:
@@ -198,15 +214,16 @@ def main() -> None:
         s = measure(short, args.repeats, f"short store: {args.runs} runs x {args.epochs} epochs x 4 metrics")
         g = measure(long, args.repeats, f"long store: {args.runs} runs x {args.points} points")
     base, base_metrics = "json.load run+config+metrics", "json.load metrics"
-    print("\nratios (lower is better) and targets")
-    print(f"  load_runs, short / json.load baseline    {s['load_runs, cache warm'] / s[base]:5.2f}x"
-          f"   {s['load_runs, cache warm']:.3f} s (target < 1 s)")
-    print(f"  load_runs, short, cold cache / baseline  {s['load_runs, cache cold'] / s[base]:5.2f}x")
-    print(f"  load_runs, long, warm / cold cache       {g['load_runs, cache warm'] / g['load_runs, cache cold']:5.2f}x"
-          f"   {g['load_runs, cache warm']:.3f} s vs {g['load_runs, cache cold']:.3f} s")
-    print(f"  load_metrics, long / json.load metrics   {g['load_metrics'] / g[base_metrics]:5.2f}x"
-          f"   {g['load_metrics']:.3f} s (target < 3 s)")
-
+    med = lambda times, name: statistics.median(times[name])  # noqa: E731
+    print("\nratios (medians of paired ratios, lower is better) and targets")
+    print(f"  load_runs, short / json.load baseline    {ratio(s, 'load_runs, cache warm', base):5.2f}x"
+          f"   {med(s, 'load_runs, cache warm'):.3f} s (target < 1 s)")
+    print(f"  load_runs, short, cold cache / baseline  {ratio(s, 'load_runs, cache cold', base):5.2f}x")
+    print(f"  load_runs, long, warm / cold cache       "
+          f"{ratio(g, 'load_runs, cache warm', 'load_runs, cache cold'):5.2f}x"
+          f"   {med(g, 'load_runs, cache warm'):.3f} s vs {med(g, 'load_runs, cache cold'):.3f} s")
+    print(f"  load_metrics, long / json.load metrics   {ratio(g, 'load_metrics', base_metrics):5.2f}x"
+          f"   {med(g, 'load_metrics'):.3f} s (target < 3 s)")
 
 if __name__ == "__main__":
     main()

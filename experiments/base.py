@@ -180,6 +180,14 @@ def make_logger() -> logging.Logger:
     return logger
 
 
+def drop_docstrings(config: dict) -> None:
+    """Remove the `__doc__` keys Sacred leaves in a config from named configs' docstrings."""
+    config.pop("__doc__", None)
+    for value in config.values():
+        if isinstance(value, dict):
+            drop_docstrings(value)
+
+
 class ConfigurationError(ValueError):
     """A user's config cannot run; raised before anything is recorded."""
 
@@ -293,6 +301,7 @@ class ReproExperiment(Experiment):
         if added:  # Sacred only warns about a new key that some captured function could take
             self.current_run = None
             raise ConfigurationError(self._unknown_key_message(added[0]))
+        drop_docstrings(run.config)  # a named config's docstring is no setting
         self._record_sources(run)
         run.__class__ = RecordedRun  # Sacred builds a plain Run; this one never loses a record
         if self.resume_point is not None:

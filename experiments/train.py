@@ -191,6 +191,17 @@ class Best:
         self.value, self.epoch, self.stale = state["value"], state["epoch"], state["stale"]
 
 
+def learning_rates(opt: torch.optim.Optimizer, param_groups: list[dict]) -> dict[str, float]:
+    """The lr each parameter group trains with now: `lr` is the run's lr as scheduled (the default
+    group's), `lr/<pattern>` that of each configured group (the optimizer keeps them last)."""
+    groups = opt.param_groups[len(opt.param_groups) - len(param_groups):]
+    has_default = len(opt.param_groups) > len(param_groups)
+    scale = 1.0 if has_default else param_groups[0].get("lr_scale", 1.0)
+    rates = {"lr": opt.param_groups[0]["lr"] / scale}
+    rates.update({f"lr/{config['pattern']}": group["lr"] for config, group in zip(param_groups, groups)})
+    return rates
+
+
 def record_data(run, splits, timeout: float | None = None, quiet: bool = False) -> None:
     """The data file's fingerprint and statistics in the run's info, unless its SHA-256 is there
     already; the hash is waited for up to `timeout` seconds (None: until done), else recorded as
@@ -216,6 +227,7 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     _run.info["determinism"] = seed_everything(seed)
     device = pick_device(device)
     _run.info["device"] = str(device)
+    _run.info["metric_step"] = "epoch"  # what the step of every logged metric counts (plots say it)
 
     splits = load_splits()  # the data file is hashed on a thread from here, alongside training
     record_data(_run, splits, timeout=0)
@@ -256,18 +268,18 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     def state(epoch: int) -> dict:
         return training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
                               epoch=epoch, step=step, generator=generator,
-                              best=best.state_dict(), config=_config)
+                              best=best.state_dict(), config=_run.config)  # no __doc__
 
     try:
         for epoch in range(done + 1, epochs + 1):
-            lr_used = opt.param_groups[0]["lr"]
+            lr_used = learning_rates(opt, _config["optimizer"]["param_groups"])
             train_metrics, step = train_one_epoch(
                 net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
                 amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
                 limit_batches=limit_batches, progress=progress)
             record_data(_run, splits)  # before the first metric; the hash is done by now
             metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
-                       "lr": lr_used}
+                       **lr_used}
             for name, value in metrics.items():
                 _run.log_scalar(name, value, epoch)
             log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

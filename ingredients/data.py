@@ -23,9 +23,7 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
-import pyarrow.parquet as pq
 import torch
 from sacred import Ingredient
 
@@ -265,6 +263,20 @@ def _sample_shape(shape: Sequence[int] | None, n_features: int) -> tuple[int, ..
     return sample_shape
 
 
+def _parquet():
+    """pyarrow.parquet, imported when a Parquet file is read (print_config reads none)."""
+    import pyarrow.parquet
+
+    return pyarrow.parquet
+
+
+def _csv():
+    """pyarrow.csv, imported when a CSV file is read."""
+    import pyarrow.csv
+
+    return pyarrow.csv
+
+
 @contextmanager
 def _reading(path: Path, fmt: str) -> Iterator[None]:
     """Turn Arrow's and the system's reading errors into the one sentence a user sees."""
@@ -280,9 +292,9 @@ def read_schema(path: Path, fmt: str) -> pa.Schema:
     """The file's schema, reading as little of it as the format allows."""
     with _reading(path, fmt):
         if fmt == "parquet":
-            return pq.read_schema(path)
+            return _parquet().read_schema(path)
         if fmt == "csv":
-            return pa_csv.open_csv(path).schema
+            return _csv().open_csv(path).schema
         source = pa.memory_map(str(path), "r")
         try:
             return pa_ipc.open_file(source).schema
@@ -363,11 +375,11 @@ def _scan(path: Path, fmt: str, columns: tuple[str, ...], target: str, size: int
             from_statistics = _parquet_statistics(path, used, target)
             if from_statistics is not None:
                 return from_statistics
-            batches = pq.ParquetFile(path).iter_batches(SPILL_ROWS, columns=used)
+            batches = _parquet().ParquetFile(path).iter_batches(SPILL_ROWS, columns=used)
         elif fmt == "ipc":
             batches = MappedIPC(path).pieces(SPILL_ROWS)
         else:  # CSV is always read whole: read once, handed to the run (see _read_csv)
-            table = pa_csv.read_csv(path)
+            table = _csv().read_csv(path)
             _CSV_READ.clear()
             _CSV_READ[(path, size, mtime_ns)] = table
             batches = table.select(used).to_batches()
@@ -389,7 +401,7 @@ def _read_csv(path: Path) -> pa.Table:
     """The CSV file's table: the one the pre-run check read if the file is unchanged since."""
     stat = path.stat()
     cached = _CSV_READ.pop((path, stat.st_size, stat.st_mtime_ns), None)
-    return cached if cached is not None else pa_csv.read_csv(path)
+    return cached if cached is not None else _csv().read_csv(path)
 
 
 def _extreme(pick, current, new):
@@ -399,7 +411,7 @@ def _extreme(pick, current, new):
 def _parquet_statistics(path: Path, used: list[str], target: str):
     """(rows, (min, max) of the target) from the Parquet footer, refusing a used column whose
     statistics count missing values; None when a row group lacks the statistics."""
-    meta = pq.read_metadata(path)
+    meta = _parquet().read_metadata(path)
     missing = dict.fromkeys(used, 0)
     low = high = None
     for g in range(meta.num_row_groups):
@@ -462,6 +474,7 @@ def _load(
     n_features = _feature_count(schema, columns)
     budget_rows = in_memory_mb * 2**20 / (4 * n_features) if POSITIONAL_READS else math.inf
     if fmt == "parquet":
+        pq = _parquet()
         wanted = [*columns, target]
         if pq.read_metadata(path).num_rows <= budget_rows:
             return pq.read_table(path, columns=wanted), None

@@ -1,9 +1,8 @@
 """Where runs live: attaching stores when a run starts, reading runs back, and the reprolab CLI."""
 
-import warnings
+from ingredients import import_sacred_without_pandas
 
-# Sacred 0.8.7 imports pkg_resources, which warns on every start; the pin (setuptools<82) keeps it working.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+import_sacred_without_pandas()  # before anything here imports Sacred
 
 from observers.store import RecordError, open_store, resolve_run
 

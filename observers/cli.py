@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    ls = command("ls", "observers.report:ls_command", "list recorded runs as a table")
+    ls = command("ls", "observers.listing:ls_command", "list recorded runs as a table")
     ls.add_argument("--status", help="only runs with this status, e.g. COMPLETED")
     ls.add_argument("--last", type=int, metavar="N", help="only the N most recent runs")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 from contextlib import contextmanager
@@ -40,6 +41,16 @@ def temporary_beside(path: str | os.PathLike) -> Path:
 def sweep_temporaries(directory: str | os.PathLike, pattern: str = TMP_PATTERN) -> None:
     """Remove temporary files that killed processes left in directory (pattern: its glob)."""
     sweep_orphans(directory, pattern)
+
+
+def utc(moment: dt.datetime) -> dt.datetime:
+    """A moment as timezone-aware UTC (Sacred's times are naive UTC)."""
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def utc_text(moment: dt.datetime) -> str:
+    """ISO text with its offset, '2026-12-01T00:00:00.123456+00:00', as every record writes times."""
+    return utc(moment).isoformat()
 
 
 @contextmanager

@@ -23,7 +23,15 @@ from sacred.dependencies import get_digest
 from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
 
-from observers.files import TMP_PATTERN, StoreWriteError, replacing, sweep_temporaries, writing
+from observers.files import (
+    TMP_PATTERN,
+    StoreWriteError,
+    replacing,
+    sweep_temporaries,
+    utc,
+    utc_text,
+    writing,
+)
 from observers.records import loads_plain
 
 JOURNAL = "metrics.jsonl"
@@ -82,7 +90,7 @@ class FileStore(FileStorageObserver):
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         try:
-            return super().started_event(ex_info, command, host_info, start_time, config,
+            return super().started_event(ex_info, command, host_info, utc(start_time), config,
                                          meta_info, _id)
         except StoreWriteError:
             if self.dir and not os.path.exists(os.path.join(self.dir, "run.json")):
@@ -129,7 +137,7 @@ class FileStore(FileStorageObserver):
                     "name": name,
                     "steps": series["steps"],
                     "values": series["values"],
-                    "timestamps": [t.isoformat() for t in series["timestamps"]],
+                    "timestamps": [utc_text(t) for t in series["timestamps"]],
                 }
             )
             for name, series in metrics_by_name.items()
@@ -142,7 +150,7 @@ class FileStore(FileStorageObserver):
         """Sacred's heartbeat (new output appended, run.json rewritten), info.json only if changed."""
         with self._lock:
             self.info = info
-            self.run_entry["heartbeat"] = beat_time.isoformat()
+            self.run_entry["heartbeat"] = utc_text(beat_time)
             self.run_entry["result"] = result
             self.cout = captured_out
             self.save_cout()
@@ -178,16 +186,16 @@ class FileStore(FileStorageObserver):
         """Metrics sealed first: a run whose record cannot be finished is not called COMPLETED."""
         if self.run_entry is not None:
             self._seal_metrics()
-            super().completed_event(stop_time, result)
+            super().completed_event(utc(stop_time), result)
 
     def interrupted_event(self, interrupt_time, status):
         if self.run_entry is not None:
-            super().interrupted_event(interrupt_time, status)
+            super().interrupted_event(utc(interrupt_time), status)
             self._seal_if_possible()
 
     def failed_event(self, fail_time, fail_trace):
         if self.run_entry is not None:
-            super().failed_event(fail_time, fail_trace)
+            super().failed_event(utc(fail_time), fail_trace)
             self._seal_if_possible()
 
     def _seal_if_possible(self) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
+from observers.files import utc_text
+
 CAPTURED_OUT_BYTES = 1 << 20  # tail of the captured output kept in the run document (1 MiB)
 VIEW_POINTS = 10_000  # most points per metric in the document Omniboard plots
 CHUNK_POINTS = 50_000  # points per metrics_chunks document (about 3.5 MB at most)
@@ -61,7 +63,7 @@ def fit_document(document: dict) -> tuple[dict, list[str]]:
 
 def exact_times(document: dict) -> dict:
     """Start, heartbeat and stop times to the microsecond (BSON dates keep milliseconds)."""
-    return {key: document[key].isoformat() for key in TIMES
+    return {key: utc_text(document[key]) for key in TIMES
             if isinstance(document.get(key), datetime)}
 
 
@@ -133,7 +135,7 @@ class MetricsWriter:
             if series.chunk_fill == CHUNK_POINTS:
                 series.chunk, series.chunk_fill = series.chunk + 1, 0
             end = min(count, start + CHUNK_POINTS - series.chunk_fill)
-            stamps = [t.isoformat() for t in points["timestamps"][start:end]]
+            stamps = [utc_text(t) for t in points["timestamps"][start:end]]
             push = {"steps": points["steps"][start:end], "values": points["values"][start:end],
                     "timestamps": stamps}
             self.chunks.update_one(

@@ -40,13 +40,26 @@ def plot_metric(store: str | os.PathLike | RunStore | None, run_ids: Iterable[in
     for run_id, curve in points.groupby("run_id", sort=False):
         axes.plot(curve["step"], curve["value"], marker="o" if len(curve) <= 50 else None,
                   markersize=4, label=labels[run_id])
-    axes.set(xlabel="step", ylabel=metric, title=f"{metric} of runs {', '.join(map(str, ids))}")
+    axes.set(xlabel=step_label(store, ids), ylabel=metric, title=f"{metric} of runs {', '.join(map(str, ids))}")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are epochs or batches
     axes.grid(alpha=0.3)
     figure.legend(loc="outside lower center", fontsize="small", frameon=False)
     if path is not None:
         save_png(figure, Path(path))
     return figure
+
+
+def step_label(store: RunStore, run_ids: list[int]) -> str:
+    """What the metric's step counts ('epoch'), as the runs recorded it; 'step' when they do not
+    say or do not agree."""
+    units = set()
+    for run_id in run_ids:
+        try:
+            units.add((store.info(run_id) or {}).get("metric_step"))
+        except Exception:  # noqa: BLE001 - an unreadable info only loses the label
+            units.add(None)
+    unit = units.pop() if len(units) == 1 else None
+    return unit if isinstance(unit, str) and unit else "step"
 
 
 def run_labels(runs: pd.DataFrame) -> dict[int, str]:

@@ -72,13 +72,43 @@ def git_state(root: Path) -> tuple[dict, bytes]:
     if commit is None:
         return {"commit": None, "dirty": None, "diff_sha256": None, "untracked": []}, b""
     diff = git_bytes(root, "diff", "HEAD", "--binary") or b""  # bytes: a diff need not be UTF-8
-    untracked = (git(root, "ls-files", "--others", "--exclude-standard") or "").split()
+    untracked = outside_stores(root, (git(root, "ls-files", "--others", "--exclude-standard") or "").split())
     return {
         "commit": commit.strip(),
         "dirty": bool(diff),
         "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None,
         "untracked": untracked,
     }, diff
+
+
+def is_run_store(directory: Path) -> bool:
+    """Whether a directory is a file store (or a MongoDB fallback directory): Sacred's layout,
+    with _sources or numbered run directories holding a run.json."""
+    if (directory / "_sources").is_dir():
+        return True
+    try:
+        return any(child.name.isdigit() and (child / "run.json").is_file()
+                   for child in directory.iterdir())
+    except OSError:
+        return False
+
+
+def outside_stores(root: Path, files: list[str]) -> list[str]:
+    """The untracked files that are not inside a run store: a store in the checkout holds the
+    project's output, not its code, and would otherwise be listed in every later run."""
+    verdicts: dict[str, bool] = {}
+
+    def in_store(file: str) -> bool:
+        parents = Path(file).parts[:-1]
+        for depth in range(1, len(parents) + 1):
+            folder = "/".join(parents[:depth])
+            if folder not in verdicts:
+                verdicts[folder] = is_run_store(root / folder)
+            if verdicts[folder]:
+                return True
+        return False
+
+    return [file for file in files if not in_store(file)]
 
 
 def snapshot(root: Path) -> tuple[dict, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -24,6 +25,7 @@ from observers.tables import (
 
 WIDTH = 80  # every line printed fits a standard terminal
 CELL = 14  # widest config cell in ls before it is cut
+PATH_CELL = 24  # widest path cell in ls: room for a file name after the cut
 GAP = "  "
 KNOWN_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "DAMAGED")
 DEFAULT_METRIC = "val_accuracy"
@@ -35,6 +37,20 @@ DEFAULT_METRIC = "val_accuracy"
 def fit(text: str, width: int = WIDTH) -> str:
     """text cut to width characters, marked with an ellipsis when cut."""
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fit_end(text: str, width: int) -> str:
+    """text cut to width characters from the left, so a path keeps its end (the file name)."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+def is_path(text: str) -> bool:
+    return "/" in text or os.sep in text
+
+
+def fit_value(text: str, width: int) -> str:
+    """A value cut to width: a path keeps its end (the file name), other text its beginning."""
+    return fit_end(text, width) if is_path(text) else fit(text, width)
 
 
 def render(columns: list[tuple[str, str, list[str]]]) -> list[str]:
@@ -56,7 +72,7 @@ def when(timestamp) -> str:
     """A start time, in local time, the way `ls -l` shows dates (year only when not this one)."""
     if pd.isna(timestamp):
         return "-"
-    local = timestamp.tz_localize("UTC").tz_convert(dt.datetime.now().astimezone().tzinfo)
+    local = timestamp.tz_convert(dt.datetime.now().astimezone().tzinfo)
     if local.year == dt.datetime.now().year:
         return local.strftime("%b %d %H:%M")
     return local.strftime("%b %d  %Y")
@@ -141,7 +157,8 @@ def fit_config_columns(runs: pd.DataFrame, room: int) -> tuple[list, list[str]]:
     columns, left_out = [], []
     for column in differing_config(runs):
         key = short_key(column)
-        cells = [fit(format_value(v), CELL) for v in runs[column]]
+        texts = [format_value(v) for v in runs[column]]
+        cells = [fit_value(t, PATH_CELL if is_path(t) else CELL) for t in texts]
         widest = max(map(len, cells))
         header = key if len(key) <= max(widest, 8) else abbreviate(key)
         width = max(len(header), widest) + len(GAP)
@@ -213,7 +230,7 @@ def record_lines(run_id: int, row: pd.Series, run: dict, info: dict, config: dic
         ("command", lambda: command_text(run)),
         ("seed", lambda: format_value(config.get("seed", (info.get("determinism") or {}).get("seed")))),
         ("device", lambda: format_value(info.get("device"))),
-        ("data", lambda: data_text((info.get("data") or {}).get("fingerprint") or {})),
+        ("data", lambda: data_text((info.get("data") or {}).get("fingerprint") or {}, WIDTH - 14)),
         ("result", lambda: format_value(row["result"])),
         ("best", lambda: best_text(info.get("best") or {})),
         ("final model", lambda: format_value(info.get("final_model_sha256"))[:16]),
@@ -244,7 +261,8 @@ def command_text(run: dict) -> str:
     return f"{command} with {' '.join(words)}" if words else command
 
 
-def data_text(fingerprint: dict) -> str:
+def data_text(fingerprint: dict, width: int = WIDTH) -> str:
+    """Rows, hash and path in width characters; a long path loses its beginning, never its file name."""
     if not fingerprint:
         return "-"
     rows = f"{fingerprint['rows']:,} rows" if "rows" in fingerprint else ""
@@ -252,7 +270,12 @@ def data_text(fingerprint: dict) -> str:
     if "sha256" in fingerprint:  # None while a running run still hashes the file
         digest = f"sha256 {(fingerprint['sha256'] or 'not recorded')[:12]}"
     # the path last: a long one is what gets cut to fit the terminal, never the hash
-    return "  ".join(filter(None, [rows, digest, fingerprint.get("path")]))
+    known = "  ".join(filter(None, [rows, digest]))
+    path = str(fingerprint.get("path") or "")
+    if not path:
+        return known
+    room = width - len(known) - 2 if known else width
+    return "  ".join(filter(None, [known, fit_end(path, max(room, 12))]))
 
 
 def best_text(best: dict) -> str:
@@ -273,7 +296,11 @@ def config_lines(config: dict | None) -> list[str]:
         return ["config: unreadable"]
     flat = flatten_config(config)
     width = min(max((len(k) for k in flat), default=0), 36)
-    return ["config"] + [fit(f"  {key:<{width}}  {format_value(value)}") for key, value in sorted(flat.items())]
+    lines = ["config"]
+    for key, value in sorted(flat.items()):
+        label = f"  {key:<{width}}  "
+        lines.append(fit(label + fit_value(format_value(value), max(WIDTH - len(label), 12))))
+    return lines
 
 
 def metric_lines(row: pd.Series) -> list[str]:

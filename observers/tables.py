@@ -18,15 +18,16 @@ import numpy as np
 import pandas as pd
 
 from ingredients import is_number
+from observers.files import utc
 from observers.store import RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
 RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "experiment": "str",
     "status": "str",
-    "start_time": "datetime64[us]",
-    "stop_time": "datetime64[us]",
-    "heartbeat": "datetime64[us]",
+    "start_time": "datetime64[us, UTC]",
+    "stop_time": "datetime64[us, UTC]",
+    "heartbeat": "datetime64[us, UTC]",
     "duration": "timedelta64[us]",
     "host": "str",
     "git_commit": "str",
@@ -35,6 +36,7 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "note": "str",
 }
 SUMMARY_STATS = ("last", "min", "max")
+UTC_SUFFIX = "+00:00"  # the offset every record writes its times with
 STALE_HEARTBEAT = dt.timedelta(minutes=2)  # a RUNNING run silent this long has probably died
 
 
@@ -178,16 +180,15 @@ def _timestamp_field(run: dict, key: str, odd: list[str]) -> dt.datetime | None:
 
 
 def _timestamp(value) -> dt.datetime | None:
-    """A naive UTC datetime from Sacred's ISO text (file store) or a datetime (MongoDB)."""
+    """A timezone-aware UTC datetime from a record's ISO text (file store) or a datetime
+    (MongoDB); a naive one is UTC, as Sacred writes it."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     if not isinstance(value, dt.datetime):
         raise TypeError(f"not a time: {value!r}")
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value
+    return utc(value)
 
 
 def _result(value) -> float | None:
@@ -197,7 +198,7 @@ def _result(value) -> float | None:
 
 def _probably_dead(row: dict) -> bool:
     beat = row.get("heartbeat")
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC)
     return row.get("status") == "RUNNING" and beat is not None and now - beat > STALE_HEARTBEAT
 
 
@@ -271,7 +272,7 @@ def _column_order(rows: list[dict]) -> list[str]:
 
 def _typed(column: pd.Series, dtype: str) -> pd.Series:
     if dtype.startswith(("datetime64", "timedelta64")):
-        converted = pd.to_timedelta(column) if dtype.startswith("timedelta") else pd.to_datetime(column)
+        converted = pd.to_timedelta(column) if dtype.startswith("timedelta") else pd.to_datetime(column, utc=True)
         return converted.astype(dtype)
     if dtype == "str":
         return column.astype(object).where(column.notna(), None).astype("str")
@@ -343,16 +344,19 @@ def _floats(values: list) -> np.ndarray:
         return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
 
 
-def _datetimes(values: list) -> np.ndarray:
-    """datetime64[us] of ISO text or datetimes; numpy's parser is fast, pandas handles the rest."""
+def _datetimes(values: list) -> pd.DatetimeIndex:
+    """UTC datetimes of ISO text or datetimes (naive ones are UTC); numpy's parser is fast, so
+    text written in UTC ('+00:00') goes to it without its offset; pandas handles the rest."""
+    if values and all(isinstance(v, str) and v.endswith(UTC_SUFFIX) for v in values):
+        values = [v[: -len(UTC_SUFFIX)] for v in values]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
-            return np.asarray(values, dtype="datetime64[us]")
+            return pd.DatetimeIndex(np.asarray(values, dtype="datetime64[us]")).tz_localize("UTC")
         except (TypeError, ValueError, DeprecationWarning, UserWarning):
             pass
     parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
-    return parsed.dt.tz_localize(None).to_numpy("datetime64[us]")
+    return pd.DatetimeIndex(parsed).as_unit("us")
 
 
 # --------------------------------------------------------------------------- compare

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -65,6 +66,36 @@ def trained_store(tmp_path_factory):
         runs = list(runs)
         with ThreadPoolExecutor(len(runs)) as pool:
             list(pool.map(lambda updates: run_train(root, *updates), runs))
+        return root
+    return make
+
+
+SMALL_RUNS = {  # name: config updates; trained once per session for the tables and report tests
+    "debug": ("debug",),  # 1 epoch of 5 batches, lr 0.01, adam
+    "sgd": ("epochs=2", "limit_batches=5", "lr=0.05", "optimizer.name=sgd"),
+    "slow": ("epochs=2", "limit_batches=5", "lr=0.001"),
+}
+SMALL_RUN_LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}
+
+
+@pytest.fixture(scope="session")
+def small_store(trained_store) -> Path:
+    """The SMALL_RUNS, trained once (in parallel, so in any id order) into one store."""
+    return trained_store("small_store", SMALL_RUNS.values())
+
+
+@pytest.fixture(scope="session")
+def small_store_of(small_store, tmp_path_factory):
+    """make(names): a new store holding copies of the named SMALL_RUNS as runs 1, 2, ... in that
+    order, so a test module that needs some of them does not train them again."""
+    ids = {SMALL_RUN_LR[read_json(run / "config.json")["lr"]]: run
+           for run in small_store.iterdir() if run.name.isdigit()}
+
+    def make(names: list[str]) -> Path:
+        root = tmp_path_factory.mktemp("small_store_copy")
+        shutil.copytree(small_store / "_sources", root / "_sources")
+        for run_id, name in enumerate(names, 1):
+            shutil.copytree(ids[name], root / str(run_id))
         return root
     return make
 

@@ -9,9 +9,10 @@ import pytest
 
 SMOKE_RUNS = {
     "loader.py": (["--quick", "--rows", "20000", "--repeats", "1"],
-                  ["file -> first batch", "(c) index_select", "files above data.in_memory_mb"]),
+                  ["file -> first batch", "(c) index_select", "of (c) limit", "files above data.in_memory_mb"]),
     "recording.py": (["--quick", "--runs", "1"],
                      ["(d) cost of logging", "(e) observer time per heartbeat", "(f) end to end"]),
+    "startup.py": (["--quick", "--rounds", "1"], ["(g, h) start-up", "print_config / import torch"]),
     "train.py": (["--quick", "--repeats", "1"],
                  ["our loop against a bare PyTorch loop", "cost of options"]),
 }

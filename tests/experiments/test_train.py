@@ -91,6 +91,21 @@ def test_cnn_and_debug_named_configs_compose(train, tmp_path):
     assert load(tmp_path / "1" / "metrics.json")["val_accuracy"]["steps"] == [1]
     layers = load(tmp_path / "1" / "info.json")["model_summary"]["layers"]
     assert any(row["type"] == "Conv2d" and row["output_shape"] == [16, 8, 8] for row in layers)
+    assert "__doc__" not in json.dumps(config)  # named configs' docstrings are no settings
+    import torch
+
+    checkpoint = torch.load(tmp_path / "1" / "last.pt", weights_only=True)
+    assert "__doc__" not in json.dumps(checkpoint["config"])
+
+
+def test_each_parameter_group_logs_its_lr(train, tmp_path):
+    train(tmp_path, "debug", "epochs=2", "optimizer.param_groups=[{'pattern': '4.*', 'lr_scale': 10}]")
+    metrics = load(tmp_path / "1" / "metrics.json")
+    default, group = metrics["lr"], metrics["lr/4.*"]
+    assert default["steps"] == group["steps"] == [1, 2]
+    assert default["values"][0] == 0.01 and default["values"][1] < 0.01  # cosine, per epoch
+    assert group["values"] == pytest.approx([10 * v for v in default["values"]], rel=1e-12)
+    assert load(tmp_path / "1" / "info.json")["metric_step"] == "epoch"
 
 
 def test_unobserved_records_nothing_and_F_records_where_asked(tmp_path):
@@ -182,6 +197,14 @@ def test_progress_bar_shows_on_a_terminal_but_not_in_the_record(tmp_path):
     assert b"it/s" in screen or b"s/it" in screen
     cout = (tmp_path / "1" / "cout.txt").read_text()
     assert "it/s" not in cout and "\r" not in cout
+
+
+def test_a_run_imports_neither_pandas_nor_matplotlib():
+    probe = ("import sys, experiments.train, observers.provenance; "
+             "print(sorted({'pandas', 'matplotlib', 'pyarrow.parquet'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr[-2000:]
 
 
 def test_bce_with_logits_on_a_two_class_target_trains_one_output(train, tmp_path):

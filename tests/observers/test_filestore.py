@@ -67,10 +67,18 @@ def test_sealed_metrics_equal_what_sacreds_observer_writes(tmp_path):
         observer.completed_event(START + dt.timedelta(hours=1), 0.9)
     ours_dir, sacred_dir = Path(ours.dir), Path(sacred.dir)
     load = lambda path: json.loads(path.read_text())  # noqa: E731
-    assert load(ours_dir / "metrics.json") == load(sacred_dir / "metrics.json")
-    assert load(ours_dir / "metrics.json")["loss"]["steps"] == list(range(200))
+    ours_metrics, sacred_metrics = load(ours_dir / "metrics.json"), load(sacred_dir / "metrics.json")
+    for name, series in sacred_metrics.items():  # the same, but ours says its times are UTC
+        assert ours_metrics[name]["timestamps"] == [t + "+00:00" for t in series["timestamps"]]
+        assert {**ours_metrics[name], "timestamps": None} == {**series, "timestamps": None}
+    assert ours_metrics.keys() == sacred_metrics.keys()
+    assert ours_metrics["loss"]["steps"] == list(range(200))
     assert not (ours_dir / JOURNAL).exists()
-    for name in ("run.json", "info.json", "config.json", "cout.txt"):
+    ours_run, sacred_run = load(ours_dir / "run.json"), load(sacred_dir / "run.json")
+    times = ("start_time", "heartbeat", "stop_time")
+    assert [ours_run[key] for key in times] == [sacred_run[key] + "+00:00" for key in times]
+    assert {**ours_run, **dict.fromkeys(times)} == {**sacred_run, **dict.fromkeys(times)}
+    for name in ("info.json", "config.json", "cout.txt"):
         assert (ours_dir / name).read_bytes() == (sacred_dir / name).read_bytes(), name
 
 

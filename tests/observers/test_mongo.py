@@ -167,7 +167,8 @@ def test_record_reads_back_as_the_run_was(mongo_store, recorded):
     assert mongo_store.config(1) == json.loads(json.dumps(flatten(run.config)))
     assert mongo_store.info(1) == json.loads(json.dumps(flatten(run.info)))
     record = mongo_store.run(1)
-    assert record["status"] == "COMPLETED" and record["start_time"] == run.start_time.isoformat()
+    start = run.start_time.replace(tzinfo=dt.UTC).isoformat()  # Sacred's time is naive UTC
+    assert record["status"] == "COMPLETED" and record["start_time"] == start
     assert {"best.pt", "last.pt"} <= set(record["artifacts"])
     for name in ("last.pt", "best.pt"):
         digest = hashlib.sha256(mongo_store.artifact(1, name)).hexdigest()
@@ -178,6 +179,16 @@ def test_record_reads_back_as_the_run_was(mongo_store, recorded):
     assert accuracy["steps"] == [1, 2] and max(accuracy["values"]) == run.result
     with pytest.raises(RecordError, match="no artifact 'nope.pt'"):
         mongo_store.artifact(1, "nope.pt")
+
+
+def test_tables_from_mongodb_have_timezone_aware_utc_times(mongo_store, recorded):
+    from observers import load_metrics, load_runs
+
+    runs, points = load_runs(mongo_store), load_metrics(mongo_store)
+    start = recorded["run"].start_time.replace(tzinfo=dt.UTC)
+    assert str(runs["start_time"].dtype) == "datetime64[us, UTC]" and runs.loc[1, "start_time"] == start
+    assert str(points["timestamp"].dtype) == "datetime64[us, UTC]"
+    assert (points["timestamp"] >= start).all() and (points["timestamp"] <= runs.loc[1, "stop_time"]).all()
 
 
 def test_checkpoints_saved_every_epoch_are_stored_once(recorded, mongo_store):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,16 +19,13 @@ from observers.plots import abbreviate
 from observers.report import write_table
 from observers.store import FileRunStore
 
-RUNS = {  # name: config updates; trained once for the module, in parallel
-    "debug": ("debug",),  # 1 epoch of 5 batches, lr 0.01, adam
-    "sgd": ("epochs=2", "limit_batches=5", "lr=0.05", "optimizer.name=sgd"),
-}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def store(trained_store) -> Path:
-    return trained_store("report_store", RUNS.values())
+def store(small_store_of) -> Path:
+    """debug (1 epoch of 5 batches, lr 0.01, adam) and sgd (2 epochs, lr 0.05), from conftest."""
+    return small_store_of(["debug", "sgd"])
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +243,7 @@ def test_plot_metric_labels_curves_by_run_and_differing_config(store, ids):
     assert legend[0].startswith(f"run {ids['debug']}: epochs=1, lr=0.01, opt.name=adam, seed=")
     assert legend[1].startswith(f"run {ids['sgd']}: epochs=2, lr=0.05, opt.name=sgd, seed=")
     assert [len(line.get_xdata()) for line in axes.get_lines()] == [1, 2]
-    assert axes.get_ylabel() == "val_loss"
+    assert axes.get_ylabel() == "val_loss" and axes.get_xlabel() == "epoch"  # as the runs recorded
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -283,7 +282,7 @@ def test_export_parquet_round_trips(store, capsys, tmp_path, monkeypatch):
     assert list(back.columns) == list(runs.columns) and list(back.index) == list(runs.index)
     scalar = [c for c in runs.columns if runs[c].map(lambda v: not isinstance(v, tuple)).all()]
     pd.testing.assert_frame_equal(back[scalar], runs[scalar], check_dtype=False)
-    assert back["start_time"].dtype == "datetime64[us]" and back["duration"].dtype == "timedelta64[us]"
+    assert back["start_time"].dtype == "datetime64[us, UTC]" and back["duration"].dtype == "timedelta64[us]"
     assert [list(v) for v in back["config.model.hidden"]] == [[128, 64], [128, 64]]
 
 
@@ -319,3 +318,33 @@ def test_export_keeps_a_column_of_mixed_types_as_text(tmp_path):
     write_table(runs, str(tmp_path / "mixed.parquet"), ".parquet")
     back = pd.read_parquet(tmp_path / "mixed.parquet")
     assert back["config.device"].tolist() == ["0", "cuda:1"] and back["val_loss.min"].tolist() == [0.5, 0.25]
+
+
+def test_long_data_paths_keep_their_file_name_in_ls_and_show(store, ids, capsys, tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    folder = "/home/someone/projects/" + "deeper/" * 8
+    for run_id, name in ((1, "digits_a.parquet"), (2, "digits_b.parquet")):
+        shutil.copytree(store / str(ids["sgd"]), root / str(run_id))
+        for part, node in (("config.json", ("data",)), ("info.json", ("data", "fingerprint"))):
+            record = json.loads((root / str(run_id) / part).read_text())
+            leaf = record
+            for key in node:
+                leaf = leaf[key]
+            leaf["path"] = folder + name
+            write_json_atomic(root / str(run_id) / part, record)
+
+    _, lines, _ = reprolab(capsys, "ls", "--store", root)
+    cells = [line.split()[-2] for line in lines[1:3]]  # data.path, the one config key that varies
+    assert [cell[0] + cell[-16:] for cell in cells] == ["…digits_a.parquet", "…digits_b.parquet"]
+    _, lines, _ = reprolab(capsys, "show", "2", "--store", root)
+    data = [line for line in lines if line.split()[:1] in (["data"], ["data.path"])]
+    assert len(data) == 2 and all(line.endswith("/deeper/digits_b.parquet") for line in data)
+
+
+def test_ls_of_an_empty_store_imports_neither_torch_nor_pandas(tmp_path, repo_root):
+    probe = ("import sys; from observers.cli import main; main(['ls', '--store', sys.argv[1]]); "
+             "print(sorted({'torch', 'pandas', 'matplotlib'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                            text=True, cwd=repo_root, timeout=120)
+    assert result.stdout.splitlines() == [f"no runs in {tmp_path}", "[]"], result.stderr

@@ -19,22 +19,17 @@ from observers.filestore import JOURNAL, write_json_atomic
 from observers.store import FileRunStore, RecordError
 from observers.tables import RECORD_COLUMNS, differing_config
 
-RUNS = {  # name: config updates; trained once for the module, in parallel
-    "debug": ("debug",),  # 1 epoch of 5 batches, lr 0.01, adam
-    "sgd": ("epochs=2", "limit_batches=5", "lr=0.05", "optimizer.name=sgd"),
-    "slow": ("epochs=2", "limit_batches=5", "lr=0.001"),
-}
-LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}
+LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}  # the lr of each of conftest's SMALL_RUNS
 
 
 @pytest.fixture(scope="module")
-def store(trained_store) -> Path:
-    return trained_store("tables_store", RUNS.values())
+def store(small_store) -> Path:
+    return small_store  # debug, sgd and slow, trained once per session
 
 
 @pytest.fixture(scope="module")
 def ids(store) -> dict[str, int]:
-    """Run id of each RUNS entry (parallel runs take their ids in any order)."""
+    """Run id of each run (parallel runs take their ids in any order)."""
     reader = FileRunStore(store)
     return {LR[reader.config(run_id)["lr"]]: run_id for run_id in reader.run_ids()}
 
@@ -53,7 +48,9 @@ def test_load_runs_has_one_typed_row_per_run(store, ids, repo_root):
     assert runs.index.name == "run_id" and runs.index.dtype == "int64"
     assert sorted(runs.index) == sorted(ids.values())
     assert list(runs.columns[: len(RECORD_COLUMNS)]) == list(RECORD_COLUMNS)
-    assert runs["start_time"].dtype == "datetime64[us]" and runs["stop_time"].dtype == "datetime64[us]"
+    assert runs["start_time"].dtype == "datetime64[us, UTC]" and runs["stop_time"].dtype == "datetime64[us, UTC]"
+    written = read(store / str(ids["sgd"]) / "run.json")["start_time"]  # the record says UTC too
+    assert written.endswith("+00:00") and runs.loc[ids["sgd"], "start_time"].isoformat() == written
     assert runs["duration"].dtype == "timedelta64[us]"
     assert (runs["duration"] == runs["stop_time"] - runs["start_time"]).all()
     assert (runs["duration"] > pd.Timedelta(0)).all()
@@ -108,7 +105,7 @@ def test_load_metrics_is_long_form_with_every_point(store, ids):
     points = load_metrics(store)
 
     assert list(points.columns) == ["run_id", "metric", "step", "value", "timestamp"]
-    assert points.dtypes.astype(str).tolist() == ["int64", "str", "int64", "float64", "datetime64[us]"]
+    assert points.dtypes.astype(str).tolist() == ["int64", "str", "int64", "float64", "datetime64[us, UTC]"]
     assert len(points) == 4 * (1 + 2 + 2)  # 4 metrics per epoch
     curve = points[(points.run_id == ids["sgd"]) & (points.metric == "val_loss")]
     recorded = read(store / str(ids["sgd"]) / "metrics.json")["val_loss"]
