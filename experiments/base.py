@@ -16,6 +16,7 @@ from sacred.dependencies import gather_sources_and_dependencies
 from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
+from experiments import distributed
 from experiments.resume import (
     ResumePoint,
     Terminated,
@@ -163,6 +164,7 @@ class ReproExperiment(Experiment):
             self.current_run = None
             raise ConfigurationError(self._unknown_key_message(added[0]))
         self._record_sources(run)
+        distributed.prepare_run(run)  # under torchrun only rank 0 records the run
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run
@@ -209,6 +211,8 @@ class ReproExperiment(Experiment):
     def _interrupted_message(self) -> str:
         """One line: which run stopped, its last checkpoint, and how to continue it."""
         run = self.current_run
+        if not distributed.in_main_process():
+            return f"rank {distributed.job().rank} stopped; rank 0 records the run"
         if run is None or run.status != "INTERRUPTED":
             return "interrupted before the run started; nothing was recorded"
         last = (run.info.get("checkpoints") or {}).get("last.pt")
@@ -224,7 +228,7 @@ class ReproExperiment(Experiment):
         else:
             where = f" -R {store}"
         return (f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
-                f"python {sys.argv[0]}{where} with resume={run._id}")
+                f"{distributed.relaunch_prefix(sys.argv[0])}{where} with resume={run._id}")
 
     def _unknown_key_message(self, key: str) -> str:
         known = [k for k, _ in iterate_flattened(undogmatize(self._default_config()))]

@@ -20,12 +20,13 @@ from pathlib import Path
 from sacred.utils import SacredInterrupt, get_by_dotted_path, set_by_dotted_path
 
 from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
+from experiments.distributed import check_world_size
 from ingredients.data import fingerprint_file, resolve_path
 from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
 # presentation. Everything else must equal the checkpoint's config.
-MAY_CHANGE = frozenset({"epochs", "resume", "progress"})
+MAY_CHANGE = frozenset({"epochs", "resume", "progress", "allow_world_size_change"})
 LAST, BEST = "last.pt", "best.pt"
 MISSING = object()
 
@@ -104,6 +105,7 @@ class CheckpointRecorder:
     def __init__(self, run, carried: dict[str, tuple[bytes, dict]] | None = None):
         self.run = run
         run.info["checkpoints"] = {}
+        self.enabled = not run.unobserved  # under torchrun only rank 0 records, and writes
         for name, (data, record) in (carried or {}).items():
             with self._scratch(name) as path:
                 path.write_bytes(data)
@@ -111,6 +113,8 @@ class CheckpointRecorder:
 
     def save(self, name: str, state: dict) -> None:
         """Write one checkpoint; an interrupt waits until the file and its hash are both recorded."""
+        if not self.enabled:
+            return
         with INTERRUPTS.deferred(), self._scratch(name) as path:
             digest = save_checkpoint(path, state)
             self._attach(name, path, {"sha256": digest, "epoch": state["epoch"], "step": state["step"]})
@@ -123,6 +127,8 @@ class CheckpointRecorder:
 
     def _attach(self, name: str, path: Path, record: dict) -> None:
         """Copy the file into the store, then record its hash and write the info out (a heartbeat)."""
+        if not self.enabled:
+            return
         self.run.add_artifact(str(path), name=name)
         self.run.info["checkpoints"][name] = record
         self.run._emit_heartbeat()  # info.json is otherwise only written every 10 s
@@ -140,6 +146,7 @@ class ResumePoint:
     state: dict
     sha256: str
     carried: dict[str, tuple[bytes, dict]] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained it (torchrun)
 
     def record(self) -> dict:
         """What the resumed run records about where it started."""
@@ -169,7 +176,8 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
         best, best_record = verified_checkpoint(reader, run_id, BEST, records)
         checkpoint_from_bytes(best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}")
         carried[BEST] = (best, best_record)
-    return ResumePoint(run_id, reader.location, state, record["sha256"], carried)
+    world_size = (info.get("distributed") or {}).get("world_size", 1)
+    return ResumePoint(run_id, reader.location, state, record["sha256"], carried, world_size)
 
 
 def check_same_data(run_id: int, info: dict, config: dict) -> None:
@@ -201,6 +209,8 @@ def resumed_config(point: ResumePoint, requested: dict, touched: set[str]) -> di
             f"resume: the config differs from run {point.run_id}'s checkpoint in "
             f"{', '.join(differing)}; only epochs may change when resuming"
         )
+    check_world_size(point.world_size, f"resume: run {point.run_id}",
+                     bool(requested.get("allow_world_size_change")))
     config = copy.deepcopy(saved)
     for key in MAY_CHANGE & touched:
         set_by_dotted_path(config, key, get_by_dotted_path(requested, key))

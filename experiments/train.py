@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
+from experiments import distributed
 from experiments.base import ReproExperiment
 from experiments.checkpoint import restore_training_state, state_hash, training_state
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
@@ -47,6 +48,8 @@ def config():
     limit_batches = None  # train at most this many batches per epoch (quick checks); None for all
     progress = True  # progress bars on a terminal (never in captured output)
     resume = None  # continue this run (id in the store, or run directory) from its last checkpoint; only epochs may change
+    lr_scaling = "none"  # none | linear: under torchrun, lr times the world size (the global batch is data.batch_size times it)
+    allow_world_size_change = False  # resume or rerun a run with a world size other than its own (not exact then)
 
 
 @ex.named_config
@@ -81,6 +84,7 @@ def validate(config, command_name, logger):
     metrics = ("train_loss", "val_loss") + (("val_accuracy",) if config["loss"] != "mse" else ())
     require("monitor", config["monitor"], config["monitor"] in metrics, "one of " + ", ".join(metrics))
     pick_device(config["device"])
+    distributed.check_config(config)
     preflight(config)
     return {}
 
@@ -174,11 +178,12 @@ def record_data(run, splits, timeout: float | None = None, quiet: bool = False) 
 
 @ex.main
 def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monitor, monitor_mode,
-          patience, limit_batches, progress):
+          patience, limit_batches, progress, lr_scaling):
     log = _run.run_logger
     record_provenance(_run)  # packages, git commit and diff, python: what a rerun compares
-    _run.info["determinism"] = seed_everything(seed)
-    device = pick_device(device)
+    job = distributed.job()  # this process's rank under torchrun; a job of one without it
+    _run.info["determinism"] = seed_everything(job.seed(seed))
+    device = job.start(_run, pick_device(device))
     _run.info["device"] = str(device)
 
     splits = load_splits()  # the data file is hashed on a thread from here, alongside training
@@ -186,17 +191,18 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     generator = loader_generator(seed)
     cuda = device.type == "cuda"
     train_batches = make_loader(splits.train, True, generator=generator,
-                                worker_init_fn=seed_worker, device_is_cuda=cuda)
+                                worker_init_fn=seed_worker, device_is_cuda=cuda, **job.shard)
     # A generator of its own, so starting the validation workers never draws from torch's global
     # RNG (a resumed run starts them at another epoch, which would shift dropout from then on).
     val_batches = make_loader(splits.val, False, generator=loader_generator(seed),
-                              device_is_cuda=cuda)
+                              device_is_cuda=cuda, **job.shard)
 
     net = build_model(splits.input_shape, splits.num_classes).to(device)
     summary = summarize(net, splits.input_shape)
     _run.info["model_summary"] = summary
     log.info("model:\n%s", format_summary(summary))
-    opt = build_optimizer(net, lr)
+    trained = job.wrap(net, _config["model"]["sync_batchnorm"])  # DDP under torchrun
+    opt = build_optimizer(net, job.scaled_lr(lr, lr_scaling))
     steps_per_epoch = -(-min(len(train_batches), limit_batches or len(train_batches)) // accumulate)
     scheduler = build_scheduler(opt, epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
@@ -207,26 +213,28 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     point = ex.resume_point  # verified and loaded before the run started (experiments/resume.py)
     if point is not None:
         done, step, best_state = restore_training_state(
-            point.state, model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
+            job.own_state(point.state), model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
             generator=generator, same_schedule=point.state["config"]["epochs"] == epochs)
         best.load_state_dict(best_state)
         log.info("resuming run %s after epoch %d (step %d)", point.run_id, done, step)
     checkpoints = CheckpointRecorder(_run, carried=point.carried if point else None)
 
     def state(epoch: int) -> dict:
-        return training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
-                              epoch=epoch, step=step, generator=generator,
-                              best=best.state_dict(), config=_config)
+        return job.checkpoint_state(training_state(
+            model=net, optimizer=opt, scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
+            generator=generator, best=best.state_dict(), config=_config))
 
     try:
         for epoch in range(done + 1, epochs + 1):
             lr_used = opt.param_groups[0]["lr"]
             train_metrics, step = train_one_epoch(
-                net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
+                trained, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
                 amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
-                limit_batches=limit_batches, progress=progress)
+                limit_batches=limit_batches, progress=progress and job.is_main,
+                reduce=job.reducer)
             record_data(_run, splits)  # before the first metric; the hash is done by now
-            metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
+            metrics = {**train_metrics, **evaluate(job.synced(net), val_batches, loss_fn, device,
+                                                   loss, amp, reduce=job.reducer),
                        "lr": lr_used}
             for name, value in metrics.items():
                 _run.log_scalar(name, value, epoch)

@@ -27,6 +27,7 @@ def config():
     kwargs = {}  # extra keyword arguments for a model given by import path
     freeze = []  # glob patterns on named_parameters() to keep fixed, e.g. ['features.0.*']
     freeze_batchnorm = False  # BatchNorm layers stay in eval mode: running stats and affine fixed
+    sync_batchnorm = False  # under torchrun: BatchNorm layers become SyncBatchNorm (statistics over every process; CUDA only)
 
 
 def mlp(
