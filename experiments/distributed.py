@@ -56,6 +56,7 @@ class Job:
         self.restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")
         self.store = None
         self.info: dict | None = None
+        self.stop_requested: BaseException | None = None  # a signal this rank 1.. got
 
     @property
     def is_main(self) -> bool:
@@ -163,9 +164,11 @@ class Job:
             if self.store is None:
                 raise
             interrupted = isinstance(error, KeyboardInterrupt) or getattr(error, "STATUS", None)
+            if self.stop_requested is not None and not interrupted:
+                # rank 0 has stopped the job after its checkpoint; this rank's collective broke
+                raise self.stop_requested from None
             key = STOPPED_KEY if interrupted else FAILED_KEY
-            message = f"{type(error).__name__}: {error}"
-            self._tell(key, message)
+            self._tell(key, f"{type(error).__name__}: {error}")
             if self.is_main:
                 self._raise_peer_failure(own_interrupt=bool(interrupted))
             raise

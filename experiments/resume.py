@@ -20,7 +20,7 @@ from pathlib import Path
 from sacred.utils import SacredInterrupt, get_by_dotted_path, set_by_dotted_path
 
 from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
-from experiments.distributed import check_world_size
+from experiments.distributed import check_world_size, job
 from ingredients.data import fingerprint_file, resolve_path
 from observers.store import RecordError, resolve_run
 
@@ -56,6 +56,11 @@ class Interrupts:
             os.kill(os.getpid(), signum)
             return
         stop = KeyboardInterrupt() if signum == signal.SIGINT else Terminated("terminated (SIGTERM)")
+        if job().distributed and not job().is_main:
+            # Rank 0 decides when a torchrun job stops (torchrun signals every rank): this rank
+            # keeps serving the collectives of rank 0's last checkpoint, then stops with the job.
+            job().stop_requested = job().stop_requested or stop
+            return
         if self.depth:
             self.pending = self.pending or stop
             return

@@ -16,7 +16,7 @@ from experiments import distributed
 from experiments.base import ReproExperiment
 from experiments.checkpoint import restore_training_state, state_hash, training_state
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
-from experiments.resume import CheckpointRecorder
+from experiments.resume import INTERRUPTS, CheckpointRecorder
 from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
 from ingredients.data import (
     data,
@@ -239,9 +239,10 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
             for name, value in metrics.items():
                 _run.log_scalar(name, value, epoch)
             log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            if best.update(metrics[monitor], epoch):
-                checkpoints.save("best.pt", state(epoch))
-            checkpoints.save("last.pt", state(epoch))
+            with INTERRUPTS.deferred():  # a stop waits for both checkpoints of the epoch
+                if best.update(metrics[monitor], epoch):
+                    checkpoints.save("best.pt", state(epoch))
+                checkpoints.save("last.pt", state(epoch))
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break

@@ -29,6 +29,7 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "heartbeat": "datetime64[us]",
     "duration": "timedelta64[us]",
     "host": "str",
+    "processes": "Int64",  # world size of a run trained under torchrun; 1 for one process
     "git_commit": "str",
     "git_dirty": "boolean",
     "result": "float64",
@@ -139,6 +140,7 @@ def _record_fields(run: dict) -> dict:
         "heartbeat": beat,
         "duration": end - start if start and end else None,
         "host": (run.get("host") or {}).get("hostname"),
+        "processes": ((run.get("meta") or {}).get("distributed") or {}).get("world_size", 1),
         "git_commit": repositories[0].get("commit"),
         "git_dirty": repositories[0].get("dirty"),
         "result": _result(run.get("result")),
