@@ -22,6 +22,9 @@ from ingredients.columnar import ColumnarDataset
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "experiments" / "train.py"
 TIMEOUT = 300  # seconds any one launch may take on a loaded machine
+# Each torchrun job costs seconds of start-up; variants that add no new path run on request.
+SLOW = pytest.mark.skipif(not os.environ.get("REPROLAB_SLOW_TESTS"),
+                          reason="set REPROLAB_SLOW_TESTS=1 to run the slower variants")
 # Tiny but complete epochs (the last global batch is split between the ranks), a constant lr
 # (so epochs=50 and epochs=4 train the same first epochs) and no dropout (so one process with
 # the global batch draws nothing the two ranks do not).
@@ -176,12 +179,13 @@ def test_two_processes_match_one_process_with_the_global_batch(store, first, tmp
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=TIMEOUT)
     assert single.returncode == 0, single.stderr[-2000:]
     two, one = weights(store, first), weights(tmp_path, runs(tmp_path)[-1])
-    # The all-reduce sums the two ranks' mean gradients where one process sums 64 per-sample
-    # terms in another order: float32 rounding (about 1e-7 relative per step) that Adam's steps
-    # of lr = 0.01 carry over 4 epochs x 23 steps. 1e-4 is far above that and far below any
-    # real difference (a different sample order moves weights by about 1e-2).
+    # Same samples per step, but the all-reduce averages the two ranks' mean gradients where one
+    # process averages 64 per-sample terms in another order: float32 rounding (an ulp, ~1e-7
+    # relative, per step) that Adam's 4 x 23 steps of lr 0.01 carry on. Measured: 1.5e-7 on
+    # weights up to 0.6. 1e-5 leaves room for other CPUs' kernels and is far below what a
+    # different sample order does (weights move by ~1e-2).
     largest = max((two[k] - one[k]).abs().max().item() for k in two)
-    assert largest < 1e-4
+    assert largest < 1e-5
 
 
 FAILING_MODEL = """
@@ -214,8 +218,10 @@ class Diverging(Failing):
 """
 
 
-@pytest.mark.parametrize("model, message", [("Failing", "RuntimeError: rank one broke"),
-                                            ("Diverging", "training loss became nan")])
+@pytest.mark.parametrize("model, message", [
+    ("Failing", "RuntimeError: rank one broke"),
+    pytest.param("Diverging", "training loss became nan", marks=SLOW),  # NaN on rank 1 only
+])
 def test_a_failing_rank_ends_the_job_recorded_failed(tmp_path, model, message):
     (tmp_path / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
     store = tmp_path / "runs"
