@@ -74,14 +74,14 @@ def worker(epochs: int, out: str) -> None:
     ex.run(config_updates={"seed": 0}, options={"--loglevel": "WARNING"})
 
 
-def measure(processes: int, epochs: int) -> float:
-    """Samples/s of one torchrun job of `processes` ranks."""
+def measure(processes: int, threads: int, epochs: int) -> float:
+    """Samples/s of one torchrun job of `processes` ranks with `threads` torch threads each."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rate.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={processes}", __file__, "--worker", "--epochs",
                    str(epochs), "--out", str(out)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
         subprocess.run(command, check=True, cwd=ROOT, env=env, timeout=600,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return json.loads(out.read_text())["samples_per_s"]
@@ -99,18 +99,23 @@ def main() -> None:
         worker(args.epochs, args.out)
         return
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
-    rates = {1: [], 2: []}
-    for _ in range(repeats):  # taking turns, so a busy phase of the machine hits both
-        for processes in rates:
-            rates[processes].append(measure(processes, epochs))
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    # (processes, threads each): torchrun sets OMP_NUM_THREADS=1 only for several processes,
+    # so one process is measured with 1 thread and with every core.
+    setups = {(1, 1): "1 process, 1 thread", (1, os.cpu_count() or 1): "1 process, all cores",
+              (2, 1): "2 processes (gloo), 1 thread each"}
+    rates: dict = {setup: [] for setup in setups}
+    for _ in range(repeats):  # taking turns, so a busy phase of the machine hits every setup
+        for setup in setups:
+            rates[setup].append(measure(*setup, epochs))
+    medians = {setup: statistics.median(found) for setup, found in rates.items()}
+    base = medians[(1, 1)]
     from report import print_table
 
     print_table(f"data-parallel training, MLP on digits, batch 64 per process, {epochs} epochs, "
                 f"median of {repeats} (os.cpu_count() = {os.cpu_count()})",
-                ["world size", "samples/s", "ratio"],
-                [["1 process", f"{one:,.0f}", "1.00"], ["2 processes (gloo)", f"{two:,.0f}",
-                                                        f"{two / one:.2f}"]])
+                ["setup", "samples/s", "ratio"],
+                [[name, f"{medians[setup]:,.0f}", f"{medians[setup] / base:.2f}"]
+                 for setup, name in setups.items()])
 
 
 if __name__ == "__main__":
