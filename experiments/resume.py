@@ -110,7 +110,7 @@ class CheckpointRecorder:
     def __init__(self, run, carried: dict[str, tuple[bytes, dict]] | None = None):
         self.run = run
         run.info["checkpoints"] = {}
-        self.enabled = not run.unobserved  # under torchrun only rank 0 records, and writes
+        self.enabled = not getattr(run, "unobserved", False)  # under torchrun rank 0 alone writes
         for name, (data, record) in (carried or {}).items():
             with self._scratch(name) as path:
                 path.write_bytes(data)
