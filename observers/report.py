@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import textwrap
 from pathlib import Path
 
@@ -214,8 +215,9 @@ def distributed_fields(job: dict | None) -> list[tuple[str, str]]:
     lr = job.get("lr") or {}
     if lr.get("scaling") == "linear":
         fields.append(("  lr", f"{lr.get('configured')} x {job.get('world_size')} = {lr.get('effective')}"))
-    if job.get("torchrun"):
-        fields.append(("  torchrun", " ".join(job["torchrun"][1:])))
+    if job.get("torchrun"):  # the interpreter, then torchrun's script and its arguments
+        command = job["torchrun"][1:] or job["torchrun"]
+        fields.append(("  torchrun", " ".join([os.path.basename(command[0]), *command[1:]])))
     if job.get("failure"):
         fields.append(("  failed", f"rank {job['failure'].get('rank')}: {job['failure'].get('message')}"))
     return fields

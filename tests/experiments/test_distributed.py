@@ -247,7 +247,8 @@ def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
     store = tmp_path / "runs"
     rendezvous = ("--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
                   f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=reprolab-test")
-    command = torchrun(*rendezvous, str(TRAIN), "-R", str(store), "with", *CONFIG, "epochs=1")
+    command = torchrun(*rendezvous, str(TRAIN), "-R", str(store), "with", *CONFIG, "epochs=1",
+                       "lr_scaling=linear")
     nodes = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
@@ -261,3 +262,4 @@ def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
     job = record(store, run_id, "info")["distributed"]
     assert job["nodes"] == 2 and job["world_size"] == 2
     assert record(store, run_id, "run")["status"] == "COMPLETED"
+    assert values(store, run_id)["lr"] == [0.02]  # lr 0.01 x world size 2, as the metric shows
