@@ -263,3 +263,16 @@ def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
     assert job["nodes"] == 2 and job["world_size"] == 2
     assert record(store, run_id, "run")["status"] == "COMPLETED"
     assert values(store, run_id)["lr"] == [0.02]  # lr 0.01 x world size 2, as the metric shows
+
+
+def test_a_rerun_relaunches_through_torchrun_with_the_recorded_world_size(capsys):
+    from types import SimpleNamespace
+
+    from observers.rerun import launcher
+
+    original = SimpleNamespace(run_id=4, info={"distributed": {"world_size": 2}})
+    assert launcher(original, None)[-2:] == ["--standalone", "--nproc_per_node=2"]
+    assert capsys.readouterr().out == ""
+    assert launcher(original, 3)[-1] == "--nproc_per_node=3"  # asked for explicitly
+    assert "not expected to match" in capsys.readouterr().out
+    assert launcher(SimpleNamespace(run_id=5, info={}), None) == [sys.executable]
