@@ -167,10 +167,12 @@ class Job:
             if self.stop_requested is not None and not interrupted:
                 # rank 0 has stopped the job after its checkpoint; this rank's collective broke
                 raise self.stop_requested from None
-            key = STOPPED_KEY if interrupted else FAILED_KEY
-            self._tell(key, f"{type(error).__name__}: {error}")
+            key, message = STOPPED_KEY if interrupted else FAILED_KEY, f"{type(error).__name__}: {error}"
+            self._tell(key, message)
             if self.is_main:
                 self._raise_peer_failure(own_interrupt=bool(interrupted))
+                if not interrupted:  # rank 0's own failure
+                    self.info["failure"] = {"rank": 0, "message": message}
             raise
         finally:
             if dist.is_initialized():
