@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from sacred.utils import SacredError
 
 LR_SCALINGS = ("none", "linear")
 FAILED_KEY, STOPPED_KEY = "reprolab/failed/", "reprolab/stopped/"
+# Rank 0 failing itself waits this long for a peer's failure: a NaN on rank 1 reaches rank 0's
+# weights through the all-reduce, and both ranks notice it at the same loss check.
+PEER_GRACE_S = 2.0
 
 
 class RankFailed(SacredError):
@@ -195,8 +199,15 @@ class Job:
         return None
 
     def _raise_peer_failure(self, own_interrupt: bool) -> None:
-        """On rank 0: a peer's failure becomes this run's; a peer's interrupt an interrupt."""
+        """On rank 0: a peer's failure becomes this run's; a peer's interrupt an interrupt.
+        A peer that failed first has left its message already (before its exit broke rank 0's
+        collective); one failing at the same moment is given PEER_GRACE_S (peers blocked on
+        rank 0 cannot fail meanwhile: rank 0 is still there)."""
         failed = self._peer_message(FAILED_KEY)
+        deadline = time.monotonic() + (0 if own_interrupt else PEER_GRACE_S)
+        while failed is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            failed = self._peer_message(FAILED_KEY)
         if failed is not None:
             rank, message = failed
             self.info["failure"] = {"rank": rank, "message": message}
