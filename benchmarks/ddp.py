@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,8 +83,16 @@ def measure(processes: int, threads: int, epochs: int) -> float:
                    f"--nproc_per_node={processes}", __file__, "--worker", "--epochs",
                    str(epochs), "--out", str(out)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-        subprocess.run(command, check=True, cwd=ROOT, env=env, timeout=600,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            job.wait(timeout=600)
+        except subprocess.TimeoutExpired:  # seen: a rank stuck at exit after the result was out
+            os.killpg(job.pid, signal.SIGKILL)  # torchrun and every rank, no orphans
+            job.wait()
+            print(f"warning: the {processes}-process job did not end; killed", file=sys.stderr)
+        if not out.is_file():
+            raise SystemExit(f"the {processes}-process job wrote no result (exit {job.returncode})")
         return json.loads(out.read_text())["samples_per_s"]
 
 
