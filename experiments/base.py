@@ -23,6 +23,7 @@ from sacred.ingredient import Ingredient
 from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
+from experiments import distributed
 from experiments.resume import (
     RecordedRun,
     ResumePoint,
@@ -304,6 +305,7 @@ class ReproExperiment(Experiment):
         drop_docstrings(run.config)  # a named config's docstring is no setting
         self._record_sources(run)
         run.__class__ = RecordedRun  # Sacred builds a plain Run; this one never loses a record
+        distributed.prepare_run(run)  # under torchrun only rank 0 records the run
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run
@@ -361,6 +363,8 @@ class ReproExperiment(Experiment):
     def _interrupted_message(self) -> str:
         """One line: which run stopped, its last checkpoint, and how to continue it."""
         run = self.current_run
+        if not distributed.in_main_process():
+            return f"rank {distributed.job().rank} stopped; rank 0 records the run"
         if run is None or run.status != "INTERRUPTED" or run._id is None:
             return "interrupted before the run started; nothing was recorded"
         last = (run.info.get("checkpoints") or {}).get("last.pt")
@@ -376,7 +380,7 @@ class ReproExperiment(Experiment):
         else:
             where = f" -R {store}"
         return (f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
-                f"python {sys.argv[0]}{where} with resume={run._id}")
+                f"{distributed.relaunch_prefix(sys.argv[0])}{where} with resume={run._id}")
 
     def _store_failure_message(self, error: StoreWriteError) -> str:
         """One sentence: the first write that failed, and what became of the run's record."""

@@ -88,9 +88,14 @@ class LossWindow:
         self.count += sum(self.batch_sizes)
         self.losses, self.batch_sizes, self.steps = [], [], []
 
-    def mean(self) -> float:
-        """Mean training loss per sample over the epoch (after a last check)."""
+    def mean(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+        """Mean training loss per sample over the epoch (after a last check); `reduce` sums
+        total and count over the processes of a distributed job."""
         self.flush()
+        if reduce is not None:
+            total, count = reduce(torch.stack([self.total.double(), self.total.new_tensor(
+                self.count, dtype=torch.float64)]))
+            return (total / count.clamp(min=1)).item()
         return (self.total / max(self.count, 1)).item()
 
 
@@ -110,8 +115,13 @@ def train_one_epoch(
     clip: Callable[[nn.Module], object] = lambda model: None,
     limit_batches: int | None = None,
     progress: bool = True,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict, int]:
     """Train for one epoch; return the mean training loss and the global step after it.
+
+    Under DistributedDataParallel, micro-batches between optimizer steps skip the gradient
+    all-reduce (no_sync), a batch is weighted by its share of the global batch (`share` of the
+    loader) and `reduce` sums the loss over the processes.
 
     A non-finite loss stops the epoch within LOSS_WINDOW batches, before it returns (so before
     any checkpoint of this epoch), with NonFiniteLoss naming the first bad step."""
@@ -121,19 +131,30 @@ def train_one_epoch(
     mixed_precision = autocast(device, amp)  # one context, entered per batch
     n_batches = len(batches) if limit_batches is None else min(len(batches), limit_batches)
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
+    share = getattr(batches, "share", None) if reduce is not None else None
     for index, (x, y) in enumerate(islice(bar, n_batches)):
         x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
-        with mixed_precision:
-            loss = loss_fn(model(x), y)
-        window.add(loss, len(y), step + 1)
-        scaled = loss / accumulate if accumulate > 1 else loss
-        (scaler.scale(scaled) if scaler else scaled).backward()
-        if (index + 1) % accumulate == 0 or index + 1 == n_batches:
+        steps = (index + 1) % accumulate == 0 or index + 1 == n_batches
+        with gradients_synced(model, steps), mixed_precision:
+            out = model(x)
+            # An empty batch (a rank's part of the last global batch) still joins the all-reduce.
+            loss = loss_fn(out, y) if len(y) else out.sum() * 0.0
+            window.add(loss, len(y), step + 1)
+            scaled = loss / accumulate if accumulate > 1 else loss
+            if share is not None and (weight := share(index)) != 1:
+                scaled = scaled * weight
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        if steps:
             step += 1
             optimizer_step(model, optimizer, scaler, clip)
             scheduler.step()
     bar.close()
-    return {"train_loss": window.mean()}, step
+    return {"train_loss": window.mean(reduce)}, step
+
+
+def gradients_synced(model: nn.Module, sync: bool):
+    """DistributedDataParallel's no_sync on a micro-batch that does not step the optimizer."""
+    return nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
 
 
 def optimizer_step(model, optimizer, scaler, clip) -> None:
@@ -151,13 +172,17 @@ def optimizer_step(model, optimizer, scaler, clip) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable, loss_fn, device: torch.device, loss: str, amp: str = "off"
+    model: nn.Module, batches: Iterable, loss_fn, device: torch.device, loss: str, amp: str = "off",
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
-    """Validation loss (and accuracy for classification) in eval mode without gradients."""
+    """Validation loss (and accuracy for classification) in eval mode without gradients;
+    `reduce` sums them over the processes of a distributed job (each has its share)."""
     model.eval()
     non_blocking = device.type == "cuda"
     total_loss, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
     for x, y in batches:
+        if not len(y):  # a rank's empty share of the last batch
+            continue
         x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
         with autocast(device, amp):
             out = model(x)
@@ -165,6 +190,10 @@ def evaluate(
         if loss != "mse":
             correct += correct_predictions(out, y, loss)
         count += len(y)
+    if reduce is not None:
+        sums = reduce(torch.stack([total_loss.double(), correct.double(),
+                                   total_loss.new_tensor(count, dtype=torch.float64)]))
+        total_loss, correct, count = sums[0], sums[1], sums[2].clamp(min=1)
     metrics = {"val_loss": (total_loss / max(count, 1)).item()}
     if loss != "mse":
         metrics["val_accuracy"] = (correct / max(count, 1)).item()

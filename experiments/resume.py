@@ -27,6 +27,7 @@ from sacred.run import Run
 from sacred.utils import get_by_dotted_path, set_by_dotted_path
 
 from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
+from experiments.distributed import check_world_size, job
 from ingredients.data import fingerprint_file, resolve_path
 from ingredients.scratch import sweep_orphans, writer_tag
 from observers.files import StoreWriteError
@@ -35,7 +36,7 @@ from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
 # presentation. Everything else must equal the checkpoint's config.
-MAY_CHANGE = frozenset({"epochs", "resume", "progress"})
+MAY_CHANGE = frozenset({"epochs", "resume", "progress", "allow_world_size_change"})
 LAST, BEST = "last.pt", "best.pt"
 MISSING = object()
 SCRATCH = "reprolab-checkpoint-{tag}-*"  # a checkpoint's scratch folder in $TMPDIR
@@ -72,6 +73,11 @@ class Interrupts:
             return
         stop = self.failure or (
             KeyboardInterrupt() if signum == signal.SIGINT else Terminated("terminated (SIGTERM)"))
+        if job().distributed and not job().is_main:
+            # Rank 0 decides when a torchrun job stops (torchrun signals every rank): this rank
+            # keeps serving the collectives of rank 0's last checkpoint, then stops with the job.
+            job().stop_requested = job().stop_requested or stop
+            return
         if self.depth:
             self.pending = self.pending or stop
             return
@@ -220,6 +226,7 @@ class CheckpointRecorder:
         self.run = run
         sweep_orphans(tempfile.gettempdir(), SCRATCH)
         run.info["checkpoints"] = {}
+        self.enabled = not getattr(run, "unobserved", False)  # under torchrun rank 0 alone writes
         for name, (data, record) in (carried or {}).items():
             with self._scratch(name) as path:
                 path.write_bytes(data)
@@ -227,6 +234,8 @@ class CheckpointRecorder:
 
     def save(self, name: str, state: dict) -> None:
         """Write one checkpoint; an interrupt waits until the file and its hash are both recorded."""
+        if not self.enabled:
+            return
         with INTERRUPTS.deferred(), self._scratch(name) as path:
             digest = save_checkpoint(path, state)
             self._attach(name, path, {"sha256": digest, "epoch": state["epoch"], "step": state["step"]})
@@ -239,6 +248,8 @@ class CheckpointRecorder:
 
     def _attach(self, name: str, path: Path, record: dict) -> None:
         """Vouch for the new hash (and the old), copy the file in, then keep the new hash only."""
+        if not self.enabled:
+            return
         self._record(name, {**record, "replaces": self.run.info["checkpoints"].get(name)})
         self.run.add_artifact(str(path), name=name)
         self._record(name, record)
@@ -262,6 +273,7 @@ class ResumePoint:
     state: dict
     sha256: str
     carried: dict[str, tuple[bytes, dict]] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained it (torchrun)
 
     def record(self) -> dict:
         """What the resumed run records about where it started."""
@@ -314,7 +326,8 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
             plain_config(run_id, BEST, checkpoint_from_bytes(
                 best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}"))
             carried[BEST] = (best, best_record)
-    return ResumePoint(run_id, reader.location, state, record["sha256"], carried)
+    world_size = (info.get("distributed") or {}).get("world_size", 1)
+    return ResumePoint(run_id, reader.location, state, record["sha256"], carried, world_size)
 
 
 def plain_config(run_id: int, name: str, state: dict) -> None:
@@ -357,6 +370,8 @@ def resumed_config(point: ResumePoint, requested: dict, touched: set[str]) -> di
             f"resume: the config differs from run {point.run_id}'s checkpoint in "
             f"{', '.join(differing)}; only epochs may change when resuming"
         )
+    check_world_size(point.world_size, f"resume: run {point.run_id}",
+                     bool(requested.get("allow_world_size_change")))
     config = copy.deepcopy(saved)
     for key in MAY_CHANGE & touched:
         set_by_dotted_path(config, key, get_by_dotted_path(requested, key))

@@ -12,10 +12,11 @@ from contextlib import contextmanager
 
 import torch
 
+from experiments import distributed
 from experiments.base import ReproExperiment
 from experiments.checkpoint import restore_training_state, state_hash, training_state
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
-from experiments.resume import CheckpointRecorder
+from experiments.resume import INTERRUPTS, CheckpointRecorder
 from ingredients import (
     BOOLEAN,
     INSPECTION_COMMANDS,
@@ -51,6 +52,8 @@ def config():
     limit_batches = None  # train at most this many batches per epoch (quick checks); None for all
     progress = True  # progress bars on a terminal (never in captured output)
     resume = None  # continue this run (id in the store, or run directory) from its last checkpoint; only epochs may change
+    lr_scaling = "none"  # none | linear: under torchrun, lr times the world size (the global batch is data.batch_size times it)
+    allow_world_size_change = False  # resume or rerun a run with a world size other than its own (not exact then)
 
 
 @ex.named_config
@@ -83,6 +86,8 @@ SCHEMA = {
     "progress": BOOLEAN,
     "resume": Rule(lambda v: v is None or POSITIVE_INT.accepts(v) or TEXT.accepts(v),
                    "None, a run id or a run directory"),
+    "lr_scaling": choice(*distributed.LR_SCALINGS),
+    "allow_world_size_change": BOOLEAN,
 }
 
 
@@ -97,6 +102,7 @@ def validate(config, command_name, logger):
     if config["monitor"] not in metrics:
         raise ValueError(f"monitor must be one of {', '.join(metrics)}, got {config['monitor']!r}")
     pick_device(config["device"])
+    distributed.check_config(config)
     preflight(config)
     return {}
 
@@ -221,11 +227,12 @@ def record_data(run, splits, timeout: float | None = None, quiet: bool = False) 
 
 @ex.main
 def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monitor, monitor_mode,
-          patience, limit_batches, progress):
+          patience, limit_batches, progress, lr_scaling):
     log = _run.run_logger
     record_provenance(_run)  # packages, git commit and diff, python: what a rerun compares
-    _run.info["determinism"] = seed_everything(seed)
-    device = pick_device(device)
+    job = distributed.job()  # this process's rank under torchrun; a job of one without it
+    _run.info["determinism"] = seed_everything(job.seed(seed))
+    device = job.start(_run, pick_device(device))
     _run.info["device"] = str(device)
     _run.info["metric_step"] = "epoch"  # what the step of every logged metric counts (plots say it)
 
@@ -234,11 +241,11 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     generator = loader_generator(seed)
     cuda = device.type == "cuda"
     train_batches = make_loader(splits.train, True, generator=generator,
-                                worker_init_fn=seed_worker, device_is_cuda=cuda)
+                                worker_init_fn=seed_worker, device_is_cuda=cuda, **job.shard)
     # A generator of its own, so starting the validation workers never draws from torch's global
     # RNG (a resumed run starts them at another epoch, which would shift dropout from then on).
     val_batches = make_loader(splits.val, False, generator=loader_generator(seed),
-                              device_is_cuda=cuda)
+                              device_is_cuda=cuda, **job.shard)
 
     task = describe_task(loss, describe(_config["data"]))
     net = build_model(splits.input_shape, task["outputs"]).to(device)
@@ -248,7 +255,8 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     log.info("task: %s (%s, %d output%s)", task["kind"], loss, task["outputs"],
              "" if task["outputs"] == 1 else "s")
     log.info("model:\n%s", format_summary(summary))
-    opt = build_optimizer(net, lr)
+    trained = job.wrap(net, _config["model"]["sync_batchnorm"])  # DDP under torchrun
+    opt = build_optimizer(net, job.scaled_lr(lr, lr_scaling))
     steps_per_epoch = -(-min(len(train_batches), limit_batches or len(train_batches)) // accumulate)
     scheduler = build_scheduler(opt, epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
@@ -259,34 +267,37 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     point = ex.resume_point  # verified and loaded before the run started (experiments/resume.py)
     if point is not None:
         done, step, best_state = restore_training_state(
-            point.state, model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
+            job.own_state(point.state), model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
             generator=generator, same_schedule=point.state["config"]["epochs"] == epochs)
         best.load_state_dict(best_state)
         log.info("resuming run %s after epoch %d (step %d)", point.run_id, done, step)
     checkpoints = CheckpointRecorder(_run, carried=point.carried if point else None)
 
     def state(epoch: int) -> dict:
-        return training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
-                              epoch=epoch, step=step, generator=generator,
-                              best=best.state_dict(), config=_run.config)  # no __doc__
+        return job.checkpoint_state(training_state(
+            model=net, optimizer=opt, scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
+            generator=generator, best=best.state_dict(), config=_run.config))  # no __doc__
 
     try:
         for epoch in range(done + 1, epochs + 1):
             lr_used = learning_rates(opt, _config["optimizer"]["param_groups"])
             train_metrics, step = train_one_epoch(
-                net, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
+                trained, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
                 amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
-                limit_batches=limit_batches, progress=progress)
+                limit_batches=limit_batches, progress=progress and job.is_main,
+                reduce=job.reducer)
             record_data(_run, splits)  # before the first metric; the hash is done by now
-            metrics = {**train_metrics, **evaluate(net, val_batches, loss_fn, device, loss, amp),
+            metrics = {**train_metrics, **evaluate(job.synced(net), val_batches, loss_fn, device,
+                                                   loss, amp, reduce=job.reducer),
                        **lr_used}
             for name, value in metrics.items():
                 _run.log_scalar(name, value, epoch)
             log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             improved = best.update(metrics[monitor], epoch)
-            checkpoints.save("last.pt", state(epoch))  # first: a kill in the next save keeps it
-            if improved:
-                checkpoints.save("best.pt", state(epoch))
+            with INTERRUPTS.deferred():  # a stop waits for both checkpoints of the epoch
+                checkpoints.save("last.pt", state(epoch))  # first: a kill in the next save keeps it
+                if improved:
+                    checkpoints.save("best.pt", state(epoch))
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break

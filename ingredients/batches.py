@@ -19,7 +19,14 @@ GROUP_BYTES = 4 * 2**20  # about this much feature data per gather (then split i
 
 
 class BatchIndexSampler(torch.utils.data.Sampler):
-    """Yields whole batches of positions; shuffling draws one torch.randperm per epoch."""
+    """Yields whole batches of positions; shuffling draws one torch.randperm per epoch.
+
+    With several processes (`world_size` > 1) every process draws the same order and takes its
+    `rank`'s part of each global batch of batch_size x world_size positions, so across the
+    processes every sample comes exactly once per epoch and the global batches are those of one
+    process with the global batch size. The last, incomplete global batch is dropped with
+    drop_last, else split as evenly as possible (a process may get an empty last batch: every
+    process has the same number of batches, as the collectives of training need)."""
 
     def __init__(
         self,
@@ -28,12 +35,35 @@ class BatchIndexSampler(torch.utils.data.Sampler):
         shuffle: bool,
         drop_last: bool,
         generator: torch.Generator | None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.n, self.batch_size, self.generator = n, batch_size, generator
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        if self.drop_last:
+            return self.n // self.global_batch
+        return math.ceil(self.n / self.global_batch)
+
+    def part(self, index: int) -> tuple[int, int]:
+        """Where this rank's part of global batch `index` starts and ends within that batch."""
+        size = min(self.global_batch, self.n - index * self.global_batch)
+        if size == self.global_batch:
+            return self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        base, extra = divmod(size, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def share(self, index: int) -> float:
+        """This rank's part of global batch `index` times the world size over the global batch's
+        size: 1 for every full batch. A loss weighted by it and averaged over the processes (as
+        DistributedDataParallel averages gradients) is the mean over the global batch."""
+        start, end = self.part(index)
+        size = min(self.global_batch, self.n - index * self.global_batch)
+        return (end - start) * self.world_size / size
 
     def __iter__(self) -> Iterator[np.ndarray]:
         order = (
@@ -42,7 +72,8 @@ class BatchIndexSampler(torch.utils.data.Sampler):
             else np.arange(self.n)
         )
         for i in range(len(self)):
-            yield order[i * self.batch_size : (i + 1) * self.batch_size]
+            start, end = self.part(i)
+            yield order[i * self.global_batch + start : i * self.global_batch + end]
 
 
 class GroupSampler(torch.utils.data.Sampler):
@@ -58,7 +89,9 @@ class GroupSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[np.ndarray]:
         batches = iter(self.sampler)
         while group := list(islice(batches, self.group)):
-            yield np.concatenate(group)
+            indices = np.concatenate(group)
+            if len(indices):  # a rank's empty last batch is made up by BatchLoader, not gathered
+                yield indices
 
 
 def keep(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +128,23 @@ class BatchLoader:
         groups = self.workers
         if groups is None:
             groups = map(self._gather, GroupSampler(self.sampler, self.group))
+        count, x, y = 0, None, None
         for x, y in groups:
-            yield from zip(x.split(self.batch_size), y.split(self.batch_size))
+            for batch in zip(x.split(self.batch_size), y.split(self.batch_size)):
+                count += 1
+                yield batch
+        if count < len(self):  # this rank's part of the last global batch is empty
+            yield self._empty(x, y)
+
+    def share(self, index: int) -> float:
+        """How much batch `index` weighs in its global batch (see BatchIndexSampler.share)."""
+        return self.sampler.share(index)
+
+    def _empty(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        if x is not None:
+            return x[:0], y[:0]
+        return (torch.empty((0, *self.dataset.sample_shape)),
+                self.dataset.targets[:0])
 
 
 def group_size(dataset: ColumnarDataset, batch_size: int, n_batches: int, workers: int) -> int:

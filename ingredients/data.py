@@ -91,7 +91,7 @@ def config():
     split_seed = 0                # seed of the train/validation split (fixed, so runs with different seeds share one split)
     batch_size = 64               # samples per training batch
     shuffle = True                # reshuffle the training set every epoch
-    drop_last = False             # drop the last incomplete training batch
+    drop_last = False             # drop the last incomplete training batch; under torchrun the last incomplete global batch (kept, it is split between the processes so every sample is seen once)
     num_workers = 0               # worker processes reading batches of a file-backed dataset (in-memory batches are gathered in the main process, cheaper than any hand-over)
     pin_memory = True             # pin host memory for faster copies to the GPU (only takes effect when CUDA is used)
     in_memory_mb = 1024           # Parquet and Arrow IPC data whose float32 features exceed this many MB are read per batch from disk instead of loaded: row-major IPC from the file itself, others from a row-major copy in the temporary directory ($TMPDIR); CSV is always loaded
@@ -694,17 +694,23 @@ def make_loader(
     generator: torch.Generator | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     device_is_cuda: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> BatchLoader:
-    """Batches of `dataset`: shuffled by `generator` (and drop_last) for training, else in order."""
+    """Batches of `dataset`: shuffled by `generator` (and drop_last) for training, else in order;
+    with `world_size` processes, `rank`'s part of every global batch (see BatchIndexSampler)."""
     _check_options(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                    num_workers=num_workers, pin_memory=pin_memory)
     shuffle, drop_last = (shuffle, drop_last) if train else (False, False)
-    if drop_last and batch_size > len(dataset):
+    if drop_last and batch_size * world_size > len(dataset):
+        processes = f" x {world_size} processes" if world_size > 1 else ""
         _fail(
-            f"data.batch_size {batch_size} exceeds the {len(dataset)} training samples "
+            f"data.batch_size {batch_size}{processes} exceeds the {len(dataset)} training samples "
             "and data.drop_last is set, so an epoch would have no batch"
         )
-    sampler = BatchIndexSampler(len(dataset), batch_size, shuffle, drop_last, generator)
+    sampler = BatchIndexSampler(
+        len(dataset), batch_size, shuffle, drop_last, generator, rank, world_size
+    )
     pin = pin_memory and device_is_cuda and torch.cuda.is_available()
     # A gather from memory takes microseconds; handing a batch over from a worker process
     # (shared memory, pickling, page faults) costs far more, so only file reads get workers.

@@ -39,6 +39,7 @@ def config():
     kwargs = {}  # extra keyword arguments for a model given by import path
     freeze = []  # glob patterns on named_parameters() to keep fixed, e.g. ['features.0.*']
     freeze_batchnorm = False  # BatchNorm layers stay in eval mode: running stats and affine fixed
+    sync_batchnorm = False  # under torchrun: BatchNorm layers become SyncBatchNorm (statistics over every process; CUDA only)
 
 
 SIZES = Rule(list_of(POSITIVE_INT).accepts, "a list of positive integers")
@@ -52,6 +53,7 @@ SCHEMA = {
     "kwargs": mapping(),
     "freeze": Rule(list_of(TEXT).accepts, "a list of glob patterns"),
     "freeze_batchnorm": BOOLEAN,
+    "sync_batchnorm": BOOLEAN,
 }
 
 

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse to run when code, packages, data or device differ")
     rerun.add_argument("--from-recorded-sources", action="store_true",
                        help="run the source files recorded with the run, not the working tree")
+    rerun.add_argument("--world-size", type=int, default=None, metavar="N",
+                       help="processes for a run recorded under torchrun (default: its own "
+                            "world size; another one is not expected to match)")
 
     sync = command("sync", "observers.sync:sync_command", "upload runs into MongoDB", store=False)
     sync.add_argument("path", help="a file store or fallback directory")

@@ -142,6 +142,8 @@ def ls_lines(runs: pd.DataFrame) -> list[str]:
         ("started", "<", [when(t) for t in runs["start_time"]]),
         ("took", ">", [took(d) for d in runs["duration"]]),
     ]
+    if "processes" in runs.columns and (runs["processes"].fillna(1) > 1).any():  # distributed runs
+        fixed.append(("procs", ">", [str(p) if p and p > 1 else "1" for p in runs["processes"].fillna(1)]))
     main = [(header, ">", [format_value(v) for v in runs[metric]])]
     config, left_out = fit_config_columns(runs, WIDTH - table_width(fixed + main) - len(GAP))
     lines = render(fixed + config + main)
@@ -236,8 +238,32 @@ def record_lines(run_id: int, row: pd.Series, run: dict, info: dict, config: dic
         ("final model", lambda: format_value(info.get("final_model_sha256"))[:16]),
         ("failure", lambda: failure_text(run.get("fail_trace"))),
     ]]
+    after_device = [name for name, _ in fields].index("device") + 1
+    fields[after_device:after_device] = readable(
+        lambda: distributed_fields(info.get("distributed")), [("distributed", "unreadable")])
     title = "  ".join(filter(None, [f"run {run_id}", row["experiment"] if isinstance(row["experiment"], str) else None, row["status"]]))
     return [title] + [fit(f"  {name:<12}{text}") for name, text in fields if text not in ("-", "")]
+
+
+def distributed_fields(job: dict | None) -> list[tuple[str, str]]:
+    """A torchrun run: world size, nodes, backend, each rank's device and seed, the torchrun
+    command, the lr scaling and a failing rank."""
+    if not isinstance(job, dict):
+        return []
+    nodes = job.get("nodes", 1)
+    fields = [("distributed", f"{job.get('world_size')} processes on {nodes} "
+                              f"node{'s' if nodes != 1 else ''} ({job.get('backend')})")]
+    fields += [(f"  rank {r.get('rank')}", f"{r.get('host')} {r.get('device')} seed {r.get('seed')}")
+               for r in job.get("ranks") or []]
+    lr = job.get("lr") or {}
+    if lr.get("scaling") == "linear":
+        fields.append(("  lr", f"{lr.get('configured')} x {job.get('world_size')} = {lr.get('effective')}"))
+    if job.get("torchrun"):  # the interpreter, then torchrun's script and its arguments
+        command = job["torchrun"][1:] or job["torchrun"]
+        fields.append(("  torchrun", " ".join([os.path.basename(command[0]), *command[1:]])))
+    if job.get("failure"):
+        fields.append(("  failed", f"rank {job['failure'].get('rank')}: {job['failure'].get('message')}"))
+    return fields
 
 
 def host_text(host: dict) -> str:

@@ -281,7 +281,24 @@ def report_differences(original: Original, tree: CodeTree, found: list[Differenc
 # --------------------------------------------------------------------------- running
 
 
-def run_again(original: Original, tree: CodeTree, target: str) -> tuple[int, int | None]:
+def launcher(original: Original, world_size: int | None) -> list[str]:
+    """How the rerun starts: python, or torchrun (on this machine, with the recorded world size
+    unless another is asked for) for a run recorded under torchrun."""
+    recorded = (original.info.get("distributed") or {}).get("world_size")
+    if recorded is None and world_size is None:
+        return [sys.executable]
+    if world_size is not None and world_size < 1:
+        raise ValueError(f"--world-size must be a positive integer, got {world_size}")
+    processes = world_size or recorded
+    if recorded is not None and processes != recorded:
+        print(f"world size {processes} asked for, run {original.run_id} ran with {recorded}: "
+              "the sample order and reductions differ, so the values are not expected to match")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={processes}"]
+
+
+def run_again(original: Original, tree: CodeTree, target: str,
+              world_size: int | None = None) -> tuple[int, int | None]:
     """Run the main file with the recorded config; return its exit code and the new run's id."""
     with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
         config_file, id_file = Path(tmp) / "config.json", Path(tmp) / "run_id"
@@ -297,7 +314,7 @@ def run_again(original: Original, tree: CodeTree, target: str) -> tuple[int, int
                RUN_ID_FILE_VARIABLE: str(id_file)}
         if recorded_threads(original) is not None:
             env[THREADS_VARIABLE] = str(recorded_threads(original))
-        command = [sys.executable, str(tree.root / original.mainfile)]
+        command = [*launcher(original, world_size), str(tree.root / original.mainfile)]
         if is_mongo_url(target):
             env[MONGO_URL_VARIABLE] = target  # in the environment, not in argv where ps shows it
         else:
@@ -387,7 +404,7 @@ def rerun_command(args) -> int:
                 f"{'s differ' if len(found) != 1 else ' differs'} between then and now "
                 f"({', '.join(d.what for d in found[:5])}{', ...' if len(found) > 5 else ''})"
             )
-        code, new_id = run_again(original, tree, target)
+        code, new_id = run_again(original, tree, target, getattr(args, "world_size", None))
     if code != 0:
         where = f"; it is recorded as run {new_id}" if new_id is not None else ""
         print(f"reprolab: error: the rerun of run {run_id} exited with code {code}{where}",

@@ -30,6 +30,7 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "heartbeat": "datetime64[us, UTC]",
     "duration": "timedelta64[us]",
     "host": "str",
+    "processes": "Int64",  # world size of a run trained under torchrun; 1 for one process
     "git_commit": "str",
     "git_dirty": "boolean",
     "result": "float64",
@@ -153,6 +154,7 @@ def _record_fields(run: dict) -> dict:
         "heartbeat": beat,
         "duration": end - start if start and end else None,
         "host": _field(host or {}, "hostname", str, odd),
+        "processes": _processes(run),
         "git_commit": _field(repository, "commit", str, odd),
         "git_dirty": _field(repository, "dirty", bool, odd),
         "result": _result(run.get("result")),
@@ -160,6 +162,14 @@ def _record_fields(run: dict) -> dict:
     if odd:
         fields["odd"] = f"run.json: {', '.join(odd)} of an unexpected type, read as missing"
     return fields
+
+
+def _processes(run: dict) -> int:
+    """The world size of a run trained under torchrun (run.json's meta), else 1."""
+    meta = run.get("meta")
+    job = meta.get("distributed") if isinstance(meta, dict) else None
+    size = job.get("world_size") if isinstance(job, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 1
 
 
 def _field(record: dict, key: str, kind: type, odd: list[str]):

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # One thread for every process here: faster on a busy 2-core machine, and a thread count that
 # differs between the original and the rerun would be (rightly) reported as a difference.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-SEED_LINE = '    _run.info["determinism"] = seed_everything(seed)\n'
+SEED_LINE = '    _run.info["determinism"] = seed_everything(job.seed(seed))\n'
 
 
 @pytest.fixture(scope="module")
