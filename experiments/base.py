@@ -16,6 +16,7 @@ from sacred.dependencies import gather_sources_and_dependencies
 from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
+from experiments.membership import sweep_option
 from experiments.resume import (
     ResumePoint,
     Terminated,
@@ -103,7 +104,7 @@ class ReproExperiment(Experiment):
             name,
             ingredients=list(ingredients),
             base_dir=str(REPO_ROOT),
-            additional_cli_options=[store_option],
+            additional_cli_options=[store_option, sweep_option],
         )
         # Sacred takes the main file from its caller's globals, which would be this module.
         caller = inspect.stack()[1][0].f_globals

@@ -33,6 +33,8 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "git_dirty": "boolean",
     "result": "float64",
     "note": "str",
+    "sweep": "str",  # the sweep a run belongs to (run.json's meta.sweep), and its config's index
+    "sweep_index": "Int64",
 }
 SUMMARY_STATS = ("last", "min", "max")
 STALE_HEARTBEAT = dt.timedelta(minutes=2)  # a RUNNING run silent this long has probably died
@@ -50,17 +52,19 @@ def as_store(store: str | os.PathLike | RunStore | None) -> RunStore:
 
 def load_runs(store: str | os.PathLike | RunStore | None = None, *,
               run_ids: Iterable[int] | None = None, status: str | Iterable[str] | None = None,
-              experiment: str | Iterable[str] | None = None, **config) -> pd.DataFrame:
+              experiment: str | Iterable[str] | None = None, sweep: str | None = None,
+              **config) -> pd.DataFrame:
     """One row per run, indexed by run id: record, `config.<dotted.key>`, metric summaries.
 
-    Filters: status and experiment (a name or several), and config values by dotted key, e.g.
+    Filters: status, experiment (a name or several), sweep (its id), and config values by dotted key, e.g.
     `load_runs("runs", lr=0.01, **{"optimizer.name": "sgd"})` (`optimizer__name=` works too)."""
     store = as_store(store)
     ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     wanted = {key.replace("__", "."): value for key, value in config.items()}
     statuses, experiments = _names(status), _names(experiment)
     all_rows = [_record_row(store, run_id) for run_id in ids]
-    rows = [row for row in all_rows if _matches(row, statuses, experiments, wanted)]
+    rows = [row for row in all_rows if _matches(row, statuses, experiments, wanted)
+            and (sweep is None or row.get("sweep") == str(sweep))]
     if wanted and not rows:
         _check_config_keys(store, all_rows, wanted)
     summaries = _metric_summaries(store, [row["run_id"] for row in rows])
@@ -131,6 +135,7 @@ def _record_fields(run: dict) -> dict:
     start, stop, beat = (_timestamp(run.get(key)) for key in ("start_time", "stop_time", "heartbeat"))
     repositories = (run.get("experiment") or {}).get("repositories") or [{}]
     end = stop or beat
+    member = (run.get("meta") or {}).get("sweep") or {}
     return {
         "experiment": (run.get("experiment") or {}).get("name"),
         "status": run.get("status") or DAMAGED,
@@ -142,6 +147,8 @@ def _record_fields(run: dict) -> dict:
         "git_commit": repositories[0].get("commit"),
         "git_dirty": repositories[0].get("dirty"),
         "result": _result(run.get("result")),
+        "sweep": member.get("id"),
+        "sweep_index": member.get("index"),
     }
 
 
