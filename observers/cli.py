@@ -95,7 +95,12 @@ def add_sweep_command(command) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "sweep":  # `with` words may follow options: argparse leaves them over
+        args.words += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     module_name, _, function = args.handler.partition(":")
     handler = getattr(__import__(module_name, fromlist=[function]), function)
     try:
