@@ -19,37 +19,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ("epochs=2", "limit_batches=4")
 WAIT_S = 600  # every wait on a process here is bounded
 
-# An experiment file that is train.py, except that (with STOP_FIFO set) the first run to finish
-# epoch 1 says READY into the FIFO and waits for a signal: the sweep is stopped at a known point,
-# without sleeping. Checking configs imports it, which gives them train.py's experiment.
-STOPPER = '''
-import os, runpy, signal, sys
-import experiments.loop as loop
-
-if __name__ == "__main__":
-    evaluate, calls = loop.evaluate, []
-
-    def evaluate_then_wait(*args, **kwargs):
-        result = evaluate(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2 and os.environ.get("STOP_FIFO"):  # epoch 1 is done and checkpointed
-            try:
-                os.close(os.open(os.environ["STOP_FIFO"] + ".taken", os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return result  # another run stopped already
-            with open(os.environ["STOP_FIFO"], "w") as fifo:
-                fifo.write("READY\\n")
-            while True:
-                signal.pause()  # until the signal's handler raises
-        return result
-
-    loop.evaluate = evaluate_then_wait
-    sys.argv[0] = os.path.join(os.environ["REPO_ROOT"], "experiments", "train.py")
-    runpy.run_path(sys.argv[0], run_name="__main__")
-else:
-    from experiments.train import ex  # noqa: F401
-'''
-
 
 def sweep(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "observers.cli", "sweep", *args],
@@ -153,11 +122,10 @@ def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGINT)
 
 
-def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train):
+def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train, sweep_stopper):
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
-    stopper = tmp_path / "stopper.py"
-    stopper.write_text(STOPPER)
+    stopper = sweep_stopper(tmp_path)
     config = ("seed=3", "limit_batches=5", "epochs=2")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
     first = subprocess.Popen(
