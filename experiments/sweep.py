@@ -42,7 +42,7 @@ from observers.store import RecordError, open_store
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
 STOP_WAIT_S = 120  # how long a stopped run may take to record its interruption before it is killed
-UNFINISHED = ("RUNNING", "QUEUED")
+STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s while a run lives
 
 
 # --------------------------------------------------------------------------- the sweep's record
@@ -55,9 +55,16 @@ class SweepBook:
         self.location = location
         self.mongo = is_mongo_url(location)
         if self.mongo:
+            from observers.credentials import describe_error
             from observers.mongo import connect
 
-            self.collection = connect(location)["sweeps"]
+            try:
+                self.collection = connect(location)["sweeps"]
+            except ValueError:
+                raise
+            except Exception as error:  # noqa: BLE001 - pymongo's, in one sentence
+                raise RecordError(f"cannot reach MongoDB at {self.printable()}: "
+                                  f"{describe_error(error, location)}") from None
         else:
             self.folder = Path(location) / SWEEPS
 
@@ -158,6 +165,16 @@ class Attempt:
     index: int
     status: str
     checkpoint: bool  # its last.pt is recorded, so it can be continued
+    heartbeat: str | None = None  # run.json's last heartbeat (ISO text or a datetime)
+
+    def beating(self) -> bool:
+        """RUNNING with a heartbeat in the last two minutes: its process is probably alive."""
+        if self.status != "RUNNING" or not self.heartbeat:
+            return False
+        beat = self.heartbeat
+        beat = dt.datetime.fromisoformat(beat) if isinstance(beat, str) else beat
+        beat = beat.replace(tzinfo=dt.UTC) if beat.tzinfo is None else beat
+        return dt.datetime.now(dt.UTC) - beat < STALE_HEARTBEAT
 
 
 def sweep_attempts(location: str, sweep_id: str) -> dict[int, list[Attempt]]:
@@ -177,7 +194,8 @@ def sweep_attempts(location: str, sweep_id: str) -> dict[int, list[Attempt]]:
         except RecordError:
             checkpoint = False
         attempts.setdefault(member["index"], []).append(
-            Attempt(run_id, member["index"], run.get("status") or "DAMAGED", checkpoint))
+            Attempt(run_id, member["index"], run.get("status") or "DAMAGED", checkpoint,
+                    run.get("heartbeat")))
     return attempts
 
 
@@ -200,7 +218,7 @@ def jobs_to_do(record: dict, attempts: dict[int, list[Attempt]], busy: set[int])
             jobs.append(fresh)
         elif latest.status == "COMPLETED":
             continue
-        elif index in busy:
+        elif index in busy or latest.beating():
             notes.append(f"config {index}: run {latest.run_id} is still {latest.status}; left alone")
         elif latest.status in ("INTERRUPTED", "RUNNING", "TIMEOUT") and latest.checkpoint:
             notes.append(f"config {index}: continuing run {latest.run_id} from its checkpoint")

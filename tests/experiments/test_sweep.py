@@ -156,3 +156,22 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train,
     assert info["final_model_sha256"] == expected  # continued bit-exactly
     again = sweep("--resume", sweep_name, "--store", str(store))
     assert "nothing to do (2 configs completed)" in again.stderr
+
+
+def test_sweep_record_in_mongodb(monkeypatch, capsys):
+    """--print-commands records the sweep (here into mongomock) and prints one command per config."""
+    import mongomock
+
+    import observers.mongo as om
+
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    url = "mongodb://user:secret@db.example:27017/sacred"
+    code, out, err = in_process(capsys, "--store", url, "--print-commands", "with", "lr=[0.1, 0.01]")
+    assert code == 0 and "secret" not in out + err
+    (record,) = client["sacred"]["sweeps"].find()
+    assert [c["lr"] for c in record["configs"]] == [0.1, 0.01]
+    assert record["attempts"][0]["engine"] == "commands" and record["store"].startswith("mongodb://user:***@")
+    commands = [line for line in out.splitlines() if not line.startswith("#")]
+    assert commands[1].endswith(f"--sweep {record['id']}:1 with lr=0.01 seed={record['default_seed']}")
+    assert "-R" not in commands[0]  # the URL travels in REPROLAB_MONGO_URL
