@@ -423,6 +423,8 @@ def declaration_from(words: list[str], file: str | None) -> Declaration:
 
 
 def check_engine_options(args) -> None:
+    args.on = args.on or "local"
+    args.parallel = 1 if args.parallel is None else args.parallel
     if args.parallel < 1:
         raise ValueError(f"--parallel must be 1 or more, not {args.parallel}")
     if args.threads is not None and args.threads < 1:
@@ -456,7 +458,7 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
     if args.on == "slurm":
         from experiments.sweep_slurm import SlurmOptions, submit
 
-        options = SlurmOptions.from_args(args)
+        options = SlurmOptions.from_args(args, previous=last_attempt(record, "slurm").get("options"))
         folder = book.work_dir(record["id"]) / f"slurm-{len(record['attempts'])}"
         attempt = {"engine": "slurm", "started": now(), "folder": str(folder),
                    "options": options.record(), "indices": [j.index for j in jobs]}
@@ -500,6 +502,12 @@ def resume_sweep(args, location: str) -> int:
     for interrupted ones; completed configs and those still running on Slurm are left alone."""
     book = SweepBook(location)
     record = book.load(args.resume)
+    engines = [a["engine"] for a in record.get("attempts", []) if a["engine"] in ("local", "slurm")]
+    args.on = args.on or (engines[-1] if engines else "local")
+    local = last_attempt(record, "local")  # the same threads again: bit-exact continuation
+    args.parallel = args.parallel if args.parallel is not None else local.get("parallel", 1)
+    args.threads = args.threads or local.get("threads")
+    check_engine_options(args)
     busy = busy_indices(record)
     jobs, notes = jobs_to_do(record, sweep_attempts(location, record["id"]), busy)
     for note in notes:
@@ -510,6 +518,11 @@ def resume_sweep(args, location: str) -> int:
         return 0
     print(f"sweep {record['id']}: {len(jobs)} of {len(record['configs'])} configs to run", file=sys.stderr)
     return launch(args, record, book, location, jobs)
+
+
+def last_attempt(record: dict, engine: str) -> dict:
+    """The sweep's latest attempt on this engine, or {}."""
+    return next((a for a in reversed(record.get("attempts") or []) if a["engine"] == engine), {})
 
 
 def busy_indices(record: dict) -> set[int]:

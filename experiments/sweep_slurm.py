@@ -40,7 +40,9 @@ class SlurmOptions:
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_args(cls, args) -> SlurmOptions:
+    def from_args(cls, args, previous: dict | None = None) -> SlurmOptions:
+        """The options given; those not given are the previous submission's (on --resume)."""
+        before = cls(**previous) if previous else cls()
         extra = {}
         for item in args.sbatch or []:
             key, equals, value = item.partition("=")
@@ -51,9 +53,16 @@ class SlurmOptions:
         for name, value in (("cpus", args.cpus), ("gpus", args.gpus), ("max-parallel", args.max_parallel)):
             if value is not None and value < (0 if name == "gpus" else 1):
                 raise ValueError(f"--{name} must be {'0' if name == 'gpus' else '1'} or more, not {value}")
-        return cls(partition=args.partition, time_min=minutes(args.time) if args.time else 60,
-                   cpus=args.cpus or 1, gpus=args.gpus, mem=args.mem,
-                   max_parallel=args.max_parallel, extra=extra)
+
+        def given(value, old):
+            return old if value is None else value
+
+        return cls(partition=given(args.partition, before.partition),
+                   time_min=minutes(args.time) if args.time else before.time_min,
+                   cpus=given(args.cpus, before.cpus), gpus=given(args.gpus, before.gpus),
+                   mem=given(args.mem, before.mem),
+                   max_parallel=given(args.max_parallel, before.max_parallel),
+                   extra=extra or dict(before.extra))
 
     def record(self) -> dict:
         return asdict(self)

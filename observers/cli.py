@@ -77,11 +77,13 @@ def add_sweep_command(command) -> None:
     sweep.add_argument("--resume", metavar="SWEEP", help="run what SWEEP still lacks: continue "
                        "interrupted runs, rerun failed ones, skip completed ones")
     sweep.add_argument("--status", metavar="SWEEP", help="each config's run state (store and Slurm)")
-    sweep.add_argument("--on", choices=("local", "slurm"), default="local", help="where runs run")
-    sweep.add_argument("--parallel", type=int, default=1, metavar="N",
-                       help="local: runs at a time (default 1)")
+    sweep.add_argument("--on", choices=("local", "slurm"),
+                       help="where runs run (default local; with --resume, where the sweep ran last)")
+    sweep.add_argument("--parallel", type=int, metavar="N",
+                       help="local: runs at a time (default 1; with --resume, as last time)")
     sweep.add_argument("--threads", type=int, metavar="N",
-                       help="local: torch threads per run (default: cores / --parallel)")
+                       help="local: torch threads per run (default: cores / --parallel; "
+                            "with --resume, as last time)")
     slurm = sweep.add_argument_group("Slurm (with --on slurm)")
     slurm.add_argument("--partition", help="sbatch --partition")
     slurm.add_argument("--time", help="time limit per run: minutes, HH:MM:SS or D-HH:MM (default 60)")

@@ -140,7 +140,7 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train,
     stopped = load_runs(store, sweep=sweep_name)
     assert list(stopped.status) == ["INTERRUPTED"] and list(stopped.sweep_index) == [0]
 
-    resumed = sweep("--resume", sweep_name, "--store", str(store), "--threads", "1",
+    resumed = sweep("--resume", sweep_name, "--store", str(store),  # --threads 1 as last time
                     env={"REPO_ROOT": str(REPO_ROOT)})
     assert "config 0: continuing run 1 from its checkpoint" in resumed.stderr
     runs = load_runs(store, sweep=sweep_name)

@@ -88,8 +88,10 @@ def test_task_cancelled_by_slurm_is_interrupted_and_resumed(slurm, tmp_path, tra
     (stopped,) = load_runs(store, sweep=record["id"]).itertuples()
     assert stopped.status == "INTERRUPTED"
 
-    reprolab("sweep", "--resume", record["id"], "--store", str(store), "--on", "slurm",
-             "--cpus", "1", "--wait", env={"REPO_ROOT": str(REPO_ROOT)})
+    # on Slurm again, with the same options: where and how the sweep ran last
+    reprolab("sweep", "--resume", record["id"], "--store", str(store), "--wait",
+             env={"REPO_ROOT": str(REPO_ROOT)})
+    assert [a["engine"] for a in sweep_record(store)["attempts"]] == ["slurm", "slurm"]
     runs = load_runs(store, sweep=record["id"])
     assert list(runs.status) == ["INTERRUPTED", "COMPLETED"] and list(runs.sweep_index) == [0, 0]
     info = json.loads((store / str(runs.index[1]) / "info.json").read_text())
