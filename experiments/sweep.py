@@ -288,7 +288,8 @@ class LocalSweep:
     def run(self, jobs: list[Job], attempt: int) -> int:
         """Run every job; 0 when all completed, 1 when some failed, 130 when stopped."""
         pending, running = list(jobs), []
-        previous = signal.signal(signal.SIGTERM, raise_interrupt)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupt),
+                    signal.SIGINT: signal.getsignal(signal.SIGINT)}
         try:
             self.progress(pending, running)
             while pending or running:
@@ -310,7 +311,8 @@ class LocalSweep:
                   f"{resume_command(self.record['id'], self.location)}", file=sys.stderr)
             return 130
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         for line in self.failures:
             print(line, file=sys.stderr)
         return 1 if self.failed or self.interrupted else 0
@@ -328,7 +330,10 @@ class LocalSweep:
                                  f"{last_error(item.log)} (log: {item.log})")
 
     def stop(self, running: list[Running]) -> None:
-        """Ask every running run to stop (it records INTERRUPTED and its checkpoint), then wait."""
+        """Ask every running run to stop (it records INTERRUPTED and its checkpoint), then wait;
+        a second Ctrl-C meanwhile is ignored, so no run is left half recorded."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for item in running:
             if item.process.poll() is None:
                 item.process.send_signal(signal.SIGINT)
