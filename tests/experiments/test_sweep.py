@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,6 +57,19 @@ def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     assert ranked.stdout.splitlines()[1].split()[:2] == ["1", str(best)]  # rank 1 is the best run
     assert "varied: lr, seed" in ranked.stdout
     assert (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a second sweep in the same store, run by hand from its printed commands, never mixes in
+    printed = sweep("--store", str(store), "--print-commands", "with", "lr=[0.05, 0.2]", *TINY)
+    first_command = shlex.split(printed.stdout.splitlines()[0])
+    other = first_command[first_command.index("--sweep") + 1].split(":")[0]
+    subprocess.run([sys.executable, *first_command[1:]], cwd=REPO_ROOT, check=True,
+                   capture_output=True, timeout=WAIT_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert len(load_runs(store, sweep=runs.sweep.iloc[0])) == 4
+    (mine,) = load_runs(store, sweep=other).itertuples()
+    assert mine.sweep_index == 0 and mine.status == "COMPLETED"
+    listed = subprocess.run([sys.executable, "-m", "observers.cli", "ls", "--store", str(store),
+                             "--sweep", other], capture_output=True, text=True, timeout=WAIT_S)
+    assert len(listed.stdout.splitlines()) == 2  # the header and the one run
 
 
 def test_failing_config_is_reported_and_the_others_complete(tmp_path):
