@@ -234,7 +234,7 @@ def jobs_to_do(record: dict, attempts: dict[int, list[Attempt]], busy: set[int])
 
 def run_argv(record: dict, job: Job, store_arg: str | None) -> list[str]:
     """train.py's arguments for a job; a MongoDB store travels in the environment, not argv."""
-    argv = [record["experiment"]]
+    argv = [record.get("experiment_path") or record["experiment"]]
     if store_arg:
         argv += ["-R", store_arg]
     return argv + ["--sweep", f"{record['id']}:{job.index}", "with", *job.words]
@@ -393,6 +393,7 @@ def sweep_command(args) -> int:
     book = SweepBook(location)
     record = {
         "id": new_sweep_id(book), "experiment": declaration.experiment,
+        "experiment_path": str(Path(declaration.experiment).resolve()),  # --resume from anywhere
         "created": dt.datetime.now(dt.UTC).isoformat(), "declaration": declaration.record(),
         "named_configs": declaration.named_configs, "configs": configs, "default_seed": seed,
         "duplicates_dropped": dropped, "code": code_version(), "store": book.printable(),
