@@ -6,11 +6,13 @@ import difflib
 import inspect
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from sacred import SETTINGS, Experiment
-from sacred.config.config_files import load_config_file
+from sacred.arg_parser import _convert_value
+from sacred.config.config_files import HANDLER_BY_EXT, load_config_file
 from sacred.config.utils import undogmatize
 from sacred.dependencies import gather_sources_and_dependencies
 from sacred.initialize import create_run
@@ -18,12 +20,14 @@ from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, itera
 
 from experiments.membership import sweep_option
 from experiments.resume import (
+    RecordedRun,
     ResumePoint,
     Terminated,
     interrupts_handled,
     load_resume_point,
     resumed_config,
 )
+from ingredients import check_storable, shown
 from observers.attach import (
     DEFAULT_STORE,
     MONGO_URL_VARIABLE,
@@ -31,6 +35,7 @@ from observers.attach import (
     is_mongo_url,
     store_option,
 )
+from observers.files import StoreWriteError
 from observers.store import RecordError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +100,23 @@ class ConfigurationError(ValueError):
     """A user's config cannot run; raised before anything is recorded."""
 
 
+def check_updates(argv: list[str]) -> None:
+    """Refuse, naming the key, a `with key=value` whose value Sacred cannot turn into a config
+    value (complex numbers, bytes and sets are not JSON): Sacred fails there with a traceback."""
+    if "with" not in argv:
+        return
+    for update in argv[argv.index("with") + 1:]:
+        key, sep, value = update.partition("=")
+        if not sep:
+            continue
+        try:
+            _convert_value(value.strip())
+        except Exception:  # Sacred's own conversion: TypeError, ValueError, RecursionError
+            raise ConfigurationError(
+                f"{key.strip()} cannot be stored in a run's record (use numbers, strings, "
+                f"true/false, None, lists and dicts), got {shown(value.strip())}") from None
+
+
 class ReproExperiment(Experiment):
     """Experiment with the project's defaults: sources from the whole repository, the default
     store, progress bars filtered from captured output, and strict config keys."""
@@ -119,7 +141,20 @@ class ReproExperiment(Experiment):
 
     def run_commandline(self, argv=None):
         self._from_commandline = True
-        return super().run_commandline(argv)
+        own_argv = argv is None
+        argv = sys.argv if argv is None else argv
+        try:
+            check_updates(argv)
+        except ConfigurationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        try:
+            return super().run_commandline(argv)
+        finally:  # the run is recorded and said: a late signal must not add a traceback
+            self._from_commandline = False
+            if own_argv:  # the process's own command line: it only exits from here
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)
 
     def run(self, *args, **kwargs):
         try:
@@ -130,11 +165,16 @@ class ReproExperiment(Experiment):
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
-        except (KeyboardInterrupt, Terminated) as stop:
+        except StoreWriteError as error:
+            if not self._from_commandline:
+                raise
+            print(f"error: {self._store_failure_message(error)}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt as stop:  # Terminated (SIGTERM) too
             if not self._from_commandline:
                 raise
             print(self._interrupted_message(), file=sys.stderr)
-            sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)  # 128 + signal number
+            sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + signal number
 
     def get_experiment_info(self):
         info = super().get_experiment_info()
@@ -148,6 +188,9 @@ class ReproExperiment(Experiment):
         command_name = command_name or self.default_command
         self.resume_point: ResumePoint | None = None
         try:
+            self._check_named_configs(named_configs)
+            for key, value in (config_updates or {}).items():  # before Sacred walks them
+                check_storable(str(key), value)
             run = super()._create_run(command_name, config_updates, named_configs, info,
                                       meta_info, options)
             if run.config.get("resume") is not None:  # given directly or in a config file
@@ -160,10 +203,13 @@ class ReproExperiment(Experiment):
         except (ValueError, FileNotFoundError, RecordError) as error:
             raise ConfigurationError(str(error)) from None
         added = sorted(k for k in run.config_modifications.added if not k.endswith("__doc__"))
+        if added:
+            added = [k for k in added if not self._inside_free_form(k)]
         if added:  # Sacred only warns about a new key that some captured function could take
             self.current_run = None
             raise ConfigurationError(self._unknown_key_message(added[0]))
         self._record_sources(run)
+        run.__class__ = RecordedRun  # Sacred builds a plain Run; this one never loses a record
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run
@@ -210,7 +256,7 @@ class ReproExperiment(Experiment):
     def _interrupted_message(self) -> str:
         """One line: which run stopped, its last checkpoint, and how to continue it."""
         run = self.current_run
-        if run is None or run.status != "INTERRUPTED":
+        if run is None or run.status != "INTERRUPTED" or run._id is None:
             return "interrupted before the run started; nothing was recorded"
         last = (run.info.get("checkpoints") or {}).get("last.pt")
         if last is None or run._id is None:
@@ -227,7 +273,46 @@ class ReproExperiment(Experiment):
         return (f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
                 f"python {sys.argv[0]}{where} with resume={run._id}")
 
+    def _store_failure_message(self, error: StoreWriteError) -> str:
+        """One sentence: the first write that failed, and what became of the run's record."""
+        run = self.current_run
+        first = getattr(run, "store_failure", None) or error
+        if run is None or run._id is None:
+            return f"{first}; the run could not start"
+        if run.status_failure is not None:
+            return (f"{first}; run {run._id} stopped, and its status could not be written either "
+                    f"({run.status_failure.cause}), so its record still says RUNNING")
+        return f"{first}; run {run._id} stopped and is recorded as FAILED"
+
+    def _inside_free_form(self, key: str) -> bool:
+        """Whether a key lies inside a config dict that is empty by default (model.kwargs): its
+        keys are the user's to choose, and its ingredient's schema checks them."""
+        empty = {k for k, v in iterate_flattened(undogmatize(self._default_config())) if v == {}}
+        return any(key.startswith(prefix + ".") for prefix in empty)
+
+    def _check_named_configs(self, names) -> None:
+        """A named config that does not exist, or a config file that is absent or cannot be
+        read, is one sentence (Sacred gives a traceback)."""
+        available = None
+        for name in names:
+            if os.path.isfile(name):
+                try:
+                    load_config_file(name)
+                except Exception as error:  # any parser's error: JSON, YAML, pickle
+                    reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+                    raise ConfigurationError(f"config file {name}: cannot read it ({reason})") from None
+                continue
+            if os.path.splitext(name)[1] in HANDLER_BY_EXT or os.sep in name:
+                raise ConfigurationError(f"config file not found: {name}")
+            available = available or [n for n, _ in self.gather_named_configs()]
+            if name not in available:
+                raise ConfigurationError(
+                    f"unknown named config '{name}' (named configs: {', '.join(available)}; a config "
+                    f"file needs one of the extensions {', '.join(sorted(HANDLER_BY_EXT))})")
+
     def _unknown_key_message(self, key: str) -> str:
+        if key in {ingredient.path for ingredient, _ in self.traverse_ingredients()}:
+            return f"{key} is a group of settings: set its keys, e.g. {key}.<key>=... (see print_config)"
         known = [k for k, _ in iterate_flattened(undogmatize(self._default_config()))]
         close = closest_key(key, known)
         hint = f"; did you mean '{close}'?" if close else ""

@@ -16,15 +16,19 @@ from experiments.base import ReproExperiment
 from experiments.checkpoint import restore_training_state, state_hash, training_state
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
 from experiments.resume import CheckpointRecorder
-from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
-from ingredients.data import (
-    data,
-    load_splits,
-    make_loader,
-    read_schema,
-    resolve_format,
-    resolve_path,
+from ingredients import (
+    BOOLEAN,
+    INSPECTION_COMMANDS,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    TEXT,
+    Rule,
+    check_section,
+    choice,
+    integer,
+    nullable,
 )
+from ingredients.data import Contents, data, describe, load_splits, make_loader
 from ingredients.model import build_model, format_summary, model, summarize
 from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
 from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
@@ -63,44 +67,76 @@ def debug():
     limit_batches = 5  # noqa: F841
 
 
+# What each top-level key accepts, checked before a run starts (see ingredients/__init__.py).
+SCHEMA = {
+    "seed": integer(0, 2**32, words="an integer in [0, 2**32)"),
+    "lr": POSITIVE_NUMBER,
+    "epochs": POSITIVE_INT,
+    "device": Rule(TEXT.accepts, "auto, cpu, cuda or cuda:N"),
+    "amp": choice(*AMP_MODES),
+    "accumulate": POSITIVE_INT,
+    "loss": choice(*LOSSES),
+    "monitor": Rule(TEXT.accepts, "a metric name"),
+    "monitor_mode": choice("max", "min"),
+    "patience": nullable(POSITIVE_INT),
+    "limit_batches": nullable(POSITIVE_INT),
+    "progress": BOOLEAN,
+    "resume": Rule(lambda v: v is None or POSITIVE_INT.accepts(v) or TEXT.accepts(v),
+                   "None, a run id or a run directory"),
+}
+
+
 @ex.config_hook
 def validate(config, command_name, logger):
     """Refuse bad top-level settings before the run starts."""
     if command_name in INSPECTION_COMMANDS:
         return {}
-    positive_int = {"epochs": False, "accumulate": False, "patience": True, "limit_batches": True}
-    for key, may_be_none in positive_int.items():
-        value = config[key]
-        require(key, value, (may_be_none and value is None) or (is_int(value) and value >= 1),
-                "a positive integer" + (" or None" if may_be_none else ""))
-    require("lr", config["lr"], is_number(config["lr"]) and config["lr"] > 0, "a positive number")
-    require("seed", config.get("seed", 0), is_int(config.get("seed", 0))
-            and 0 <= config.get("seed", 0) < 2**32, "an integer in [0, 2**32)")
-    for key, choices in (("amp", AMP_MODES), ("loss", LOSSES), ("monitor_mode", ("max", "min"))):
-        require(key, config[key], config[key] in choices, "one of " + ", ".join(choices))
+    # Sacred draws the seed after the config hooks: an absent one is checked as valid.
+    check_section(None, {"seed": 0, **config}, SCHEMA)
     metrics = ("train_loss", "val_loss") + (("val_accuracy",) if config["loss"] != "mse" else ())
-    require("monitor", config["monitor"], config["monitor"] in metrics, "one of " + ", ".join(metrics))
+    if config["monitor"] not in metrics:
+        raise ValueError(f"monitor must be one of {', '.join(metrics)}, got {config['monitor']!r}")
     pick_device(config["device"])
     preflight(config)
     return {}
 
 
 def preflight(config: dict) -> None:
-    """Build the model and optimizer once from the config, so that one which cannot be built (a
-    freeze or group pattern matching nothing, a value torch rejects) is refused before anything
-    is recorded."""
-    data_cfg, optimizer_cfg = config["data"], config["optimizer"]
-    if data_cfg["shape"]:
-        shape = tuple(data_cfg["shape"])
-    else:  # the data ingredient has checked the file and its columns already
-        file = resolve_path(data_cfg["path"])
-        columns = read_schema(file, resolve_format(file, data_cfg["format"])).names
-        features = data_cfg["features"] or columns[:-1]  # every column but the target
-        shape = (len(features),)
+    """Check the data file against the loss, then build the model and optimizer once from the
+    config, so that one which cannot be built (a freeze or group pattern matching nothing, a
+    value torch rejects) is refused before anything is recorded."""
+    contents = describe(config["data"])  # checked by the data ingredient already; cached
+    outputs = model_outputs(config["loss"], contents)
     with naming_errors("model"):
-        net = build_model(shape, 2, **{key: config["model"][key] for key in MODEL_KEYS})
+        net = build_model(contents.sample_shape, outputs,
+                          **{key: config["model"][key] for key in MODEL_KEYS})
     with naming_errors("optimizer"):
-        build_optimizer(net, 0.1, **{key: optimizer_cfg[key] for key in OPTIMIZER_KEYS})
+        build_optimizer(net, 0.1, **{key: config["optimizer"][key] for key in OPTIMIZER_KEYS})
+
+
+def model_outputs(loss: str, contents: Contents) -> int:
+    """The model's output count for the loss and the target: a class per logit for
+    cross_entropy, one logit for bce_with_logits (binary: targets 0 and 1), one value for mse."""
+    if loss == "cross_entropy":
+        if not contents.integer_target:
+            raise ValueError("loss: cross_entropy needs an integer target column (classes 0, 1, "
+                             "2, ...); use mse or bce_with_logits for a float target")
+        return contents.num_classes
+    low, high = contents.target_range
+    if loss == "bce_with_logits" and contents.integer_target and contents.num_classes > 2:
+        raise ValueError(f"loss: bce_with_logits needs a binary target (labels 0 and 1), the "
+                         f"target column has {contents.num_classes} classes; use cross_entropy")
+    if loss == "bce_with_logits" and low is not None and not 0 <= low <= high <= 1:
+        raise ValueError(f"loss: bce_with_logits needs targets in [0, 1], the target column "
+                         f"holds values from {low} to {high}")
+    return 1
+
+
+def describe_task(loss: str, contents: Contents) -> dict:
+    """What the run's record says about the task: its kind and the model's output count."""
+    outputs = model_outputs(loss, contents)
+    kind = {"cross_entropy": "multiclass", "bce_with_logits": "binary", "mse": "regression"}[loss]
+    return {"kind": kind, "loss": loss, "outputs": outputs}
 
 
 # The builders' own options (a mistyped key is refused later, with a suggestion).
@@ -192,9 +228,13 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     val_batches = make_loader(splits.val, False, generator=loader_generator(seed),
                               device_is_cuda=cuda)
 
-    net = build_model(splits.input_shape, splits.num_classes).to(device)
+    task = describe_task(loss, describe(_config["data"]))
+    net = build_model(splits.input_shape, task["outputs"]).to(device)
     summary = summarize(net, splits.input_shape)
     _run.info["model_summary"] = summary
+    _run.info["task"] = task
+    log.info("task: %s (%s, %d output%s)", task["kind"], loss, task["outputs"],
+             "" if task["outputs"] == 1 else "s")
     log.info("model:\n%s", format_summary(summary))
     opt = build_optimizer(net, lr)
     steps_per_epoch = -(-min(len(train_batches), limit_batches or len(train_batches)) // accumulate)
@@ -231,9 +271,10 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
             for name, value in metrics.items():
                 _run.log_scalar(name, value, epoch)
             log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            if best.update(metrics[monitor], epoch):
+            improved = best.update(metrics[monitor], epoch)
+            checkpoints.save("last.pt", state(epoch))  # first: a kill in the next save keeps it
+            if improved:
                 checkpoints.save("best.pt", state(epoch))
-            checkpoints.save("last.pt", state(epoch))
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 import torch
 
+from ingredients.scratch import sweep_orphans
+
 TILE_ROWS = 16384  # rows per tile when columns are transposed into a row-major matrix (a few MB)
 POSITIONAL_READS = hasattr(os, "preadv")  # RowFile's pread (not on Windows: data stays in memory)
 STATS_ROWS = 8192  # training rows per block of the standardisation statistics (a few MB)
@@ -310,27 +312,6 @@ def row_file(path: Path, table: pa.Table, columns: list[str], whole: pa.Buffer) 
 SPILL_PREFIX = "reprolab-rows-"  # then the writing process's id: reprolab-rows-<pid>-<random>.f32
 
 
-def _sweep_stale_copies() -> None:
-    """Delete copies left in the temporary directory by processes that no longer run (killed
-    before they could clean up)."""
-    for copy in Path(tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*.f32"):
-        pid = copy.name[len(SPILL_PREFIX) :].split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
-            with contextlib.suppress(OSError):
-                copy.unlink()
-
-
-def _running(pid: int) -> bool:
-    """Whether a process with this id exists (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_if_owner(path: str, owner: int) -> None:
     """Delete a spilled copy, but only from the process that wrote it (forked worker processes
     inherit its finalizer and must leave the file to their parent)."""
@@ -343,7 +324,7 @@ def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int
     """Write the feature columns of the record batches, row-major float32, to a scratch file in
     the temporary directory ($TMPDIR), holding one batch in memory at a time; return a RowFile
     over it, which deletes the file when it is garbage collected or the process ends."""
-    _sweep_stale_copies()
+    sweep_orphans(tempfile.gettempdir(), f"{SPILL_PREFIX}{{tag}}-*.f32")  # killed runs' copies
     prefix = f"{SPILL_PREFIX}{os.getpid()}-"
     with _writing_copy():  # unbuffered, so a full disk is reported by the write that hit it
         handle = tempfile.NamedTemporaryFile(

@@ -9,6 +9,7 @@ ingredients/batches.py.
 # ruff: noqa: F841  (Sacred config scopes assign names that look unused)
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -21,13 +22,29 @@ from typing import NamedTuple, NoReturn
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import torch
 from sacred import Ingredient
 
-from ingredients import INSPECTION_COMMANDS, is_int, is_number
+from ingredients import (
+    BOOLEAN,
+    INSPECTION_COMMANDS,
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE_INT,
+    TEXT,
+    Rule,
+    check_section,
+    check_values,
+    integer,
+    list_of,
+    nullable,
+    number,
+    shown,
+)
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
 from ingredients.columnar import (
     POSITIONAL_READS,
@@ -79,6 +96,29 @@ def config():
     pin_memory = True             # pin host memory for faster copies to the GPU (only takes effect when CUDA is used)
     in_memory_mb = 1024           # Parquet and Arrow IPC data whose float32 features exceed this many MB are read per batch from disk instead of loaded: row-major IPC from the file itself, others from a row-major copy in the temporary directory ($TMPDIR); CSV is always loaded
 # fmt: on
+
+
+COLUMN = Rule(TEXT.accepts, "a column name")
+# What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
+SCHEMA = {
+    "path": Rule(TEXT.accepts, "a file path"),
+    "format": Rule(lambda v: isinstance(v, str) and v.lower() in ("auto", *FORMATS),
+                   "auto, parquet, ipc (feather, arrow) or csv"),
+    "target": COLUMN,
+    "features": Rule(nullable(list_of(COLUMN, min_len=1)).accepts,
+                     "None or a non-empty list of column names"),
+    "shape": Rule(nullable(list_of(POSITIVE_INT, min_len=1)).accepts,
+                  "None or a non-empty list of positive integers"),
+    "standardize": BOOLEAN,
+    "val_fraction": number(0, 1, low_open=True, high_open=True),
+    "split_seed": integer(0),
+    "batch_size": POSITIVE_INT,
+    "shuffle": BOOLEAN,
+    "drop_last": BOOLEAN,
+    "num_workers": NON_NEGATIVE_INT,
+    "pin_memory": BOOLEAN,
+    "in_memory_mb": NON_NEGATIVE_NUMBER,
+}
 
 
 @dataclass
@@ -158,45 +198,15 @@ def resolve_format(path: Path, format: str) -> str:
     return found
 
 
-def _check_options(
-    val_fraction: float,
-    split_seed: int,
-    standardize: bool,
-    shape: Sequence[int] | None,
-    features: Sequence[str] | None,
-    target: str,
-    in_memory_mb: float,
-) -> None:
-    """Validate the cheap config values before touching the file."""
-    if not is_number(val_fraction) or not 0 < val_fraction < 1:
-        _fail(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
-    if not is_int(split_seed):
-        _fail(f"data.split_seed must be an integer, got {split_seed!r}")
-    if not isinstance(standardize, bool):
-        _fail(f"data.standardize must be true or false, got {standardize!r}")
-    if shape is not None and (
-        not isinstance(shape, (list, tuple))
-        or not shape
-        or not all(is_int(s) and s > 0 for s in shape)
-    ):
-        _fail(f"data.shape must be None or a non-empty list of positive integers, got {shape!r}")
-    if not isinstance(target, str) or not target:
-        _fail(f"data.target must be a column name, got {target!r}")
+def _check_options(**values) -> None:
+    """Validate config values (those given) against the schema before touching the file."""
+    check_values("data", values, SCHEMA)
+    features, target = values.get("features"), values.get("target")
     if features is not None:
-        if (
-            not isinstance(features, (list, tuple))
-            or not features
-            or not all(isinstance(f, str) for f in features)
-        ):
-            _fail(
-                f"data.features must be None or a non-empty list of column names, got {features!r}"
-            )
         if len(set(features)) != len(features):
             _fail(f"data.features lists a column twice: {list(features)!r}")
         if target in features:
             _fail(f"data.features must not contain the target column {target!r}")
-    if not is_number(in_memory_mb) or in_memory_mb < 0:
-        _fail(f"data.in_memory_mb must be a non-negative number, got {in_memory_mb!r}")
 
 
 def _is_numeric_type(kind: pa.DataType) -> bool:
@@ -281,30 +291,135 @@ def read_schema(path: Path, fmt: str) -> pa.Schema:
 
 @data.config_hook
 def validate(config, command_name, logger):
-    """Refuse bad data settings before the run starts, reading only the file's schema."""
+    """Refuse bad data settings before the run starts: every key against the schema, then the
+    file's schema and contents (missing values, labels, split sizes), scanned once and cached."""
     if command_name in INSPECTION_COMMANDS:
         return {}
-    cfg = config["data"]
-    _check_options(
-        cfg["val_fraction"],
-        cfg["split_seed"],
-        cfg["standardize"],
-        cfg["shape"],
-        cfg["features"],
-        cfg["target"],
-        cfg["in_memory_mb"],
-    )
-    _check_loader_options(
-        cfg["batch_size"], cfg["shuffle"], cfg["drop_last"], cfg["num_workers"], cfg["pin_memory"]
-    )
-    file = resolve_path(cfg["path"])
-    if not file.is_file():
-        _fail(f"data.path: file not found: {cfg['path']} (looked in {Path.cwd()} and {REPO_ROOT})")
+    cfg = check_section("data", config, SCHEMA)
+    _check_options(**cfg)
+    contents = describe(cfg)
+    n_train = contents.rows - _validation_rows(contents.rows, cfg["val_fraction"])
+    if cfg["drop_last"] and cfg["batch_size"] > n_train:
+        _fail(f"data.batch_size {cfg['batch_size']} exceeds the {n_train} training samples "
+              "and data.drop_last is set, so an epoch would have no batch")
+    return {}
+
+
+class Contents(NamedTuple):
+    """What a run needs to know of the data file before it starts."""
+
+    rows: int
+    sample_shape: tuple[int, ...]  # one sample's feature shape
+    integer_target: bool
+    num_classes: int  # max label + 1 for integer targets, 1 for float targets
+    target_range: tuple  # the target's smallest and largest value (None, None) when empty
+
+
+def describe(cfg: dict) -> Contents:
+    """Check the data file named by a (schema-checked) data config, reading its schema and
+    scanning the used columns once (cached while the file is unchanged): missing values,
+    negative labels, a shape that does not fit."""
+    file = _existing_file(cfg["path"])
     fmt = resolve_format(file, cfg["format"])
     schema = read_schema(file, fmt)
     columns = _check_columns(schema, file, cfg["target"], cfg["features"])
-    _sample_shape(cfg["shape"], _feature_count(schema, columns))
-    return {}
+    shape = _sample_shape(cfg["shape"], _feature_count(schema, columns))
+    stat = file.stat()
+    rows, label_range = _scan(file, fmt, tuple(columns), cfg["target"], stat.st_size,
+                              stat.st_mtime_ns)
+    label_range = tuple(None if v is None else v + 0 for v in label_range)  # Parquet's -0.0
+    integer_target = pa.types.is_integer(schema.field(cfg["target"]).type)
+    if integer_target and label_range[0] is not None and label_range[0] < 0:
+        _fail(f"data.target: column {cfg['target']!r} in {file} has negative labels; "
+              "classes must be 0, 1, 2, ...")
+    classes = int(label_range[1]) + 1 if integer_target and label_range[1] is not None else 1
+    _validation_rows(rows, cfg["val_fraction"])
+    return Contents(rows, shape, integer_target, classes, label_range)
+
+
+def _existing_file(path: str) -> Path:
+    """The data file's absolute path; one sentence when it is absent or cannot be a path."""
+    try:
+        file = resolve_path(path)
+        if file.is_file():
+            return file
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte
+        reason = getattr(error, "strerror", None) or error
+        _fail(f"data.path: cannot use {shown(path)} as a file path ({reason})")
+    _fail(f"data.path: file not found: {path} (looked in {Path.cwd()} and {REPO_ROOT})")
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(path: Path, fmt: str, columns: tuple[str, ...], target: str, size: int,
+          mtime_ns: int) -> tuple[int, tuple[float | None, float | None]]:
+    """Rows and the target's (min, max), refusing missing values in the columns; from Parquet
+    statistics where the file has them, else read a record batch at a time. The file's size
+    and mtime are part of the cache key, so an edited file is scanned again."""
+    used = [*columns, target]
+    with _reading(path, fmt):
+        if fmt == "parquet":
+            from_statistics = _parquet_statistics(path, used, target)
+            if from_statistics is not None:
+                return from_statistics
+            batches = pq.ParquetFile(path).iter_batches(SPILL_ROWS, columns=used)
+        elif fmt == "ipc":
+            batches = MappedIPC(path).pieces(SPILL_ROWS)
+        else:  # CSV is always read whole: read once, handed to the run (see _read_csv)
+            table = pa_csv.read_csv(path)
+            _CSV_READ.clear()
+            _CSV_READ[(path, size, mtime_ns)] = table
+            batches = table.select(used).to_batches()
+        rows, low, high = 0, None, None
+        for batch in batches:
+            _check_no_nulls(pa.Table.from_batches([batch]), used)
+            rows += batch.num_rows
+            ends = pc.min_max(batch.column(target))
+            low = _extreme(min, low, ends["min"].as_py())
+            high = _extreme(max, high, ends["max"].as_py())
+    return rows, (low, high)
+
+
+# The CSV table read by the pre-run check, kept for the run's load: one entry, taken once.
+_CSV_READ: dict[tuple[Path, int, int], pa.Table] = {}
+
+
+def _read_csv(path: Path) -> pa.Table:
+    """The CSV file's table: the one the pre-run check read if the file is unchanged since."""
+    stat = path.stat()
+    cached = _CSV_READ.pop((path, stat.st_size, stat.st_mtime_ns), None)
+    return cached if cached is not None else pa_csv.read_csv(path)
+
+
+def _extreme(pick, current, new):
+    return new if current is None else current if new is None else pick(current, new)
+
+
+def _parquet_statistics(path: Path, used: list[str], target: str):
+    """(rows, (min, max) of the target) from the Parquet footer, refusing a used column whose
+    statistics count missing values; None when a row group lacks the statistics."""
+    meta = pq.read_metadata(path)
+    missing = dict.fromkeys(used, 0)
+    low = high = None
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            leaf = chunk.path_in_schema  # a list column's values are at 'name.list.element'
+            name = next((n for n in used if leaf == n or leaf.startswith(n + ".")), None)
+            if name is None:
+                continue
+            stats = chunk.statistics
+            if stats is None or not stats.has_null_count:
+                return None
+            missing[name] += stats.null_count
+            if name == target:
+                if not stats.has_min_max:
+                    return None
+                low, high = _extreme(min, low, stats.min), _extreme(max, high, stats.max)
+    for name, count in missing.items():
+        if count:
+            _fail(f"data: column {name!r} has {count} missing values; fill or drop them first")
+    return meta.num_rows, (low, high)
 
 
 class Read(NamedTuple):
@@ -324,7 +439,7 @@ def _read_table(
     Parquet and Arrow IPC features above data.in_memory_mb stay on disk (see _load)."""
     with _reading(path, fmt):
         if fmt == "csv":
-            table, on_disk = pa_csv.read_csv(path), None
+            table, on_disk = _read_csv(path), None
             schema = table.schema
             columns = _check_columns(schema, path, target, features)
         else:
@@ -438,14 +553,20 @@ def _column(table: pa.Table, name: str, dtype: type) -> np.ndarray:
 # --------------------------------------------------------------------------- splitting
 
 
-def split_rows(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted train and validation row numbers from a seeded permutation of the n rows."""
+def _validation_rows(n: int, val_fraction: float) -> int:
+    """Rows held out of n for validation, refused when either split would be empty."""
     n_val = round(n * val_fraction)
     if not 0 < n_val < n:
         _fail(
             f"data.val_fraction {val_fraction} leaves an empty train or validation split "
             f"of {n} rows"
         )
+    return n_val
+
+
+def split_rows(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and validation row numbers from a seeded permutation of the n rows."""
+    n_val = _validation_rows(n, val_fraction)
     is_val = np.zeros(n, dtype=bool)
     is_val[np.random.default_rng(split_seed).permutation(n)[:n_val]] = True
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)  # sorted, without a sort
@@ -464,10 +585,10 @@ def load_splits(
     in_memory_mb: float,
 ) -> Splits:
     """Read, validate, split and standardise the table: train/val datasets plus what runs record."""
-    _check_options(val_fraction, split_seed, standardize, shape, features, target, in_memory_mb)
-    file = resolve_path(path)
-    if not file.is_file():
-        _fail(f"data.path: file not found: {file}")
+    _check_options(path=path, format=format, target=target, features=features, shape=shape,
+                   standardize=standardize, val_fraction=val_fraction, split_seed=split_seed,
+                   in_memory_mb=in_memory_mb)
+    file = _existing_file(path)
     fmt = resolve_format(file, format)
     read = file.stat()
     table, on_disk, columns, n_features, file_columns = _read_table(
@@ -546,19 +667,6 @@ def row_major_table(
     return pa.table({name: packed, target: table.column(target)})
 
 
-def _check_loader_options(
-    batch_size: int, shuffle: bool, drop_last: bool, num_workers: int, pin_memory: bool
-) -> None:
-    """Validate the loader's config values."""
-    if not is_int(batch_size) or batch_size <= 0:
-        _fail(f"data.batch_size must be a positive integer, got {batch_size!r}")
-    if not is_int(num_workers) or num_workers < 0:
-        _fail(f"data.num_workers must be a non-negative integer, got {num_workers!r}")
-    for key, value in [("shuffle", shuffle), ("drop_last", drop_last), ("pin_memory", pin_memory)]:
-        if not isinstance(value, bool):
-            _fail(f"data.{key} must be true or false, got {value!r}")
-
-
 @data.capture
 def make_loader(
     dataset: ColumnarDataset,
@@ -573,7 +681,8 @@ def make_loader(
     device_is_cuda: bool = False,
 ) -> BatchLoader:
     """Batches of `dataset`: shuffled by `generator` (and drop_last) for training, else in order."""
-    _check_loader_options(batch_size, shuffle, drop_last, num_workers, pin_memory)
+    _check_options(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                   num_workers=num_workers, pin_memory=pin_memory)
     shuffle, drop_last = (shuffle, drop_last) if train else (False, False)
     if drop_last and batch_size > len(dataset):
         _fail(

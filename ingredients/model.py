@@ -12,7 +12,17 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
-from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
+from ingredients import (
+    BOOLEAN,
+    INSPECTION_COMMANDS,
+    POSITIVE_INT,
+    TEXT,
+    Rule,
+    check_section,
+    list_of,
+    mapping,
+    number,
+)
 
 model = Ingredient("model")
 
@@ -27,6 +37,20 @@ def config():
     kwargs = {}  # extra keyword arguments for a model given by import path
     freeze = []  # glob patterns on named_parameters() to keep fixed, e.g. ['features.0.*']
     freeze_batchnorm = False  # BatchNorm layers stay in eval mode: running stats and affine fixed
+
+
+SIZES = Rule(list_of(POSITIVE_INT).accepts, "a list of positive integers")
+# What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
+SCHEMA = {
+    "name": Rule(TEXT.accepts, "a registered model name or 'package.module:callable'"),
+    "hidden": SIZES,
+    "dropout": number(0, 1, high_open=True),
+    "batchnorm": BOOLEAN,
+    "channels": SIZES,
+    "kwargs": mapping(),
+    "freeze": Rule(list_of(TEXT).accepts, "a list of glob patterns"),
+    "freeze_batchnorm": BOOLEAN,
+}
 
 
 def mlp(
@@ -99,16 +123,8 @@ def validate(config, command_name, logger):
     """Refuse an unknown model name or out-of-range options before the run starts."""
     if command_name in INSPECTION_COMMANDS:
         return {}
-    cfg = config["model"]
+    cfg = check_section("model", config, SCHEMA)
     resolve(cfg["name"])
-    require("model.dropout", cfg["dropout"], is_number(cfg["dropout"]) and 0 <= cfg["dropout"] < 1,
-            "a number in [0, 1)")
-    for key in ("hidden", "channels"):
-        sizes = cfg[key]
-        require(f"model.{key}", sizes, isinstance(sizes, (list, tuple))
-                and all(is_int(n) and n > 0 for n in sizes), "a list of positive integers")
-    require("model.freeze", cfg["freeze"], isinstance(cfg["freeze"], (list, tuple))
-            and all(isinstance(p, str) for p in cfg["freeze"]), "a list of glob patterns")
     return {}
 
 

@@ -10,7 +10,22 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
-from ingredients import INSPECTION_COMMANDS, is_int, is_number, require
+from ingredients import (
+    BOOLEAN,
+    INSPECTION_COMMANDS,
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    TEXT,
+    Rule,
+    check_section,
+    choice,
+    list_of,
+    mapping,
+    nullable,
+    number,
+)
 
 optimizer = Ingredient("optimizer")
 
@@ -33,47 +48,35 @@ def config():
     warmup_epochs = 0  # linear warmup from 0 to lr over this many epochs (onecycle: its rising phase)
 
 
+GROUP = mapping({"pattern": TEXT, "lr_scale": POSITIVE_NUMBER, "weight_decay": NON_NEGATIVE_NUMBER},
+                required=("pattern",))
+# What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
+SCHEMA = {
+    "name": choice(*OPTIMIZERS),
+    "momentum": NON_NEGATIVE_NUMBER,
+    "nesterov": BOOLEAN,
+    "betas": Rule(list_of(number(0, 1, high_open=True), length=2).accepts,
+                  "two numbers in [0, 1)"),
+    "weight_decay": NON_NEGATIVE_NUMBER,
+    "param_groups": Rule(list_of(GROUP).accepts,
+                         "a list of groups {'pattern': glob, 'lr_scale': number > 0, "
+                         "'weight_decay': number >= 0}, each with a pattern"),
+    "clip_grad_norm": nullable(POSITIVE_NUMBER),
+    "schedule": choice(*SCHEDULES),
+    "step_size": POSITIVE_INT,
+    "gamma": POSITIVE_NUMBER,
+    "warmup_epochs": NON_NEGATIVE_INT,
+}
+
+
 @optimizer.config_hook
 def validate(config, command_name, logger):
     """Refuse bad optimizer settings before the run starts."""
     if command_name in INSPECTION_COMMANDS:
         return {}
-    cfg = config["optimizer"]
-    if cfg["name"] not in OPTIMIZERS:
-        raise ValueError(
-            f"optimizer.name: unknown optimizer '{cfg['name']}' (choose {', '.join(OPTIMIZERS)})"
-        )
-    if cfg["schedule"] not in SCHEDULES:
-        raise ValueError(
-            f"optimizer.schedule: unknown schedule '{cfg['schedule']}' "
-            f"(choose {', '.join(SCHEDULES)})"
-        )
-    clip, betas = cfg["clip_grad_norm"], cfg["betas"]
-    require("optimizer.clip_grad_norm", clip, clip is None or (is_number(clip) and clip > 0),
-            "a positive number or None")
-    for key in ("momentum", "weight_decay"):
-        require(f"optimizer.{key}", cfg[key], is_number(cfg[key]) and cfg[key] >= 0,
-                "a number >= 0")
-    require("optimizer.betas", betas, isinstance(betas, (list, tuple)) and len(betas) == 2
-            and all(is_number(b) and 0 <= b < 1 for b in betas), "two numbers in [0, 1)")
-    require("optimizer.step_size", cfg["step_size"], is_int(cfg["step_size"]) and cfg["step_size"] >= 1,
-            "a positive integer")
-    require("optimizer.gamma", cfg["gamma"], is_number(cfg["gamma"]) and cfg["gamma"] > 0,
-            "a positive number")
-    require("optimizer.warmup_epochs", cfg["warmup_epochs"],
-            is_int(cfg["warmup_epochs"]) and cfg["warmup_epochs"] >= 0, "an integer >= 0")
+    cfg = check_section("optimizer", config, SCHEMA)
     if cfg["nesterov"] and cfg["momentum"] == 0 and cfg["name"] == "sgd":
         raise ValueError("optimizer.nesterov needs optimizer.momentum above 0")
-    for group in cfg["param_groups"]:
-        unknown = set(group) - {"pattern", "lr_scale", "weight_decay"}
-        if "pattern" not in group or unknown:
-            raise ValueError(
-                "optimizer.param_groups: each group needs 'pattern' and may set 'lr_scale' "
-                f"and 'weight_decay', got {dict(group)}"
-            )
-        scale = group.get("lr_scale", 1.0)
-        require("optimizer.param_groups lr_scale", scale, is_number(scale) and scale > 0,
-                "a positive number")
     return {}
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from sacred import Ingredient
 
+from ingredients import BOOLEAN, INSPECTION_COMMANDS, check_section, integer
+
 seeding = Ingredient("seeding")
 
 # cuBLAS needs a fixed workspace to be deterministic; it must be set before CUDA starts.
@@ -20,6 +22,19 @@ CUBLAS_WORKSPACE = ":4096:8"
 def config():
     deterministic = True  # deterministic kernels, cuDNN deterministic, benchmark off; False lets cuDNN benchmark for speed
     loader_seed_offset = 1  # the loader's shuffling generator is seeded with seed + this offset
+
+
+# What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
+# The offset keeps seed + offset within what torch.Generator.manual_seed takes (seed < 2**32).
+SCHEMA = {"deterministic": BOOLEAN, "loader_seed_offset": integer(0, 2**32, words="an integer in [0, 2**32)")}
+
+
+@seeding.config_hook
+def validate(config, command_name, logger):
+    """Refuse bad seeding settings before the run starts."""
+    if command_name not in INSPECTION_COMMANDS:
+        check_section("seeding", config, SCHEMA)
+    return {}
 
 
 @seeding.capture

@@ -26,11 +26,11 @@ def store_option(args: str, run) -> None:
 
 def hide_credentials(run) -> None:
     """Keep passwords out of the record: the store URL in meta.options, tokens in git remotes."""
-    from observers.credentials import redact
+    from observers.credentials import redact, redact_url
 
     options = run.meta_info.get("options")
     if isinstance(options, dict) and options.get("--store"):
-        options["--store"] = redact(options["--store"])
+        options["--store"] = redact_url(options["--store"])
     for repository in run.experiment_info.get("repositories") or []:
         if repository.get("url"):
             repository["url"] = redact(repository["url"])

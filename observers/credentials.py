@@ -9,9 +9,9 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
-# scheme://user:password@ (password greedy up to the last '@' before a '/' or a space)
+# scheme://user:password@ (password greedy up to the last '@' before a space: it may hold '/')
 _USERINFO = re.compile(
-    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:]*)(?::(?P<password>[^\s/]*))?@"
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:]*)(?::(?P<password>\S*))?@"
 )
 _SECRET_PARAMETER = re.compile(r"(?i)\b([\w]*(?:password|secret|token)[\w]*=)[^&\s]+")
 
@@ -36,10 +36,17 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The password of a URL as written and percent-decoded, for scrubbing messages."""
-    match = _USERINFO.search(url)
-    password = match["password"] if match else None
+    """The password of a URL as written and percent-decoded, for scrubbing messages: whatever
+    lies between the first ':' after the scheme and the last '@', even a space or a '/'."""
+    scheme, found, rest = str(url).partition("://")
+    userinfo = rest.rpartition("@")[0] if found else ""
+    password = userinfo.partition(":")[2]
     return [password, unquote(password)] if password else []
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be shown: its password hidden however it is written."""
+    return redact(url, url_secrets(url))
 
 
 def describe_error(error: BaseException, url: str) -> str:

@@ -7,6 +7,40 @@ import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
+from ingredients.scratch import sweep_orphans, writer_tag
+
+# A temporary file's name, beside the file it becomes: .<name>.<random>.<pid>@<host>.tmp
+TMP_PATTERN = ".*.{tag}.tmp"
+
+
+class StoreWriteError(Exception):
+    """A file of a run's record could not be written (a full disk, a read-only store, ...)."""
+
+    def __init__(self, path: str | os.PathLike, error: OSError):
+        self.path = str(getattr(error, "filename", None) or path)
+        self.cause = error.strerror or str(error) or type(error).__name__
+        super().__init__(f"could not write {self.path}: {self.cause}")
+
+
+@contextmanager
+def writing(path: str | os.PathLike):
+    """Any OSError in the block becomes a StoreWriteError naming the path (or the error's own)."""
+    try:
+        yield
+    except OSError as error:
+        raise StoreWriteError(path, error) from error
+
+
+def temporary_beside(path: str | os.PathLike) -> Path:
+    """A fresh temporary name beside path, tagged with this process (see sweep_temporaries)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.{writer_tag()}.tmp")
+
+
+def sweep_temporaries(directory: str | os.PathLike, pattern: str = TMP_PATTERN) -> None:
+    """Remove temporary files that killed processes left in directory (pattern: its glob)."""
+    sweep_orphans(directory, pattern)
+
 
 @contextmanager
 def replacing(path: str | os.PathLike, mode: str = "w"):
@@ -14,7 +48,7 @@ def replacing(path: str | os.PathLike, mode: str = "w"):
 
     The file is created with 0o666 so the umask decides its mode, as for any other file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    tmp = temporary_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, mode) as f:

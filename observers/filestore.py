@@ -5,19 +5,26 @@ the run. Here each heartbeat appends only its new points to metrics.jsonl; when 
 metrics.json is written once in Sacred's layout (so Omniboard-style readers and Sacred's tools
 still find it) and the journal is removed. info.json is rewritten only when the info changed.
 JSON files are replaced atomically, so a reader never sees half a file.
+
+A write that fails (a full disk, a read-only store) raises StoreWriteError naming the file and
+the cause, and leaves what was recorded before as it was: no temporary file, no torn line.
+Sources are copied atomically, and a stored copy that does not match its hash is written again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
+from sacred.dependencies import get_digest
 from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
 
-from observers.files import replacing
+from observers.files import TMP_PATTERN, StoreWriteError, replacing, sweep_temporaries, writing
+from observers.records import loads_plain
 
 JOURNAL = "metrics.jsonl"
 
@@ -27,17 +34,37 @@ def write_json_atomic(path: Path, obj, indent: int | None = 2) -> None:
 
     indent=None writes compact JSON with the C encoder, several times faster for large files."""
     text = json.dumps(obj, sort_keys=True, indent=indent)
-    with replacing(path) as f:
+    with writing(path), replacing(path) as f:
         f.write(text)
 
 
+def append_whole(path: Path, data: bytes) -> None:
+    """Append data to path (created if missing), or nothing: a write that fails part-way is cut
+    off again."""
+    with writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
+
+
 def read_journal(path: Path) -> dict:
-    """Metrics from a journal in Sacred's metrics.json shape; a torn last line is skipped."""
+    """Metrics from a journal in Sacred's metrics.json shape; a torn last line is skipped.
+
+    Read as plain data: observers.records.ObjectEncoding on an object-encoding key."""
     metrics: dict[str, dict] = {}
     with open(path) as f:
         for line in f:
             try:
-                entry = json.loads(line)
+                entry = loads_plain(line)
             except json.JSONDecodeError:
                 continue  # the line being written right now
             series = metrics.setdefault(entry["name"], {"steps": [], "values": [], "timestamps": []})
@@ -47,13 +74,52 @@ def read_journal(path: Path) -> dict:
 
 
 class FileStore(FileStorageObserver):
-    """Sacred's file store with an append-only metrics journal and atomic JSON writes."""
+    """Sacred's file store with an append-only metrics journal and atomic writes that fail loudly."""
 
     def __init__(self, basedir: str | os.PathLike, **kwargs):
         super().__init__(str(basedir), **kwargs)
+        self._lock = threading.RLock()  # Sacred's heartbeat thread and the run's own beats
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        try:
+            return super().started_event(ex_info, command, host_info, start_time, config,
+                                         meta_info, _id)
+        except StoreWriteError:
+            if self.dir and not os.path.exists(os.path.join(self.dir, "run.json")):
+                shutil.rmtree(self.dir, ignore_errors=True)  # no half-made run folder
+            self.run_entry = None
+            raise
+
+    def _make_run_dir(self, _id):
+        with writing(self.basedir):
+            super()._make_run_dir(_id)
+        sweep_temporaries(self.basedir, f"*/{TMP_PATTERN}")  # left by killed runs
+
+    def find_or_save(self, filename, store_dir: Path):
+        """Sacred's copy of a source or resource, stored once per content as name_md5.ext; written
+        atomically, and written again when a stored copy does not match its md5 (cut short)."""
+        if not self.copy_artifacts and Path(filename).resolve().is_relative_to(
+                Path(self.basedir).resolve()):
+            return filename
+        name, ext = os.path.splitext(os.path.basename(filename))
+        md5 = get_digest(filename)
+        store_path = Path(store_dir) / f"{name}_{md5}{ext}"
+        with writing(store_path):
+            if store_path.is_file() and get_digest(store_path) == md5:
+                return store_path
+            store_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(filename, "rb") as source, replacing(store_path, "wb") as copy:
+                shutil.copyfileobj(source, copy)
+        return store_path
 
     def save_json(self, obj, filename):
         write_json_atomic(Path(self.dir) / filename, flatten(obj))
+
+    def save_cout(self):
+        with self._lock:
+            append_whole(Path(self.dir) / "cout.txt",
+                         self.cout[self.cout_write_cursor:].encode("utf-8"))
+            self.cout_write_cursor = len(self.cout)
 
     def log_metrics(self, metrics_by_name, info):
         """Append this heartbeat's new points, one JSON line per metric (cost: new points only)."""
@@ -69,35 +135,37 @@ class FileStore(FileStorageObserver):
             for name, series in metrics_by_name.items()
         ]
         if lines:
-            with open(Path(self.dir) / JOURNAL, "a") as f:
-                f.write("\n".join(lines) + "\n")
+            with self._lock:
+                append_whole(Path(self.dir) / JOURNAL, ("\n".join(lines) + "\n").encode())
 
     def heartbeat_event(self, info, captured_out, beat_time, result):
         """Sacred's heartbeat (new output appended, run.json rewritten), info.json only if changed."""
-        self.info = info
-        self.run_entry["heartbeat"] = beat_time.isoformat()
-        self.run_entry["result"] = result
-        self.cout = captured_out
-        self.save_cout()
-        self.save_json(self.run_entry, "run.json")
-        if info:
-            flat = flatten(info)
-            written = (self.dir, json.dumps(flat, sort_keys=True))  # C encoder: a cheap test
-            if written != getattr(self, "_written_info", None):
-                write_json_atomic(Path(self.dir) / "info.json", flat)
-                self._written_info = written
+        with self._lock:
+            self.info = info
+            self.run_entry["heartbeat"] = beat_time.isoformat()
+            self.run_entry["result"] = result
+            self.cout = captured_out
+            self.save_cout()
+            self.save_json(self.run_entry, "run.json")
+            if info:
+                flat = flatten(info)
+                written = (self.dir, json.dumps(flat, sort_keys=True))  # C encoder: a cheap test
+                if written != getattr(self, "_written_info", None):
+                    write_json_atomic(Path(self.dir) / "info.json", flat)
+                    self._written_info = written
 
     def artifact_event(self, name, filename, metadata=None, content_type=None):
         """Copy an artifact in atomically; one added again under its name (a checkpoint saved
         every epoch) replaces the file in place instead of being listed twice."""
         if name in ("run.json", "config.json", "cout.txt", "metrics.json"):
             self.save_file(filename, name)  # Sacred refuses to overwrite its own files: it raises
-        tmp = Path(self.dir) / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        self.save_file(filename, tmp.name)
-        os.replace(tmp, Path(self.dir) / name)  # a killed run never leaves half a checkpoint
-        if name not in self.run_entry["artifacts"]:
-            self.run_entry["artifacts"].append(name)
-            self.save_json(self.run_entry, "run.json")
+        target = Path(self.dir) / name
+        with self._lock:
+            with writing(target), open(filename, "rb") as source, replacing(target, "wb") as copy:
+                shutil.copyfileobj(source, copy)  # a killed run never leaves half a checkpoint
+            if name not in self.run_entry["artifacts"]:
+                self.run_entry["artifacts"].append(name)
+                self.save_json(self.run_entry, "run.json")
 
     def _seal_metrics(self) -> None:
         journal = Path(self.dir) / JOURNAL
@@ -107,13 +175,24 @@ class FileStore(FileStorageObserver):
             journal.unlink()
 
     def completed_event(self, stop_time, result):
-        self._seal_metrics()
-        super().completed_event(stop_time, result)
+        """Metrics sealed first: a run whose record cannot be finished is not called COMPLETED."""
+        if self.run_entry is not None:
+            self._seal_metrics()
+            super().completed_event(stop_time, result)
 
     def interrupted_event(self, interrupt_time, status):
-        self._seal_metrics()
-        super().interrupted_event(interrupt_time, status)
+        if self.run_entry is not None:
+            super().interrupted_event(interrupt_time, status)
+            self._seal_if_possible()
 
     def failed_event(self, fail_time, fail_trace):
-        self._seal_metrics()
-        super().failed_event(fail_time, fail_trace)
+        if self.run_entry is not None:
+            super().failed_event(fail_time, fail_trace)
+            self._seal_if_possible()
+
+    def _seal_if_possible(self) -> None:
+        """After the status is written: where metrics.json cannot be, the journal stays readable."""
+        try:
+            self._seal_metrics()
+        except StoreWriteError:
+            pass

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from sacred.observers.base import RunObserver
 from sacred.observers.mongo import MongoObserver
 
-from observers.credentials import describe_error, redact
+from observers.credentials import describe_error, redact_url
 from observers.filestore import FileStore
 from observers.mongo_bounds import (
     CHUNKS_COLLECTION,
@@ -47,6 +47,7 @@ CLIENT_OPTIONS = {  # fail within seconds, not pymongo's 30 s; a URL's own setti
     "connectTimeoutMS": 2000,
     "socketTimeoutMS": 30000,
 }
+ID_ATTEMPTS = 100  # run ids tried before a run's insert gives up (Sacred tries without end)
 
 
 # ------------------------------------------------------------------------------ connecting
@@ -68,7 +69,7 @@ def check_url(url: str) -> None:
         uri_parser.parse_uri(url)
     except (ConfigurationError, ValueError) as error:
         raise ValueError(
-            f"not a valid MongoDB URL: {redact(url)} ({describe_error(error, url)})"
+            f"not a valid MongoDB URL: {redact_url(url)} ({describe_error(error, url)})"
         ) from None
 
 
@@ -120,10 +121,30 @@ class BoundedMongoObserver(MongoObserver):
         return self
 
     def insert(self):
+        """Insert the run under the next free numeric id: after the highest, or after the last
+        one tried when another run took it; ID_ATTEMPTS tries, then one sentence."""
+        from pymongo.errors import DuplicateKeyError
+
         self.run_entry["reprolab"] = {"run_uuid": self.run_uuid, "source": "live",
                                       "complete": False}
-        super().insert()
+        tried = 0
+        for _ in range(ID_ATTEMPTS):
+            tried = max(self.highest_id(), tried) + 1
+            self.run_entry["_id"] = tried
+            try:
+                self.runs.insert_one(self.run_entry)
+                break
+            except DuplicateKeyError:
+                continue
+        else:
+            raise RuntimeError(f"no free run id found in {self.runs.full_name} after "
+                               f"{ID_ATTEMPTS} tries (up to {tried})")
         self.writer = MetricsWriter(self.db, self.run_entry["_id"], self.metrics.name)
+
+    def highest_id(self) -> int:
+        """The highest numeric run id recorded (0 if none)."""
+        latest = self.runs.find_one({"_id": {"$type": "number"}}, {"_id": 1}, sort=[("_id", -1)])
+        return int(latest["_id"]) if latest else 0
 
     def save_sources(self, ex_info):
         return [[name, store_source(self.fs, os.path.join(ex_info["base_dir"], name), md5)]
@@ -179,8 +200,9 @@ class MongoWithFallback(RunObserver):
     priority = 30
 
     def __init__(self, url: str, local_dir: str | os.PathLike):
-        self.url, self.location, self.local_dir = url, redact(url), Path(local_dir)
+        self.url, self.location, self.local_dir = url, redact_url(url), Path(local_dir)
         self.local: FileStore | None = None
+        self.db = None  # reached by connect()
         self.mongo: BoundedMongoObserver | None = None
         self.mongo_id: int | None = None
         self.problem: str | None = None
@@ -194,14 +216,28 @@ class MongoWithFallback(RunObserver):
             local_id = self.local.started_event(
                 deepcopy(ex_info), command, host_info, start_time, config, meta_info, None)
             if self.mongo is None:
-                log.warning("MongoDB at %s is unreachable (%s); recording this run in %s instead "
-                            "(upload it later with: %s)", self.location, self.problem,
+                away = "is unreachable" if self.db is None else "cannot record this run"
+                log.warning("MongoDB at %s %s (%s); recording this run in %s instead "
+                            "(upload it later with: %s)", self.location, away, self.problem,
                             self.local.dir, self._sync_hint())
             return self.mongo_id if self.mongo is not None else local_id
 
-    def _start_mongo(self, ex_info, command, host_info, start_time, config, meta_info) -> None:
+    def connect(self) -> None:
+        """Reach MongoDB, before the run starts: it may take seconds, and Ctrl-C or SIGTERM
+        stop it: they raise no Exception, so they are not taken for a server that is away."""
+        log.info("reaching MongoDB at %s", self.location)
         try:
-            mongo = BoundedMongoObserver.on(connect(self.url), meta_info.get("run_uuid"))
+            self.db = connect(self.url)
+        except Exception as error:
+            self.problem = describe_error(error, self.url)
+
+    def _start_mongo(self, ex_info, command, host_info, start_time, config, meta_info) -> None:
+        if self.db is None and self.problem is None:
+            self.connect()
+        if self.db is None:
+            return
+        try:
+            mongo = BoundedMongoObserver.on(self.db, meta_info.get("run_uuid"))
             self.mongo_id = mongo.started_event(
                 ex_info, command, host_info, start_time, config, meta_info, None)
             self.mongo = mongo
@@ -220,7 +256,7 @@ class MongoWithFallback(RunObserver):
 
     def _both(self, method: str, final: bool = False, **kwargs) -> None:
         with self._lock:
-            if self.finished:
+            if self.finished or self.local is None:  # ended (or stopped before it started)
                 return
             getattr(self.local, method)(**kwargs)
             self._mongo(method, **kwargs)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 
-from observers.credentials import describe_error, redact
+from observers.credentials import describe_error, redact_url
 from observers.mongo import connect
 from observers.mongo_bounds import CHUNKS_COLLECTION
-from observers.store import RecordError
+from observers.records import ENCODING_PREFIXES, ObjectEncoding, RecordError, refusal
+from observers.store import recorded_sources
 
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
 
 
 def _plain(value):
-    """BSON values as JSON-like Python: ObjectIds as strings, dates as ISO strings."""
+    """BSON values as JSON-like Python: ObjectIds as strings, dates as ISO strings.
+
+    Raises ObjectEncoding on a key of Sacred's object-encoding (records are plain data)."""
     if isinstance(value, dict):
+        for key in value:
+            if isinstance(key, str) and key.startswith(ENCODING_PREFIXES):
+                raise ObjectEncoding(key)
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
@@ -47,7 +53,7 @@ class MongoRunStore:
     """Runs in MongoDB (Sacred's MongoObserver schema), read back in the file store's shapes."""
 
     def __init__(self, url: str):
-        self._url, self.location = url, redact(url)
+        self._url, self.location = url, redact_url(url)
         try:
             self.db = connect(url)
         except ValueError:
@@ -64,13 +70,20 @@ class MongoRunStore:
     def run_ids(self) -> list[int]:
         """Numeric run ids, in order."""
         ids = (doc["_id"] for doc in self.db["runs"].find({}, {"_id": 1}))
-        return sorted(i for i in ids if isinstance(i, int))
+        return sorted(i for i in ids if type(i) is int)  # not True, which would read as run 1
 
     def _document(self, run_id: int) -> dict:
         document = self.db["runs"].find_one({"_id": run_id})
         if document is None:
             raise RecordError(f"no run {run_id} in {self.location}")
         return document
+
+    def _plain_part(self, run_id: int, part: str, value):
+        """One part of a run's document as plain data, or the one-sentence refusal."""
+        try:
+            return _plain(value)
+        except ObjectEncoding as error:
+            raise refusal(f"run {run_id}: the {part} in {self.location}", error.key) from None
 
     @_reading
     def run(self, run_id: int) -> dict:
@@ -79,19 +92,21 @@ class MongoRunStore:
         run = {k: v for k, v in document.items() if k not in HIDDEN_FIELDS}
         names = (artifact["name"] for artifact in document.get("artifacts", []))
         run["artifacts"] = list(dict.fromkeys(names))  # a record from before replacing: once each
-        run = _plain(run)
-        run.update((document.get("reprolab") or {}).get("times") or {})
+        run = self._plain_part(run_id, "run document", run)
+        extra = document.get("reprolab")
+        times = extra.get("times") if isinstance(extra, dict) else None
+        run.update(self._plain_part(run_id, "run document", times) if isinstance(times, dict) else {})
         return run
 
     @_reading
     def config(self, run_id: int) -> dict:
         """The run's config as recorded."""
-        return _plain(self._document(run_id).get("config", {}))
+        return self._plain_part(run_id, "config", self._document(run_id).get("config", {}))
 
     @_reading
     def info(self, run_id: int) -> dict:
         """The run's info without Sacred's metric references (MongoDB bookkeeping)."""
-        info = _plain(self._document(run_id).get("info") or {})
+        info = self._plain_part(run_id, "info", self._document(run_id).get("info") or {})
         info.pop("metrics", None)
         return info
 
@@ -111,7 +126,7 @@ class MongoRunStore:
         for document in self.db["metrics"].find({"run_id": run_id}).sort("name", 1):
             metrics[document["name"]] = {
                 "steps": document.get("steps", []), "values": document.get("values", []),
-                "timestamps": _plain(document.get("timestamps", []))}
+                "timestamps": self._plain_part(run_id, "metrics", document.get("timestamps", []))}
         return metrics
 
     @_reading
@@ -125,5 +140,5 @@ class MongoRunStore:
     @_reading
     def sources(self, run_id: int) -> dict[str, bytes]:
         """Recorded source files by their path relative to the experiment's base directory."""
-        sources = self._document(run_id)["experiment"].get("sources", [])
+        sources = recorded_sources(self._document(run_id), run_id)
         return {name: self.fs.get(file_id).read() for name, file_id in sources}

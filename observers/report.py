@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import textwrap
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from observers.files import replacing
 from observers.plots import abbreviate, format_value, plot_metric, short_key
+from observers.records import is_run_id
 from observers.store import RecordError, RunStore, open_store, resolve_run
 from observers.tables import (
     RECORD_COLUMNS,
@@ -95,6 +97,7 @@ def ls_command(args) -> int:
     if args.last and not status:
         ids = ids[-args.last:]  # only the runs shown are read
     runs = load_runs(store, run_ids=ids, status=status, sweep=getattr(args, "sweep", None))
+    print_skipped(store)
     if args.last:
         runs = runs.tail(args.last)
     if runs.empty:
@@ -105,6 +108,12 @@ def ls_command(args) -> int:
         return 0
     print("\n".join(ls_lines(runs)))
     return 0
+
+
+def print_skipped(store: RunStore) -> None:
+    """Notes on the store's entries that are not runs it lists (odd names, outside links)."""
+    for note in getattr(store, "skipped", []):
+        print(f"reprolab: note: {note}", file=sys.stderr)
 
 
 def ls_lines(runs: pd.DataFrame) -> list[str]:
@@ -160,10 +169,12 @@ def show_command(args) -> int:
     run, _ = read_part(store, "run", run_id)
     info, info_note = read_part(store, "info", run_id)
     config, _ = read_part(store, "config", run_id)
-    print("\n".join(record_lines(run_id, row, run or {}, info or {}, config or {})))
+    run, info = as_dict(run), as_dict(info)
+    config = config if isinstance(config, dict) else None
+    print("\n".join(record_lines(run_id, row, run, info, config or {})))
     print("\n".join(config_lines(config)))
     print("\n".join(metric_lines(row)))
-    print("\n".join(artifact_lines(store, run_id, run or {}, info or {})))
+    print("\n".join(readable(lambda: artifact_lines(store, run_id, run, info), ["artifacts: unreadable"])))
     notes = [n for n in (row["note"], info_note) if isinstance(n, str)]
     for note in dict.fromkeys(notes):
         print(fit(f"note: {note}"))
@@ -178,23 +189,37 @@ def read_part(store: RunStore, part: str, run_id: int):
         return None, describe_error(error, store, run_id)
 
 
+def as_dict(value) -> dict:
+    """A record part that is an object, or {} for one that is missing or of another type."""
+    return value if isinstance(value, dict) else {}
+
+
+def readable(text, unreadable="unreadable"):
+    """text() of a record field, or a word saying it is unreadable when the record holds values
+    of unexpected types there (a damaged or foreign record is shown with what can be read)."""
+    try:
+        return text()
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return unreadable
+
+
 def record_lines(run_id: int, row: pd.Series, run: dict, info: dict, config: dict) -> list[str]:
-    fields = [
-        ("started", utc(row["start_time"])),
-        ("stopped", utc(row["stop_time"])),
-        ("heartbeat", utc(row["heartbeat"])),
-        ("took", took(row["duration"])),
-        ("host", host_text(run.get("host") or {})),
-        ("git", git_text(row)),
-        ("command", command_text(run)),
-        ("seed", format_value(config.get("seed", (info.get("determinism") or {}).get("seed")))),
-        ("device", format_value(info.get("device"))),
-        ("data", data_text((info.get("data") or {}).get("fingerprint") or {})),
-        ("result", format_value(row["result"])),
-        ("best", best_text(info.get("best") or {})),
-        ("final model", format_value(info.get("final_model_sha256"))[:16]),
-        ("failure", failure_text(run.get("fail_trace"))),
-    ]
+    fields = [(name, readable(text)) for name, text in [
+        ("started", lambda: utc(row["start_time"])),
+        ("stopped", lambda: utc(row["stop_time"])),
+        ("heartbeat", lambda: utc(row["heartbeat"])),
+        ("took", lambda: took(row["duration"])),
+        ("host", lambda: host_text(run.get("host") or {})),
+        ("git", lambda: git_text(row)),
+        ("command", lambda: command_text(run)),
+        ("seed", lambda: format_value(config.get("seed", (info.get("determinism") or {}).get("seed")))),
+        ("device", lambda: format_value(info.get("device"))),
+        ("data", lambda: data_text((info.get("data") or {}).get("fingerprint") or {})),
+        ("result", lambda: format_value(row["result"])),
+        ("best", lambda: best_text(info.get("best") or {})),
+        ("final model", lambda: format_value(info.get("final_model_sha256"))[:16]),
+        ("failure", lambda: failure_text(run.get("fail_trace"))),
+    ]]
     title = "  ".join(filter(None, [f"run {run_id}", row["experiment"] if isinstance(row["experiment"], str) else None, row["status"]]))
     return [title] + [fit(f"  {name:<12}{text}") for name, text in fields if text not in ("-", "")]
 
@@ -372,7 +397,7 @@ def sweep_rank_lines(runs: pd.DataFrame, best: str) -> list[str]:
 
 def run_id_arguments(refs: list[str]) -> list[int]:
     for ref in refs:
-        if not ref.isdigit():
+        if not is_run_id(ref):
             raise ValueError(f"'{ref}' is not a run id (compare takes run ids, e.g. 3 4 7)")
     ids = list(dict.fromkeys(int(ref) for ref in refs))
     if len(ids) < 2:
@@ -412,7 +437,9 @@ def export_command(args) -> int:
         raise ValueError(f"--to: '{target}' must end in .parquet or .csv")
     if not target.parent.is_dir():
         raise ValueError(f"--to: directory {target.parent} does not exist")
-    runs = load_runs(open_store(args.store))
+    store = open_store(args.store)
+    runs = load_runs(store)
+    print_skipped(store)
     with replacing(target, "wb") as f:
         write_table(runs, f, kind)
     print(f"wrote {len(runs)} runs x {len(runs.columns)} columns to {target}")

@@ -4,7 +4,8 @@ The rerun is the recorded main file run as a subprocess with the recorded config
 as `with config.json`, recorded into the same store, with info `rerun_of` naming the original.
 Before it starts, every difference between then and now (source hashes, git, packages, data,
 torch/CUDA, threads, device) is printed; --strict refuses to run when there is any.
---from-recorded-sources runs the store's copies of the sources instead of the working tree.
+A plain rerun runs the main file of this checkout only (never a file the record points at);
+--from-recorded-sources runs the store's copies of the sources instead, listing them first.
 --verify compares every metric value bit for bit and the final model's hash; exit 0 only on a
 complete match.
 """
@@ -35,6 +36,7 @@ from observers.provenance import (
     source_differences,
     torch_state,
 )
+from observers.records import is_run_id
 from observers.store import RecordError, RunStore, resolve_run
 
 INSTALLED_ROOT = Path(__file__).resolve().parents[1]  # the repository this reprolab runs from
@@ -72,7 +74,8 @@ class CodeTree:
 def read_original(store: RunStore, run_id: int, verify: bool) -> Original:
     """Read every record the rerun needs before anything runs; a gap is one RecordError."""
     run = store.run(run_id)
-    if not isinstance(run, dict) or not (run.get("experiment") or {}).get("mainfile"):
+    experiment = run.get("experiment") if isinstance(run, dict) else None
+    if not isinstance(experiment, dict) or not isinstance(experiment.get("mainfile"), str):
         raise RecordError(f"run {run_id}'s run.json does not name the experiment's main file")
     if run.get("status") != "COMPLETED":  # its record is partial; `with resume=ID` continues it
         raise RecordError(f"run {run_id} has status {run.get('status')}, not COMPLETED, so there "
@@ -91,7 +94,7 @@ def read_original(store: RunStore, run_id: int, verify: bool) -> Original:
 
 def store_target(ref: str, store: str | None) -> str:
     """The store the rerun records into: the original's (a run directory's parent, or the store)."""
-    if not ref.isdigit():
+    if not is_run_id(ref):
         return str(Path(ref).resolve().parent)
     location = store or default_store()
     return location if is_mongo_url(location) else str(Path(location).resolve())
@@ -107,12 +110,11 @@ def data_path(original: Original) -> str | None:
 
 @contextmanager
 def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeTree]:
-    """The working tree the run was recorded from (if it is still there), or the recorded sources
-    materialised in a temporary directory."""
+    """The checkout this reprolab runs from, or (--from-recorded-sources, and only then) the
+    recorded sources materialised in a temporary directory, listed before anything runs."""
     if not from_recorded_sources:
-        base_dir = Path(original.run["experiment"].get("base_dir") or INSTALLED_ROOT)
-        root = base_dir if (base_dir / original.mainfile).is_file() else INSTALLED_ROOT
-        yield CodeTree(root, Path.cwd(), recorded=False)
+        checkout_mainfile(original)
+        yield CodeTree(INSTALLED_ROOT, Path.cwd(), recorded=False)
         return
     if original.mainfile not in original.sources:
         raise RecordError(f"run {original.run_id}'s main file {original.mainfile} is not among "
@@ -127,7 +129,49 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         link_data_file(original, root)
+        list_recorded_sources(original)
         yield CodeTree(root, root, recorded=True)
+
+
+def checkout_mainfile(original: Original) -> Path:
+    """The run's main file in this checkout (INSTALLED_ROOT). The record only names it: run.json's
+    base_dir is ignored, and a name that leads out of the checkout or into a run store inside it
+    is refused, so a record can never choose a file to execute."""
+    name = original.mainfile
+    path = (INSTALLED_ROOT / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(INSTALLED_ROOT):
+        raise RecordError(f"run {original.run_id}'s main file {name!r} lies outside the checkout "
+                          f"{INSTALLED_ROOT}, so it was not run (--from-recorded-sources runs the "
+                          "stored copies)")
+    if in_run_store(path, original.store):
+        raise RecordError(f"run {original.run_id}'s main file {name!r} lies inside a run store, "
+                          "so it was not run (a plain rerun runs only the checkout's code)")
+    if path.suffix != ".py" or not path.is_file():
+        raise RecordError(f"run {original.run_id}'s main file {name} is not a Python file in the "
+                          f"checkout {INSTALLED_ROOT} (--from-recorded-sources runs the stored copies)")
+    return path
+
+
+def in_run_store(path: Path, store: RunStore) -> bool:
+    """Whether path lies in the store being read or in any folder that looks like a run store or
+    a run (holds _sources/, .reprolab/ or run.json) between it and the checkout's root."""
+    location = getattr(store, "root", None)
+    if location is not None and path.is_relative_to(Path(location).resolve()):
+        return True
+    for folder in path.parents:
+        if folder == INSTALLED_ROOT or not folder.is_relative_to(INSTALLED_ROOT):
+            return False
+        if any((folder / marker).exists() for marker in ("_sources", ".reprolab", "run.json")):
+            return True
+    return False
+
+
+def list_recorded_sources(original: Original) -> None:
+    """Say which stored files --from-recorded-sources is about to run, before running them."""
+    print(f"--from-recorded-sources: running these {len(original.sources)} files stored with run "
+          f"{original.run_id} in {original.store.location}:")
+    for name in sorted(original.sources):
+        print(f"  {name}")
 
 
 def link_data_file(original: Original, root: Path) -> None:

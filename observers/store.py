@@ -15,14 +15,16 @@ from typing import Protocol
 
 from observers.files import replacing
 from observers.filestore import JOURNAL, read_journal
+from observers.records import ObjectEncoding, RecordError, is_run_id, load_plain, refusal
 
 # Per-store cache of metric summaries (last/min/max per metric) of sealed metrics.json files,
-# keyed by file mtime and size: listing long runs then costs a stat per run, not a full parse.
+# keyed by the file's stat (mtime, size, ctime, inode): listing long runs then costs a stat per
+# run, not a full parse. An entry whose key or shape does not match is recomputed.
 SUMMARY_CACHE = Path(".reprolab") / "metric-summaries.json"
+SUMMARY_KEYS = frozenset({"last", "min", "max", "count", "last_step"})
+NUMBERS = (int, float)
 
-
-class RecordError(LookupError):
-    """A run or record file the user named does not exist or cannot be read."""
+__all__ = ["RecordError", "FileRunStore", "RunStore", "open_store", "resolve_run", "summarize_metrics"]
 
 
 class RunStore(Protocol):
@@ -47,14 +49,34 @@ class FileRunStore:
         self.root = Path(root)
         self.location = str(self.root)
         self.cache = cache  # keep metric summaries in root/.reprolab (best effort)
+        self.skipped: list[str] = []  # notes on entries run_ids() left out
         if not self.root.is_dir():
             raise RecordError(f"no run store at {self.root} (directory not found)")
 
     def run_ids(self) -> list[int]:
-        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit() and p.is_dir())
+        """The ids of the store's run folders; odd entries are left out, with a note in
+        self.skipped (a name of non-ASCII digits, a linked folder from outside the store)."""
+        ids, self.skipped = [], []
+        real_root = self.root.resolve()
+        for path in self.root.iterdir():
+            name = path.name
+            if not is_run_id(name):
+                if name.isdigit():  # digits of another script, superscripts, a leading zero
+                    self.skipped.append(f"skipped {path}: not a run id (runs are numbered 1, 2, 3, ... "
+                                        "in ASCII digits)")
+                continue
+            if not path.is_dir():
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                self.skipped.append(f"skipped {path}: a link to {path.resolve()}, outside the store")
+                continue
+            ids.append(int(name))
+        return sorted(ids)
 
     def run_dir(self, run_id: int) -> Path:
         path = self.root / str(run_id)
+        if path.is_symlink() and not path.resolve().is_relative_to(self.root.resolve()):
+            raise RecordError(f"run {run_id}: {path} links to {path.resolve()}, outside the store")
         if not (path / "run.json").exists():
             if path.is_dir():  # starting (Sacred writes run.json after making the folder) or damaged
                 raise RecordError(f"run {run_id}: {path / 'run.json'} is missing")
@@ -64,8 +86,9 @@ class FileRunStore:
     def _json(self, run_id: int, filename: str, missing=None):
         path = self.run_dir(run_id) / filename
         try:
-            with open(path) as f:
-                return json.load(f)
+            return load_plain(path)
+        except ObjectEncoding as error:
+            raise refusal(f"run {run_id}: {path}", error.key) from None
         except FileNotFoundError:
             if missing is not None:
                 return missing
@@ -89,6 +112,8 @@ class FileRunStore:
                 return self._json(run_id, "metrics.json")
             try:
                 return read_journal(run_dir / JOURNAL)
+            except ObjectEncoding as error:
+                raise refusal(f"run {run_id}: {run_dir / JOURNAL}", error.key) from None
             except FileNotFoundError:
                 continue
         return {}
@@ -117,9 +142,9 @@ class FileRunStore:
             stat = (self.root / str(run_id) / "metrics.json").stat()
         except FileNotFoundError:
             return summarize_metrics(self.metrics(run_id))  # in progress: the journal
-        key = [stat.st_mtime_ns, stat.st_size]
+        key = [stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns, stat.st_ino]
         entry = cached.get(str(run_id))
-        if isinstance(entry, dict) and entry.get("key") == key:
+        if isinstance(entry, dict) and entry.get("key") == key and _is_summary(entry.get("summary")):
             return entry["summary"]
         summary = summarize_metrics(self._json(run_id, "metrics.json"))
         fresh[str(run_id)] = {"key": key, "summary": summary}
@@ -129,10 +154,9 @@ class FileRunStore:
         if not self.cache:
             return {}
         try:
-            with open(self.root / SUMMARY_CACHE) as f:
-                entries = json.load(f)
+            entries = load_plain(self.root / SUMMARY_CACHE)
             return entries if isinstance(entries, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # ObjectEncoding is a ValueError too
             return {}  # no cache yet, or a damaged one: rebuilt below
 
     def _write_summary_cache(self, entries: dict) -> None:
@@ -153,20 +177,52 @@ class FileRunStore:
         return path.read_bytes()
 
     def artifact_path(self, run_id: int, name: str) -> Path:
-        path = self.run_dir(run_id) / name
-        if name not in self.run(run_id).get("artifacts", []) or not path.is_file():
+        run_dir = self.run_dir(run_id)
+        path = run_dir / name
+        run = self.run(run_id)
+        artifacts = run.get("artifacts", []) if isinstance(run, dict) else None
+        if not isinstance(artifacts, list) or name not in artifacts or not path.is_file():
             raise RecordError(f"run {run_id} has no artifact '{name}'")
+        if not _within(path, run_dir):  # a record names only files of its own run folder
+            raise RecordError(f"run {run_id}: artifact '{name}' lies outside the run's folder")
         return path
 
     def sources(self, run_id: int) -> dict[str, bytes]:
         """Recorded source files by their path relative to the experiment's base directory."""
         files = {}
-        for name, stored in self.run(run_id)["experiment"].get("sources", []):
-            path = self.root / stored
+        for name, stored in recorded_sources(self.run(run_id), run_id):
+            path = self.root / stored if isinstance(stored, str) else None
+            if path is None or not _within(path, self.root / "_sources"):
+                raise RecordError(f"run {run_id}: recorded source {name} is stored at {stored}, "
+                                  "outside the store's _sources folder")
             if not path.is_file():
                 raise RecordError(f"run {run_id}: recorded source {name} is missing ({path})")
             files[name] = path.read_bytes()
         return files
+
+
+def recorded_sources(run: dict, run_id: int) -> list[tuple[str, object]]:
+    """run.json's [name, stored] source pairs, checked to be pairs of text."""
+    experiment = run.get("experiment") if isinstance(run, dict) else None
+    sources = experiment.get("sources", []) if isinstance(experiment, dict) else None
+    if not isinstance(sources, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in sources):
+        raise RecordError(f"run {run_id}'s run.json does not list its sources as [name, file] pairs")
+    return [tuple(pair) for pair in sources]
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether path, links resolved, lies inside folder (also resolved)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _is_summary(summary) -> bool:
+    """Whether a cached summary has summarize_metrics' shape (a damaged cache is recomputed)."""
+    return isinstance(summary, dict) and all(
+        type(stats) is dict and SUMMARY_KEYS <= stats.keys()
+        and type(stats["last"]) in NUMBERS and type(stats["min"]) in NUMBERS
+        and type(stats["max"]) in NUMBERS and type(stats["count"]) is int
+        for stats in summary.values())
 
 
 def summarize_metrics(metrics: dict) -> dict[str, dict]:
@@ -208,11 +264,11 @@ def open_store(location: str | os.PathLike | None = None) -> RunStore:
 
 def resolve_run(ref: str, store: str | None = None) -> tuple[RunStore, int]:
     """A run named by its id in a store, or by the path of its run directory."""
-    if not ref.isdigit():
+    if not is_run_id(ref):
         path = Path(ref)
         if not path.is_dir():
             raise RecordError(f"'{ref}' is neither a run id nor a run directory")
-        if not (path / "run.json").is_file() or not path.name.isdigit():
+        if not (path / "run.json").is_file() or not is_run_id(path.name):
             raise RecordError(f"{path} is not a run directory (no run.json in a numbered folder)")
         return FileRunStore(path.resolve().parent), int(path.name)
     reader = open_store(store)

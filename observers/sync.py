@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sacred.observers.mongo import MongoObserver
 
-from observers.credentials import describe_error, redact
+from observers.credentials import describe_error, redact_url
 from observers.mongo import connect, ensure_indexes
 from observers.mongo_bounds import (
     CHUNKS_COLLECTION,
@@ -198,7 +198,7 @@ def sync_store(path: str | os.PathLike, url: str,
         raise
     except Exception as error:
         reason = describe_error(error, url)
-        raise RecordError(f"cannot reach MongoDB at {redact(url)}: {reason}") from None
+        raise RecordError(f"cannot reach MongoDB at {redact_url(url)}: {reason}") from None
     report = SyncReport()
     for run_id in store.run_ids():
         try:
@@ -207,6 +207,8 @@ def sync_store(path: str | os.PathLike, url: str,
             raise RecordError(
                 f"MongoDB failed while uploading run {run_id} from {store.location} "
                 f"({describe_error(error, url)}); nothing is lost, run the sync again") from None
+    for note in store.skipped:  # entries that are not runs of this store: never uploaded
+        echo(f"note: {note}")
     return report
 
 
@@ -243,7 +245,7 @@ def sync_command(args) -> int:
         raise ValueError(
             f"no MongoDB to sync to: pass --to mongodb://... or set {MONGO_URL_VARIABLE}")
     if not is_mongo_url(url):
-        raise ValueError(f"--to must be a mongodb:// URL, got '{redact(url)}'")
+        raise ValueError(f"--to must be a mongodb:// URL, got '{redact_url(url)}'")
     report = sync_store(args.path, url)
-    print(f"synced {args.path} into {redact(url)}: {report.summary()}")
+    print(f"synced {args.path} into {redact_url(url)}: {report.summary()}")
     return 1 if report.unreadable else 0

@@ -111,11 +111,16 @@ def _record_row(store: RunStore, run_id: int) -> dict:
     notes = []
     try:
         row.update(_record_fields(store.run(run_id)))
+        if "odd" in row:
+            notes.append(row.pop("odd"))
     except Exception as error:  # noqa: BLE001 - one bad record never stops the listing
         row["status"] = DAMAGED
         notes.append(describe_error(error, store, run_id))
     try:
-        row.update({f"config.{k}": v for k, v in flatten_config(store.config(run_id)).items()})
+        config = store.config(run_id)
+        if not isinstance(config, dict):
+            raise RecordError(f"config.json holds a {type(config).__name__}, not an object")
+        row.update({f"config.{k}": v for k, v in flatten_config(config).items()})
     except Exception as error:  # noqa: BLE001
         notes.append(describe_error(error, store, run_id))
     if _probably_dead(row):
@@ -132,24 +137,51 @@ def describe_error(error: Exception, store: RunStore, run_id: int) -> str:
 
 
 def _record_fields(run: dict) -> dict:
-    start, stop, beat = (_timestamp(run.get(key)) for key in ("start_time", "stop_time", "heartbeat"))
-    repositories = (run.get("experiment") or {}).get("repositories") or [{}]
+    """The record columns from run.json; a field of an unexpected type is read as missing and
+    named in a note, so one odd record never hides the rest of it."""
+    if not isinstance(run, dict):
+        raise RecordError(f"run.json holds a {type(run).__name__}, not an object")
+    odd: list[str] = []
+    experiment, host = _field(run, "experiment", dict, odd), _field(run, "host", dict, odd)
+    repositories = _field(experiment or {}, "repositories", list, odd) or [{}]
+    repository = repositories[0] if isinstance(repositories[0], dict) else {}
+    start, stop, beat = (_timestamp_field(run, key, odd) for key in ("start_time", "stop_time", "heartbeat"))
     end = stop or beat
-    member = (run.get("meta") or {}).get("sweep") or {}
-    return {
-        "experiment": (run.get("experiment") or {}).get("name"),
-        "status": run.get("status") or DAMAGED,
+    member = _field(_field(run, "meta", dict, odd) or {}, "sweep", dict, odd) or {}
+    fields = {
+        "experiment": _field(experiment or {}, "name", str, odd),
+        "status": _field(run, "status", str, odd) or DAMAGED,
         "start_time": start,
         "stop_time": stop,
         "heartbeat": beat,
         "duration": end - start if start and end else None,
-        "host": (run.get("host") or {}).get("hostname"),
-        "git_commit": repositories[0].get("commit"),
-        "git_dirty": repositories[0].get("dirty"),
+        "host": _field(host or {}, "hostname", str, odd),
+        "git_commit": _field(repository, "commit", str, odd),
+        "git_dirty": _field(repository, "dirty", bool, odd),
         "result": _result(run.get("result")),
-        "sweep": member.get("id"),
-        "sweep_index": member.get("index"),
+        "sweep": _field(member, "id", str, odd),  # which sweep and config (experiments/sweep.py)
+        "sweep_index": _field(member, "index", int, odd),
     }
+    if odd:
+        fields["odd"] = f"run.json: {', '.join(odd)} of an unexpected type, read as missing"
+    return fields
+
+
+def _field(record: dict, key: str, kind: type, odd: list[str]):
+    """record[key] when it has the expected type; None (noted in odd) when it has another."""
+    value = record.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    odd.append(key)
+    return None
+
+
+def _timestamp_field(run: dict, key: str, odd: list[str]) -> dt.datetime | None:
+    try:
+        return _timestamp(run.get(key))
+    except (TypeError, ValueError, AttributeError):
+        odd.append(key)
+        return None
 
 
 def _timestamp(value) -> dt.datetime | None:
@@ -158,6 +190,8 @@ def _timestamp(value) -> dt.datetime | None:
         return None
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"not a time: {value!r}")
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value

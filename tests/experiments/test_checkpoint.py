@@ -193,8 +193,10 @@ class FakeRun:
 
     def __init__(self):
         self.info, self.artifacts, self.heartbeats = {}, {}, []
+        self.written_before = {}  # name: the info written out when the file was replaced
 
     def add_artifact(self, path: str, name: str) -> None:
+        self.written_before[name] = self.heartbeats[-1][name]
         self.artifacts[name] = Path(path).read_bytes()
 
     def _emit_heartbeat(self) -> None:
@@ -216,7 +218,7 @@ def test_a_stop_request_waits_until_the_checkpoint_and_its_hash_are_recorded(
     assert run.info["checkpoints"]["last.pt"]["epoch"] == 2
     assert run.info["checkpoints"]["last.pt"]["sha256"] == hashlib.sha256(
         run.artifacts["last.pt"]).hexdigest()
-    assert run.heartbeats == [run.info["checkpoints"]]  # written out before the stop
+    assert run.heartbeats[-1] == run.info["checkpoints"]  # written out before the stop
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
 
 
@@ -225,12 +227,18 @@ def test_each_save_is_attached_and_written_out_at_once_leaving_no_temp_files(mon
     run = FakeRun()
     carried = {"best.pt": (b"best bytes", {"sha256": "b" * 64, "epoch": 1, "step": 3})}
     recorder = resume.CheckpointRecorder(run, carried=carried)
-    assert run.artifacts == {"best.pt": b"best bytes"} and len(run.heartbeats) == 1
+    assert run.artifacts == {"best.pt": b"best bytes"}
+    assert run.heartbeats[-1]["best.pt"] == carried["best.pt"][1]
+    replaced = None
     for epoch in (2, 3):
         recorder.save("last.pt", {"epoch": epoch, "step": 3 * epoch, "weights": torch.ones(3)})
-        assert run.heartbeats[-1]["last.pt"]["epoch"] == epoch
-        assert run.heartbeats[-1]["last.pt"]["sha256"] == hashlib.sha256(
-            run.artifacts["last.pt"]).hexdigest()
+        digest = hashlib.sha256(run.artifacts["last.pt"]).hexdigest()
+        assert run.heartbeats[-1]["last.pt"] == {"sha256": digest, "epoch": epoch,
+                                                 "step": 3 * epoch}
+        # before the file was replaced, the info vouched for the new hash and the one it replaces
+        assert run.written_before["last.pt"] == {**run.heartbeats[-1]["last.pt"],
+                                                 "replaces": replaced}
+        replaced = run.heartbeats[-1]["last.pt"]
     assert run.info["checkpoints"]["best.pt"]["sha256"] == "b" * 64
     assert list(tmp_path.iterdir()) == []
 

@@ -72,13 +72,25 @@ def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     assert len(listed.stdout.splitlines()) == 2  # the header and the one run
 
 
+USER_MODELS = """
+from torch import nn
+
+
+def narrow(input_shape, num_outputs):
+    \"\"\"A linear model for 32 inputs (the bundled data has 64).\"\"\"
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, num_outputs))
+"""
+
+
 def test_failing_config_is_reported_and_the_others_complete(tmp_path):
     store = tmp_path / "runs"
-    # bce_with_logits wants one output per target, the 10-class model gives ten: fails at the first batch
-    result = sweep("--store", str(store), "with", "loss=['cross_entropy', 'bce_with_logits']", *TINY,
-                   check=False)
-    assert result.returncode == 1
-    assert "config 1 (run" in result.stderr and "Target size" in result.stderr
+    # a user's model built for 32 inputs is built fine, then fails on its first batch of 64
+    (tmp_path / "user_models.py").write_text(USER_MODELS)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = sweep("--store", str(store), "with", "model.name=['mlp', 'user_models:narrow']", *TINY,
+                   check=False, env={"PYTHONPATH": path})
+    assert result.returncode == 1, result.stderr
+    assert "config 1 (run" in result.stderr and "cannot be multiplied" in result.stderr
     runs = load_runs(store, sweep=sweep_id(store)).sort_values("sweep_index")
     assert list(runs.status) == ["COMPLETED", "FAILED"]
 

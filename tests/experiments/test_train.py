@@ -113,12 +113,18 @@ def test_unobserved_records_nothing_and_F_records_where_asked(tmp_path):
         ("optimizer.lrr=0.1", "unknown config key 'optimizer.lrr'; did you mean 'lr'?"),
         ("model.hiden=[8]", "did you mean 'model.hidden'?"),
         ("model.name=resnet", "model.name: unknown model 'resnet'"),
-        ("optimizer.name=rmsprop", "optimizer.name: unknown optimizer 'rmsprop'"),
+        ("optimizer.name=rmsprop", "optimizer.name must be one of sgd, adam, adamw, got 'rmsprop'"),
         ("lr=-0.1", "lr must be a positive number, got -0.1"),
         ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
         ("data.path=missing.parquet", "data.path: file not found: missing.parquet"),
         ("data.target=digit", "data.target: column 'digit' is not in"),
-        ("data.val_fraction=1.0", "data.val_fraction must be in (0, 1), got 1.0"),
+        ("data.val_fraction=1.0", "data.val_fraction must be a number in (0, 1), got 1.0"),
+        ("data.val_fraction=0.0001", "data.val_fraction 0.0001 leaves an empty train or validation"),
+        ("lr=1j", "lr cannot be stored in a run's record"),
+        ("data=3", "data is a group of settings"),
+        ("no_such_config", "unknown named config 'no_such_config' (named configs: cnn, debug"),
+        ("missing.yaml", "config file not found: missing.yaml"),
+        ("loss=bce_with_logits", "loss: bce_with_logits needs a binary target (labels 0 and 1)"),
         ("model.freeze=['head.*']", "model.freeze: pattern 'head.*' matches no parameter"),
         ("optimizer.param_groups=[{'pattern':'zz'}]", "pattern 'zz' matches no trainable parameter"),
         ("optimizer.step_size=0", "optimizer.step_size must be a positive integer, got 0"),
@@ -176,3 +182,35 @@ def test_progress_bar_shows_on_a_terminal_but_not_in_the_record(tmp_path):
     assert b"it/s" in screen or b"s/it" in screen
     cout = (tmp_path / "1" / "cout.txt").read_text()
     assert "it/s" not in cout and "\r" not in cout
+
+
+def test_bce_with_logits_on_a_two_class_target_trains_one_output(train, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(REPO_ROOT / "data" / "digits.parquet")
+    high = pa.array((table.column("label").to_numpy() >= 5).astype(np.int64))
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", high),
+                   tmp_path / "binary.parquet")
+    train(tmp_path / "store", f"data.path={tmp_path / 'binary.parquet'}", "loss=bce_with_logits",
+          "epochs=3")
+    info = load(tmp_path / "store" / "1" / "info.json")
+    assert info["task"] == {"kind": "binary", "loss": "bce_with_logits", "outputs": 1}
+    assert info["model_summary"]["layers"][-1]["output_shape"] == [1]
+    accuracy = load(tmp_path / "store" / "1" / "metrics.json")["val_accuracy"]["values"]
+    assert accuracy[-1] > 0.85  # logit > 0 is class 1; half the digits are >= 5
+
+
+def test_missing_values_are_refused_before_a_run_exists(train, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(REPO_ROOT / "data" / "digits.parquet")
+    values = table.column("pixel_3").to_pylist()
+    values[5] = None
+    pq.write_table(table.set_column(3, "pixel_3", pa.array(values)), tmp_path / "holes.parquet")
+    result = train(tmp_path / "store", f"data.path={tmp_path / 'holes.parquet'}", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: data: column 'pixel_3' has 1 missing values; fill or drop them first"
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())

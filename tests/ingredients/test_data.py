@@ -25,6 +25,7 @@ from ingredients.columnar import RowFile
 from ingredients.data import (
     REPO_ROOT,
     data,
+    describe,
     load_splits,
     make_loader,
     row_major_table,
@@ -508,11 +509,11 @@ def bad_files(tmp_path):
     [
         (
             {"path": "missing.parquet"},
-            "data.path: file not found: " + str(REPO_ROOT / "missing.parquet"),
+            "data.path: file not found: missing.parquet (looked in",
         ),
         ({"path": "{tmp}/broken.parquet"}, "data.path: cannot read"),
         ({"path": "{tmp}/notes.txt"}, "data.format: cannot tell the format of"),
-        ({"format": "xlsx"}, "data.format must be auto, parquet, ipc"),
+        ({"format": "xlsx"}, "data.format must be auto, parquet, ipc (feather, arrow) or csv"),
         ({"target": "lbl"}, "data.target: column 'lbl' is not in"),
         ({"features": ["pixel_0", "nope"]}, "data.features: column 'nope' is not in"),
         (
@@ -522,8 +523,8 @@ def bad_files(tmp_path):
         ({"features": []}, "data.features must be None or a non-empty list"),
         ({"path": "{tmp}/text.csv"}, "data.features: column 'name' in"),
         ({"path": "{tmp}/negative.csv"}, "data.target: column 'label'"),
-        ({"val_fraction": 1.5}, "data.val_fraction must be in (0, 1), got 1.5"),
-        ({"val_fraction": 0}, "data.val_fraction must be in (0, 1), got 0"),
+        ({"val_fraction": 1.5}, "data.val_fraction must be a number in (0, 1), got 1.5"),
+        ({"val_fraction": 0}, "data.val_fraction must be a number in (0, 1), got 0"),
         (
             {"val_fraction": 1e-6},
             "data.val_fraction 1e-06 leaves an empty train or validation split",
@@ -533,7 +534,7 @@ def bad_files(tmp_path):
             "data.shape [1, 8, 9] holds 72 values but there are 64 feature values per row",
         ),
         ({"shape": [0, 64]}, "data.shape must be None or a non-empty list of positive integers"),
-        ({"split_seed": "zero"}, "data.split_seed must be an integer"),
+        ({"split_seed": "zero"}, "data.split_seed must be an integer >= 0, got 'zero'"),
         ({"in_memory_mb": -1}, "data.in_memory_mb must be a non-negative number"),
     ],
 )
@@ -586,3 +587,42 @@ def test_digits_script_is_deterministic(tmp_path):
     spec.loader.exec_module(module)
     module.main(Path(tmp_path / "digits.parquet"))
     assert pq.read_table(tmp_path / "digits.parquet").equals(pq.read_table(DIGITS))
+
+
+def _with_holes(table: pa.Table, column: str, rows: list[int]) -> pa.Table:
+    values = table.column(column).to_pylist()
+    for row in rows:
+        values[row] = None
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, column, pa.array(values, table.schema.field(column).type))
+
+
+@pytest.mark.parametrize("layout", ["parquet", "parquet_no_statistics", "ipc", "csv"])
+@pytest.mark.parametrize("column", ["pixel_9", "label"])
+def test_missing_values_are_found_before_loading_in_every_format(tmp_path, digits_table, layout,
+                                                                  column):
+    table = _with_holes(digits_table, column, [3, 70])
+    path = tmp_path / f"holes.{layout.split('_')[0]}"
+    if layout == "parquet":
+        pq.write_table(table, path)
+    elif layout == "parquet_no_statistics":
+        pq.write_table(table, path, write_statistics=False)
+    elif layout == "ipc":
+        feather.write_feather(table, path, compression="uncompressed")
+    else:
+        pa_csv.write_csv(table, path)
+    with pytest.raises(ValueError) as error:
+        describe({**DEFAULTS, "path": str(path)})
+    assert str(error.value) == (f"data: column {column!r} has 2 missing values; fill or drop "
+                                "them first")
+
+
+def test_describe_counts_rows_and_classes_and_refuses_an_empty_split(tmp_path, digits_table):
+    contents = describe({**DEFAULTS, "path": str(DIGITS)})
+    assert contents == (1797, (64,), True, 10, (0, 9))
+    path = tmp_path / "float.ipc"
+    feather.write_feather(digits_table.set_column(64, "label", pa.array(
+        digits_table.column("label").to_numpy().astype("float32"))), path)
+    assert describe({**DEFAULTS, "path": str(path)})[2:] == (False, 1, (0.0, 9.0))
+    with pytest.raises(ValueError, match="^data.val_fraction 0.0002 leaves an empty train"):
+        describe({**DEFAULTS, "val_fraction": 0.0002})

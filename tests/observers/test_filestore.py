@@ -135,3 +135,43 @@ def test_a_real_sacred_run_is_read_back(tmp_path):
     assert metrics["loss"]["steps"] == list(range(1, 301)) and metrics["loss"]["values"][1] == 0.5
     assert reader.run(1)["status"] == "COMPLETED" and reader.info(1) == {"note": "done"}
     assert not (tmp_path / "1" / JOURNAL).exists()
+
+
+def test_a_stored_source_cut_short_is_written_again_not_reused(tmp_path):
+    """A full disk once left a truncated copy in _sources/; later runs must not reference it."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('the whole experiment')\n" * 50)
+    ex_info = {"name": "train", "base_dir": str(code), "sources": [["train.py", "md5"]],
+               "dependencies": [], "repositories": [], "mainfile": "train.py"}
+    store = tmp_path / "runs"
+    for run in (1, 2):
+        FileStore(store).started_event(dict(ex_info), "train", {}, START, {}, {}, None)
+        (stored,) = (store / "_sources").iterdir()
+        assert stored.read_bytes() == (code / "train.py").read_bytes()  # whole again in run 2
+        stored.write_bytes(stored.read_bytes()[:100])  # as a full disk would have left it
+        recorded = FileRunStore(store).run(run)["experiment"]["sources"]
+        assert recorded == [["train.py", f"_sources/{stored.name}"]]
+    assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_failed_write_names_the_file_and_leaves_the_journal_as_it_was(tmp_path, monkeypatch):
+    from observers import filestore
+    from observers.files import StoreWriteError
+
+    observer = started(FileStore(tmp_path), tmp_path)
+    heartbeat(observer, 0)
+    journal = Path(observer.dir) / JOURNAL
+    before = journal.read_bytes()
+    real_write, writes = os.write, []
+
+    def write_then_fail(fd, data):  # the first write lands half, the next finds the disk full
+        if writes:
+            raise OSError(28, "No space left on device")
+        writes.append(1)
+        return real_write(fd, bytes(data)[: len(data) // 2])
+
+    monkeypatch.setattr(filestore.os, "write", write_then_fail)
+    with pytest.raises(StoreWriteError, match=f"could not write {journal}: No space left on device"):
+        observer.log_metrics(beat_points(1), INFO)
+    assert journal.read_bytes() == before

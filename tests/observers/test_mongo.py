@@ -418,3 +418,33 @@ def test_whole_path_against_a_real_server(tmp_path):
         store.db["metrics"].delete_many({"run_id": run_id})
         store.db[CHUNKS_COLLECTION].delete_many({"run_id": run_id})
         store.db["runs"].delete_one({"_id": run_id})
+
+
+# ------------------------------------------------------------------------------ start-up
+
+
+def test_a_taken_run_id_is_skipped_and_the_search_is_bounded(monkeypatch):
+    """Where the highest id is not found by sorting (here: never), ids are tried one after the
+    other, at most ID_ATTEMPTS times, then one sentence (Sacred would loop for ever)."""
+    db = mongomock.MongoClient()["sacred"]
+    observer = om.BoundedMongoObserver.on(db, "uuid")
+    monkeypatch.setattr(om.BoundedMongoObserver, "highest_id", lambda self: 0)
+    db["runs"].insert_many([{"_id": i} for i in range(1, 6)])
+    observer.run_entry = {"_id": None, "artifacts": []}
+    observer.insert()
+    assert observer.run_entry["_id"] == 6
+    db["runs"].insert_many([{"_id": i} for i in range(7, 7 + om.ID_ATTEMPTS)])
+    observer = om.BoundedMongoObserver.on(db, "uuid")
+    observer.run_entry = {"_id": None, "artifacts": []}
+    with pytest.raises(RuntimeError, match=f"no free run id found in sacred.runs after "
+                                           f"{om.ID_ATTEMPTS} tries"):
+        observer.insert()
+
+
+@pytest.mark.parametrize("password", [f"{PASSWORD}/x", f"{PASSWORD}@x", f"{PASSWORD}?x"])
+def test_a_url_that_cannot_be_parsed_is_refused_without_its_password(password):
+    url = f"mongodb://reprolab:{password}@127.0.0.1:27017/sacred"
+    with pytest.raises(ValueError) as error:
+        om.check_url(url)
+    assert "not a valid MongoDB URL: mongodb://reprolab:***@" in str(error.value)
+    assert PASSWORD not in str(error.value)

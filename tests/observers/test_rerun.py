@@ -43,7 +43,8 @@ def project(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`reprolab rerun 1 --store STORE FLAGS` as a user runs it."""
+    """`reprolab rerun 1 --store STORE FLAGS` as a user runs it; started in the project copy
+    (cwd), the reprolab of that checkout runs, and a plain rerun runs that checkout's code."""
     return subprocess.run(
         [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store), *flags],
         cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD})
@@ -106,7 +107,7 @@ def test_a_dirty_work_tree_records_its_commit_and_the_exact_diff_bytes(tmp_path,
 
 def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path, load):
     root, store = project
-    result = rerun(store, "--strict", "--verify", cwd=tmp_path)
+    result = rerun(store, "--strict", "--verify", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "then vs now: no differences" in result.stdout
     assert "verify: all 8 values of 4 metrics matched bit for bit" in result.stdout
@@ -126,13 +127,13 @@ def test_an_edited_source_is_refused_by_strict_caught_by_verify_undone_by_record
     train_py.write_text(original.replace(SEED_LINE, SEED_LINE + "    torch.manual_seed(seed + 1)\n"))
     try:
         before = tree_hash(store)
-        strict = rerun(store, "--strict", cwd=tmp_path)
+        strict = rerun(store, "--strict", cwd=root)
         assert strict.returncode == 2 and tree_hash(store) == before
         assert strict.stderr.strip() == (
             "reprolab: error: --strict: not rerunning run 1 because 1 thing differs between then "
             "and now (source experiments/train.py)")
 
-        changed = rerun(store, "--verify", cwd=tmp_path)
+        changed = rerun(store, "--verify", cwd=root)
         assert changed.returncode == 1
         assert re.search(r"source experiments/train.py: sha256 \w+ then, sha256 \w+ now",
                          changed.stdout)
@@ -141,9 +142,12 @@ def test_an_edited_source_is_refused_by_strict_caught_by_verify_undone_by_record
         assert "verify: final model state differs" in changed.stdout
         assert "MISMATCH" in changed.stdout
 
-        recorded = rerun(store, "--from-recorded-sources", "--verify", cwd=tmp_path)
+        recorded = rerun(store, "--from-recorded-sources", "--verify", cwd=root)
         assert recorded.returncode == 0, recorded.stdout + recorded.stderr[-3000:]
         count = len(load(store / "1" / "run.json")["experiment"]["sources"])
+        listing = (f"--from-recorded-sources: running these {count} files stored with run 1 in "
+                   f"{store}:\n  experiments/__init__.py\n")
+        assert recorded.stdout.startswith(listing)  # listed before anything runs
         assert f"experiments/train.py from its {count} recorded source files" in recorded.stdout
         assert "then vs now: no differences" in recorded.stdout
         assert "matched bit for bit" in recorded.stdout

@@ -1,0 +1,80 @@
+"""Records read back as plain data: nothing a run store holds can make the reader run code.
+
+Sacred's JSON codec (jsonpickle) turns keys such as `py/reduce`, `py/function` or `py/object`
+into imports and calls when a record is decoded with `restore` (as Sacred does for a config file
+given to `with`). Whoever can write a run store could plant them, so every record read back
+(run, config, info, metrics, caches, MongoDB documents, a checkpoint's config) goes through this
+module, which refuses such keys before anything uses the record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+# jsonpickle's tags all start with "py/"; keys starting with "json://" are decoded as JSON that
+# may itself hold tags (Sacred decodes with keys=True).
+ENCODING_PREFIXES = ("py/", "json://")
+RUN_ID = re.compile(r"0|[1-9][0-9]*")  # ASCII digits only: str.isdigit also accepts '³' and '٣'
+
+
+class RecordError(LookupError):
+    """A run or record file the user named does not exist or cannot be read."""
+
+
+class ObjectEncoding(ValueError):
+    """A record holds one of Sacred's object-encoding keys (raised with the key)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def refusal(where: str, key: str) -> RecordError:
+    """The one sentence for a record that holds an object-encoding key."""
+    return RecordError(f"{where} holds the object-encoding key {key!r}, which could run code "
+                       "when read back, so it was refused (records are read as plain data only)")
+
+
+def _plain_pairs(pairs: list[tuple[str, object]]) -> dict:
+    for key, _ in pairs:
+        if key.startswith(ENCODING_PREFIXES):
+            raise ObjectEncoding(key)
+    return dict(pairs)
+
+
+def loads_plain(text: str | bytes):
+    """json.loads that raises ObjectEncoding on an object-encoding key at any depth."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if "py/" not in text and "json://" not in text and "\\" not in text:
+        return json.loads(text)  # no such key can hide in it (only an escape could spell one)
+    return json.loads(text, object_pairs_hook=_plain_pairs)
+
+
+def load_plain(path: str | os.PathLike):
+    """The JSON file at path as plain data (ObjectEncoding on an object-encoding key)."""
+    with open(path, "rb") as f:
+        return loads_plain(f.read())
+
+
+def check_plain(value):
+    """value itself, after checking that no dict in it has an object-encoding key (ObjectEncoding)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if isinstance(key, str) and key.startswith(ENCODING_PREFIXES):
+                    raise ObjectEncoding(key)
+                if isinstance(inner, (dict, list, tuple)):
+                    stack.append(inner)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(inner for inner in item if isinstance(inner, (dict, list, tuple)))
+    return value
+
+
+def is_run_id(text: str) -> bool:
+    """Whether text names a run the way Sacred numbers them (ASCII digits, no leading zero)."""
+    return RUN_ID.fullmatch(text) is not None

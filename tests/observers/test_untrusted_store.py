@@ -1,0 +1,200 @@
+"""A run store is data: whoever can write one cannot make reprolab run code, and odd entries in a
+store never keep the rest of it from being listed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mongomock
+import pytest
+import torch
+from mongomock.gridfs import enable_gridfs_integration
+
+import observers.mongo as om
+import observers.rerun as rerun_module
+from observers.cli import main as reprolab
+from observers.mongo_store import MongoRunStore
+from observers.records import ObjectEncoding, loads_plain
+from observers.store import SUMMARY_CACHE, RecordError
+from observers.tables import load_runs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+enable_gridfs_integration()  # mongomock's databases accepted by gridfs, as in test_mongo
+
+
+def payload(marker: Path) -> dict:
+    """What Sacred's JSON codec decodes into `Path(marker).touch()`."""
+    path = {"py/reduce": [{"py/type": "pathlib.PosixPath"}, {"py/tuple": [str(marker)]}]}
+    return {"py/reduce": [{"py/function": "pathlib.Path.touch"}, {"py/tuple": [path]}]}
+
+
+@pytest.fixture(scope="module")
+def recorded(trained_store) -> Path:
+    """A store with one real, completed run (with checkpoints) to tamper with."""
+    return trained_store("untrusted_store", [("epochs=2", "limit_batches=3", "progress=False")])
+
+
+@pytest.fixture
+def store(recorded, tmp_path) -> Path:
+    copy = tmp_path / "store"
+    shutil.copytree(recorded, copy)
+    return copy
+
+
+def edit(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def one_sentence(capsys, *argv: str) -> str:
+    """`reprolab ARGV` in-process: exit 2 and exactly one line on stderr."""
+    assert reprolab(list(argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reprolab: error: "), lines
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- records are data
+
+
+@pytest.mark.parametrize("record, key", [
+    ("config.json", "lr"), ("info.json", "device"), ("run.json", "meta")])
+def test_object_encoding_in_a_record_is_refused_and_never_runs(store, tmp_path, capsys, record, key):
+    marker = tmp_path / "MARKER"
+    edit(store / "1" / record, lambda r: r.__setitem__(key, payload(marker)))
+    message = one_sentence(capsys, "rerun", "1", "--store", str(store))
+    assert f"run 1: {store / '1' / record} holds the object-encoding key 'py/" in message
+    assert reprolab(["ls", "--store", str(store)]) == 0  # the store is still listed
+    if record != "info.json":  # ls reads no info; the run is listed with the refusal as its note
+        assert "holds the object-encoding key 'py/" in load_runs(store).loc[1, "note"]
+    assert not marker.exists()
+
+
+def test_keys_that_only_decode_to_object_encoding_are_refused_too():
+    for text in ('{"a": {"\\u0070y/object": "os.system"}}', '{"py\\/function": 1}',
+                 '{"json://{\\"py/reduce\\": 1}": 2}'):
+        with pytest.raises(ObjectEncoding):
+            loads_plain(text)
+    assert loads_plain('{"note": "py/reduce is only text here"}') == {"note": "py/reduce is only text here"}
+
+
+def test_object_encoding_in_a_mongodb_document_is_refused(monkeypatch, tmp_path):
+    client = mongomock.MongoClient()
+    client["sacred"]["runs"].insert_one({"_id": 1, "status": "COMPLETED",
+                                         "config": {"lr": payload(tmp_path / "MARKER")}})
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    store = MongoRunStore("mongodb://127.0.0.1:27017/sacred")
+    with pytest.raises(RecordError, match="run 1: the config in .* holds the object-encoding key 'py/"):
+        store.config(1)
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_a_record_cannot_choose_the_file_a_plain_rerun_executes(store, tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+    (store / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+
+    def point_into_store(run):
+        run["experiment"].update(base_dir=str(store), mainfile="evil.py")
+    edit(store / "1" / "run.json", point_into_store)
+    message = one_sentence(capsys, "rerun", "1", "--store", str(store))
+    assert message.endswith("main file evil.py is not a Python file in the checkout "
+                            f"{rerun_module.INSTALLED_ROOT} (--from-recorded-sources runs the "
+                            "stored copies)")
+
+    edit(store / "1" / "run.json", lambda run: run["experiment"].update(
+        mainfile=os.path.relpath(store / "evil.py", rerun_module.INSTALLED_ROOT)))
+    message = one_sentence(capsys, "rerun", "1", "--store", str(store))
+    assert "lies outside the checkout" in message
+    assert not marker.exists()
+
+
+def test_a_main_file_in_a_store_inside_the_checkout_is_refused(store, tmp_path, capsys, monkeypatch):
+    checkout = tmp_path / "checkout"
+    (checkout / "experiments").mkdir(parents=True)
+    inner = checkout / "runs"
+    shutil.copytree(store, inner)
+    marker = tmp_path / "MARKER"
+    (inner / "_sources" / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    edit(inner / "1" / "run.json", lambda run: run["experiment"].update(mainfile="runs/_sources/evil.py"))
+    monkeypatch.setattr(rerun_module, "INSTALLED_ROOT", checkout.resolve())
+    message = one_sentence(capsys, "rerun", "1", "--store", str(inner))
+    assert "main file 'runs/_sources/evil.py' lies inside a run store, so it was not run" in message
+    assert not marker.exists()
+
+
+def test_a_checkpoint_whose_config_is_not_plain_data_is_not_resumed(store, tmp_path):
+    marker = tmp_path / "MARKER"
+    checkpoint = store / "1" / "last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["lr"] = payload(marker)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    checkpoint.write_bytes(buffer.getvalue())  # the writer of a store can update the hash too
+    edit(store / "1" / "info.json", lambda info: info["checkpoints"]["last.pt"].update(
+        sha256=hashlib.sha256(buffer.getvalue()).hexdigest()))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store),
+         "with", "resume=1", "epochs=3"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: resume: run 1's checkpoint last.pt: its config holds the object-encoding key "
+        "'py/reduce', which could run code when read back, so it was refused (records are read "
+        "as plain data only)")
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["1", "_sources"]
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- odd entries
+
+
+def test_a_damaged_store_still_lists_every_good_run(store, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(store, other)
+    shutil.copytree(store / "1", store / "2")
+    for odd in ("³", "٣", "007"):
+        shutil.copytree(store / "1", store / odd)
+    (store / "5").symlink_to(other / "1")
+
+    def wrong_types(run):
+        run.update(host="a string", experiment=["a", "list"], start_time=5)
+    edit(store / "2" / "run.json", wrong_types)
+
+    true_max = load_runs(store).loc[1, "val_accuracy.max"]  # writes the summary cache
+    metrics = store / "1" / "metrics.json"
+    before = metrics.stat()
+    text = metrics.read_text()
+    old = repr(float(true_max))
+    false_text = text.replace(old, old[:-1] + ("1" if old[-1] != "1" else "2"))
+    assert false_text != text and len(false_text) == len(text)
+    metrics.write_text(false_text)  # same size, and the mtime set back: only ctime tells
+    os.utime(metrics, ns=(before.st_atime_ns, before.st_mtime_ns))
+    cache = json.loads((store / SUMMARY_CACHE).read_text())
+    cache["2"] = {"key": "garbage", "summary": [1, 2]}
+    cache["3"] = "not an entry"
+    (store / SUMMARY_CACHE).write_text(json.dumps(cache))
+
+    assert reprolab(["ls", "--store", str(store)]) == 0
+    out, err = capsys.readouterr()
+    listed = [line.split()[0] for line in out.splitlines()[1:] if line.split()[0].isdigit()]
+    assert listed == ["1", "2"]
+    assert "run 2: run.json: experiment, host, start_time of an unexpected type" in out
+    for odd in ("³", "٣", "007"):
+        assert f"reprolab: note: skipped {store / odd}: not a run id" in err
+    assert f"reprolab: note: skipped {store / '5'}: a link to {(other / '1').resolve()}, outside the store" in err
+
+    runs = load_runs(store)
+    assert list(runs.index) == [1, 2]
+    assert runs.loc[1, "val_accuracy.max"] == max(json.loads(false_text)["val_accuracy"]["values"])
+    assert runs.loc[1, "val_accuracy.max"] != true_max  # the cache entry was rebuilt, not believed
+    for argv in (["show", "2"], ["compare", "1", "2"], ["export", "--to", str(tmp_path / "runs.csv")]):
+        assert reprolab([*argv, "--store", str(store)]) == 0, argv
+    assert "host        unreadable" in capsys.readouterr().out
