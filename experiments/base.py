@@ -24,6 +24,7 @@ from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
 from experiments import distributed
+from experiments.membership import sweep_option
 from experiments.resume import (
     RecordedRun,
     ResumePoint,
@@ -220,7 +221,7 @@ class ReproExperiment(Experiment):
         # main file. Sources and their git state are gathered once, when a run is created.
         caller = sys._getframe(1).f_globals
         self.additional_host_info = []
-        self.additional_cli_options = [store_option]
+        self.additional_cli_options = [store_option, sweep_option]
         self.all_cli_options = gather_command_line_options() + self.additional_cli_options
         Ingredient.__init__(self, path=name, ingredients=list(ingredients), base_dir=str(REPO_ROOT),
                             _caller_globals=caller, save_git_info=False)

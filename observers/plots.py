@@ -106,3 +106,37 @@ def save_png(figure: Figure, path: Path) -> None:
         raise ValueError(f"cannot write plot '{path}': directory {path.parent} does not exist")
     with replacing(path, "wb") as f:
         figure.savefig(f, format="png", dpi=100)
+
+
+def plot_sweep(runs: pd.DataFrame, column: str, path: str | os.PathLike) -> str:
+    """A sweep's `column` (e.g. val_accuracy.max) against its first varied key that is not a
+    seed: one line per value of the other varied keys, the mean across seeds with a band from
+    the lowest to the highest. Written as a PNG; returns the x key's column."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    varied = differing_config(runs)
+    keys = [key for key in varied if "seed" not in key.rsplit(".", 1)[-1]]
+    if not keys:
+        raise ValueError("the sweep varied no key but seeds, so there is nothing to plot against")
+    x_key, others = keys[0], keys[1:]
+    figure = Figure(figsize=(8, 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    groups = runs.groupby([runs[k].map(format_value) for k in others], sort=True) if others else [((), runs)]
+    for name, group in groups:
+        stats = group.groupby(x_key)[column].agg(["mean", "min", "max"]).sort_index()
+        label = ", ".join(f"{abbreviate(short_key(k))}={v}" for k, v in
+                          zip(others, name if isinstance(name, tuple) else (name,))) or None
+        line, = axes.plot(stats.index, stats["mean"], marker="o", label=label)
+        axes.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
+    values = pd.to_numeric(runs[x_key], errors="coerce")
+    if values.notna().all() and (values > 0).all() and values.max() / values.min() >= 100:
+        axes.set_xscale("log")  # learning rates and the like span decades
+    axes.set(xlabel=short_key(x_key), ylabel=column,
+             title=f"{column} against {short_key(x_key)} (mean and range across seeds)")
+    axes.grid(alpha=0.3)
+    if others:
+        figure.legend(loc="outside lower center", fontsize="small", frameon=False)
+    save_png(figure, Path(path))
+    return x_key

@@ -112,14 +112,15 @@ def ls_command(args) -> int:
     ids = store.run_ids()
     if args.last and not status:
         ids = ids[-args.last:]  # only the runs shown are read
-    runs = load_runs(store, run_ids=ids, status=status)
+    runs = load_runs(store, run_ids=ids, status=status, sweep=getattr(args, "sweep", None))
     print_skipped(store)
     if args.last:
         runs = runs.tail(args.last)
     if runs.empty:
         if status and status not in KNOWN_STATUSES:
             raise ValueError(f"unknown status '{args.status}' (one of {', '.join(KNOWN_STATUSES)})")
-        print(f"no {status + ' ' if status else ''}runs in {store.location}")
+        of_sweep = f" of sweep {args.sweep}" if getattr(args, "sweep", None) else ""
+        print(f"no {status + ' ' if status else ''}runs{of_sweep} in {store.location}")
         return 0
     print("\n".join(ls_lines(runs)))
     return 0
@@ -370,6 +371,8 @@ def artifact_size(store: RunStore, run_id: int, name: str) -> str:
 
 def compare_command(args) -> int:
     """Runs side by side: the config that differs and the chosen metric's summaries."""
+    if getattr(args, "sweep", None):
+        return compare_sweep(args)
     ids = run_id_arguments(args.runs)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ValueError(f"plot file '{args.plot}' must end in .png")
@@ -391,6 +394,58 @@ def compare_command(args) -> int:
         plot_metric(store, ids, metric, args.plot)
         print(f"wrote {args.plot} ({metric} of runs {', '.join(map(str, ids))})")
     return 0
+
+
+def compare_sweep(args) -> int:
+    """A sweep's runs ranked by the metric's best value, with the config keys that varied."""
+    if args.runs:
+        raise ValueError("give run ids or --sweep, not both")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ValueError(f"plot file '{args.plot}' must end in .png")
+    store = open_store(args.store)
+    metric = args.metric or DEFAULT_METRIC
+    runs = load_runs(store, sweep=args.sweep)
+    if runs.empty:
+        raise ValueError(f"no runs of sweep '{args.sweep}' in {store.location}")
+    # each config's latest run counts (an interrupted one was continued by a later run)
+    runs = runs.sort_index().groupby("sweep_index", dropna=False).tail(1)
+    runs = runs.drop(columns=[c for c in ("config.resume",) if c in runs.columns])
+    best = best_column(runs, metric)
+    if best is None:
+        raise ValueError(f"no run of sweep '{args.sweep}' recorded the metric '{metric}'")
+    runs = runs.sort_values(best, ascending=best.endswith(".min"), na_position="last")
+    print("\n".join(sweep_rank_lines(runs, best)))
+    if args.plot:
+        from observers.plots import plot_sweep
+
+        x_key = plot_sweep(runs, best, args.plot)
+        print(f"wrote {args.plot} ({best} against {short_key(x_key)}, sweep {args.sweep})")
+    return 0
+
+
+def best_column(runs: pd.DataFrame, metric: str) -> str | None:
+    """The metric's best summary: its min for a loss or error, else its max."""
+    lower_is_better = any(word in metric for word in ("loss", "error", "mse"))
+    column = f"{metric}.{'min' if lower_is_better else 'max'}"
+    return column if column in runs.columns and runs[column].notna().any() else None
+
+
+def sweep_rank_lines(runs: pd.DataFrame, best: str) -> list[str]:
+    """rank, run, config index, status, the varied keys, the metric; then which keys varied."""
+    fixed = [
+        ("rank", ">", [str(i + 1) for i in range(len(runs))]),
+        ("run", ">", [str(i) for i in runs.index]),
+        ("cfg", ">", [format_value(v) for v in runs["sweep_index"].astype(object)]),
+        ("status", "<", list(runs["status"])),
+    ]
+    main = [(best, ">", [format_value(v) for v in runs[best]])]
+    config, left_out = fit_config_columns(runs, WIDTH - table_width(fixed + main) - len(GAP))
+    lines = render(fixed + config + main)
+    varied = [short_key(c) for c in differing_config(runs)]
+    lines += textwrap.wrap(f"varied: {', '.join(varied) or 'nothing'}", WIDTH, subsequent_indent="  ")
+    if left_out:
+        lines += textwrap.wrap(f"not shown: {', '.join(left_out)}", WIDTH, subsequent_indent="  ")
+    return lines
 
 
 def run_id_arguments(refs: list[str]) -> list[int]:

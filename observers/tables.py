@@ -35,6 +35,8 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "git_dirty": "boolean",
     "result": "float64",
     "note": "str",
+    "sweep": "str",  # the sweep a run belongs to (run.json's meta.sweep), and its config's index
+    "sweep_index": "Int64",
 }
 SUMMARY_STATS = ("last", "min", "max")
 UTC_SUFFIX = "+00:00"  # the offset every record writes its times with
@@ -53,17 +55,19 @@ def as_store(store: str | os.PathLike | RunStore | None) -> RunStore:
 
 def load_runs(store: str | os.PathLike | RunStore | None = None, *,
               run_ids: Iterable[int] | None = None, status: str | Iterable[str] | None = None,
-              experiment: str | Iterable[str] | None = None, **config) -> pd.DataFrame:
+              experiment: str | Iterable[str] | None = None, sweep: str | None = None,
+              **config) -> pd.DataFrame:
     """One row per run, indexed by run id: record, `config.<dotted.key>`, metric summaries.
 
-    Filters: status and experiment (a name or several), and config values by dotted key, e.g.
+    Filters: status, experiment (a name or several), sweep (its id), and config values by dotted key, e.g.
     `load_runs("runs", lr=0.01, **{"optimizer.name": "sgd"})` (`optimizer__name=` works too)."""
     store = as_store(store)
     ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     wanted = {key.replace("__", "."): value for key, value in config.items()}
     statuses, experiments = _names(status), _names(experiment)
     all_rows = [_record_row(store, run_id) for run_id in ids]
-    rows = [row for row in all_rows if _matches(row, statuses, experiments, wanted)]
+    rows = [row for row in all_rows if _matches(row, statuses, experiments, wanted)
+            and (sweep is None or row.get("sweep") == str(sweep))]
     if wanted and not rows:
         _check_config_keys(store, all_rows, wanted)
     summaries = _metric_summaries(store, [row["run_id"] for row in rows])
@@ -146,6 +150,7 @@ def _record_fields(run: dict) -> dict:
     repository = repositories[0] if isinstance(repositories[0], dict) else {}
     start, stop, beat = (_timestamp_field(run, key, odd) for key in ("start_time", "stop_time", "heartbeat"))
     end = stop or beat
+    member = _field(_field(run, "meta", dict, odd) or {}, "sweep", dict, odd) or {}
     fields = {
         "experiment": _field(experiment or {}, "name", str, odd),
         "status": _field(run, "status", str, odd) or DAMAGED,
@@ -158,6 +163,8 @@ def _record_fields(run: dict) -> dict:
         "git_commit": _field(repository, "commit", str, odd),
         "git_dirty": _field(repository, "dirty", bool, odd),
         "result": _result(run.get("result")),
+        "sweep": _field(member, "id", str, odd),  # which sweep and config (experiments/sweep.py)
+        "sweep_index": _field(member, "index", int, odd),
     }
     if odd:
         fields["odd"] = f"run.json: {', '.join(odd)} of an unexpected type, read as missing"

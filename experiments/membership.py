@@ -1,0 +1,27 @@
+"""Which sweep a run belongs to: `--sweep ID:INDEX`, recorded in run.json's meta as `sweep`.
+
+The sweep runner passes it to every run it starts (and to a run it resumes), so reading runs
+back can group them by sweep from run.json alone. A plain run or a rerun carries none.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sacred.commandline_options import cli_option
+
+MEMBER = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<index>\d+)$")
+
+
+def parse_membership(text: str) -> dict:
+    """{"id", "index"} of 'ID:INDEX', or a ValueError naming the option."""
+    match = MEMBER.match(text.strip())
+    if not match:
+        raise ValueError(f"--sweep takes SWEEP_ID:INDEX, not '{text}'")
+    return {"id": match["id"], "index": int(match["index"])}
+
+
+@cli_option("-W", "--sweep")
+def sweep_option(args: str, run) -> None:
+    """Record this run as config INDEX of sweep SWEEP_ID (given as SWEEP_ID:INDEX; set by `reprolab sweep`)."""
+    run.meta_info["sweep"] = parse_membership(args)

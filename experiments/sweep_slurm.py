@@ -1,0 +1,197 @@
+"""A sweep on Slurm: one job array submitted through submitit, one config per task.
+
+Each task runs the experiment in its own process on the node, recording into the sweep's store
+(a file store on a shared file system, or MongoDB through REPROLAB_MONGO_URL, which sbatch
+passes on from the submitting shell). Slurm's warning before a kill (submitit asks for USR2 a
+while before the time limit; USR1 if given with --signal) and its SIGTERM both end the run as
+INTERRUPTED with its last checkpoint, which `reprolab sweep --resume` continues.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from observers.attach import MONGO_URL_VARIABLE, is_mongo_url
+
+TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+)(?::(?P<s>\d+))?$")
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
+         "BOOT_FAIL", "DEADLINE")
+SACCT_TIMEOUT_S = 30
+
+
+@dataclass
+class SlurmOptions:
+    """The sbatch options a sweep asks for; `extra` holds any other sbatch option."""
+
+    partition: str | None = None
+    time_min: int = 60
+    cpus: int = 1
+    gpus: int | None = None
+    mem: str | None = None
+    max_parallel: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args, previous: dict | None = None) -> SlurmOptions:
+        """The options given; those not given are the previous submission's (on --resume)."""
+        before = cls(**previous) if previous else cls()
+        extra = {}
+        for item in args.sbatch or []:
+            key, equals, value = item.partition("=")
+            key = key.strip().lstrip("-")
+            if not key:
+                raise ValueError(f"--sbatch '{item}': give an sbatch option as KEY=VALUE, e.g. account=proj")
+            extra[key] = value if equals else True
+        for name, value in (("cpus", args.cpus), ("gpus", args.gpus), ("max-parallel", args.max_parallel)):
+            if value is not None and value < (0 if name == "gpus" else 1):
+                raise ValueError(f"--{name} must be {'0' if name == 'gpus' else '1'} or more, not {value}")
+
+        def given(value, old):
+            return old if value is None else value
+
+        return cls(partition=given(args.partition, before.partition),
+                   time_min=minutes(args.time) if args.time else before.time_min,
+                   cpus=given(args.cpus, before.cpus), gpus=given(args.gpus, before.gpus),
+                   mem=given(args.mem, before.mem),
+                   max_parallel=given(args.max_parallel, before.max_parallel),
+                   extra=extra or dict(before.extra))
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def minutes(text: str) -> int:
+    """Slurm's time formats (MM, HH:MM:SS, D-HH:MM...) in whole minutes, at least 1."""
+    match = TIME.match(str(text).strip())
+    if not match:
+        raise ValueError(f"--time '{text}' is not a Slurm time (minutes, HH:MM:SS or D-HH:MM:SS)")
+    days, hours, mins, secs = (int(match[g] or 0) for g in ("days", "h", "m", "s"))
+    if match["h"] is None and match["s"] is not None:  # MM:SS
+        hours, mins, secs = 0, mins, secs
+    return max(1, days * 1440 + hours * 60 + mins + (secs + 59) // 60)
+
+
+@dataclass
+class Task:
+    """One config's run, as the node runs it (no password: MongoDB comes from the environment)."""
+
+    argv: list[str]
+    threads: int
+    cwd: str
+
+
+def run_task(task: Task) -> int:
+    """On the node: run the experiment in this process; its exit code (0: completed)."""
+    os.chdir(task.cwd)
+    import torch
+
+    torch.set_num_threads(task.threads)
+    stop = lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+    for name in ("SIGUSR1", "SIGUSR2"):  # Slurm's warning before the kill: stop as SIGTERM does
+        signal.signal(getattr(signal, name), stop)
+    sys.argv = list(task.argv)
+    try:
+        runpy.run_path(task.argv[0], run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return 0
+
+
+def submit(record: dict, jobs, location: str, options: SlurmOptions, folder: Path) -> dict[int, str]:
+    """Submit one job array; {config index: Slurm task id}."""
+    import submitit
+
+    from experiments.sweep import run_argv, store_argument
+
+    if is_mongo_url(location):
+        os.environ[MONGO_URL_VARIABLE] = location  # sbatch passes the environment on, not argv
+    executor = submitit.SlurmExecutor(folder=str(folder))
+    parameters = {"job_name": f"sweep-{record['id']}", "time": options.time_min,
+                  "cpus_per_task": options.cpus, "additional_parameters": dict(options.extra)}
+    if options.partition:
+        parameters["partition"] = options.partition
+    if options.gpus:
+        parameters["gpus_per_node"] = options.gpus
+    if options.mem:
+        parameters["mem"] = options.mem
+    if options.max_parallel:
+        parameters["array_parallelism"] = options.max_parallel
+    executor.update_parameters(**parameters)
+    tasks = [Task(run_argv(record, job, store_argument(location)), options.cpus, os.getcwd())
+             for job in jobs]
+    try:
+        submitted = executor.map_array(run_task, tasks)
+    except Exception as error:  # noqa: BLE001 - sbatch's refusal, in one sentence
+        message = str(error).strip().splitlines()
+        raise ValueError(f"Slurm refused the job array: {message[-1] if message else error}") from None
+    return {job.index: handle.job_id for job, handle in zip(jobs, submitted)}
+
+
+def task_states(attempt: dict) -> dict[int, str]:
+    """{config index: Slurm state} of an attempt's tasks, from sacct; {} when Slurm cannot say."""
+    job_id = attempt.get("job_id")
+    if not job_id:
+        return {}
+    try:
+        result = subprocess.run(["sacct", "-j", str(job_id), "-n", "-P", "-X", "-o", "JobID,State"],
+                                capture_output=True, text=True, timeout=SACCT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    by_task = {}
+    for line in result.stdout.splitlines():
+        task, _, state = line.partition("|")
+        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0"
+        for task_id in expand_array(task):
+            by_task[task_id] = state
+    return {int(index): by_task[task] for index, task in (attempt.get("task_ids") or {}).items()
+            if task in by_task}
+
+
+def expand_array(task: str) -> list[str]:
+    """'12_[0-2,5%2]' -> 12_0 12_1 12_2 12_5; '12_3' stays as it is."""
+    match = re.match(r"^(\d+)_\[([^\]]*)\]$", task)
+    if not match:
+        return [task]
+    ids = []
+    for part in match[2].split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        ids += [f"{match[1]}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return ids
+
+
+def wait(record: dict, location: str, attempt: dict, poll_s: float = 1.0) -> int:
+    """Follow the array until every task has ended, printing progress; 0 when all completed."""
+    from experiments.sweep import sweep_attempts
+
+    indices = [int(i) for i in attempt["task_ids"]]
+    last = None
+    while True:
+        states = task_states(attempt)
+        ended = [i for i in indices if states.get(i) in ENDED]
+        running = sum(states.get(i) == "RUNNING" for i in indices)
+        failed = sum(states.get(i) not in (None, "COMPLETED") for i in ended)
+        line = (f"sweep {record['id']}: {len(ended) - failed} done, {running} running, "
+                f"{failed} failed, {len(indices) - len(ended) - running} left")
+        if line != last:
+            print(line, file=sys.stderr, flush=True)
+            last = line
+        if len(ended) == len(indices):
+            break
+        time.sleep(poll_s)
+    attempts = sweep_attempts(location, record["id"])
+    incomplete = [i for i in indices if not attempts.get(i) or attempts[i][-1].status != "COMPLETED"]
+    task_ids = {int(index): task for index, task in attempt["task_ids"].items()}
+    for index in incomplete:
+        runs = attempts.get(index) or []
+        what = f"run {runs[-1].run_id} {runs[-1].status}" if runs else "no run recorded"
+        log = Path(attempt["folder"]) / f"{task_ids[index]}_0_log.err"
+        print(f"config {index}: {what} (Slurm: {states.get(index)}; log: {log})", file=sys.stderr)
+    return 1 if incomplete else 0

@@ -1,0 +1,203 @@
+"""Sweeps run locally: a 2x2 grid in parallel, a failing config among good ones, a bad
+declaration refused before anything runs, and a sweep stopped by Ctrl-C then resumed bit-exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from observers import load_runs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = ("epochs=2", "limit_batches=4")
+WAIT_S = 600  # every wait on a process here is bounded
+
+
+def sweep(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "observers.cli", "sweep", *args],
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=WAIT_S,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"sweep failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def sweep_id(store: Path) -> str:
+    (record,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    return record.stem
+
+
+def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
+    store = tmp_path / "runs"
+    result = sweep("experiments/train.py", "--store", str(store), "--parallel", "2", "with",
+                   "lr=[0.1, 0.02]", "seed=range(2)", *TINY)
+    assert "4 done, 0 running, 0 failed, 0 left" in result.stderr
+    runs = load_runs(store, sweep=sweep_id(store))
+    assert len(runs) == 4 and set(runs.status) == {"COMPLETED"}
+    assert sorted(runs.sweep_index) == [0, 1, 2, 3]
+    assert {(r["config.lr"], r["config.seed"]) for _, r in runs.iterrows()} == {
+        (0.1, 0), (0.1, 1), (0.02, 0), (0.02, 1)}
+    record = json.loads((store / ".reprolab" / "sweeps" / f"{sweep_id(store)}.json").read_text())
+    assert len(record["configs"]) == 4 and record["attempts"][0]["engine"] == "local"
+    assert record["attempts"][0]["parallel"] == 2 and record["code"]["commit"]
+    ranked = subprocess.run([sys.executable, "-m", "observers.cli", "compare", "--store", str(store),
+                             "--sweep", sweep_id(store), "--metric", "val_accuracy",
+                             "--plot", str(tmp_path / "lr.png")],
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=WAIT_S)
+    assert ranked.returncode == 0, ranked.stderr
+    best = runs["val_accuracy.max"].idxmax()
+    assert ranked.stdout.splitlines()[1].split()[:2] == ["1", str(best)]  # rank 1 is the best run
+    assert "varied: lr, seed" in ranked.stdout
+    assert (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a second sweep in the same store, run by hand from its printed commands, never mixes in
+    printed = sweep("--store", str(store), "--print-commands", "with", "lr=[0.05, 0.2]", *TINY)
+    first_command = shlex.split(printed.stdout.splitlines()[0])
+    other = first_command[first_command.index("--sweep") + 1].split(":")[0]
+    subprocess.run([sys.executable, *first_command[1:]], cwd=REPO_ROOT, check=True,
+                   capture_output=True, timeout=WAIT_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert len(load_runs(store, sweep=runs.sweep.iloc[0])) == 4
+    (mine,) = load_runs(store, sweep=other).itertuples()
+    assert mine.sweep_index == 0 and mine.status == "COMPLETED"
+    listed = subprocess.run([sys.executable, "-m", "observers.cli", "ls", "--store", str(store),
+                             "--sweep", other], capture_output=True, text=True, timeout=WAIT_S)
+    assert len(listed.stdout.splitlines()) == 2  # the header and the one run
+
+
+USER_MODELS = """
+from torch import nn
+
+
+def narrow(input_shape, num_outputs):
+    \"\"\"A linear model for 32 inputs (the bundled data has 64).\"\"\"
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, num_outputs))
+"""
+
+
+def test_failing_config_is_reported_and_the_others_complete(tmp_path):
+    store = tmp_path / "runs"
+    # a user's model built for 32 inputs is built fine, then fails on its first batch of 64
+    (tmp_path / "user_models.py").write_text(USER_MODELS)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = sweep("--store", str(store), "with", "model.name=['mlp', 'user_models:narrow']", *TINY,
+                   check=False, env={"PYTHONPATH": path})
+    assert result.returncode == 1, result.stderr
+    assert "config 1 (run" in result.stderr and "cannot be multiplied" in result.stderr
+    runs = load_runs(store, sweep=sweep_id(store)).sort_values("sweep_index")
+    assert list(runs.status) == ["COMPLETED", "FAILED"]
+
+
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """reprolab sweep run in this process (checking configs loads train.py once, not per test)."""
+    from observers.cli import main
+
+    code = main(["sweep", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("words, message", [
+    (["lr=[0.1, -1]"], "config 1 (lr=-1): lr must be a positive number"),
+    (["lr=[0.1]", "optimizer.nam=sgd"], "unknown config key 'optimizer.nam'"),
+    (["lr=0.1"], "declares nothing to vary"),
+    (["seed=range(0)"], "'range(0)' is empty"),
+])
+def test_bad_declaration_is_refused_before_anything_runs(tmp_path, capsys, words, message):
+    store = tmp_path / "runs"
+    code, _, err = in_process(capsys, "--store", str(store), "with", *words)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not store.exists()  # no run and no sweep record
+
+
+def test_sweep_file_grid_random_and_fixed(tmp_path, capsys):
+    file = tmp_path / "sweep.yaml"
+    file.write_text("fixed: {epochs: 2}\ngrid: {lr: [0.1, 0.01], seed: [1, 1]}\n"
+                    "random: {samples: 2, seed: 4, values: "
+                    "{optimizer.weight_decay: {low: 1.0e-5, high: 1.0e-2, scale: log}}}\n")
+    code, listed, _ = in_process(capsys, str(file), "--dry-run")
+    assert code == 0
+    assert listed.splitlines()[-1].startswith("4 configs of experiments/train.py (4 duplicates dropped)")
+    decays = {float(line.split("optimizer.weight_decay=")[1]) for line in listed.splitlines()[:4]}
+    assert len(decays) == 2 and all(1e-5 <= d <= 1e-2 for d in decays)
+    assert in_process(capsys, str(file), "--dry-run")[1] == listed  # the same draws again
+    file.write_text("grid: {lr: 0.1}\n")
+    code, _, err = in_process(capsys, str(file), "--dry-run")
+    assert code == 2 and f"sweep file {file}: grid key 'lr' must list its values" in err
+
+
+def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
+    """Wait (bounded) for READY in the FIFO, then Ctrl-C the sweep as a user would."""
+    said = []
+    reader = threading.Thread(target=lambda: said.append(fifo.read_text()), daemon=True)
+    reader.start()
+    reader.join(WAIT_S)
+    if not said:
+        process.kill()
+        with open(fifo, "w"):  # let the reader thread finish
+            pass
+        raise AssertionError("no run of the sweep reached the end of epoch 1")
+    process.send_signal(signal.SIGINT)
+
+
+def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train, sweep_stopper):
+    store, fifo = tmp_path / "runs", tmp_path / "ready"
+    os.mkfifo(fifo)
+    stopper = sweep_stopper(tmp_path)
+    config = ("seed=3", "limit_batches=5", "epochs=2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "observers.cli", "sweep", str(stopper), "--store", str(store),
+         "--threads", "1", "with", "lr=[0.1, 0.05]", *config],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop_when_ready(fifo, first)
+    _, stderr = first.communicate(timeout=WAIT_S)
+    assert first.returncode == 130, stderr
+    sweep_name = sweep_id(store)
+    assert f"reprolab sweep --resume {sweep_name}" in stderr
+    stopped = load_runs(store, sweep=sweep_name)
+    assert list(stopped.status) == ["INTERRUPTED"] and list(stopped.sweep_index) == [0]
+
+    resumed = sweep("--resume", sweep_name, "--store", str(store),  # --threads 1 as last time
+                    env={"REPO_ROOT": str(REPO_ROOT)})
+    assert "config 0: continuing run 1 from its checkpoint" in resumed.stderr
+    runs = load_runs(store, sweep=sweep_name)
+    assert list(runs.status) == ["INTERRUPTED", "COMPLETED", "COMPLETED"]
+    assert list(runs.sweep_index) == [0, 0, 1]
+    assert runs["config.resume"].fillna(0).tolist()[1:] == [1, 0]  # only config 0 continued; none twice
+    info = json.loads((store / "2" / "info.json").read_text())
+    assert info["resumed_from"]["run_id"] == 1 and info["resumed_from"]["epoch"] == 1
+
+    straight = tmp_path / "straight"
+    train(straight, "lr=0.1", *config, env={"OMP_NUM_THREADS": "1"})
+    expected = json.loads((straight / "1" / "info.json").read_text())["final_model_sha256"]
+    assert info["final_model_sha256"] == expected  # continued bit-exactly
+    again = sweep("--resume", sweep_name, "--store", str(store))
+    assert "nothing to do (2 configs completed)" in again.stderr
+
+
+def test_sweep_record_in_mongodb(monkeypatch, capsys):
+    """--print-commands records the sweep (here into mongomock) and prints one command per config."""
+    import mongomock
+
+    import observers.mongo as om
+
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    url = "mongodb://user:secret@db.example:27017/sacred"
+    code, out, err = in_process(capsys, "--store", url, "--print-commands", "with", "lr=[0.1, 0.01]")
+    assert code == 0 and "secret" not in out + err
+    (record,) = client["sacred"]["sweeps"].find()
+    assert [c["lr"] for c in record["configs"]] == [0.1, 0.01]
+    assert record["attempts"][0]["engine"] == "commands" and record["store"].startswith("mongodb://user:***@")
+    commands = [line for line in out.splitlines() if not line.startswith("#")]
+    assert commands[1].endswith(f"--sweep {record['id']}:1 with lr=0.01 seed={record['default_seed']}")
+    assert "-R" not in commands[0]  # the URL travels in REPROLAB_MONGO_URL

@@ -1,0 +1,102 @@
+"""Sweeps on a real one-node Slurm 22.05 cluster (scripts/slurm-local.sh): a 2x2 grid as one job
+array, and a task cancelled by Slurm that --resume continues bit-exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from observers import load_runs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "scripts" / "slurm-local.sh"
+WAIT_S = 600  # every wait here is bounded
+TINY = ("epochs=2", "limit_batches=4")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The local cluster: used when up, else brought up here (and down after) where it can be."""
+    if subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, timeout=60).returncode == 0:
+        yield
+        return
+    if os.geteuid() != 0:
+        pytest.skip("Slurm is not running and starting it needs root")
+    if not shutil.which("apt-get") and not shutil.which("slurmctld"):
+        pytest.skip("Slurm is not running and there is no apt-get to install it")
+    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=1200)
+    assert up.returncode == 0, up.stderr
+    yield
+    subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, timeout=120)
+
+
+def reprolab(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "observers.cli", *args], capture_output=True,
+                            text=True, cwd=REPO_ROOT, timeout=WAIT_S, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def sweep_record(store: Path) -> dict:
+    (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_grid_runs_as_one_job_array(slurm, tmp_path):
+    store = tmp_path / "runs"
+    reprolab("sweep", "--store", str(store), "--on", "slurm", "--cpus", "1", "--time", "10",
+             "--sbatch", "comment=reprolab-test", "--wait", "with", "lr=[0.1, 0.02]", "seed=range(2)", *TINY)
+    record = sweep_record(store)
+    (attempt,) = record["attempts"]
+    assert attempt["engine"] == "slurm" and attempt["options"]["extra"] == {"comment": "reprolab-test"}
+    tasks = attempt["task_ids"]
+    assert sorted(tasks.values()) == [f"{attempt['job_id']}_{i}" for i in range(4)]  # one array
+    runs = load_runs(store, sweep=record["id"])
+    assert len(runs) == 4 and set(runs.status) == {"COMPLETED"} and len(set(runs.index)) == 4
+    assert sorted(runs.sweep_index) == [0, 1, 2, 3]
+    status = reprolab("sweep", "--status", record["id"], "--store", str(store)).stdout
+    assert status.count("COMPLETED    COMPLETED") == 4 and status.rstrip().endswith("4 completed")
+
+
+def test_task_cancelled_by_slurm_is_interrupted_and_resumed(slurm, tmp_path, train, sweep_stopper):
+    store, fifo = tmp_path / "runs", tmp_path / "ready"
+    os.mkfifo(fifo)
+    stopper = sweep_stopper(tmp_path)
+    config = ("seed=4", "limit_batches=5", "epochs=2")
+    env = {"STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
+    reprolab("sweep", str(stopper), "--store", str(store), "--on", "slurm", "--cpus", "1",
+             "with", "lr=[0.1]", *config, env=env)
+    said = []
+    reader = threading.Thread(target=lambda: said.append(fifo.read_text()), daemon=True)
+    reader.start()
+    reader.join(WAIT_S)
+    record = sweep_record(store)
+    job = record["attempts"][0]["job_id"]
+    assert said, "the task never finished epoch 1"
+    subprocess.run(["scancel", job], check=True, timeout=60)  # SIGTERM, as at a time limit
+    # --resume leaves alone a task that Slurm still runs: let Slurm say when the job has ended
+    subprocess.run(["sbatch", "--wait", f"--dependency=afterany:{job}", "--output=/dev/null",
+                    "--wrap=true"], check=True, capture_output=True, timeout=WAIT_S)
+    (stopped,) = load_runs(store, sweep=record["id"]).itertuples()
+    assert stopped.status == "INTERRUPTED"
+
+    # on Slurm again, with the same options: where and how the sweep ran last
+    reprolab("sweep", "--resume", record["id"], "--store", str(store), "--wait",
+             env={"REPO_ROOT": str(REPO_ROOT)})
+    assert [a["engine"] for a in sweep_record(store)["attempts"]] == ["slurm", "slurm"]
+    runs = load_runs(store, sweep=record["id"])
+    assert list(runs.status) == ["INTERRUPTED", "COMPLETED"] and list(runs.sweep_index) == [0, 0]
+    info = json.loads((store / str(runs.index[1]) / "info.json").read_text())
+    assert info["resumed_from"]["run_id"] == runs.index[0] and info["resumed_from"]["epoch"] == 1
+    straight = tmp_path / "straight"
+    train(straight, "lr=0.1", *config, env={"OMP_NUM_THREADS": "1"})
+    expected = json.loads((straight / "1" / "info.json").read_text())["final_model_sha256"]
+    assert info["final_model_sha256"] == expected
