@@ -252,6 +252,7 @@ class ReproExperiment(Experiment):
                     signal.signal(sig, signal.SIG_IGN)
 
     def run(self, *args, **kwargs):
+        level = self.logger.level  # Sacred's --loglevel sets it for good; it is for this run only
         try:
             with interrupts_handled():
                 return super().run(*args, **kwargs)
@@ -270,6 +271,8 @@ class ReproExperiment(Experiment):
                 raise
             print(self._interrupted_message(), file=sys.stderr)
             sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + signal number
+        finally:
+            self.logger.setLevel(level)
 
     def get_experiment_info(self):
         info = super().get_experiment_info()

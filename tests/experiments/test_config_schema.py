@@ -4,6 +4,7 @@ before any run directory exists. Property-based: hypothesis generates the wrong 
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -31,6 +32,7 @@ KINDS = {
     "seed": "int", "lr": "number", "epochs": "int", "device": "str", "amp": "str",
     "accumulate": "int", "loss": "str", "monitor": "str", "monitor_mode": "str",
     "patience": "int?", "limit_batches": "int?", "progress": "bool", "resume": "run?",
+    "lr_scaling": "str", "allow_world_size_change": "bool",
     "data.path": "str", "data.format": "str", "data.target": "str", "data.features": "strs?",
     "data.shape": "ints?", "data.standardize": "bool", "data.val_fraction": "number",
     "data.split_seed": "int", "data.batch_size": "int", "data.shuffle": "bool",
@@ -38,7 +40,7 @@ KINDS = {
     "data.in_memory_mb": "number",
     "model.name": "str", "model.hidden": "ints", "model.dropout": "number",
     "model.batchnorm": "bool", "model.channels": "ints", "model.kwargs": "dict",
-    "model.freeze": "strs", "model.freeze_batchnorm": "bool",
+    "model.freeze": "strs", "model.freeze_batchnorm": "bool", "model.sync_batchnorm": "bool",
     "optimizer.name": "str", "optimizer.momentum": "number", "optimizer.nesterov": "bool",
     "optimizer.betas": "numbers", "optimizer.weight_decay": "number",
     "optimizer.param_groups": "groups", "optimizer.clip_grad_norm": "number?",
@@ -178,3 +180,9 @@ def test_a_target_that_does_not_fit_the_loss_is_refused(store, float_target, los
 ])
 def test_a_path_that_cannot_be_a_file_is_one_sentence(store, path, expected):
     assert refused(store, {"data": {"path": path}}).startswith(expected)
+
+
+def test_a_runs_loglevel_is_for_that_run_only(store):
+    """Sacred's --loglevel sets the experiment's logger for good; a later run would log nothing."""
+    refused(store, {"epochs": 0})
+    assert ex.logger.level == logging.INFO
