@@ -21,7 +21,12 @@ from sacred.dependencies import Source, get_digest
 from sacred.experiment import gather_command_line_options
 from sacred.ingredient import Ingredient
 from sacred.initialize import create_run
-from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
+from sacred.utils import (
+    ConfigAddedError,
+    apply_backspaces_and_linefeeds,
+    get_by_dotted_path,
+    iterate_flattened,
+)
 
 from experiments import distributed
 from experiments.membership import sweep_option
@@ -302,7 +307,7 @@ class ReproExperiment(Experiment):
             raise ConfigurationError(str(error)) from None
         added = sorted(k for k in run.config_modifications.added if not k.endswith("__doc__"))
         if added:
-            added = [k for k in added if not self._inside_free_form(k)]
+            added = [k for k in added if not self._inside_free_form(run, k)]
         if added:  # Sacred only warns about a new key that some captured function could take
             self.current_run = None
             raise ConfigurationError(self._unknown_key_message(added[0]))
@@ -397,11 +402,22 @@ class ReproExperiment(Experiment):
                     f"({run.status_failure.cause}), so its record still says RUNNING")
         return f"{first}; run {run._id} stopped and is recorded as FAILED"
 
-    def _inside_free_form(self, key: str) -> bool:
-        """Whether a key lies inside a config dict that is empty by default (model.kwargs): its
-        keys are the user's to choose, and its ingredient's schema checks them."""
-        empty = {k for k, v in iterate_flattened(undogmatize(self._default_config())) if v == {}}
-        return any(key.startswith(prefix + ".") for prefix in empty)
+    @staticmethod
+    def _inside_free_form(run, key: str) -> bool:
+        """Whether a new key lies inside a config dict that is empty by default (model.kwargs): its
+        keys are the user's to choose, and its ingredient's schema checks them. Sacred merges
+        updates into the defaults, so a dict whose every key is new was empty by default. (Not
+        by building a default run: that would rebind the captured functions to its config.)"""
+        added = run.config_modifications.added
+        parts = key.split(".")
+        for end in range(1, len(parts)):
+            prefix = ".".join(parts[:end])
+            if prefix in added:
+                return False
+            value = get_by_dotted_path(run.config, prefix)
+            if isinstance(value, dict) and all(f"{prefix}.{k}" in added for k in value):
+                return True
+        return False
 
     def _check_named_configs(self, names) -> None:
         """A named config that does not exist, or a config file that is absent or cannot be

@@ -43,16 +43,19 @@ def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(
     store = tmp_path / "runs"
     trained = subprocess.run(  # from the folder that holds mymodels.py, as a user would
         [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store), "with",
-         "model.name=mymodels:make", "epochs=1", "limit_batches=4", "progress=False"],
+         "model.name=mymodels:make", 'model.kwargs={"width": 8}', "epochs=1", "limit_batches=4",
+         "progress=False"],
         cwd=own, capture_output=True, text=True, timeout=600, env=child_env())
     assert trained.returncode == 0, trained.stderr[-3000:]
+    assert load(store / "1" / "config.json")["model"]["kwargs"] == {"width": 8}
+    assert re.search(r"Linear\s+8\s", trained.stderr), trained.stderr[-3000:]  # kwargs reached make()
     module = str(own / "mymodels.py")
     assert module in dict(load(store / "1" / "run.json")["experiment"]["sources"])
     info = load(store / "1" / "info.json")
     assert info["outside_code"] == {"roots": [str(own)], "modules": {"mymodels": module}}
     assert info["import_paths"]["model.name"]["file"] == module
 
-    (own / "mymodels.py").write_text(MODEL.replace("width=16", "width=24"))
+    (own / "mymodels.py").write_text(MODEL.replace("nn.ReLU()", "nn.Tanh()"))
     elsewhere = tmp_path  # not the module's folder: the record says where to find it
 
     plain = rerun(store, "--verify", cwd=elsewhere)
