@@ -193,13 +193,12 @@ class Job:
     def leave(self, error: BaseException | None = None) -> None:
         """Destroy the process group, after the DistributedDataParallel models are gone.
 
-        A DDP model sits in a reference cycle (a closure cell), so the garbage collector frees it
-        at some later moment; its Reducer then drops the last reference to a destroyed gloo
-        group and joins gloo's threads with the GIL held, while one of them waits for the GIL
-        to free its last collective: the rank never exits and torchrun waits for ever. So the
-        models go first, while the group is still registered; a failed run's traceback holds
-        them in the main function's frame, whose locals are cleared here (Sacred formats the
-        traceback without them)."""
+        A DDP model freed after the group is destroyed (it sits in a reference cycle the garbage
+        collector frees whenever, or in a failed run's traceback) has its Reducer drop the
+        group's last reference: ~ProcessGroupGloo then joins gloo's threads with the GIL held
+        while one of them waits for the GIL to free its last collective, so the rank never exits
+        and torchrun waits for ever. Hence the models go first, while the group is registered;
+        the traceback's finished frames are cleared of their locals (Sacred formats it without)."""
         if not dist.is_initialized():
             return
         if error is not None:
