@@ -12,7 +12,6 @@ ones; `--status` shows each config's latest run and, for Slurm, its task's state
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import runpy
 import secrets
@@ -35,12 +34,11 @@ from experiments.sweep_declare import (
     varied_keys,
 )
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
-from observers.files import replacing
 from observers.provenance import RUN_ID_FILE_VARIABLE, git
 from observers.store import RecordError, open_store
+from observers.sweep_records import SWEEPS, sweep_records
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
 STOP_WAIT_S = 120  # how long a stopped run may take to record its interruption before it is killed
 STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s while a run lives
 
@@ -49,55 +47,29 @@ STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s while a run
 
 
 class SweepBook:
-    """Sweep records in a store: <store>/.reprolab/sweeps/<id>.json, or MongoDB's `sweeps`."""
+    """A store's sweep records (observers.sweep_records: a file store's .reprolab/sweeps/<id>.json
+    or MongoDB's `sweeps`), and where a sweep keeps its run logs and Slurm's files."""
 
     def __init__(self, location: str):
         self.location = location
         self.mongo = is_mongo_url(location)
-        if self.mongo:
-            from observers.credentials import describe_error
-            from observers.mongo import connect
-
-            try:
-                self.collection = connect(location)["sweeps"]
-            except ValueError:
-                raise
-            except Exception as error:  # noqa: BLE001 - pymongo's, in one sentence
-                raise RecordError(f"cannot reach MongoDB at {self.printable()}: "
-                                  f"{describe_error(error, location)}") from None
-        else:
-            self.folder = Path(location) / SWEEPS
+        self.records = sweep_records(location)
 
     def save(self, record: dict) -> None:
-        if self.mongo:
-            self.collection.replace_one({"_id": record["id"]}, {"_id": record["id"], **record},
-                                        upsert=True)
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with replacing(self.folder / f"{record['id']}.json") as f:
-            json.dump(record, f, indent=2, default=repr)
+        self.records.save(record)
 
     def load(self, sweep_id: str) -> dict:
-        if self.mongo:
-            record = self.collection.find_one({"_id": sweep_id})
-        else:
-            path = self.folder / f"{sweep_id}.json"
-            record = json.loads(path.read_text()) if path.is_file() else None
+        record = self.records.find(sweep_id)
         if record is None:
             raise RecordError(f"no sweep '{sweep_id}' in {self.printable()}")
-        record.pop("_id", None)
         return record
 
     def exists(self, sweep_id: str) -> bool:
-        try:
-            self.load(sweep_id)
-            return True
-        except RecordError:
-            return False
+        return self.records.find(sweep_id) is not None
 
     def work_dir(self, sweep_id: str) -> Path:
         """Where a sweep keeps run logs and Slurm's files: beside the runs, or ./.reprolab."""
-        base = SWEEPS if self.mongo else self.folder
+        base = SWEEPS if self.mongo else self.records.folder
         return (base / sweep_id).resolve()
 
     def printable(self) -> str:
