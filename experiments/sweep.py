@@ -16,6 +16,7 @@ import os
 import runpy
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.membership import CHECKING_ELSEWHERE_VARIABLE
 from experiments.sweep_declare import (
     Declaration,
     config_words,
@@ -66,6 +68,9 @@ class SweepBook:
 
     def exists(self, sweep_id: str) -> bool:
         return self.records.find(sweep_id) is not None
+
+    def delete(self, sweep_id: str) -> None:
+        self.records.delete(sweep_id)
 
     def work_dir(self, sweep_id: str) -> Path:
         """Where a sweep keeps run logs and Slurm's files: beside the runs, or ./.reprolab."""
@@ -110,20 +115,29 @@ def load_experiment(path: str):
     return found[0]
 
 
-def validate(experiment: str, named_configs: list[str], configs: list[dict]) -> None:
+def validate(experiment: str, named_configs: list[str], configs: list[dict], elsewhere: bool = False) -> None:
     """Build every config's run without starting it, so a bad one is refused before any run
-    starts: one sentence naming the config and the key. Nothing is recorded (no observer)."""
+    starts: one sentence naming the config and the key. Nothing is recorded (no observer).
+    `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see."""
     ex = load_experiment(experiment)
     varied = varied_keys(configs)
-    for index, config in enumerate(configs):
-        try:
-            ex._create_run(config_updates=dict(config), named_configs=list(named_configs),
-                           options={"--unobserved": True})
-        except ValueError as error:  # ConfigurationError: one sentence naming the key
-            label = describe(config, varied) or describe(config)
-            raise ValueError(f"config {index} ({label}): {error}") from None
-        finally:
-            ex.current_run = None
+    before = os.environ.get(CHECKING_ELSEWHERE_VARIABLE)
+    os.environ[CHECKING_ELSEWHERE_VARIABLE] = "1" if elsewhere else "0"
+    try:
+        for index, config in enumerate(configs):
+            try:
+                ex._create_run(config_updates=dict(config), named_configs=list(named_configs),
+                               options={"--unobserved": True})
+            except ValueError as error:  # ConfigurationError: one sentence naming the key
+                label = describe(config, varied) or describe(config)
+                raise ValueError(f"config {index} ({label}): {error}") from None
+            finally:
+                ex.current_run = None
+    finally:
+        if before is None:
+            os.environ.pop(CHECKING_ELSEWHERE_VARIABLE)
+        else:
+            os.environ[CHECKING_ELSEWHERE_VARIABLE] = before
 
 
 # --------------------------------------------------------------------------- reading runs back
@@ -358,7 +372,12 @@ def sweep_command(args) -> int:
     check_engine_options(args)
     seed = secrets.randbelow(2**31)
     configs, dropped = expand(declaration, seed)
-    validate(declaration.experiment, declaration.named_configs, configs)
+    validate(declaration.experiment, declaration.named_configs, configs,
+             elsewhere=args.on == "slurm" or args.print_commands)
+    if args.on == "slurm" and not args.print_commands:  # its options, before anything is said
+        from experiments.sweep_slurm import SlurmOptions, check_devices
+
+        check_devices(configs, SlurmOptions.from_args(args))
     if args.dry_run:
         print_configs(configs, dropped, declaration)
         return 0
@@ -410,6 +429,10 @@ def check_engine_options(args) -> None:
     if args.on != "slurm":
         given = [name for name in ("partition", "time", "cpus", "gpus", "mem", "max_parallel")
                  if getattr(args, name) is not None] + (["sbatch"] if args.sbatch else [])
+        if "gpus" in given:  # a local sweep hands out no GPUs: its runs all see this machine's
+            raise ValueError("--gpus is a Slurm option: a local sweep's runs share the GPUs this "
+                             "machine shows (device=auto takes the first), so add --on slurm or "
+                             "leave --gpus out")
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} is a Slurm option; add --on slurm")
 
@@ -434,15 +457,20 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
         print_commands(record, jobs, location)
         return 0
     if args.on == "slurm":
-        from experiments.sweep_slurm import SlurmOptions, submit
+        from experiments.sweep_slurm import SlurmOptions, check_devices, submit
 
         options = SlurmOptions.from_args(args, previous=last_attempt(record, "slurm").get("options"))
+        check_devices([record["configs"][job.index] for job in jobs], options)
         folder = book.work_dir(record["id"]) / f"slurm-{len(record['attempts'])}"
         attempt = {"engine": "slurm", "started": now(), "folder": str(folder),
                    "options": options.record(), "indices": [j.index for j in jobs]}
         record["attempts"].append(attempt)
         book.save(record)  # recorded before submitting: a crash in between leaves a record to --resume
-        attempt["task_ids"] = submit(record, jobs, location, options, folder)
+        try:
+            attempt["task_ids"] = submit(record, jobs, location, options, folder)
+        except ValueError:  # sbatch refused it: nothing was submitted, so nothing stays recorded
+            forget_attempt(record, attempt, book)
+            raise
         attempt["job_id"] = next(iter(attempt["task_ids"].values()), "").split("_")[0]
         book.save(record)
         print(f"sweep {record['id']}: submitted job array {attempt['job_id']} "
@@ -460,6 +488,17 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
     book.save(record)
     runner = LocalSweep(record, book, location, args.parallel, threads)
     return runner.run(jobs, len(record["attempts"]))
+
+
+def forget_attempt(record: dict, attempt: dict, book: SweepBook) -> None:
+    """Take back a submission Slurm refused: its files, and the sweep's record if it is new."""
+    shutil.rmtree(attempt["folder"], ignore_errors=True)
+    record["attempts"].remove(attempt)
+    if record["attempts"]:
+        book.save(record)
+    else:
+        book.delete(record["id"])
+        shutil.rmtree(book.work_dir(record["id"]), ignore_errors=True)
 
 
 def now() -> str:

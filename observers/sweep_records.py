@@ -46,6 +46,9 @@ class FileSweepRecords:
         with replacing(self.folder / f"{record['id']}.json") as f:
             json.dump(record, f, indent=2, default=repr)
 
+    def delete(self, sweep_id: str) -> None:
+        (self.folder / f"{sweep_id}.json").unlink(missing_ok=True)
+
 
 class MongoSweepRecords:
     """Sweep records of a MongoDB database: its `sweeps` collection."""
@@ -65,6 +68,9 @@ class MongoSweepRecords:
     def save(self, record: dict) -> None:
         self.collection.replace_one({"_id": record["id"]}, {"_id": record["id"], **record},
                                     upsert=True)
+
+    def delete(self, sweep_id: str) -> None:
+        self.collection.delete_one({"_id": sweep_id})
 
 
 def sweep_records(location: str) -> FileSweepRecords | MongoSweepRecords:
