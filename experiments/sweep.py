@@ -353,9 +353,14 @@ def last_error(log: Path) -> str:
 
 
 def resume_command(sweep_id: str, location: str) -> str:
-    store = "" if location == default_store() else (
-        " --store <your MongoDB URL>" if is_mongo_url(location) else f" --store {shlex.quote(location)}")
-    return f"reprolab sweep --resume {sweep_id}{store}"
+    return f"reprolab sweep --resume {sweep_id}{store_option(location)}"
+
+
+def store_option(location: str) -> str:
+    """' --store LOCATION' for a printed command, '' for the default store (a password never)."""
+    if location == default_store():
+        return ""
+    return " --store <your MongoDB URL>" if is_mongo_url(location) else f" --store {shlex.quote(location)}"
 
 
 # --------------------------------------------------------------------------- the command
@@ -468,14 +473,14 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
         book.save(record)  # recorded before submitting: a crash in between leaves a record to --resume
         try:
             attempt["task_ids"] = submit(record, jobs, location, options, folder)
-        except ValueError:  # sbatch refused it: nothing was submitted, so nothing stays recorded
+        except ValueError as error:  # sbatch refused it: nothing was submitted, nothing stays recorded
             forget_attempt(record, attempt, book)
-            raise
+            raise ValueError(f"{error} (nothing submitted or recorded)") from None
         attempt["job_id"] = next(iter(attempt["task_ids"].values()), "").split("_")[0]
         book.save(record)
         print(f"sweep {record['id']}: submitted job array {attempt['job_id']} "
               f"({len(jobs)} tasks); follow it with: reprolab sweep --status {record['id']}"
-              + ("" if location == default_store() else " --store ..."), file=sys.stderr)
+              + store_option(location), file=sys.stderr)
         if args.wait:
             from experiments.sweep_slurm import wait
 
@@ -487,7 +492,11 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
                                "indices": [j.index for j in jobs]})
     book.save(record)
     runner = LocalSweep(record, book, location, args.parallel, threads)
-    return runner.run(jobs, len(record["attempts"]))
+    code = runner.run(jobs, len(record["attempts"]))
+    if code == 0:
+        print(f"sweep {record['id']}: all {len(jobs)} runs completed; rank them with: reprolab compare "
+              f"--sweep {record['id']}{store_option(location)}", file=sys.stderr)
+    return code
 
 
 def forget_attempt(record: dict, attempt: dict, book: SweepBook) -> None:
@@ -592,7 +601,7 @@ def status_command(sweep_id: str, location: str) -> int:
         runs = attempts.get(index) or []
         status = runs[-1].status if runs else "-"
         state = slurm.get(index, "-") if slurm else ""
-        shown = "PENDING" if status == "-" and state == "PENDING" else status
+        shown = state if status == "-" and state not in ("", "-") else status  # no run yet: Slurm's word
         counts[shown] = counts.get(shown, 0) + 1
         ids = ",".join(str(r.run_id) for r in runs) or "-"
         line = f"{index:>6}  {ids:<10}  {shown:<11}" + (f"  {state:<11}" if slurm else "  ")
