@@ -472,10 +472,11 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
         record["attempts"].append(attempt)
         book.save(record)  # recorded before submitting: a crash in between leaves a record to --resume
         try:
-            attempt["task_ids"] = submit(record, jobs, location, options, folder)
+            submitted = submit(record, jobs, location, options, folder)
         except ValueError as error:  # sbatch refused it: nothing was submitted, nothing stays recorded
             forget_attempt(record, attempt, book)
             raise ValueError(f"{error} (nothing submitted or recorded)") from None
+        attempt["task_ids"] = {str(index): task for index, task in submitted.items()}  # BSON: text keys
         attempt["job_id"] = next(iter(attempt["task_ids"].values()), "").split("_")[0]
         book.save(record)
         print(f"sweep {record['id']}: submitted job array {attempt['job_id']} "

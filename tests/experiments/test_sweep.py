@@ -217,3 +217,22 @@ def test_sweep_record_in_mongodb(monkeypatch, capsys):
     commands = [line for line in out.splitlines() if not line.startswith("#")]
     assert commands[1].endswith(f"--sweep {record['id']}:1 with lr=0.01 seed={record['default_seed']}")
     assert "-R" not in commands[0]  # the URL travels in REPROLAB_MONGO_URL
+
+
+def test_slurm_sweep_record_in_mongodb(monkeypatch, capsys):
+    """A Slurm submission's task ids are recorded in MongoDB (BSON keys must be text)."""
+    import mongomock
+
+    import experiments.sweep_slurm as slurm
+    import observers.mongo as om
+
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    monkeypatch.setattr(slurm, "submit", lambda record, jobs, *rest: {j.index: f"7_{j.index}" for j in jobs})
+    url = "mongodb://user:secret@db.example:27017/sacred"
+    code, _, err = in_process(capsys, "--store", url, "--on", "slurm", "with", "lr=[0.1, 0.01]")
+    assert code == 0, err
+    (record,) = client["sacred"]["sweeps"].find()
+    (attempt,) = record["attempts"]
+    assert attempt["task_ids"] == {"0": "7_0", "1": "7_1"} and attempt["job_id"] == "7"
+    assert f"reprolab sweep --status {record['id']} --store <your MongoDB URL>" in err
