@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from experiments.membership import CHECKING_ELSEWHERE_VARIABLE
 from experiments.sweep_declare import (
@@ -121,9 +122,7 @@ def validate(experiment: str, named_configs: list[str], configs: list[dict], els
     `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see."""
     ex = load_experiment(experiment)
     varied = varied_keys(configs)
-    before = os.environ.get(CHECKING_ELSEWHERE_VARIABLE)
-    os.environ[CHECKING_ELSEWHERE_VARIABLE] = "1" if elsewhere else "0"
-    try:
+    with mock.patch.dict(os.environ, {CHECKING_ELSEWHERE_VARIABLE: "1" if elsewhere else "0"}):
         for index, config in enumerate(configs):
             try:
                 ex._create_run(config_updates=dict(config), named_configs=list(named_configs),
@@ -133,11 +132,6 @@ def validate(experiment: str, named_configs: list[str], configs: list[dict], els
                 raise ValueError(f"config {index} ({label}): {error}") from None
             finally:
                 ex.current_run = None
-    finally:
-        if before is None:
-            os.environ.pop(CHECKING_ELSEWHERE_VARIABLE)
-        else:
-            os.environ[CHECKING_ELSEWHERE_VARIABLE] = before
 
 
 # --------------------------------------------------------------------------- reading runs back
