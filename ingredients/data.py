@@ -52,6 +52,7 @@ from ingredients.columnar import (
     block_statistics,
     features_in_memory,
     moments,
+    numeric_view,
     row_file,
     row_major,
     source_blocks,
@@ -477,7 +478,8 @@ def _load(
         pq = _parquet()
         wanted = [*columns, target]
         if pq.read_metadata(path).num_rows <= budget_rows:
-            return pq.read_table(path, columns=wanted), None
+            # ParquetFile, not read_table: read_table goes through pyarrow.dataset (0.2-0.3 s to import)
+            return pq.ParquetFile(path).read(columns=wanted), None
         # pre_buffer=False: each batch is read as needed instead of whole row groups ahead
         batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(SPILL_ROWS, columns=wanted)
     else:
@@ -562,7 +564,8 @@ def _column(table: pa.Table, name: str, dtype: type) -> np.ndarray:
         _fail(
             f"data: column {name!r} has {column.null_count} missing values; fill or drop them first"
         )
-    return column.to_numpy().astype(dtype, copy=False)
+    chunks = [numeric_view(chunk) for chunk in column.chunks]  # a copy: writable, like to_numpy's
+    return np.concatenate(chunks or [np.empty(0, dtype)]).astype(dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- splitting
