@@ -10,6 +10,8 @@ warms up; the clock then covers the timed epochs of the whole job (samples of ev
 rank 0's wall time). Startup (imports, rendezvous) is not counted. With world size 2 every rank
 sees half the samples per epoch with the same per-process batch, so the ideal ratio is 2 on two
 free cores; a gradient all-reduce per step costs more than this small model's compute.
+Each job has --timeout seconds (300): one running past it is killed, torchrun and every rank
+(torchrun starts each rank in a session of its own), and the benchmark stops naming its world size.
 """
 
 from __future__ import annotations
@@ -70,13 +72,16 @@ def worker(epochs: int, out: str) -> None:
         rate = epochs * len(splits.train) / (time.perf_counter() - start)
         if current.is_main:
             Path(out).write_text(json.dumps({"samples_per_s": rate}))
-        torch.distributed.destroy_process_group()
+        del trained  # the DDP model goes before the group (Job.leave says why)
+        current.leave()
 
-    ex.run(config_updates={"seed": 0}, options={"--loglevel": "WARNING"})
+    # "sys" capture: Sacred's "fd" capture starts tee processes in sessions of their own
+    ex.run(config_updates={"seed": 0}, options={"--loglevel": "WARNING", "--capture": "sys"})
 
 
-def measure(processes: int, threads: int, epochs: int) -> float:
-    """Samples/s of one torchrun job of `processes` ranks with `threads` torch threads each."""
+def measure(processes: int, threads: int, epochs: int, timeout: float) -> float:
+    """Samples/s of one torchrun job of `processes` ranks with `threads` torch threads each;
+    a job running past `timeout` seconds is killed (torchrun and every rank) and ends the run."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rate.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -86,14 +91,42 @@ def measure(processes: int, threads: int, epochs: int) -> float:
         job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            job.wait(timeout=600)
-        except subprocess.TimeoutExpired:  # seen: a rank stuck at exit after the result was out
-            os.killpg(job.pid, signal.SIGKILL)  # torchrun and every rank, no orphans
-            job.wait()
-            print(f"warning: the {processes}-process job did not end; killed", file=sys.stderr)
-        if not out.is_file():
-            raise SystemExit(f"the {processes}-process job wrote no result (exit {job.returncode})")
+            job.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            ranks = kill_job(job)
+            raise SystemExit(f"the job of world size {processes} ran past {timeout:g} s and was "
+                             f"killed (torchrun, pid {job.pid}, and its ranks {ranks})") from None
+        if job.returncode != 0 or not out.is_file():
+            raise SystemExit(f"the job of world size {processes} failed (exit {job.returncode}) "
+                             f"and wrote no result")
         return json.loads(out.read_text())["samples_per_s"]
+
+
+def kill_job(job: subprocess.Popen) -> list[int]:
+    """SIGKILL torchrun's process group and each rank's: torchrun starts every rank in a session
+    of its own, so killing torchrun's group alone would leave the ranks running."""
+    ranks = children(job.pid)
+    os.killpg(job.pid, signal.SIGKILL)
+    for rank in ranks:
+        try:
+            os.killpg(rank, signal.SIGKILL)  # a rank leads its own group
+        except ProcessLookupError:
+            pass
+    job.wait()
+    return ranks
+
+
+def children(pid: int) -> list[int]:
+    """The ids of `pid`'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent's id
+            found.append(int(stat.parent.name))
+    return found
 
 
 def main() -> None:
@@ -103,6 +136,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="")
+    parser.add_argument("--timeout", type=float, default=300,
+                        help="seconds one torchrun job may take before it is killed")
     args = parser.parse_args()
     if args.worker:
         worker(args.epochs, args.out)
@@ -115,7 +150,7 @@ def main() -> None:
     rates: dict = {setup: [] for setup in setups}
     for _ in range(repeats):  # taking turns, so a busy phase of the machine hits every setup
         for setup in setups:
-            rates[setup].append(measure(*setup, epochs))
+            rates[setup].append(measure(*setup, epochs, args.timeout))
     medians = {setup: statistics.median(found) for setup, found in rates.items()}
     base = medians[(1, 1)]
     from report import print_table

@@ -39,7 +39,7 @@ from experiments.resume import (
     resumed_config,
 )
 from ingredients import check_storable, shown
-from ingredients.imports import RESOLVED
+from ingredients.imports import FROM_RECORD, RESOLVED
 from observers.attach import (
     DEFAULT_STORE,
     MONGO_URL_VARIABLE,
@@ -290,6 +290,7 @@ class ReproExperiment(Experiment):
         """Build the run; any config problem becomes one ConfigurationError, before observers start."""
         command_name = command_name or self.default_command
         self.resume_point: ResumePoint | None = None
+        FROM_RECORD.clear()  # set again by _resume for this run
         try:
             self._check_named_configs(named_configs)
             for key, value in (config_updates or {}).items():  # before Sacred walks them
@@ -354,7 +355,11 @@ class ReproExperiment(Experiment):
             raise ConfigurationError(f"resume: {error}") from None
         touched = {key for key, _ in iterate_flattened(config_updates)}
         touched |= self._keys_set_by(named_configs, command_name)
-        return resumed_config(self.resume_point, requested, touched)
+        config = resumed_config(self.resume_point, requested, touched)
+        FROM_RECORD.update({  # the checkpoint chose these: installed code only if the user says so
+            key: f"name it yourself to run it: with resume={requested['resume']} {key}={value}"
+            for key, value in iterate_flattened(config) if key not in touched})
+        return config
 
     def _keys_set_by(self, named_configs, command_name: str) -> set[str]:
         """Config keys that named configs (or config files given to `with`) set."""

@@ -9,15 +9,21 @@ into the store.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import socket
 import time
+import traceback
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from sacred.utils import SacredError
+
+from observers.credentials import redact_url
 
 LR_SCALINGS = ("none", "linear")
 FAILED_KEY, STOPPED_KEY = "reprolab/failed/", "reprolab/stopped/"
@@ -39,12 +45,13 @@ def launched_by_torchrun() -> bool:
 
 
 def torchrun_command() -> list[str] | None:
-    """The torchrun command line of this node: its agent is this worker's parent process."""
+    """The torchrun command line of this node (its agent is this worker's parent process), with
+    the password of any URL on it (`-R mongodb://user:password@...`) hidden."""
     try:
         raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
     except OSError:  # not Linux: the command line is not recorded
         return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    return [redact_url(part.decode(errors="replace")) for part in raw.split(b"\0") if part]
 
 
 class Job:
@@ -61,6 +68,7 @@ class Job:
         self.store = None
         self.info: dict | None = None
         self.stop_requested: BaseException | None = None  # a signal this rank 1.. got
+        self.wrapped: list[weakref.ref] = []  # the DistributedDataParallel models made by `wrap`
 
     @property
     def is_main(self) -> bool:
@@ -109,7 +117,9 @@ class Job:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device = next(model.parameters()).device
         ids = [device] if device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.wrapped.append(weakref.ref(wrapped))
+        return wrapped
 
     def scaled_lr(self, lr: float, scaling: str) -> float:
         """The learning rate used: times the world size with 'linear' (the global batch is the
@@ -160,11 +170,13 @@ class Job:
         """Around the run's main function: a rank that raises leaves its message in torchrun's
         store and exits (torchrun then stops the others); rank 0, whose collective or whose
         SIGTERM ends with it, records the failing rank's message as the run's failure."""
+        failure = None
         try:
             yield
             if self.store is not None:
                 dist.barrier()  # a rank failing after the last collective still fails the job
         except BaseException as error:
+            failure = error
             if self.store is None:
                 raise
             interrupted = isinstance(error, KeyboardInterrupt) or getattr(error, "STATUS", None)
@@ -179,8 +191,30 @@ class Job:
                     self.info["failure"] = {"rank": 0, "message": message}
             raise
         finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            self.leave(failure)
+
+    def leave(self, error: BaseException | None = None) -> None:
+        """Destroy the process group, after the DistributedDataParallel models are gone.
+
+        A DDP model freed after the group is destroyed (it sits in a reference cycle the garbage
+        collector frees whenever, or in a failed run's traceback) has its Reducer drop the
+        group's last reference: ~ProcessGroupGloo then joins gloo's threads with the GIL held
+        while one of them waits for the GIL to free its last collective, so the rank never exits
+        and torchrun waits for ever. Hence the models go first, while the group is registered;
+        the traceback's finished frames are cleared of their locals (Sacred formats it without)."""
+        if not dist.is_initialized():
+            return
+        if error is not None:
+            traceback.clear_frames(error.__traceback__)
+        if any(ref() is not None for ref in self.wrapped):
+            gc.collect()
+        if any(ref() is not None for ref in self.wrapped):  # still referenced by the caller
+            logging.getLogger(__name__).warning(
+                "rank %d: the DistributedDataParallel model is still referenced, so the process "
+                "group is left for the interpreter's exit (destroying it first can hang)", self.rank)
+            return
+        self.wrapped.clear()
+        dist.destroy_process_group()
 
     def _tell(self, key: str, message: str) -> None:
         try:

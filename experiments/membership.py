@@ -6,10 +6,14 @@ back can group them by sweep from run.json alone. A plain run or a rerun carries
 
 from __future__ import annotations
 
+import os
 import re
 
 from sacred.commandline_options import cli_option
 
+# Set while `reprolab sweep` checks configs that will run on other machines (Slurm nodes, printed
+# commands): this machine's devices say nothing about theirs, so device availability is not checked.
+CHECKING_ELSEWHERE_VARIABLE = "REPROLAB_CHECKING_FOR_ELSEWHERE"
 MEMBER = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<index>\d+)$")
 
 
@@ -25,3 +29,8 @@ def parse_membership(text: str) -> dict:
 def sweep_option(args: str, run) -> None:
     """Record this run as config INDEX of sweep SWEEP_ID (given as SWEEP_ID:INDEX; set by `reprolab sweep`)."""
     run.meta_info["sweep"] = parse_membership(args)
+
+
+def checking_for_elsewhere() -> bool:
+    """Whether a config is being checked here for a run on another machine."""
+    return os.environ.get(CHECKING_ELSEWHERE_VARIABLE) == "1"

@@ -12,11 +12,11 @@ ones; `--status` shows each config's latest run and, for Slurm, its task's state
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import runpy
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +24,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
+from experiments.membership import CHECKING_ELSEWHERE_VARIABLE
 from experiments.sweep_declare import (
     Declaration,
     config_words,
@@ -35,12 +37,11 @@ from experiments.sweep_declare import (
     varied_keys,
 )
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
-from observers.files import replacing
 from observers.provenance import RUN_ID_FILE_VARIABLE, git
 from observers.store import RecordError, open_store
+from observers.sweep_records import SWEEPS, sweep_records
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
 STOP_WAIT_S = 120  # how long a stopped run may take to record its interruption before it is killed
 STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s while a run lives
 
@@ -49,55 +50,32 @@ STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s while a run
 
 
 class SweepBook:
-    """Sweep records in a store: <store>/.reprolab/sweeps/<id>.json, or MongoDB's `sweeps`."""
+    """A store's sweep records (observers.sweep_records: a file store's .reprolab/sweeps/<id>.json
+    or MongoDB's `sweeps`), and where a sweep keeps its run logs and Slurm's files."""
 
     def __init__(self, location: str):
         self.location = location
         self.mongo = is_mongo_url(location)
-        if self.mongo:
-            from observers.credentials import describe_error
-            from observers.mongo import connect
-
-            try:
-                self.collection = connect(location)["sweeps"]
-            except ValueError:
-                raise
-            except Exception as error:  # noqa: BLE001 - pymongo's, in one sentence
-                raise RecordError(f"cannot reach MongoDB at {self.printable()}: "
-                                  f"{describe_error(error, location)}") from None
-        else:
-            self.folder = Path(location) / SWEEPS
+        self.records = sweep_records(location)
 
     def save(self, record: dict) -> None:
-        if self.mongo:
-            self.collection.replace_one({"_id": record["id"]}, {"_id": record["id"], **record},
-                                        upsert=True)
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with replacing(self.folder / f"{record['id']}.json") as f:
-            json.dump(record, f, indent=2, default=repr)
+        self.records.save(record)
 
     def load(self, sweep_id: str) -> dict:
-        if self.mongo:
-            record = self.collection.find_one({"_id": sweep_id})
-        else:
-            path = self.folder / f"{sweep_id}.json"
-            record = json.loads(path.read_text()) if path.is_file() else None
+        record = self.records.find(sweep_id)
         if record is None:
             raise RecordError(f"no sweep '{sweep_id}' in {self.printable()}")
-        record.pop("_id", None)
         return record
 
     def exists(self, sweep_id: str) -> bool:
-        try:
-            self.load(sweep_id)
-            return True
-        except RecordError:
-            return False
+        return self.records.find(sweep_id) is not None
+
+    def delete(self, sweep_id: str) -> None:
+        self.records.delete(sweep_id)
 
     def work_dir(self, sweep_id: str) -> Path:
         """Where a sweep keeps run logs and Slurm's files: beside the runs, or ./.reprolab."""
-        base = SWEEPS if self.mongo else self.folder
+        base = SWEEPS if self.mongo else self.records.folder
         return (base / sweep_id).resolve()
 
     def printable(self) -> str:
@@ -138,20 +116,22 @@ def load_experiment(path: str):
     return found[0]
 
 
-def validate(experiment: str, named_configs: list[str], configs: list[dict]) -> None:
+def validate(experiment: str, named_configs: list[str], configs: list[dict], elsewhere: bool = False) -> None:
     """Build every config's run without starting it, so a bad one is refused before any run
-    starts: one sentence naming the config and the key. Nothing is recorded (no observer)."""
+    starts: one sentence naming the config and the key. Nothing is recorded (no observer).
+    `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see."""
     ex = load_experiment(experiment)
     varied = varied_keys(configs)
-    for index, config in enumerate(configs):
-        try:
-            ex._create_run(config_updates=dict(config), named_configs=list(named_configs),
-                           options={"--unobserved": True})
-        except ValueError as error:  # ConfigurationError: one sentence naming the key
-            label = describe(config, varied) or describe(config)
-            raise ValueError(f"config {index} ({label}): {error}") from None
-        finally:
-            ex.current_run = None
+    with mock.patch.dict(os.environ, {CHECKING_ELSEWHERE_VARIABLE: "1" if elsewhere else "0"}):
+        for index, config in enumerate(configs):
+            try:
+                ex._create_run(config_updates=dict(config), named_configs=list(named_configs),
+                               options={"--unobserved": True})
+            except ValueError as error:  # ConfigurationError: one sentence naming the key
+                label = describe(config, varied) or describe(config)
+                raise ValueError(f"config {index} ({label}): {error}") from None
+            finally:
+                ex.current_run = None
 
 
 # --------------------------------------------------------------------------- reading runs back
@@ -367,9 +347,14 @@ def last_error(log: Path) -> str:
 
 
 def resume_command(sweep_id: str, location: str) -> str:
-    store = "" if location == default_store() else (
-        " --store <your MongoDB URL>" if is_mongo_url(location) else f" --store {shlex.quote(location)}")
-    return f"reprolab sweep --resume {sweep_id}{store}"
+    return f"reprolab sweep --resume {sweep_id}{store_option(location)}"
+
+
+def store_option(location: str) -> str:
+    """' --store LOCATION' for a printed command, '' for the default store (a password never)."""
+    if location == default_store():
+        return ""
+    return " --store <your MongoDB URL>" if is_mongo_url(location) else f" --store {shlex.quote(location)}"
 
 
 # --------------------------------------------------------------------------- the command
@@ -386,7 +371,12 @@ def sweep_command(args) -> int:
     check_engine_options(args)
     seed = secrets.randbelow(2**31)
     configs, dropped = expand(declaration, seed)
-    validate(declaration.experiment, declaration.named_configs, configs)
+    validate(declaration.experiment, declaration.named_configs, configs,
+             elsewhere=args.on == "slurm" or args.print_commands)
+    if args.on == "slurm" and not args.print_commands:  # its options, before anything is said
+        from experiments.sweep_slurm import SlurmOptions, check_devices
+
+        check_devices(configs, SlurmOptions.from_args(args))
     if args.dry_run:
         print_configs(configs, dropped, declaration)
         return 0
@@ -438,6 +428,10 @@ def check_engine_options(args) -> None:
     if args.on != "slurm":
         given = [name for name in ("partition", "time", "cpus", "gpus", "mem", "max_parallel")
                  if getattr(args, name) is not None] + (["sbatch"] if args.sbatch else [])
+        if "gpus" in given:  # a local sweep hands out no GPUs: its runs all see this machine's
+            raise ValueError("--gpus is a Slurm option: a local sweep's runs share the GPUs this "
+                             "machine shows (device=auto takes the first), so add --on slurm or "
+                             "leave --gpus out")
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} is a Slurm option; add --on slurm")
 
@@ -462,20 +456,26 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
         print_commands(record, jobs, location)
         return 0
     if args.on == "slurm":
-        from experiments.sweep_slurm import SlurmOptions, submit
+        from experiments.sweep_slurm import SlurmOptions, check_devices, submit
 
         options = SlurmOptions.from_args(args, previous=last_attempt(record, "slurm").get("options"))
+        check_devices([record["configs"][job.index] for job in jobs], options)
         folder = book.work_dir(record["id"]) / f"slurm-{len(record['attempts'])}"
         attempt = {"engine": "slurm", "started": now(), "folder": str(folder),
                    "options": options.record(), "indices": [j.index for j in jobs]}
         record["attempts"].append(attempt)
         book.save(record)  # recorded before submitting: a crash in between leaves a record to --resume
-        attempt["task_ids"] = submit(record, jobs, location, options, folder)
+        try:
+            submitted = submit(record, jobs, location, options, folder)
+        except ValueError as error:  # sbatch refused it: nothing was submitted, nothing stays recorded
+            forget_attempt(record, attempt, book)
+            raise ValueError(f"{error} (nothing submitted or recorded)") from None
+        attempt["task_ids"] = {str(index): task for index, task in submitted.items()}  # BSON: text keys
         attempt["job_id"] = next(iter(attempt["task_ids"].values()), "").split("_")[0]
         book.save(record)
         print(f"sweep {record['id']}: submitted job array {attempt['job_id']} "
               f"({len(jobs)} tasks); follow it with: reprolab sweep --status {record['id']}"
-              + ("" if location == default_store() else " --store ..."), file=sys.stderr)
+              + store_option(location), file=sys.stderr)
         if args.wait:
             from experiments.sweep_slurm import wait
 
@@ -487,7 +487,22 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
                                "indices": [j.index for j in jobs]})
     book.save(record)
     runner = LocalSweep(record, book, location, args.parallel, threads)
-    return runner.run(jobs, len(record["attempts"]))
+    code = runner.run(jobs, len(record["attempts"]))
+    if code == 0:
+        print(f"sweep {record['id']}: all {len(jobs)} runs completed; rank them with: reprolab compare "
+              f"--sweep {record['id']}{store_option(location)}", file=sys.stderr)
+    return code
+
+
+def forget_attempt(record: dict, attempt: dict, book: SweepBook) -> None:
+    """Take back a submission Slurm refused: its files, and the sweep's record if it is new."""
+    shutil.rmtree(attempt["folder"], ignore_errors=True)
+    record["attempts"].remove(attempt)
+    if record["attempts"]:
+        book.save(record)
+    else:
+        book.delete(record["id"])
+        shutil.rmtree(book.work_dir(record["id"]), ignore_errors=True)
 
 
 def now() -> str:
@@ -581,7 +596,7 @@ def status_command(sweep_id: str, location: str) -> int:
         runs = attempts.get(index) or []
         status = runs[-1].status if runs else "-"
         state = slurm.get(index, "-") if slurm else ""
-        shown = "PENDING" if status == "-" and state == "PENDING" else status
+        shown = state if status == "-" and state not in ("", "-") else status  # no run yet: Slurm's word
         counts[shown] = counts.get(shown, 0) + 1
         ids = ",".join(str(r.run_id) for r in runs) or "-"
         line = f"{index:>6}  {ids:<10}  {shown:<11}" + (f"  {state:<11}" if slurm else "  ")

@@ -25,6 +25,7 @@ TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+)(?::(?P<s>\d+)
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
          "BOOT_FAIL", "DEADLINE")
 SACCT_TIMEOUT_S = 30
+GPU_OPTIONS = ("gres", "gpus", "gpus-per-node", "gpus-per-task")  # sbatch's ways to ask for GPUs
 
 
 @dataclass
@@ -50,6 +51,9 @@ class SlurmOptions:
             if not key:
                 raise ValueError(f"--sbatch '{item}': give an sbatch option as KEY=VALUE, e.g. account=proj")
             extra[key] = value if equals else True
+        asked = [key for key in extra if key.replace("_", "-") in GPU_OPTIONS]
+        if args.gpus is not None and asked:
+            raise ValueError(f"--gpus and --sbatch {asked[0]}=... both ask for GPUs; give one")
         for name, value in (("cpus", args.cpus), ("gpus", args.gpus), ("max-parallel", args.max_parallel)):
             if value is not None and value < (0 if name == "gpus" else 1):
                 raise ValueError(f"--{name} must be {'0' if name == 'gpus' else '1'} or more, not {value}")
@@ -105,6 +109,35 @@ def run_task(task: Task) -> int:
     return 0
 
 
+def executor_parameters(sweep_id: str, options: SlurmOptions) -> dict:
+    """submitit's SlurmExecutor parameters: each array task is one run with the options' CPUs and
+    GPUs. GPUs are asked as gres gpu:N, which every Slurm with GPUs knows; Slurm then sets the
+    task's CUDA_VISIBLE_DEVICES, so the run's device=auto (cuda:0) is the task's first GPU."""
+    parameters = {"job_name": f"sweep-{sweep_id}", "time": options.time_min,
+                  "cpus_per_task": options.cpus, "additional_parameters": dict(options.extra)}
+    if options.partition:
+        parameters["partition"] = options.partition
+    if options.gpus:
+        parameters["gres"] = f"gpu:{options.gpus}"
+    if options.mem:
+        parameters["mem"] = options.mem
+    if options.max_parallel:
+        parameters["array_parallelism"] = options.max_parallel
+    return parameters
+
+
+def check_devices(configs: list[dict], options: SlurmOptions) -> None:
+    """A config that names a CUDA device needs that many GPUs per task: refused before submitting."""
+    for index, config in enumerate(configs):
+        device = str(config.get("device", ""))
+        if not device.startswith("cuda"):
+            continue
+        wanted = int(device.partition(":")[2] or 0) + 1
+        if (options.gpus or 0) < wanted:
+            raise ValueError(f"config {index} (device={device}) needs {wanted} GPU(s) per task: "
+                             f"add --gpus {wanted}")
+
+
 def submit(record: dict, jobs, location: str, options: SlurmOptions, folder: Path) -> dict[int, str]:
     """Submit one job array; {config index: Slurm task id}."""
     import submitit
@@ -114,17 +147,7 @@ def submit(record: dict, jobs, location: str, options: SlurmOptions, folder: Pat
     if is_mongo_url(location):
         os.environ[MONGO_URL_VARIABLE] = location  # sbatch passes the environment on, not argv
     executor = submitit.SlurmExecutor(folder=str(folder))
-    parameters = {"job_name": f"sweep-{record['id']}", "time": options.time_min,
-                  "cpus_per_task": options.cpus, "additional_parameters": dict(options.extra)}
-    if options.partition:
-        parameters["partition"] = options.partition
-    if options.gpus:
-        parameters["gpus_per_node"] = options.gpus
-    if options.mem:
-        parameters["mem"] = options.mem
-    if options.max_parallel:
-        parameters["array_parallelism"] = options.max_parallel
-    executor.update_parameters(**parameters)
+    executor.update_parameters(**executor_parameters(record["id"], options))
     tasks = [Task(run_argv(record, job, store_argument(location)), options.cpus, os.getcwd())
              for job in jobs]
     try:

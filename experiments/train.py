@@ -16,6 +16,7 @@ from experiments import distributed
 from experiments.base import ReproExperiment
 from experiments.checkpoint import restore_training_state, state_hash, training_state
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
+from experiments.membership import checking_for_elsewhere
 from experiments.resume import INTERRUPTS, CheckpointRecorder
 from ingredients import (
     BOOLEAN,
@@ -101,7 +102,7 @@ def validate(config, command_name, logger):
     metrics = ("train_loss", "val_loss") + (("val_accuracy",) if config["loss"] != "mse" else ())
     if config["monitor"] not in metrics:
         raise ValueError(f"monitor must be one of {', '.join(metrics)}, got {config['monitor']!r}")
-    pick_device(config["device"])
+    pick_device(config["device"], here=not checking_for_elsewhere())
     distributed.check_config(config)
     preflight(config)
     return {}
@@ -161,15 +162,16 @@ def naming_errors(key: str):
         raise ValueError(message if message.startswith(key) else f"{key}: {message}") from None
 
 
-def pick_device(name: str) -> torch.device:
-    """The torch device for 'auto', 'cpu', 'cuda' or 'cuda:N', refused if absent."""
+def pick_device(name: str, here: bool = True) -> torch.device:
+    """The torch device for 'auto', 'cpu', 'cuda' or 'cuda:N', refused if absent (if `here`:
+    a sweep checking configs for Slurm nodes cannot see their GPUs)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device: unknown device '{name}' (auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if here and device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: '{name}' asked for, but CUDA is not available here")
     return device
 

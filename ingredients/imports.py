@@ -5,6 +5,9 @@ The module is looked for on Python's path (PYTHONPATH and the installed packages
 current directory (as `python -m` would), then in the directories a recorded run imported its
 own code from (set by `reprolab rerun`). Where each module lies is checked before anything of it
 is imported: a run store is data that others may write, so code inside one is never imported.
+An import path that a record chose (a rerun's or a resumed run's config) may name only the user's
+own code: never Python's or an installed package's (`torch.hub:load` would run whatever folder
+the record's kwargs name), unless the user names it again themselves.
 """
 
 from __future__ import annotations
@@ -12,18 +15,48 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import site
 import sys
+import sysconfig
 from collections.abc import Callable
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
 ROOTS_VARIABLE = "REPROLAB_IMPORT_ROOTS"  # set by `reprolab rerun`: where the run's own code was
+FROM_RECORD_VARIABLE = "REPROLAB_FROM_RECORD"  # set by `reprolab rerun`: how to trust its record
 RESOLVED: dict[str, dict] = {}  # config key -> the import path, its file and what was searched
+FROM_RECORD: dict[str, str] = {}  # config key a record chose -> how the user can run it anyway
+
+
+def chosen_by_record(key: str) -> str | None:
+    """How to run installed code named by `key` when a record chose its value; None: the user did."""
+    return FROM_RECORD.get(key) or os.environ.get(FROM_RECORD_VARIABLE) or None
+
+
+def owned_folder(folder: str) -> bool:
+    """Whether a folder is the user's (or root's) and writable by nobody else, as ssh asks of
+    ~/.ssh: another user could put code there for a rerun to import."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return False
+    return status.st_uid in (os.getuid(), 0) and not status.st_mode & 0o022
+
+
+def installed_code(file: str | None) -> bool:
+    """Whether a module file is Python's own or an installed distribution's (no file: built in)."""
+    if file is None:
+        return True
+    paths = sysconfig.get_paths()
+    prefixes = {paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    prefixes |= {*site.getsitepackages(), site.getusersitepackages()}
+    real = os.path.realpath(file)
+    return any(real.startswith(os.path.realpath(prefix) + os.sep) for prefix in prefixes)
 
 
 def recorded_roots() -> list[str]:
-    """The folders a rerun's original imported its own code from."""
-    return [p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p]
+    """The folders a rerun's original imported its own code from, those the user owns alone."""
+    return [p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p and owned_folder(p)]
 
 
 def search_path() -> list[str]:
@@ -80,7 +113,9 @@ def import_callable(key: str, path: str) -> Callable:
     if not module_name or not attr:
         raise ValueError(f"{key}: '{path}' is not an import path 'package.module:callable'")
     searched = search_path()
-    if module_name not in sys.modules:
+    if module_name in sys.modules:
+        files = [getattr(sys.modules[module_name], "__file__", None)]
+    else:
         found = _locate(module_name, [os.getcwd(), *recorded_roots()])
         if found is None:
             python_path = os.environ.get("PYTHONPATH") or "not set"
@@ -89,7 +124,8 @@ def import_callable(key: str, path: str) -> Callable:
                 f"directory ({os.getcwd()}), on PYTHONPATH ({python_path}) or among the "
                 f"installed packages")
         specs, entry = found
-        for file in (f for spec in specs for f in _files(spec)):
+        files = [f for spec in specs for f in _files(spec)] or [None]
+        for file in filter(None, files):
             store = run_store_around(file)
             if store is not None:
                 raise ValueError(
@@ -97,6 +133,11 @@ def import_callable(key: str, path: str) -> Callable:
                     f"store {store}, and code kept in a run store is never run")
         if entry is not None:
             sys.path.append(entry)  # after the installed packages: it never shadows one of them
+    remedy = chosen_by_record(key)
+    if remedy and installed_code(files[-1]):
+        raise ValueError(
+            f"{key}: the record names '{path}', installed code ({files[-1] or 'built in'}) rather "
+            f"than your own, and a record does not choose what runs; {remedy}")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:

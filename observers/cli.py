@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse to run when code, packages, data or device differ")
     rerun.add_argument("--from-recorded-sources", action="store_true",
                        help="run the source files recorded with the run, not the working tree")
+    rerun.add_argument("--trust-import-paths", action="store_true",
+                       help="let the record's import paths (model.name) name installed code, "
+                            "which they may not otherwise: it runs what they name")
     rerun.add_argument("--world-size", type=int, default=None, metavar="N",
                        help="processes for a run recorded under torchrun (default: its own "
                             "world size; another one is not expected to match)")

@@ -131,7 +131,7 @@ def plot_sweep(runs: pd.DataFrame, column: str, path: str | os.PathLike) -> str:
         line, = axes.plot(stats.index, stats["mean"], marker="o", label=label)
         axes.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
     values = pd.to_numeric(runs[x_key], errors="coerce")
-    if values.notna().all() and (values > 0).all() and values.max() / values.min() >= 100:
+    if values.notna().all() and (values > 0).all() and values.max() / values.min() >= 10:
         axes.set_xscale("log")  # learning rates and the like span decades
     axes.set(xlabel=short_key(x_key), ylabel=column,
              title=f"{column} against {short_key(x_key)} (mean and range across seeds)")

@@ -7,8 +7,10 @@ torch/CUDA, threads, device) is printed; --strict refuses to run when there is a
 A plain rerun runs the main file of this checkout only (never a file the record points at);
 --from-recorded-sources runs the store's copies of the sources instead, listing them first.
 The user's own code from outside the checkout is found again in the folders the run recorded
-(searched for import paths after everything else) or, with --from-recorded-sources, its recorded
-copies are put first on PYTHONPATH. The rerun uses the recorded intra-op thread count.
+(searched for import paths after everything else, where no other user can write) or, with
+--from-recorded-sources, its recorded copies are put first on PYTHONPATH. The record's import
+paths may name only such own code, not installed code, unless --trust-import-paths says so.
+The rerun uses the recorded intra-op thread count.
 --verify compares every metric value bit for bit and the final model's hash; exit 0 only on a
 complete match.
 """
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingredients.data import resolve_path
-from ingredients.imports import ROOTS_VARIABLE, run_store_around
+from ingredients.imports import FROM_RECORD_VARIABLE, ROOTS_VARIABLE, owned_folder, run_store_around
 from ingredients.seeding import THREADS_VARIABLE
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
 from observers.provenance import (
@@ -297,8 +299,21 @@ def launcher(original: Original, world_size: int | None) -> list[str]:
             f"--nproc_per_node={processes}"]
 
 
-def run_again(original: Original, tree: CodeTree, target: str,
-              world_size: int | None = None) -> tuple[int, int | None]:
+def searched_roots(original: Original, tree: CodeTree) -> list[str]:
+    """The recorded folders of the run's own code that a plain rerun searches for its import
+    paths, said before it runs; one that another user could write to is not searched."""
+    if tree.recorded:
+        return []  # the recorded copies go first on PYTHONPATH instead
+    roots = outside_roots(original)
+    for root in roots:
+        print(f"own code outside the checkout: {root} " + (
+            "searched again for the run's import paths" if owned_folder(root) else
+            "not searched: it is not yours alone (another user could write there)"))
+    return [root for root in roots if owned_folder(root)]
+
+
+def run_again(original: Original, tree: CodeTree, target: str, world_size: int | None = None,
+              trust_import_paths: bool = False) -> tuple[int, int | None]:
     """Run the main file with the recorded config; return its exit code and the new run's id."""
     with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
         config_file, id_file = Path(tmp) / "config.json", Path(tmp) / "run_id"
@@ -307,11 +322,13 @@ def run_again(original: Original, tree: CodeTree, target: str,
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(filter(None, python_path)),
                # searched for import paths after everything else: found again, never shadowing
-               ROOTS_VARIABLE: os.pathsep.join(outside_roots(original)),
+               ROOTS_VARIABLE: os.pathsep.join(searched_roots(original, tree)),
                RERUN_OF_VARIABLE: json.dumps({"run_id": original.run_id,
                                               "store": original.store.location,
                                               "from_recorded_sources": tree.recorded}),
                RUN_ID_FILE_VARIABLE: str(id_file)}
+        if not trust_import_paths:
+            env[FROM_RECORD_VARIABLE] = "rerun it with --trust-import-paths to run it"
         if recorded_threads(original) is not None:
             env[THREADS_VARIABLE] = str(recorded_threads(original))
         command = [*launcher(original, world_size), str(tree.root / original.mainfile)]
@@ -404,7 +421,8 @@ def rerun_command(args) -> int:
                 f"{'s differ' if len(found) != 1 else ' differs'} between then and now "
                 f"({', '.join(d.what for d in found[:5])}{', ...' if len(found) > 5 else ''})"
             )
-        code, new_id = run_again(original, tree, target, getattr(args, "world_size", None))
+        code, new_id = run_again(original, tree, target, getattr(args, "world_size", None),
+                                 getattr(args, "trust_import_paths", False))
     if code != 0:
         where = f"; it is recorded as run {new_id}" if new_id is not None else ""
         print(f"reprolab: error: the rerun of run {run_id} exited with code {code}{where}",

@@ -5,6 +5,8 @@ Each run is written in Sacred's MongoObserver schema (so Omniboard shows it) wit
 run unique for runs recorded without one). A run MongoDB already holds completely is skipped, so
 syncing twice creates no duplicates; an incomplete MongoDB record (a run that lost its server
 mid-way, or an upload that was cut short) is replaced in place, keeping its `_id`.
+Sweep records (<store>/.reprolab/sweeps/) go into MongoDB's `sweeps` collection after the runs,
+so `reprolab sweep --status`, `ls --sweep` and `compare --sweep` read the same from both stores.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from observers.mongo_bounds import (
     store_source,
 )
 from observers.store import FileRunStore, RecordError
+from observers.sweep_records import FileSweepRecords, MongoSweepRecords, merged, same_sweep
 
 
 @dataclass
@@ -44,12 +47,20 @@ class SyncReport:
     present: list[tuple[int, int]] = field(default_factory=list)  # already complete there
     running: list[tuple[int, int]] = field(default_factory=list)  # still recorded live
     unreadable: list[tuple[int, str]] = field(default_factory=list)  # damaged local record
+    sweeps: dict[str, str] = field(default_factory=dict)  # sweep id: copied, updated, already there
 
     def summary(self) -> str:
         """Counts of what happened, in one line."""
-        return (f"{len(self.uploaded)} uploaded, {len(self.completed)} completed, "
+        line = (f"{len(self.uploaded)} uploaded, {len(self.completed)} completed, "
                 f"{len(self.present)} already there, {len(self.running)} still running, "
                 f"{len(self.unreadable)} unreadable")
+        if self.sweeps:
+            outcomes = list(self.sweeps.values())
+            line += "; sweeps: " + ", ".join(f"{outcomes.count(o)} {o}" for o in SWEEP_OUTCOMES)
+        return line
+
+
+SWEEP_OUTCOMES = ("copied", "updated", "already there", "unreadable")
 
 
 @dataclass
@@ -200,6 +211,9 @@ def sync_store(path: str | os.PathLike, url: str,
         reason = describe_error(error, url)
         raise RecordError(f"cannot reach MongoDB at {redact_url(url)}: {reason}") from None
     report = SyncReport()
+    sweeps = _local_sweeps(path, report, echo)
+    targets = MongoSweepRecords(uploader.db, redact_url(url))
+    _refuse_other_sweeps(sweeps, targets, store.location)
     for run_id in store.run_ids():
         try:
             _sync_run(store, run_id, uploader, report, echo)
@@ -207,9 +221,53 @@ def sync_store(path: str | os.PathLike, url: str,
             raise RecordError(
                 f"MongoDB failed while uploading run {run_id} from {store.location} "
                 f"({describe_error(error, url)}); nothing is lost, run the sync again") from None
+    try:
+        _sync_sweeps(sweeps, targets, report, echo)
+    except PyMongoError as error:
+        raise RecordError(f"MongoDB failed while copying the sweep records of {store.location} "
+                          f"({describe_error(error, url)}); run the sync again") from None
     for note in store.skipped:  # entries that are not runs of this store: never uploaded
         echo(f"note: {note}")
     return report
+
+
+def _local_sweeps(path, report: SyncReport, echo: Callable[[str], object]) -> list[dict]:
+    """The store's readable sweep records; a damaged one is reported and left out."""
+    local, found = FileSweepRecords(path), []
+    for sweep_id in local.ids():
+        try:
+            found.append(local.find(sweep_id))
+        except RecordError as error:
+            report.sweeps[sweep_id] = "unreadable"
+            echo(f"sweep {sweep_id}: not copied, its record cannot be read ({error})")
+    return found
+
+
+def _refuse_other_sweeps(sweeps: list[dict], targets: MongoSweepRecords, location: str) -> None:
+    """Before anything is written: a sweep id that MongoDB holds for another sweep would mix
+    two sweeps' runs there, so the sync is refused."""
+    for record in sweeps:
+        there = targets.find(record["id"])
+        if there is not None and not same_sweep(record, there):
+            raise RecordError(
+                f"sweep {record['id']} of {location} (created {record.get('created')}) is not the "
+                f"sweep {record['id']} already in {targets.location} (created {there.get('created')}); "
+                "nothing was synced")
+
+
+def _sync_sweeps(sweeps: list[dict], targets: MongoSweepRecords, report: SyncReport,
+                 echo: Callable[[str], object]) -> None:
+    """Each sweep record into MongoDB, the submissions of both sides kept."""
+    for record in sweeps:
+        there = targets.find(record["id"])
+        wanted = merged(there, {**record, "store": targets.location})
+        if wanted == there:
+            report.sweeps[record["id"]] = "already there"
+            continue
+        targets.save(wanted)
+        report.sweeps[record["id"]] = "updated" if there else "copied"
+        echo(f"sweep {record['id']}: {report.sweeps[record['id']]} "
+             f"({len(record.get('configs') or [])} configs)")
 
 
 def _sync_run(store: FileRunStore, run_id: int, uploader: Uploader, report: SyncReport,
@@ -248,4 +306,4 @@ def sync_command(args) -> int:
         raise ValueError(f"--to must be a mongodb:// URL, got '{redact_url(url)}'")
     report = sync_store(args.path, url)
     print(f"synced {args.path} into {redact_url(url)}: {report.summary()}")
-    return 1 if report.unreadable else 0
+    return 1 if report.unreadable or "unreadable" in report.sweeps.values() else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -26,3 +27,16 @@ def test_benchmark_prints_its_tables(repo_root, script):
     assert result.returncode == 0, result.stderr[-3000:]
     for title in titles:
         assert title in result.stdout, result.stdout
+
+
+def test_ddp_benchmark_measures_both_world_sizes(repo_root):
+    """Both torchrun jobs (1 and 2 processes) end on their own, each within --timeout, and print
+    a positive samples/s; a job hanging at exit would fail this instead of stalling the suite."""
+    result = subprocess.run([sys.executable, str(repo_root / "benchmarks" / "ddp.py"), "--quick",
+                             "--timeout", "90"],
+                            capture_output=True, text=True, cwd=repo_root, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for setup in ("1 process, 1 thread", "2 processes (gloo), 1 thread each"):
+        found = re.search(rf"^\s*{re.escape(setup)}\s+([\d,]+)\s", result.stdout, re.MULTILINE)
+        assert found, f"no row for {setup!r} in:\n{result.stdout}"
+        assert int(found.group(1).replace(",", "")) > 0

@@ -276,3 +276,16 @@ def test_a_rerun_relaunches_through_torchrun_with_the_recorded_world_size(capsys
     assert launcher(original, 3)[-1] == "--nproc_per_node=3"  # asked for explicitly
     assert "not expected to match" in capsys.readouterr().out
     assert launcher(SimpleNamespace(run_id=5, info={}), None) == [sys.executable]
+
+
+def test_the_recorded_torchrun_command_hides_a_store_password():
+    """The worker records its parent's command line, which may carry `-R mongodb://user:pw@...`."""
+    child = ("import json; from experiments.distributed import torchrun_command; "
+             "print(json.dumps(torchrun_command()))")
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    url = "mongodb://alice:s3cret%2Fpw@127.0.0.1:27017/sacred"
+    result = subprocess.run([sys.executable, "-c", parent, "-R", url], capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    command = json.loads(result.stdout)
+    assert command[-2:] == ["-R", "mongodb://alice:***@127.0.0.1:27017/sacred"], result.stderr
+    assert "s3cret" not in result.stdout

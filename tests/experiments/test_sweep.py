@@ -118,6 +118,22 @@ def test_bad_declaration_is_refused_before_anything_runs(tmp_path, capsys, words
     assert not store.exists()  # no run and no sweep record
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--gpus", "1", "--parallel", "2", "with", "lr=[0.1, 0.01]"],
+     "--gpus is a Slurm option: a local sweep's runs share the GPUs this machine shows"),
+    (["--on", "slurm", "--gpus", "1", "--sbatch", "gres=gpu:a100:1", "with", "lr=[0.1, 0.01]"],
+     "--gpus and --sbatch gres=... both ask for GPUs; give one"),
+    # checked for the nodes, not this CPU-only machine: cuda is accepted, but needs its GPU
+    (["--on", "slurm", "--gpus", "1", "with", "lr=[0.1, 0.01]", "device=cuda:1"],
+     "config 0 (device=cuda:1) needs 2 GPU(s) per task: add --gpus 2"),
+])
+def test_gpu_options_that_cannot_work_are_refused(tmp_path, capsys, args, message):
+    store = tmp_path / "runs"
+    code, _, err = in_process(capsys, "--store", str(store), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not store.exists()
+
+
 def test_sweep_file_grid_random_and_fixed(tmp_path, capsys):
     file = tmp_path / "sweep.yaml"
     file.write_text("fixed: {epochs: 2}\ngrid: {lr: [0.1, 0.01], seed: [1, 1]}\n"
@@ -201,3 +217,22 @@ def test_sweep_record_in_mongodb(monkeypatch, capsys):
     commands = [line for line in out.splitlines() if not line.startswith("#")]
     assert commands[1].endswith(f"--sweep {record['id']}:1 with lr=0.01 seed={record['default_seed']}")
     assert "-R" not in commands[0]  # the URL travels in REPROLAB_MONGO_URL
+
+
+def test_slurm_sweep_record_in_mongodb(monkeypatch, capsys):
+    """A Slurm submission's task ids are recorded in MongoDB (BSON keys must be text)."""
+    import mongomock
+
+    import experiments.sweep_slurm as slurm
+    import observers.mongo as om
+
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    monkeypatch.setattr(slurm, "submit", lambda record, jobs, *rest: {j.index: f"7_{j.index}" for j in jobs})
+    url = "mongodb://user:secret@db.example:27017/sacred"
+    code, _, err = in_process(capsys, "--store", url, "--on", "slurm", "with", "lr=[0.1, 0.01]")
+    assert code == 0, err
+    (record,) = client["sacred"]["sweeps"].find()
+    (attempt,) = record["attempts"]
+    assert attempt["task_ids"] == {"0": "7_0", "1": "7_1"} and attempt["job_id"] == "7"
+    assert f"reprolab sweep --status {record['id']} --store <your MongoDB URL>" in err

@@ -3,6 +3,7 @@ array, and a task cancelled by Slurm that --resume continues bit-exactly."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -64,6 +65,32 @@ def test_grid_runs_as_one_job_array(slurm, tmp_path):
     assert sorted(runs.sweep_index) == [0, 1, 2, 3]
     status = reprolab("sweep", "--status", record["id"], "--store", str(store)).stdout
     assert status.count("COMPLETED    COMPLETED") == 4 and status.rstrip().endswith("4 completed")
+
+
+def test_gpus_ask_each_task_for_its_own_gres_in_the_job_script(tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from experiments.sweep_slurm import SlurmOptions, executor_parameters
+
+    given = argparse.Namespace(partition="gpu", time="2:00:00", cpus=4, gpus=2, mem="16G",
+                               max_parallel=3, sbatch=["account=proj"])
+    parameters = executor_parameters("20261201-abcd", SlurmOptions.from_args(given))
+    script = _make_sbatch_string(command="python -m run", folder=tmp_path, map_count=8, **parameters)
+    lines = set(script.splitlines())  # what sbatch reads, as submitit writes it
+    assert {"#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=4", "#SBATCH --partition=gpu",
+            "#SBATCH --time=120", "#SBATCH --mem=16G", "#SBATCH --array=0-7%3",
+            "#SBATCH --account=proj", "#SBATCH --job-name=sweep-20261201-abcd"} <= lines
+    assert not [line for line in lines if "--gpus" in line or "CUDA_VISIBLE_DEVICES" in line]
+
+
+def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path):
+    """This cluster has no GPUs: sbatch refuses gres gpu:1, and the new sweep is taken back."""
+    store = tmp_path / "runs"
+    refused = reprolab("sweep", "--store", str(store), "--on", "slurm", "--gpus", "1", "--time", "5",
+                       "with", "lr=[0.1, 0.02]", "device=cuda", *TINY, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "Slurm refused the job array: sbatch: error: Invalid generic resource" in refused.stderr
+    assert not [path for path in store.rglob("*") if path.is_file()]  # no record, no submitit files
 
 
 def test_task_cancelled_by_slurm_is_interrupted_and_resumed(slurm, tmp_path, train, sweep_stopper):

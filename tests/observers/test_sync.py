@@ -19,7 +19,8 @@ import observers.mongo as om
 from observers.cli import main as reprolab
 from observers.mongo_bounds import CHUNKS_COLLECTION
 from observers.mongo_store import MongoRunStore
-from observers.store import FileRunStore
+from observers.store import FileRunStore, RecordError
+from observers.sweep_records import FileSweepRecords
 from observers.sync import sync_store
 
 PASSWORD = "pw-" + secrets.token_hex(8)  # made at run time: recorded sources cannot contain it
@@ -170,3 +171,61 @@ def test_sync_command_prints_counts_and_refuses_bad_input(file_store, client, tm
     out = capsys.readouterr().out
     assert "run 3: not uploaded, its record cannot be read" in out and "1 unreadable" in out
     assert counts(client) == before  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory) -> tuple[Path, str]:
+    """A file store holding a sweep of two configs: its record and one short run of each."""
+    from experiments.train import ex
+
+    store = tmp_path_factory.mktemp("sweep") / "runs"
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert reprolab(["sweep", "--store", str(store), "--print-commands", "with", "lr=[0.1, 0.02]",
+                         "epochs=2", "limit_batches=3", "progress=False"]) == 0
+    (sweep_id,) = FileSweepRecords(store).ids()
+    for index, config in enumerate(FileSweepRecords(store).find(sweep_id)["configs"]):
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            ex.run(config_updates=config, options={"--store": str(store), "--sweep": f"{sweep_id}:{index}"})
+    return store, sweep_id
+
+
+def test_a_synced_sweep_reads_the_same_from_mongodb(sweep_store, client, capsys):
+    store, sweep_id = sweep_store
+    shown = {}
+    for where in (str(store), URL):
+        if where == URL:
+            assert reprolab(["sync", str(store), "--to", URL]) == 0
+            assert f"sweep {sweep_id}: copied (2 configs)" in capsys.readouterr().out
+        shown[where] = []
+        for command in (["sweep", "--status", sweep_id], ["ls", "--sweep", sweep_id],
+                        ["compare", "--sweep", sweep_id, "--metric", "val_accuracy"]):
+            assert reprolab([*command, "--store", where]) == 0
+            shown[where].append(capsys.readouterr().out)
+    assert shown[URL] == shown[str(store)]
+    status, listing, ranking = shown[URL]
+    assert status.strip().endswith("2 completed") and "varied: lr" in ranking
+    assert len(listing.splitlines()) == 3  # the header and the sweep's two runs
+    record = client["sacred"]["sweeps"].find_one({"_id": sweep_id})
+    assert record["store"] == URL.replace(PASSWORD, "***") and PASSWORD not in str(record)
+    again = sync_store(store, URL, **QUIET)
+    assert again.sweeps == {sweep_id: "already there"} and "sweeps: 0 copied, 0 updated, 1 already" in again.summary()
+
+
+def test_sync_keeps_both_sides_submissions_and_refuses_another_sweep_of_the_same_id(
+        sweep_store, client, tmp_path):
+    store, sweep_id = sweep_store
+    sync_store(store, URL, **QUIET)
+    sweeps = client["sacred"]["sweeps"]
+    later = {"engine": "local", "started": "2999-01-01T00:00:00+00:00", "indices": [1]}
+    sweeps.update_one({"_id": sweep_id}, {"$push": {"attempts": later}})  # resumed against MongoDB
+    assert sync_store(store, URL, **QUIET).sweeps == {sweep_id: "already there"}
+    assert sweeps.find_one({"_id": sweep_id})["attempts"][-1] == later
+
+    sweeps.update_one({"_id": sweep_id}, {"$set": {"created": "1999-01-01T00:00:00+00:00"}})
+    before = counts(client)
+    copy = tmp_path / "runs"
+    shutil.copytree(store, copy)
+    with pytest.raises(RecordError, match=f"sweep {sweep_id} of .* is not the sweep {sweep_id} "
+                                          "already in .*nothing was synced"):
+        sync_store(copy, URL, **QUIET)
+    assert counts(client) == before

@@ -153,6 +153,70 @@ def test_a_checkpoint_whose_config_is_not_plain_data_is_not_resumed(store, tmp_p
     assert not marker.exists()
 
 
+def hub_in_store(store: Path, marker: Path) -> dict:
+    """A model section naming torch.hub:load on a hub folder planted in the store: importing its
+    hubconf.py would touch the marker."""
+    hub = store / "1" / "hub"
+    hub.mkdir()
+    (hub / "hubconf.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    return {"name": "torch.hub:load", "kwargs": {"repo_or_dir": str(hub), "source": "local",
+                                                 "model": "m", "trust_repo": True}}
+
+
+def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path):
+    marker = tmp_path / "MARKER"
+    model = hub_in_store(store, marker)
+    edit(store / "1" / "config.json", lambda config: config["model"].update(model))
+    result = subprocess.run(
+        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 1
+    assert "error: model.name: the record names 'torch.hub:load', installed code (" in result.stderr
+    assert "a record does not choose what runs; rerun it with --trust-import-paths to run it" in (
+        result.stderr)
+    assert not marker.exists() and not (store / "2").exists()
+
+
+def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_path):
+    marker = tmp_path / "MARKER"
+    checkpoint = store / "1" / "last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["model"].update(hub_in_store(store, marker))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    checkpoint.write_bytes(buffer.getvalue())  # the writer of a store can update the hash too
+    edit(store / "1" / "info.json", lambda info: info["checkpoints"]["last.pt"].update(
+        sha256=hashlib.sha256(buffer.getvalue()).hexdigest()))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store),
+         "with", "resume=1", "epochs=3"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "a record does not choose what runs; name it yourself to run it: with resume=1 "
+        "model.name=torch.hub:load")
+    assert not marker.exists() and not (store / "2").exists()
+
+
+def test_a_recorded_code_folder_others_can_write_to_is_not_searched(store, tmp_path):
+    marker, planted = tmp_path / "MARKER", tmp_path / "planted"
+    planted.mkdir()
+    planted.chmod(0o777)  # like /tmp: anyone could have put the module there
+    (planted / "plantedmod.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\ndef make(**kwargs): pass\n")
+    edit(store / "1" / "config.json", lambda config: config["model"].update(name="plantedmod:make"))
+    edit(store / "1" / "info.json", lambda info: info.update(
+        outside_code={"roots": [str(planted)], "modules": {}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 1
+    assert (f"own code outside the checkout: {planted} not searched: it is not yours alone "
+            "(another user could write there)") in result.stdout
+    assert "model.name: cannot import 'plantedmod:make': no module 'plantedmod'" in result.stderr
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------------- odd entries
 
 
@@ -198,3 +262,19 @@ def test_a_damaged_store_still_lists_every_good_run(store, tmp_path, capsys):
     for argv in (["show", "2"], ["compare", "1", "2"], ["export", "--to", str(tmp_path / "runs.csv")]):
         assert reprolab([*argv, "--store", str(store)]) == 0, argv
     assert "host        unreadable" in capsys.readouterr().out
+
+
+def test_a_fifo_or_a_device_in_place_of_a_record_is_noted_not_read(store, capsys):
+    """Opening a FIFO waits for a writer and /dev/zero never ends: either would hang `ls`."""
+    for run_id in ("7", "8", "9"):
+        (store / run_id).mkdir()
+    os.mkfifo(store / "7" / "run.json")
+    (store / "8" / "run.json").symlink_to("/dev/zero")
+    for name in ("run.json", "config.json"):
+        shutil.copy(store / "1" / name, store / "9" / name)
+    os.mkfifo(store / "9" / "metrics.json")
+    assert reprolab(["ls", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    for run_id, name in (("7", "run.json"), ("8", "run.json"), ("9", "metrics.json")):
+        assert f"* run {run_id}: {name} is not a regular file, so it was not read" in out
+    assert load_runs(store).loc[1, "status"] == "COMPLETED"

@@ -1,0 +1,107 @@
+"""Where a sweep's record lives: beside its runs, in the same store.
+
+A file store keeps it as <store>/.reprolab/sweeps/<id>.json, MongoDB in its `sweeps` collection
+(one document per sweep, `_id` = the sweep id). What a sweep is and how it runs lives in
+experiments/sweep.py; only the record's place is here, so that reading and syncing a store
+carry sweeps as they carry runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from observers.files import replacing
+from observers.records import ObjectEncoding, RecordError, load_plain
+
+SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
+SWEEPS_COLLECTION = "sweeps"
+
+
+class FileSweepRecords:
+    """Sweep records of a file store: one JSON file each."""
+
+    def __init__(self, store: str | os.PathLike):
+        self.folder = Path(store) / SWEEPS
+        self.location = str(store)
+
+    def ids(self) -> list[str]:
+        return sorted(path.stem for path in self.folder.glob("*.json")) if self.folder.is_dir() else []
+
+    def find(self, sweep_id: str) -> dict | None:
+        path = self.folder / f"{sweep_id}.json"
+        if not path.is_file():
+            return None
+        try:
+            record = load_plain(path)
+        except (ObjectEncoding, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RecordError(f"sweep {sweep_id}: {path} is damaged ({error})") from None
+        if not isinstance(record, dict) or record.get("id") != sweep_id:
+            raise RecordError(f"sweep {sweep_id}: {path} is not a sweep record")
+        return record
+
+    def save(self, record: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with replacing(self.folder / f"{record['id']}.json") as f:
+            json.dump(record, f, indent=2, default=repr)
+
+    def delete(self, sweep_id: str) -> None:
+        (self.folder / f"{sweep_id}.json").unlink(missing_ok=True)
+
+
+class MongoSweepRecords:
+    """Sweep records of a MongoDB database: its `sweeps` collection."""
+
+    def __init__(self, db, location: str):
+        self.collection, self.location = db[SWEEPS_COLLECTION], location
+
+    def ids(self) -> list[str]:
+        return sorted(str(doc["_id"]) for doc in self.collection.find({}, {"_id": 1}))
+
+    def find(self, sweep_id: str) -> dict | None:
+        record = self.collection.find_one({"_id": sweep_id})
+        if record is not None:
+            record.pop("_id", None)
+        return record
+
+    def save(self, record: dict) -> None:
+        self.collection.replace_one({"_id": record["id"]}, {"_id": record["id"], **record},
+                                    upsert=True)
+
+    def delete(self, sweep_id: str) -> None:
+        self.collection.delete_one({"_id": sweep_id})
+
+
+def sweep_records(location: str) -> FileSweepRecords | MongoSweepRecords:
+    """The sweep records of a store directory or a mongodb:// URL (one sentence if unreachable)."""
+    from observers.attach import is_mongo_url
+    from observers.credentials import describe_error, redact
+
+    if not is_mongo_url(location):
+        return FileSweepRecords(location)
+    from observers.mongo import connect
+
+    try:
+        return MongoSweepRecords(connect(location), redact(location))
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - pymongo's, in one sentence
+        raise RecordError(f"cannot reach MongoDB at {redact(location)}: "
+                          f"{describe_error(error, location)}") from None
+
+
+def merged(into: dict | None, record: dict) -> dict:
+    """A sweep record as a store should hold it after a sync: the source's record, with the
+    submissions (`attempts`) of both; a sweep resumed on either side keeps all of them."""
+    if into is None:
+        return record
+    attempts = {json.dumps(a, sort_keys=True, default=str): a
+                for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]}
+    ordered = sorted(attempts.values(), key=lambda a: str(a.get("started", "")))
+    return {**record, "attempts": ordered}
+
+
+def same_sweep(one: dict, other: dict) -> bool:
+    """Whether two records with one id are the same sweep (not two that drew the same id)."""
+    return all(one.get(key) == other.get(key) for key in ("created", "experiment", "configs"))
