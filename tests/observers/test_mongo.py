@@ -1,8 +1,9 @@
 """Recording into MongoDB: Omniboard's schema, reading back, the 16 MB bound, outages, credentials.
 
-No MongoDB server can run here: runs are recorded through the real path into mongomock (as
-Sacred's own tests do) by replacing observers.mongo.make_client. One test uses a closed local
-port for a server that is down, and one uses a real server when REPROLAB_TEST_MONGO_URL is set.
+Most runs are recorded through the real path into mongomock (as Sacred's own tests do) by
+replacing observers.mongo.make_client. One test uses a closed local port for a server that is
+down. The `mongo` tests use a real wire-protocol server: nx-27017 (tests/observers/conftest.py),
+which they also kill and restart, and the server at REPROLAB_TEST_MONGO_URL when it is set.
 """
 
 from __future__ import annotations
@@ -400,11 +401,20 @@ def test_oversized_info_is_trimmed_and_the_local_copy_kept(monkeypatch, tmp_path
 # ------------------------------------------------------------------------------ real server
 
 
-@pytest.mark.mongo
-def test_whole_path_against_a_real_server(tmp_path):
+@pytest.fixture(params=["REPROLAB_TEST_MONGO_URL", "nx-27017"])
+def server_url(request):
+    """A server's URL: the one the environment names, or an nx-27017 started for the test."""
+    if request.param == "nx-27017":
+        return request.getfixturevalue("nx_server").url
     url = os.environ.get("REPROLAB_TEST_MONGO_URL")
     if not url:
         pytest.skip("set REPROLAB_TEST_MONGO_URL=mongodb://user:pw@host:27017/db to run")
+    return url
+
+
+@pytest.mark.mongo
+def test_whole_path_against_a_real_server(tmp_path, server_url, capsys):
+    url = server_url
     result = subprocess.run(
         [sys.executable, str(TRAIN), "with", "debug", "progress=False"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
@@ -419,6 +429,13 @@ def test_whole_path_against_a_real_server(tmp_path):
         assert set(store.metrics(run_id)) == {"lr", "train_loss", "val_accuracy", "val_loss"}
         assert store.artifact(run_id, "last.pt")
         assert not FileRunStore(tmp_path / "runs_fallback").run_ids()
+        from observers import load_runs
+
+        assert load_runs(store).loc[run_id, "status"] == "COMPLETED"
+        assert reprolab(["ls", "--store", url]) == 0
+        listing = capsys.readouterr().out
+        assert any(line.split()[:1] == [str(run_id)] and "COMPLETED" in line
+                   for line in listing.splitlines()), listing
         for secret in url_secrets(url):
             assert secret not in result.stderr + result.stdout
             assert secret not in json.dumps(store.run(run_id))
@@ -459,3 +476,69 @@ def test_a_url_that_cannot_be_parsed_is_refused_without_its_password(password):
         om.check_url(url)
     assert "not a valid MongoDB URL: mongodb://reprolab:***@" in str(error.value)
     assert PASSWORD not in str(error.value)
+
+
+@pytest.mark.mongo
+def test_server_killed_mid_run_then_restarted_sync_completes_the_record(
+        nx_server, tmp_path, monkeypatch, capsys):
+    """nx-27017 is SIGKILLed as the first checkpoint goes up: the run finishes in the local copy;
+    once the server is back (same data), `reprolab sync` completes MongoDB's run 1, once."""
+    first_artifact = om.MongoWithFallback.artifact_event
+
+    def kill_server_first(self, *args, **kwargs):
+        if nx_server.process.poll() is None:
+            nx_server.kill()
+        return first_artifact(self, *args, **kwargs)
+
+    monkeypatch.setattr(om.MongoWithFallback, "artifact_event", kill_server_first)
+    run, output = record(nx_server.url, tmp_path / "fallback")
+    assert run.status == "COMPLETED" and run._id == 1
+    stopped = [line for line in output.splitlines() if "MongoDB stopped recording run 1" in line]
+    assert len(stopped) == 1 and "the run goes on" in stopped[0], output[-3000:]
+    assert output.count("MongoDB's record of run 1 is incomplete") == 1
+    local = FileRunStore(tmp_path / "fallback")
+    assert local.run_ids() == [1] and local.run(1)["status"] == "COMPLETED"
+    assert {"last.pt", "best.pt"} <= set(local.run(1)["artifacts"])
+
+    nx_server.start()  # the same data directory: the RUNNING document is still there
+    mongo = MongoRunStore(nx_server.url)
+    assert mongo.run_ids() == [1] and mongo.run(1)["status"] == "RUNNING"
+    capsys.readouterr()
+    assert reprolab(["sync", str(tmp_path / "fallback"), "--to", nx_server.url]) == 0
+    assert "run 1: completed the record of MongoDB run 1" in capsys.readouterr().out
+    assert mongo.run_ids() == [1] and mongo.run(1)["status"] == "COMPLETED"
+    assert mongo.metrics(1) == local.metrics(1)
+    for name in ("last.pt", "best.pt"):
+        assert mongo.artifact(1, name) == local.artifact(1, name)
+    # nx-27017 0.8.1 finds nothing in fs.files with an anchored $regex ("^artifact://"), which
+    # sync's clean-up of half-uploaded files uses: here none was half-uploaded (the server died
+    # before the first checkpoint), so an unanchored search counts the same files
+    artifacts = mongo.db["fs.files"].find({"filename": {"$regex": "artifact://runs/1/"}})
+    assert len(list(artifacts)) == len(local.run(1)["artifacts"])
+    counts = server_counts(mongo.db)
+    assert reprolab(["sync", str(tmp_path / "fallback"), "--to", nx_server.url]) == 0
+    assert "run 1: already in MongoDB as run 1" in capsys.readouterr().out
+    assert server_counts(mongo.db) == counts
+
+
+def server_counts(db) -> dict[str, int]:
+    """Documents per collection, counted with find(): nx-27017 0.8.1 refuses count_documents on
+    GridFS collections, and lists them as fs_files/fs_chunks, a name a find() never returns from."""
+    names = ["runs", "metrics", CHUNKS_COLLECTION, "fs.files"]
+    return {name: len(list(db[name].find({}, {"_id": 1}))) for name in names}
+
+
+@pytest.mark.mongo
+def test_run_ids_past_9_on_a_server_that_sorts_ids_as_text(nx_server, tmp_path):
+    """nx-27017 sorts an unfiltered `_id` as text (9 above 10); the next id is still 11."""
+    import pymongo
+
+    with pymongo.MongoClient(nx_server.url) as client:
+        client["sacred"]["runs"].insert_many([{"_id": i, "status": "COMPLETED"}
+                                              for i in range(1, 11)])
+        newest = client["sacred"]["runs"].find_one({}, {"_id": 1}, sort=[("_id", -1)])
+    assert newest["_id"] == 9  # what Sacred's own lookup of the highest id would see
+    run, output = record(nx_server.url, tmp_path / "fallback")
+    assert run._id == 11 and run.status == "COMPLETED", output[-3000:]
+    mongo = MongoRunStore(nx_server.url)
+    assert mongo.run_ids() == list(range(1, 12)) and mongo.run(11)["status"] == "COMPLETED"
