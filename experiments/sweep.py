@@ -275,6 +275,8 @@ def experiment_file(record: dict, store_root: str | None) -> Path:
 def check_named_configs(record: dict, experiment: Path) -> None:
     """A record's named configs may only be the experiment's registered ones, never a file for
     Sacred to load (it reads pickles): RecordError naming the sweep and the name."""
+    if not record["named_configs"]:
+        return
     registered = {name for name, _ in load_experiment(str(experiment)).gather_named_configs()}
     for name in record["named_configs"]:
         if name not in registered:

@@ -164,10 +164,11 @@ def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGINT)
 
 
-def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train, sweep_stopper):
+def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train, sweep_stopper,
+                                                                 checkout_folder):
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
-    stopper = sweep_stopper(tmp_path)
+    stopper = sweep_stopper(checkout_folder)
     config = ("seed=3", "limit_batches=5", "epochs=2")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
     first = subprocess.Popen(

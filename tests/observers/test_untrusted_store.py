@@ -273,8 +273,8 @@ def test_a_damaged_store_still_lists_every_good_run(store, tmp_path, capsys):
 def sweep_record(tmp_path, capsys) -> tuple[Path, Path]:
     """A file store holding one sweep's record (--print-commands: recorded, nothing run)."""
     store = tmp_path / "sweep_store"
-    assert reprolab(["sweep", "--store", str(store), "--print-commands", "with", "lr=[0.1, 0.01]",
-                     "epochs=1"]) == 0
+    assert reprolab(["sweep", str(REPO_ROOT / "experiments" / "train.py"), "--store", str(store),
+                     "--print-commands", "with", "lr=[0.1, 0.01]", "epochs=1"]) == 0
     capsys.readouterr()
     (record,) = (store / ".reprolab" / "sweeps").glob("*.json")
     return store, record
@@ -366,7 +366,8 @@ def test_a_config_file_on_the_command_line_is_recorded_as_its_values(tmp_path, c
     store = tmp_path / "sweep_store"
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"optimizer": {"name": "adam"}, "epochs": 3}))
-    assert reprolab(["sweep", "--store", str(store), "--print-commands", "with", str(config),
+    assert reprolab(["sweep", str(REPO_ROOT / "experiments" / "train.py"), "--store", str(store),
+                     "--print-commands", "with", str(config),
                      "lr=[0.1, 0.01]", "epochs=1"]) == 0
     capsys.readouterr()
     (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
