@@ -115,6 +115,7 @@ def main() -> None:
         report_startup(count, Path(empty))
     if runs:
         report_default_run(runs)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")  # the figures hold for this load only
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from sacred.utils import SacredError
 
 from ingredients.seeding import rng_state, set_rng_state
 from observers.files import replacing
@@ -26,6 +27,14 @@ REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng",
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, tampered with or not a checkpoint."""
+
+
+class CheckpointMismatch(SacredError):
+    """A checkpoint's states do not fit what its config builds now (the model's code changed):
+    the run, already started, ends FAILED with this one sentence and no traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_traceback=False)
 
 
 def state_hash(model: torch.nn.Module) -> str:
@@ -124,14 +133,20 @@ def restore_training_state(state: dict, *, model, optimizer, scheduler, scaler,
     With `same_schedule` False (more epochs than the checkpoint's run planned) the schedule is
     the one built for the new length, advanced to the checkpoint's step. Returns epoch, step
     and the best-tracker state."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if same_schedule:
-        scheduler.load_state_dict(state["scheduler"])
-    else:
-        advance(scheduler, state["scheduler"]["last_epoch"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if same_schedule:
+            scheduler.load_state_dict(state["scheduler"])
+        else:
+            advance(scheduler, state["scheduler"]["last_epoch"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise CheckpointMismatch(f"resume: the checkpoint does not fit the model, optimizer or "
+                                 f"schedule its config builds now (has their code changed?): "
+                                 f"{reason}") from None
     set_rng_state(state["rng"], generator)  # last: nothing may draw from an RNG after this
     return state["epoch"], state["step"], state["best"]
 

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from sacred.utils import SacredError
 
+from observers.credentials import redact_url
+
 LR_SCALINGS = ("none", "linear")
 FAILED_KEY, STOPPED_KEY = "reprolab/failed/", "reprolab/stopped/"
 # Rank 0 failing itself waits this long for a peer's failure: a NaN on rank 1 reaches rank 0's
@@ -43,12 +45,13 @@ def launched_by_torchrun() -> bool:
 
 
 def torchrun_command() -> list[str] | None:
-    """The torchrun command line of this node: its agent is this worker's parent process."""
+    """The torchrun command line of this node (its agent is this worker's parent process), with
+    the password of any URL on it (`-R mongodb://user:password@...`) hidden."""
     try:
         raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
     except OSError:  # not Linux: the command line is not recorded
         return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    return [redact_url(part.decode(errors="replace")) for part in raw.split(b"\0") if part]
 
 
 class Job:

@@ -139,6 +139,18 @@ class RecordedRun(Run):
     store_failure: StoreWriteError | None = None  # the first write that failed
     status_failure: StoreWriteError | None = None  # the final status could not be written
     _thread: threading.Thread | None = None
+    # Sacred's heartbeat thread, its final beat and a checkpoint's beat would otherwise drain the
+    # metrics queue at once and append their halves to the journal in either order.
+    _beating = threading.RLock()
+
+    def _emit_heartbeat(self):
+        with self._beating:
+            super()._emit_heartbeat()
+
+    def _stop_heartbeat(self):
+        super()._stop_heartbeat()  # waits 2 s for the thread's final beat, which may append the
+        if self._heartbeat is not None:  # last metrics: the end must not seal the record before
+            self._heartbeat.join()
 
     def _emit_started(self):
         self._thread, self.start_time = threading.current_thread(), datetime.datetime.utcnow()

@@ -32,7 +32,7 @@ from observers.files import (
     utc_text,
     writing,
 )
-from observers.records import loads_plain
+from observers.records import loads_plain, read_regular
 
 JOURNAL = "metrics.jsonl"
 
@@ -69,15 +69,14 @@ def read_journal(path: Path) -> dict:
 
     Read as plain data: observers.records.ObjectEncoding on an object-encoding key."""
     metrics: dict[str, dict] = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                entry = loads_plain(line)
-            except json.JSONDecodeError:
-                continue  # the line being written right now
-            series = metrics.setdefault(entry["name"], {"steps": [], "values": [], "timestamps": []})
-            for key in ("steps", "values", "timestamps"):
-                series[key] += entry[key]
+    for line in read_regular(path).splitlines():
+        try:
+            entry = loads_plain(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # the line being written right now
+        series = metrics.setdefault(entry["name"], {"steps": [], "values": [], "timestamps": []})
+        for key in ("steps", "values", "timestamps"):
+            series[key] += entry[key]
     return metrics
 
 

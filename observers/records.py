@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 
 # jsonpickle's tags all start with "py/"; keys starting with "json://" are decoded as JSON that
 # may itself hold tags (Sacred decodes with keys=True).
@@ -53,10 +54,22 @@ def loads_plain(text: str | bytes):
     return json.loads(text, object_pairs_hook=_plain_pairs)
 
 
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file; RecordError for anything else a store could hold in its
+    place (a FIFO would block the reader, a link to /dev/zero never end), before reading it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO would wait for a writer
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RecordError(f"{path} is not a regular file, so it was not read")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def load_plain(path: str | os.PathLike):
     """The JSON file at path as plain data (ObjectEncoding on an object-encoding key)."""
-    with open(path, "rb") as f:
-        return loads_plain(f.read())
+    return loads_plain(read_regular(path))
 
 
 def check_plain(value):

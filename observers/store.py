@@ -93,6 +93,8 @@ class FileRunStore:
             if missing is not None:
                 return missing
             raise RecordError(f"run {run_id}: {path} is missing") from None
+        except RecordError as error:  # not a regular file
+            raise RecordError(f"run {run_id}: {error}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RecordError(f"run {run_id}: {path} is damaged ({error})") from None
 
@@ -116,6 +118,8 @@ class FileRunStore:
                 raise refusal(f"run {run_id}: {run_dir / JOURNAL}", error.key) from None
             except FileNotFoundError:
                 continue
+            except RecordError as error:  # not a regular file
+                raise RecordError(f"run {run_id}: {error}") from None
         return {}
 
     def metric_summaries(self, run_ids: list[int]) -> dict[int, dict | RecordError]:
@@ -156,7 +160,7 @@ class FileRunStore:
         try:
             entries = load_plain(self.root / SUMMARY_CACHE)
             return entries if isinstance(entries, dict) else {}
-        except (OSError, ValueError):  # ObjectEncoding is a ValueError too
+        except (OSError, ValueError, RecordError):  # ObjectEncoding is a ValueError too
             return {}  # no cache yet, or a damaged one: rebuilt below
 
     def _write_summary_cache(self, entries: dict) -> None:

@@ -17,6 +17,7 @@ import torch
 from experiments import resume
 from experiments.checkpoint import (
     CheckpointError,
+    CheckpointMismatch,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -83,6 +84,21 @@ def test_restored_state_continues_bit_exactly(tmp_path, schedule):
     assert loaded["config"] == {"seed": 3, "optimizer": {"betas": [0.9, 0.99]}}
     assert resumed == straight
     assert state_hash(net2) == state_hash(net)
+
+
+def test_a_checkpoint_that_no_longer_fits_the_model_is_one_sentence():
+    net, opt, scheduler, generator = build("none")
+    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=1,
+                           step=0, generator=generator, best={}, config={})
+    wider = mlp((8,), 3, hidden=(24,), dropout=0.5)  # the model's code changed since
+    with pytest.raises(CheckpointMismatch) as refused:
+        restore_training_state(state, model=wider, optimizer=torch.optim.Adam(wider.parameters()),
+                               scheduler=scheduler, scaler=None, generator=generator,
+                               same_schedule=True)
+    message = str(refused.value)
+    assert message.startswith("resume: the checkpoint does not fit the model, optimizer or "
+                              "schedule its config builds now (has their code changed?): ")
+    assert "size mismatch for 1.weight" in message and "\n" not in message
 
 
 def test_a_longer_schedule_is_advanced_to_the_checkpoint_step(tmp_path):

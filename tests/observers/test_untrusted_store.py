@@ -266,6 +266,22 @@ def test_a_damaged_store_still_lists_every_good_run(store, tmp_path, capsys):
     assert "host        unreadable" in capsys.readouterr().out
 
 
+def test_a_fifo_or_a_device_in_place_of_a_record_is_noted_not_read(store, capsys):
+    """Opening a FIFO waits for a writer and /dev/zero never ends: either would hang `ls`."""
+    for run_id in ("7", "8", "9"):
+        (store / run_id).mkdir()
+    os.mkfifo(store / "7" / "run.json")
+    (store / "8" / "run.json").symlink_to("/dev/zero")
+    for name in ("run.json", "config.json"):
+        shutil.copy(store / "1" / name, store / "9" / name)
+    os.mkfifo(store / "9" / "metrics.json")
+    assert reprolab(["ls", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    for run_id, name in (("7", "run.json"), ("8", "run.json"), ("9", "metrics.json")):
+        assert f"* run {run_id}: {name} is not a regular file, so it was not read" in out
+    assert load_runs(store).loc[1, "status"] == "COMPLETED"
+
+
 # --------------------------------------------------------------------------- sweep records are data
 
 
