@@ -34,10 +34,12 @@ from experiments.sweep_declare import (
     expand,
     from_file,
     from_words,
+    inline_config_files,
     varied_keys,
 )
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
 from observers.provenance import RUN_ID_FILE_VARIABLE, git
+from observers.rerun import checkout_file
 from observers.store import RecordError, open_store
 from observers.sweep_records import SWEEPS, sweep_records
 
@@ -65,6 +67,7 @@ class SweepBook:
         record = self.records.find(sweep_id)
         if record is None:
             raise RecordError(f"no sweep '{sweep_id}' in {self.printable()}")
+        check_shape(record, sweep_id)
         return record
 
     def exists(self, sweep_id: str) -> bool:
@@ -82,6 +85,39 @@ class SweepBook:
         from observers.credentials import redact
 
         return redact(self.location)
+
+
+# What each field of a sweep record must be: read back, a record is data someone else may have
+# written, so a wrong shape is one sentence naming the field, never a traceback further on.
+RECORD_FIELDS = {"id": str, "experiment": str, "named_configs": list, "configs": list,
+                 "attempts": list}
+ATTEMPT_FIELDS = {"engine": str, "indices": list, "task_ids": dict, "job_id": str,
+                  "options": dict, "folder": str, "parallel": int, "threads": int, "host": str}
+
+
+def check_shape(record: dict, sweep_id: str) -> None:
+    """RecordError naming the sweep and the first field of the wrong shape."""
+    def wrong(field: str, what: str) -> RecordError:
+        return RecordError(f"sweep {sweep_id}'s record is damaged: {field} must be {what}")
+
+    for field, kind in RECORD_FIELDS.items():
+        if not isinstance(record.get(field), kind):
+            raise wrong(field, f"a {kind.__name__}")
+    if not all(isinstance(name, str) for name in record["named_configs"]):
+        raise wrong("named_configs", "a list of names")
+    if not record["configs"] or not all(isinstance(c, dict) for c in record["configs"]):
+        raise wrong("configs", "a non-empty list of tables")
+    for number, attempt in enumerate(record["attempts"]):
+        if not isinstance(attempt, dict):
+            raise wrong(f"attempts[{number}]", "a table")
+        for field, kind in ATTEMPT_FIELDS.items():
+            value = attempt.get(field)
+            if (field == "engine" or value is not None) and (
+                    not isinstance(value, kind) or isinstance(value, bool)):
+                raise wrong(f"attempts[{number}].{field}", f"a {kind.__name__}")
+        tasks = attempt.get("task_ids") or {}
+        if not all(key.isdigit() and isinstance(task, str) for key, task in tasks.items()):
+            raise wrong(f"attempts[{number}].task_ids", "a table of config index to task id")
 
 
 def new_sweep_id(book: SweepBook) -> str:
@@ -152,7 +188,12 @@ class Attempt:
         if self.status != "RUNNING" or not self.heartbeat:
             return False
         beat = self.heartbeat
-        beat = dt.datetime.fromisoformat(beat) if isinstance(beat, str) else beat
+        try:
+            beat = dt.datetime.fromisoformat(beat) if isinstance(beat, str) else beat
+        except ValueError:
+            return False
+        if not isinstance(beat, dt.datetime):
+            return False
         beat = beat.replace(tzinfo=dt.UTC) if beat.tzinfo is None else beat
         return dt.datetime.now(dt.UTC) - beat < STALE_HEARTBEAT
 
@@ -166,15 +207,19 @@ def sweep_attempts(location: str, sweep_id: str) -> dict[int, list[Attempt]]:
             run = store.run(run_id)
         except RecordError:
             continue  # starting right now, or damaged: not a finished attempt either way
-        member = (run.get("meta") or {}).get("sweep") or {}
-        if member.get("id") != sweep_id:
+        member = (run.get("meta") or {}).get("sweep")
+        if not isinstance(member, dict) or member.get("id") != sweep_id:
             continue
+        index = member.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            continue  # damaged: not an attempt at any config
         try:
             checkpoint = "last.pt" in (store.info(run_id).get("checkpoints") or {})
         except RecordError:
             checkpoint = False
-        attempts.setdefault(member["index"], []).append(
-            Attempt(run_id, member["index"], run.get("status") or "DAMAGED", checkpoint,
+        status = run.get("status")
+        attempts.setdefault(index, []).append(
+            Attempt(run_id, index, status if isinstance(status, str) else "DAMAGED", checkpoint,
                     run.get("heartbeat")))
     return attempts
 
@@ -214,10 +259,29 @@ def jobs_to_do(record: dict, attempts: dict[int, list[Attempt]], busy: set[int])
 
 def run_argv(record: dict, job: Job, store_arg: str | None) -> list[str]:
     """train.py's arguments for a job; a MongoDB store travels in the environment, not argv."""
-    argv = [record.get("experiment_path") or record["experiment"]]
+    argv = [str(experiment_file(record, store_arg))]
     if store_arg:
         argv += ["-R", store_arg]
     return argv + ["--sweep", f"{record['id']}:{job.index}", "with", *job.words]
+
+
+def experiment_file(record: dict, store_root: str | None) -> Path:
+    """The sweep's experiment in this checkout: the record names it relative to the checkout and
+    cannot choose a file elsewhere or in a run store (RecordError, one sentence)."""
+    return checkout_file(record["experiment"], f"sweep {record['id']}'s experiment", store_root,
+                         "a sweep runs only an experiment file of this checkout")
+
+
+def check_named_configs(record: dict, experiment: Path) -> None:
+    """A record's named configs may only be the experiment's registered ones, never a file for
+    Sacred to load (it reads pickles): RecordError naming the sweep and the name."""
+    if not record["named_configs"]:
+        return
+    registered = {name for name, _ in load_experiment(str(experiment)).gather_named_configs()}
+    for name in record["named_configs"]:
+        if name not in registered:
+            raise RecordError(f"sweep {record['id']}'s named config {name!r} is not one of "
+                              f"{experiment.name}'s named configs, so nothing was run")
 
 
 def store_argument(location: str) -> str | None:
@@ -266,14 +330,16 @@ class LocalSweep:
         return Running(job, process, log, id_file)
 
     def run(self, jobs: list[Job], attempt: int) -> int:
-        """Run every job; 0 when all completed, 1 when some failed, 130 when stopped."""
+        """Run every job; 0 when all completed, 1 when some failed, 130 when stopped. Ctrl-C and
+        SIGTERM only set a flag (no exception can land between starting a run and holding it)."""
         pending, running = list(jobs), []
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupt),
-                    signal.SIGINT: signal.getsignal(signal.SIGINT)}
+        stopping = []
+        previous = {signum: signal.signal(signum, lambda *_: stopping.append(True))
+                    for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.progress(pending, running)
-            while pending or running:
-                while pending and len(running) < self.parallel:
+            while (pending or running) and not stopping:
+                while pending and len(running) < self.parallel and not stopping:
                     running.append(self.start(pending.pop(0), attempt))
                     self.progress(pending, running)
                 finished = [r for r in running if r.process.poll() is not None]
@@ -282,14 +348,14 @@ class LocalSweep:
                     self.finish(item)
                 if finished:
                     self.progress(pending, running)
-                else:
+                elif not stopping:
                     time.sleep(0.2)
-        except KeyboardInterrupt:
-            self.stop(running)
-            print(f"sweep {self.record['id']} stopped: {self.interrupted} run(s) interrupted, "
-                  f"{len(pending)} not started; continue it with: "
-                  f"{resume_command(self.record['id'], self.location)}", file=sys.stderr)
-            return 130
+            if stopping:
+                self.stop(running)
+                print(f"sweep {self.record['id']} stopped: {self.interrupted} run(s) interrupted, "
+                      f"{len(pending)} not started; continue it with: "
+                      f"{resume_command(self.record['id'], self.location)}", file=sys.stderr)
+                return 130
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -302,7 +368,7 @@ class LocalSweep:
         run_id = item.id_file.read_text().strip() if item.id_file.is_file() else "?"
         if code == 0:
             self.done += 1
-        elif code in (130, 143, -2, -15):
+        elif code in (130, 143, -2, -9, -15):
             self.interrupted += 1
         else:
             self.failed += 1
@@ -311,9 +377,8 @@ class LocalSweep:
 
     def stop(self, running: list[Running]) -> None:
         """Ask every running run to stop (it records INTERRUPTED and its checkpoint), then wait;
-        a second Ctrl-C meanwhile is ignored, so no run is left half recorded."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        one that outlasts STOP_WAIT_S is killed with its whole session. Each is counted by how it
+        ended: one that completed or failed just before the stop is not called interrupted."""
         for item in running:
             if item.process.poll() is None:
                 item.process.send_signal(signal.SIGINT)
@@ -322,17 +387,21 @@ class LocalSweep:
             try:
                 item.process.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                item.process.kill()
-                item.process.wait()
-            self.interrupted += 1
+                kill_session(item.process)
+            self.finish(item)
 
     def progress(self, pending: list, running: list) -> None:
         print(f"sweep {self.record['id']}: {self.done} done, {len(running)} running, "
               f"{self.failed} failed, {len(pending)} left", file=sys.stderr, flush=True)
 
 
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def kill_session(process: subprocess.Popen) -> None:
+    """Kill a run and every process of its session (it was started as a session's leader)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def last_error(log: Path) -> str:
@@ -368,6 +437,7 @@ def sweep_command(args) -> int:
     if args.resume:
         return resume_sweep(args, location)
     declaration = declaration_from(args.words, args.file)
+    experiment = relative_experiment(declaration.experiment)  # before any of its code runs
     check_engine_options(args)
     seed = secrets.randbelow(2**31)
     configs, dropped = expand(declaration, seed)
@@ -382,8 +452,7 @@ def sweep_command(args) -> int:
         return 0
     book = SweepBook(location)
     record = {
-        "id": new_sweep_id(book), "experiment": declaration.experiment,
-        "experiment_path": str(Path(declaration.experiment).resolve()),  # --resume from anywhere
+        "id": new_sweep_id(book), "experiment": experiment,
         "created": dt.datetime.now(dt.UTC).isoformat(), "declaration": declaration.record(),
         "named_configs": declaration.named_configs, "configs": configs, "default_seed": seed,
         "duplicates_dropped": dropped, "code": code_version(), "store": book.printable(),
@@ -412,10 +481,21 @@ def declaration_from(words: list[str], file: str | None) -> Declaration:
     declaration = from_file(file) if file else Declaration()
     declaration = from_words(words, declaration)
     declaration.experiment = experiment or declaration.experiment
+    inline_config_files(declaration)
     if not declaration.grid and not declaration.random:
         raise ValueError("the sweep declares nothing to vary: give a list, e.g. 'lr=[0.1, 0.01]', "
                          "or a sweep file with grid or random")
     return declaration
+
+
+def relative_experiment(path: str) -> str:
+    """The experiment's path relative to this checkout, as the record keeps it (--resume runs
+    that file of whichever checkout it runs from)."""
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(REPO_ROOT):
+        raise ValueError(f"experiment {path} is not in the checkout {REPO_ROOT}: a sweep runs an "
+                         "experiment file of the checkout, so that --resume runs the same one")
+    return resolved.relative_to(REPO_ROOT).as_posix()
 
 
 def check_engine_options(args) -> None:
@@ -458,7 +538,11 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
     if args.on == "slurm":
         from experiments.sweep_slurm import SlurmOptions, check_devices, submit
 
-        options = SlurmOptions.from_args(args, previous=last_attempt(record, "slurm").get("options"))
+        previous = last_attempt(record, "slurm").get("options")
+        options = SlurmOptions.from_args(args, previous=previous)
+        if previous and previous.get("extra") and not args.sbatch:
+            print("the previous submission's --sbatch options are not taken from the record; give "
+                  "them again if they are still wanted", file=sys.stderr)
         check_devices([record["configs"][job.index] for job in jobs], options)
         folder = book.work_dir(record["id"]) / f"slurm-{len(record['attempts'])}"
         attempt = {"engine": "slurm", "started": now(), "folder": str(folder),
@@ -523,6 +607,12 @@ def resume_sweep(args, location: str) -> int:
     for interrupted ones; completed configs and those still running on Slurm are left alone."""
     book = SweepBook(location)
     record = book.load(args.resume)
+    check_named_configs(record, experiment_file(record, store_argument(location)))
+    for index, config in enumerate(record["configs"]):
+        try:
+            config_words(config)  # plain values only, before any run starts
+        except ValueError as error:
+            raise RecordError(f"sweep {record['id']}'s config {index}: {error}") from None
     engines = [a["engine"] for a in record.get("attempts", []) if a["engine"] in ("local", "slurm")]
     args.on = args.on or (engines[-1] if engines else "local")
     local = last_attempt(record, "local")  # the same threads again: bit-exact continuation

@@ -30,11 +30,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from observers.records import ENCODING_PREFIXES
+
 DEFAULT_EXPERIMENT = "experiments/train.py"
 FILE_KEYS = ("experiment", "named_configs", "fixed", "grid", "random")
 RANDOM_KEYS = ("samples", "seed", "values")
 RANGE = re.compile(r"^\s*range\(([^()]*)\)\s*$")
 SEED_LIMIT = 2**31
+CONFIG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # Sacred's dotted keys
 
 
 @dataclass
@@ -253,8 +256,54 @@ def varied_keys(configs: list[dict]) -> list[str]:
 
 
 def config_words(config: dict) -> list[str]:
-    """`key=value` words that Sacred parses back to exactly these values."""
+    """`key=value` words that Sacred parses back to exactly these values. Sacred decodes a value's
+    object-encoding keys into objects (jsonpickle's restore), so only dotted-name keys and plain
+    values (JSON's types, no such keys) are passed on: ValueError names the key otherwise."""
+    for key, value in config.items():
+        if not isinstance(key, str) or not CONFIG_KEY.fullmatch(key):
+            raise ValueError(f"config key {key!r} is not a dotted name like optimizer.lr")
+        if not is_plain(value):
+            raise ValueError(f"config key {key}'s value is not plain data (numbers, text, lists "
+                             "and tables without object-encoding keys), so it is not passed on")
     return [f"{key}={value!r}" for key, value in config.items()]
+
+
+def is_plain(value) -> bool:
+    """Whether value is JSON's kind of data with no object-encoding key at any depth."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and not key.startswith(ENCODING_PREFIXES) and is_plain(item)
+                   for key, item in value.items())
+    return False
+
+
+def inline_config_files(declaration: Declaration) -> Declaration:
+    """A config file among the named configs (the user's own, on their command line) becomes its
+    values, under the declared fixed values: a sweep records only data, never a file for a later
+    --resume to load. Its values must be plain data."""
+    from sacred.config.config_files import load_config_file
+
+    names, values = [], {}
+    for name in declaration.named_configs:
+        if not Path(name).is_file():
+            names.append(name)
+            continue
+        try:
+            loaded = load_config_file(name)
+        except Exception as error:  # noqa: BLE001 - any parser's error: JSON, YAML, pickle
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise ValueError(f"config file {name}: cannot read it ({reason})") from None
+        if not isinstance(loaded, dict) or not is_plain(loaded):
+            raise ValueError(f"config file {name} holds values that are not plain data, so a "
+                             "sweep cannot record them")
+        values.update(flatten(loaded, name))
+    declaration.named_configs = names
+    declaration.fixed = {**values, **declaration.fixed}
+    return declaration
+
 
 
 def describe(config: dict, keys: list[str] | None = None) -> str:

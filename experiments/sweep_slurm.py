@@ -20,11 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from observers.attach import MONGO_URL_VARIABLE, is_mongo_url
+from observers.store import RecordError
 
 TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+)(?::(?P<s>\d+))?$")
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
          "BOOT_FAIL", "DEADLINE")
 SACCT_TIMEOUT_S = 30
+SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:+-]*")  # a partition or memory size: no space, no newline
 GPU_OPTIONS = ("gres", "gpus", "gpus-per-node", "gpus-per-task")  # sbatch's ways to ask for GPUs
 
 
@@ -42,8 +44,9 @@ class SlurmOptions:
 
     @classmethod
     def from_args(cls, args, previous: dict | None = None) -> SlurmOptions:
-        """The options given; those not given are the previous submission's (on --resume)."""
-        before = cls(**previous) if previous else cls()
+        """The options given; those not given are the previous submission's (on --resume),
+        except its extra sbatch options, which are given again or not at all."""
+        before = cls.recorded(previous) if previous else cls()
         extra = {}
         for item in args.sbatch or []:
             key, equals, value = item.partition("=")
@@ -66,7 +69,26 @@ class SlurmOptions:
                    cpus=given(args.cpus, before.cpus), gpus=given(args.gpus, before.gpus),
                    mem=given(args.mem, before.mem),
                    max_parallel=given(args.max_parallel, before.max_parallel),
-                   extra=extra or dict(before.extra))
+                   extra=extra)
+
+    @classmethod
+    def recorded(cls, previous: dict) -> SlurmOptions:
+        """A previous submission's options read back from the sweep's record, which someone else
+        may have written: only fields of the right kind, text that cannot add a line to the job
+        script, and no extra sbatch options (an --export or --chdir from a record could make the
+        node run code): RecordError naming the field."""
+        kinds = {"partition": str, "time_min": int, "cpus": int, "gpus": int, "mem": str,
+                 "max_parallel": int, "extra": dict}
+        for name, value in previous.items():
+            kind = kinds.get(name)
+            optional = name in ("partition", "gpus", "mem", "max_parallel")
+            if kind is None or (value is None and not optional) or (
+                    value is not None and (not isinstance(value, kind) or isinstance(value, bool))):
+                raise RecordError(f"the sweep's recorded Slurm option {name!r} is not one it records")
+            if kind is str and value is not None and not SLURM_WORD.fullmatch(value):
+                raise RecordError(f"the sweep's recorded Slurm option {name}={value!r} is not a "
+                                  "plain word, so it was not passed to sbatch")
+        return cls(**{name: value for name, value in previous.items() if name != "extra"})
 
     def record(self) -> dict:
         return asdict(self)

@@ -187,26 +187,35 @@ def checkout_mainfile(original: Original) -> Path:
     """The run's main file in this checkout (INSTALLED_ROOT). The record only names it: run.json's
     base_dir is ignored, and a name that leads out of the checkout or into a run store inside it
     is refused, so a record can never choose a file to execute."""
-    name = original.mainfile
+    return checkout_file(original.mainfile, f"run {original.run_id}'s main file",
+                         getattr(original.store, "root", None),
+                         "--from-recorded-sources runs the stored copies")
+
+
+def checkout_file(name, owner: str, store_root: str | os.PathLike | None, hint: str) -> Path:
+    """The Python file a record names, relative to this checkout: refused (RecordError, one
+    sentence: `owner` names whose file it is, `hint` what to do instead) when it leads out of the
+    checkout, into a run store, or is not a .py file there. Shared by rerun and sweep --resume."""
+    if not isinstance(name, str) or not name:
+        raise RecordError(f"{owner} {name!r} is not a file name, so nothing was run")
     path = (INSTALLED_ROOT / name).resolve()
     if Path(name).is_absolute() or not path.is_relative_to(INSTALLED_ROOT):
-        raise RecordError(f"run {original.run_id}'s main file {name!r} lies outside the checkout "
-                          f"{INSTALLED_ROOT}, so it was not run (--from-recorded-sources runs the "
-                          "stored copies)")
-    if in_run_store(path, original.store):
-        raise RecordError(f"run {original.run_id}'s main file {name!r} lies inside a run store, "
-                          "so it was not run (a plain rerun runs only the checkout's code)")
+        raise RecordError(f"{owner} {name!r} lies outside the checkout {INSTALLED_ROOT}, so it "
+                          f"was not run ({hint})")
+    if in_run_store(path, store_root):
+        raise RecordError(f"{owner} {name!r} lies inside a run store, so it was not run "
+                          "(only the checkout's own code is run)")
     if path.suffix != ".py" or not path.is_file():
-        raise RecordError(f"run {original.run_id}'s main file {name} is not a Python file in the "
-                          f"checkout {INSTALLED_ROOT} (--from-recorded-sources runs the stored copies)")
+        raise RecordError(f"{owner} {name} is not a Python file in the checkout "
+                          f"{INSTALLED_ROOT} ({hint})")
     return path
 
 
-def in_run_store(path: Path, store: RunStore) -> bool:
-    """Whether path lies in the store being read or in any folder that looks like a run store or
-    a run (holds _sources/, .reprolab/ or run.json) between it and the checkout's root."""
-    location = getattr(store, "root", None)
-    if location is not None and path.is_relative_to(Path(location).resolve()):
+def in_run_store(path: Path, store_root: str | os.PathLike | None) -> bool:
+    """Whether path lies in the store being read (a file store's root) or in any folder that
+    looks like a run store or a run (holds _sources/, .reprolab/ or run.json) between it and the
+    checkout's root."""
+    if store_root is not None and path.is_relative_to(Path(store_root).resolve()):
         return True
     for folder in path.parents:
         if folder == INSTALLED_ROOT or not folder.is_relative_to(INSTALLED_ROOT):

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from observers.files import replacing
-from observers.records import ObjectEncoding, RecordError, load_plain
+from observers.records import ObjectEncoding, RecordError, check_plain, load_plain, refusal
 
 SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
 SWEEPS_COLLECTION = "sweeps"
@@ -35,16 +35,19 @@ class FileSweepRecords:
             return None
         try:
             record = load_plain(path)
-        except (ObjectEncoding, json.JSONDecodeError, UnicodeDecodeError) as error:
+        except ObjectEncoding as error:
+            raise refusal(f"sweep {sweep_id}'s record {path}", error.key) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RecordError(f"sweep {sweep_id}: {path} is damaged ({error})") from None
         if not isinstance(record, dict) or record.get("id") != sweep_id:
             raise RecordError(f"sweep {sweep_id}: {path} is not a sweep record")
         return record
 
     def save(self, record: dict) -> None:
+        text = plain_text(record)
         self.folder.mkdir(parents=True, exist_ok=True)
         with replacing(self.folder / f"{record['id']}.json") as f:
-            json.dump(record, f, indent=2, default=repr)
+            f.write(text)
 
     def delete(self, sweep_id: str) -> None:
         (self.folder / f"{sweep_id}.json").unlink(missing_ok=True)
@@ -61,16 +64,31 @@ class MongoSweepRecords:
 
     def find(self, sweep_id: str) -> dict | None:
         record = self.collection.find_one({"_id": sweep_id})
-        if record is not None:
-            record.pop("_id", None)
-        return record
+        if record is None:
+            return None
+        record.pop("_id", None)
+        try:
+            return check_plain(record)
+        except ObjectEncoding as error:
+            raise refusal(f"sweep {sweep_id}'s record in {self.location}", error.key) from None
 
     def save(self, record: dict) -> None:
+        plain_text(record)
         self.collection.replace_one({"_id": record["id"]}, {"_id": record["id"], **record},
                                     upsert=True)
 
     def delete(self, sweep_id: str) -> None:
         self.collection.delete_one({"_id": sweep_id})
+
+
+def plain_text(record: dict) -> str:
+    """The record as JSON; a value JSON cannot hold is refused (ValueError), never turned into
+    text, since what a sweep records is what its runs are given."""
+    try:
+        return json.dumps(record, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sweep {record.get('id')}'s record holds a value that is not plain "
+                         f"data ({error}), so it was not saved") from None
 
 
 def sweep_records(location: str) -> FileSweepRecords | MongoSweepRecords:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,11 @@ def sweep_stopper():
         path.write_text(STOPPER)
         return path
     return write
+
+
+@pytest.fixture
+def checkout_folder():
+    """A temporary folder inside the checkout: a sweep's experiment must be a file of it."""
+    folder = Path(tempfile.mkdtemp(dir=Path(__file__).resolve().parents[2], prefix=".test-sweep-"))
+    yield folder
+    shutil.rmtree(folder)

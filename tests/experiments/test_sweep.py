@@ -164,10 +164,11 @@ def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGINT)
 
 
-def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train, sweep_stopper):
+def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train, sweep_stopper,
+                                                                 checkout_folder):
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
-    stopper = sweep_stopper(tmp_path)
+    stopper = sweep_stopper(checkout_folder)
     config = ("seed=3", "limit_batches=5", "epochs=2")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
     first = subprocess.Popen(
@@ -236,3 +237,38 @@ def test_slurm_sweep_record_in_mongodb(monkeypatch, capsys):
     (attempt,) = record["attempts"]
     assert attempt["task_ids"] == {"0": "7_0", "1": "7_1"} and attempt["job_id"] == "7"
     assert f"reprolab sweep --status {record['id']} --store <your MongoDB URL>" in err
+
+
+IGNORES_STOP = """
+import signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # same session, stdout
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+def test_stopping_a_local_sweep_counts_each_run_by_how_it_ended_and_kills_whole_sessions(tmp_path, monkeypatch):
+    """A run that completed just before the stop is not called interrupted; one that ignores the
+    stop is killed with every process of its session (its child, too, closes the pipe)."""
+    import select
+
+    import experiments.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "STOP_WAIT_S", 0)
+    runner = sweep_module.LocalSweep({"id": "s1"}, sweep_module.SweepBook(str(tmp_path)),
+                                     str(tmp_path), parallel=2, threads=1)
+
+    def started(index: int, code: str, **options) -> sweep_module.Running:
+        process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, **options)
+        return sweep_module.Running(sweep_module.Job(index, []), process, tmp_path / "log",
+                                    tmp_path / f"{index}.run_id")
+
+    completed = started(0, "pass")
+    completed.process.wait(timeout=WAIT_S)
+    stubborn = started(1, IGNORES_STOP, stdout=subprocess.PIPE)
+    assert stubborn.process.stdout.readline() == b"ready\n"
+    runner.stop([completed, stubborn])
+    assert (runner.done, runner.interrupted, runner.failed) == (1, 1, 0)
+    readable, _, _ = select.select([stubborn.process.stdout], [], [], 30)
+    assert readable and stubborn.process.stdout.read() == b""  # EOF: the child is gone too

@@ -93,10 +93,11 @@ def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path)
     assert not [path for path in store.rglob("*") if path.is_file()]  # no record, no submitit files
 
 
-def test_task_cancelled_by_slurm_is_interrupted_and_resumed(slurm, tmp_path, train, sweep_stopper):
+def test_task_cancelled_by_slurm_is_interrupted_and_resumed(slurm, tmp_path, train, sweep_stopper,
+                                                           checkout_folder):
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
-    stopper = sweep_stopper(tmp_path)
+    stopper = sweep_stopper(checkout_folder)
     config = ("seed=4", "limit_batches=5", "epochs=2")
     env = {"STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
     reprolab("sweep", str(stopper), "--store", str(store), "--on", "slurm", "--cpus", "1",

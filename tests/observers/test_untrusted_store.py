@@ -7,9 +7,11 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mongomock
@@ -278,3 +280,144 @@ def test_a_fifo_or_a_device_in_place_of_a_record_is_noted_not_read(store, capsys
     for run_id, name in (("7", "run.json"), ("8", "run.json"), ("9", "metrics.json")):
         assert f"* run {run_id}: {name} is not a regular file, so it was not read" in out
     assert load_runs(store).loc[1, "status"] == "COMPLETED"
+
+
+# --------------------------------------------------------------------------- sweep records are data
+
+
+@pytest.fixture
+def sweep_record(tmp_path, capsys) -> tuple[Path, Path]:
+    """A file store holding one sweep's record (--print-commands: recorded, nothing run)."""
+    store = tmp_path / "sweep_store"
+    assert reprolab(["sweep", str(REPO_ROOT / "experiments" / "train.py"), "--store", str(store),
+                     "--print-commands", "with", "lr=[0.1, 0.01]", "epochs=1"]) == 0
+    capsys.readouterr()
+    (record,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    return store, record
+
+
+def evil_file(folder: Path, marker: Path, name: str = "evil.py") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    return folder / name
+
+
+def test_a_sweep_record_cannot_choose_the_file_resume_runs(sweep_record, tmp_path, capsys):
+    store, record = sweep_record
+    marker = tmp_path / "ran"
+    evil = evil_file(store / "1", marker)
+    for named in (str(evil), os.path.relpath(evil, REPO_ROOT)):
+        edit(record, lambda r, named=named: r.update(experiment=named))
+        message = one_sentence(capsys, "sweep", "--resume", record.stem, "--store", str(store),
+                               "--print-commands")
+        assert f"sweep {record.stem}'s experiment {named!r} lies outside the checkout" in message
+    # a stale absolute path from an older record is never what runs: the checkout's file is
+    edit(record, lambda r: r.update(experiment="experiments/train.py", experiment_path=str(evil)))
+    assert reprolab(["sweep", "--resume", record.stem, "--store", str(store), "--print-commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert commands[0].split()[1] == str(REPO_ROOT / "experiments" / "train.py")
+    assert not marker.exists()
+
+
+def test_a_sweep_record_in_a_store_inside_the_checkout_cannot_run_its_file(sweep_record, tmp_path, capsys):
+    store, record = sweep_record
+    inside = Path(tempfile.mkdtemp(dir=REPO_ROOT, prefix=".test-store-"))
+    try:
+        marker = tmp_path / "ran"
+        evil = evil_file(inside / "_sources", marker)
+        edit(record, lambda r: r.update(experiment=evil.relative_to(REPO_ROOT).as_posix()))
+        message = one_sentence(capsys, "sweep", "--resume", record.stem, "--store", str(store))
+        assert "lies inside a run store, so it was not run" in message and not marker.exists()
+    finally:
+        shutil.rmtree(inside)
+
+
+def test_object_encoding_in_a_sweep_record_is_refused(sweep_record, tmp_path, capsys, monkeypatch):
+    store, record = sweep_record
+    marker = tmp_path / "ran"
+    edit(record, lambda r: r["configs"][0].update(lr=payload(marker)))
+    for command in ("--status", "--resume"):
+        message = one_sentence(capsys, "sweep", command, record.stem, "--store", str(store))
+        assert "holds the object-encoding key 'py/" in message
+    # MongoDB's sweeps collection is read as plain data too
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    hostile = json.loads(record.read_text(), object_pairs_hook=dict)
+    client["sacred"]["sweeps"].insert_one({"_id": hostile["id"], **hostile})
+    message = one_sentence(capsys, "sweep", "--resume", hostile["id"], "--store",
+                           "mongodb://db.example:27017/sacred")
+    assert "holds the object-encoding key 'py/" in message and not marker.exists()
+
+
+def test_a_sweep_config_key_sacred_would_misread_is_refused(sweep_record, tmp_path, capsys):
+    """A key that is no dotted name could smuggle a second value past `key=value`."""
+    store, record = sweep_record
+    edit(record, lambda r: r["configs"][0].update({"seed={'a': 1}#": 1}))
+    message = one_sentence(capsys, "sweep", "--resume", record.stem, "--store", str(store))
+    assert "config 0: config key \"seed={'a': 1}#\" is not a dotted name" in message
+
+
+class Touch:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_sweep_records_named_configs_are_names_never_files(sweep_record, tmp_path, capsys):
+    store, record = sweep_record
+    marker = tmp_path / "ran"
+    (store / "1").mkdir()
+    pickled = store / "1" / "cfg.pickle"
+    pickled.write_bytes(pickle.dumps(Touch(marker), protocol=4))  # pickle.load touches marker
+    for name in (str(pickled), os.path.relpath(pickled), "cfg.pickle"):
+        edit(record, lambda r, name=name: r.update(named_configs=[name]))
+        message = one_sentence(capsys, "sweep", "--resume", record.stem, "--store", str(store))
+        assert f"named config {name!r} is not one of train.py's named configs" in message
+    assert not marker.exists() and len(json.loads(record.read_text())["attempts"]) == 1  # nothing recorded
+
+
+def test_a_config_file_on_the_command_line_is_recorded_as_its_values(tmp_path, capsys):
+    store = tmp_path / "sweep_store"
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"optimizer": {"name": "adam"}, "epochs": 3}))
+    assert reprolab(["sweep", str(REPO_ROOT / "experiments" / "train.py"), "--store", str(store),
+                     "--print-commands", "with", str(config),
+                     "lr=[0.1, 0.01]", "epochs=1"]) == 0
+    capsys.readouterr()
+    (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["named_configs"] == [] and str(config) not in path.read_text()
+    assert [(c["optimizer.name"], c["epochs"]) for c in record["configs"]] == [("adam", 1)] * 2
+
+
+@pytest.mark.parametrize("record, field", [
+    ({"id": "s1"}, "experiment must be a str"),
+    ({"id": "s1", "experiment": "experiments/train.py", "named_configs": [], "configs": [{}],
+      "attempts": [{"engine": "slurm", "task_ids": {"x": 1}}]}, "attempts[0].task_ids must be"),
+])
+def test_a_sweep_record_of_the_wrong_shape_is_one_sentence(tmp_path, capsys, record, field):
+    sweeps = tmp_path / "store" / ".reprolab" / "sweeps"
+    sweeps.mkdir(parents=True)
+    (sweeps / "s1.json").write_text(json.dumps(record))
+    for command in ("--status", "--resume"):
+        message = one_sentence(capsys, "sweep", command, "s1", "--store", str(tmp_path / "store"))
+        assert f"sweep s1's record is damaged: {field}" in message
+
+
+def test_a_sweep_record_that_is_not_plain_data_is_not_saved(tmp_path):
+    from observers.sweep_records import FileSweepRecords
+
+    with pytest.raises(ValueError, match="sweep s1's record holds a value that is not plain data"):
+        FileSweepRecords(tmp_path).save({"id": "s1", "value": object()})
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_recorded_slurm_options_cannot_add_to_the_job_script():
+    from experiments.sweep_slurm import SlurmOptions
+
+    with pytest.raises(RecordError, match=r"partition='p\\ntouch /tmp/x' is not a plain word"):
+        SlurmOptions.recorded({"partition": "p\ntouch /tmp/x"})
+    options = SlurmOptions.recorded({"partition": "gpu", "cpus": 2, "extra": {"export": "LD_PRELOAD=x"}})
+    assert options.partition == "gpu" and options.cpus == 2 and options.extra == {}
