@@ -132,20 +132,26 @@ def test_a_main_file_in_a_store_inside_the_checkout_is_refused(store, tmp_path, 
     assert not marker.exists()
 
 
-def test_a_checkpoint_whose_config_is_not_plain_data_is_not_resumed(store, tmp_path):
-    marker = tmp_path / "MARKER"
+def forge_checkpoint_config(store: Path, change) -> subprocess.CompletedProcess:
+    """Change the config inside run 1's last.pt (and its recorded hash, which the writer of a
+    store can update too), then resume it; the finished resume."""
     checkpoint = store / "1" / "last.pt"
     state = torch.load(checkpoint, weights_only=True)
-    state["config"]["lr"] = payload(marker)
+    change(state["config"])
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    checkpoint.write_bytes(buffer.getvalue())  # the writer of a store can update the hash too
+    checkpoint.write_bytes(buffer.getvalue())
     edit(store / "1" / "info.json", lambda info: info["checkpoints"]["last.pt"].update(
         sha256=hashlib.sha256(buffer.getvalue()).hexdigest()))
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store),
          "with", "resume=1", "epochs=3"],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+
+
+def test_a_checkpoint_whose_config_is_not_plain_data_is_not_resumed(store, tmp_path):
+    marker = tmp_path / "MARKER"
+    result = forge_checkpoint_config(store, lambda config: config.update(lr=payload(marker)))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: resume: run 1's checkpoint last.pt: its config holds the object-encoding key "
@@ -181,18 +187,8 @@ def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path)
 
 def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_path):
     marker = tmp_path / "MARKER"
-    checkpoint = store / "1" / "last.pt"
-    state = torch.load(checkpoint, weights_only=True)
-    state["config"]["model"].update(hub_in_store(store, marker))
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    checkpoint.write_bytes(buffer.getvalue())  # the writer of a store can update the hash too
-    edit(store / "1" / "info.json", lambda info: info["checkpoints"]["last.pt"].update(
-        sha256=hashlib.sha256(buffer.getvalue()).hexdigest()))
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store),
-         "with", "resume=1", "epochs=3"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    result = forge_checkpoint_config(
+        store, lambda config: config["model"].update(hub_in_store(store, marker)))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith(
         "a record does not choose what runs; name it yourself to run it: with resume=1 "
