@@ -231,6 +231,7 @@ def record_lines(run_id: int, row: pd.Series, run: dict, info: dict, config: dic
         ("host", lambda: host_text(run.get("host") or {})),
         ("git", lambda: git_text(row)),
         ("command", lambda: command_text(run)),
+        ("rerun of", lambda: rerun_text(info.get("rerun_of"))),
         ("seed", lambda: format_value(config.get("seed", (info.get("determinism") or {}).get("seed")))),
         ("device", lambda: format_value(info.get("device"))),
         ("data", lambda: data_text((info.get("data") or {}).get("fingerprint") or {}, WIDTH - 14)),
@@ -286,6 +287,14 @@ def command_text(run: dict) -> str:
     words = [*meta.get("named_configs", []), *updates]
     command = meta.get("command") or run.get("command") or "-"
     return f"{command} with {' '.join(words)}" if words else command
+
+
+def rerun_text(original: dict | None) -> str:
+    """Which run a rerun repeated (its command names a temporary config file, since removed)."""
+    if not original:
+        return "-"
+    code = ", from its recorded sources" if original.get("from_recorded_sources") else ""
+    return f"run {int(original['run_id'])}{code}"
 
 
 def data_text(fingerprint: dict, width: int = WIDTH) -> str:

@@ -189,6 +189,15 @@ def test_show_of_a_running_run_whose_data_is_still_being_hashed(copied, ids, cap
     assert code == 0 and "1,797 rows  sha256 not recorded" in "\n".join(lines)
 
 
+def test_show_of_a_rerun_names_the_run_it_repeated(copied, ids, capsys):
+    info_path = copied / str(ids["sgd"]) / "info.json"
+    info = json.loads(info_path.read_text())
+    info["rerun_of"] = {"run_id": 1, "store": str(copied), "from_recorded_sources": True}
+    write_json_atomic(info_path, info)
+    code, lines, _ = reprolab(capsys, "show", ids["sgd"], "--store", copied)
+    assert code == 0 and "  rerun of    run 1, from its recorded sources" in lines
+
+
 def test_show_of_an_unknown_run_names_it(store, capsys):
     code, lines, err = reprolab(capsys, "show", "99", "--store", store)
     assert code == 2 and lines == [] and err == f"reprolab: error: no run 99 in {store}\n"
