@@ -144,13 +144,6 @@ def own_sources() -> tuple[list[Source], dict[str, str]]:
     return sources, outside
 
 
-def config_value(config: dict, key: str):
-    """The value at a dotted key ('model.name') of a nested config, or None."""
-    for part in key.split("."):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
-
-
 def closest_key(key: str, known: list[str]) -> str | None:
     """The known key a typo most likely meant, judged on the whole key and on its last part."""
 
@@ -340,7 +333,7 @@ class ReproExperiment(Experiment):
                 "roots": sorted({import_root(module, file) for module, file in outside.items()}),
                 "modules": outside}
         resolved = {key: found for key, found in RESOLVED.items()  # this run's, not an earlier one's
-                    if config_value(run.config, key) == found["import_path"]}
+                    if get_by_dotted_path(run.config, key) == found["import_path"]}
         if resolved:
             run.info["import_paths"] = resolved
 
@@ -382,7 +375,7 @@ class ReproExperiment(Experiment):
         if run is None or run.status != "INTERRUPTED" or run._id is None:
             return "interrupted before the run started; nothing was recorded"
         last = (run.info.get("checkpoints") or {}).get("last.pt")
-        if last is None or run._id is None:
+        if last is None:
             return f"run {run._id} interrupted before it finished an epoch; no checkpoint to resume"
         store = run.meta_info.get("options", {}).get("--store")
         from_default = store in (None, DEFAULT_STORE) or (  # the same default applies again
