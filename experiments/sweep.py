@@ -37,6 +37,7 @@ from experiments.sweep_declare import (
     inline_config_files,
     varied_keys,
 )
+from ingredients.scratch import running
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
 from observers.provenance import RUN_ID_FILE_VARIABLE, git
 from observers.rerun import checkout_file
@@ -654,15 +655,8 @@ def busy_indices(record: dict) -> set[int]:
 
 
 def pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    """Whether a recorded process id (any value a record holds) is another live process."""
+    return type(pid) is int and pid > 0 and pid != os.getpid() and running(pid)
 
 
 def status_command(sweep_id: str, location: str) -> int:
