@@ -7,9 +7,7 @@ import functools
 import logging
 import os
 import signal
-import site
 import sys
-import sysconfig
 from pathlib import Path
 
 from sacred import SETTINGS, Experiment
@@ -39,7 +37,7 @@ from experiments.resume import (
     resumed_config,
 )
 from ingredients import check_storable, shown
-from ingredients.imports import FROM_RECORD, RESOLVED
+from ingredients.imports import FROM_RECORD, RESOLVED, installed_locations
 from observers.attach import (
     DEFAULT_STORE,
     MONGO_URL_VARIABLE,
@@ -70,16 +68,6 @@ def is_own_code(file: str) -> bool:
     """Whether a file is part of this repository and not an installed package inside it."""
     path = Path(file).resolve()
     return path.is_relative_to(REPO_ROOT) and not INSTALLED_PARTS & set(path.relative_to(REPO_ROOT).parts)
-
-
-@functools.cache
-def installed_locations() -> tuple[str, ...]:
-    """Where the standard library and installed distributions live (as given and resolved)."""
-    paths = sysconfig.get_paths()
-    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
-    found += site.getsitepackages() + [site.getusersitepackages()]
-    both = {str(Path(p)) for p in found} | {str(Path(p).resolve()) for p in found}
-    return tuple(sorted(place + os.sep for place in both))
 
 
 def candidate_modules() -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ the record's kwargs name), unless the user names it again themselves.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -43,15 +44,19 @@ def owned_folder(folder: str) -> bool:
     return status.st_uid in (os.getuid(), 0) and not status.st_mode & 0o022
 
 
+@functools.cache
+def installed_locations() -> tuple[str, ...]:
+    """Where the standard library and installed distributions live (as given and resolved)."""
+    paths = sysconfig.get_paths()
+    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
+    found += site.getsitepackages() + [site.getusersitepackages()]
+    both = {str(Path(p)) for p in found} | {str(Path(p).resolve()) for p in found}
+    return tuple(sorted(place + os.sep for place in both))
+
+
 def installed_code(file: str | None) -> bool:
     """Whether a module file is Python's own or an installed distribution's (no file: built in)."""
-    if file is None:
-        return True
-    paths = sysconfig.get_paths()
-    prefixes = {paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
-    prefixes |= {*site.getsitepackages(), site.getusersitepackages()}
-    real = os.path.realpath(file)
-    return any(real.startswith(os.path.realpath(prefix) + os.sep) for prefix in prefixes)
+    return file is None or os.path.realpath(file).startswith(installed_locations())
 
 
 def recorded_roots() -> list[str]:
