@@ -380,11 +380,11 @@ def artifact_size(store: RunStore, run_id: int, name: str) -> str:
 
 def compare_command(args) -> int:
     """Runs side by side: the config that differs and the chosen metric's summaries."""
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ValueError(f"plot file '{args.plot}' must end in .png")
     if getattr(args, "sweep", None):
         return compare_sweep(args)
     ids = run_id_arguments(args.runs)
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise ValueError(f"plot file '{args.plot}' must end in .png")
     store = open_store(args.store)
     metric = args.metric or DEFAULT_METRIC
     table = compare(store, ids)
@@ -409,8 +409,6 @@ def compare_sweep(args) -> int:
     """A sweep's runs ranked by the metric's best value, with the config keys that varied."""
     if args.runs:
         raise ValueError("give run ids or --sweep, not both")
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise ValueError(f"plot file '{args.plot}' must end in .png")
     store = open_store(args.store)
     metric = args.metric or DEFAULT_METRIC
     runs = load_runs(store, sweep=args.sweep)
@@ -418,7 +416,7 @@ def compare_sweep(args) -> int:
         raise ValueError(f"no runs of sweep '{args.sweep}' in {store.location}")
     # each config's latest run counts (an interrupted one was continued by a later run)
     runs = runs.sort_index().groupby("sweep_index", dropna=False).tail(1)
-    runs = runs.drop(columns=[c for c in ("config.resume",) if c in runs.columns])
+    runs = runs.drop(columns="config.resume", errors="ignore")
     best = best_column(runs, metric)
     if best is None:
         raise ValueError(f"no run of sweep '{args.sweep}' recorded the metric '{metric}'")

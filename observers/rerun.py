@@ -255,8 +255,8 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
     now, _ = snapshot(tree.root)
     device = original.config.get("device", "auto")
     torch_now = torch_state(str(device))
-    if recorded_threads(original) is not None:  # the rerun sets the thread count recorded then
-        torch_now["num_threads"] = recorded_threads(original)
+    if (threads := recorded_threads(original)) is not None:  # the rerun sets the count of then
+        torch_now["num_threads"] = threads
     found += environment_differences(original.info, now, torch_now,
                                      compare_git=not tree.recorded)
     path = data_path(original)
@@ -338,8 +338,8 @@ def run_again(original: Original, tree: CodeTree, target: str, world_size: int |
                RUN_ID_FILE_VARIABLE: str(id_file)}
         if not trust_import_paths:
             env[FROM_RECORD_VARIABLE] = "rerun it with --trust-import-paths to run it"
-        if recorded_threads(original) is not None:
-            env[THREADS_VARIABLE] = str(recorded_threads(original))
+        if (threads := recorded_threads(original)) is not None:
+            env[THREADS_VARIABLE] = str(threads)
         command = [*launcher(original, world_size), str(tree.root / original.mainfile)]
         if is_mongo_url(target):
             env[MONGO_URL_VARIABLE] = target  # in the environment, not in argv where ps shows it
