@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from sacred.utils import SacredError
 
+from experiments.loop import OneSentenceError
 from ingredients.seeding import rng_state, set_rng_state
 from observers.files import replacing
 
@@ -29,12 +29,8 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, tampered with or not a checkpoint."""
 
 
-class CheckpointMismatch(SacredError):
-    """A checkpoint's states do not fit what its config builds now (the model's code changed):
-    the run, already started, ends FAILED with this one sentence and no traceback."""
-
-    def __init__(self, message: str):
-        super().__init__(message, print_traceback=False)
+class CheckpointMismatch(OneSentenceError):
+    """A checkpoint's states do not fit what its config builds now (the model's code changed)."""
 
 
 def state_hash(model: torch.nn.Module) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from sacred.utils import SacredError
 
+from experiments.loop import OneSentenceError
 from observers.credentials import redact_url
 
 LR_SCALINGS = ("none", "linear")
@@ -32,11 +32,8 @@ FAILED_KEY, STOPPED_KEY = "reprolab/failed/", "reprolab/stopped/"
 PEER_GRACE_S = 2.0
 
 
-class RankFailed(SacredError):
+class RankFailed(OneSentenceError):
     """Another rank of the job raised: the run is recorded FAILED with that rank's message."""
-
-    def __init__(self, message: str):
-        super().__init__(message, print_traceback=False)
 
 
 def launched_by_torchrun() -> bool:

@@ -19,11 +19,15 @@ AMP_MODES = ("off", "bf16", "fp16")
 LOSS_WINDOW = 16
 
 
-class NonFiniteLoss(SacredError):
-    """The loss became NaN or infinite: the run stops and is recorded as FAILED."""
+class OneSentenceError(SacredError):
+    """An error that ends a started run as FAILED with its one sentence, without a traceback."""
 
     def __init__(self, message: str):
         super().__init__(message, print_traceback=False)
+
+
+class NonFiniteLoss(OneSentenceError):
+    """The loss became NaN or infinite: the run stops and is recorded as FAILED."""
 
 
 def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
