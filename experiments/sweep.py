@@ -39,14 +39,13 @@ from experiments.sweep_declare import (
 )
 from ingredients.scratch import running
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
+from observers.files import STALE_HEARTBEAT, record_time, utc_text
 from observers.provenance import RUN_ID_FILE_VARIABLE, git
-from observers.rerun import checkout_file
+from observers.rerun import INSTALLED_ROOT, checkout_file
 from observers.store import RecordError, open_store
 from observers.sweep_records import SWEEPS, sweep_records
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STOP_WAIT_S = 120  # how long a stopped run may take to record its interruption before it is killed
-STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s while a run lives
 
 
 # --------------------------------------------------------------------------- the sweep's record
@@ -130,8 +129,8 @@ def new_sweep_id(book: SweepBook) -> str:
 
 
 def code_version() -> dict:
-    commit = git(REPO_ROOT, "rev-parse", "HEAD")
-    status = git(REPO_ROOT, "status", "--porcelain", "--untracked-files=no")
+    commit = git(INSTALLED_ROOT, "rev-parse", "HEAD")
+    status = git(INSTALLED_ROOT, "status", "--porcelain", "--untracked-files=no")
     return {"commit": commit.strip() if commit else None,
             "dirty": bool(status.strip()) if status is not None else None}
 
@@ -186,17 +185,13 @@ class Attempt:
 
     def beating(self) -> bool:
         """RUNNING with a heartbeat in the last two minutes: its process is probably alive."""
-        if self.status != "RUNNING" or not self.heartbeat:
+        if self.status != "RUNNING":
             return False
-        beat = self.heartbeat
         try:
-            beat = dt.datetime.fromisoformat(beat) if isinstance(beat, str) else beat
-        except ValueError:
+            beat = record_time(self.heartbeat)
+        except (TypeError, ValueError):
             return False
-        if not isinstance(beat, dt.datetime):
-            return False
-        beat = beat.replace(tzinfo=dt.UTC) if beat.tzinfo is None else beat
-        return dt.datetime.now(dt.UTC) - beat < STALE_HEARTBEAT
+        return beat is not None and dt.datetime.now(dt.UTC) - beat < STALE_HEARTBEAT
 
 
 def sweep_attempts(location: str, sweep_id: str) -> dict[int, list[Attempt]]:
@@ -454,7 +449,7 @@ def sweep_command(args) -> int:
     book = SweepBook(location)
     record = {
         "id": new_sweep_id(book), "experiment": experiment,
-        "created": dt.datetime.now(dt.UTC).isoformat(), "declaration": declaration.record(),
+        "created": now(), "declaration": declaration.record(),
         "named_configs": declaration.named_configs, "configs": configs, "default_seed": seed,
         "duplicates_dropped": dropped, "code": code_version(), "store": book.printable(),
         "attempts": [],
@@ -493,10 +488,10 @@ def relative_experiment(path: str) -> str:
     """The experiment's path relative to this checkout, as the record keeps it (--resume runs
     that file of whichever checkout it runs from)."""
     resolved = Path(path).resolve()
-    if not resolved.is_relative_to(REPO_ROOT):
-        raise ValueError(f"experiment {path} is not in the checkout {REPO_ROOT}: a sweep runs an "
+    if not resolved.is_relative_to(INSTALLED_ROOT):
+        raise ValueError(f"experiment {path} is not in the checkout {INSTALLED_ROOT}: a sweep runs an "
                          "experiment file of the checkout, so that --resume runs the same one")
-    return resolved.relative_to(REPO_ROOT).as_posix()
+    return resolved.relative_to(INSTALLED_ROOT).as_posix()
 
 
 def check_engine_options(args) -> None:
@@ -591,7 +586,7 @@ def forget_attempt(record: dict, attempt: dict, book: SweepBook) -> None:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()
+    return utc_text(dt.datetime.now(dt.UTC))
 
 
 def print_commands(record: dict, jobs: list[Job], location: str) -> None:

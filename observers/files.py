@@ -48,6 +48,22 @@ def utc(moment: dt.datetime) -> dt.datetime:
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
+STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s: a RUNNING run silent this
+                                           # long has probably died
+
+
+def record_time(value) -> dt.datetime | None:
+    """A timezone-aware UTC datetime from a record's ISO text (file store) or a datetime
+    (MongoDB); a naive one is UTC, as Sacred writes it. TypeError or ValueError on anything else."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"not a time: {value!r}")
+    return utc(value)
+
+
 def utc_text(moment: dt.datetime) -> str:
     """ISO text with its offset, '2026-12-01T00:00:00.123456+00:00', as every record writes times."""
     return utc(moment).isoformat()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ingredients import is_number
-from observers.files import utc
+from observers.files import STALE_HEARTBEAT, record_time
 from observers.store import RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
@@ -40,7 +40,6 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
 }
 SUMMARY_STATS = ("last", "min", "max")
 UTC_SUFFIX = "+00:00"  # the offset every record writes its times with
-STALE_HEARTBEAT = dt.timedelta(minutes=2)  # a RUNNING run silent this long has probably died
 
 
 def as_store(store: str | os.PathLike | RunStore | None) -> RunStore:
@@ -190,22 +189,10 @@ def _field(record: dict, key: str, kind: type, odd: list[str]):
 
 def _timestamp_field(run: dict, key: str, odd: list[str]) -> dt.datetime | None:
     try:
-        return _timestamp(run.get(key))
+        return record_time(run.get(key))
     except (TypeError, ValueError, AttributeError):
         odd.append(key)
         return None
-
-
-def _timestamp(value) -> dt.datetime | None:
-    """A timezone-aware UTC datetime from a record's ISO text (file store) or a datetime
-    (MongoDB); a naive one is UTC, as Sacred writes it."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if not isinstance(value, dt.datetime):
-        raise TypeError(f"not a time: {value!r}")
-    return utc(value)
 
 
 def _result(value) -> float | None:
