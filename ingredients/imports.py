@@ -70,15 +70,18 @@ def search_path() -> list[str]:
     return list(dict.fromkeys(e for e in entries if os.path.isdir(e)))
 
 
+STORE_MARKERS = ("_sources", ".reprolab", "run.json")  # a store's sources and cache, a run's record
+
+
+def looks_like_store(folder: Path) -> bool:
+    """Whether a folder is a run store or a run, judged by Sacred's file-store layout."""
+    return any((folder / marker).exists() for marker in STORE_MARKERS)
+
+
 def run_store_around(path: str) -> Path | None:
-    """The run store (or run directory) a file lies in, judged by Sacred's file-store layout:
-    a folder holding `_sources/`, a run's `run.json` or the store's `.reprolab/` cache."""
-    for folder in Path(os.path.realpath(path)).parents:
-        if (folder / "_sources").is_dir() or (folder / "run.json").is_file() or (
-            folder / ".reprolab"
-        ).is_dir():
-            return folder
-    return None
+    """The run store (or run directory) a file or folder lies in, itself included."""
+    real = Path(os.path.realpath(path))
+    return next((folder for folder in [real, *real.parents] if looks_like_store(folder)), None)
 
 
 def _locate(module_name: str, extra: list[str]) -> tuple[list[ModuleSpec], str | None] | None:

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingredients.data import resolve_path
-from ingredients.imports import FROM_RECORD_VARIABLE, ROOTS_VARIABLE, owned_folder, run_store_around
+from ingredients.imports import (
+    FROM_RECORD_VARIABLE,
+    ROOTS_VARIABLE,
+    looks_like_store,
+    owned_folder,
+    run_store_around,
+)
 from ingredients.seeding import THREADS_VARIABLE
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
 from observers.provenance import (
@@ -152,7 +158,7 @@ def outside_roots(original: Original) -> list[str]:
         raise RecordError(f"run {original.run_id}'s info outside_code.roots is not a list of "
                           "absolute paths")
     for folder in roots:
-        store = run_store_around(os.path.join(folder, "x"))
+        store = run_store_around(folder)
         if store is not None:
             raise RecordError(f"run {original.run_id} imported code from {folder}, inside the run "
                               f"store {store}; code kept in a run store is never run")
@@ -220,7 +226,7 @@ def in_run_store(path: Path, store_root: str | os.PathLike | None) -> bool:
     for folder in path.parents:
         if folder == INSTALLED_ROOT or not folder.is_relative_to(INSTALLED_ROOT):
             return False
-        if any((folder / marker).exists() for marker in ("_sources", ".reprolab", "run.json")):
+        if looks_like_store(folder):
             return True
     return False
 
