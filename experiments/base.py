@@ -55,11 +55,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS.CAPTURE_MODE = "sys"
 
 
-def repository_modules() -> list[str]:
-    """Files of every imported module that lives in this repository (Sacred only sees direct imports)."""
-    return sorted({file for _, file in candidate_modules() if is_own_code(file)})
-
-
 # Installed packages live under these, also in a virtualenv inside the repository (venv/, env/).
 INSTALLED_PARTS = frozenset({".venv", "site-packages", "dist-packages"})
 
@@ -70,32 +65,27 @@ def is_own_code(file: str) -> bool:
     return path.is_relative_to(REPO_ROOT) and not INSTALLED_PARTS & set(path.relative_to(REPO_ROOT).parts)
 
 
-def candidate_modules() -> list[tuple[str, str]]:
-    """(module, file) of imported Python files that may be the user's own code: files of the
-    standard library and installed distributions are skipped by their path's prefix, before
-    anything is resolved (there are over a thousand with torch loaded)."""
+def own_modules() -> tuple[list[str], dict[str, str]]:
+    """Files of the imported modules that are this repository's (Sacred only sees direct
+    imports), and {module: file} of those that are the user's own code outside it (cwd,
+    PYTHONPATH, a sibling folder, an editable install). Files of the standard library and of
+    installed distributions are skipped by their path's prefix before anything is resolved
+    (there are over a thousand with torch loaded)."""
     installed = installed_locations()
-    found = []
+    inside, outside = set(), {}
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if (isinstance(file, str) and file.endswith(".py") and os.path.isabs(file)
-                and not file.startswith(installed)):
-            found.append((name, file))
-    return found
-
-
-def outside_modules() -> dict[str, str]:
-    """{module: file} of every imported module that is the user's own code outside this
-    repository (cwd, PYTHONPATH, a sibling folder, an editable install): neither the
-    repository's, nor the standard library's, nor an installed distribution's."""
-    installed = installed_locations()
-    found: dict[str, str] = {}
-    for name, file in candidate_modules():
+        if (not isinstance(file, str) or not file.endswith(".py") or not os.path.isabs(file)
+                or file.startswith(installed)):
+            continue
+        if is_own_code(file):
+            inside.add(file)
+            continue
         path = Path(file).resolve()
         if (path.is_file() and not path.is_relative_to(REPO_ROOT)
                 and not INSTALLED_PARTS & set(path.parts) and not str(path).startswith(installed)):
-            found.setdefault(str(path), name)
-    return {name: file for file, name in sorted(found.items())}
+            outside.setdefault(str(path), name)
+    return sorted(inside), {name: file for file, name in sorted(outside.items())}
 
 
 def import_root(module: str, file: str) -> str:
@@ -124,9 +114,8 @@ def own_sources() -> tuple[list[Source], dict[str, str]]:
     """Sources of this repository's imported modules and of the user's code outside it, each
     with its hash and its repository's git state; and {module: file} of the ones outside."""
     states = functools.cache(repository_state)  # asked once per folder and run, never reused
-    sources = [Source(file, get_digest(file), *states(str(REPO_ROOT)))
-               for file in repository_modules()]
-    outside = outside_modules()
+    inside, outside = own_modules()
+    sources = [Source(file, get_digest(file), *states(str(REPO_ROOT))) for file in inside]
     for module, file in outside.items():
         sources.append(Source(file, get_digest(file), *states(import_root(module, file))))
     return sources, outside
