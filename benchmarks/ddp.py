@@ -44,18 +44,15 @@ def worker(epochs: int, out: str) -> None:
     from ingredients.optimizer import build_optimizer, build_scheduler, optimizer
     from ingredients.seeding import loader_generator, seed_everything, seeding
 
-    ex = Experiment("bench_ddp", ingredients=[data, model, optimizer, seeding],
-                    save_git_info=False)
+    ex = Experiment("bench_ddp", ingredients=[data, model, optimizer, seeding], save_git_info=False)
 
     @ex.main
     def run(seed):
         current = job()
         seed_everything(current.seed(seed))
-        device = current.start(SimpleNamespace(config={"seed": seed}, info={}),
-                               torch.device("cpu"))
+        device = current.start(SimpleNamespace(config={"seed": seed}, info={}), torch.device("cpu"))
         splits = load_splits()
-        batches = make_loader(splits.train, True, generator=loader_generator(seed),
-                              **current.shard)
+        batches = make_loader(splits.train, True, generator=loader_generator(seed), **current.shard)
         net = build_model(splits.input_shape, splits.num_classes)
         trained = current.wrap(net, False)
         opt = build_optimizer(net, 0.01)
@@ -65,9 +62,18 @@ def worker(epochs: int, out: str) -> None:
             if epoch == 1:
                 torch.distributed.barrier()
                 start = time.perf_counter()
-            _, step = train_one_epoch(trained, batches, opt, scheduler, loss_fn, device,
-                                      epoch=epoch, step=step, progress=False,
-                                      reduce=current.reducer)
+            _, step = train_one_epoch(
+                trained,
+                batches,
+                opt,
+                scheduler,
+                loss_fn,
+                device,
+                epoch=epoch,
+                step=step,
+                progress=False,
+                reduce=current.reducer,
+            )
         torch.distributed.barrier()
         rate = epochs * len(splits.train) / (time.perf_counter() - start)
         if current.is_main:
@@ -84,21 +90,41 @@ def measure(processes: int, threads: int, epochs: int, timeout: float) -> float:
     a job running past `timeout` seconds is killed (torchrun and every rank) and ends the run."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rate.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={processes}", __file__, "--worker", "--epochs",
-                   str(epochs), "--out", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            __file__,
+            "--worker",
+            "--epochs",
+            str(epochs),
+            "--out",
+            str(out),
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-        job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+        job = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             job.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             ranks = kill_job(job)
-            raise SystemExit(f"the job of world size {processes} ran past {timeout:g} s and was "
-                             f"killed (torchrun, pid {job.pid}, and its ranks {ranks})") from None
+            raise SystemExit(
+                f"the job of world size {processes} ran past {timeout:g} s and was "
+                f"killed (torchrun, pid {job.pid}, and its ranks {ranks})"
+            ) from None
         if job.returncode != 0 or not out.is_file():
-            raise SystemExit(f"the job of world size {processes} failed (exit {job.returncode}) "
-                             f"and wrote no result")
+            raise SystemExit(
+                f"the job of world size {processes} failed (exit {job.returncode}) "
+                f"and wrote no result"
+            )
         return json.loads(out.read_text())["samples_per_s"]
 
 
@@ -136,8 +162,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds one torchrun job may take before it is killed")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="seconds one torchrun job may take before it is killed",
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args.epochs, args.out)
@@ -145,8 +175,11 @@ def main() -> None:
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
     # (processes, threads each): torchrun sets OMP_NUM_THREADS=1 only for several processes,
     # so one process is measured with 1 thread and with every core.
-    setups = {(1, 1): "1 process, 1 thread", (1, os.cpu_count() or 1): "1 process, all cores",
-              (2, 1): "2 processes (gloo), 1 thread each"}
+    setups = {
+        (1, 1): "1 process, 1 thread",
+        (1, os.cpu_count() or 1): "1 process, all cores",
+        (2, 1): "2 processes (gloo), 1 thread each",
+    }
     rates: dict = {setup: [] for setup in setups}
     for _ in range(repeats):  # taking turns, so a busy phase of the machine hits every setup
         for setup in setups:
@@ -155,11 +188,15 @@ def main() -> None:
     base = medians[(1, 1)]
     from report import print_table
 
-    print_table(f"data-parallel training, MLP on digits, batch 64 per process, {epochs} epochs, "
-                f"median of {repeats} (os.cpu_count() = {os.cpu_count()})",
-                ["setup", "samples/s", "ratio"],
-                [[name, f"{medians[setup]:,.0f}", f"{medians[setup] / base:.2f}"]
-                 for setup, name in setups.items()])
+    print_table(
+        f"data-parallel training, MLP on digits, batch 64 per process, {epochs} epochs, "
+        f"median of {repeats} (os.cpu_count() = {os.cpu_count()})",
+        ["setup", "samples/s", "ratio"],
+        [
+            [name, f"{medians[setup]:,.0f}", f"{medians[setup] / base:.2f}"]
+            for setup, name in setups.items()
+        ],
+    )
 
 
 if __name__ == "__main__":

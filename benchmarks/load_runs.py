@@ -35,11 +35,22 @@ from observers.store import SUMMARY_CACHE, FileRunStore
 from observers.tables import load_metrics, load_runs
 
 METRICS = ("lr", "train_loss", "val_accuracy", "val_loss")
-SOURCES = ["experiments/__init__.py", "experiments/base.py", "experiments/checkpoint.py",
-           "experiments/loop.py", "experiments/train.py", "ingredients/__init__.py",
-           "ingredients/data.py", "ingredients/model.py", "ingredients/optimizer.py",
-           "ingredients/seeding.py", "observers/__init__.py", "observers/attach.py",
-           "observers/filestore.py", "observers/store.py"]
+SOURCES = [
+    "experiments/__init__.py",
+    "experiments/base.py",
+    "experiments/checkpoint.py",
+    "experiments/loop.py",
+    "experiments/train.py",
+    "ingredients/__init__.py",
+    "ingredients/data.py",
+    "ingredients/model.py",
+    "ingredients/optimizer.py",
+    "ingredients/seeding.py",
+    "observers/__init__.py",
+    "observers/attach.py",
+    "observers/filestore.py",
+    "observers/store.py",
+]
 START = dt.datetime(2026, 1, 1)
 
 
@@ -56,19 +67,33 @@ def run_record(rng: random.Random, run_id: int, epochs: int, running: bool) -> d
             "dependencies": [f"package{i}=={i}.0" for i in range(40)],
             "mainfile": "experiments/train.py",
             "name": "train",
-            "repositories": [{"commit": commit, "dirty": False, "url": "git://work/main"}] * len(SOURCES),
-            "sources": [[s, f"_sources/{Path(s).stem}_{rng.getrandbits(128):032x}.py"] for s in SOURCES],
+            "repositories": [{"commit": commit, "dirty": False, "url": "git://work/main"}]
+            * len(SOURCES),
+            "sources": [
+                [s, f"_sources/{Path(s).stem}_{rng.getrandbits(128):032x}.py"] for s in SOURCES
+            ],
         },
         "format": "FileStorageObserver-1.0.0",
         "heartbeat": stop.isoformat(),
-        "host": {"ENV": {}, "cpu": "AMD EPYC", "hostname": f"node{run_id % 8}",
-                 "os": ["Linux", "Linux-6.1-x86_64-with-glibc2.36"], "python_version": "3.11.7"},
-        "meta": {"command": "train", "config_updates": {"lr": 0.01}, "named_configs": [],
-                 "options": {f"--option{i}": None for i in range(25)}},
+        "host": {
+            "ENV": {},
+            "cpu": "AMD EPYC",
+            "hostname": f"node{run_id % 8}",
+            "os": ["Linux", "Linux-6.1-x86_64-with-glibc2.36"],
+            "python_version": "3.11.7",
+        },
+        "meta": {
+            "command": "train",
+            "config_updates": {"lr": 0.01},
+            "named_configs": [],
+            "options": {f"--option{i}": None for i in range(25)},
+        },
         "resources": [],
         "result": None if running else rng.random(),
         "start_time": start.isoformat(),
-        "status": "RUNNING" if running else rng.choice(["COMPLETED"] * 8 + ["FAILED", "INTERRUPTED"]),
+        "status": "RUNNING"
+        if running
+        else rng.choice(["COMPLETED"] * 8 + ["FAILED", "INTERRUPTED"]),
         "stop_time": None if running else stop.isoformat(),
     }
 
@@ -76,22 +101,57 @@ def run_record(rng: random.Random, run_id: int, epochs: int, running: bool) -> d
 def config_record(rng: random.Random) -> dict:
     """A config.json with experiments/train.py's keys and a few values that vary."""
     return {
-        "accumulate": 1, "amp": "off", "device": "auto", "epochs": 15, "limit_batches": None,
-        "loss": "cross_entropy", "lr": rng.choice([0.1, 0.03, 0.01, 0.003]),
-        "monitor": "val_accuracy", "monitor_mode": "max", "patience": None, "progress": True,
+        "accumulate": 1,
+        "amp": "off",
+        "device": "auto",
+        "epochs": 15,
+        "limit_batches": None,
+        "loss": "cross_entropy",
+        "lr": rng.choice([0.1, 0.03, 0.01, 0.003]),
+        "monitor": "val_accuracy",
+        "monitor_mode": "max",
+        "patience": None,
+        "progress": True,
         "seed": rng.getrandbits(31),
-        "data": {"batch_size": rng.choice([32, 64, 128]), "drop_last": False, "features": None,
-                 "format": "auto", "in_memory_mb": 1024, "num_workers": 0,
-                 "path": "data/digits.parquet", "pin_memory": True, "shape": None,
-                 "shuffle": True, "split_seed": 0, "standardize": True, "target": "label",
-                 "val_fraction": 0.2},
-        "model": {"batchnorm": False, "channels": [16, 32], "dropout": 0.1, "freeze": [],
-                  "freeze_batchnorm": False, "hidden": [128, 64], "kwargs": {},
-                  "name": rng.choice(["mlp", "cnn"])},
-        "optimizer": {"betas": [0.9, 0.999], "clip_grad_norm": None, "gamma": 0.1,
-                      "momentum": 0.9, "name": rng.choice(["sgd", "adam", "adamw"]),
-                      "nesterov": False, "param_groups": [], "schedule": "cosine",
-                      "step_size": 10, "warmup_epochs": 0, "weight_decay": 0.0},
+        "data": {
+            "batch_size": rng.choice([32, 64, 128]),
+            "drop_last": False,
+            "features": None,
+            "format": "auto",
+            "in_memory_mb": 1024,
+            "num_workers": 0,
+            "path": "data/digits.parquet",
+            "pin_memory": True,
+            "shape": None,
+            "shuffle": True,
+            "split_seed": 0,
+            "standardize": True,
+            "target": "label",
+            "val_fraction": 0.2,
+        },
+        "model": {
+            "batchnorm": False,
+            "channels": [16, 32],
+            "dropout": 0.1,
+            "freeze": [],
+            "freeze_batchnorm": False,
+            "hidden": [128, 64],
+            "kwargs": {},
+            "name": rng.choice(["mlp", "cnn"]),
+        },
+        "optimizer": {
+            "betas": [0.9, 0.999],
+            "clip_grad_norm": None,
+            "gamma": 0.1,
+            "momentum": 0.9,
+            "name": rng.choice(["sgd", "adam", "adamw"]),
+            "nesterov": False,
+            "param_groups": [],
+            "schedule": "cosine",
+            "step_size": 10,
+            "warmup_epochs": 0,
+            "weight_decay": 0.0,
+        },
         "seeding": {"deterministic": True, "loader_seed_offset": 1},
     }
 
@@ -100,10 +160,15 @@ def metric_series(rng: random.Random, start: dt.datetime, steps: int) -> dict:
     """Sacred's metrics.json shape: per metric, steps, values and ISO timestamps."""
     metrics = {}
     for name in METRICS:
-        times = [start + dt.timedelta(seconds=s, microseconds=rng.randrange(1, 10**6)) for s in range(steps)]
-        metrics[name] = {"steps": list(range(1, steps + 1)),
-                         "timestamps": [t.isoformat() for t in times],
-                         "values": [rng.random() for _ in range(steps)]}
+        times = [
+            start + dt.timedelta(seconds=s, microseconds=rng.randrange(1, 10**6))
+            for s in range(steps)
+        ]
+        metrics[name] = {
+            "steps": list(range(1, steps + 1)),
+            "timestamps": [t.isoformat() for t in times],
+            "values": [rng.random() for _ in range(steps)],
+        }
     return metrics
 
 
@@ -118,7 +183,10 @@ def build_store(root: Path, runs: int, steps: int) -> Path:
         run = run_record(rng, run_id, steps, running)
         write_json_atomic(run_dir / "run.json", run)
         write_json_atomic(run_dir / "config.json", config_record(rng))
-        write_json_atomic(run_dir / "info.json", {"model_summary": {"layers": [{"layer": str(i)} for i in range(50)]}})
+        write_json_atomic(
+            run_dir / "info.json",
+            {"model_summary": {"layers": [{"layer": str(i)} for i in range(50)]}},
+        )
         metrics = metric_series(rng, dt.datetime.fromisoformat(run["start_time"]), steps)
         lines = [json.dumps({"name": n, **s}) for n, s in metrics.items()]
         (run_dir / JOURNAL).write_text("\n".join(lines) + "\n")
@@ -158,8 +226,11 @@ def ls_quietly(root: Path) -> None:
 
 def ls_process(root: Path) -> None:
     """`reprolab ls` as a user runs it: a new Python process, imports included."""
-    subprocess.run([sys.executable, "-m", "observers.cli", "ls", "--store", str(root)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "observers.cli", "ls", "--store", str(root)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def measure(root: Path, repeats: int, label: str) -> dict[str, list[float]]:
@@ -168,7 +239,9 @@ def measure(root: Path, repeats: int, label: str) -> dict[str, list[float]]:
     drop_cache = lambda: shutil.rmtree(root / SUMMARY_CACHE.parent, ignore_errors=True)  # noqa: E731
     readers = {
         "json.load run+config+metrics": (
-            lambda: json_load_all(root, ("run.json", "config.json", "metrics.json", JOURNAL)), None),
+            lambda: json_load_all(root, ("run.json", "config.json", "metrics.json", JOURNAL)),
+            None,
+        ),
         "json.load metrics": (lambda: json_load_all(root, ("metrics.json",)), None),
         "load_runs, no cache": (lambda: load_runs(FileRunStore(root, cache=False)), None),
         "load_runs, cache cold": (lambda: load_runs(root), drop_cache),
@@ -209,21 +282,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reprolab-bench-") as tmp:
         short = build_store(Path(tmp) / "short", args.runs, args.epochs)
         long = build_store(Path(tmp) / "long", args.runs, args.points // len(METRICS))
-        print(f"medians of {args.repeats} repeats; runs: {args.runs}; "
-              f"rows in the long store: {len(load_metrics(long)):,}")
-        s = measure(short, args.repeats, f"short store: {args.runs} runs x {args.epochs} epochs x 4 metrics")
+        print(
+            f"medians of {args.repeats} repeats; runs: {args.runs}; "
+            f"rows in the long store: {len(load_metrics(long)):,}"
+        )
+        s = measure(
+            short, args.repeats, f"short store: {args.runs} runs x {args.epochs} epochs x 4 metrics"
+        )
         g = measure(long, args.repeats, f"long store: {args.runs} runs x {args.points} points")
     base, base_metrics = "json.load run+config+metrics", "json.load metrics"
     med = lambda times, name: statistics.median(times[name])  # noqa: E731
     print("\nratios (medians of paired ratios, lower is better) and targets")
-    print(f"  load_runs, short / json.load baseline    {ratio(s, 'load_runs, cache warm', base):5.2f}x"
-          f"   {med(s, 'load_runs, cache warm'):.3f} s (target < 1 s)")
-    print(f"  load_runs, short, cold cache / baseline  {ratio(s, 'load_runs, cache cold', base):5.2f}x")
-    print(f"  load_runs, long, warm / cold cache       "
-          f"{ratio(g, 'load_runs, cache warm', 'load_runs, cache cold'):5.2f}x"
-          f"   {med(g, 'load_runs, cache warm'):.3f} s vs {med(g, 'load_runs, cache cold'):.3f} s")
-    print(f"  load_metrics, long / json.load metrics   {ratio(g, 'load_metrics', base_metrics):5.2f}x"
-          f"   {med(g, 'load_metrics'):.3f} s (target < 3 s)")
+    print(
+        f"  load_runs, short / json.load baseline    {ratio(s, 'load_runs, cache warm', base):5.2f}x"
+        f"   {med(s, 'load_runs, cache warm'):.3f} s (target < 1 s)"
+    )
+    print(
+        f"  load_runs, short, cold cache / baseline  {ratio(s, 'load_runs, cache cold', base):5.2f}x"
+    )
+    print(
+        f"  load_runs, long, warm / cold cache       "
+        f"{ratio(g, 'load_runs, cache warm', 'load_runs, cache cold'):5.2f}x"
+        f"   {med(g, 'load_runs, cache warm'):.3f} s vs {med(g, 'load_runs, cache cold'):.3f} s"
+    )
+    print(
+        f"  load_metrics, long / json.load metrics   {ratio(g, 'load_metrics', base_metrics):5.2f}x"
+        f"   {med(g, 'load_metrics'):.3f} s (target < 3 s)"
+    )
+
 
 if __name__ == "__main__":
     main()

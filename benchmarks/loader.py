@@ -42,8 +42,17 @@ FEATURES = 64
 BATCH = 256
 CHUNK_ROWS = 65536  # rows per record batch / row group of the written files
 DEFAULTS = dict(data.configurations[0]())
-SPLIT_KEYS = ("path", "format", "target", "features", "shape", "standardize", "val_fraction",
-              "split_seed", "in_memory_mb")
+SPLIT_KEYS = (
+    "path",
+    "format",
+    "target",
+    "features",
+    "shape",
+    "standardize",
+    "val_fraction",
+    "split_seed",
+    "in_memory_mb",
+)
 
 
 # --------------------------------------------------------------------------- files
@@ -99,9 +108,16 @@ def load(path: Path, hashed: bool = True, **overrides):
 
 def batches(dataset, num_workers: int = 0):
     """The training loader of the data ingredient, batch 256, shuffled by a seeded generator."""
-    return make_loader(dataset, True, batch_size=BATCH, shuffle=True, drop_last=False,
-                       num_workers=num_workers, pin_memory=False,
-                       generator=torch.Generator().manual_seed(0))
+    return make_loader(
+        dataset,
+        True,
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=False,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def epoch_rate(iterable) -> float:
@@ -204,9 +220,19 @@ def memory_child(path: Path, budget_mb: float) -> None:
     splits.digest(None)  # as a run does alongside its first epoch; not while the rate is timed
     rate = epoch_rate(iterator)
     after = memory_status()
-    print(json.dumps({"source": type(splits.train.features).__name__, "first_batch_s": first,
-                      "rate": rate, "rss_before_mb": before, "peak_rss_mb": after["VmHWM"],
-                      "rss_anon_end_mb": after["RssAnon"], "samples": count}))
+    print(
+        json.dumps(
+            {
+                "source": type(splits.train.features).__name__,
+                "first_batch_s": first,
+                "rate": rate,
+                "rss_before_mb": before,
+                "peak_rss_mb": after["VmHWM"],
+                "rss_anon_end_mb": after["RssAnon"],
+                "samples": count,
+            }
+        )
+    )
 
 
 def measure_memory(path: Path, budget_mb: float) -> dict:
@@ -232,10 +258,12 @@ def main() -> None:
     budget = max(1, rows * FEATURES * 4 // 2**20 // 4)  # a quarter of the table
     with tempfile.TemporaryDirectory(prefix="reprolab-loader-") as tmp:
         files = write_files(Path(tmp), rows, big_rows=4 * rows)
-        print(f"Loader benchmark: {rows:,} x {FEATURES} float32 + int64 label, batch {BATCH}, "
-              f"one shuffled epoch of the {rows - round(rows * 0.2):,}-row training split; "
-              f"medians of {repeats} repeats; torch {torch.__version__}, "
-              f"pyarrow {pa.__version__}, {os.cpu_count()} CPUs")
+        print(
+            f"Loader benchmark: {rows:,} x {FEATURES} float32 + int64 label, batch {BATCH}, "
+            f"one shuffled epoch of the {rows - round(rows * 0.2):,}-row training split; "
+            f"medians of {repeats} repeats; torch {torch.__version__}, "
+            f"pyarrow {pa.__version__}, {os.cpu_count()} CPUs"
+        )
         report_first_batch(files, repeats)
         report_throughput(files, repeats, quick=args.quick)
         report_file_backed(files, repeats, budget, children=["ipc", "big"] if args.quick else None)
@@ -256,16 +284,38 @@ def report_first_batch(files: dict[str, Path], repeats: int) -> None:
             hashed.append(done)
             return first
 
-        got = interleaved({"ours": ours, "read": timed(reads[name]),
-                           "sha256": timed(lambda n=name: fingerprint_file(files[n]))}, repeats)
-        table.append([f"{label} ({mb(files[name])})", f"{got['ours']:.2f} s",
-                      f"{got['read']:.2f} s", f"{got['ours'] / got['read']:.2f}x",
-                      f"{statistics.median(hashed[1:]):.2f} s",  # without the warm-up round
-                      f"{got['sha256']:.2f} s"])
-    print_table("file -> first batch: read, split, row-major copy, training statistics, "
-                "standardise (target <= 1.5x of the read); the SHA-256 the run records is hashed "
-                "on a thread from then on, alongside training", ["file", "first batch",
-                "pyarrow read alone", "ratio", "first batch + SHA-256", "SHA-256 alone"], table)
+        got = interleaved(
+            {
+                "ours": ours,
+                "read": timed(reads[name]),
+                "sha256": timed(lambda n=name: fingerprint_file(files[n])),
+            },
+            repeats,
+        )
+        table.append(
+            [
+                f"{label} ({mb(files[name])})",
+                f"{got['ours']:.2f} s",
+                f"{got['read']:.2f} s",
+                f"{got['ours'] / got['read']:.2f}x",
+                f"{statistics.median(hashed[1:]):.2f} s",  # without the warm-up round
+                f"{got['sha256']:.2f} s",
+            ]
+        )
+    print_table(
+        "file -> first batch: read, split, row-major copy, training statistics, "
+        "standardise (target <= 1.5x of the read); the SHA-256 the run records is hashed "
+        "on a thread from then on, alongside training",
+        [
+            "file",
+            "first batch",
+            "pyarrow read alone",
+            "ratio",
+            "first batch + SHA-256",
+            "SHA-256 alone",
+        ],
+        table,
+    )
 
 
 def report_throughput(files: dict[str, Path], repeats: int, quick: bool) -> None:
@@ -275,21 +325,31 @@ def report_throughput(files: dict[str, Path], repeats: int, quick: bool) -> None
     subset_b, subset_a = (20_000, 2_000) if quick else (100_000, 5_000)
     frame = pd.read_parquet(files["parquet"])
     # num_workers=2 takes the same path: in-memory batches are gathered in the main process
-    loaders = {f"ours, {label}, num_workers={w}": batches(splits[name].train, w)
-               for name, label in (("parquet", "Parquet"), ("ipc", "IPC")) for w in (0, 2)}
+    loaders = {
+        f"ours, {label}, num_workers={w}": batches(splits[name].train, w)
+        for name, label in (("parquet", "Parquet"), ("ipc", "IPC"))
+        for w in (0, 2)
+    }
     candidates = {name: (lambda b=b: epoch_rate(b)) for name, b in loaders.items()}
     candidates["(c) index_select from memory"] = lambda: index_select_rate(x, y)
-    candidates[f"(b) TensorDataset + DataLoader ({subset_b:,} samples)"] = (
-        lambda: tensor_dataset_rate(x[:subset_b], y[:subset_b]))
-    candidates[f"(a) pandas df.iloc per row ({subset_a:,} samples)"] = (
-        lambda: pandas_rate(frame.iloc[:subset_a]))
+    candidates[f"(b) TensorDataset + DataLoader ({subset_b:,} samples)"] = lambda: (
+        tensor_dataset_rate(x[:subset_b], y[:subset_b])
+    )
+    candidates[f"(a) pandas df.iloc per row ({subset_a:,} samples)"] = lambda: pandas_rate(
+        frame.iloc[:subset_a]
+    )
     rates = interleaved(candidates, repeats)
     a, b, c = (rates[next(k for k in rates if k.startswith(p))] for p in ("(a)", "(b)", "(c)"))
-    table = [[name, f"{rate:,.0f}", f"{rate / c:.2f}x", f"{rate / b:,.1f}x", f"{rate / a:,.0f}x"]
-             for name, rate in rates.items()]
-    print_table("samples per second, in memory; the headline is against (c), the limit of gathering "
-                "from memory (targets: >= 0.5x (c), >= 20x (b), >= 100x (a))",
-                ["loader", "samples/s", "of (c) limit", "vs (b)", "vs (a)"], table)
+    table = [
+        [name, f"{rate:,.0f}", f"{rate / c:.2f}x", f"{rate / b:,.1f}x", f"{rate / a:,.0f}x"]
+        for name, rate in rates.items()
+    ]
+    print_table(
+        "samples per second, in memory; the headline is against (c), the limit of gathering "
+        "from memory (targets: >= 0.5x (c), >= 20x (b), >= 100x (a))",
+        ["loader", "samples/s", "of (c) limit", "vs (b)", "vs (a)"],
+        table,
+    )
 
 
 def report_file_backed(
@@ -297,12 +357,17 @@ def report_file_backed(
 ) -> None:
     """Files above the budget: throughput here; memory and first batch in child processes
     (for every file, or only for those named in `children`)."""
-    layouts = {"ipc": "IPC, one column per feature (row-major copy)",
-               "parquet": "Parquet (row-major copy)",
-               "row_major": "IPC, row-major fixed-size list (in place)"}
+    layouts = {
+        "ipc": "IPC, one column per feature (row-major copy)",
+        "parquet": "Parquet (row-major copy)",
+        "row_major": "IPC, row-major fixed-size list (in place)",
+    }
     splits = {name: load(files[name], in_memory_mb=budget) for name in layouts}
-    candidates = {(name, w): (lambda s=splits[name], w=w: epoch_rate(batches(s.train, w)))
-                  for name in layouts for w in (0, 2)}
+    candidates = {
+        (name, w): (lambda s=splits[name], w=w: epoch_rate(batches(s.train, w)))
+        for name in layouts
+        for w in (0, 2)
+    }
     rates = interleaved(candidates, repeats)
     table = []
     for name, label in [*layouts.items(), ("big", layouts["row_major"])]:
@@ -310,15 +375,23 @@ def report_file_backed(
         memory = {} if skip else measure_memory(files[name], budget)
         w0 = rates.get((name, 0), memory.get("rate"))
         w2 = f"{rates[(name, 2)]:,.0f}" if (name, 2) in rates else "-"
-        figures = ["-"] * 3 if skip else [f"{memory['first_batch_s']:.2f} s",
-                                          f"{memory['peak_rss_mb']:,.0f} MB",
-                                          f"{memory['rss_before_mb']:,.0f} MB"]
+        figures = (
+            ["-"] * 3
+            if skip
+            else [
+                f"{memory['first_batch_s']:.2f} s",
+                f"{memory['peak_rss_mb']:,.0f} MB",
+                f"{memory['rss_before_mb']:,.0f} MB",
+            ]
+        )
         table.append([f"{label}, {mb(files[name])}", f"{w0:,.0f}", w2, *figures])
-    print_table(f"files above data.in_memory_mb={budget:g}, read per batch (peak RSS: VmHWM of a "
-                "child process that loads and iterates one epoch; 'before': after imports; "
-                f"{os.cpu_count()} CPUs: workers help only with cores to spare)",
-                ["layout, file size", "samples/s w=0", "w=2", "first batch", "peak RSS",
-                 "RSS before"], table)
+    print_table(
+        f"files above data.in_memory_mb={budget:g}, read per batch (peak RSS: VmHWM of a "
+        "child process that loads and iterates one epoch; 'before': after imports; "
+        f"{os.cpu_count()} CPUs: workers help only with cores to spare)",
+        ["layout, file size", "samples/s w=0", "w=2", "first batch", "peak RSS", "RSS before"],
+        table,
+    )
 
 
 def parse_args() -> argparse.Namespace:

@@ -70,11 +70,18 @@ def log_scalar_cost(calls: int, repeats: int, store: Path) -> dict[str, float]:
 
 def report_log_scalar(calls: int, repeats: int, store: Path) -> None:
     cost = log_scalar_cost(calls, repeats, store)
-    rows = [[name, f"{seconds * 1e6:.2f} us", f"{seconds / cost['append']:.0f}x"]
-            for name, seconds in (("_run.log_scalar(name, value, step)", cost["log_scalar"]),
-                                  ("list.append((name, value, step)) (baseline)", cost["append"]))]
-    print_table(f"(d) cost of logging one scalar ({calls:,} calls, median of {repeats} rounds)",
-                ["call", "per call", "vs append"], rows)
+    rows = [
+        [name, f"{seconds * 1e6:.2f} us", f"{seconds / cost['append']:.0f}x"]
+        for name, seconds in (
+            ("_run.log_scalar(name, value, step)", cost["log_scalar"]),
+            ("list.append((name, value, step)) (baseline)", cost["append"]),
+        )
+    ]
+    print_table(
+        f"(d) cost of logging one scalar ({calls:,} calls, median of {repeats} rounds)",
+        ["call", "per call", "vs append"],
+        rows,
+    )
 
 
 # --------------------------------------------------------------------------- (e) heartbeats
@@ -83,8 +90,18 @@ def report_log_scalar(calls: int, repeats: int, store: Path) -> None:
 def run_info() -> dict:
     """An info dict the size of a real run's (model summary, data, provenance's package list)."""
     return {
-        "model_summary": {"layers": [{"layer": f"layers.{i}", "type": "Linear", "params": 8256,
-                                      "output_shape": [128], "trainable": 8256} for i in range(40)]},
+        "model_summary": {
+            "layers": [
+                {
+                    "layer": f"layers.{i}",
+                    "type": "Linear",
+                    "params": 8256,
+                    "output_shape": [128],
+                    "trainable": 8256,
+                }
+                for i in range(40)
+            ]
+        },
         "provenance": {"packages": {f"package-{i}": f"{i}.{i % 7}.0" for i in range(250)}},
         "data": {"fingerprint": {"sha256": "0" * 64, "rows": 1797}, "standardization": None},
     }
@@ -92,10 +109,17 @@ def run_info() -> dict:
 
 def started(observer, root: Path):
     """The observer after Sacred's started_event, as a run drives it."""
-    ex_info = {"name": "train", "base_dir": str(root), "sources": [], "dependencies": [],
-               "repositories": [], "mainfile": "train.py"}
-    observer.started_event(ex_info, "train", {"hostname": "bench"}, START, {"lr": 0.01},
-                           {"command": "train"}, None)
+    ex_info = {
+        "name": "train",
+        "base_dir": str(root),
+        "sources": [],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": "train.py",
+    }
+    observer.started_event(
+        ex_info, "train", {"hostname": "bench"}, START, {"lr": 0.01}, {"command": "train"}, None
+    )
     return observer
 
 
@@ -103,8 +127,14 @@ def new_points(first_step: int, count: int, stamps: list[dt.datetime]) -> dict:
     """count new points spread over the METRICS, as Sacred hands them to log_metrics."""
     per_metric = count // len(METRICS)
     steps = list(range(first_step, first_step + per_metric))
-    return {name: {"steps": steps, "values": [0.5] * per_metric,
-                   "timestamps": stamps[first_step : first_step + per_metric]} for name in METRICS}
+    return {
+        name: {
+            "steps": steps,
+            "values": [0.5] * per_metric,
+            "timestamps": stamps[first_step : first_step + per_metric],
+        }
+        for name in METRICS
+    }
 
 
 def heartbeat_time(observer, history: int, stamps: list, beats: int, info: dict) -> float:
@@ -145,8 +175,9 @@ def report_heartbeats(levels: list[int], sacred_max: int, beats: int, root: Path
     ours = started(FileStore(root / "ours"), root / "ours")
     sacred = started(FileStorageObserver(str(root / "sacred")), root / "sacred")
     our_curve = heartbeat_curve(ours, levels, beats, stamps, info)
-    sacred_curve = heartbeat_curve(sacred, [n for n in levels if n <= sacred_max], beats, stamps,
-                                   info)
+    sacred_curve = heartbeat_curve(
+        sacred, [n for n in levels if n <= sacred_max], beats, stamps, info
+    )
     (low, t_low), (high, t_high) = list(sacred_curve.items())[-2:]
     slope = (t_high - t_low) / (high - low)
     rows = []
@@ -156,9 +187,12 @@ def report_heartbeats(levels: list[int], sacred_max: int, beats: int, root: Path
         else:
             theirs = f"~{(t_high + slope * (level - high)) * 1e3:,.0f} ms (extrapolated)"
         rows.append([f"{level:,}", f"{our_curve[level] * 1e3:.2f} ms", theirs])
-    print_table(f"(e) observer time per heartbeat ({POINTS_PER_BEAT:,} new points; median of "
-                f"{beats} beats) as the run's history grows", ["history (points)",
-                "FileStore (ours)", "Sacred FileStorageObserver"], rows)
+    print_table(
+        f"(e) observer time per heartbeat ({POINTS_PER_BEAT:,} new points; median of "
+        f"{beats} beats) as the run's history grows",
+        ["history (points)", "FileStore (ours)", "Sacred FileStorageObserver"],
+        rows,
+    )
     report_seal(ours, root / "ours")
 
 
@@ -172,10 +206,12 @@ def report_seal(observer: FileStore, root: Path) -> None:
     seal = time.perf_counter() - start
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert sum(len(s["values"]) for s in metrics.values()) == journal_points
-    print(f"  FileStore at the end: metrics.json of {journal_points:,} points sealed once in "
-          f"{seal:.2f} s ({(run_dir / 'metrics.json').stat().st_size / 2**20:.0f} MB, Sacred's "
-          f"layout); rewritten per beat: run.json {sizes['run.json'] / 1024:.1f} KB, info.json "
-          f"{sizes['info.json'] / 1024:.1f} KB only when the info changed; cout.txt appended")
+    print(
+        f"  FileStore at the end: metrics.json of {journal_points:,} points sealed once in "
+        f"{seal:.2f} s ({(run_dir / 'metrics.json').stat().st_size / 2**20:.0f} MB, Sacred's "
+        f"layout); rewritten per beat: run.json {sizes['run.json'] / 1024:.1f} KB, info.json "
+        f"{sizes['info.json'] / 1024:.1f} KB only when the info changed; cout.txt appended"
+    )
 
 
 # --------------------------------------------------------------------------- (f) end to end
@@ -184,8 +220,9 @@ def report_seal(observer: FileStore, root: Path) -> None:
 def train_seconds(arguments: list[str]) -> float:
     """Wall seconds of one `python experiments/train.py ...` run (checked to succeed)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(TRAIN), *arguments], check=True, cwd=REPO_ROOT,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(TRAIN), *arguments], check=True, cwd=REPO_ROOT, capture_output=True
+    )
     return time.perf_counter() - start
 
 
@@ -205,14 +242,24 @@ def report_end_to_end(runs: int, updates: list[str], root: Path) -> None:
     rows = []
     for name, t in times.items():  # overhead: median of the rounds' paired ratios, not of medians
         paired = statistics.median(a / b for a, b in zip(t, base))
-        rows.append([name, f"{statistics.median(t):.2f} s", f"{min(t):.2f}-{max(t):.2f} s",
-                     f"{(paired - 1) * 100:+.1f}%"])
-    print_table(f"(f) end to end: python experiments/train.py with {' '.join(updates)} "
-                f"({runs} runs each, alternating; overhead = median of paired ratios; target <= 3%)",
-                ["recorded by", "median wall", "range", "overhead"], rows)
+        rows.append(
+            [
+                name,
+                f"{statistics.median(t):.2f} s",
+                f"{min(t):.2f}-{max(t):.2f} s",
+                f"{(paired - 1) * 100:+.1f}%",
+            ]
+        )
+    print_table(
+        f"(f) end to end: python experiments/train.py with {' '.join(updates)} "
+        f"({runs} runs each, alternating; overhead = median of paired ratios; target <= 3%)",
+        ["recorded by", "median wall", "range", "overhead"],
+        rows,
+    )
     run_dir = max((p for p in store.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1024:.1f} KB" for p in sorted(
-        run_dir.glob("*.json")))
+    sizes = ", ".join(
+        f"{p.name} {p.stat().st_size / 1024:.1f} KB" for p in sorted(run_dir.glob("*.json"))
+    )
     print(f"  a recorded run's JSON files: {sizes}")
 
 
@@ -232,7 +279,9 @@ def main() -> None:
         levels = sorted({*levels, sacred_max})
     with tempfile.TemporaryDirectory(prefix="reprolab-recording-") as tmp:
         root = Path(tmp)
-        print(f"Recording benchmark (Sacred's heartbeat every 10 s; python {sys.version.split()[0]})")
+        print(
+            f"Recording benchmark (Sacred's heartbeat every 10 s; python {sys.version.split()[0]})"
+        )
         report_log_scalar(20_000 if quick else 200_000, 3 if quick else 5, root / "log_scalar")
         report_heartbeats(levels, sacred_max, 3 if quick else 5, root)
         updates = ["seed=1", "progress=False", *(["debug"] if quick else [])]

@@ -38,8 +38,14 @@ WORKERS = (0, 2)
 def start_load(processes: int) -> list[subprocess.Popen]:
     """Processes that keep every core busy until stopped."""
     programs = itertools.cycle([SPIN, MATMUL])
-    return [subprocess.Popen([sys.executable, "-c", next(programs)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL) for _ in range(processes)]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", next(programs)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
 
 
 def stop_load(load: list[subprocess.Popen]) -> None:
@@ -51,8 +57,13 @@ def stop_load(load: list[subprocess.Popen]) -> None:
 
 def train(store: Path, seed: int, epochs: int, data: str, workers: int, model: str) -> int:
     """Train one run; return its id in the store."""
-    updates = [*DATA[data], f"data.num_workers={workers}", f"seed={seed}", f"epochs={epochs}",
-               "progress=False"]
+    updates = [
+        *DATA[data],
+        f"data.num_workers={workers}",
+        f"seed={seed}",
+        f"epochs={epochs}",
+        "progress=False",
+    ]
     command = [sys.executable, str(TRAIN), "-R", str(store), "with", *MODELS[model], *updates]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     if result.returncode != 0:
@@ -63,13 +74,31 @@ def train(store: Path, seed: int, epochs: int, data: str, workers: int, model: s
 def rerun_verdict(store: Path, run_id: int) -> str:
     """'match', 'MISMATCH' or 'error' for `reprolab rerun RUN --verify`."""
     result = subprocess.run(
-        [sys.executable, "-m", "observers.cli", "rerun", str(run_id), "--store", str(store),
-         "--verify"], capture_output=True, text=True, cwd=REPO_ROOT)
+        [
+            sys.executable,
+            "-m",
+            "observers.cli",
+            "rerun",
+            str(run_id),
+            "--store",
+            str(store),
+            "--verify",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     if "verify: exact match" in result.stdout and result.returncode == 0:
         return "match"
     if "verify: MISMATCH" in result.stdout:
-        print("\n".join(line for line in result.stdout.splitlines()
-                        if re.match(r"\s*(verify|then vs now|  )", line)), file=sys.stderr)
+        print(
+            "\n".join(
+                line
+                for line in result.stdout.splitlines()
+                if re.match(r"\s*(verify|then vs now|  )", line)
+            ),
+            file=sys.stderr,
+        )
         return "MISMATCH"
     print(result.stdout[-2000:], result.stderr[-2000:], file=sys.stderr)
     return "error"
@@ -79,10 +108,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=16, help="train + rerun pairs (default 16)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
-    parser.add_argument("--load", type=int, default=os.cpu_count() or 1,
-                        help="busy processes alongside (default: one per core)")
-    parser.add_argument("--no-load", dest="load", action="store_const", const=0,
-                        help="no busy processes")
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="busy processes alongside (default: one per core)",
+    )
+    parser.add_argument(
+        "--no-load", dest="load", action="store_const", const=0, help="no busy processes"
+    )
     args = parser.parse_args()
     combos = list(itertools.product(DATA, WORKERS, MODELS))
     verdicts: Counter = Counter()
@@ -98,17 +132,24 @@ def main() -> None:
                 verdict = rerun_verdict(store, run_id)
                 verdicts[verdict] += 1
                 by_combo[(data, workers, model)][verdict] += 1
-                print(f"pair {pair + 1:3d}/{args.pairs}: {data:6s} workers={workers} {model}: "
-                      f"{verdict}", flush=True)
+                print(
+                    f"pair {pair + 1:3d}/{args.pairs}: {data:6s} workers={workers} {model}: "
+                    f"{verdict}",
+                    flush=True,
+                )
     finally:
         stop_load(load)
     print(f"\n{'data':6s}  {'workers':7s}  {'model':5s}  matched")
     for (data, workers, model), counts in by_combo.items():
         if counts:
-            print(f"{data:6s}  {workers:7d}  {model:5s}  {counts['match']} of {sum(counts.values())}")
-    print(f"\nmatched {verdicts['match']} of {args.pairs} reruns bit for bit "
-          f"({verdicts['MISMATCH']} mismatched, {verdicts['error']} failed) with {args.load} busy "
-          f"processes on {os.cpu_count()} cores, in {time.perf_counter() - started:.0f} s")
+            print(
+                f"{data:6s}  {workers:7d}  {model:5s}  {counts['match']} of {sum(counts.values())}"
+            )
+    print(
+        f"\nmatched {verdicts['match']} of {args.pairs} reruns bit for bit "
+        f"({verdicts['MISMATCH']} mismatched, {verdicts['error']} failed) with {args.load} busy "
+        f"processes on {os.cpu_count()} cores, in {time.perf_counter() - started:.0f} s"
+    )
     sys.exit(0 if verdicts["match"] == args.pairs else 1)
 
 

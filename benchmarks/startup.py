@@ -37,8 +37,9 @@ LS_TARGET = 0.5  # seconds
 def wall(command: list[str]) -> float:
     """Seconds a command takes from start to exit, run from the repository root."""
     start = time.perf_counter()
-    subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
@@ -77,24 +78,44 @@ def report_startup(count: int, empty_store: Path) -> None:
     config_ratio = paired_ratio(times, "train.py print_config", "import torch")
     ls_median = statistics.median(times["reprolab ls (empty store)"])
     rows = [[name, f"{statistics.median(t):.2f} s", spread(t)] for name, t in times.items()]
-    print_table(f"(g, h) start-up, median of {count} interleaved rounds",
-                ["command", "median wall", "range"], rows)
-    print_table("targets", ["measure", "measured", "target", "met"], [
-        ["print_config / import torch (paired)", f"{config_ratio:.2f}x",
-         f"<= {PRINT_CONFIG_TARGET}x", "yes" if config_ratio <= PRINT_CONFIG_TARGET else "NO"],
-        ["reprolab ls, empty store", f"{ls_median:.2f} s", f"< {LS_TARGET} s",
-         "yes" if ls_median < LS_TARGET else "NO"],
-        ["reprolab ls / python (paired)",
-         f"{paired_ratio(times, 'reprolab ls (empty store)', 'python (nothing)'):.2f}x", "-", "-"],
-    ])
+    print_table(
+        f"(g, h) start-up, median of {count} interleaved rounds",
+        ["command", "median wall", "range"],
+        rows,
+    )
+    print_table(
+        "targets",
+        ["measure", "measured", "target", "met"],
+        [
+            [
+                "print_config / import torch (paired)",
+                f"{config_ratio:.2f}x",
+                f"<= {PRINT_CONFIG_TARGET}x",
+                "yes" if config_ratio <= PRINT_CONFIG_TARGET else "NO",
+            ],
+            [
+                "reprolab ls, empty store",
+                f"{ls_median:.2f} s",
+                f"< {LS_TARGET} s",
+                "yes" if ls_median < LS_TARGET else "NO",
+            ],
+            [
+                "reprolab ls / python (paired)",
+                f"{paired_ratio(times, 'reprolab ls (empty store)', 'python (nothing)'):.2f}x",
+                "-",
+                "-",
+            ],
+        ],
+    )
 
 
 def report_default_run(count: int) -> None:
     times = [wall([sys.executable, str(TRAIN), "-u"]) for _ in range(count)]
-    print_table(f"(i) the default run (15 epochs, -u), {count} runs",
-                ["command", "median wall", "range"],
-                [["python experiments/train.py -u", f"{statistics.median(times):.2f} s",
-                  spread(times)]])
+    print_table(
+        f"(i) the default run (15 epochs, -u), {count} runs",
+        ["command", "median wall", "range"],
+        [["python experiments/train.py -u", f"{statistics.median(times):.2f} s", spread(times)]],
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -109,13 +130,17 @@ def main() -> None:
     args = parse_args()
     count = args.rounds or (2 if args.quick else 9)
     runs = args.runs if args.runs is not None else (0 if args.quick else 3)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, python "
-          f"{platform.python_version()}; load average {os.getloadavg()[0]:.2f} at start")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, python "
+        f"{platform.python_version()}; load average {os.getloadavg()[0]:.2f} at start"
+    )
     with tempfile.TemporaryDirectory(prefix="reprolab-startup-") as empty:
         report_startup(count, Path(empty))
     if runs:
         report_default_run(runs)
-    print(f"load average {os.getloadavg()[0]:.2f} at the end")  # the figures hold for this load only
+    print(
+        f"load average {os.getloadavg()[0]:.2f} at the end"
+    )  # the figures hold for this load only
 
 
 if __name__ == "__main__":

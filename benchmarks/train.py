@@ -72,14 +72,31 @@ class Trainer:
         sync()
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
-            _, step = train_one_epoch(self.net, batches, self.opt, self.scheduler, loss_fn,
-                                      DEVICE, epoch=epoch, step=step, amp=amp, clip=clip,
-                                      progress=False)
+            _, step = train_one_epoch(
+                self.net,
+                batches,
+                self.opt,
+                self.scheduler,
+                loss_fn,
+                DEVICE,
+                epoch=epoch,
+                step=step,
+                amp=amp,
+                clip=clip,
+                progress=False,
+            )
         sync()
         return epochs * len(batches.dataset) / (time.perf_counter() - start)
 
-    def bare(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator, epochs: int,
-             channels_last: bool = False) -> float:
+    def bare(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        generator,
+        epochs: int,
+        channels_last: bool = False,
+    ) -> float:
         """Samples/s of a hand-written loop: shuffle, gather, forward, backward, step."""
         loss_fn = torch.nn.CrossEntropyLoss()
         layout = torch.channels_last if channels_last else torch.preserve_format
@@ -93,8 +110,10 @@ class Trainer:
         self.net.train()
         for _ in range(epochs):
             for index in torch.randperm(len(y), generator=generator).split(batch_size):
-                loss = loss_fn(self.net(to_device(x.index_select(0, index), memory_format=layout)),
-                               to_device(y.index_select(0, index)))
+                loss = loss_fn(
+                    self.net(to_device(x.index_select(0, index), memory_format=layout)),
+                    to_device(y.index_select(0, index)),
+                )
                 loss.backward()
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
@@ -103,8 +122,9 @@ class Trainer:
         return epochs * len(y) / (time.perf_counter() - start)
 
 
-def against(candidate: Callable[[], float], reference: Callable[[], float],
-            repeats: int) -> dict[str, float]:
+def against(
+    candidate: Callable[[], float], reference: Callable[[], float], repeats: int
+) -> dict[str, float]:
     """The two measured back to back `repeats` times (after a warm-up pair), taking turns to go
     first: medians of each, and the median of the pairs' ratios (a slow phase of a noisy
     machine hits both members of a pair)."""
@@ -116,9 +136,11 @@ def against(candidate: Callable[[], float], reference: Callable[[], float],
             got = tuple(reversed((reference(), candidate())))
         if round_:
             pairs.append(got)
-    return {"rate": statistics.median(c for c, _ in pairs),
-            "reference": statistics.median(r for _, r in pairs),
-            "ratio": statistics.median(c / r for c, r in pairs)}
+    return {
+        "rate": statistics.median(c for c, _ in pairs),
+        "reference": statistics.median(r for _, r in pairs),
+        "ratio": statistics.median(c / r for c, r in pairs),
+    }
 
 
 def with_determinism(deterministic: bool, measure: Callable[[], float]) -> Callable[[], float]:
@@ -151,8 +173,13 @@ def bench(_config, seed, repeats: int, epochs: int, options: bool, workload: str
     splits = load_splits()
     splits.digest(None)  # the data file's hash runs on a thread: let it end before timing
     train = splits.train
-    batches = make_loader(train, True, generator=loader_generator(seed),
-                          worker_init_fn=seed_worker, device_is_cuda=CUDA)
+    batches = make_loader(
+        train,
+        True,
+        generator=loader_generator(seed),
+        worker_init_fn=seed_worker,
+        device_is_cuda=CUDA,
+    )
     net = build_model(splits.input_shape, splits.num_classes)
     layout = workload == "cnn" and CUDA  # channels_last helps convolutions on a GPU
     generator = loader_generator(seed)
@@ -167,46 +194,60 @@ def bench(_config, seed, repeats: int, epochs: int, options: bool, workload: str
     x, y = train[np.arange(len(train))]
 
     def bare() -> float:
-        return fresh(channels_last=layout).bare(x, y, batches.batch_size, generator, epochs,
-                                                layout)
+        return fresh(channels_last=layout).bare(x, y, batches.batch_size, generator, epochs, layout)
 
     results = {"bare": against(ours, bare, repeats)}
     if options:
         with tempfile.TemporaryDirectory(prefix="reprolab-train-bench-") as tmp:
             candidates = option_candidates(fresh, batches, train, seed, epochs, Path(tmp))
-            results |= {name: against(option, ours, repeats)
-                        for name, option in candidates.items()}
+            results |= {name: against(option, ours, repeats) for name, option in candidates.items()}
     return results
 
 
-def option_candidates(fresh, batches, train, seed: int, epochs: int,
-                      tmp: Path) -> dict[str, Callable[[], float]]:
+def option_candidates(
+    fresh, batches, train, seed: int, epochs: int, tmp: Path
+) -> dict[str, Callable[[], float]]:
     """Our loop with one option changed from the default, on a fresh model copy each time."""
     candidates = {
         "seeding.deterministic=False": with_determinism(
-            False, lambda: fresh().ours(batches, epochs)),
+            False, lambda: fresh().ours(batches, epochs)
+        ),
         "amp=bf16": lambda: fresh().ours(batches, epochs, amp="bf16"),
     }
     if CUDA:
-        unpinned = make_loader(train, True, generator=loader_generator(seed), pin_memory=False,
-                               device_is_cuda=True)
+        unpinned = make_loader(
+            train, True, generator=loader_generator(seed), pin_memory=False, device_is_cuda=True
+        )
         candidates["data.pin_memory=False"] = lambda: fresh().ours(unpinned, epochs)
     file_backed = load_splits(path=str(row_major_copy(tmp)), in_memory_mb=0).train
     for workers in (0, 2):
-        loader = make_loader(file_backed, True, generator=loader_generator(seed),
-                             num_workers=workers, worker_init_fn=seed_worker, device_is_cuda=CUDA)
+        loader = make_loader(
+            file_backed,
+            True,
+            generator=loader_generator(seed),
+            num_workers=workers,
+            worker_init_fn=seed_worker,
+            device_is_cuda=CUDA,
+        )
         candidates[f"file-backed (data.in_memory_mb=0), data.num_workers={workers}"] = (
-            lambda loader=loader: fresh().ours(loader, epochs))
+            lambda loader=loader: fresh().ours(loader, epochs)
+        )
     return candidates
 
 
 def run(workload: str, repeats: int, epochs: int, options: bool) -> dict[str, dict]:
-    updates = {"repeats": repeats, "epochs": epochs, "options": options, "workload": workload,
-               "seed": 1}
+    updates = {
+        "repeats": repeats,
+        "epochs": epochs,
+        "options": options,
+        "workload": workload,
+        "seed": 1,
+    }
     if workload == "cnn":
         updates |= {"model": {"name": "cnn"}, "data": {"shape": [1, 8, 8]}}
-    return ex.run(config_updates=updates,
-                  options={"--loglevel": "ERROR", "--unobserved": True}).result
+    return ex.run(
+        config_updates=updates, options={"--loglevel": "ERROR", "--unobserved": True}
+    ).result
 
 
 def main() -> None:
@@ -216,23 +257,39 @@ def main() -> None:
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 21)
     epochs = 1 if args.quick else 4
-    print(f"Training-loop benchmark on {DEVICE} (torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads): samples/s over {epochs} epoch(s) of the bundled "
-          f"digits (1,438 training samples, batch 64), median of {repeats} repeats")
+    print(
+        f"Training-loop benchmark on {DEVICE} (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads): samples/s over {epochs} epoch(s) of the bundled "
+        f"digits (1,438 training samples, batch 64), median of {repeats} repeats"
+    )
     rows, option_rows = [], []
     for workload in ["mlp"] if args.quick else ["mlp", "cnn"]:
         results = run(workload, repeats, epochs, options=workload == "mlp")
         bare = results.pop("bare")
-        rows.append([workload + (" (default run)" if workload == "mlp" else ""),
-                     f"{bare['rate']:,.0f}", f"{bare['reference']:,.0f}", f"{bare['ratio']:.3f}"])
-        option_rows += [[name, f"{got['rate']:,.0f}", f"{got['reference']:,.0f}",
-                         f"{got['ratio']:.2f}x"] for name, got in results.items()]
-    print_table("our loop against a bare PyTorch loop (target: ratio >= 0.95; ratio: median of "
-                "back-to-back pairs)", ["model", "ours samples/s", "bare samples/s",
-                                        "ours / bare"], rows)
-    print_table("cost of options (MLP; each against our loop with the defaults: deterministic, "
-                "fp32, in memory" + (", pinned)" if CUDA else ")"),
-                ["option", "samples/s", "default samples/s", "ratio"], option_rows)
+        rows.append(
+            [
+                workload + (" (default run)" if workload == "mlp" else ""),
+                f"{bare['rate']:,.0f}",
+                f"{bare['reference']:,.0f}",
+                f"{bare['ratio']:.3f}",
+            ]
+        )
+        option_rows += [
+            [name, f"{got['rate']:,.0f}", f"{got['reference']:,.0f}", f"{got['ratio']:.2f}x"]
+            for name, got in results.items()
+        ]
+    print_table(
+        "our loop against a bare PyTorch loop (target: ratio >= 0.95; ratio: median of "
+        "back-to-back pairs)",
+        ["model", "ours samples/s", "bare samples/s", "ours / bare"],
+        rows,
+    )
+    print_table(
+        "cost of options (MLP; each against our loop with the defaults: deterministic, "
+        "fp32, in memory" + (", pinned)" if CUDA else ")"),
+        ["option", "samples/s", "default samples/s", "ratio"],
+        option_rows,
+    )
     if not CUDA:
         print("  pin_memory and channels_last apply on a GPU only: not measured on this machine")
 

@@ -62,7 +62,9 @@ INSTALLED_PARTS = frozenset({".venv", "site-packages", "dist-packages"})
 def is_own_code(file: str) -> bool:
     """Whether a file is part of this repository and not an installed package inside it."""
     path = Path(file).resolve()
-    return path.is_relative_to(REPO_ROOT) and not INSTALLED_PARTS & set(path.relative_to(REPO_ROOT).parts)
+    return path.is_relative_to(REPO_ROOT) and not INSTALLED_PARTS & set(
+        path.relative_to(REPO_ROOT).parts
+    )
 
 
 def own_modules() -> tuple[list[str], dict[str, str]]:
@@ -75,15 +77,23 @@ def own_modules() -> tuple[list[str], dict[str, str]]:
     inside, outside = set(), {}
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if (not isinstance(file, str) or not file.endswith(".py") or not os.path.isabs(file)
-                or file.startswith(installed)):
+        if (
+            not isinstance(file, str)
+            or not file.endswith(".py")
+            or not os.path.isabs(file)
+            or file.startswith(installed)
+        ):
             continue
         if is_own_code(file):
             inside.add(file)
             continue
         path = Path(file).resolve()
-        if (path.is_file() and not path.is_relative_to(REPO_ROOT)
-                and not INSTALLED_PARTS & set(path.parts) and not str(path).startswith(installed)):
+        if (
+            path.is_file()
+            and not path.is_relative_to(REPO_ROOT)
+            and not INSTALLED_PARTS & set(path.parts)
+            and not str(path).startswith(installed)
+        ):
             outside.setdefault(str(path), name)
     return sorted(inside), {name: file for file, name in sorted(outside.items())}
 
@@ -93,7 +103,7 @@ def import_root(module: str, file: str) -> str:
     (/x/pkg/mod.py of pkg.mod, or /x/pkg/__init__.py of pkg, gives /x)."""
     path, parts = Path(file), module.split(".")
     stem = path.parent if path.name == "__init__.py" else path.with_suffix("")
-    if module == "__main__" or stem.parts[-len(parts):] != tuple(parts):
+    if module == "__main__" or stem.parts[-len(parts) :] != tuple(parts):
         return str(path.parent)
     return str(stem.parents[len(parts) - 1])
 
@@ -174,7 +184,7 @@ def check_updates(argv: list[str]) -> None:
     value (complex numbers, bytes and sets are not JSON): Sacred fails there with a traceback."""
     if "with" not in argv:
         return
-    for update in argv[argv.index("with") + 1:]:
+    for update in argv[argv.index("with") + 1 :]:
         key, sep, value = update.partition("=")
         if not sep:
             continue
@@ -183,7 +193,8 @@ def check_updates(argv: list[str]) -> None:
         except Exception:  # Sacred's own conversion: TypeError, ValueError, RecursionError
             raise ConfigurationError(
                 f"{key.strip()} cannot be stored in a run's record (use numbers, strings, "
-                f"true/false, None, lists and dicts), got {shown(value.strip())}") from None
+                f"true/false, None, lists and dicts), got {shown(value.strip())}"
+            ) from None
 
 
 class ReproExperiment(Experiment):
@@ -198,8 +209,14 @@ class ReproExperiment(Experiment):
         self.additional_host_info = []
         self.additional_cli_options = [store_option, sweep_option]
         self.all_cli_options = gather_command_line_options() + self.additional_cli_options
-        Ingredient.__init__(self, path=name, ingredients=list(ingredients), base_dir=str(REPO_ROOT),
-                            _caller_globals=caller, save_git_info=False)
+        Ingredient.__init__(
+            self,
+            path=name,
+            ingredients=list(ingredients),
+            base_dir=str(REPO_ROOT),
+            _caller_globals=caller,
+            save_git_info=False,
+        )
         self.default_command = None
         for command in (print_config, print_dependencies, save_config, print_named_configs(self)):
             self.command(command, unobserved=True)
@@ -255,8 +272,15 @@ class ReproExperiment(Experiment):
         info["repositories"] = list(unique.values())  # Sacred lists the repository once per file
         return info
 
-    def _create_run(self, command_name=None, config_updates=None, named_configs=(), info=None,
-                    meta_info=None, options=None):
+    def _create_run(
+        self,
+        command_name=None,
+        config_updates=None,
+        named_configs=(),
+        info=None,
+        meta_info=None,
+        options=None,
+    ):
         """Build the run; any config problem becomes one ConfigurationError, before observers start."""
         command_name = command_name or self.default_command
         self.resume_point: ResumePoint | None = None
@@ -265,15 +289,20 @@ class ReproExperiment(Experiment):
             self._check_named_configs(named_configs)
             for key, value in (config_updates or {}).items():  # before Sacred walks them
                 check_storable(str(key), value)
-            run = super()._create_run(command_name, config_updates, named_configs, info,
-                                      meta_info, options)
+            run = super()._create_run(
+                command_name, config_updates, named_configs, info, meta_info, options
+            )
             if run.config.get("resume") is not None:  # given directly or in a config file
-                config_updates = self._resume(command_name, config_updates or {}, named_configs,
-                                              options, requested=run.config)
-                run = super()._create_run(command_name, config_updates, named_configs, info,
-                                          meta_info, options)
+                config_updates = self._resume(
+                    command_name, config_updates or {}, named_configs, options, requested=run.config
+                )
+                run = super()._create_run(
+                    command_name, config_updates, named_configs, info, meta_info, options
+                )
         except ConfigAddedError as error:
-            raise ConfigurationError(self._unknown_key_message(next(iter(error.__conflicting_configs__)))) from None
+            raise ConfigurationError(
+                self._unknown_key_message(next(iter(error.__conflicting_configs__)))
+            ) from None
         except (ValueError, FileNotFoundError, RecordError) as error:
             raise ConfigurationError(str(error)) from None
         added = sorted(k for k in run.config_modifications.added if not k.endswith("__doc__"))
@@ -297,25 +326,35 @@ class ReproExperiment(Experiment):
         the folder each was imported from in the info, so a rerun finds them there again."""
         sources, outside = own_sources()
         known = {source.filename for source in sources}
-        gathered = set().union(*(ingredient.sources for ingredient, _ in self.traverse_ingredients()))
+        gathered = set().union(
+            *(ingredient.sources for ingredient, _ in self.traverse_ingredients())
+        )
         sources += [s for s in gathered if s.filename not in known]
         run.experiment_info["sources"] = [
             (s.filename, s.digest) if s.filename in outside.values() else s.to_json(self.base_dir)
-            for s in sorted(sources)]
+            for s in sorted(sources)
+        ]
         repositories = {(s.repo, s.commit, s.is_dirty) for s in sources if s.repo}
         run.experiment_info["repositories"] = [
-            {"url": url, "commit": commit, "dirty": dirty} for url, commit, dirty in sorted(repositories)]
+            {"url": url, "commit": commit, "dirty": dirty}
+            for url, commit, dirty in sorted(repositories)
+        ]
         if outside:
             run.info["outside_code"] = {
                 "roots": sorted({import_root(module, file) for module, file in outside.items()}),
-                "modules": outside}
-        resolved = {key: found for key, found in RESOLVED.items()  # this run's, not an earlier one's
-                    if get_by_dotted_path(run.config, key) == found["import_path"]}
+                "modules": outside,
+            }
+        resolved = {
+            key: found
+            for key, found in RESOLVED.items()  # this run's, not an earlier one's
+            if get_by_dotted_path(run.config, key) == found["import_path"]
+        }
         if resolved:
             run.info["import_paths"] = resolved
 
-    def _resume(self, command_name: str, config_updates: dict, named_configs, options,
-                requested: dict) -> dict:
+    def _resume(
+        self, command_name: str, config_updates: dict, named_configs, options, requested: dict
+    ) -> dict:
         """Load the checkpoint named by `resume` and return the config that continues it."""
         chosen = {**self.get_default_options(), **(options or {})}
         choose_store(chosen)
@@ -326,9 +365,13 @@ class ReproExperiment(Experiment):
         touched = {key for key, _ in iterate_flattened(config_updates)}
         touched |= self._keys_set_by(named_configs, command_name)
         config = resumed_config(self.resume_point, requested, touched)
-        FROM_RECORD.update({  # the checkpoint chose these: installed code only if the user says so
-            key: f"name it yourself to run it: with resume={requested['resume']} {key}={value}"
-            for key, value in iterate_flattened(config) if key not in touched})
+        FROM_RECORD.update(
+            {  # the checkpoint chose these: installed code only if the user says so
+                key: f"name it yourself to run it: with resume={requested['resume']} {key}={value}"
+                for key, value in iterate_flattened(config)
+                if key not in touched
+            }
+        )
         return config
 
     def _keys_set_by(self, named_configs, command_name: str) -> set[str]:
@@ -356,15 +399,18 @@ class ReproExperiment(Experiment):
             return f"run {run._id} interrupted before it finished an epoch; no checkpoint to resume"
         store = run.meta_info.get("options", {}).get("--store")
         from_default = store in (None, DEFAULT_STORE) or (  # the same default applies again
-            is_mongo_url(store) and bool(os.environ.get(MONGO_URL_VARIABLE)))
+            is_mongo_url(store) and bool(os.environ.get(MONGO_URL_VARIABLE))
+        )
         if from_default:
             where = ""
         elif is_mongo_url(store):  # the printable URL hides the password, so it would not connect
             where = " -R <your MongoDB URL>"
         else:
             where = f" -R {store}"
-        return (f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
-                f"{distributed.relaunch_prefix(sys.argv[0])}{where} with resume={run._id}")
+        return (
+            f"run {run._id} interrupted after epoch {last['epoch']}; continue it with: "
+            f"{distributed.relaunch_prefix(sys.argv[0])}{where} with resume={run._id}"
+        )
 
     def _store_failure_message(self, error: StoreWriteError) -> str:
         """One sentence: the first write that failed, and what became of the run's record."""
@@ -373,8 +419,10 @@ class ReproExperiment(Experiment):
         if run is None or run._id is None:
             return f"{first}; the run could not start"
         if run.status_failure is not None:
-            return (f"{first}; run {run._id} stopped, and its status could not be written either "
-                    f"({run.status_failure.cause}), so its record still says RUNNING")
+            return (
+                f"{first}; run {run._id} stopped, and its status could not be written either "
+                f"({run.status_failure.cause}), so its record still says RUNNING"
+            )
         return f"{first}; run {run._id} stopped and is recorded as FAILED"
 
     @staticmethod
@@ -404,7 +452,9 @@ class ReproExperiment(Experiment):
                     load_config_file(name)
                 except Exception as error:  # any parser's error: JSON, YAML, pickle
                     reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-                    raise ConfigurationError(f"config file {name}: cannot read it ({reason})") from None
+                    raise ConfigurationError(
+                        f"config file {name}: cannot read it ({reason})"
+                    ) from None
                 continue
             if os.path.splitext(name)[1] in HANDLER_BY_EXT or os.sep in name:
                 raise ConfigurationError(f"config file not found: {name}")
@@ -412,7 +462,8 @@ class ReproExperiment(Experiment):
             if name not in available:
                 raise ConfigurationError(
                     f"unknown named config '{name}' (named configs: {', '.join(available)}; a config "
-                    f"file needs one of the extensions {', '.join(sorted(HANDLER_BY_EXT))})")
+                    f"file needs one of the extensions {', '.join(sorted(HANDLER_BY_EXT))})"
+                )
 
     def _unknown_key_message(self, key: str) -> str:
         if key in {ingredient.path for ingredient, _ in self.traverse_ingredients()}:

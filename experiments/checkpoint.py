@@ -99,15 +99,26 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    return checkpoint_from_bytes(path.read_bytes(), expected_sha256, f"checkpoint {path}",
-                                 map_location)
+    return checkpoint_from_bytes(
+        path.read_bytes(), expected_sha256, f"checkpoint {path}", map_location
+    )
 
 
 # --------------------------------------------------------------------------- training state
 
 
-def training_state(*, model, optimizer, scheduler, scaler, epoch: int, step: int,
-                   generator: torch.Generator, best: dict, config) -> dict:
+def training_state(
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    epoch: int,
+    step: int,
+    generator: torch.Generator,
+    best: dict,
+    config,
+) -> dict:
     """Everything needed to continue bit-exactly after `epoch`, as tensors and plain values."""
     return {
         "model": model.state_dict(),
@@ -122,8 +133,16 @@ def training_state(*, model, optimizer, scheduler, scaler, epoch: int, step: int
     }
 
 
-def restore_training_state(state: dict, *, model, optimizer, scheduler, scaler,
-                           generator: torch.Generator, same_schedule: bool) -> tuple[int, int, dict]:
+def restore_training_state(
+    state: dict,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    generator: torch.Generator,
+    same_schedule: bool,
+) -> tuple[int, int, dict]:
     """Put model, optimizer, schedule, scaler and every RNG where the checkpoint left them.
 
     With `same_schedule` False (more epochs than the checkpoint's run planned) the schedule is
@@ -140,9 +159,11 @@ def restore_training_state(state: dict, *, model, optimizer, scheduler, scaler,
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
         reason = " ".join(str(error).split())[:300] or type(error).__name__
-        raise CheckpointMismatch(f"resume: the checkpoint does not fit the model, optimizer or "
-                                 f"schedule its config builds now (has their code changed?): "
-                                 f"{reason}") from None
+        raise CheckpointMismatch(
+            f"resume: the checkpoint does not fit the model, optimizer or "
+            f"schedule its config builds now (has their code changed?): "
+            f"{reason}"
+        ) from None
     set_rng_state(state["rng"], generator)  # last: nothing may draw from an RNG after this
     return state["epoch"], state["step"], state["best"]
 

@@ -38,7 +38,9 @@ class RankFailed(OneSentenceError):
 
 def launched_by_torchrun() -> bool:
     """Whether this process is one of a torchrun job's workers (torchrun sets these variables)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= set(os.environ)
+    return "TORCHELASTIC_RUN_ID" in os.environ or {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= set(
+        os.environ
+    )
 
 
 def torchrun_command() -> list[str] | None:
@@ -96,12 +98,23 @@ class Job:
         if not dist.is_initialized():
             dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         self.store = dist.distributed_c10d._get_default_store()
-        me = {"rank": self.rank, "local_rank": self.local_rank, "host": socket.gethostname(),
-              "pid": os.getpid(), "device": str(device), "seed": run.config["seed"] + self.rank}
+        me = {
+            "rank": self.rank,
+            "local_rank": self.local_rank,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": str(device),
+            "seed": run.config["seed"] + self.rank,
+        }
         ranks = [None] * self.world_size
         dist.all_gather_object(ranks, me)
-        self.info = {"world_size": self.world_size, "nodes": self.nodes, "backend": backend,
-                     "torchrun": torchrun_command(), "ranks": ranks}
+        self.info = {
+            "world_size": self.world_size,
+            "nodes": self.nodes,
+            "backend": backend,
+            "torchrun": torchrun_command(),
+            "ranks": ranks,
+        }
         run.info["distributed"] = self.info
         return device
 
@@ -180,7 +193,10 @@ class Job:
             if self.stop_requested is not None and not interrupted:
                 # rank 0 has stopped the job after its checkpoint; this rank's collective broke
                 raise self.stop_requested from None
-            key, message = STOPPED_KEY if interrupted else FAILED_KEY, f"{type(error).__name__}: {error}"
+            key, message = (
+                STOPPED_KEY if interrupted else FAILED_KEY,
+                f"{type(error).__name__}: {error}",
+            )
             self._tell(key, message)
             if self.is_main:
                 self._raise_peer_failure(own_interrupt=bool(interrupted))
@@ -208,7 +224,9 @@ class Job:
         if any(ref() is not None for ref in self.wrapped):  # still referenced by the caller
             logging.getLogger(__name__).warning(
                 "rank %d: the DistributedDataParallel model is still referenced, so the process "
-                "group is left for the interpreter's exit (destroying it first can hang)", self.rank)
+                "group is left for the interpreter's exit (destroying it first can hang)",
+                self.rank,
+            )
             return
         self.wrapped.clear()
         dist.destroy_process_group()
@@ -291,14 +309,16 @@ class MainReportingFailures:
 def check_config(config: dict) -> None:
     """Refuse distributed options that cannot work, in one sentence naming the key."""
     if config.get("lr_scaling") not in LR_SCALINGS:
-        raise ValueError(f"lr_scaling: '{config.get('lr_scaling')}' is not one of "
-                         f"{', '.join(LR_SCALINGS)}")
+        raise ValueError(
+            f"lr_scaling: '{config.get('lr_scaling')}' is not one of {', '.join(LR_SCALINGS)}"
+        )
     sync = (config.get("model") or {}).get("sync_batchnorm", False)
     if not isinstance(sync, bool):
         raise ValueError(f"model.sync_batchnorm must be true or false, got {sync!r}")
     if sync and job().distributed and not torch.cuda.is_available():
-        raise ValueError("model.sync_batchnorm needs CUDA devices: torch's SyncBatchNorm does "
-                         "not run on CPU")
+        raise ValueError(
+            "model.sync_batchnorm needs CUDA devices: torch's SyncBatchNorm does not run on CPU"
+        )
 
 
 def check_world_size(recorded: int, what: str, allowed: bool) -> None:
@@ -307,7 +327,8 @@ def check_world_size(recorded: int, what: str, allowed: bool) -> None:
     if recorded != now and not allowed:
         raise ValueError(
             f"{what} ran with world size {recorded} and this job has {now}; the sample order "
-            f"and reductions would differ, so set allow_world_size_change=True to do it anyway")
+            f"and reductions would differ, so set allow_world_size_change=True to do it anyway"
+        )
 
 
 def relaunch_prefix(script: str) -> str:
@@ -316,7 +337,8 @@ def relaunch_prefix(script: str) -> str:
     if not current.distributed:
         return f"python {script}"
     return f"torchrun --nproc_per_node={current.world_size // current.nodes} " + (
-        f"--nnodes={current.nodes} <rendezvous flags> {script}" if current.nodes > 1 else script)
+        f"--nnodes={current.nodes} <rendezvous flags> {script}" if current.nodes > 1 else script
+    )
 
 
 def in_main_process() -> bool:
@@ -324,5 +346,13 @@ def in_main_process() -> bool:
     return job().is_main
 
 
-__all__ = ["Job", "RankFailed", "check_config", "check_world_size", "job", "prepare_run",
-           "relaunch_prefix", "in_main_process"]
+__all__ = [
+    "Job",
+    "RankFailed",
+    "check_config",
+    "check_world_size",
+    "job",
+    "prepare_run",
+    "relaunch_prefix",
+    "in_main_process",
+]

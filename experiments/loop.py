@@ -97,8 +97,11 @@ class LossWindow:
         total and count over the processes of a distributed job."""
         self.flush()
         if reduce is not None:
-            total, count = reduce(torch.stack([self.total.double(), self.total.new_tensor(
-                self.count, dtype=torch.float64)]))
+            total, count = reduce(
+                torch.stack(
+                    [self.total.double(), self.total.new_tensor(self.count, dtype=torch.float64)]
+                )
+            )
             return (total / count.clamp(min=1)).item()
         return (self.total / max(self.count, 1)).item()
 
@@ -176,7 +179,12 @@ def optimizer_step(model, optimizer, scaler, clip) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable, loss_fn, device: torch.device, loss: str, amp: str = "off",
+    model: nn.Module,
+    batches: Iterable,
+    loss_fn,
+    device: torch.device,
+    loss: str,
+    amp: str = "off",
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Validation loss (and accuracy for classification) in eval mode without gradients;
@@ -195,8 +203,15 @@ def evaluate(
             correct += correct_predictions(out, y, loss)
         count += len(y)
     if reduce is not None:
-        sums = reduce(torch.stack([total_loss.double(), correct.double(),
-                                   total_loss.new_tensor(count, dtype=torch.float64)]))
+        sums = reduce(
+            torch.stack(
+                [
+                    total_loss.double(),
+                    correct.double(),
+                    total_loss.new_tensor(count, dtype=torch.float64),
+                ]
+            )
+        )
         total_loss, correct, count = sums[0], sums[1], sums[2].clamp(min=1)
     metrics = {"val_loss": (total_loss / max(count, 1)).item()}
     if loss != "mse":

@@ -72,7 +72,8 @@ class Interrupts:
         if self.closing:
             return
         stop = self.failure or (
-            KeyboardInterrupt() if signum == signal.SIGINT else Terminated("terminated (SIGTERM)"))
+            KeyboardInterrupt() if signum == signal.SIGINT else Terminated("terminated (SIGTERM)")
+        )
         if job().distributed and not job().is_main:
             # Rank 0 decides when a torchrun job stops (torchrun signals every rank): this rank
             # keeps serving the collectives of rank 0's last checkpoint, then stops with the job.
@@ -122,7 +123,9 @@ def interrupts_handled():
         return
     INTERRUPTS.pid, INTERRUPTS.pending, INTERRUPTS.failure = os.getpid(), None, None
     INTERRUPTS.closing = False
-    previous = {sig: signal.signal(sig, INTERRUPTS.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, INTERRUPTS.handle) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -218,8 +221,9 @@ class RecordedRun(Run):
                 self.run_logger.error("Failed after %s!", elapsed_time)
             self.fail_trace = traceback.format_exception(exc_type, exc_value, trace)
             for observer in self.observers:
-                self._final_call(observer, "failed_event", fail_time=self.stop_time,
-                                 fail_trace=self.fail_trace)
+                self._final_call(
+                    observer, "failed_event", fail_time=self.stop_time, fail_trace=self.fail_trace
+                )
 
 
 # --------------------------------------------------------------------------- saving
@@ -250,7 +254,9 @@ class CheckpointRecorder:
             return
         with INTERRUPTS.deferred(), self._scratch(name) as path:
             digest = save_checkpoint(path, state)
-            self._attach(name, path, {"sha256": digest, "epoch": state["epoch"], "step": state["step"]})
+            self._attach(
+                name, path, {"sha256": digest, "epoch": state["epoch"], "step": state["step"]}
+            )
 
     @staticmethod
     @contextmanager
@@ -289,8 +295,14 @@ class ResumePoint:
 
     def record(self) -> dict:
         """What the resumed run records about where it started."""
-        return {"run_id": self.run_id, "store": self.store, "checkpoint": LAST,
-                "sha256": self.sha256, "epoch": self.state["epoch"], "step": self.state["step"]}
+        return {
+            "run_id": self.run_id,
+            "store": self.store,
+            "checkpoint": LAST,
+            "sha256": self.sha256,
+            "epoch": self.state["epoch"],
+            "step": self.state["step"],
+        }
 
 
 class NeverWritten(RecordError):
@@ -302,16 +314,20 @@ def verified_checkpoint(reader, run_id: int, name: str, records: dict) -> tuple[
     saving, or, when the run was killed while replacing the file, the one it replaced."""
     record = records.get(name)
     if not isinstance(record, dict) or not record.get("sha256"):
-        raise RecordError(f"run {run_id} recorded no checkpoint {name} (it stopped before "
-                          "finishing an epoch, or its info.json is missing)")
+        raise RecordError(
+            f"run {run_id} recorded no checkpoint {name} (it stopped before "
+            "finishing an epoch, or its info.json is missing)"
+        )
     replaced = record.get("replaces")
     try:
         data = reader.artifact(run_id, name)
     except RecordError:
         if isinstance(replaced, dict) or "replaces" not in record:
             raise
-        raise NeverWritten(f"run {run_id} was stopped while writing its first checkpoint "
-                           f"{name}, so there is none to resume from") from None
+        raise NeverWritten(
+            f"run {run_id} was stopped while writing its first checkpoint "
+            f"{name}, so there is none to resume from"
+        ) from None
     if isinstance(replaced, dict) and hashlib.sha256(data).hexdigest() == replaced.get("sha256"):
         return data, replaced  # killed before the new file was renamed into place
     return data, {key: value for key, value in record.items() if key != "replaces"}
@@ -335,8 +351,13 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
         except NeverWritten:  # killed while writing it, after last.pt: the next best writes one
             best = None
         if best is not None:
-            plain_config(run_id, BEST, checkpoint_from_bytes(
-                best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}"))
+            plain_config(
+                run_id,
+                BEST,
+                checkpoint_from_bytes(
+                    best, best_record["sha256"], f"run {run_id}'s checkpoint {BEST}"
+                ),
+            )
             carried[BEST] = (best, best_record)
     world_size = (info.get("distributed") or {}).get("world_size", 1)
     return ResumePoint(run_id, reader.location, state, record["sha256"], carried, world_size)
@@ -362,9 +383,15 @@ def check_same_data(run_id: int, info: dict, config: dict) -> None:
     file = resolve_path(path)
     now = fingerprint_file(file)["sha256"] if file.is_file() else None
     if now != then:
-        change = "is missing" if now is None else f"has changed (sha256 {then[:12]} then, {now[:12]} now)"
-        raise RecordError(f"data file {file} {change} since run {run_id} was trained on it, so "
-                          "resuming would continue on other data")
+        change = (
+            "is missing"
+            if now is None
+            else f"has changed (sha256 {then[:12]} then, {now[:12]} now)"
+        )
+        raise RecordError(
+            f"data file {file} {change} since run {run_id} was trained on it, so "
+            "resuming would continue on other data"
+        )
 
 
 def resumed_config(point: ResumePoint, requested: dict, touched: set[str]) -> dict:
@@ -374,7 +401,8 @@ def resumed_config(point: ResumePoint, requested: dict, touched: set[str]) -> di
     line or through named configs); any of those that differs from the checkpoint is refused."""
     saved, requested = point.state["config"], plain(requested)
     differing = sorted(
-        key for key in touched - MAY_CHANGE
+        key
+        for key in touched - MAY_CHANGE
         if get_by_dotted_path(requested, key, MISSING) != get_by_dotted_path(saved, key, MISSING)
     )
     if differing:
@@ -382,8 +410,11 @@ def resumed_config(point: ResumePoint, requested: dict, touched: set[str]) -> di
             f"resume: the config differs from run {point.run_id}'s checkpoint in "
             f"{', '.join(differing)}; only epochs may change when resuming"
         )
-    check_world_size(point.world_size, f"resume: run {point.run_id}",
-                     bool(requested.get("allow_world_size_change")))
+    check_world_size(
+        point.world_size,
+        f"resume: run {point.run_id}",
+        bool(requested.get("allow_world_size_change")),
+    )
     config = copy.deepcopy(saved)
     for key in MAY_CHANGE & touched:
         set_by_dotted_path(config, key, get_by_dotted_path(requested, key))

@@ -89,14 +89,29 @@ class SweepBook:
 
 # What each field of a sweep record must be: read back, a record is data someone else may have
 # written, so a wrong shape is one sentence naming the field, never a traceback further on.
-RECORD_FIELDS = {"id": str, "experiment": str, "named_configs": list, "configs": list,
-                 "attempts": list}
-ATTEMPT_FIELDS = {"engine": str, "indices": list, "task_ids": dict, "job_id": str,
-                  "options": dict, "folder": str, "parallel": int, "threads": int, "host": str}
+RECORD_FIELDS = {
+    "id": str,
+    "experiment": str,
+    "named_configs": list,
+    "configs": list,
+    "attempts": list,
+}
+ATTEMPT_FIELDS = {
+    "engine": str,
+    "indices": list,
+    "task_ids": dict,
+    "job_id": str,
+    "options": dict,
+    "folder": str,
+    "parallel": int,
+    "threads": int,
+    "host": str,
+}
 
 
 def check_shape(record: dict, sweep_id: str) -> None:
     """RecordError naming the sweep and the first field of the wrong shape."""
+
     def wrong(field: str, what: str) -> RecordError:
         return RecordError(f"sweep {sweep_id}'s record is damaged: {field} must be {what}")
 
@@ -113,7 +128,8 @@ def check_shape(record: dict, sweep_id: str) -> None:
         for field, kind in ATTEMPT_FIELDS.items():
             value = attempt.get(field)
             if (field == "engine" or value is not None) and (
-                    not isinstance(value, kind) or isinstance(value, bool)):
+                not isinstance(value, kind) or isinstance(value, bool)
+            ):
                 raise wrong(f"attempts[{number}].{field}", f"a {kind.__name__}")
         tasks = attempt.get("task_ids") or {}
         if not all(key.isdigit() and isinstance(task, str) for key, task in tasks.items()):
@@ -131,8 +147,10 @@ def new_sweep_id(book: SweepBook) -> str:
 def code_version() -> dict:
     commit = git(INSTALLED_ROOT, "rev-parse", "HEAD")
     status = git(INSTALLED_ROOT, "status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit.strip() if commit else None,
-            "dirty": bool(status.strip()) if status is not None else None}
+    return {
+        "commit": commit.strip() if commit else None,
+        "dirty": bool(status.strip()) if status is not None else None,
+    }
 
 
 # --------------------------------------------------------------------------- checking configs
@@ -152,7 +170,9 @@ def load_experiment(path: str):
     return found[0]
 
 
-def validate(experiment: str, named_configs: list[str], configs: list[dict], elsewhere: bool = False) -> None:
+def validate(
+    experiment: str, named_configs: list[str], configs: list[dict], elsewhere: bool = False
+) -> None:
     """Build every config's run without starting it, so a bad one is refused before any run
     starts: one sentence naming the config and the key. Nothing is recorded (no observer).
     `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see."""
@@ -161,8 +181,11 @@ def validate(experiment: str, named_configs: list[str], configs: list[dict], els
     with mock.patch.dict(os.environ, {CHECKING_ELSEWHERE_VARIABLE: "1" if elsewhere else "0"}):
         for index, config in enumerate(configs):
             try:
-                ex._create_run(config_updates=dict(config), named_configs=list(named_configs),
-                               options={"--unobserved": True})
+                ex._create_run(
+                    config_updates=dict(config),
+                    named_configs=list(named_configs),
+                    options={"--unobserved": True},
+                )
             except ValueError as error:  # ConfigurationError: one sentence naming the key
                 label = describe(config, varied) or describe(config)
                 raise ValueError(f"config {index} ({label}): {error}") from None
@@ -215,8 +238,14 @@ def sweep_attempts(location: str, sweep_id: str) -> dict[int, list[Attempt]]:
             checkpoint = False
         status = run.get("status")
         attempts.setdefault(index, []).append(
-            Attempt(run_id, index, status if isinstance(status, str) else "DAMAGED", checkpoint,
-                    run.get("heartbeat")))
+            Attempt(
+                run_id,
+                index,
+                status if isinstance(status, str) else "DAMAGED",
+                checkpoint,
+                run.get("heartbeat"),
+            )
+        )
     return attempts
 
 
@@ -229,7 +258,9 @@ class Job:
     resumes: int | None = None
 
 
-def jobs_to_do(record: dict, attempts: dict[int, list[Attempt]], busy: set[int]) -> tuple[list[Job], list[str]]:
+def jobs_to_do(
+    record: dict, attempts: dict[int, list[Attempt]], busy: set[int]
+) -> tuple[list[Job], list[str]]:
     """Jobs for every config not yet completed, and a line per config left alone or continued."""
     jobs, notes = [], []
     for index, config in enumerate(record["configs"]):
@@ -240,12 +271,16 @@ def jobs_to_do(record: dict, attempts: dict[int, list[Attempt]], busy: set[int])
         elif latest.status == "COMPLETED":
             continue
         elif index in busy or latest.beating():
-            notes.append(f"config {index}: run {latest.run_id} is still {latest.status}; left alone")
+            notes.append(
+                f"config {index}: run {latest.run_id} is still {latest.status}; left alone"
+            )
         elif latest.status in ("INTERRUPTED", "RUNNING", "TIMEOUT") and latest.checkpoint:
             notes.append(f"config {index}: continuing run {latest.run_id} from its checkpoint")
             jobs.append(Job(index, [f"resume={latest.run_id}"], resumes=latest.run_id))
         else:
-            notes.append(f"config {index}: run {latest.run_id} was {latest.status}; running it again")
+            notes.append(
+                f"config {index}: run {latest.run_id} was {latest.status}; running it again"
+            )
             jobs.append(fresh)
     return jobs, notes
 
@@ -264,8 +299,12 @@ def run_argv(record: dict, job: Job, store_arg: str | None) -> list[str]:
 def experiment_file(record: dict, store_root: str | None) -> Path:
     """The sweep's experiment in this checkout: the record names it relative to the checkout and
     cannot choose a file elsewhere or in a run store (RecordError, one sentence)."""
-    return checkout_file(record["experiment"], f"sweep {record['id']}'s experiment", store_root,
-                         "a sweep runs only an experiment file of this checkout")
+    return checkout_file(
+        record["experiment"],
+        f"sweep {record['id']}'s experiment",
+        store_root,
+        "a sweep runs only an experiment file of this checkout",
+    )
 
 
 def check_named_configs(record: dict, experiment: Path) -> None:
@@ -276,8 +315,10 @@ def check_named_configs(record: dict, experiment: Path) -> None:
     registered = {name for name, _ in load_experiment(str(experiment)).gather_named_configs()}
     for name in record["named_configs"]:
         if name not in registered:
-            raise RecordError(f"sweep {record['id']}'s named config {name!r} is not one of "
-                              f"{experiment.name}'s named configs, so nothing was run")
+            raise RecordError(
+                f"sweep {record['id']}'s named config {name!r} is not one of "
+                f"{experiment.name}'s named configs, so nothing was run"
+            )
 
 
 def store_argument(location: str) -> str | None:
@@ -309,7 +350,11 @@ class LocalSweep:
         self.failures: list[str] = []
 
     def environment(self) -> dict:
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+        }
         if is_mongo_url(self.location):
             env[MONGO_URL_VARIABLE] = self.location
         return env
@@ -321,8 +366,14 @@ class LocalSweep:
         argv = run_argv(self.record, job, store_argument(self.location))
         env = {**self.environment(), RUN_ID_FILE_VARIABLE: str(id_file)}
         with open(log, "wb") as out:
-            process = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         return Running(job, process, log, id_file)
 
     def run(self, jobs: list[Job], attempt: int) -> int:
@@ -330,8 +381,10 @@ class LocalSweep:
         SIGTERM only set a flag (no exception can land between starting a run and holding it)."""
         pending, running = list(jobs), []
         stopping = []
-        previous = {signum: signal.signal(signum, lambda *_: stopping.append(True))
-                    for signum in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            signum: signal.signal(signum, lambda *_: stopping.append(True))
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             self.progress(pending, running)
             while (pending or running) and not stopping:
@@ -348,9 +401,12 @@ class LocalSweep:
                     time.sleep(0.2)
             if stopping:
                 self.stop(running)
-                print(f"sweep {self.record['id']} stopped: {self.interrupted} run(s) interrupted, "
-                      f"{len(pending)} not started; continue it with: "
-                      f"{resume_command(self.record['id'], self.location)}", file=sys.stderr)
+                print(
+                    f"sweep {self.record['id']} stopped: {self.interrupted} run(s) interrupted, "
+                    f"{len(pending)} not started; continue it with: "
+                    f"{resume_command(self.record['id'], self.location)}",
+                    file=sys.stderr,
+                )
                 return 130
         finally:
             for signum, handler in previous.items():
@@ -368,8 +424,10 @@ class LocalSweep:
             self.interrupted += 1
         else:
             self.failed += 1
-            self.failures.append(f"config {item.job.index} (run {run_id}) failed: "
-                                 f"{last_error(item.log)} (log: {item.log})")
+            self.failures.append(
+                f"config {item.job.index} (run {run_id}) failed: "
+                f"{last_error(item.log)} (log: {item.log})"
+            )
 
     def stop(self, running: list[Running]) -> None:
         """Ask every running run to stop (it records INTERRUPTED and its checkpoint), then wait;
@@ -387,8 +445,12 @@ class LocalSweep:
             self.finish(item)
 
     def progress(self, pending: list, running: list) -> None:
-        print(f"sweep {self.record['id']}: {self.done} done, {len(running)} running, "
-              f"{self.failed} failed, {len(pending)} left", file=sys.stderr, flush=True)
+        print(
+            f"sweep {self.record['id']}: {self.done} done, {len(running)} running, "
+            f"{self.failed} failed, {len(pending)} left",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def kill_session(process: subprocess.Popen) -> None:
@@ -403,11 +465,17 @@ def kill_session(process: subprocess.Popen) -> None:
 def last_error(log: Path) -> str:
     """The last line of a run's output that says what went wrong (its exception, usually)."""
     try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [
+            line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()
+        ]
     except OSError:
         return "no output"
-    errors = [line for line in lines if line.startswith(("error:", "ERROR")) or
-              (":" in line and line.split(":", 1)[0].endswith(("Error", "Exception")))]
+    errors = [
+        line
+        for line in lines
+        if line.startswith(("error:", "ERROR"))
+        or (":" in line and line.split(":", 1)[0].endswith(("Error", "Exception")))
+    ]
     return (errors or lines or ["no output"])[-1]
 
 
@@ -419,7 +487,11 @@ def store_option(location: str) -> str:
     """' --store LOCATION' for a printed command, '' for the default store (a password never)."""
     if location == default_store():
         return ""
-    return " --store <your MongoDB URL>" if is_mongo_url(location) else f" --store {shlex.quote(location)}"
+    return (
+        " --store <your MongoDB URL>"
+        if is_mongo_url(location)
+        else f" --store {shlex.quote(location)}"
+    )
 
 
 # --------------------------------------------------------------------------- the command
@@ -437,8 +509,12 @@ def sweep_command(args) -> int:
     check_engine_options(args)
     seed = secrets.randbelow(2**31)
     configs, dropped = expand(declaration, seed)
-    validate(declaration.experiment, declaration.named_configs, configs,
-             elsewhere=args.on == "slurm" or args.print_commands)
+    validate(
+        declaration.experiment,
+        declaration.named_configs,
+        configs,
+        elsewhere=args.on == "slurm" or args.print_commands,
+    )
     if args.on == "slurm" and not args.print_commands:  # its options, before anything is said
         from experiments.sweep_slurm import SlurmOptions, check_devices
 
@@ -448,16 +524,25 @@ def sweep_command(args) -> int:
         return 0
     book = SweepBook(location)
     record = {
-        "id": new_sweep_id(book), "experiment": experiment,
-        "created": now(), "declaration": declaration.record(),
-        "named_configs": declaration.named_configs, "configs": configs, "default_seed": seed,
-        "duplicates_dropped": dropped, "code": code_version(), "store": book.printable(),
+        "id": new_sweep_id(book),
+        "experiment": experiment,
+        "created": now(),
+        "declaration": declaration.record(),
+        "named_configs": declaration.named_configs,
+        "configs": configs,
+        "default_seed": seed,
+        "duplicates_dropped": dropped,
+        "code": code_version(),
+        "store": book.printable(),
         "attempts": [],
     }
     jobs = [Job(i, declaration.named_configs + config_words(c)) for i, c in enumerate(configs)]
-    print(f"sweep {record['id']}: {len(configs)} configs"
-          + (f" ({dropped} duplicates run once)" if dropped else "") + f", recorded in {book.printable()}",
-          file=sys.stderr)
+    print(
+        f"sweep {record['id']}: {len(configs)} configs"
+        + (f" ({dropped} duplicates run once)" if dropped else "")
+        + f", recorded in {book.printable()}",
+        file=sys.stderr,
+    )
     return launch(args, record, book, location, jobs)
 
 
@@ -472,15 +557,19 @@ def declaration_from(words: list[str], file: str | None) -> Declaration:
     if words and words[0] == "with":
         words.pop(0)
     elif words:
-        raise ValueError(f"'{words[0]}': give config values after 'with', e.g. "
-                         "reprolab sweep experiments/train.py with 'lr=[0.1, 0.01]'")
+        raise ValueError(
+            f"'{words[0]}': give config values after 'with', e.g. "
+            "reprolab sweep experiments/train.py with 'lr=[0.1, 0.01]'"
+        )
     declaration = from_file(file) if file else Declaration()
     declaration = from_words(words, declaration)
     declaration.experiment = experiment or declaration.experiment
     inline_config_files(declaration)
     if not declaration.grid and not declaration.random:
-        raise ValueError("the sweep declares nothing to vary: give a list, e.g. 'lr=[0.1, 0.01]', "
-                         "or a sweep file with grid or random")
+        raise ValueError(
+            "the sweep declares nothing to vary: give a list, e.g. 'lr=[0.1, 0.01]', "
+            "or a sweep file with grid or random"
+        )
     return declaration
 
 
@@ -489,8 +578,10 @@ def relative_experiment(path: str) -> str:
     that file of whichever checkout it runs from)."""
     resolved = Path(path).resolve()
     if not resolved.is_relative_to(INSTALLED_ROOT):
-        raise ValueError(f"experiment {path} is not in the checkout {INSTALLED_ROOT}: a sweep runs an "
-                         "experiment file of the checkout, so that --resume runs the same one")
+        raise ValueError(
+            f"experiment {path} is not in the checkout {INSTALLED_ROOT}: a sweep runs an "
+            "experiment file of the checkout, so that --resume runs the same one"
+        )
     return resolved.relative_to(INSTALLED_ROOT).as_posix()
 
 
@@ -502,12 +593,17 @@ def check_engine_options(args) -> None:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be 1 or more, not {args.threads}")
     if args.on != "slurm":
-        given = [name for name in ("partition", "time", "cpus", "gpus", "mem", "max_parallel")
-                 if getattr(args, name) is not None] + (["sbatch"] if args.sbatch else [])
+        given = [
+            name
+            for name in ("partition", "time", "cpus", "gpus", "mem", "max_parallel")
+            if getattr(args, name) is not None
+        ] + (["sbatch"] if args.sbatch else [])
         if "gpus" in given:  # a local sweep hands out no GPUs: its runs all see this machine's
-            raise ValueError("--gpus is a Slurm option: a local sweep's runs share the GPUs this "
-                             "machine shows (device=auto takes the first), so add --on slurm or "
-                             "leave --gpus out")
+            raise ValueError(
+                "--gpus is a Slurm option: a local sweep's runs share the GPUs this "
+                "machine shows (device=auto takes the first), so add --on slurm or "
+                "leave --gpus out"
+            )
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} is a Slurm option; add --on slurm")
 
@@ -518,16 +614,20 @@ def print_configs(configs: list[dict], dropped: int, declaration: Declaration) -
         print(f"{index:>4}  {describe(config, varied) or describe(config)}")
     fixed = {k: v for k, v in configs[0].items() if k not in varied}
     named = " ".join(declaration.named_configs)
-    print(f"{len(configs)} configs of {declaration.experiment}"
-          + (f" ({dropped} duplicates dropped)" if dropped else "")
-          + (f"; named configs: {named}" if named else "")
-          + (f"; the same in all: {describe(fixed)}" if fixed else ""))
+    print(
+        f"{len(configs)} configs of {declaration.experiment}"
+        + (f" ({dropped} duplicates dropped)" if dropped else "")
+        + (f"; named configs: {named}" if named else "")
+        + (f"; the same in all: {describe(fixed)}" if fixed else "")
+    )
 
 
 def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) -> int:
     """Start jobs on the chosen engine, recording the attempt in the sweep's record first."""
     if args.print_commands:
-        record["attempts"].append({"engine": "commands", "started": now(), "indices": [j.index for j in jobs]})
+        record["attempts"].append(
+            {"engine": "commands", "started": now(), "indices": [j.index for j in jobs]}
+        )
         book.save(record)
         print_commands(record, jobs, location)
         return 0
@@ -537,40 +637,68 @@ def launch(args, record: dict, book: SweepBook, location: str, jobs: list[Job]) 
         previous = last_attempt(record, "slurm").get("options")
         options = SlurmOptions.from_args(args, previous=previous)
         if previous and previous.get("extra") and not args.sbatch:
-            print("the previous submission's --sbatch options are not taken from the record; give "
-                  "them again if they are still wanted", file=sys.stderr)
+            print(
+                "the previous submission's --sbatch options are not taken from the record; give "
+                "them again if they are still wanted",
+                file=sys.stderr,
+            )
         check_devices([record["configs"][job.index] for job in jobs], options)
         folder = book.work_dir(record["id"]) / f"slurm-{len(record['attempts'])}"
-        attempt = {"engine": "slurm", "started": now(), "folder": str(folder),
-                   "options": options.record(), "indices": [j.index for j in jobs]}
+        attempt = {
+            "engine": "slurm",
+            "started": now(),
+            "folder": str(folder),
+            "options": options.record(),
+            "indices": [j.index for j in jobs],
+        }
         record["attempts"].append(attempt)
-        book.save(record)  # recorded before submitting: a crash in between leaves a record to --resume
+        book.save(
+            record
+        )  # recorded before submitting: a crash in between leaves a record to --resume
         try:
             submitted = submit(record, jobs, location, options, folder)
-        except ValueError as error:  # sbatch refused it: nothing was submitted, nothing stays recorded
+        except (
+            ValueError
+        ) as error:  # sbatch refused it: nothing was submitted, nothing stays recorded
             forget_attempt(record, attempt, book)
             raise ValueError(f"{error} (nothing submitted or recorded)") from None
-        attempt["task_ids"] = {str(index): task for index, task in submitted.items()}  # BSON: text keys
+        attempt["task_ids"] = {
+            str(index): task for index, task in submitted.items()
+        }  # BSON: text keys
         attempt["job_id"] = next(iter(attempt["task_ids"].values()), "").split("_")[0]
         book.save(record)
-        print(f"sweep {record['id']}: submitted job array {attempt['job_id']} "
-              f"({len(jobs)} tasks); follow it with: reprolab sweep --status {record['id']}"
-              + store_option(location), file=sys.stderr)
+        print(
+            f"sweep {record['id']}: submitted job array {attempt['job_id']} "
+            f"({len(jobs)} tasks); follow it with: reprolab sweep --status {record['id']}"
+            + store_option(location),
+            file=sys.stderr,
+        )
         if args.wait:
             from experiments.sweep_slurm import wait
 
             return wait(record, location, attempt)
         return 0
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
-    record["attempts"].append({"engine": "local", "started": now(), "host": socket.gethostname(),
-                               "pid": os.getpid(), "parallel": args.parallel, "threads": threads,
-                               "indices": [j.index for j in jobs]})
+    record["attempts"].append(
+        {
+            "engine": "local",
+            "started": now(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "parallel": args.parallel,
+            "threads": threads,
+            "indices": [j.index for j in jobs],
+        }
+    )
     book.save(record)
     runner = LocalSweep(record, book, location, args.parallel, threads)
     code = runner.run(jobs, len(record["attempts"]))
     if code == 0:
-        print(f"sweep {record['id']}: all {len(jobs)} runs completed; rank them with: reprolab compare "
-              f"--sweep {record['id']}{store_option(location)}", file=sys.stderr)
+        print(
+            f"sweep {record['id']}: all {len(jobs)} runs completed; rank them with: reprolab compare "
+            f"--sweep {record['id']}{store_option(location)}",
+            file=sys.stderr,
+        )
     return code
 
 
@@ -620,10 +748,16 @@ def resume_sweep(args, location: str) -> int:
     for note in notes:
         print(note, file=sys.stderr)
     if not jobs:
-        print(f"sweep {record['id']}: nothing to do ({len(record['configs']) - len(busy)} configs "
-              f"completed{f', {len(busy)} still running' if busy else ''})", file=sys.stderr)
+        print(
+            f"sweep {record['id']}: nothing to do ({len(record['configs']) - len(busy)} configs "
+            f"completed{f', {len(busy)} still running' if busy else ''})",
+            file=sys.stderr,
+        )
         return 0
-    print(f"sweep {record['id']}: {len(jobs)} of {len(record['configs'])} configs to run", file=sys.stderr)
+    print(
+        f"sweep {record['id']}: {len(jobs)} of {len(record['configs'])} configs to run",
+        file=sys.stderr,
+    )
     return launch(args, record, book, location, jobs)
 
 
@@ -639,13 +773,17 @@ def busy_indices(record: dict) -> set[int]:
         return set()
     if attempt["engine"] == "local":
         if attempt.get("host") == socket.gethostname() and pid_alive(attempt.get("pid")):
-            raise ValueError(f"sweep {record['id']} is still running here (process {attempt['pid']})")
+            raise ValueError(
+                f"sweep {record['id']} is still running here (process {attempt['pid']})"
+            )
         return set()
     if attempt["engine"] == "slurm":
         from experiments.sweep_slurm import task_states
 
         states = task_states(attempt)
-        return {index for index, state in states.items() if state in ("PENDING", "RUNNING", "REQUEUED")}
+        return {
+            index for index, state in states.items() if state in ("PENDING", "RUNNING", "REQUEUED")
+        }
     return set()
 
 
@@ -667,19 +805,31 @@ def status_command(sweep_id: str, location: str) -> int:
         slurm = task_states(last)
     varied = varied_keys(record["configs"])
     counts: dict[str, int] = {}
-    print(f"sweep {sweep_id}: {record['experiment']}, {len(record['configs'])} configs, "
-          f"{', '.join(a['engine'] for a in record.get('attempts', [])) or 'not started'}")
-    header = f"{'config':>6}  {'runs':<10}  {'status':<11}" + ("  slurm      " if slurm else "  ") + "values"
+    print(
+        f"sweep {sweep_id}: {record['experiment']}, {len(record['configs'])} configs, "
+        f"{', '.join(a['engine'] for a in record.get('attempts', [])) or 'not started'}"
+    )
+    header = (
+        f"{'config':>6}  {'runs':<10}  {'status':<11}"
+        + ("  slurm      " if slurm else "  ")
+        + "values"
+    )
     print(header)
     for index, config in enumerate(record["configs"]):
         runs = attempts.get(index) or []
         status = runs[-1].status if runs else "-"
         state = slurm.get(index, "-") if slurm else ""
-        shown = state if status == "-" and state not in ("", "-") else status  # no run yet: Slurm's word
+        shown = (
+            state if status == "-" and state not in ("", "-") else status
+        )  # no run yet: Slurm's word
         counts[shown] = counts.get(shown, 0) + 1
         ids = ",".join(str(r.run_id) for r in runs) or "-"
         line = f"{index:>6}  {ids:<10}  {shown:<11}" + (f"  {state:<11}" if slurm else "  ")
         print((line + describe(config, varied))[:100])
-    print(", ".join(f"{n} {status.lower() if status != '-' else 'not started'}"
-                    for status, n in sorted(counts.items())))
+    print(
+        ", ".join(
+            f"{n} {status.lower() if status != '-' else 'not started'}"
+            for status, n in sorted(counts.items())
+        )
+    )
     return 0

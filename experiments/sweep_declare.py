@@ -37,7 +37,9 @@ FILE_KEYS = ("experiment", "named_configs", "fixed", "grid", "random")
 RANDOM_KEYS = ("samples", "seed", "values")
 RANGE = re.compile(r"^\s*range\(([^()]*)\)\s*$")
 SEED_LIMIT = 2**31
-CONFIG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # Sacred's dotted keys
+CONFIG_KEY = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+)  # Sacred's dotted keys
 
 
 @dataclass
@@ -52,8 +54,13 @@ class Declaration:
 
     def record(self) -> dict:
         """The declaration as plain data, for the sweep's record."""
-        return {"experiment": self.experiment, "named_configs": self.named_configs,
-                "fixed": self.fixed, "grid": self.grid, "random": self.random}
+        return {
+            "experiment": self.experiment,
+            "named_configs": self.named_configs,
+            "fixed": self.fixed,
+            "grid": self.grid,
+            "random": self.random,
+        }
 
 
 def parse_value(text: str):
@@ -72,7 +79,9 @@ def range_values(arguments: str, text: str) -> list[int]:
         numbers = [int(part) for part in arguments.split(",") if part.strip()]
         values = list(range(*numbers))
     except (ValueError, TypeError):
-        raise ValueError(f"'{text}' is not a range of integers, e.g. range(3) or range(0, 10, 2)") from None
+        raise ValueError(
+            f"'{text}' is not a range of integers, e.g. range(3) or range(0, 10, 2)"
+        ) from None
     if not values:
         raise ValueError(f"'{text}' is empty")
     return values
@@ -119,21 +128,29 @@ def from_file(path: str | Path) -> Declaration:
 
             data = yaml.safe_load(text)
     except (ValueError, UnicodeDecodeError) as error:  # yaml.YAMLError is not one: caught below
-        raise ValueError(f"sweep file {path} cannot be read: {str(error).splitlines()[0]}") from None
+        raise ValueError(
+            f"sweep file {path} cannot be read: {str(error).splitlines()[0]}"
+        ) from None
     except Exception as error:  # noqa: BLE001 - yaml's errors
-        raise ValueError(f"sweep file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise ValueError(
+            f"sweep file {path} is not valid YAML: {str(error).splitlines()[0]}"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"sweep file {path} must hold a mapping with {', '.join(FILE_KEYS)}")
     for key in data:
         if key not in FILE_KEYS:
-            raise ValueError(f"sweep file {path}: unknown key '{key}' (one of {', '.join(FILE_KEYS)})")
+            raise ValueError(
+                f"sweep file {path}: unknown key '{key}' (one of {', '.join(FILE_KEYS)})"
+            )
     try:
         return Declaration(
             experiment=str(data.get("experiment") or DEFAULT_EXPERIMENT),
             named_configs=[str(name) for name in data.get("named_configs") or []],
             fixed=flatten(data.get("fixed") or {}, "fixed"),
-            grid={key: grid_values(key, values)
-                  for key, values in flatten(data.get("grid") or {}, "grid").items()},
+            grid={
+                key: grid_values(key, values)
+                for key, values in flatten(data.get("grid") or {}, "grid").items()
+            },
             random=random_block(data.get("random")),
         )
     except ValueError as error:
@@ -157,7 +174,9 @@ def grid_values(key: str, values) -> list:
     if isinstance(values, str) and RANGE.match(values):
         return parse_value(values)
     if not isinstance(values, list):
-        raise ValueError(f"grid key '{key}' must list its values (or be range(...)), not {values!r}")
+        raise ValueError(
+            f"grid key '{key}' must list its values (or be range(...)), not {values!r}"
+        )
     return axis(key, values)
 
 
@@ -192,12 +211,19 @@ def check_spec(key: str, spec) -> None:
         axis(f"random.values.{key}", spec)
         return
     if not is_range_spec(spec):
-        raise ValueError(f"random.values.{key} must be a list or {{low, high, scale}}, not {spec!r}")
+        raise ValueError(
+            f"random.values.{key} must be a list or {{low, high, scale}}, not {spec!r}"
+        )
     unknown = set(spec) - {"low", "high", "scale"}
     if unknown:
-        raise ValueError(f"random.values.{key}: unknown key '{sorted(unknown)[0]}' (low, high, scale)")
+        raise ValueError(
+            f"random.values.{key}: unknown key '{sorted(unknown)[0]}' (low, high, scale)"
+        )
     low, high, scale = spec.get("low"), spec.get("high"), spec.get("scale", "linear")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+    if (
+        not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+        or low >= high
+    ):
         raise ValueError(f"random.values.{key}: low and high must be numbers with low < high")
     if scale not in ("linear", "log"):
         raise ValueError(f"random.values.{key}.scale must be linear or log, not {scale!r}")
@@ -210,8 +236,10 @@ def draw(block: dict | None) -> list[dict]:
     if block is None:
         return [{}]
     rng = random.Random(block["seed"])
-    return [{key: draw_one(rng, spec) for key, spec in block["values"].items()}
-            for _ in range(block["samples"])]
+    return [
+        {key: draw_one(rng, spec) for key, spec in block["values"].items()}
+        for _ in range(block["samples"])
+    ]
 
 
 def draw_one(rng: random.Random, spec):
@@ -232,7 +260,9 @@ def expand(declaration: Declaration, seed: int) -> tuple[list[dict], int]:
     under them, duplicates dropped (first kept); and how many were dropped. A config that sets
     no seed gets `seed`: the same for all, so configs differ only in what was declared."""
     if "resume" in declaration.fixed or "resume" in declaration.grid:
-        raise ValueError("resume cannot be swept; continue a sweep with reprolab sweep --resume SWEEP")
+        raise ValueError(
+            "resume cannot be swept; continue a sweep with reprolab sweep --resume SWEEP"
+        )
     keys = list(declaration.grid)
     configs, seen, dropped = [], set(), 0
     for combo in itertools.product(*declaration.grid.values()):
@@ -251,8 +281,11 @@ def expand(declaration: Declaration, seed: int) -> tuple[list[dict], int]:
 def varied_keys(configs: list[dict]) -> list[str]:
     """Keys whose value is not the same in every config, in declaration order."""
     keys = list(dict.fromkeys(key for config in configs for key in config))
-    return [key for key in keys
-            if len({json.dumps(c.get(key), sort_keys=True, default=repr) for c in configs}) > 1]
+    return [
+        key
+        for key in keys
+        if len({json.dumps(c.get(key), sort_keys=True, default=repr) for c in configs}) > 1
+    ]
 
 
 def config_words(config: dict) -> list[str]:
@@ -263,8 +296,10 @@ def config_words(config: dict) -> list[str]:
         if not isinstance(key, str) or not CONFIG_KEY.fullmatch(key):
             raise ValueError(f"config key {key!r} is not a dotted name like optimizer.lr")
         if not is_plain(value):
-            raise ValueError(f"config key {key}'s value is not plain data (numbers, text, lists "
-                             "and tables without object-encoding keys), so it is not passed on")
+            raise ValueError(
+                f"config key {key}'s value is not plain data (numbers, text, lists "
+                "and tables without object-encoding keys), so it is not passed on"
+            )
     return [f"{key}={value!r}" for key, value in config.items()]
 
 
@@ -275,8 +310,10 @@ def is_plain(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(is_plain(item) for item in value)
     if isinstance(value, dict):
-        return all(isinstance(key, str) and not key.startswith(ENCODING_PREFIXES) and is_plain(item)
-                   for key, item in value.items())
+        return all(
+            isinstance(key, str) and not key.startswith(ENCODING_PREFIXES) and is_plain(item)
+            for key, item in value.items()
+        )
     return False
 
 
@@ -297,16 +334,18 @@ def inline_config_files(declaration: Declaration) -> Declaration:
             reason = (str(error).strip() or type(error).__name__).splitlines()[0]
             raise ValueError(f"config file {name}: cannot read it ({reason})") from None
         if not isinstance(loaded, dict) or not is_plain(loaded):
-            raise ValueError(f"config file {name} holds values that are not plain data, so a "
-                             "sweep cannot record them")
+            raise ValueError(
+                f"config file {name} holds values that are not plain data, so a "
+                "sweep cannot record them"
+            )
         values.update(flatten(loaded, name))
     declaration.named_configs = names
     declaration.fixed = {**values, **declaration.fixed}
     return declaration
 
 
-
 def describe(config: dict, keys: list[str] | None = None) -> str:
     """'lr=0.1 seed=0': the config's values of keys (default all), for messages and listings."""
-    return " ".join(f"{key}={config[key]!r}" for key in (keys if keys is not None else config)
-                    if key in config)
+    return " ".join(
+        f"{key}={config[key]!r}" for key in (keys if keys is not None else config) if key in config
+    )

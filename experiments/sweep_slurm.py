@@ -23,8 +23,17 @@ from observers.attach import MONGO_URL_VARIABLE, is_mongo_url
 from observers.store import RecordError
 
 TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+)(?::(?P<s>\d+))?$")
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
-         "BOOT_FAIL", "DEADLINE")
+ENDED = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "PREEMPTED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 SACCT_TIMEOUT_S = 30
 SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:+-]*")  # a partition or memory size: no space, no newline
 GPU_OPTIONS = ("gres", "gpus", "gpus-per-node", "gpus-per-task")  # sbatch's ways to ask for GPUs
@@ -52,24 +61,35 @@ class SlurmOptions:
             key, equals, value = item.partition("=")
             key = key.strip().lstrip("-")
             if not key:
-                raise ValueError(f"--sbatch '{item}': give an sbatch option as KEY=VALUE, e.g. account=proj")
+                raise ValueError(
+                    f"--sbatch '{item}': give an sbatch option as KEY=VALUE, e.g. account=proj"
+                )
             extra[key] = value if equals else True
         asked = [key for key in extra if key.replace("_", "-") in GPU_OPTIONS]
         if args.gpus is not None and asked:
             raise ValueError(f"--gpus and --sbatch {asked[0]}=... both ask for GPUs; give one")
-        for name, value in (("cpus", args.cpus), ("gpus", args.gpus), ("max-parallel", args.max_parallel)):
+        for name, value in (
+            ("cpus", args.cpus),
+            ("gpus", args.gpus),
+            ("max-parallel", args.max_parallel),
+        ):
             if value is not None and value < (0 if name == "gpus" else 1):
-                raise ValueError(f"--{name} must be {'0' if name == 'gpus' else '1'} or more, not {value}")
+                raise ValueError(
+                    f"--{name} must be {'0' if name == 'gpus' else '1'} or more, not {value}"
+                )
 
         def given(value, old):
             return old if value is None else value
 
-        return cls(partition=given(args.partition, before.partition),
-                   time_min=minutes(args.time) if args.time else before.time_min,
-                   cpus=given(args.cpus, before.cpus), gpus=given(args.gpus, before.gpus),
-                   mem=given(args.mem, before.mem),
-                   max_parallel=given(args.max_parallel, before.max_parallel),
-                   extra=extra)
+        return cls(
+            partition=given(args.partition, before.partition),
+            time_min=minutes(args.time) if args.time else before.time_min,
+            cpus=given(args.cpus, before.cpus),
+            gpus=given(args.gpus, before.gpus),
+            mem=given(args.mem, before.mem),
+            max_parallel=given(args.max_parallel, before.max_parallel),
+            extra=extra,
+        )
 
     @classmethod
     def recorded(cls, previous: dict) -> SlurmOptions:
@@ -77,17 +97,31 @@ class SlurmOptions:
         may have written: only fields of the right kind, text that cannot add a line to the job
         script, and no extra sbatch options (an --export or --chdir from a record could make the
         node run code): RecordError naming the field."""
-        kinds = {"partition": str, "time_min": int, "cpus": int, "gpus": int, "mem": str,
-                 "max_parallel": int, "extra": dict}
+        kinds = {
+            "partition": str,
+            "time_min": int,
+            "cpus": int,
+            "gpus": int,
+            "mem": str,
+            "max_parallel": int,
+            "extra": dict,
+        }
         for name, value in previous.items():
             kind = kinds.get(name)
             optional = name in ("partition", "gpus", "mem", "max_parallel")
-            if kind is None or (value is None and not optional) or (
-                    value is not None and (not isinstance(value, kind) or isinstance(value, bool))):
-                raise RecordError(f"the sweep's recorded Slurm option {name!r} is not one it records")
+            if (
+                kind is None
+                or (value is None and not optional)
+                or (value is not None and (not isinstance(value, kind) or isinstance(value, bool)))
+            ):
+                raise RecordError(
+                    f"the sweep's recorded Slurm option {name!r} is not one it records"
+                )
             if kind is str and value is not None and not SLURM_WORD.fullmatch(value):
-                raise RecordError(f"the sweep's recorded Slurm option {name}={value!r} is not a "
-                                  "plain word, so it was not passed to sbatch")
+                raise RecordError(
+                    f"the sweep's recorded Slurm option {name}={value!r} is not a "
+                    "plain word, so it was not passed to sbatch"
+                )
         return cls(**{name: value for name, value in previous.items() if name != "extra"})
 
     def record(self) -> dict:
@@ -135,8 +169,12 @@ def executor_parameters(sweep_id: str, options: SlurmOptions) -> dict:
     """submitit's SlurmExecutor parameters: each array task is one run with the options' CPUs and
     GPUs. GPUs are asked as gres gpu:N, which every Slurm with GPUs knows; Slurm then sets the
     task's CUDA_VISIBLE_DEVICES, so the run's device=auto (cuda:0) is the task's first GPU."""
-    parameters = {"job_name": f"sweep-{sweep_id}", "time": options.time_min,
-                  "cpus_per_task": options.cpus, "additional_parameters": dict(options.extra)}
+    parameters = {
+        "job_name": f"sweep-{sweep_id}",
+        "time": options.time_min,
+        "cpus_per_task": options.cpus,
+        "additional_parameters": dict(options.extra),
+    }
     if options.partition:
         parameters["partition"] = options.partition
     if options.gpus:
@@ -156,11 +194,15 @@ def check_devices(configs: list[dict], options: SlurmOptions) -> None:
             continue
         wanted = int(device.partition(":")[2] or 0) + 1
         if (options.gpus or 0) < wanted:
-            raise ValueError(f"config {index} (device={device}) needs {wanted} GPU(s) per task: "
-                             f"add --gpus {wanted}")
+            raise ValueError(
+                f"config {index} (device={device}) needs {wanted} GPU(s) per task: "
+                f"add --gpus {wanted}"
+            )
 
 
-def submit(record: dict, jobs, location: str, options: SlurmOptions, folder: Path) -> dict[int, str]:
+def submit(
+    record: dict, jobs, location: str, options: SlurmOptions, folder: Path
+) -> dict[int, str]:
     """Submit one job array; {config index: Slurm task id}."""
     import submitit
 
@@ -170,13 +212,17 @@ def submit(record: dict, jobs, location: str, options: SlurmOptions, folder: Pat
         os.environ[MONGO_URL_VARIABLE] = location  # sbatch passes the environment on, not argv
     executor = submitit.SlurmExecutor(folder=str(folder))
     executor.update_parameters(**executor_parameters(record["id"], options))
-    tasks = [Task(run_argv(record, job, store_argument(location)), options.cpus, os.getcwd())
-             for job in jobs]
+    tasks = [
+        Task(run_argv(record, job, store_argument(location)), options.cpus, os.getcwd())
+        for job in jobs
+    ]
     try:
         submitted = executor.map_array(run_task, tasks)
     except Exception as error:  # noqa: BLE001 - sbatch's refusal, in one sentence
         message = str(error).strip().splitlines()
-        raise ValueError(f"Slurm refused the job array: {message[-1] if message else error}") from None
+        raise ValueError(
+            f"Slurm refused the job array: {message[-1] if message else error}"
+        ) from None
     return {job.index: handle.job_id for job, handle in zip(jobs, submitted)}
 
 
@@ -186,8 +232,12 @@ def task_states(attempt: dict) -> dict[int, str]:
     if not job_id:
         return {}
     try:
-        result = subprocess.run(["sacct", "-j", str(job_id), "-n", "-P", "-X", "-o", "JobID,State"],
-                                capture_output=True, text=True, timeout=SACCT_TIMEOUT_S)
+        result = subprocess.run(
+            ["sacct", "-j", str(job_id), "-n", "-P", "-X", "-o", "JobID,State"],
+            capture_output=True,
+            text=True,
+            timeout=SACCT_TIMEOUT_S,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     by_task = {}
@@ -196,8 +246,11 @@ def task_states(attempt: dict) -> dict[int, str]:
         state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0"
         for task_id in expand_array(task):
             by_task[task_id] = state
-    return {int(index): by_task[task] for index, task in (attempt.get("task_ids") or {}).items()
-            if task in by_task}
+    return {
+        int(index): by_task[task]
+        for index, task in (attempt.get("task_ids") or {}).items()
+        if task in by_task
+    }
 
 
 def expand_array(task: str) -> list[str]:
@@ -223,8 +276,10 @@ def wait(record: dict, location: str, attempt: dict, poll_s: float = 1.0) -> int
         ended = [i for i in indices if states.get(i) in ENDED]
         running = sum(states.get(i) == "RUNNING" for i in indices)
         failed = sum(states.get(i) not in (None, "COMPLETED") for i in ended)
-        line = (f"sweep {record['id']}: {len(ended) - failed} done, {running} running, "
-                f"{failed} failed, {len(indices) - len(ended) - running} left")
+        line = (
+            f"sweep {record['id']}: {len(ended) - failed} done, {running} running, "
+            f"{failed} failed, {len(indices) - len(ended) - running} left"
+        )
         if line != last:
             print(line, file=sys.stderr, flush=True)
             last = line
@@ -232,7 +287,9 @@ def wait(record: dict, location: str, attempt: dict, poll_s: float = 1.0) -> int
             break
         time.sleep(poll_s)
     attempts = sweep_attempts(location, record["id"])
-    incomplete = [i for i in indices if not attempts.get(i) or attempts[i][-1].status != "COMPLETED"]
+    incomplete = [
+        i for i in indices if not attempts.get(i) or attempts[i][-1].status != "COMPLETED"
+    ]
     task_ids = {int(index): task for index, task in attempt["task_ids"].items()}
     for index in incomplete:
         runs = attempts.get(index) or []

@@ -1,9 +1,9 @@
 """Train a model on a columnar dataset, recorded so the run can be reproduced exactly.
 
-    python experiments/train.py with lr=0.01
-    python experiments/train.py with cnn
-    python experiments/train.py print_config
-    python experiments/train.py with resume=3   # continue run 3 exactly where it stopped
+python experiments/train.py with lr=0.01
+python experiments/train.py with cnn
+python experiments/train.py print_config
+python experiments/train.py with resume=3   # continue run 3 exactly where it stopped
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def config():
     progress = True  # progress bars on a terminal (never in captured output)
     resume = None  # continue this run (id in the store, or run directory) from its last checkpoint; only epochs may change
     lr_scaling = "none"  # none | linear: under torchrun, lr times the world size (the global batch is data.batch_size times it)
-    allow_world_size_change = False  # resume or rerun a run with a world size other than its own (not exact then)
+    allow_world_size_change = False  # resume or rerun at another world size (then not exact)
 
 
 @ex.named_config
@@ -85,8 +85,10 @@ SCHEMA = {
     "patience": nullable(POSITIVE_INT),
     "limit_batches": nullable(POSITIVE_INT),
     "progress": BOOLEAN,
-    "resume": Rule(lambda v: v is None or POSITIVE_INT.accepts(v) or TEXT.accepts(v),
-                   "None, a run id or a run directory"),
+    "resume": Rule(
+        lambda v: v is None or POSITIVE_INT.accepts(v) or TEXT.accepts(v),
+        "None, a run id or a run directory",
+    ),
     "lr_scaling": choice(*distributed.LR_SCALINGS),
     "allow_world_size_change": BOOLEAN,
 }
@@ -115,8 +117,9 @@ def preflight(config: dict) -> None:
     contents = describe(config["data"])  # checked by the data ingredient already; cached
     outputs = model_outputs(config["loss"], contents)
     with naming_errors("model"):
-        net = build_model(contents.sample_shape, outputs,
-                          **{key: config["model"][key] for key in MODEL_KEYS})
+        net = build_model(
+            contents.sample_shape, outputs, **{key: config["model"][key] for key in MODEL_KEYS}
+        )
     with naming_errors("optimizer"):
         build_optimizer(net, 0.1, **{key: config["optimizer"][key] for key in OPTIMIZER_KEYS})
 
@@ -126,16 +129,22 @@ def model_outputs(loss: str, contents: Contents) -> int:
     cross_entropy, one logit for bce_with_logits (binary: targets 0 and 1), one value for mse."""
     if loss == "cross_entropy":
         if not contents.integer_target:
-            raise ValueError("loss: cross_entropy needs an integer target column (classes 0, 1, "
-                             "2, ...); use mse or bce_with_logits for a float target")
+            raise ValueError(
+                "loss: cross_entropy needs an integer target column (classes 0, 1, "
+                "2, ...); use mse or bce_with_logits for a float target"
+            )
         return contents.num_classes
     low, high = contents.target_range
     if loss == "bce_with_logits" and contents.integer_target and contents.num_classes > 2:
-        raise ValueError(f"loss: bce_with_logits needs a binary target (labels 0 and 1), the "
-                         f"target column has {contents.num_classes} classes; use cross_entropy")
+        raise ValueError(
+            f"loss: bce_with_logits needs a binary target (labels 0 and 1), the "
+            f"target column has {contents.num_classes} classes; use cross_entropy"
+        )
     if loss == "bce_with_logits" and low is not None and not 0 <= low <= high <= 1:
-        raise ValueError(f"loss: bce_with_logits needs targets in [0, 1], the target column "
-                         f"holds values from {low} to {high}")
+        raise ValueError(
+            f"loss: bce_with_logits needs targets in [0, 1], the target column "
+            f"holds values from {low} to {high}"
+        )
     return 1
 
 
@@ -147,8 +156,16 @@ def describe_task(loss: str, contents: Contents) -> dict:
 
 
 # The builders' own options (a mistyped key is refused later, with a suggestion).
-MODEL_KEYS = ("name", "hidden", "dropout", "batchnorm", "channels", "kwargs", "freeze",
-              "freeze_batchnorm")
+MODEL_KEYS = (
+    "name",
+    "hidden",
+    "dropout",
+    "batchnorm",
+    "channels",
+    "kwargs",
+    "freeze",
+    "freeze_batchnorm",
+)
 OPTIMIZER_KEYS = ("name", "momentum", "nesterov", "betas", "weight_decay", "param_groups")
 
 
@@ -183,7 +200,9 @@ class Best:
         self.mode, self.value, self.epoch, self.stale = mode, None, 0, 0
 
     def update(self, value: float, epoch: int) -> bool:
-        better = self.value is None or (value > self.value if self.mode == "max" else value < self.value)
+        better = self.value is None or (
+            value > self.value if self.mode == "max" else value < self.value
+        )
         if better:
             self.value, self.epoch, self.stale = value, epoch, 0
         else:
@@ -202,11 +221,13 @@ class Best:
 def learning_rates(opt: torch.optim.Optimizer, param_groups: list[dict]) -> dict[str, float]:
     """The lr each parameter group trains with now: `lr` is the run's lr as scheduled (the default
     group's), `lr/<pattern>` that of each configured group (the optimizer keeps them last)."""
-    groups = opt.param_groups[len(opt.param_groups) - len(param_groups):]
+    groups = opt.param_groups[len(opt.param_groups) - len(param_groups) :]
     has_default = len(opt.param_groups) > len(param_groups)
     scale = 1.0 if has_default else param_groups[0].get("lr_scale", 1.0)
     rates = {"lr": opt.param_groups[0]["lr"] / scale}
-    rates.update({f"lr/{config['pattern']}": group["lr"] for config, group in zip(param_groups, groups)})
+    rates.update(
+        {f"lr/{config['pattern']}": group["lr"] for config, group in zip(param_groups, groups)}
+    )
     return rates
 
 
@@ -228,8 +249,23 @@ def record_data(run, splits, timeout: float | None = None, quiet: bool = False) 
 
 
 @ex.main
-def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monitor, monitor_mode,
-          patience, limit_batches, progress, lr_scaling):
+def train(
+    _run,
+    _config,
+    seed,
+    lr,
+    epochs,
+    device,
+    amp,
+    accumulate,
+    loss,
+    monitor,
+    monitor_mode,
+    patience,
+    limit_batches,
+    progress,
+    lr_scaling,
+):
     log = _run.run_logger
     record_provenance(_run)  # packages, git commit and diff, python: what a rerun compares
     job = distributed.job()  # this process's rank under torchrun; a job of one without it
@@ -242,20 +278,32 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     record_data(_run, splits, timeout=0)
     generator = loader_generator(seed)
     cuda = device.type == "cuda"
-    train_batches = make_loader(splits.train, True, generator=generator,
-                                worker_init_fn=seed_worker, device_is_cuda=cuda, **job.shard)
+    train_batches = make_loader(
+        splits.train,
+        True,
+        generator=generator,
+        worker_init_fn=seed_worker,
+        device_is_cuda=cuda,
+        **job.shard,
+    )
     # A generator of its own, so starting the validation workers never draws from torch's global
     # RNG (a resumed run starts them at another epoch, which would shift dropout from then on).
-    val_batches = make_loader(splits.val, False, generator=loader_generator(seed),
-                              device_is_cuda=cuda, **job.shard)
+    val_batches = make_loader(
+        splits.val, False, generator=loader_generator(seed), device_is_cuda=cuda, **job.shard
+    )
 
     task = describe_task(loss, describe(_config["data"]))
     net = build_model(splits.input_shape, task["outputs"]).to(device)
     summary = summarize(net, splits.input_shape)
     _run.info["model_summary"] = summary
     _run.info["task"] = task
-    log.info("task: %s (%s, %d output%s)", task["kind"], loss, task["outputs"],
-             "" if task["outputs"] == 1 else "s")
+    log.info(
+        "task: %s (%s, %d output%s)",
+        task["kind"],
+        loss,
+        task["outputs"],
+        "" if task["outputs"] == 1 else "s",
+    )
     log.info("model:\n%s", format_summary(summary))
     trained = job.wrap(net, _config["model"]["sync_batchnorm"])  # DDP under torchrun
     opt = build_optimizer(net, job.scaled_lr(lr, lr_scaling))
@@ -269,29 +317,61 @@ def train(_run, _config, seed, lr, epochs, device, amp, accumulate, loss, monito
     point = ex.resume_point  # verified and loaded before the run started (experiments/resume.py)
     if point is not None:
         done, step, best_state = restore_training_state(
-            job.own_state(point.state), model=net, optimizer=opt, scheduler=scheduler, scaler=scaler,
-            generator=generator, same_schedule=point.state["config"]["epochs"] == epochs)
+            job.own_state(point.state),
+            model=net,
+            optimizer=opt,
+            scheduler=scheduler,
+            scaler=scaler,
+            generator=generator,
+            same_schedule=point.state["config"]["epochs"] == epochs,
+        )
         best.load_state_dict(best_state)
         log.info("resuming run %s after epoch %d (step %d)", point.run_id, done, step)
     checkpoints = CheckpointRecorder(_run, carried=point.carried if point else None)
 
     def state(epoch: int) -> dict:
-        return job.checkpoint_state(training_state(
-            model=net, optimizer=opt, scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
-            generator=generator, best=best.state_dict(), config=_run.config))  # no __doc__
+        return job.checkpoint_state(
+            training_state(
+                model=net,
+                optimizer=opt,
+                scheduler=scheduler,
+                scaler=scaler,
+                epoch=epoch,
+                step=step,
+                generator=generator,
+                best=best.state_dict(),
+                config=_run.config,
+            )
+        )  # no __doc__
 
     try:
         for epoch in range(done + 1, epochs + 1):
             lr_used = learning_rates(opt, _config["optimizer"]["param_groups"])
             train_metrics, step = train_one_epoch(
-                trained, train_batches, opt, scheduler, loss_fn, device, epoch=epoch, step=step,
-                amp=amp, scaler=scaler, accumulate=accumulate, clip=clip_gradient,
-                limit_batches=limit_batches, progress=progress and job.is_main,
-                reduce=job.reducer)
+                trained,
+                train_batches,
+                opt,
+                scheduler,
+                loss_fn,
+                device,
+                epoch=epoch,
+                step=step,
+                amp=amp,
+                scaler=scaler,
+                accumulate=accumulate,
+                clip=clip_gradient,
+                limit_batches=limit_batches,
+                progress=progress and job.is_main,
+                reduce=job.reducer,
+            )
             record_data(_run, splits)  # before the first metric; the hash is done by now
-            metrics = {**train_metrics, **evaluate(job.synced(net), val_batches, loss_fn, device,
-                                                   loss, amp, reduce=job.reducer),
-                       **lr_used}
+            metrics = {
+                **train_metrics,
+                **evaluate(
+                    job.synced(net), val_batches, loss_fn, device, loss, amp, reduce=job.reducer
+                ),
+                **lr_used,
+            }
             for name, value in metrics.items():
                 _run.log_scalar(name, value, epoch)
             log.info("epoch %d: %s", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

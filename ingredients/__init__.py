@@ -28,14 +28,13 @@ def is_int(value) -> bool:
 
 def is_number(value) -> bool:
     """A finite int or float (numpy's too), but not a bool."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def shown(value, limit: int = 80) -> str:
     """A value's repr for an error message: one line, long ones cut in the middle."""
     text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 4:]}"
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 4 :]}"
 
 
 class Rule(NamedTuple):
@@ -52,17 +51,25 @@ def nullable(rule: Rule) -> Rule:
 def integer(low: int | None = None, high: int = INT64, words: str | None = None) -> Rule:
     """An integer in [low, high); every integer a record can hold by default."""
     if words is None:
-        words = "an integer" + (f" in [{low}, {high})" if high != INT64
-                                else f" >= {low}" if low is not None else "")
+        words = "an integer" + (
+            f" in [{low}, {high})" if high != INT64 else f" >= {low}" if low is not None else ""
+        )
     return Rule(lambda v: is_int(v) and (low is None or v >= low) and v < high, words)
 
 
-def number(low: float | None = None, high: float | None = None, low_open: bool = False,
-           high_open: bool = False, words: str | None = None) -> Rule:
+def number(
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    words: str | None = None,
+) -> Rule:
     """A finite number between low and high, each bound closed unless told open."""
+
     def inside(v) -> bool:
-        return ((low is None or (v > low if low_open else v >= low))
-                and (high is None or (v < high if high_open else v <= high)))
+        return (low is None or (v > low if low_open else v >= low)) and (
+            high is None or (v < high if high_open else v <= high)
+        )
 
     if words is None and low is not None and high is not None:
         words = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
@@ -90,8 +97,12 @@ def list_of(item: Rule, min_len: int = 0, length: int | None = None) -> Rule:
     words = f"a {'non-empty ' if min_len else ''}list {size}whose items are each {item.expected}"
 
     def accepts(v) -> bool:
-        return (isinstance(v, (list, tuple)) and len(v) >= min_len
-                and (length is None or len(v) == length) and all(item.accepts(x) for x in v))
+        return (
+            isinstance(v, (list, tuple))
+            and len(v) >= min_len
+            and (length is None or len(v) == length)
+            and all(item.accepts(x) for x in v)
+        )
 
     return Rule(accepts, words)
 
@@ -99,12 +110,18 @@ def list_of(item: Rule, min_len: int = 0, length: int | None = None) -> Rule:
 def mapping(keys: dict[str, Rule] | None = None, required: tuple[str, ...] = ()) -> Rule:
     """A dict with string keys; with `keys`, only those keys, each checked by its rule."""
     if keys is None:
-        return Rule(lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
-                    "a dict with string keys")
+        return Rule(
+            lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+            "a dict with string keys",
+        )
 
     def accepts(v) -> bool:
-        return (isinstance(v, dict) and set(required) <= set(v) and set(v) <= set(keys)
-                and all(keys[k].accepts(x) for k, x in v.items()))
+        return (
+            isinstance(v, dict)
+            and set(required) <= set(v)
+            and set(v) <= set(keys)
+            and all(keys[k].accepts(x) for k, x in v.items())
+        )
 
     fields = ", ".join(f"'{k}' ({rule.expected})" for k, rule in keys.items())
     return Rule(accepts, f"a dict with {fields}; {', '.join(required)} required")
@@ -133,8 +150,10 @@ def check_storable(key: str, value) -> None:
     """Refuse, naming the key, a value that cannot be recorded as plain JSON."""
     bad = unstorable(value, key)
     if bad is not None:
-        raise ValueError(f"{bad[0]} cannot be stored in a run's record (use numbers, strings, "
-                         f"true/false, None, lists and dicts), got {shown(bad[1])}")
+        raise ValueError(
+            f"{bad[0]} cannot be stored in a run's record (use numbers, strings, "
+            f"true/false, None, lists and dicts), got {shown(bad[1])}"
+        )
 
 
 def check_section(name: str | None, config: dict, schema: dict[str, Rule]) -> dict:
@@ -143,8 +162,10 @@ def check_section(name: str | None, config: dict, schema: dict[str, Rule]) -> di
     Returns the section."""
     section = config if name is None else config.get(name)
     if not isinstance(section, dict):
-        raise ValueError(f"{name} is a group of settings (set {name}.<key>=..., see print_config), "
-                         f"got {shown(section)}")
+        raise ValueError(
+            f"{name} is a group of settings (set {name}.<key>=..., see print_config), "
+            f"got {shown(section)}"
+        )
     if name is not None:  # the experiment's top level holds the ingredients' sections too
         for key, value in section.items():
             check_storable(f"{name}.{key}", value)

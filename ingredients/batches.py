@@ -143,8 +143,7 @@ class BatchLoader:
     def _empty(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         if x is not None:
             return x[:0], y[:0]
-        return (torch.empty((0, *self.dataset.sample_shape)),
-                self.dataset.targets[:0])
+        return (torch.empty((0, *self.dataset.sample_shape)), self.dataset.targets[:0])
 
 
 def group_size(dataset: ColumnarDataset, batch_size: int, n_batches: int, workers: int) -> int:

@@ -102,13 +102,18 @@ COLUMN = Rule(TEXT.accepts, "a column name")
 # What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
 SCHEMA = {
     "path": Rule(TEXT.accepts, "a file path"),
-    "format": Rule(lambda v: isinstance(v, str) and v.lower() in ("auto", *FORMATS),
-                   "auto, parquet, ipc (feather, arrow) or csv"),
+    "format": Rule(
+        lambda v: isinstance(v, str) and v.lower() in ("auto", *FORMATS),
+        "auto, parquet, ipc (feather, arrow) or csv",
+    ),
     "target": COLUMN,
-    "features": Rule(nullable(list_of(COLUMN, min_len=1)).accepts,
-                     "None or a non-empty list of column names"),
-    "shape": Rule(nullable(list_of(POSITIVE_INT, min_len=1)).accepts,
-                  "None or a non-empty list of positive integers"),
+    "features": Rule(
+        nullable(list_of(COLUMN, min_len=1)).accepts, "None or a non-empty list of column names"
+    ),
+    "shape": Rule(
+        nullable(list_of(POSITIVE_INT, min_len=1)).accepts,
+        "None or a non-empty list of positive integers",
+    ),
     "standardize": BOOLEAN,
     "val_fraction": number(0, 1, low_open=True, high_open=True),
     "split_seed": integer(0),
@@ -314,8 +319,10 @@ def validate(config, command_name, logger):
     contents = describe(cfg)
     n_train = contents.rows - _validation_rows(contents.rows, cfg["val_fraction"])
     if cfg["drop_last"] and cfg["batch_size"] > n_train:
-        _fail(f"data.batch_size {cfg['batch_size']} exceeds the {n_train} training samples "
-              "and data.drop_last is set, so an epoch would have no batch")
+        _fail(
+            f"data.batch_size {cfg['batch_size']} exceeds the {n_train} training samples "
+            "and data.drop_last is set, so an epoch would have no batch"
+        )
     return {}
 
 
@@ -339,13 +346,16 @@ def describe(cfg: dict) -> Contents:
     columns = _check_columns(schema, file, cfg["target"], cfg["features"])
     shape = _sample_shape(cfg["shape"], _feature_count(schema, columns))
     stat = file.stat()
-    rows, label_range = _scan(file, fmt, tuple(columns), cfg["target"], stat.st_size,
-                              stat.st_mtime_ns)
+    rows, label_range = _scan(
+        file, fmt, tuple(columns), cfg["target"], stat.st_size, stat.st_mtime_ns
+    )
     label_range = tuple(None if v is None else v + 0 for v in label_range)  # Parquet's -0.0
     integer_target = pa.types.is_integer(schema.field(cfg["target"]).type)
     if integer_target and label_range[0] is not None and label_range[0] < 0:
-        _fail(f"data.target: column {cfg['target']!r} in {file} has negative labels; "
-              "classes must be 0, 1, 2, ...")
+        _fail(
+            f"data.target: column {cfg['target']!r} in {file} has negative labels; "
+            "classes must be 0, 1, 2, ..."
+        )
     classes = int(label_range[1]) + 1 if integer_target and label_range[1] is not None else 1
     _validation_rows(rows, cfg["val_fraction"])
     return Contents(rows, shape, integer_target, classes, label_range)
@@ -364,8 +374,9 @@ def _existing_file(path: str) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _scan(path: Path, fmt: str, columns: tuple[str, ...], target: str, size: int,
-          mtime_ns: int) -> tuple[int, tuple[float | None, float | None]]:
+def _scan(
+    path: Path, fmt: str, columns: tuple[str, ...], target: str, size: int, mtime_ns: int
+) -> tuple[int, tuple[float | None, float | None]]:
     """Rows and the target's (min, max), refusing missing values in the columns; from Parquet
     statistics where the file has them, else read a record batch at a time. The file's size
     and mtime are part of the cache key, so an edited file is scanned again."""
@@ -604,9 +615,17 @@ def load_splits(
     in_memory_mb: float,
 ) -> Splits:
     """Read, validate, split and standardise the table: train/val datasets plus what runs record."""
-    _check_options(path=path, format=format, target=target, features=features, shape=shape,
-                   standardize=standardize, val_fraction=val_fraction, split_seed=split_seed,
-                   in_memory_mb=in_memory_mb)
+    _check_options(
+        path=path,
+        format=format,
+        target=target,
+        features=features,
+        shape=shape,
+        standardize=standardize,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        in_memory_mb=in_memory_mb,
+    )
     file = _existing_file(path)
     fmt = resolve_format(file, format)
     read = file.stat()
@@ -703,8 +722,13 @@ def make_loader(
 ) -> BatchLoader:
     """Batches of `dataset`: shuffled by `generator` (and drop_last) for training, else in order;
     with `world_size` processes, `rank`'s part of every global batch (see BatchIndexSampler)."""
-    _check_options(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                   num_workers=num_workers, pin_memory=pin_memory)
+    _check_options(
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
     shuffle, drop_last = (shuffle, drop_last) if train else (False, False)
     if drop_last and batch_size * world_size > len(dataset):
         processes = f" x {world_size} processes" if world_size > 1 else ""

@@ -61,7 +61,9 @@ def installed_code(file: str | None) -> bool:
 
 def recorded_roots() -> list[str]:
     """The folders a rerun's original imported its own code from, those the user owns alone."""
-    return [p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p and owned_folder(p)]
+    return [
+        p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p and owned_folder(p)
+    ]
 
 
 def search_path() -> list[str]:
@@ -110,8 +112,11 @@ def _locate(module_name: str, extra: list[str]) -> tuple[list[ModuleSpec], str |
 
 
 def _files(spec: ModuleSpec) -> list[str]:
-    return [spec.origin] if spec.origin and os.path.isabs(spec.origin) else list(
-        spec.submodule_search_locations or [])
+    return (
+        [spec.origin]
+        if spec.origin and os.path.isabs(spec.origin)
+        else list(spec.submodule_search_locations or [])
+    )
 
 
 def import_callable(key: str, path: str) -> Callable:
@@ -130,7 +135,8 @@ def import_callable(key: str, path: str) -> Callable:
             raise ValueError(
                 f"{key}: cannot import '{path}': no module '{module_name}' in the current "
                 f"directory ({os.getcwd()}), on PYTHONPATH ({python_path}) or among the "
-                f"installed packages")
+                f"installed packages"
+            )
         specs, entry = found
         files = [f for spec in specs for f in _files(spec)] or [None]
         for file in filter(None, files):
@@ -138,20 +144,25 @@ def import_callable(key: str, path: str) -> Callable:
             if store is not None:
                 raise ValueError(
                     f"{key}: refusing to import '{path}' from {file}: it lies inside the run "
-                    f"store {store}, and code kept in a run store is never run")
+                    f"store {store}, and code kept in a run store is never run"
+                )
         if entry is not None:
             sys.path.append(entry)  # after the installed packages: it never shadows one of them
     remedy = chosen_by_record(key)
     if remedy and installed_code(files[-1]):
         raise ValueError(
             f"{key}: the record names '{path}', installed code ({files[-1] or 'built in'}) rather "
-            f"than your own, and a record does not choose what runs; {remedy}")
+            f"than your own, and a record does not choose what runs; {remedy}"
+        )
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"{key}: cannot import '{path}': {error}") from None
     if not callable(factory):
         raise ValueError(f"{key}: '{path}' is not callable")
-    RESOLVED[key] = {"import_path": path, "file": getattr(sys.modules[module_name], "__file__", None),
-                     "searched": searched}
+    RESOLVED[key] = {
+        "import_path": path,
+        "file": getattr(sys.modules[module_name], "__file__", None),
+        "searched": searched,
+    }
     return factory

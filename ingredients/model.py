@@ -227,15 +227,25 @@ def summarize(net: nn.Module, input_shape: tuple[int, ...]) -> dict:
 def format_summary(summary: dict) -> str:
     """The summary as a fixed-width table for the log."""
     rows = [
-        (row["layer"], row["type"], "x".join(map(str, row["output_shape"] or [])) or "-",
-         f"{row['params']:,}", f"{row['trainable']:,}")
+        (
+            row["layer"],
+            row["type"],
+            "x".join(map(str, row["output_shape"] or [])) or "-",
+            f"{row['params']:,}",
+            f"{row['trainable']:,}",
+        )
         for row in summary["layers"]
     ]
     header = ("layer", "type", "output", "params", "trainable")
     widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
     lines = [
-        "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        "  ".join(
+            cell.ljust(w) if i < 3 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths))
+        )
         for cells in [header, *rows]
     ]
-    lines.append(f"total {summary['params']:,} parameters, {summary['trainable_params']:,} trainable")
+    lines.append(
+        f"total {summary['params']:,} parameters, {summary['trainable_params']:,} trainable"
+    )
     return "\n".join(lines)

@@ -47,22 +47,25 @@ def config():
     schedule = "cosine"  # none | step | cosine | onecycle (stepped every optimizer step)
     step_size = 10  # step: epochs between decays
     gamma = 0.1  # step: factor applied at each decay
-    warmup_epochs = 0  # linear warmup from 0 to lr over this many epochs (onecycle: its rising phase)
+    warmup_epochs = 0  # linear warmup from 0 to lr over these epochs (onecycle: its rise)
 
 
-GROUP = mapping({"pattern": TEXT, "lr_scale": POSITIVE_NUMBER, "weight_decay": NON_NEGATIVE_NUMBER},
-                required=("pattern",))
+GROUP = mapping(
+    {"pattern": TEXT, "lr_scale": POSITIVE_NUMBER, "weight_decay": NON_NEGATIVE_NUMBER},
+    required=("pattern",),
+)
 # What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
 SCHEMA = {
     "name": choice(*OPTIMIZERS),
     "momentum": NON_NEGATIVE_NUMBER,
     "nesterov": BOOLEAN,
-    "betas": Rule(list_of(number(0, 1, high_open=True), length=2).accepts,
-                  "two numbers in [0, 1)"),
+    "betas": Rule(list_of(number(0, 1, high_open=True), length=2).accepts, "two numbers in [0, 1)"),
     "weight_decay": NON_NEGATIVE_NUMBER,
-    "param_groups": Rule(list_of(GROUP).accepts,
-                         "a list of groups {'pattern': glob, 'lr_scale': number > 0, "
-                         "'weight_decay': number >= 0}, each with a pattern"),
+    "param_groups": Rule(
+        list_of(GROUP).accepts,
+        "a list of groups {'pattern': glob, 'lr_scale': number > 0, "
+        "'weight_decay': number >= 0}, each with a pattern",
+    ),
     "clip_grad_norm": nullable(POSITIVE_NUMBER),
     "schedule": choice(*SCHEDULES),
     "step_size": POSITIVE_INT,

@@ -29,7 +29,10 @@ def config():
 
 # What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
 # The offset keeps seed + offset within what torch.Generator.manual_seed takes (seed < 2**32).
-SCHEMA = {"deterministic": BOOLEAN, "loader_seed_offset": integer(0, 2**32, words="an integer in [0, 2**32)")}
+SCHEMA = {
+    "deterministic": BOOLEAN,
+    "loader_seed_offset": integer(0, 2**32, words="an integer in [0, 2**32)"),
+}
 
 
 @seeding.config_hook
@@ -48,7 +51,9 @@ def seed_everything(seed: int, deterministic: bool) -> dict:
     torch.manual_seed(seed)  # seeds every CUDA device too
     if deterministic:
         if torch.cuda.is_initialized() and os.environ.get("CUBLAS_WORKSPACE_CONFIG") is None:
-            warnings.warn("CUDA started before seeding: CUBLAS_WORKSPACE_CONFIG may not take effect")
+            warnings.warn(
+                "CUDA started before seeding: CUBLAS_WORKSPACE_CONFIG may not take effect"
+            )
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic

@@ -7,11 +7,22 @@ import_sacred_without_pandas()  # before anything here imports Sacred
 from observers.store import RecordError, open_store, resolve_run
 
 # pandas and matplotlib load only when a table or plot is asked for, not when a run starts.
-_LAZY = {"load_runs": "observers.tables", "load_metrics": "observers.tables",
-         "compare": "observers.tables", "plot_metric": "observers.plots"}
+_LAZY = {
+    "load_runs": "observers.tables",
+    "load_metrics": "observers.tables",
+    "compare": "observers.tables",
+    "plot_metric": "observers.plots",
+}
 
-__all__ = ["RecordError", "compare", "load_metrics", "load_runs", "open_store", "plot_metric",
-           "resolve_run"]
+__all__ = [
+    "RecordError",
+    "compare",
+    "load_metrics",
+    "load_runs",
+    "open_store",
+    "plot_metric",
+    "resolve_run",
+]
 
 
 def __getattr__(name: str):

@@ -35,28 +35,53 @@ def build_parser() -> argparse.ArgumentParser:
     compare = command("compare", "observers.report:compare_command", "compare runs side by side")
     compare.add_argument("runs", nargs="*", help="run ids")
     compare.add_argument("--metric", help="metric to summarise and plot (default val_accuracy)")
-    compare.add_argument("--plot", metavar="FILE.png", help="draw the metric's curves into a PNG "
-                         "(with --sweep: the metric against a varied key)")
-    compare.add_argument("--sweep", metavar="SWEEP",
-                         help="rank the runs of this sweep by the metric, with the keys that varied")
+    compare.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the metric's curves into a PNG (with --sweep: the metric against a varied key)",
+    )
+    compare.add_argument(
+        "--sweep",
+        metavar="SWEEP",
+        help="rank the runs of this sweep by the metric, with the keys that varied",
+    )
 
     export = command("export", "observers.report:export_command", "write the runs table to a file")
     export.add_argument("--to", required=True, metavar="FILE", help="a .parquet or .csv file")
 
-    rerun = command("rerun", "observers.rerun:rerun_command", "rerun a recorded run with its config")
+    rerun = command(
+        "rerun", "observers.rerun:rerun_command", "rerun a recorded run with its config"
+    )
     rerun.add_argument("run", help="run id or run directory")
-    rerun.add_argument("--verify", action="store_true",
-                       help="compare every metric value and the final model with the original")
-    rerun.add_argument("--strict", action="store_true",
-                       help="refuse to run when code, packages, data or device differ")
-    rerun.add_argument("--from-recorded-sources", action="store_true",
-                       help="run the source files recorded with the run, not the working tree")
-    rerun.add_argument("--trust-import-paths", action="store_true",
-                       help="let the record's import paths (model.name) name installed code, "
-                            "which they may not otherwise: it runs what they name")
-    rerun.add_argument("--world-size", type=int, default=None, metavar="N",
-                       help="processes for a run recorded under torchrun (default: its own "
-                            "world size; another one is not expected to match)")
+    rerun.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare every metric value and the final model with the original",
+    )
+    rerun.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to run when code, packages, data or device differ",
+    )
+    rerun.add_argument(
+        "--from-recorded-sources",
+        action="store_true",
+        help="run the source files recorded with the run, not the working tree",
+    )
+    rerun.add_argument(
+        "--trust-import-paths",
+        action="store_true",
+        help="let the record's import paths (model.name) name installed code, "
+        "which they may not otherwise: it runs what they name",
+    )
+    rerun.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes for a run recorded under torchrun (default: its own "
+        "world size; another one is not expected to match)",
+    )
 
     add_sweep_command(command)
 
@@ -70,35 +95,68 @@ def add_sweep_command(command) -> None:
     """`reprolab sweep`: only its arguments live here. The handler is experiments.sweep, the one
     place the CLI reaches into experiments/ (imported lazily when the command runs): the CLI is
     the entry point, so this is the accepted exception to experiments -> observers, never back."""
-    sweep = command("sweep", "experiments.sweep:sweep_command",
-                    "run many configs of an experiment, here in parallel or as a Slurm job array")
-    sweep.add_argument("words", nargs="*", metavar="EXPERIMENT.py [SWEEP.yaml] with KEY=VALUES",
-                       help="the experiment (default experiments/train.py), an optional sweep "
-                            "file, then config values: a list or range(...) is swept, e.g. "
-                            "'lr=[0.1, 0.01]' 'seed=range(3)' epochs=5")
+    sweep = command(
+        "sweep",
+        "experiments.sweep:sweep_command",
+        "run many configs of an experiment, here in parallel or as a Slurm job array",
+    )
+    sweep.add_argument(
+        "words",
+        nargs="*",
+        metavar="EXPERIMENT.py [SWEEP.yaml] with KEY=VALUES",
+        help="the experiment (default experiments/train.py), an optional sweep "
+        "file, then config values: a list or range(...) is swept, e.g. "
+        "'lr=[0.1, 0.01]' 'seed=range(3)' epochs=5",
+    )
     sweep.add_argument("--file", metavar="SWEEP.yaml", help="a sweep file with grid, random, fixed")
     sweep.add_argument("--dry-run", action="store_true", help="list the configs, run nothing")
-    sweep.add_argument("--print-commands", action="store_true",
-                       help="record the sweep and print one command per config, for any scheduler")
-    sweep.add_argument("--resume", metavar="SWEEP", help="run what SWEEP still lacks: continue "
-                       "interrupted runs, rerun failed ones, skip completed ones")
-    sweep.add_argument("--status", metavar="SWEEP", help="each config's run state (store and Slurm)")
-    sweep.add_argument("--on", choices=("local", "slurm"),
-                       help="where runs run (default local; with --resume, where the sweep ran last)")
-    sweep.add_argument("--parallel", type=int, metavar="N",
-                       help="local: runs at a time (default 1; with --resume, as last time)")
-    sweep.add_argument("--threads", type=int, metavar="N",
-                       help="local: torch threads per run (default: cores / --parallel; "
-                            "with --resume, as last time)")
+    sweep.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="record the sweep and print one command per config, for any scheduler",
+    )
+    sweep.add_argument(
+        "--resume",
+        metavar="SWEEP",
+        help="run what SWEEP still lacks: continue "
+        "interrupted runs, rerun failed ones, skip completed ones",
+    )
+    sweep.add_argument(
+        "--status", metavar="SWEEP", help="each config's run state (store and Slurm)"
+    )
+    sweep.add_argument(
+        "--on",
+        choices=("local", "slurm"),
+        help="where runs run (default local; with --resume, where the sweep ran last)",
+    )
+    sweep.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="local: runs at a time (default 1; with --resume, as last time)",
+    )
+    sweep.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="local: torch threads per run (default: cores / --parallel; "
+        "with --resume, as last time)",
+    )
     slurm = sweep.add_argument_group("Slurm (with --on slurm)")
     slurm.add_argument("--partition", help="sbatch --partition")
-    slurm.add_argument("--time", help="time limit per run: minutes, HH:MM:SS or D-HH:MM (default 60)")
+    slurm.add_argument(
+        "--time", help="time limit per run: minutes, HH:MM:SS or D-HH:MM (default 60)"
+    )
     slurm.add_argument("--cpus", type=int, help="CPUs per run, also its torch threads (default 1)")
     slurm.add_argument("--gpus", type=int, help="GPUs per run")
     slurm.add_argument("--mem", help="memory per run, e.g. 4G")
     slurm.add_argument("--max-parallel", type=int, metavar="N", help="tasks of the array at a time")
-    slurm.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
-                       help="any other sbatch option, e.g. --sbatch account=proj --sbatch qos=low")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. --sbatch account=proj --sbatch qos=low",
+    )
     slurm.add_argument("--wait", action="store_true", help="follow the job array until it ends")
 
 

@@ -49,7 +49,7 @@ def utc(moment: dt.datetime) -> dt.datetime:
 
 
 STALE_HEARTBEAT = dt.timedelta(minutes=2)  # Sacred beats every 10 s: a RUNNING run silent this
-                                           # long has probably died
+# long has probably died
 
 
 def record_time(value) -> dt.datetime | None:

@@ -56,7 +56,7 @@ def append_whole(path: Path, data: bytes) -> None:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             except OSError:
                 os.ftruncate(fd, start)
                 raise
@@ -89,8 +89,9 @@ class FileStore(FileStorageObserver):
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         try:
-            return super().started_event(ex_info, command, host_info, utc(start_time), config,
-                                         meta_info, _id)
+            return super().started_event(
+                ex_info, command, host_info, utc(start_time), config, meta_info, _id
+            )
         except StoreWriteError:
             if self.dir and not os.path.exists(os.path.join(self.dir, "run.json")):
                 shutil.rmtree(self.dir, ignore_errors=True)  # no half-made run folder
@@ -106,7 +107,8 @@ class FileStore(FileStorageObserver):
         """Sacred's copy of a source or resource, stored once per content as name_md5.ext; written
         atomically, and written again when a stored copy does not match its md5 (cut short)."""
         if not self.copy_artifacts and Path(filename).resolve().is_relative_to(
-                Path(self.basedir).resolve()):
+            Path(self.basedir).resolve()
+        ):
             return filename
         name, ext = os.path.splitext(os.path.basename(filename))
         md5 = get_digest(filename)
@@ -124,8 +126,9 @@ class FileStore(FileStorageObserver):
 
     def save_cout(self):
         with self._lock:
-            append_whole(Path(self.dir) / "cout.txt",
-                         self.cout[self.cout_write_cursor:].encode("utf-8"))
+            append_whole(
+                Path(self.dir) / "cout.txt", self.cout[self.cout_write_cursor :].encode("utf-8")
+            )
             self.cout_write_cursor = len(self.cout)
 
     def log_metrics(self, metrics_by_name, info):

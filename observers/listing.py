@@ -8,7 +8,9 @@ from observers.store import open_store
 
 def ls_command(args) -> int:
     """'no runs in <store>' when the store is empty and no filter needs checking, else the table."""
-    filtered = any(getattr(args, option, None) is not None for option in ("status", "last", "sweep"))
+    filtered = any(
+        getattr(args, option, None) is not None for option in ("status", "last", "sweep")
+    )
     store = open_store(args.store)
     if filtered or store.run_ids():
         from observers.report import ls_command as list_runs

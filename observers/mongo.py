@@ -125,8 +125,11 @@ class BoundedMongoObserver(MongoObserver):
         one tried when another run took it; ID_ATTEMPTS tries, then one sentence."""
         from pymongo.errors import DuplicateKeyError
 
-        self.run_entry["reprolab"] = {"run_uuid": self.run_uuid, "source": "live",
-                                      "complete": False}
+        self.run_entry["reprolab"] = {
+            "run_uuid": self.run_uuid,
+            "source": "live",
+            "complete": False,
+        }
         tried = 0
         for _ in range(ID_ATTEMPTS):
             tried = max(self.highest_id(), tried) + 1
@@ -137,8 +140,10 @@ class BoundedMongoObserver(MongoObserver):
             except DuplicateKeyError:
                 continue
         else:
-            raise RuntimeError(f"no free run id found in {self.runs.full_name} after "
-                               f"{ID_ATTEMPTS} tries (up to {tried})")
+            raise RuntimeError(
+                f"no free run id found in {self.runs.full_name} after "
+                f"{ID_ATTEMPTS} tries (up to {tried})"
+            )
         self.writer = MetricsWriter(self.db, self.run_entry["_id"], self.metrics.name)
 
     def highest_id(self) -> int:
@@ -147,8 +152,10 @@ class BoundedMongoObserver(MongoObserver):
         return int(latest["_id"]) if latest else 0
 
     def save_sources(self, ex_info):
-        return [[name, store_source(self.fs, os.path.join(ex_info["base_dir"], name), md5)]
-                for name, md5 in ex_info["sources"]]
+        return [
+            [name, store_source(self.fs, os.path.join(ex_info["base_dir"], name), md5)]
+            for name, md5 in ex_info["sources"]
+        ]
 
     def heartbeat_event(self, info, captured_out, beat_time, result):
         self.full_output = captured_out
@@ -162,8 +169,9 @@ class BoundedMongoObserver(MongoObserver):
         epoch) takes the earlier entry's place, and the earlier file is deleted only once the run
         document no longer points to it (a failed write leaves no dangling file id)."""
         earlier = [a["file_id"] for a in self.run_entry["artifacts"] if a["name"] == name]
-        file_id = store_artifact(self.fs, self.runs.name, self.run_entry["_id"], name, filename,
-                                 metadata, content_type)
+        file_id = store_artifact(
+            self.fs, self.runs.name, self.run_entry["_id"], name, filename, metadata, content_type
+        )
         self.run_entry["artifacts"] = with_artifact(self.run_entry["artifacts"], name, file_id)
         self.save()
         for old_id in earlier:
@@ -174,8 +182,9 @@ class BoundedMongoObserver(MongoObserver):
 
     def final_save(self, attempts):
         bookkeeping = self.run_entry["reprolab"]
-        output_file = store_full_output(self.fs, self.runs.name, self.run_entry["_id"],
-                                        self.full_output)
+        output_file = store_full_output(
+            self.fs, self.runs.name, self.run_entry["_id"], self.full_output
+        )
         if output_file is not None:
             bookkeeping["captured_out_file"] = output_file
         bookkeeping["complete"] = True
@@ -214,12 +223,19 @@ class MongoWithFallback(RunObserver):
             self._start_mongo(deepcopy(ex_info), command, host_info, start_time, config, meta_info)
             self.local = FileStore(self.local_dir)
             local_id = self.local.started_event(
-                deepcopy(ex_info), command, host_info, start_time, config, meta_info, None)
+                deepcopy(ex_info), command, host_info, start_time, config, meta_info, None
+            )
             if self.mongo is None:
                 away = "is unreachable" if self.db is None else "cannot record this run"
-                log.warning("MongoDB at %s %s (%s); recording this run in %s instead "
-                            "(upload it later with: %s)", self.location, away, self.problem,
-                            self.local.dir, self._sync_hint())
+                log.warning(
+                    "MongoDB at %s %s (%s); recording this run in %s instead "
+                    "(upload it later with: %s)",
+                    self.location,
+                    away,
+                    self.problem,
+                    self.local.dir,
+                    self._sync_hint(),
+                )
             return self.mongo_id if self.mongo is not None else local_id
 
     def connect(self) -> None:
@@ -239,7 +255,8 @@ class MongoWithFallback(RunObserver):
         try:
             mongo = BoundedMongoObserver.on(self.db, meta_info.get("run_uuid"))
             self.mongo_id = mongo.started_event(
-                ex_info, command, host_info, start_time, config, meta_info, None)
+                ex_info, command, host_info, start_time, config, meta_info, None
+            )
             self.mongo = mongo
         except Exception as error:  # whatever MongoDB does, the run must start
             self.problem = describe_error(error, self.url)
@@ -251,8 +268,13 @@ class MongoWithFallback(RunObserver):
             getattr(self.mongo, method)(**kwargs)
         except Exception as error:  # reported once; the local copy carries on
             self.mongo, self.problem = None, describe_error(error, self.url)
-            log.warning("MongoDB stopped recording run %s (%s); the run goes on and its full "
-                        "record is kept in %s", self.mongo_id, self.problem, self.local.dir)
+            log.warning(
+                "MongoDB stopped recording run %s (%s); the run goes on and its full "
+                "record is kept in %s",
+                self.mongo_id,
+                self.problem,
+                self.local.dir,
+            )
 
     def _both(self, method: str, final: bool = False, **kwargs) -> None:
         with self._lock:
@@ -265,15 +287,25 @@ class MongoWithFallback(RunObserver):
                 self._finish()
 
     def heartbeat_event(self, info, captured_out, beat_time, result):
-        self._both("heartbeat_event", info=info, captured_out=captured_out, beat_time=beat_time,
-                   result=result)
+        self._both(
+            "heartbeat_event",
+            info=info,
+            captured_out=captured_out,
+            beat_time=beat_time,
+            result=result,
+        )
 
     def log_metrics(self, metrics_by_name, info):
         self._both("log_metrics", metrics_by_name=metrics_by_name, info=info)
 
     def artifact_event(self, name, filename, metadata=None, content_type=None):
-        self._both("artifact_event", name=name, filename=filename, metadata=metadata,
-                   content_type=content_type)
+        self._both(
+            "artifact_event",
+            name=name,
+            filename=filename,
+            metadata=metadata,
+            content_type=content_type,
+        )
 
     def resource_event(self, filename):
         self._both("resource_event", filename=filename)
@@ -292,13 +324,22 @@ class MongoWithFallback(RunObserver):
         if self.mongo is not None and not self.mongo.cut:
             shutil.rmtree(self.local.dir, ignore_errors=True)
         elif self.mongo is not None:
-            log.warning("MongoDB's record of run %s lacks %s (too large for a MongoDB document); "
-                        "the complete record stays in %s", self.mongo_id,
-                        ", ".join(self.mongo.cut), self.local.dir)
+            log.warning(
+                "MongoDB's record of run %s lacks %s (too large for a MongoDB document); "
+                "the complete record stays in %s",
+                self.mongo_id,
+                ", ".join(self.mongo.cut),
+                self.local.dir,
+            )
         elif self.mongo_id is not None:
-            log.warning("MongoDB's record of run %s is incomplete (%s); the complete record is "
-                        "in %s (upload it with: %s)", self.mongo_id, self.problem,
-                        self.local.dir, self._sync_hint())
+            log.warning(
+                "MongoDB's record of run %s is incomplete (%s); the complete record is "
+                "in %s (upload it with: %s)",
+                self.mongo_id,
+                self.problem,
+                self.local.dir,
+                self._sync_hint(),
+            )
 
     def _sync_hint(self) -> str:
         from observers.attach import MONGO_URL_VARIABLE
@@ -313,8 +354,11 @@ def with_artifact(artifacts: list[dict], name: str, file_id) -> list[dict]:
     if name not in names:
         return [*artifacts, entry]
     first = names.index(name)
-    return [entry if i == first else a for i, a in enumerate(artifacts)
-            if i == first or a["name"] != name]
+    return [
+        entry if i == first else a
+        for i, a in enumerate(artifacts)
+        if i == first or a["name"] != name
+    ]
 
 
 def mongo_observers(url: str) -> list[RunObserver]:

@@ -63,8 +63,9 @@ def fit_document(document: dict) -> tuple[dict, list[str]]:
 
 def exact_times(document: dict) -> dict:
     """Start, heartbeat and stop times to the microsecond (BSON dates keep milliseconds)."""
-    return {key: utc_text(document[key]) for key in TIMES
-            if isinstance(document.get(key), datetime)}
+    return {
+        key: utc_text(document[key]) for key in TIMES if isinstance(document.get(key), datetime)
+    }
 
 
 def store_source(fs, path: str, md5: str, data: bytes | None = None):
@@ -78,14 +79,25 @@ def store_source(fs, path: str, md5: str, data: bytes | None = None):
     return fs.put(data, filename=path, md5=md5)
 
 
-def store_artifact(fs, collection: str, run_id: int, name: str, path: str | os.PathLike,
-                   metadata=None, content_type: str | None = None):
+def store_artifact(
+    fs,
+    collection: str,
+    run_id: int,
+    name: str,
+    path: str | os.PathLike,
+    metadata=None,
+    content_type: str | None = None,
+):
     """GridFS id of an artifact file, named as Sacred's MongoObserver names it."""
     from sacred.observers.mongo import mimetype_detector
 
     with open(path, "rb") as f:
-        return fs.put(f, filename=f"artifact://{collection}/{run_id}/{name}", metadata=metadata,
-                      content_type=content_type or mimetype_detector.guess_type(str(path))[0])
+        return fs.put(
+            f,
+            filename=f"artifact://{collection}/{run_id}/{name}",
+            metadata=metadata,
+            content_type=content_type or mimetype_detector.guess_type(str(path))[0],
+        )
 
 
 def store_full_output(fs, collection: str, run_id: int, text: str):
@@ -136,18 +148,27 @@ class MetricsWriter:
                 series.chunk, series.chunk_fill = series.chunk + 1, 0
             end = min(count, start + CHUNK_POINTS - series.chunk_fill)
             stamps = [utc_text(t) for t in points["timestamps"][start:end]]
-            push = {"steps": points["steps"][start:end], "values": points["values"][start:end],
-                    "timestamps": stamps}
+            push = {
+                "steps": points["steps"][start:end],
+                "values": points["values"][start:end],
+                "timestamps": stamps,
+            }
             self.chunks.update_one(
                 {"run_id": self.run_id, "name": name, "chunk": series.chunk},
-                {"$push": {key: {"$each": value} for key, value in push.items()}}, upsert=True)
+                {"$push": {key: {"$each": value} for key, value in push.items()}},
+                upsert=True,
+            )
             series.chunk_fill += end - start
             start = end
 
     def _append_view(self, name: str, series: _Series, points: dict) -> dict | None:
-        new = [(series.total + i, step, value, stamp) for i, (step, value, stamp)
-               in enumerate(zip(points["steps"], points["values"], points["timestamps"]))
-               if (series.total + i) % series.every == 0]
+        new = [
+            (series.total + i, step, value, stamp)
+            for i, (step, value, stamp) in enumerate(
+                zip(points["steps"], points["values"], points["timestamps"])
+            )
+            if (series.total + i) % series.every == 0
+        ]
         series.kept += new
         query = {"run_id": self.run_id, "name": name}
         if len(series.kept) <= VIEW_POINTS:
@@ -164,6 +185,8 @@ class MetricsWriter:
 
 
 def _columns(points: list[tuple]) -> dict:
-    return {"steps": [p[1] for p in points], "values": [p[2] for p in points],
-            "timestamps": [p[3] for p in points]}
-
+    return {
+        "steps": [p[1] for p in points],
+        "values": [p[2] for p in points],
+        "timestamps": [p[3] for p in points],
+    }

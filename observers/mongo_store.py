@@ -95,7 +95,9 @@ class MongoRunStore:
         run = self._plain_part(run_id, "run document", run)
         extra = document.get("reprolab")
         times = extra.get("times") if isinstance(extra, dict) else None
-        run.update(self._plain_part(run_id, "run document", times) if isinstance(times, dict) else {})
+        run.update(
+            self._plain_part(run_id, "run document", times) if isinstance(times, dict) else {}
+        )
         return run
 
     @_reading
@@ -125,8 +127,10 @@ class MongoRunStore:
             return metrics
         for document in self.db["metrics"].find({"run_id": run_id}).sort("name", 1):
             metrics[document["name"]] = {
-                "steps": document.get("steps", []), "values": document.get("values", []),
-                "timestamps": self._plain_part(run_id, "metrics", document.get("timestamps", []))}
+                "steps": document.get("steps", []),
+                "values": document.get("values", []),
+                "timestamps": self._plain_part(run_id, "metrics", document.get("timestamps", [])),
+            }
         return metrics
 
     @_reading

@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 LABEL_WIDTH = 70  # legend labels wrap at this width, so the legend never outgrows the figure
 
 
-def plot_metric(store: str | os.PathLike | RunStore | None, run_ids: Iterable[int],
-                metric: str = "val_accuracy", path: str | os.PathLike | None = None) -> Figure:
+def plot_metric(
+    store: str | os.PathLike | RunStore | None,
+    run_ids: Iterable[int],
+    metric: str = "val_accuracy",
+    path: str | os.PathLike | None = None,
+) -> Figure:
     """Draw `metric` against step for each run, labelled by run id and the config values that
     differ between the runs; with `path`, also write the figure there as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # only when a plot is drawn
@@ -38,9 +42,18 @@ def plot_metric(store: str | os.PathLike | RunStore | None, run_ids: Iterable[in
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for run_id, curve in points.groupby("run_id", sort=False):
-        axes.plot(curve["step"], curve["value"], marker="o" if len(curve) <= 50 else None,
-                  markersize=4, label=labels[run_id])
-    axes.set(xlabel=step_label(store, ids), ylabel=metric, title=f"{metric} of runs {', '.join(map(str, ids))}")
+        axes.plot(
+            curve["step"],
+            curve["value"],
+            marker="o" if len(curve) <= 50 else None,
+            markersize=4,
+            label=labels[run_id],
+        )
+    axes.set(
+        xlabel=step_label(store, ids),
+        ylabel=metric,
+        title=f"{metric} of runs {', '.join(map(str, ids))}",
+    )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are epochs or batches
     axes.grid(alpha=0.3)
     figure.legend(loc="outside lower center", fontsize="small", frameon=False)
@@ -69,8 +82,11 @@ def run_labels(runs: pd.DataFrame) -> dict[int, str]:
     labels = {}
     for run_id, row in runs.iterrows():
         parts = [f"{abbreviate(short_key(key))}={format_value(row[key])}" for key in keys]
-        labels[run_id] = "\n".join(textwrap.wrap(f"run {run_id}: " + ", ".join(parts),
-                                                  LABEL_WIDTH, max_lines=3, placeholder=" …"))
+        labels[run_id] = "\n".join(
+            textwrap.wrap(
+                f"run {run_id}: " + ", ".join(parts), LABEL_WIDTH, max_lines=3, placeholder=" …"
+            )
+        )
     return labels
 
 
@@ -123,18 +139,32 @@ def plot_sweep(runs: pd.DataFrame, column: str, path: str | os.PathLike) -> str:
     figure = Figure(figsize=(8, 5.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    groups = runs.groupby([runs[k].map(format_value) for k in others], sort=True) if others else [((), runs)]
+    groups = (
+        runs.groupby([runs[k].map(format_value) for k in others], sort=True)
+        if others
+        else [((), runs)]
+    )
     for name, group in groups:
         stats = group.groupby(x_key)[column].agg(["mean", "min", "max"]).sort_index()
-        label = ", ".join(f"{abbreviate(short_key(k))}={v}" for k, v in
-                          zip(others, name if isinstance(name, tuple) else (name,))) or None
-        line, = axes.plot(stats.index, stats["mean"], marker="o", label=label)
-        axes.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
+        label = (
+            ", ".join(
+                f"{abbreviate(short_key(k))}={v}"
+                for k, v in zip(others, name if isinstance(name, tuple) else (name,))
+            )
+            or None
+        )
+        (line,) = axes.plot(stats.index, stats["mean"], marker="o", label=label)
+        axes.fill_between(
+            stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2
+        )
     values = pd.to_numeric(runs[x_key], errors="coerce")
     if values.notna().all() and (values > 0).all() and values.max() / values.min() >= 10:
         axes.set_xscale("log")  # learning rates and the like span decades
-    axes.set(xlabel=short_key(x_key), ylabel=column,
-             title=f"{column} against {short_key(x_key)} (mean and range across seeds)")
+    axes.set(
+        xlabel=short_key(x_key),
+        ylabel=column,
+        title=f"{column} against {short_key(x_key)} (mean and range across seeds)",
+    )
     axes.grid(alpha=0.3)
     if others:
         figure.legend(loc="outside lower center", fontsize="small", frameon=False)

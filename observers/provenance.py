@@ -58,7 +58,9 @@ def git_bytes(root: Path, *args: str) -> bytes | None:
     """Raw output of a read-only git command in root, or None when git or the repository is absent."""
     try:
         result = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, timeout=30,
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            timeout=30,
             env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},  # never touch the index
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -72,7 +74,9 @@ def git_state(root: Path) -> tuple[dict, bytes]:
     if commit is None:
         return {"commit": None, "dirty": None, "diff_sha256": None, "untracked": []}, b""
     diff = git_bytes(root, "diff", "HEAD", "--binary") or b""  # bytes: a diff need not be UTF-8
-    untracked = outside_stores(root, (git(root, "ls-files", "--others", "--exclude-standard") or "").split())
+    untracked = outside_stores(
+        root, (git(root, "ls-files", "--others", "--exclude-standard") or "").split()
+    )
     return {
         "commit": commit.strip(),
         "dirty": bool(diff),
@@ -87,8 +91,9 @@ def is_run_store(directory: Path) -> bool:
     if (directory / "_sources").is_dir():
         return True
     try:
-        return any(child.name.isdigit() and (child / "run.json").is_file()
-                   for child in directory.iterdir())
+        return any(
+            child.name.isdigit() and (child / "run.json").is_file() for child in directory.iterdir()
+        )
     except OSError:
         return False
 
@@ -170,8 +175,13 @@ def source_differences(recorded: dict[str, bytes], root: Path) -> list[Differenc
         path = root / name
         now = sha256(path.read_bytes()) if path.is_file() else None
         if now != sha256(data):
-            found.append(Difference(f"source {name}", f"sha256 {short(sha256(data))}",
-                                    f"sha256 {short(now)}" if now else "missing"))
+            found.append(
+                Difference(
+                    f"source {name}",
+                    f"sha256 {short(sha256(data))}",
+                    f"sha256 {short(now)}" if now else "missing",
+                )
+            )
     return found
 
 
@@ -185,8 +195,13 @@ def data_differences(fingerprint: dict | None, path_now: Path | None) -> list[Di
 
     now = fingerprint_file(path_now)["sha256"]
     if now != fingerprint["sha256"]:
-        return [Difference(f"data file {path_now}", f"sha256 {short(fingerprint['sha256'])}",
-                           f"sha256 {short(now)}")]
+        return [
+            Difference(
+                f"data file {path_now}",
+                f"sha256 {short(fingerprint['sha256'])}",
+                f"sha256 {short(now)}",
+            )
+        ]
     return []
 
 
@@ -199,8 +214,9 @@ def package_differences(then: dict[str, str], now: dict[str, str]) -> list[Diffe
     ]
 
 
-def environment_differences(info: dict, now: dict, torch_now: dict, compare_git: bool = True
-                            ) -> list[Difference]:
+def environment_differences(
+    info: dict, now: dict, torch_now: dict, compare_git: bool = True
+) -> list[Difference]:
     """Python, packages, git, torch/CUDA/cuDNN, threads and device: recorded info against now."""
     then = info.get("provenance")
     if not then:
@@ -211,11 +227,17 @@ def environment_differences(info: dict, now: dict, torch_now: dict, compare_git:
     if compare_git:
         git_then, git_now = then.get("git", {}), now["git"]
         if git_then.get("commit") != git_now["commit"]:
-            found.append(Difference("git commit", short(git_then.get("commit")),
-                                    short(git_now["commit"])))
+            found.append(
+                Difference("git commit", short(git_then.get("commit")), short(git_now["commit"]))
+            )
         if git_then.get("diff_sha256") != git_now["diff_sha256"]:
-            found.append(Difference("git work-tree diff", f"sha256 {short(git_then.get('diff_sha256'))}",
-                                    f"sha256 {short(git_now['diff_sha256'])}"))
+            found.append(
+                Difference(
+                    "git work-tree diff",
+                    f"sha256 {short(git_then.get('diff_sha256'))}",
+                    f"sha256 {short(git_now['diff_sha256'])}",
+                )
+            )
     determinism = {**info.get("determinism", {}), "device": info.get("device")}
     for key in ("torch_version", "cuda_version", "cudnn_version", "num_threads", "device"):
         if determinism.get(key) != torch_now[key]:

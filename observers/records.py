@@ -34,8 +34,10 @@ class ObjectEncoding(ValueError):
 
 def refusal(where: str, key: str) -> RecordError:
     """The one sentence for a record that holds an object-encoding key."""
-    return RecordError(f"{where} holds the object-encoding key {key!r}, which could run code "
-                       "when read back, so it was refused (records are read as plain data only)")
+    return RecordError(
+        f"{where} holds the object-encoding key {key!r}, which could run code "
+        "when read back, so it was refused (records are read as plain data only)"
+    )
 
 
 def _plain_pairs(pairs: list[tuple[str, object]]) -> dict:

@@ -41,7 +41,7 @@ def fit(text: str, width: int = WIDTH) -> str:
 
 def fit_end(text: str, width: int) -> str:
     """text cut to width characters from the left, so a path keeps its end (the file name)."""
-    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
 
 
 def is_path(text: str) -> bool:
@@ -59,13 +59,17 @@ def render(columns: list[tuple[str, str, list[str]]]) -> list[str]:
     rows = [[header for header, _, _ in columns]]
     rows += [list(cells) for cells in zip(*(cells for _, _, cells in columns))]
     return [
-        GAP.join(f"{cell:{align}{width}}" for cell, (_, align, _), width in zip(row, columns, widths)).rstrip()
+        GAP.join(
+            f"{cell:{align}{width}}" for cell, (_, align, _), width in zip(row, columns, widths)
+        ).rstrip()
         for row in rows
     ]
 
 
 def table_width(columns: list[tuple[str, str, list[str]]]) -> int:
-    return sum(max(len(h), *(len(c) for c in cells)) for h, _, cells in columns) + len(GAP) * (len(columns) - 1)
+    return sum(max(len(h), *(len(c) for c in cells)) for h, _, cells in columns) + len(GAP) * (
+        len(columns) - 1
+    )
 
 
 def when(timestamp) -> str:
@@ -111,7 +115,7 @@ def ls_command(args) -> int:
         raise ValueError(f"--last must be 1 or more, not {args.last}")
     ids = store.run_ids()
     if args.last and not status:
-        ids = ids[-args.last:]  # only the runs shown are read
+        ids = ids[-args.last :]  # only the runs shown are read
     runs = load_runs(store, run_ids=ids, status=status, sweep=getattr(args, "sweep", None))
     print_skipped(store)
     if args.last:
@@ -144,13 +148,17 @@ def ls_lines(runs: pd.DataFrame) -> list[str]:
         ("took", ">", [took(d) for d in runs["duration"]]),
     ]
     if "processes" in runs.columns and (runs["processes"].fillna(1) > 1).any():  # distributed runs
-        fixed.append(("procs", ">", [str(p) if p and p > 1 else "1" for p in runs["processes"].fillna(1)]))
+        fixed.append(
+            ("procs", ">", [str(p) if p and p > 1 else "1" for p in runs["processes"].fillna(1)])
+        )
     main = [(header, ">", [format_value(v) for v in runs[metric]])]
     config, left_out = fit_config_columns(runs, WIDTH - table_width(fixed + main) - len(GAP))
     lines = render(fixed + config + main)
     lines += [fit(f"* run {i}: {note}") for i, note in runs["note"][marked].items()]
     if left_out:
-        lines += textwrap.wrap(f"also varying: {', '.join(left_out)}", WIDTH, subsequent_indent="  ")
+        lines += textwrap.wrap(
+            f"also varying: {', '.join(left_out)}", WIDTH, subsequent_indent="  "
+        )
     return lines
 
 
@@ -193,7 +201,11 @@ def show_command(args) -> int:
     print("\n".join(record_lines(run_id, row, run, info, config or {})))
     print("\n".join(config_lines(config)))
     print("\n".join(metric_lines(row)))
-    print("\n".join(readable(lambda: artifact_lines(store, run_id, run, info), ["artifacts: unreadable"])))
+    print(
+        "\n".join(
+            readable(lambda: artifact_lines(store, run_id, run, info), ["artifacts: unreadable"])
+        )
+    )
     notes = [n for n in (row["note"], info_note) if isinstance(n, str)]
     for note in dict.fromkeys(notes):
         print(fit(f"note: {note}"))
@@ -223,27 +235,48 @@ def readable(text, unreadable="unreadable"):
 
 
 def record_lines(run_id: int, row: pd.Series, run: dict, info: dict, config: dict) -> list[str]:
-    fields = [(name, readable(text)) for name, text in [
-        ("started", lambda: utc(row["start_time"])),
-        ("stopped", lambda: utc(row["stop_time"])),
-        ("heartbeat", lambda: utc(row["heartbeat"])),
-        ("took", lambda: took(row["duration"])),
-        ("host", lambda: host_text(run.get("host") or {})),
-        ("git", lambda: git_text(row)),
-        ("command", lambda: command_text(run)),
-        ("rerun of", lambda: rerun_text(info.get("rerun_of"))),
-        ("seed", lambda: format_value(config.get("seed", (info.get("determinism") or {}).get("seed")))),
-        ("device", lambda: format_value(info.get("device"))),
-        ("data", lambda: data_text((info.get("data") or {}).get("fingerprint") or {}, WIDTH - 14)),
-        ("result", lambda: format_value(row["result"])),
-        ("best", lambda: best_text(info.get("best") or {})),
-        ("final model", lambda: format_value(info.get("final_model_sha256"))[:16]),
-        ("failure", lambda: failure_text(run.get("fail_trace"))),
-    ]]
+    fields = [
+        (name, readable(text))
+        for name, text in [
+            ("started", lambda: utc(row["start_time"])),
+            ("stopped", lambda: utc(row["stop_time"])),
+            ("heartbeat", lambda: utc(row["heartbeat"])),
+            ("took", lambda: took(row["duration"])),
+            ("host", lambda: host_text(run.get("host") or {})),
+            ("git", lambda: git_text(row)),
+            ("command", lambda: command_text(run)),
+            ("rerun of", lambda: rerun_text(info.get("rerun_of"))),
+            (
+                "seed",
+                lambda: format_value(
+                    config.get("seed", (info.get("determinism") or {}).get("seed"))
+                ),
+            ),
+            ("device", lambda: format_value(info.get("device"))),
+            (
+                "data",
+                lambda: data_text((info.get("data") or {}).get("fingerprint") or {}, WIDTH - 14),
+            ),
+            ("result", lambda: format_value(row["result"])),
+            ("best", lambda: best_text(info.get("best") or {})),
+            ("final model", lambda: format_value(info.get("final_model_sha256"))[:16]),
+            ("failure", lambda: failure_text(run.get("fail_trace"))),
+        ]
+    ]
     after_device = [name for name, _ in fields].index("device") + 1
     fields[after_device:after_device] = readable(
-        lambda: distributed_fields(info.get("distributed")), [("distributed", "unreadable")])
-    title = "  ".join(filter(None, [f"run {run_id}", row["experiment"] if isinstance(row["experiment"], str) else None, row["status"]]))
+        lambda: distributed_fields(info.get("distributed")), [("distributed", "unreadable")]
+    )
+    title = "  ".join(
+        filter(
+            None,
+            [
+                f"run {run_id}",
+                row["experiment"] if isinstance(row["experiment"], str) else None,
+                row["status"],
+            ],
+        )
+    )
     return [title] + [fit(f"  {name:<12}{text}") for name, text in fields if text not in ("-", "")]
 
 
@@ -253,24 +286,39 @@ def distributed_fields(job: dict | None) -> list[tuple[str, str]]:
     if not isinstance(job, dict):
         return []
     nodes = job.get("nodes", 1)
-    fields = [("distributed", f"{job.get('world_size')} processes on {nodes} "
-                              f"node{'s' if nodes != 1 else ''} ({job.get('backend')})")]
-    fields += [(f"  rank {r.get('rank')}", f"{r.get('host')} {r.get('device')} seed {r.get('seed')}")
-               for r in job.get("ranks") or []]
+    fields = [
+        (
+            "distributed",
+            f"{job.get('world_size')} processes on {nodes} "
+            f"node{'s' if nodes != 1 else ''} ({job.get('backend')})",
+        )
+    ]
+    fields += [
+        (f"  rank {r.get('rank')}", f"{r.get('host')} {r.get('device')} seed {r.get('seed')}")
+        for r in job.get("ranks") or []
+    ]
     lr = job.get("lr") or {}
     if lr.get("scaling") == "linear":
-        fields.append(("  lr", f"{lr.get('configured')} x {job.get('world_size')} = {lr.get('effective')}"))
+        fields.append(
+            ("  lr", f"{lr.get('configured')} x {job.get('world_size')} = {lr.get('effective')}")
+        )
     if job.get("torchrun"):  # the interpreter, then torchrun's script and its arguments
         command = job["torchrun"][1:] or job["torchrun"]
         fields.append(("  torchrun", " ".join([os.path.basename(command[0]), *command[1:]])))
     if job.get("failure"):
-        fields.append(("  failed", f"rank {job['failure'].get('rank')}: {job['failure'].get('message')}"))
+        fields.append(
+            ("  failed", f"rank {job['failure'].get('rank')}: {job['failure'].get('message')}")
+        )
     return fields
 
 
 def host_text(host: dict) -> str:
-    details = ", ".join(filter(None, [host.get("cpu"), host.get("python_version") and
-                                      f"python {host['python_version']}"]))
+    details = ", ".join(
+        filter(
+            None,
+            [host.get("cpu"), host.get("python_version") and f"python {host['python_version']}"],
+        )
+    )
     return f"{host.get('hostname', '-')}  ({details})" if details else host.get("hostname", "-")
 
 
@@ -340,12 +388,20 @@ def config_lines(config: dict | None) -> list[str]:
 
 
 def metric_lines(row: pd.Series) -> list[str]:
-    names = sorted({c.rsplit(".", 1)[0] for c in row.index[len(RECORD_COLUMNS):]
-                    if not c.startswith("config.") and not pd.isna(row[c])})
+    names = sorted(
+        {
+            c.rsplit(".", 1)[0]
+            for c in row.index[len(RECORD_COLUMNS) :]
+            if not c.startswith("config.") and not pd.isna(row[c])
+        }
+    )
     if not names:
         return ["metrics: none recorded yet"]
     columns = [("metrics", "<", names)]
-    columns += [(stat, ">", [format_value(row[f"{n}.{stat}"]) for n in names]) for stat in ("last", "min", "max")]
+    columns += [
+        (stat, ">", [format_value(row[f"{n}.{stat}"]) for n in names])
+        for stat in ("last", "min", "max")
+    ]
     return render(columns)
 
 
@@ -388,11 +444,23 @@ def compare_command(args) -> int:
     store = open_store(args.store)
     metric = args.metric or DEFAULT_METRIC
     table = compare(store, ids)
-    recorded = sorted({c.rsplit(".", 1)[0] for c in table.columns if c.endswith(".max") and not c.startswith("config.")})
+    recorded = sorted(
+        {
+            c.rsplit(".", 1)[0]
+            for c in table.columns
+            if c.endswith(".max") and not c.startswith("config.")
+        }
+    )
     if metric not in recorded:
         known = ", ".join(recorded) or "none"
-        raise ValueError(f"no run of {', '.join(map(str, ids))} recorded the metric '{metric}' (recorded: {known})")
-    keep = [c for c in table.columns if c.startswith("config.") or c.rsplit(".", 1)[0] in ("status", metric)]
+        raise ValueError(
+            f"no run of {', '.join(map(str, ids))} recorded the metric '{metric}' (recorded: {known})"
+        )
+    keep = [
+        c
+        for c in table.columns
+        if c.startswith("config.") or c.rsplit(".", 1)[0] in ("status", metric)
+    ]
     notes = table["note"].dropna()
     table = table[[*keep, "result"]].T
     table.index = [short_key(c) for c in table.index]
@@ -449,7 +517,9 @@ def sweep_rank_lines(runs: pd.DataFrame, best: str) -> list[str]:
     config, left_out = fit_config_columns(runs, WIDTH - table_width(fixed + main) - len(GAP))
     lines = render(fixed + config + main)
     varied = [short_key(c) for c in differing_config(runs)]
-    lines += textwrap.wrap(f"varied: {', '.join(varied) or 'nothing'}", WIDTH, subsequent_indent="  ")
+    lines += textwrap.wrap(
+        f"varied: {', '.join(varied) or 'nothing'}", WIDTH, subsequent_indent="  "
+    )
     if left_out:
         lines += textwrap.wrap(f"not shown: {', '.join(left_out)}", WIDTH, subsequent_indent="  ")
     return lines

@@ -92,17 +92,24 @@ def read_original(store: RunStore, run_id: int, verify: bool) -> Original:
     if not isinstance(experiment, dict) or not isinstance(experiment.get("mainfile"), str):
         raise RecordError(f"run {run_id}'s run.json does not name the experiment's main file")
     if run.get("status") != "COMPLETED":  # its record is partial; `with resume=ID` continues it
-        raise RecordError(f"run {run_id} has status {run.get('status')}, not COMPLETED, so there "
-                          f"is no finished run to repeat (continue it with resume={run_id})")
-    original = Original(store, run_id, run, store.config(run_id), store.info(run_id),
-                        store.sources(run_id), None)
+        raise RecordError(
+            f"run {run_id} has status {run.get('status')}, not COMPLETED, so there "
+            f"is no finished run to repeat (continue it with resume={run_id})"
+        )
+    original = Original(
+        store, run_id, run, store.config(run_id), store.info(run_id), store.sources(run_id), None
+    )
     if verify:
         if not original.info.get("final_model_sha256"):
-            raise RecordError(f"run {run_id} recorded no final_model_sha256 in its info, "
-                              "so --verify has nothing to compare the final model against")
+            raise RecordError(
+                f"run {run_id} recorded no final_model_sha256 in its info, "
+                "so --verify has nothing to compare the final model against"
+            )
         original.metrics = store.metrics(run_id)
         if not original.metrics:
-            raise RecordError(f"run {run_id} recorded no metrics, so --verify has nothing to compare")
+            raise RecordError(
+                f"run {run_id} recorded no metrics, so --verify has nothing to compare"
+            )
     return original
 
 
@@ -131,8 +138,10 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
         yield CodeTree(INSTALLED_ROOT, Path.cwd(), recorded=False)
         return
     if original.mainfile not in original.sources:
-        raise RecordError(f"run {original.run_id}'s main file {original.mainfile} is not among "
-                          "its recorded sources")
+        raise RecordError(
+            f"run {original.run_id}'s main file {original.mainfile} is not among "
+            "its recorded sources"
+        )
     with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
         root = Path(tmp).resolve()
         outside = materialise_outside(original, root / "_outside")
@@ -141,8 +150,9 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
                 continue
             path = (root / name).resolve()
             if not path.is_relative_to(root):
-                raise RecordError(f"run {original.run_id}'s recorded source {name!r} lies outside "
-                                  "the source tree")
+                raise RecordError(
+                    f"run {original.run_id}'s recorded source {name!r} lies outside the source tree"
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         link_data_file(original, root)
@@ -154,14 +164,19 @@ def outside_roots(original: Original) -> list[str]:
     """The folders the run imported its own code outside the checkout from (recorded in its info
     as outside_code.roots); one that lies inside a run store is refused, never searched."""
     roots = ((original.info.get("outside_code") or {}).get("roots")) or []
-    if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots):
-        raise RecordError(f"run {original.run_id}'s info outside_code.roots is not a list of "
-                          "absolute paths")
+    if not isinstance(roots, list) or not all(
+        isinstance(r, str) and os.path.isabs(r) for r in roots
+    ):
+        raise RecordError(
+            f"run {original.run_id}'s info outside_code.roots is not a list of absolute paths"
+        )
     for folder in roots:
         store = run_store_around(folder)
         if store is not None:
-            raise RecordError(f"run {original.run_id} imported code from {folder}, inside the run "
-                              f"store {store}; code kept in a run store is never run")
+            raise RecordError(
+                f"run {original.run_id} imported code from {folder}, inside the run "
+                f"store {store}; code kept in a run store is never run"
+            )
     return roots
 
 
@@ -175,14 +190,18 @@ def materialise_outside(original: Original, under: Path) -> list[Path]:
             continue
         homes = [r for r in roots if Path(name).is_relative_to(r)]
         if not homes:
-            raise RecordError(f"run {original.run_id}'s recorded source {name} lies in none of the "
-                              "folders its info says it imported code from")
+            raise RecordError(
+                f"run {original.run_id}'s recorded source {name} lies in none of the "
+                "folders its info says it imported code from"
+            )
         home = max(homes, key=len)
         folder = (under / str(roots.index(home))).resolve()
         path = (folder / Path(name).relative_to(home)).resolve()
         if not path.is_relative_to(folder):
-            raise RecordError(f"run {original.run_id}'s recorded source {name!r} lies outside "
-                              f"the folder {home} it was imported from")
+            raise RecordError(
+                f"run {original.run_id}'s recorded source {name!r} lies outside "
+                f"the folder {home} it was imported from"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         folders += [folder] if folder not in folders else []
@@ -193,9 +212,12 @@ def checkout_mainfile(original: Original) -> Path:
     """The run's main file in this checkout (INSTALLED_ROOT). The record only names it: run.json's
     base_dir is ignored, and a name that leads out of the checkout or into a run store inside it
     is refused, so a record can never choose a file to execute."""
-    return checkout_file(original.mainfile, f"run {original.run_id}'s main file",
-                         getattr(original.store, "root", None),
-                         "--from-recorded-sources runs the stored copies")
+    return checkout_file(
+        original.mainfile,
+        f"run {original.run_id}'s main file",
+        getattr(original.store, "root", None),
+        "--from-recorded-sources runs the stored copies",
+    )
 
 
 def checkout_file(name, owner: str, store_root: str | os.PathLike | None, hint: str) -> Path:
@@ -206,14 +228,19 @@ def checkout_file(name, owner: str, store_root: str | os.PathLike | None, hint: 
         raise RecordError(f"{owner} {name!r} is not a file name, so nothing was run")
     path = (INSTALLED_ROOT / name).resolve()
     if Path(name).is_absolute() or not path.is_relative_to(INSTALLED_ROOT):
-        raise RecordError(f"{owner} {name!r} lies outside the checkout {INSTALLED_ROOT}, so it "
-                          f"was not run ({hint})")
+        raise RecordError(
+            f"{owner} {name!r} lies outside the checkout {INSTALLED_ROOT}, so it "
+            f"was not run ({hint})"
+        )
     if in_run_store(path, store_root):
-        raise RecordError(f"{owner} {name!r} lies inside a run store, so it was not run "
-                          "(only the checkout's own code is run)")
+        raise RecordError(
+            f"{owner} {name!r} lies inside a run store, so it was not run "
+            "(only the checkout's own code is run)"
+        )
     if path.suffix != ".py" or not path.is_file():
-        raise RecordError(f"{owner} {name} is not a Python file in the checkout "
-                          f"{INSTALLED_ROOT} ({hint})")
+        raise RecordError(
+            f"{owner} {name} is not a Python file in the checkout {INSTALLED_ROOT} ({hint})"
+        )
     return path
 
 
@@ -233,8 +260,10 @@ def in_run_store(path: Path, store_root: str | os.PathLike | None) -> bool:
 
 def list_recorded_sources(original: Original) -> None:
     """Say which stored files --from-recorded-sources is about to run, before running them."""
-    print(f"--from-recorded-sources: running these {len(original.sources)} files stored with run "
-          f"{original.run_id} in {original.store.location}:")
+    print(
+        f"--from-recorded-sources: running these {len(original.sources)} files stored with run "
+        f"{original.run_id} in {original.store.location}:"
+    )
     for name in sorted(original.sources):
         print(f"  {name}")
 
@@ -263,8 +292,7 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
     torch_now = torch_state(str(device))
     if (threads := recorded_threads(original)) is not None:  # the rerun sets the count of then
         torch_now["num_threads"] = threads
-    found += environment_differences(original.info, now, torch_now,
-                                     compare_git=not tree.recorded)
+    found += environment_differences(original.info, now, torch_now, compare_git=not tree.recorded)
     path = data_path(original)
     if path is not None:
         fingerprint = (original.info.get("data") or {}).get("fingerprint")
@@ -275,14 +303,23 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
 def recorded_threads(original: Original) -> int | None:
     """The intra-op thread count the run recorded, which its rerun uses again."""
     threads = (original.info.get("determinism") or {}).get("num_threads")
-    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
+    return (
+        threads
+        if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0
+        else None
+    )
 
 
 def report_differences(original: Original, tree: CodeTree, found: list[Difference]) -> None:
-    code = (f"its {len(original.sources)} recorded source files" if tree.recorded
-            else f"the code in {tree.root}")
-    print(f"rerun of run {original.run_id} ({original.store.location}): {original.mainfile} from "
-          f"{code}, seed {original.config.get('seed')}")
+    code = (
+        f"its {len(original.sources)} recorded source files"
+        if tree.recorded
+        else f"the code in {tree.root}"
+    )
+    print(
+        f"rerun of run {original.run_id} ({original.store.location}): {original.mainfile} from "
+        f"{code}, seed {original.config.get('seed')}"
+    )
     outside = sorted(name for name in original.sources if Path(name).is_absolute())
     if outside:
         where = "recorded copies of " if tree.recorded else ""
@@ -308,10 +345,17 @@ def launcher(original: Original, world_size: int | None) -> list[str]:
         raise ValueError(f"--world-size must be a positive integer, got {world_size}")
     processes = world_size or recorded
     if recorded is not None and processes != recorded:
-        print(f"world size {processes} asked for, run {original.run_id} ran with {recorded}: "
-              "the sample order and reductions differ, so the values are not expected to match")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={processes}"]
+        print(
+            f"world size {processes} asked for, run {original.run_id} ran with {recorded}: "
+            "the sample order and reductions differ, so the values are not expected to match"
+        )
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+    ]
 
 
 def searched_roots(original: Original, tree: CodeTree) -> list[str]:
@@ -321,27 +365,43 @@ def searched_roots(original: Original, tree: CodeTree) -> list[str]:
         return []  # the recorded copies go first on PYTHONPATH instead
     roots = outside_roots(original)
     for root in roots:
-        print(f"own code outside the checkout: {root} " + (
-            "searched again for the run's import paths" if owned_folder(root) else
-            "not searched: it is not yours alone (another user could write there)"))
+        print(
+            f"own code outside the checkout: {root} "
+            + (
+                "searched again for the run's import paths"
+                if owned_folder(root)
+                else "not searched: it is not yours alone (another user could write there)"
+            )
+        )
     return [root for root in roots if owned_folder(root)]
 
 
-def run_again(original: Original, tree: CodeTree, target: str, world_size: int | None = None,
-              trust_import_paths: bool = False) -> tuple[int, int | None]:
+def run_again(
+    original: Original,
+    tree: CodeTree,
+    target: str,
+    world_size: int | None = None,
+    trust_import_paths: bool = False,
+) -> tuple[int, int | None]:
     """Run the main file with the recorded config; return its exit code and the new run's id."""
     with tempfile.TemporaryDirectory(prefix="reprolab-rerun-") as tmp:
         config_file, id_file = Path(tmp) / "config.json", Path(tmp) / "run_id"
         config_file.write_text(json.dumps(original.config))
         python_path = [*map(str, tree.outside), str(tree.root), os.environ.get("PYTHONPATH")]
-        env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join(filter(None, python_path)),
-               # searched for import paths after everything else: found again, never shadowing
-               ROOTS_VARIABLE: os.pathsep.join(searched_roots(original, tree)),
-               RERUN_OF_VARIABLE: json.dumps({"run_id": original.run_id,
-                                              "store": original.store.location,
-                                              "from_recorded_sources": tree.recorded}),
-               RUN_ID_FILE_VARIABLE: str(id_file)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, python_path)),
+            # searched for import paths after everything else: found again, never shadowing
+            ROOTS_VARIABLE: os.pathsep.join(searched_roots(original, tree)),
+            RERUN_OF_VARIABLE: json.dumps(
+                {
+                    "run_id": original.run_id,
+                    "store": original.store.location,
+                    "from_recorded_sources": tree.recorded,
+                }
+            ),
+            RUN_ID_FILE_VARIABLE: str(id_file),
+        }
         if not trust_import_paths:
             env[FROM_RECORD_VARIABLE] = "rerun it with --trust-import-paths to run it"
         if (threads := recorded_threads(original)) is not None:
@@ -379,16 +439,27 @@ def metric_mismatch(name: str, then: dict, now: dict | None) -> str | None:
         return f"{name}: {len(then['values'])} values then, missing in the rerun"
     pairs_then = list(zip(then["steps"], then["values"]))
     pairs_now = list(zip(now["steps"], now["values"]))
-    first = next((i for i, (a, b) in enumerate(zip(pairs_then, pairs_now))
-                  if a[0] != b[0] or not same_bits(a[1], b[1])), None)
+    first = next(
+        (
+            i
+            for i, (a, b) in enumerate(zip(pairs_then, pairs_now))
+            if a[0] != b[0] or not same_bits(a[1], b[1])
+        ),
+        None,
+    )
     if first is None and len(pairs_then) == len(pairs_now):
         return None
-    gaps = [abs(a[1] - b[1]) for a, b in zip(pairs_then, pairs_now)
-            if a[0] == b[0] and isinstance(a[1], (int, float)) and isinstance(b[1], (int, float))]
+    gaps = [
+        abs(a[1] - b[1])
+        for a, b in zip(pairs_then, pairs_now)
+        if a[0] == b[0] and isinstance(a[1], (int, float)) and isinstance(b[1], (int, float))
+    ]
     largest = f"; largest absolute difference {max(gaps):.6g}" if gaps else ""
     if first is None:
-        return (f"{name}: {len(pairs_then)} values then, {len(pairs_now)} now "
-                f"(identical where both have one){largest}")
+        return (
+            f"{name}: {len(pairs_then)} values then, {len(pairs_now)} now "
+            f"(identical where both have one){largest}"
+        )
     (step, value_then), (_, value_now) = pairs_then[first], pairs_now[first]
     return f"{name}: first differs at step {step} ({value_then!r} then, {value_now!r} now){largest}"
 
@@ -397,7 +468,9 @@ def verify(original: Original, new_id: int) -> int:
     """Compare the rerun with the original value by value; print the verdict; 0 only if equal."""
     store = original.store
     then, now = original.metrics or {}, store.metrics(new_id)
-    lines = [line for name in sorted(then) if (line := metric_mismatch(name, then[name], now.get(name)))]
+    lines = [
+        line for name in sorted(then) if (line := metric_mismatch(name, then[name], now.get(name)))
+    ]
     lines += [f"{name}: only in the rerun" for name in sorted(set(now) - set(then))]
     model_then = original.info["final_model_sha256"]
     model_now = store.info(new_id).get("final_model_sha256")
@@ -411,11 +484,15 @@ def verify(original: Original, new_id: int) -> int:
     if model_then == model_now:
         print(f"verify: final model state identical (sha256 {short(model_then)})")
     else:
-        print(f"verify: final model state differs (sha256 {short(model_then)} then, "
-              f"{short(model_now)} now)")
+        print(
+            f"verify: final model state differs (sha256 {short(model_then)} then, "
+            f"{short(model_now)} now)"
+        )
     matched = not lines and model_then == model_now
-    print(f"verify: {'exact match' if matched else 'MISMATCH'} between run {original.run_id} "
-          f"and its rerun, run {new_id}")
+    print(
+        f"verify: {'exact match' if matched else 'MISMATCH'} between run {original.run_id} "
+        f"and its rerun, run {new_id}"
+    )
     return 0 if matched else 1
 
 
@@ -436,16 +513,25 @@ def rerun_command(args) -> int:
                 f"{'s differ' if len(found) != 1 else ' differs'} between then and now "
                 f"({', '.join(d.what for d in found[:5])}{', ...' if len(found) > 5 else ''})"
             )
-        code, new_id = run_again(original, tree, target, getattr(args, "world_size", None),
-                                 getattr(args, "trust_import_paths", False))
+        code, new_id = run_again(
+            original,
+            tree,
+            target,
+            getattr(args, "world_size", None),
+            getattr(args, "trust_import_paths", False),
+        )
     if code != 0:
         where = f"; it is recorded as run {new_id}" if new_id is not None else ""
-        print(f"reprolab: error: the rerun of run {run_id} exited with code {code}{where}",
-              file=sys.stderr)
+        print(
+            f"reprolab: error: the rerun of run {run_id} exited with code {code}{where}",
+            file=sys.stderr,
+        )
         return 1
     if new_id is None:
-        print(f"reprolab: error: cannot tell which run in {store.location} the rerun recorded",
-              file=sys.stderr)
+        print(
+            f"reprolab: error: cannot tell which run in {store.location} the rerun recorded",
+            file=sys.stderr,
+        )
         return 1
     print(f"rerun of run {run_id} recorded as run {new_id} in {store.location}")
     return verify(original, new_id) if args.verify else 0

@@ -24,7 +24,14 @@ SUMMARY_CACHE = Path(".reprolab") / "metric-summaries.json"
 SUMMARY_KEYS = frozenset({"last", "min", "max", "count", "last_step"})
 NUMBERS = (int, float)
 
-__all__ = ["RecordError", "FileRunStore", "RunStore", "open_store", "resolve_run", "summarize_metrics"]
+__all__ = [
+    "RecordError",
+    "FileRunStore",
+    "RunStore",
+    "open_store",
+    "resolve_run",
+    "summarize_metrics",
+]
 
 
 class RunStore(Protocol):
@@ -62,13 +69,17 @@ class FileRunStore:
             name = path.name
             if not is_run_id(name):
                 if name.isdigit():  # digits of another script, superscripts, a leading zero
-                    self.skipped.append(f"skipped {path}: not a run id (runs are numbered 1, 2, 3, ... "
-                                        "in ASCII digits)")
+                    self.skipped.append(
+                        f"skipped {path}: not a run id (runs are numbered 1, 2, 3, ... "
+                        "in ASCII digits)"
+                    )
                 continue
             if not path.is_dir():
                 continue
             if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-                self.skipped.append(f"skipped {path}: a link to {path.resolve()}, outside the store")
+                self.skipped.append(
+                    f"skipped {path}: a link to {path.resolve()}, outside the store"
+                )
                 continue
             ids.append(int(name))
         return sorted(ids)
@@ -78,7 +89,9 @@ class FileRunStore:
         if path.is_symlink() and not path.resolve().is_relative_to(self.root.resolve()):
             raise RecordError(f"run {run_id}: {path} links to {path.resolve()}, outside the store")
         if not (path / "run.json").exists():
-            if path.is_dir():  # starting (Sacred writes run.json after making the folder) or damaged
+            if (
+                path.is_dir()
+            ):  # starting (Sacred writes run.json after making the folder) or damaged
                 raise RecordError(f"run {run_id}: {path / 'run.json'} is missing")
             raise RecordError(f"no run {run_id} in {self.root}")
         return path
@@ -136,7 +149,9 @@ class FileRunStore:
             except RecordError as error:
                 summaries[run_id] = error
             except (AttributeError, KeyError, TypeError) as error:  # valid JSON, wrong shape
-                summaries[run_id] = RecordError(f"run {run_id}: metrics not in Sacred's shape ({error!r})")
+                summaries[run_id] = RecordError(
+                    f"run {run_id}: metrics not in Sacred's shape ({error!r})"
+                )
         if fresh:
             self._write_summary_cache({**cached, **fresh})
         return summaries
@@ -148,7 +163,11 @@ class FileRunStore:
             return summarize_metrics(self.metrics(run_id))  # in progress: the journal
         key = [stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns, stat.st_ino]
         entry = cached.get(str(run_id))
-        if isinstance(entry, dict) and entry.get("key") == key and _is_summary(entry.get("summary")):
+        if (
+            isinstance(entry, dict)
+            and entry.get("key") == key
+            and _is_summary(entry.get("summary"))
+        ):
             return entry["summary"]
         summary = summarize_metrics(self._json(run_id, "metrics.json"))
         fresh[str(run_id)] = {"key": key, "summary": summary}
@@ -197,8 +216,10 @@ class FileRunStore:
         for name, stored in recorded_sources(self.run(run_id), run_id):
             path = self.root / stored if isinstance(stored, str) else None
             if path is None or not _within(path, self.root / "_sources"):
-                raise RecordError(f"run {run_id}: recorded source {name} is stored at {stored}, "
-                                  "outside the store's _sources folder")
+                raise RecordError(
+                    f"run {run_id}: recorded source {name} is stored at {stored}, "
+                    "outside the store's _sources folder"
+                )
             if not path.is_file():
                 raise RecordError(f"run {run_id}: recorded source {name} is missing ({path})")
             files[name] = path.read_bytes()
@@ -210,8 +231,11 @@ def recorded_sources(run: dict, run_id: int) -> list[tuple[str, object]]:
     experiment = run.get("experiment") if isinstance(run, dict) else None
     sources = experiment.get("sources", []) if isinstance(experiment, dict) else None
     if not isinstance(sources, list) or not all(
-            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in sources):
-        raise RecordError(f"run {run_id}'s run.json does not list its sources as [name, file] pairs")
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in sources
+    ):
+        raise RecordError(
+            f"run {run_id}'s run.json does not list its sources as [name, file] pairs"
+        )
     return [tuple(pair) for pair in sources]
 
 
@@ -223,10 +247,14 @@ def _within(path: Path, folder: Path) -> bool:
 def _is_summary(summary) -> bool:
     """Whether a cached summary has summarize_metrics' shape (a damaged cache is recomputed)."""
     return isinstance(summary, dict) and all(
-        type(stats) is dict and SUMMARY_KEYS <= stats.keys()
-        and type(stats["last"]) in NUMBERS and type(stats["min"]) in NUMBERS
-        and type(stats["max"]) in NUMBERS and type(stats["count"]) is int
-        for stats in summary.values())
+        type(stats) is dict
+        and SUMMARY_KEYS <= stats.keys()
+        and type(stats["last"]) in NUMBERS
+        and type(stats["min"]) in NUMBERS
+        and type(stats["max"]) in NUMBERS
+        and type(stats["count"]) is int
+        for stats in summary.values()
+    )
 
 
 def summarize_metrics(metrics: dict) -> dict[str, dict]:

@@ -27,7 +27,9 @@ class FileSweepRecords:
         self.location = str(store)
 
     def ids(self) -> list[str]:
-        return sorted(path.stem for path in self.folder.glob("*.json")) if self.folder.is_dir() else []
+        return (
+            sorted(path.stem for path in self.folder.glob("*.json")) if self.folder.is_dir() else []
+        )
 
     def find(self, sweep_id: str) -> dict | None:
         path = self.folder / f"{sweep_id}.json"
@@ -74,8 +76,9 @@ class MongoSweepRecords:
 
     def save(self, record: dict) -> None:
         plain_text(record)
-        self.collection.replace_one({"_id": record["id"]}, {"_id": record["id"], **record},
-                                    upsert=True)
+        self.collection.replace_one(
+            {"_id": record["id"]}, {"_id": record["id"], **record}, upsert=True
+        )
 
     def delete(self, sweep_id: str) -> None:
         self.collection.delete_one({"_id": sweep_id})
@@ -87,8 +90,10 @@ def plain_text(record: dict) -> str:
     try:
         return json.dumps(record, indent=2, allow_nan=False)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"sweep {record.get('id')}'s record holds a value that is not plain "
-                         f"data ({error}), so it was not saved") from None
+        raise ValueError(
+            f"sweep {record.get('id')}'s record holds a value that is not plain "
+            f"data ({error}), so it was not saved"
+        ) from None
 
 
 def sweep_records(location: str) -> FileSweepRecords | MongoSweepRecords:
@@ -105,8 +110,9 @@ def sweep_records(location: str) -> FileSweepRecords | MongoSweepRecords:
     except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - pymongo's, in one sentence
-        raise RecordError(f"cannot reach MongoDB at {redact(location)}: "
-                          f"{describe_error(error, location)}") from None
+        raise RecordError(
+            f"cannot reach MongoDB at {redact(location)}: {describe_error(error, location)}"
+        ) from None
 
 
 def merged(into: dict | None, record: dict) -> dict:
@@ -114,8 +120,10 @@ def merged(into: dict | None, record: dict) -> dict:
     submissions (`attempts`) of both; a sweep resumed on either side keeps all of them."""
     if into is None:
         return record
-    attempts = {json.dumps(a, sort_keys=True, default=str): a
-                for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]}
+    attempts = {
+        json.dumps(a, sort_keys=True, default=str): a
+        for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]
+    }
     ordered = sorted(attempts.values(), key=lambda a: str(a.get("started", "")))
     return {**record, "attempts": ordered}
 

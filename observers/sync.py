@@ -51,9 +51,11 @@ class SyncReport:
 
     def summary(self) -> str:
         """Counts of what happened, in one line."""
-        line = (f"{len(self.uploaded)} uploaded, {len(self.completed)} completed, "
-                f"{len(self.present)} already there, {len(self.running)} still running, "
-                f"{len(self.unreadable)} unreadable")
+        line = (
+            f"{len(self.uploaded)} uploaded, {len(self.completed)} completed, "
+            f"{len(self.present)} already there, {len(self.running)} still running, "
+            f"{len(self.unreadable)} unreadable"
+        )
         if self.sweeps:
             outcomes = list(self.sweeps.values())
             line += "; sweeps: " + ", ".join(f"{outcomes.count(o)} {o}" for o in SWEEP_OUTCOMES)
@@ -85,8 +87,13 @@ def run_identity(run: dict, config: dict) -> str:
     uuid = (run.get("meta") or {}).get("run_uuid")
     if uuid:
         return uuid
-    unique = [run.get("experiment", {}).get("name"), run.get("command"), run.get("start_time"),
-              run.get("host", {}).get("hostname"), config]
+    unique = [
+        run.get("experiment", {}).get("name"),
+        run.get("command"),
+        run.get("start_time"),
+        run.get("host", {}).get("hostname"),
+        config,
+    ]
     return hashlib.sha256(json.dumps(unique, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -95,8 +102,11 @@ def read_local_run(store: FileRunStore, run_id: int) -> LocalRun:
     run = store.run(run_id)
     output = store.run_dir(run_id) / "cout.txt"
     return LocalRun(
-        run=run, config=store.config(run_id), info=store.info(run_id),
-        metrics=store.metrics(run_id), sources=store.sources(run_id),
+        run=run,
+        config=store.config(run_id),
+        info=store.info(run_id),
+        metrics=store.metrics(run_id),
+        sources=store.sources(run_id),
         artifacts={name: store.artifact_path(run_id, name) for name in run.get("artifacts", [])},
         output=output.read_text(errors="replace") if output.is_file() else "",
     )
@@ -107,9 +117,14 @@ def _when(text: str | None) -> datetime | None:
 
 
 def _metric_points(metrics: dict) -> dict:
-    return {name: {"steps": series["steps"], "values": series["values"],
-                   "timestamps": [datetime.fromisoformat(t) for t in series["timestamps"]]}
-            for name, series in metrics.items()}
+    return {
+        name: {
+            "steps": series["steps"],
+            "values": series["values"],
+            "timestamps": [datetime.fromisoformat(t) for t in series["timestamps"]],
+        }
+        for name, series in metrics.items()
+    }
 
 
 class Uploader:
@@ -141,10 +156,12 @@ class Uploader:
         from pymongo.errors import DuplicateKeyError
 
         run = local.run
-        placeholder = {"experiment": {"name": run.get("experiment", {}).get("name")},
-                       "status": run.get("status"), "start_time": _when(run.get("start_time")),
-                       "reprolab": {"run_uuid": local.identity, "source": "sync",
-                                    "complete": False}}
+        placeholder = {
+            "experiment": {"name": run.get("experiment", {}).get("name")},
+            "status": run.get("status"),
+            "start_time": _when(run.get("start_time")),
+            "reprolab": {"run_uuid": local.identity, "source": "sync", "complete": False},
+        }
         while True:
             ids = [doc["_id"] for doc in self.runs.find({"_id": {"$type": "number"}}, {"_id": 1})]
             run_id = int(max(ids, default=0)) + 1
@@ -168,18 +185,25 @@ class Uploader:
     def _document(self, local: LocalRun, run_id: int, twin: dict | None) -> dict:
         run = local.run
         refs = MetricsWriter(self.db, run_id).add(_metric_points(local.metrics))
-        bookkeeping = {"run_uuid": local.identity, "source": "sync",
-                       "complete": run.get("status") != "RUNNING",
-                       "times": {key: run[key] for key in TIMES if run.get(key)}}
+        bookkeeping = {
+            "run_uuid": local.identity,
+            "source": "sync",
+            "complete": run.get("status") != "RUNNING",
+            "times": {key: run[key] for key in TIMES if run.get(key)},
+        }
         output_file = store_full_output(self.fs, "runs", run_id, local.output)
         if output_file is not None:
             bookkeeping["captured_out_file"] = output_file
         document = {
-            **run, "_id": run_id, "format": MongoObserver.VERSION,
+            **run,
+            "_id": run_id,
+            "format": MongoObserver.VERSION,
             "experiment": {**run["experiment"], "sources": self._sources(local)},
-            "config": local.config, "info": {**local.info, "metrics": refs} if refs else local.info,
+            "config": local.config,
+            "info": {**local.info, "metrics": refs} if refs else local.info,
             "artifacts": self._artifacts(local, run_id),
-            "captured_out": bounded_output(local.output)[0], "reprolab": bookkeeping,
+            "captured_out": bounded_output(local.output)[0],
+            "reprolab": bookkeeping,
             **{key: _when(run.get(key)) for key in TIMES if key in run},
         }
         if twin and "omniboard" in twin:
@@ -188,17 +212,26 @@ class Uploader:
 
     def _sources(self, local: LocalRun) -> list[list]:
         base_dir = local.run["experiment"].get("base_dir", "")
-        return [[name, store_source(self.fs, os.path.join(base_dir, name),
-                                    hashlib.md5(data).hexdigest(), data)]
-                for name, data in local.sources.items()]
+        return [
+            [
+                name,
+                store_source(
+                    self.fs, os.path.join(base_dir, name), hashlib.md5(data).hexdigest(), data
+                ),
+            ]
+            for name, data in local.sources.items()
+        ]
 
     def _artifacts(self, local: LocalRun, run_id: int) -> list[dict]:
-        return [{"name": name, "file_id": store_artifact(self.fs, self.runs.name, run_id, name, path)}
-                for name, path in local.artifacts.items()]
+        return [
+            {"name": name, "file_id": store_artifact(self.fs, self.runs.name, run_id, name, path)}
+            for name, path in local.artifacts.items()
+        ]
 
 
-def sync_store(path: str | os.PathLike, url: str,
-               echo: Callable[[str], object] = print) -> SyncReport:
+def sync_store(
+    path: str | os.PathLike, url: str, echo: Callable[[str], object] = print
+) -> SyncReport:
     """Upload every run of the file store at path into MongoDB at url; say what happened to each."""
     from pymongo.errors import PyMongoError
 
@@ -220,12 +253,15 @@ def sync_store(path: str | os.PathLike, url: str,
         except PyMongoError as error:
             raise RecordError(
                 f"MongoDB failed while uploading run {run_id} from {store.location} "
-                f"({describe_error(error, url)}); nothing is lost, run the sync again") from None
+                f"({describe_error(error, url)}); nothing is lost, run the sync again"
+            ) from None
     try:
         _sync_sweeps(sweeps, targets, report, echo)
     except PyMongoError as error:
-        raise RecordError(f"MongoDB failed while copying the sweep records of {store.location} "
-                          f"({describe_error(error, url)}); run the sync again") from None
+        raise RecordError(
+            f"MongoDB failed while copying the sweep records of {store.location} "
+            f"({describe_error(error, url)}); run the sync again"
+        ) from None
     for note in store.skipped:  # entries that are not runs of this store: never uploaded
         echo(f"note: {note}")
     return report
@@ -252,11 +288,16 @@ def _refuse_other_sweeps(sweeps: list[dict], targets: MongoSweepRecords, locatio
             raise RecordError(
                 f"sweep {record['id']} of {location} (created {record.get('created')}) is not the "
                 f"sweep {record['id']} already in {targets.location} (created {there.get('created')}); "
-                "nothing was synced")
+                "nothing was synced"
+            )
 
 
-def _sync_sweeps(sweeps: list[dict], targets: MongoSweepRecords, report: SyncReport,
-                 echo: Callable[[str], object]) -> None:
+def _sync_sweeps(
+    sweeps: list[dict],
+    targets: MongoSweepRecords,
+    report: SyncReport,
+    echo: Callable[[str], object],
+) -> None:
     """Each sweep record into MongoDB, the submissions of both sides kept."""
     for record in sweeps:
         there = targets.find(record["id"])
@@ -266,12 +307,19 @@ def _sync_sweeps(sweeps: list[dict], targets: MongoSweepRecords, report: SyncRep
             continue
         targets.save(wanted)
         report.sweeps[record["id"]] = "updated" if there else "copied"
-        echo(f"sweep {record['id']}: {report.sweeps[record['id']]} "
-             f"({len(record.get('configs') or [])} configs)")
+        echo(
+            f"sweep {record['id']}: {report.sweeps[record['id']]} "
+            f"({len(record.get('configs') or [])} configs)"
+        )
 
 
-def _sync_run(store: FileRunStore, run_id: int, uploader: Uploader, report: SyncReport,
-              echo: Callable[[str], object]) -> None:
+def _sync_run(
+    store: FileRunStore,
+    run_id: int,
+    uploader: Uploader,
+    report: SyncReport,
+    echo: Callable[[str], object],
+) -> None:
     try:
         local = read_local_run(store, run_id)
     except RecordError as error:
@@ -289,9 +337,11 @@ def _sync_run(store: FileRunStore, run_id: int, uploader: Uploader, report: Sync
         mongo_id = uploader.upload(local, twin)
         (report.completed if twin else report.uploaded).append((run_id, mongo_id))
         what = "completed the record of" if twin else "uploaded as"
-        echo(f"run {run_id}: {what} MongoDB run {mongo_id} ({local.run.get('status')}, "
-             f"{len(local.metrics)} metrics, {len(local.artifacts)} artifacts, "
-             f"{len(local.sources)} sources)")
+        echo(
+            f"run {run_id}: {what} MongoDB run {mongo_id} ({local.run.get('status')}, "
+            f"{len(local.metrics)} metrics, {len(local.artifacts)} artifacts, "
+            f"{len(local.sources)} sources)"
+        )
 
 
 def sync_command(args) -> int:
@@ -301,7 +351,8 @@ def sync_command(args) -> int:
     url = args.to or os.environ.get(MONGO_URL_VARIABLE)
     if not url:
         raise ValueError(
-            f"no MongoDB to sync to: pass --to mongodb://... or set {MONGO_URL_VARIABLE}")
+            f"no MongoDB to sync to: pass --to mongodb://... or set {MONGO_URL_VARIABLE}"
+        )
     if not is_mongo_url(url):
         raise ValueError(f"--to must be a mongodb:// URL, got '{redact_url(url)}'")
     report = sync_store(args.path, url)

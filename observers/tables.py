@@ -52,10 +52,15 @@ def as_store(store: str | os.PathLike | RunStore | None) -> RunStore:
 # --------------------------------------------------------------------------- load_runs
 
 
-def load_runs(store: str | os.PathLike | RunStore | None = None, *,
-              run_ids: Iterable[int] | None = None, status: str | Iterable[str] | None = None,
-              experiment: str | Iterable[str] | None = None, sweep: str | None = None,
-              **config) -> pd.DataFrame:
+def load_runs(
+    store: str | os.PathLike | RunStore | None = None,
+    *,
+    run_ids: Iterable[int] | None = None,
+    status: str | Iterable[str] | None = None,
+    experiment: str | Iterable[str] | None = None,
+    sweep: str | None = None,
+    **config,
+) -> pd.DataFrame:
     """One row per run, indexed by run id: record, `config.<dotted.key>`, metric summaries.
 
     Filters: status, experiment (a name or several), sweep (its id), and config values by dotted key, e.g.
@@ -65,8 +70,12 @@ def load_runs(store: str | os.PathLike | RunStore | None = None, *,
     wanted = {key.replace("__", "."): value for key, value in config.items()}
     statuses, experiments = _names(status), _names(experiment)
     all_rows = [_record_row(store, run_id) for run_id in ids]
-    rows = [row for row in all_rows if _matches(row, statuses, experiments, wanted)
-            and (sweep is None or row.get("sweep") == str(sweep))]
+    rows = [
+        row
+        for row in all_rows
+        if _matches(row, statuses, experiments, wanted)
+        and (sweep is None or row.get("sweep") == str(sweep))
+    ]
     if wanted and not rows:
         _check_config_keys(store, all_rows, wanted)
     summaries = _metric_summaries(store, [row["run_id"] for row in rows])
@@ -86,7 +95,9 @@ def _matches(row: dict, statuses, experiments, config: dict) -> bool:
         return False
     if experiments is not None and row.get("experiment") not in experiments:
         return False
-    return all(_same_value(row.get(f"config.{key}", _MISSING), value) for key, value in config.items())
+    return all(
+        _same_value(row.get(f"config.{key}", _MISSING), value) for key, value in config.items()
+    )
 
 
 _MISSING = object()
@@ -101,10 +112,14 @@ def _same_value(recorded, wanted) -> bool:
 def _check_config_keys(store: RunStore, rows: list[dict], wanted: dict) -> None:
     """Tell a filter's unknown config key apart from a value no run has (runs whose config
     could not be read add no keys: they only make the hint less complete)."""
-    known = {key.removeprefix("config.") for row in rows for key in row if key.startswith("config.")}
+    known = {
+        key.removeprefix("config.") for row in rows for key in row if key.startswith("config.")
+    }
     for key in wanted:
         if known and key not in known:
-            raise ValueError(f"unknown config key '{key}' in the filter (no run in {store.location} has it)")
+            raise ValueError(
+                f"unknown config key '{key}' in the filter (no run in {store.location} has it)"
+            )
 
 
 def _record_row(store: RunStore, run_id: int) -> dict:
@@ -147,7 +162,9 @@ def _record_fields(run: dict) -> dict:
     experiment, host = _field(run, "experiment", dict, odd), _field(run, "host", dict, odd)
     repositories = _field(experiment or {}, "repositories", list, odd) or [{}]
     repository = repositories[0] if isinstance(repositories[0], dict) else {}
-    start, stop, beat = (_timestamp_field(run, key, odd) for key in ("start_time", "stop_time", "heartbeat"))
+    start, stop, beat = (
+        _timestamp_field(run, key, odd) for key in ("start_time", "stop_time", "heartbeat")
+    )
     end = stop or beat
     member = _field(_field(run, "meta", dict, odd) or {}, "sweep", dict, odd) or {}
     fields = {
@@ -268,15 +285,24 @@ def _runs_frame(rows: list[dict]) -> pd.DataFrame:
 def _column_order(rows: list[dict]) -> list[str]:
     keys = {key for row in rows for key in row}
     config = sorted(k for k in keys if k.startswith("config."))
-    names = sorted({k.rsplit(".", 1)[0] for k in keys if k not in RECORD_COLUMNS
-                    and k != "run_id" and not k.startswith("config.")})
+    names = sorted(
+        {
+            k.rsplit(".", 1)[0]
+            for k in keys
+            if k not in RECORD_COLUMNS and k != "run_id" and not k.startswith("config.")
+        }
+    )
     metrics = [f"{name}.{stat}" for name in names for stat in SUMMARY_STATS]
     return ["run_id", *RECORD_COLUMNS, *config, *metrics]
 
 
 def _typed(column: pd.Series, dtype: str) -> pd.Series:
     if dtype.startswith(("datetime64", "timedelta64")):
-        converted = pd.to_timedelta(column) if dtype.startswith("timedelta") else pd.to_datetime(column, utc=True)
+        converted = (
+            pd.to_timedelta(column)
+            if dtype.startswith("timedelta")
+            else pd.to_datetime(column, utc=True)
+        )
         return converted.astype(dtype)
     if dtype == "str":
         return column.astype(object).where(column.notna(), None).astype("str")
@@ -286,22 +312,32 @@ def _typed(column: pd.Series, dtype: str) -> pd.Series:
 # --------------------------------------------------------------------------- load_metrics
 
 
-def load_metrics(store: str | os.PathLike | RunStore | None = None,
-                 run_ids: Iterable[int] | None = None,
-                 names: str | Iterable[str] | None = None) -> pd.DataFrame:
+def load_metrics(
+    store: str | os.PathLike | RunStore | None = None,
+    run_ids: Iterable[int] | None = None,
+    names: str | Iterable[str] | None = None,
+) -> pd.DataFrame:
     """Metrics in long form: run_id, metric, step, value, timestamp (one row per point).
 
     A run whose metrics cannot be read is left out with a warning naming it."""
     store = as_store(store)
     ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     wanted = _names(names)
-    columns: dict[str, list] = {"run_id": [], "metric": [], "counts": [], "step": [], "value": [],
-                                "timestamp": []}
+    columns: dict[str, list] = {
+        "run_id": [],
+        "metric": [],
+        "counts": [],
+        "step": [],
+        "value": [],
+        "timestamp": [],
+    }
     for run_id in ids:
         try:
             metrics = store.metrics(run_id)
         except Exception as error:  # noqa: BLE001 - one bad record never stops the others
-            warnings.warn(f"run {run_id} left out: {describe_error(error, store, run_id)}", stacklevel=2)
+            warnings.warn(
+                f"run {run_id} left out: {describe_error(error, store, run_id)}", stacklevel=2
+            )
             continue
         for name in sorted(metrics):
             if wanted is None or name in wanted:
@@ -331,14 +367,17 @@ def _append_series(columns: dict[str, list], run_id: int, name: str, series: dic
 
 def _metrics_frame(columns: dict[str, list]) -> pd.DataFrame:
     counts = np.asarray(columns["counts"], dtype=np.int64)
-    return pd.DataFrame({
-        "run_id": np.repeat(np.asarray(columns["run_id"], dtype=np.int64), counts),
-        "metric": pd.Series(np.repeat(np.asarray(columns["metric"], dtype=object), counts),
-                            dtype="str"),
-        "step": np.asarray(columns["step"], dtype=np.int64),
-        "value": _floats(columns["value"]),
-        "timestamp": _datetimes(columns["timestamp"]),
-    })
+    return pd.DataFrame(
+        {
+            "run_id": np.repeat(np.asarray(columns["run_id"], dtype=np.int64), counts),
+            "metric": pd.Series(
+                np.repeat(np.asarray(columns["metric"], dtype=object), counts), dtype="str"
+            ),
+            "step": np.asarray(columns["step"], dtype=np.int64),
+            "value": _floats(columns["value"]),
+            "timestamp": _datetimes(columns["timestamp"]),
+        }
+    )
 
 
 def _floats(values: list) -> np.ndarray:
@@ -359,15 +398,20 @@ def _datetimes(values: list) -> pd.DatetimeIndex:
             return pd.DatetimeIndex(np.asarray(values, dtype="datetime64[us]")).tz_localize("UTC")
         except (TypeError, ValueError, DeprecationWarning, UserWarning):
             pass
-    parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
+    parsed = pd.to_datetime(
+        pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce"
+    )
     return pd.DatetimeIndex(parsed).as_unit("us")
 
 
 # --------------------------------------------------------------------------- compare
 
 
-def compare(store: str | os.PathLike | RunStore | None, run_ids: Iterable[int],
-            metrics: str | Iterable[str] | None = None) -> pd.DataFrame:
+def compare(
+    store: str | os.PathLike | RunStore | None,
+    run_ids: Iterable[int],
+    metrics: str | Iterable[str] | None = None,
+) -> pd.DataFrame:
     """One row per run: status, the config keys whose values differ between the runs, the
     metric summaries (all, or only the named metrics) and result."""
     store = as_store(store)
@@ -375,9 +419,11 @@ def compare(store: str | os.PathLike | RunStore | None, run_ids: Iterable[int],
     runs = load_runs(store, run_ids=ids)
     wanted = _names(metrics)
     config = differing_config(runs)
-    metric_columns = [c for c in runs.columns[len(RECORD_COLUMNS):]
-                      if not c.startswith("config.")
-                      and (wanted is None or c.rsplit(".", 1)[0] in wanted)]
+    metric_columns = [
+        c
+        for c in runs.columns[len(RECORD_COLUMNS) :]
+        if not c.startswith("config.") and (wanted is None or c.rsplit(".", 1)[0] in wanted)
+    ]
     return runs.loc[ids, ["status", *config, *metric_columns, "result", "note"]]
 
 
@@ -385,7 +431,9 @@ def differing_config(runs: pd.DataFrame) -> list[str]:
     """The config.* columns whose values are not the same in every row (missing counts as a
     value), most telling first: top-level keys, then by how many values they take; seeds last."""
     config = [c for c in runs.columns if c.startswith("config.")]
-    readable = runs[runs[config].notna().any(axis=1)]  # a run whose config is unreadable tells nothing
+    readable = runs[
+        runs[config].notna().any(axis=1)
+    ]  # a run whose config is unreadable tells nothing
     distinct = {c: readable[c].map(_comparable).nunique() for c in config}
 
     def priority(column: str) -> tuple:

@@ -23,15 +23,25 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
-def run_train(store: Path, *updates: str, flags: tuple[str, ...] = (), env: dict | None = None,
-              cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_train(
+    store: Path,
+    *updates: str,
+    flags: tuple[str, ...] = (),
+    env: dict | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run experiments/train.py as a user would, recording into store."""
     command = [sys.executable, str(TRAIN), *flags, "-R", str(store)]
     if updates:
         command += ["with", *updates]
     result = subprocess.run(
-        command, capture_output=True, text=True, cwd=cwd or REPO_ROOT,
-        env={**os.environ, **(env or {})}, timeout=600,
+        command,
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -61,12 +71,14 @@ def train():
 def trained_store(tmp_path_factory):
     """make(name, runs): a new store holding one run per config-updates tuple in runs, trained
     in parallel (so the runs take their ids in any order)."""
+
     def make(name: str, runs: Iterable[tuple[str, ...]]) -> Path:
         root = tmp_path_factory.mktemp(name)
         runs = list(runs)
         with ThreadPoolExecutor(len(runs)) as pool:
             list(pool.map(lambda updates: run_train(root, *updates), runs))
         return root
+
     return make
 
 
@@ -88,8 +100,11 @@ def small_store(trained_store) -> Path:
 def small_store_of(small_store, tmp_path_factory):
     """make(names): a new store holding copies of the named SMALL_RUNS as runs 1, 2, ... in that
     order, so a test module that needs some of them does not train them again."""
-    ids = {SMALL_RUN_LR[read_json(run / "config.json")["lr"]]: run
-           for run in small_store.iterdir() if run.name.isdigit()}
+    ids = {
+        SMALL_RUN_LR[read_json(run / "config.json")["lr"]]: run
+        for run in small_store.iterdir()
+        if run.name.isdigit()
+    }
 
     def make(names: list[str]) -> Path:
         root = tmp_path_factory.mktemp("small_store_copy")
@@ -97,6 +112,7 @@ def small_store_of(small_store, tmp_path_factory):
         for run_id, name in enumerate(names, 1):
             shutil.copytree(ids[name], root / str(run_id))
         return root
+
     return make
 
 

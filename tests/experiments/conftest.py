@@ -11,7 +11,7 @@ import pytest
 # An experiment file that is train.py, except that (with STOP_FIFO set) the first run to finish
 # epoch 1 says READY into the FIFO and waits for a signal: a sweep is stopped at a known point,
 # without sleeping. Checking a sweep's configs imports it, which gives them train.py's experiment.
-STOPPER = '''
+STOPPER = """
 import os, runpy, signal, sys
 import experiments.loop as loop
 
@@ -37,16 +37,18 @@ if __name__ == "__main__":
     runpy.run_path(sys.argv[0], run_name="__main__")
 else:
     from experiments.train import ex  # noqa: F401
-'''
+"""
 
 
 @pytest.fixture(scope="session")
 def sweep_stopper():
     """write(folder): the STOPPER experiment file written into folder; its path."""
+
     def write(folder: Path) -> Path:
         path = folder / "stopper.py"
         path.write_text(STOPPER)
         return path
+
     return write
 
 

@@ -39,7 +39,8 @@ def build(schedule: str, epochs: int = 4, steps_per_epoch: int = 3):
         scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=total)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            opt, LRFactor(schedule, total, 2, steps_per_epoch, 1, 0.5))
+            opt, LRFactor(schedule, total, 2, steps_per_epoch, 1, 0.5)
+        )
     return net, opt, scheduler, torch.Generator().manual_seed(1)
 
 
@@ -64,9 +65,17 @@ def test_restored_state_continues_bit_exactly(tmp_path, schedule):
     np.random.seed(3)
     net, opt, scheduler, generator = build(schedule)
     train_steps(net, opt, scheduler, generator, 4)
-    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=1,
-                           step=4, generator=generator, best={"value": 0.5, "epoch": 1, "stale": 0},
-                           config={"seed": 3, "optimizer": {"betas": (0.9, 0.99)}})
+    state = training_state(
+        model=net,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=None,
+        epoch=1,
+        step=4,
+        generator=generator,
+        best={"value": 0.5, "epoch": 1, "stale": 0},
+        config={"seed": 3, "optimizer": {"betas": (0.9, 0.99)}},
+    )
     digest = save_checkpoint(tmp_path / "last.pt", state)
     straight = train_steps(net, opt, scheduler, generator, 5)
 
@@ -76,8 +85,14 @@ def test_restored_state_continues_bit_exactly(tmp_path, schedule):
     net2, opt2, scheduler2, generator2 = build(schedule)
     loaded = load_checkpoint(tmp_path / "last.pt", digest)
     epoch, step, best = restore_training_state(
-        loaded, model=net2, optimizer=opt2, scheduler=scheduler2, scaler=None,
-        generator=generator2, same_schedule=True)
+        loaded,
+        model=net2,
+        optimizer=opt2,
+        scheduler=scheduler2,
+        scaler=None,
+        generator=generator2,
+        same_schedule=True,
+    )
     resumed = train_steps(net2, opt2, scheduler2, generator2, 5)
 
     assert (epoch, step, best) == (1, 4, {"value": 0.5, "epoch": 1, "stale": 0})
@@ -88,35 +103,67 @@ def test_restored_state_continues_bit_exactly(tmp_path, schedule):
 
 def test_a_checkpoint_that_no_longer_fits_the_model_is_one_sentence():
     net, opt, scheduler, generator = build("none")
-    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=1,
-                           step=0, generator=generator, best={}, config={})
+    state = training_state(
+        model=net,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=None,
+        epoch=1,
+        step=0,
+        generator=generator,
+        best={},
+        config={},
+    )
     wider = mlp((8,), 3, hidden=(24,), dropout=0.5)  # the model's code changed since
     with pytest.raises(CheckpointMismatch) as refused:
-        restore_training_state(state, model=wider, optimizer=torch.optim.Adam(wider.parameters()),
-                               scheduler=scheduler, scaler=None, generator=generator,
-                               same_schedule=True)
+        restore_training_state(
+            state,
+            model=wider,
+            optimizer=torch.optim.Adam(wider.parameters()),
+            scheduler=scheduler,
+            scaler=None,
+            generator=generator,
+            same_schedule=True,
+        )
     message = str(refused.value)
-    assert message.startswith("resume: the checkpoint does not fit the model, optimizer or "
-                              "schedule its config builds now (has their code changed?): ")
+    assert message.startswith(
+        "resume: the checkpoint does not fit the model, optimizer or "
+        "schedule its config builds now (has their code changed?): "
+    )
     assert "size mismatch for 1.weight" in message and "\n" not in message
 
 
 def test_a_longer_schedule_is_advanced_to_the_checkpoint_step(tmp_path):
     net, opt, scheduler, generator = build("step", epochs=2)
     train_steps(net, opt, scheduler, generator, 6)
-    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=2,
-                           step=6, generator=generator, best={}, config={})
+    state = training_state(
+        model=net,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=None,
+        epoch=2,
+        step=6,
+        generator=generator,
+        best={},
+        config={},
+    )
     save_checkpoint(tmp_path / "last.pt", state)
     longer_net, longer_opt, longer, longer_generator = build("step", epochs=5)
-    restore_training_state(load_checkpoint(tmp_path / "last.pt"), model=longer_net,
-                           optimizer=longer_opt, scheduler=longer, scaler=None,
-                           generator=longer_generator, same_schedule=False)
+    restore_training_state(
+        load_checkpoint(tmp_path / "last.pt"),
+        model=longer_net,
+        optimizer=longer_opt,
+        scheduler=longer,
+        scaler=None,
+        generator=longer_generator,
+        same_schedule=False,
+    )
     reference = build("step", epochs=5)[2]
     for _ in range(6):
         reference.optimizer.step()
         reference.step()
     assert longer.last_epoch == 6 and longer.lr_lambdas[0].total == 15
-    assert longer_opt.param_groups[0]["lr"] == reference.get_last_lr()[0] == 0.01 * 0.5 ** 2
+    assert longer_opt.param_groups[0]["lr"] == reference.get_last_lr()[0] == 0.01 * 0.5**2
 
 
 def test_state_hash_sees_one_bit_and_handles_0_d_tensors():
@@ -133,8 +180,17 @@ def test_state_hash_sees_one_bit_and_handles_0_d_tensors():
 @pytest.fixture
 def checkpoint_file(tmp_path) -> tuple[Path, str]:
     net, opt, scheduler, generator = build("cosine")
-    state = training_state(model=net, optimizer=opt, scheduler=scheduler, scaler=None, epoch=1,
-                           step=3, generator=generator, best={}, config={"seed": 1})
+    state = training_state(
+        model=net,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=None,
+        epoch=1,
+        step=3,
+        generator=generator,
+        best={},
+        config={"seed": 1},
+    )
     path = tmp_path / "last.pt"
     return path, save_checkpoint(path, state)
 
@@ -193,8 +249,10 @@ def test_malicious_pickle_runs_no_code(tmp_path, writer):
         load_checkpoint(path, hashlib.sha256(path.read_bytes()).hexdigest())
     assert not marker.exists()
     message = str(error.value)
-    assert message == (f"checkpoint {path} holds objects other than tensors and plain values, "
-                       "so it was not loaded (a checkpoint must load with weights_only=True)")
+    assert message == (
+        f"checkpoint {path} holds objects other than tensors and plain values, "
+        "so it was not loaded (a checkpoint must load with weights_only=True)"
+    )
 
 
 def test_checkpoint_bytes_load_on_the_cpu(checkpoint_file):
@@ -219,9 +277,12 @@ class FakeRun:
         self.heartbeats.append({name: dict(r) for name, r in self.info["checkpoints"].items()})
 
 
-@pytest.mark.parametrize("signum, stop", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+@pytest.mark.parametrize(
+    "signum, stop", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)]
+)
 def test_a_stop_request_waits_until_the_checkpoint_and_its_hash_are_recorded(
-        monkeypatch, signum, stop):
+    monkeypatch, signum, stop
+):
     def signal_then_save(path, state):
         os.kill(os.getpid(), signum)  # arrives in the middle of writing the checkpoint
         return save_checkpoint(path, state)
@@ -232,8 +293,10 @@ def test_a_stop_request_waits_until_the_checkpoint_and_its_hash_are_recorded(
     with interrupts_handled(), pytest.raises(stop):
         recorder.save("last.pt", {"epoch": 2, "step": 6, "weights": torch.ones(3)})
     assert run.info["checkpoints"]["last.pt"]["epoch"] == 2
-    assert run.info["checkpoints"]["last.pt"]["sha256"] == hashlib.sha256(
-        run.artifacts["last.pt"]).hexdigest()
+    assert (
+        run.info["checkpoints"]["last.pt"]["sha256"]
+        == hashlib.sha256(run.artifacts["last.pt"]).hexdigest()
+    )
     assert run.heartbeats[-1] == run.info["checkpoints"]  # written out before the stop
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
 
@@ -249,11 +312,16 @@ def test_each_save_is_attached_and_written_out_at_once_leaving_no_temp_files(mon
     for epoch in (2, 3):
         recorder.save("last.pt", {"epoch": epoch, "step": 3 * epoch, "weights": torch.ones(3)})
         digest = hashlib.sha256(run.artifacts["last.pt"]).hexdigest()
-        assert run.heartbeats[-1]["last.pt"] == {"sha256": digest, "epoch": epoch,
-                                                 "step": 3 * epoch}
+        assert run.heartbeats[-1]["last.pt"] == {
+            "sha256": digest,
+            "epoch": epoch,
+            "step": 3 * epoch,
+        }
         # before the file was replaced, the info vouched for the new hash and the one it replaces
-        assert run.written_before["last.pt"] == {**run.heartbeats[-1]["last.pt"],
-                                                 "replaces": replaced}
+        assert run.written_before["last.pt"] == {
+            **run.heartbeats[-1]["last.pt"],
+            "replaces": replaced,
+        }
         replaced = run.heartbeats[-1]["last.pt"]
     assert run.info["checkpoints"]["best.pt"]["sha256"] == "b" * 64
     assert list(tmp_path.iterdir()) == []

@@ -23,36 +23,78 @@ from ingredients.optimizer import SCHEMA as OPTIMIZER_SCHEMA
 from ingredients.seeding import SCHEMA as SEEDING_SCHEMA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = {None: TRAIN_SCHEMA, "data": DATA_SCHEMA, "model": MODEL_SCHEMA,
-           "optimizer": OPTIMIZER_SCHEMA, "seeding": SEEDING_SCHEMA}
+SCHEMAS = {
+    None: TRAIN_SCHEMA,
+    "data": DATA_SCHEMA,
+    "model": MODEL_SCHEMA,
+    "optimizer": OPTIMIZER_SCHEMA,
+    "seeding": SEEDING_SCHEMA,
+}
 
 # The type of every key, declared here apart from the schemas so the test can catch a wrong rule.
 # A trailing "?" means None is allowed.
 KINDS = {
-    "seed": "int", "lr": "number", "epochs": "int", "device": "str", "amp": "str",
-    "accumulate": "int", "loss": "str", "monitor": "str", "monitor_mode": "str",
-    "patience": "int?", "limit_batches": "int?", "progress": "bool", "resume": "run?",
-    "lr_scaling": "str", "allow_world_size_change": "bool",
-    "data.path": "str", "data.format": "str", "data.target": "str", "data.features": "strs?",
-    "data.shape": "ints?", "data.standardize": "bool", "data.val_fraction": "number",
-    "data.split_seed": "int", "data.batch_size": "int", "data.shuffle": "bool",
-    "data.drop_last": "bool", "data.num_workers": "int", "data.pin_memory": "bool",
+    "seed": "int",
+    "lr": "number",
+    "epochs": "int",
+    "device": "str",
+    "amp": "str",
+    "accumulate": "int",
+    "loss": "str",
+    "monitor": "str",
+    "monitor_mode": "str",
+    "patience": "int?",
+    "limit_batches": "int?",
+    "progress": "bool",
+    "resume": "run?",
+    "lr_scaling": "str",
+    "allow_world_size_change": "bool",
+    "data.path": "str",
+    "data.format": "str",
+    "data.target": "str",
+    "data.features": "strs?",
+    "data.shape": "ints?",
+    "data.standardize": "bool",
+    "data.val_fraction": "number",
+    "data.split_seed": "int",
+    "data.batch_size": "int",
+    "data.shuffle": "bool",
+    "data.drop_last": "bool",
+    "data.num_workers": "int",
+    "data.pin_memory": "bool",
     "data.in_memory_mb": "number",
-    "model.name": "str", "model.hidden": "ints", "model.dropout": "number",
-    "model.batchnorm": "bool", "model.channels": "ints", "model.kwargs": "dict",
-    "model.freeze": "strs", "model.freeze_batchnorm": "bool", "model.sync_batchnorm": "bool",
-    "optimizer.name": "str", "optimizer.momentum": "number", "optimizer.nesterov": "bool",
-    "optimizer.betas": "numbers", "optimizer.weight_decay": "number",
-    "optimizer.param_groups": "groups", "optimizer.clip_grad_norm": "number?",
-    "optimizer.schedule": "str", "optimizer.step_size": "int", "optimizer.gamma": "number",
+    "model.name": "str",
+    "model.hidden": "ints",
+    "model.dropout": "number",
+    "model.batchnorm": "bool",
+    "model.channels": "ints",
+    "model.kwargs": "dict",
+    "model.freeze": "strs",
+    "model.freeze_batchnorm": "bool",
+    "model.sync_batchnorm": "bool",
+    "optimizer.name": "str",
+    "optimizer.momentum": "number",
+    "optimizer.nesterov": "bool",
+    "optimizer.betas": "numbers",
+    "optimizer.weight_decay": "number",
+    "optimizer.param_groups": "groups",
+    "optimizer.clip_grad_norm": "number?",
+    "optimizer.schedule": "str",
+    "optimizer.step_size": "int",
+    "optimizer.gamma": "number",
     "optimizer.warmup_epochs": "int",
-    "seeding.deterministic": "bool", "seeding.loader_seed_offset": "int",
+    "seeding.deterministic": "bool",
+    "seeding.loader_seed_offset": "int",
 }
 
 # Values no record can hold as plain JSON, whatever the key.
-UNSTORABLE = st.one_of(st.complex_numbers(), st.binary(max_size=4),
-                       st.frozensets(st.integers(), max_size=3).map(set),
-                       st.integers(min_value=2**63), st.integers(max_value=-(2**63) - 1))
+UNSTORABLE = st.one_of(
+    st.complex_numbers(),
+    st.binary(max_size=4),
+    st.frozensets(st.integers(), max_size=3).map(set),
+    st.integers(min_value=2**63),
+    st.integers(max_value=-(2**63) - 1),
+)
 TEXT = st.text(max_size=8)
 FLOATS = st.floats(allow_nan=True, allow_infinity=True)
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
@@ -61,8 +103,13 @@ LISTS = st.lists(st.integers(0, 9), max_size=3)
 DICTS = st.dictionaries(st.text("abc", max_size=3), st.integers(0, 9), max_size=2)
 NOT_INT = st.one_of(FLOATS, TEXT, st.booleans(), LISTS, DICTS, st.integers(max_value=-1))
 NOT_NUMBER = st.one_of(NEGATIVE, NON_FINITE, TEXT, st.booleans(), LISTS, DICTS)
-NOT_BOOL = st.one_of(st.integers(), FLOATS, st.sampled_from(["true", "false", "yes", "0"]),
-                     TEXT, st.lists(st.booleans(), max_size=2))
+NOT_BOOL = st.one_of(
+    st.integers(),
+    FLOATS,
+    st.sampled_from(["true", "false", "yes", "0"]),
+    TEXT,
+    st.lists(st.booleans(), max_size=2),
+)
 NOT_STR = st.one_of(st.integers(), FLOATS, st.booleans(), LISTS, DICTS, st.just(""))
 NOT_LIST = st.one_of(st.integers(), TEXT, st.booleans(), DICTS)
 
@@ -75,8 +122,12 @@ WRONG = {
     "strs": st.one_of(NOT_LIST, st.lists(NOT_STR, min_size=1, max_size=3)),
     "numbers": st.one_of(NOT_LIST, st.lists(NOT_NUMBER, min_size=2, max_size=2)),
     "dict": st.one_of(st.integers(), TEXT, st.booleans(), LISTS),
-    "groups": st.one_of(NOT_LIST, st.lists(NOT_LIST, min_size=1, max_size=2),
-                        st.just([{"lr_scale": 2.0}]), st.just([{"pattern": "*", "lr": 1}])),
+    "groups": st.one_of(
+        NOT_LIST,
+        st.lists(NOT_LIST, min_size=1, max_size=2),
+        st.just([{"lr_scale": 2.0}]),
+        st.just([{"pattern": "*", "lr": 1}]),
+    ),
     "run": st.one_of(FLOATS, st.booleans(), LISTS, DICTS, st.integers(max_value=0), st.just("")),
 }
 
@@ -84,8 +135,11 @@ WRONG = {
 def wrong_values(kind: str):
     """Values of every wrong type for a key of this kind (None too, unless it is allowed)."""
     base = WRONG[kind.rstrip("?")]
-    return st.one_of(base, UNSTORABLE) if kind.endswith("?") else st.one_of(base, UNSTORABLE,
-                                                                            st.none())
+    return (
+        st.one_of(base, UNSTORABLE)
+        if kind.endswith("?")
+        else st.one_of(base, UNSTORABLE, st.none())
+    )
 
 
 def update_for(key: str, value) -> dict:
@@ -102,8 +156,10 @@ def refused(store: Path, updates: dict) -> str:
     """The one-line message a config is refused with; fails if it ran or failed otherwise.
     A run that wrongly starts stops after one batch."""
     try:
-        ex.run(config_updates={"epochs": 1, "limit_batches": 1, **updates},
-               options={"--store": str(store), "--loglevel": "ERROR"})
+        ex.run(
+            config_updates={"epochs": 1, "limit_batches": 1, **updates},
+            options={"--store": str(store), "--loglevel": "ERROR"},
+        )
     except ConfigurationError as error:
         message = str(error)
     else:
@@ -131,21 +187,40 @@ def test_a_wrong_value_for_any_key_is_one_sentence_naming_it(store, data):
 
 
 @settings(max_examples=15, deadline=None)
-@given(section=st.sampled_from(["data", "model", "optimizer", "seeding"]),
-       value=st.one_of(st.none(), st.integers(-9, 9), TEXT, LISTS, st.booleans()))
+@given(
+    section=st.sampled_from(["data", "model", "optimizer", "seeding"]),
+    value=st.one_of(st.none(), st.integers(-9, 9), TEXT, LISTS, st.booleans()),
+)
 def test_an_ingredient_section_replaced_by_a_value_is_one_sentence(store, section, value):
     assert refused(store, {section: value}).startswith(f"{section} is a group of settings")
 
 
-@pytest.mark.parametrize("update, expected", [
-    ("seeding.deterministic='yes'", "error: seeding.deterministic must be true or false, got 'yes'"),
-    ("data.shape={1,2}", "error: data.shape cannot be stored in a run's record"),
-    ("nope.json", "error: config file not found: nope.json"),
-])
+@pytest.mark.parametrize(
+    "update, expected",
+    [
+        (
+            "seeding.deterministic='yes'",
+            "error: seeding.deterministic must be true or false, got 'yes'",
+        ),
+        ("data.shape={1,2}", "error: data.shape cannot be stored in a run's record"),
+        ("nope.json", "error: config file not found: nope.json"),
+    ],
+)
 def test_the_command_line_says_one_line_and_exits_2(tmp_path, update, expected):
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-F", str(tmp_path / "s"),
-         "with", update], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        [
+            sys.executable,
+            str(REPO_ROOT / "experiments" / "train.py"),
+            "-F",
+            str(tmp_path / "s"),
+            "with",
+            update,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(expected) and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "s").exists()
@@ -163,21 +238,30 @@ def float_target(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("loss, expected", [
-    ("bce_with_logits", "loss: bce_with_logits needs targets in [0, 1], the target column holds "
-                        "values from 0.0 to 9.0"),
-    ("cross_entropy", "loss: cross_entropy needs an integer target column"),
-])
+@pytest.mark.parametrize(
+    "loss, expected",
+    [
+        (
+            "bce_with_logits",
+            "loss: bce_with_logits needs targets in [0, 1], the target column holds "
+            "values from 0.0 to 9.0",
+        ),
+        ("cross_entropy", "loss: cross_entropy needs an integer target column"),
+    ],
+)
 def test_a_target_that_does_not_fit_the_loss_is_refused(store, float_target, loss, expected):
     message = refused(store, {"loss": loss, "data": {"path": str(float_target)}})
     assert message.startswith(expected)
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("x" * 5000, "data.path: cannot use 'xxx"),  # longer than any file name may be
-    ("data/\0digits.parquet", "data.path must be a file path"),
-    (str(REPO_ROOT / "data" / "absent.parquet"), "data.path: file not found"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("x" * 5000, "data.path: cannot use 'xxx"),  # longer than any file name may be
+        ("data/\0digits.parquet", "data.path must be a file path"),
+        (str(REPO_ROOT / "data" / "absent.parquet"), "data.path: file not found"),
+    ],
+)
 def test_a_path_that_cannot_be_a_file_is_one_sentence(store, path, expected):
     assert refused(store, {"data": {"path": path}}).startswith(expected)
 

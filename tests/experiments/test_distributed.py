@@ -23,25 +23,42 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "experiments" / "train.py"
 TIMEOUT = 300  # seconds any one launch may take on a loaded machine
 # Each torchrun job costs seconds of start-up; variants that add no new path run on request.
-SLOW = pytest.mark.skipif(not os.environ.get("REPROLAB_SLOW_TESTS"),
-                          reason="set REPROLAB_SLOW_TESTS=1 to run the slower variants")
+SLOW = pytest.mark.skipif(
+    not os.environ.get("REPROLAB_SLOW_TESTS"),
+    reason="set REPROLAB_SLOW_TESTS=1 to run the slower variants",
+)
 # Tiny but complete epochs (the last global batch is split between the ranks), a constant lr
 # (so epochs=50 and epochs=4 train the same first epochs) and no dropout (so one process with
 # the global batch draws nothing the two ranks do not).
-CONFIG = ("seed=7", "epochs=4", "data.batch_size=32", "model.dropout=0.0", "model.hidden=[32]",
-          "optimizer.schedule=none", "progress=False")
+CONFIG = (
+    "seed=7",
+    "epochs=4",
+    "data.batch_size=32",
+    "model.dropout=0.0",
+    "model.hidden=[32]",
+    "optimizer.schedule=none",
+    "progress=False",
+)
 
 
 def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
 
 
-def launch(store: Path, *updates: str, nproc: int = 2, env: dict | None = None,
-           check: bool = True) -> subprocess.CompletedProcess:
-    command = torchrun("--standalone", f"--nproc_per_node={nproc}", str(TRAIN), "-R", str(store),
-                       "with", *updates)
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT,
-                            env={**os.environ, **(env or {})}, timeout=TIMEOUT)
+def launch(
+    store: Path, *updates: str, nproc: int = 2, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    command = torchrun(
+        "--standalone", f"--nproc_per_node={nproc}", str(TRAIN), "-R", str(store), "with", *updates
+    )
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=TIMEOUT,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -66,22 +83,31 @@ def weights(store: Path, run_id: int) -> dict:
 # --------------------------------------------------------------------------- sampling
 
 
-@pytest.mark.parametrize("n, world_size, drop_last", [(13, 2, False), (29, 3, False),
-                                                      (7, 4, False), (29, 3, True)])
+@pytest.mark.parametrize(
+    "n, world_size, drop_last", [(13, 2, False), (29, 3, False), (7, 4, False), (29, 3, True)]
+)
 def test_every_sample_once_per_epoch_across_ranks(n, world_size, drop_last):
     generator_seed, batch = 5, 4
     parts = []
     for rank in range(world_size):
-        sampler = BatchIndexSampler(n, batch, True, drop_last,
-                                    torch.Generator().manual_seed(generator_seed), rank, world_size)
+        sampler = BatchIndexSampler(
+            n,
+            batch,
+            True,
+            drop_last,
+            torch.Generator().manual_seed(generator_seed),
+            rank,
+            world_size,
+        )
         parts.append([list(sampler) for _ in range(2)])  # two epochs
     assert len({len(p[0]) for p in parts}) == 1  # same number of batches: collectives line up
     for epoch in range(2):
         seen = np.concatenate([np.concatenate(p[epoch]) for p in parts])
         expected = (n // (batch * world_size)) * batch * world_size if drop_last else n
         assert len(seen) == len(set(seen)) == expected
-    one = BatchIndexSampler(n, batch * world_size, True, drop_last,
-                            torch.Generator().manual_seed(generator_seed))
+    one = BatchIndexSampler(
+        n, batch * world_size, True, drop_last, torch.Generator().manual_seed(generator_seed)
+    )
     for step, global_batch in enumerate(one):  # the global batches of one process, in order
         assert sorted(global_batch) == sorted(np.concatenate([p[0][step] for p in parts]))
 
@@ -89,8 +115,10 @@ def test_every_sample_once_per_epoch_across_ranks(n, world_size, drop_last):
 def test_a_rank_without_samples_in_the_last_batch_gets_an_empty_one():
     n, features = 5, torch.arange(10, dtype=torch.float32).reshape(5, 2)
     dataset = ColumnarDataset(features, torch.arange(5), np.arange(5), (2,), None, None)
-    batches = [list(BatchLoader(dataset, BatchIndexSampler(n, 2, False, False, None, rank, 3),
-                                False, 4)) for rank in range(3)]
+    batches = [
+        list(BatchLoader(dataset, BatchIndexSampler(n, 2, False, False, None, rank, 3), False, 4))
+        for rank in range(3)
+    ]
     assert [len(b) for b in batches] == [1, 1, 1]
     assert [len(b[0][1]) for b in batches] == [2, 2, 1]
     shares = [BatchIndexSampler(4, 2, False, False, None, rank, 3).share(0) for rank in range(3)]
@@ -125,25 +153,59 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
     launch(store, *CONFIG)
     second = runs(store)[-1]
     assert values(store, second) == values(store, first)  # bit for bit (floats compare exactly)
-    assert (record(store, second, "info")["final_model_sha256"]
-            == record(store, first, "info")["final_model_sha256"])
+    assert (
+        record(store, second, "info")["final_model_sha256"]
+        == record(store, first, "info")["final_model_sha256"]
+    )
 
-    rerun = subprocess.run([sys.executable, "-m", "observers.cli", "rerun", str(first),
-                            "--verify", "--store", str(store)],
-                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=TIMEOUT)
+    rerun = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "observers.cli",
+            "rerun",
+            str(first),
+            "--verify",
+            "--store",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=TIMEOUT,
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-2000:]
     assert f"exact match between run {first}" in rerun.stdout
     assert record(store, runs(store)[-1], "info")["distributed"]["world_size"] == 2
-    listing = subprocess.run([sys.executable, "-m", "observers.cli", "ls", "--store", str(store)],
-                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=TIMEOUT)
+    listing = subprocess.run(
+        [sys.executable, "-m", "observers.cli", "ls", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=TIMEOUT,
+    )
     assert "procs" in listing.stdout.splitlines()[0]
 
 
 def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store, first):
-    command = torchrun("--standalone", "--nproc_per_node=2", str(TRAIN), "-R", str(store), "with",
-                       *[u for u in CONFIG if not u.startswith("epochs")], "epochs=50")
-    job = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    command = torchrun(
+        "--standalone",
+        "--nproc_per_node=2",
+        str(TRAIN),
+        "-R",
+        str(store),
+        "with",
+        *[u for u in CONFIG if not u.startswith("epochs")],
+        "epochs=50",
+    )
+    job = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         for line in job.stdout:  # stop the job as soon as rank 0 has finished an epoch
             if "epoch 1:" in line:
@@ -163,24 +225,52 @@ def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store
         launch(store, *[u for u in CONFIG if not u.startswith("epochs")], f"epochs={target}")
         reference = runs(store)[-1]
 
-    refused = subprocess.run([sys.executable, str(TRAIN), "-R", str(store), "with",
-                              f"resume={stopped}", f"epochs={target}"],
-                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=TIMEOUT)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(TRAIN),
+            "-R",
+            str(store),
+            "with",
+            f"resume={stopped}",
+            f"epochs={target}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=TIMEOUT,
+    )
     assert refused.returncode != 0 and runs(store)[-1] in (stopped, reference)
     assert "world size 2 and this job has 1" in refused.stderr
 
     launch(store, f"resume={stopped}", f"epochs={target}")
     resumed = runs(store)[-1]
-    assert all(values(store, resumed)[name] == series[done:]
-               for name, series in values(store, reference).items())
-    assert (record(store, resumed, "info")["final_model_sha256"]
-            == record(store, reference, "info")["final_model_sha256"])
+    assert all(
+        values(store, resumed)[name] == series[done:]
+        for name, series in values(store, reference).items()
+    )
+    assert (
+        record(store, resumed, "info")["final_model_sha256"]
+        == record(store, reference, "info")["final_model_sha256"]
+    )
 
 
 def test_two_processes_match_one_process_with_the_global_batch(store, first, tmp_path):
-    single = subprocess.run([sys.executable, str(TRAIN), "-R", str(tmp_path), "with",
-                             *[u for u in CONFIG if "batch_size" not in u], "data.batch_size=64"],
-                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=TIMEOUT)
+    single = subprocess.run(
+        [
+            sys.executable,
+            str(TRAIN),
+            "-R",
+            str(tmp_path),
+            "with",
+            *[u for u in CONFIG if "batch_size" not in u],
+            "data.batch_size=64",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=TIMEOUT,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
     two, one = weights(store, first), weights(tmp_path, runs(tmp_path)[-1])
     # Same samples per step, but the all-reduce averages the two ranks' mean gradients where one
@@ -222,21 +312,30 @@ class Diverging(Failing):
 """
 
 
-@pytest.mark.parametrize("model, message", [
-    ("Failing", "RuntimeError: rank one broke"),
-    pytest.param("Diverging", "training loss became nan", marks=SLOW),  # NaN on rank 1 only
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("Failing", "RuntimeError: rank one broke"),
+        pytest.param("Diverging", "training loss became nan", marks=SLOW),  # NaN on rank 1 only
+    ],
+)
 def test_a_failing_rank_ends_the_job_recorded_failed(tmp_path, model, message):
     (tmp_path / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
     store = tmp_path / "runs"
-    result = launch(store, *CONFIG, f"model.name=failing_model:{model}",
-                    env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])},
-                    check=False)
+    result = launch(
+        store,
+        *CONFIG,
+        f"model.name=failing_model:{model}",
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])},
+        check=False,
+    )
     assert result.returncode != 0
     [run_id] = runs(store)
     run = record(store, run_id, "run")
     assert run["status"] == "FAILED"
-    assert "rank 1 of 2 failed" in "".join(run["fail_trace"]) and message in "".join(run["fail_trace"])
+    assert "rank 1 of 2 failed" in "".join(run["fail_trace"]) and message in "".join(
+        run["fail_trace"]
+    )
     failure = record(store, run_id, "info")["distributed"]["failure"]
     assert failure["rank"] == 1 and message in failure["message"]
 
@@ -249,12 +348,22 @@ def free_port() -> int:
 
 def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
     store = tmp_path / "runs"
-    rendezvous = ("--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-                  f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=reprolab-test")
-    command = torchrun(*rendezvous, str(TRAIN), "-R", str(store), "with", *CONFIG, "epochs=1",
-                       "lr_scaling=linear")
-    nodes = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    rendezvous = (
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--rdzv-id=reprolab-test",
+    )
+    command = torchrun(
+        *rendezvous, str(TRAIN), "-R", str(store), "with", *CONFIG, "epochs=1", "lr_scaling=linear"
+    )
+    nodes = [
+        subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     try:
         errors = [node.communicate(timeout=TIMEOUT)[1] for node in nodes]
     finally:
@@ -284,12 +393,21 @@ def test_a_rerun_relaunches_through_torchrun_with_the_recorded_world_size(capsys
 
 def test_the_recorded_torchrun_command_hides_a_store_password():
     """The worker records its parent's command line, which may carry `-R mongodb://user:pw@...`."""
-    child = ("import json; from experiments.distributed import torchrun_command; "
-             "print(json.dumps(torchrun_command()))")
-    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    child = (
+        "import json; from experiments.distributed import torchrun_command; "
+        "print(json.dumps(torchrun_command()))"
+    )
+    parent = (
+        f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    )
     url = "mongodb://alice:s3cret%2Fpw@127.0.0.1:27017/sacred"
-    result = subprocess.run([sys.executable, "-c", parent, "-R", url], capture_output=True,
-                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", parent, "-R", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     command = json.loads(result.stdout)
     assert command[-2:] == ["-R", "mongodb://alice:***@127.0.0.1:27017/sacred"], result.stderr
     assert "s3cret" not in result.stdout

@@ -30,7 +30,7 @@ ENV = {"OMP_NUM_THREADS": "1"}
 # Runs train.py; once epoch FAULT_AFTER_EPOCH is evaluated, fills the store's file system (leaving
 # FAULT_LEAVE bytes) or remounts it read-only. "beat" mode: heartbeats every 50 ms and, after
 # filling, waits (at most 60 s) for the heartbeat thread's failure to stop the main thread.
-FAULTY = '''
+FAULTY = """
 import os, runpy, subprocess, sys, threading, time
 import sacred
 import experiments.loop as loop
@@ -68,7 +68,7 @@ def evaluate_then_fault(*args, **kwargs):
 loop.evaluate = evaluate_then_fault
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 
 @pytest.fixture
@@ -78,8 +78,11 @@ def small_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -92,21 +95,35 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("mode, leave, cause, status", [
-    ("fill", 100_000, "No space left on device", "FAILED"),  # the checkpoint does not fit
-    ("readonly", 0, "Read-only file system", "RUNNING"),
-    ("beat", 0, "No space left on device", "RUNNING"),  # found by Sacred's heartbeat thread
-])
+@pytest.mark.parametrize(
+    "mode, leave, cause, status",
+    [
+        ("fill", 100_000, "No space left on device", "FAILED"),  # the checkpoint does not fit
+        ("readonly", 0, "Read-only file system", "RUNNING"),
+        ("beat", 0, "No space left on device", "RUNNING"),  # found by Sacred's heartbeat thread
+    ],
+)
 def test_a_store_that_fills_or_turns_read_only_ends_the_run_in_one_sentence(
-        small_disk, tmp_path, mode, leave, cause, status):
+    small_disk, tmp_path, mode, leave, cause, status
+):
     faulty = tmp_path / "faulty.py"
     faulty.write_text(FAULTY)
     store = small_disk / "runs"
     result = subprocess.run(
         [sys.executable, str(faulty), str(TRAIN), "-R", str(store), "with", *QUICK],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
-        env={**os.environ, **ENV, "FAULT_MODE": mode, "FAULT_MOUNT": str(small_disk),
-             "FAULT_AFTER_EPOCH": "2", "FAULT_LEAVE": str(leave)})
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+        env={
+            **os.environ,
+            **ENV,
+            "FAULT_MODE": mode,
+            "FAULT_MOUNT": str(small_disk),
+            "FAULT_AFTER_EPOCH": "2",
+            "FAULT_LEAVE": str(leave),
+        },
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "NOT STOPPED" not in result.stdout  # the failure stopped the run, not the deadline
     errors = error_lines(result.stderr)
@@ -133,11 +150,15 @@ def test_a_store_that_cannot_be_made_is_one_sentence_and_no_run(tmp_path, capsys
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit) as stop:
-        ex.run_commandline(["train.py", "-R", str(blocker / "runs"), "with", "debug",
-                            "progress=False"])
+        ex.run_commandline(
+            ["train.py", "-R", str(blocker / "runs"), "with", "debug", "progress=False"]
+        )
     assert stop.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"error: could not write {blocker / 'runs'}: Not a directory; the run could not start"
+    assert (
+        err[-1]
+        == f"error: could not write {blocker / 'runs'}: Not a directory; the run could not start"
+    )
     assert not any("Traceback" in line or "Failed after" in line for line in err)
 
 
@@ -154,7 +175,11 @@ def test_a_run_killed_as_its_checkpoint_appears_resumes_and_its_leftovers_are_sw
     env = {**os.environ, **ENV, "TMPDIR": str(tmpdir)}
     process = subprocess.Popen(
         [sys.executable, str(TRAIN), "-R", str(store), "with", *QUICK],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO_ROOT, env=env)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+        env=env,
+    )
     last, seen = store / "1" / LAST, []
 
     def kill_when_epoch_2_appears():  # a new last.pt is a new inode (renamed into place)
@@ -177,8 +202,10 @@ def test_a_run_killed_as_its_checkpoint_appears_resumes_and_its_leftovers_are_sw
     assert process.returncode == -signal.SIGKILL and len(seen) == 2
     # orphans as a killed run leaves them, and one of a live process that must stay
     pid, alive = dead_pid(), f"{os.getpid()}@{HOST}"
-    orphans = [store / "1" / f".last.pt.ab12.{pid}@{HOST}.tmp",
-               tmpdir / f"reprolab-checkpoint-{pid}@{HOST}-x1y2" / LAST]
+    orphans = [
+        store / "1" / f".last.pt.ab12.{pid}@{HOST}.tmp",
+        tmpdir / f"reprolab-checkpoint-{pid}@{HOST}-x1y2" / LAST,
+    ]
     kept = [store / "1" / f".best.pt.cd34.{alive}.tmp"]
     for path in orphans + kept:
         path.parent.mkdir(exist_ok=True)
@@ -186,7 +213,12 @@ def test_a_run_killed_as_its_checkpoint_appears_resumes_and_its_leftovers_are_sw
 
     resumed = subprocess.run(
         [sys.executable, str(TRAIN), "-R", str(store), "with", "resume=1", "progress=False"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = load(store / "2" / "info.json")
     assert record["resumed_from"]["epoch"] == 2
@@ -201,9 +233,17 @@ def test_a_signal_while_mongodb_is_reached_interrupts_the_run_in_one_line(tmp_pa
     url = "mongodb://reprolab:pw-hidden@127.0.0.1:1/sacred?serverSelectionTimeoutMS=60000"
     process = subprocess.Popen(
         [sys.executable, str(TRAIN), "with", "debug", "progress=False"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env={**os.environ, **ENV, "REPROLAB_MONGO_URL": url,
-             "REPROLAB_FALLBACK_DIR": str(tmp_path / "fallback")})
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            **ENV,
+            "REPROLAB_MONGO_URL": url,
+            "REPROLAB_FALLBACK_DIR": str(tmp_path / "fallback"),
+        },
+    )
     lines = []
     for line in process.stderr:  # the closed port is retried for 60 s: the signal comes first
         lines.append(line)

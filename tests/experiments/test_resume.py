@@ -24,12 +24,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "experiments" / "train.py"
 # One thread per run: faster on a busy 2-core machine, and the same count for every run here.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-CONFIG = ("seed=5", "limit_batches=10", "optimizer.schedule=step", "optimizer.step_size=1",
-          "optimizer.gamma=0.5")
+CONFIG = (
+    "seed=5",
+    "limit_batches=10",
+    "optimizer.schedule=step",
+    "optimizer.step_size=1",
+    "optimizer.gamma=0.5",
+)
 
 # Runs train.py, but once the given epoch's checkpoint is written, says READY on stdout and
 # blocks until the test sends a signal: the signal arrives at a known point, without sleeping.
-STOPPER = '''
+STOPPER = """
 import os, runpy, sys
 import experiments.loop as loop
 
@@ -46,7 +51,7 @@ def evaluate_then_wait(*args, **kwargs):
 loop.evaluate = evaluate_then_wait
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 
 def interrupt(store: Path, tmp: Path, after: int, signum: int, *updates: str, env=None):
@@ -56,8 +61,12 @@ def interrupt(store: Path, tmp: Path, after: int, signum: int, *updates: str, en
     stderr = open(tmp / f"stderr-{signum}.txt", "w+")
     process = subprocess.Popen(
         [sys.executable, str(stopper), str(TRAIN), "-R", str(store), "with", *updates],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO_ROOT,
-        env={**os.environ, **ONE_THREAD, "STOP_AFTER_EPOCH": str(after), **(env or {})})
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        cwd=REPO_ROOT,
+        env={**os.environ, **ONE_THREAD, "STOP_AFTER_EPOCH": str(after), **(env or {})},
+    )
     for line in process.stdout:
         if line.strip() == b"READY":
             break
@@ -83,7 +92,9 @@ def runs(tmp_path_factory, train):
     train(store, "resume=2", env=ONE_THREAD)
     ctrl_c = interrupt(store, tmp, 1, signal.SIGINT, *CONFIG, "epochs=2")
     train(store, "resume=4", "epochs=3", env=ONE_THREAD)
-    kill = interrupt(store, tmp, 1, signal.SIGKILL, *CONFIG, "epochs=3", env={"TMPDIR": str(tmpdir)})
+    kill = interrupt(
+        store, tmp, 1, signal.SIGKILL, *CONFIG, "epochs=3", env={"TMPDIR": str(tmpdir)}
+    )
     left_in_tmpdir = sorted(p.name for p in tmpdir.glob("reprolab-*"))
     train(store, "resume=6", env=ONE_THREAD)
     return store, {"SIGTERM": term, "SIGINT": ctrl_c, "SIGKILL": (*kill, left_in_tmpdir)}
@@ -95,8 +106,10 @@ def assert_continues_bit_exactly(load, straight: Path, resumed: Path, after: int
     for name, series in metrics.items():
         assert again[name]["steps"] == series["steps"][after:] == list(range(after + 1, 4))
         assert again[name]["values"] == series["values"][after:], name
-    assert (load(resumed / "info.json")["final_model_sha256"]
-            == load(straight / "info.json")["final_model_sha256"])
+    assert (
+        load(resumed / "info.json")["final_model_sha256"]
+        == load(straight / "info.json")["final_model_sha256"]
+    )
 
 
 @pytest.mark.parametrize("signame, run, code", [("SIGTERM", 2, 143), ("SIGINT", 4, 130)])
@@ -110,8 +123,10 @@ def test_a_signal_ends_the_run_as_interrupted_with_a_checkpoint(runs, signame, r
     assert load(record / "run.json")["status"] == "INTERRUPTED"
     assert load(record / "metrics.json")["val_loss"]["steps"] == [1]
     last = load(record / "info.json")["checkpoints"]["last.pt"]
-    assert last["epoch"] == 1 and last["sha256"] == hashlib.sha256(
-        (record / "last.pt").read_bytes()).hexdigest()
+    assert (
+        last["epoch"] == 1
+        and last["sha256"] == hashlib.sha256((record / "last.pt").read_bytes()).hexdigest()
+    )
 
 
 def test_resumed_run_equals_the_straight_run_hash_for_hash(runs, load):
@@ -134,8 +149,17 @@ def test_a_run_resumed_for_more_epochs_equals_the_longer_straight_run(runs, load
 def test_the_checkpoint_holds_every_state_and_its_config(runs, load):
     store, _ = runs
     state = torch.load(store / "3" / "last.pt", weights_only=True, map_location="cpu")
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "best",
-            "config"} <= state.keys()
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "step",
+        "rng",
+        "best",
+        "config",
+    } <= state.keys()
     assert {"python", "numpy", "torch", "loader"} <= state["rng"].keys()
     assert state["epoch"] == 3 and state["step"] == 30
     assert state["config"] == load(store / "3" / "config.json")
@@ -148,8 +172,10 @@ def test_a_sigkilled_run_keeps_its_last_checkpoint_in_the_store_and_resumes(runs
     killed = store / "6"
     assert load(killed / "run.json")["status"] == "RUNNING"  # nothing ran after the kill
     last = load(killed / "info.json")["checkpoints"]["last.pt"]
-    assert last["epoch"] == 1 and last["sha256"] == hashlib.sha256(
-        (killed / "last.pt").read_bytes()).hexdigest()
+    assert (
+        last["epoch"] == 1
+        and last["sha256"] == hashlib.sha256((killed / "last.pt").read_bytes()).hexdigest()
+    )
     assert load(store / "7" / "info.json")["resumed_from"]["sha256"] == last["sha256"]
     assert_continues_bit_exactly(load, store / "1", store / "7", after=1)
 
@@ -196,21 +222,26 @@ def refused(experiment, store: Path, **updates) -> str:
 
 def test_a_config_that_changes_the_training_is_refused_naming_the_keys(experiment, scratch):
     message = refused(experiment, scratch, resume=1, lr=0.5, optimizer={"name": "sgd"}, epochs=4)
-    assert message == ("resume: the config differs from run 1's checkpoint in lr, optimizer.name; "
-                       "only epochs may change when resuming")
-    assert "data.shape, model.name" in refused(experiment, scratch, resume=1,
-                                               model={"name": "cnn"}, data={"shape": [1, 8, 8]})
+    assert message == (
+        "resume: the config differs from run 1's checkpoint in lr, optimizer.name; "
+        "only epochs may change when resuming"
+    )
+    assert "data.shape, model.name" in refused(
+        experiment, scratch, resume=1, model={"name": "cnn"}, data={"shape": [1, 8, 8]}
+    )
 
 
 def test_epochs_already_reached_are_refused(experiment, scratch):
     assert refused(experiment, scratch, resume=1, epochs=1) == (
-        "epochs: run 1's checkpoint is already at epoch 1; set epochs above 1 to train further")
+        "epochs: run 1's checkpoint is already at epoch 1; set epochs above 1 to train further"
+    )
 
 
 def test_unknown_run_and_non_run_directory_are_refused(experiment, scratch, tmp_path):
     assert refused(experiment, scratch, resume=7) == f"resume: no run 7 in {scratch}"
     assert refused(experiment, scratch, resume=str(scratch)) == (
-        f"resume: {scratch} is not a run directory (no run.json in a numbered folder)")
+        f"resume: {scratch} is not a run directory (no run.json in a numbered folder)"
+    )
 
 
 def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, scratch, load):
@@ -218,7 +249,8 @@ def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, sc
     last.write_bytes(last.read_bytes()[:-10] + b"0123456789")
     assert refused(experiment, scratch, resume=1) == (
         "resume: run 1's checkpoint last.pt does not match the SHA-256 recorded when it was "
-        "saved; it was changed or damaged, so it was not loaded")
+        "saved; it was changed or damaged, so it was not loaded"
+    )
 
     info_path = scratch / "1" / "info.json"
     info = load(info_path)
@@ -226,14 +258,18 @@ def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, sc
     info["checkpoints"]["last.pt"]["sha256"] = hashlib.sha256(last.read_bytes()).hexdigest()
     info_path.write_text(json.dumps(info))
     assert refused(experiment, scratch, resume=1) == (
-        "resume: run 1's checkpoint last.pt is damaged or not a torch checkpoint")
+        "resume: run 1's checkpoint last.pt is damaged or not a torch checkpoint"
+    )
 
     info_path.write_text("{ not json")
-    assert refused(experiment, scratch, resume=1).startswith(f"resume: run 1: {info_path} is damaged")
+    assert refused(experiment, scratch, resume=1).startswith(
+        f"resume: run 1: {info_path} is damaged"
+    )
     info_path.unlink()
     assert refused(experiment, scratch, resume=1) == (
         "resume: run 1 recorded no checkpoint last.pt (it stopped before finishing an epoch, "
-        "or its info.json is missing)")
+        "or its info.json is missing)"
+    )
 
 
 def test_changed_data_is_refused_naming_the_file(experiment, scratch, load):
@@ -245,7 +281,8 @@ def test_changed_data_is_refused_naming_the_file(experiment, scratch, load):
     now = hashlib.sha256(data_file.read_bytes()).hexdigest()
     assert refused(experiment, scratch, resume=1) == (
         f"resume: data file {data_file} has changed (sha256 000000000000 then, {now[:12]} now) "
-        "since run 1 was trained on it, so resuming would continue on other data")
+        "since run 1 was trained on it, so resuming would continue on other data"
+    )
 
 
 class Evil:
@@ -259,7 +296,8 @@ class Evil:
 
 
 def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(
-        train, scratch, tmp_path, load, tree_hash):
+    train, scratch, tmp_path, load, tree_hash
+):
     marker = tmp_path / "owned"
     evil = pickle.dumps({"format": "reprolab-checkpoint/1", "model": Evil(marker)})
     (scratch / "1" / "last.pt").write_bytes(evil)
@@ -273,7 +311,8 @@ def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(
     assert result.returncode == 2 and not marker.exists()
     assert result.stderr.strip() == (
         "error: resume: run 1's checkpoint last.pt holds objects other than tensors and plain "
-        "values, so it was not loaded (a checkpoint must load with weights_only=True)")
+        "values, so it was not loaded (a checkpoint must load with weights_only=True)"
+    )
     assert tree_hash(scratch) == before
 
 
@@ -284,19 +323,28 @@ def test_the_interrupt_hint_asks_for_the_mongodb_url_instead_of_printing_it(monk
     from experiments.base import ReproExperiment
 
     monkeypatch.delenv("REPROLAB_MONGO_URL", raising=False)
-    run = SimpleNamespace(status="INTERRUPTED", _id=3, info={"checkpoints": {"last.pt": {"epoch": 2}}},
-                          meta_info={"options": {"--store": "mongodb://user:***@db:27017/sacred"}})
+    run = SimpleNamespace(
+        status="INTERRUPTED",
+        _id=3,
+        info={"checkpoints": {"last.pt": {"epoch": 2}}},
+        meta_info={"options": {"--store": "mongodb://user:***@db:27017/sacred"}},
+    )
     message = ReproExperiment._interrupted_message(SimpleNamespace(current_run=run))
-    assert message == (f"run 3 interrupted after epoch 2; continue it with: python {sys.argv[0]} "
-                       "-R <your MongoDB URL> with resume=3")
+    assert message == (
+        f"run 3 interrupted after epoch 2; continue it with: python {sys.argv[0]} "
+        "-R <your MongoDB URL> with resume=3"
+    )
 
 
-@pytest.mark.parametrize("relative, own", [
-    ("experiments/train.py", True),
-    ("venv/lib/python3.12/site-packages/torch/nn/modules/module.py", False),
-    ("env/lib/python3/dist-packages/numpy/core.py", False),
-    (".venv/lib/helper.py", False),
-])
+@pytest.mark.parametrize(
+    "relative, own",
+    [
+        ("experiments/train.py", True),
+        ("venv/lib/python3.12/site-packages/torch/nn/modules/module.py", False),
+        ("env/lib/python3/dist-packages/numpy/core.py", False),
+        (".venv/lib/helper.py", False),
+    ],
+)
 def test_only_the_repositorys_own_code_counts_as_sources(relative, own):
     from experiments.base import REPO_ROOT as ROOT
     from experiments.base import is_own_code

@@ -22,9 +22,14 @@ WAIT_S = 600  # every wait on a process here is bounded
 
 
 def sweep(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "observers.cli", "sweep", *args],
-                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=WAIT_S,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    result = subprocess.run(
+        [sys.executable, "-m", "observers.cli", "sweep", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=WAIT_S,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"sweep failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -37,21 +42,50 @@ def sweep_id(store: Path) -> str:
 
 def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     store = tmp_path / "runs"
-    result = sweep("experiments/train.py", "--store", str(store), "--parallel", "2", "with",
-                   "lr=[0.1, 0.02]", "seed=range(2)", *TINY)
+    result = sweep(
+        "experiments/train.py",
+        "--store",
+        str(store),
+        "--parallel",
+        "2",
+        "with",
+        "lr=[0.1, 0.02]",
+        "seed=range(2)",
+        *TINY,
+    )
     assert "4 done, 0 running, 0 failed, 0 left" in result.stderr
     runs = load_runs(store, sweep=sweep_id(store))
     assert len(runs) == 4 and set(runs.status) == {"COMPLETED"}
     assert sorted(runs.sweep_index) == [0, 1, 2, 3]
     assert {(r["config.lr"], r["config.seed"]) for _, r in runs.iterrows()} == {
-        (0.1, 0), (0.1, 1), (0.02, 0), (0.02, 1)}
+        (0.1, 0),
+        (0.1, 1),
+        (0.02, 0),
+        (0.02, 1),
+    }
     record = json.loads((store / ".reprolab" / "sweeps" / f"{sweep_id(store)}.json").read_text())
     assert len(record["configs"]) == 4 and record["attempts"][0]["engine"] == "local"
     assert record["attempts"][0]["parallel"] == 2 and record["code"]["commit"]
-    ranked = subprocess.run([sys.executable, "-m", "observers.cli", "compare", "--store", str(store),
-                             "--sweep", sweep_id(store), "--metric", "val_accuracy",
-                             "--plot", str(tmp_path / "lr.png")],
-                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=WAIT_S)
+    ranked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "observers.cli",
+            "compare",
+            "--store",
+            str(store),
+            "--sweep",
+            sweep_id(store),
+            "--metric",
+            "val_accuracy",
+            "--plot",
+            str(tmp_path / "lr.png"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=WAIT_S,
+    )
     assert ranked.returncode == 0, ranked.stderr
     best = runs["val_accuracy.max"].idxmax()
     assert ranked.stdout.splitlines()[1].split()[:2] == ["1", str(best)]  # rank 1 is the best run
@@ -62,13 +96,23 @@ def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     printed = sweep("--store", str(store), "--print-commands", "with", "lr=[0.05, 0.2]", *TINY)
     first_command = shlex.split(printed.stdout.splitlines()[0])
     other = first_command[first_command.index("--sweep") + 1].split(":")[0]
-    subprocess.run([sys.executable, *first_command[1:]], cwd=REPO_ROOT, check=True,
-                   capture_output=True, timeout=WAIT_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [sys.executable, *first_command[1:]],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=WAIT_S,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert len(load_runs(store, sweep=runs.sweep.iloc[0])) == 4
     (mine,) = load_runs(store, sweep=other).itertuples()
     assert mine.sweep_index == 0 and mine.status == "COMPLETED"
-    listed = subprocess.run([sys.executable, "-m", "observers.cli", "ls", "--store", str(store),
-                             "--sweep", other], capture_output=True, text=True, timeout=WAIT_S)
+    listed = subprocess.run(
+        [sys.executable, "-m", "observers.cli", "ls", "--store", str(store), "--sweep", other],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
     assert len(listed.stdout.splitlines()) == 2  # the header and the one run
 
 
@@ -87,8 +131,15 @@ def test_failing_config_is_reported_and_the_others_complete(tmp_path):
     # a user's model built for 32 inputs is built fine, then fails on its first batch of 64
     (tmp_path / "user_models.py").write_text(USER_MODELS)
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    result = sweep("--store", str(store), "with", "model.name=['mlp', 'user_models:narrow']", *TINY,
-                   check=False, env={"PYTHONPATH": path})
+    result = sweep(
+        "--store",
+        str(store),
+        "with",
+        "model.name=['mlp', 'user_models:narrow']",
+        *TINY,
+        check=False,
+        env={"PYTHONPATH": path},
+    )
     assert result.returncode == 1, result.stderr
     assert "config 1 (run" in result.stderr and "cannot be multiplied" in result.stderr
     runs = load_runs(store, sweep=sweep_id(store)).sort_values("sweep_index")
@@ -104,12 +155,15 @@ def in_process(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("words, message", [
-    (["lr=[0.1, -1]"], "config 1 (lr=-1): lr must be a positive number"),
-    (["lr=[0.1]", "optimizer.nam=sgd"], "unknown config key 'optimizer.nam'"),
-    (["lr=0.1"], "declares nothing to vary"),
-    (["seed=range(0)"], "'range(0)' is empty"),
-])
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["lr=[0.1, -1]"], "config 1 (lr=-1): lr must be a positive number"),
+        (["lr=[0.1]", "optimizer.nam=sgd"], "unknown config key 'optimizer.nam'"),
+        (["lr=0.1"], "declares nothing to vary"),
+        (["seed=range(0)"], "'range(0)' is empty"),
+    ],
+)
 def test_bad_declaration_is_refused_before_anything_runs(tmp_path, capsys, words, message):
     store = tmp_path / "runs"
     code, _, err = in_process(capsys, "--store", str(store), "with", *words)
@@ -118,15 +172,33 @@ def test_bad_declaration_is_refused_before_anything_runs(tmp_path, capsys, words
     assert not store.exists()  # no run and no sweep record
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gpus", "1", "--parallel", "2", "with", "lr=[0.1, 0.01]"],
-     "--gpus is a Slurm option: a local sweep's runs share the GPUs this machine shows"),
-    (["--on", "slurm", "--gpus", "1", "--sbatch", "gres=gpu:a100:1", "with", "lr=[0.1, 0.01]"],
-     "--gpus and --sbatch gres=... both ask for GPUs; give one"),
-    # checked for the nodes, not this CPU-only machine: cuda is accepted, but needs its GPU
-    (["--on", "slurm", "--gpus", "1", "with", "lr=[0.1, 0.01]", "device=cuda:1"],
-     "config 0 (device=cuda:1) needs 2 GPU(s) per task: add --gpus 2"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--gpus", "1", "--parallel", "2", "with", "lr=[0.1, 0.01]"],
+            "--gpus is a Slurm option: a local sweep's runs share the GPUs this machine shows",
+        ),
+        (
+            [
+                "--on",
+                "slurm",
+                "--gpus",
+                "1",
+                "--sbatch",
+                "gres=gpu:a100:1",
+                "with",
+                "lr=[0.1, 0.01]",
+            ],
+            "--gpus and --sbatch gres=... both ask for GPUs; give one",
+        ),
+        # checked for the nodes, not this CPU-only machine: cuda is accepted, but needs its GPU
+        (
+            ["--on", "slurm", "--gpus", "1", "with", "lr=[0.1, 0.01]", "device=cuda:1"],
+            "config 0 (device=cuda:1) needs 2 GPU(s) per task: add --gpus 2",
+        ),
+    ],
+)
 def test_gpu_options_that_cannot_work_are_refused(tmp_path, capsys, args, message):
     store = tmp_path / "runs"
     code, _, err = in_process(capsys, "--store", str(store), *args)
@@ -136,12 +208,16 @@ def test_gpu_options_that_cannot_work_are_refused(tmp_path, capsys, args, messag
 
 def test_sweep_file_grid_random_and_fixed(tmp_path, capsys):
     file = tmp_path / "sweep.yaml"
-    file.write_text("fixed: {epochs: 2}\ngrid: {lr: [0.1, 0.01], seed: [1, 1]}\n"
-                    "random: {samples: 2, seed: 4, values: "
-                    "{optimizer.weight_decay: {low: 1.0e-5, high: 1.0e-2, scale: log}}}\n")
+    file.write_text(
+        "fixed: {epochs: 2}\ngrid: {lr: [0.1, 0.01], seed: [1, 1]}\n"
+        "random: {samples: 2, seed: 4, values: "
+        "{optimizer.weight_decay: {low: 1.0e-5, high: 1.0e-2, scale: log}}}\n"
+    )
     code, listed, _ = in_process(capsys, str(file), "--dry-run")
     assert code == 0
-    assert listed.splitlines()[-1].startswith("4 configs of experiments/train.py (4 duplicates dropped)")
+    assert listed.splitlines()[-1].startswith(
+        "4 configs of experiments/train.py (4 duplicates dropped)"
+    )
     decays = {float(line.split("optimizer.weight_decay=")[1]) for line in listed.splitlines()[:4]}
     assert len(decays) == 2 and all(1e-5 <= d <= 1e-2 for d in decays)
     assert in_process(capsys, str(file), "--dry-run")[1] == listed  # the same draws again
@@ -164,17 +240,40 @@ def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGINT)
 
 
-def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train, sweep_stopper,
-                                                                 checkout_folder):
+def test_stopped_sweep_resumes_without_running_any_config_twice(
+    tmp_path, train, sweep_stopper, checkout_folder
+):
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
     stopper = sweep_stopper(checkout_folder)
     config = ("seed=3", "limit_batches=5", "epochs=2")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "STOP_FIFO": str(fifo),
+        "REPO_ROOT": str(REPO_ROOT),
+    }
     first = subprocess.Popen(
-        [sys.executable, "-m", "observers.cli", "sweep", str(stopper), "--store", str(store),
-         "--threads", "1", "with", "lr=[0.1, 0.05]", *config],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "observers.cli",
+            "sweep",
+            str(stopper),
+            "--store",
+            str(store),
+            "--threads",
+            "1",
+            "with",
+            "lr=[0.1, 0.05]",
+            *config,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stop_when_ready(fifo, first)
     _, stderr = first.communicate(timeout=WAIT_S)
     assert first.returncode == 130, stderr
@@ -183,13 +282,21 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(tmp_path, train,
     stopped = load_runs(store, sweep=sweep_name)
     assert list(stopped.status) == ["INTERRUPTED"] and list(stopped.sweep_index) == [0]
 
-    resumed = sweep("--resume", sweep_name, "--store", str(store),  # --threads 1 as last time
-                    env={"REPO_ROOT": str(REPO_ROOT)})
+    resumed = sweep(
+        "--resume",
+        sweep_name,
+        "--store",
+        str(store),  # --threads 1 as last time
+        env={"REPO_ROOT": str(REPO_ROOT)},
+    )
     assert "config 0: continuing run 1 from its checkpoint" in resumed.stderr
     runs = load_runs(store, sweep=sweep_name)
     assert list(runs.status) == ["INTERRUPTED", "COMPLETED", "COMPLETED"]
     assert list(runs.sweep_index) == [0, 0, 1]
-    assert runs["config.resume"].fillna(0).tolist()[1:] == [1, 0]  # only config 0 continued; none twice
+    assert runs["config.resume"].fillna(0).tolist()[1:] == [
+        1,
+        0,
+    ]  # only config 0 continued; none twice
     info = json.loads((store / "2" / "info.json").read_text())
     assert info["resumed_from"]["run_id"] == 1 and info["resumed_from"]["epoch"] == 1
 
@@ -210,13 +317,19 @@ def test_sweep_record_in_mongodb(monkeypatch, capsys):
     client = mongomock.MongoClient()
     monkeypatch.setattr(om, "make_client", lambda url, **options: client)
     url = "mongodb://user:secret@db.example:27017/sacred"
-    code, out, err = in_process(capsys, "--store", url, "--print-commands", "with", "lr=[0.1, 0.01]")
+    code, out, err = in_process(
+        capsys, "--store", url, "--print-commands", "with", "lr=[0.1, 0.01]"
+    )
     assert code == 0 and "secret" not in out + err
     (record,) = client["sacred"]["sweeps"].find()
     assert [c["lr"] for c in record["configs"]] == [0.1, 0.01]
-    assert record["attempts"][0]["engine"] == "commands" and record["store"].startswith("mongodb://user:***@")
+    assert record["attempts"][0]["engine"] == "commands" and record["store"].startswith(
+        "mongodb://user:***@"
+    )
     commands = [line for line in out.splitlines() if not line.startswith("#")]
-    assert commands[1].endswith(f"--sweep {record['id']}:1 with lr=0.01 seed={record['default_seed']}")
+    assert commands[1].endswith(
+        f"--sweep {record['id']}:1 with lr=0.01 seed={record['default_seed']}"
+    )
     assert "-R" not in commands[0]  # the URL travels in REPROLAB_MONGO_URL
 
 
@@ -229,7 +342,9 @@ def test_slurm_sweep_record_in_mongodb(monkeypatch, capsys):
 
     client = mongomock.MongoClient()
     monkeypatch.setattr(om, "make_client", lambda url, **options: client)
-    monkeypatch.setattr(slurm, "submit", lambda record, jobs, *rest: {j.index: f"7_{j.index}" for j in jobs})
+    monkeypatch.setattr(
+        slurm, "submit", lambda record, jobs, *rest: {j.index: f"7_{j.index}" for j in jobs}
+    )
     url = "mongodb://user:secret@db.example:27017/sacred"
     code, _, err = in_process(capsys, "--store", url, "--on", "slurm", "with", "lr=[0.1, 0.01]")
     assert code == 0, err
@@ -248,7 +363,9 @@ signal.pause()
 """
 
 
-def test_stopping_a_local_sweep_counts_each_run_by_how_it_ended_and_kills_whole_sessions(tmp_path, monkeypatch):
+def test_stopping_a_local_sweep_counts_each_run_by_how_it_ended_and_kills_whole_sessions(
+    tmp_path, monkeypatch
+):
     """A run that completed just before the stop is not called interrupted; one that ignores the
     stop is killed with every process of its session (its child, too, closes the pipe)."""
     import select
@@ -256,13 +373,15 @@ def test_stopping_a_local_sweep_counts_each_run_by_how_it_ended_and_kills_whole_
     import experiments.sweep as sweep_module
 
     monkeypatch.setattr(sweep_module, "STOP_WAIT_S", 0)
-    runner = sweep_module.LocalSweep({"id": "s1"}, sweep_module.SweepBook(str(tmp_path)),
-                                     str(tmp_path), parallel=2, threads=1)
+    runner = sweep_module.LocalSweep(
+        {"id": "s1"}, sweep_module.SweepBook(str(tmp_path)), str(tmp_path), parallel=2, threads=1
+    )
 
     def started(index: int, code: str, **options) -> sweep_module.Running:
         process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, **options)
-        return sweep_module.Running(sweep_module.Job(index, []), process, tmp_path / "log",
-                                    tmp_path / f"{index}.run_id")
+        return sweep_module.Running(
+            sweep_module.Job(index, []), process, tmp_path / "log", tmp_path / f"{index}.run_id"
+        )
 
     completed = started(0, "pass")
     completed.process.wait(timeout=WAIT_S)

@@ -25,7 +25,10 @@ TINY = ("epochs=2", "limit_batches=4")
 @pytest.fixture(scope="module")
 def slurm():
     """The local cluster: used when up, else brought up here (and down after) where it can be."""
-    if subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, timeout=60).returncode == 0:
+    if (
+        subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, timeout=60).returncode
+        == 0
+    ):
         yield
         return
     if os.geteuid() != 0:
@@ -38,11 +41,21 @@ def slurm():
     subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, timeout=120)
 
 
-def reprolab(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "observers.cli", *args], capture_output=True,
-                            text=True, cwd=REPO_ROOT, timeout=WAIT_S, env={**os.environ, **(env or {})})
+def reprolab(
+    *args: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "observers.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=WAIT_S,
+        env={**os.environ, **(env or {})},
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -53,11 +66,29 @@ def sweep_record(store: Path) -> dict:
 
 def test_grid_runs_as_one_job_array(slurm, tmp_path):
     store = tmp_path / "runs"
-    reprolab("sweep", "--store", str(store), "--on", "slurm", "--cpus", "1", "--time", "10",
-             "--sbatch", "comment=reprolab-test", "--wait", "with", "lr=[0.1, 0.02]", "seed=range(2)", *TINY)
+    reprolab(
+        "sweep",
+        "--store",
+        str(store),
+        "--on",
+        "slurm",
+        "--cpus",
+        "1",
+        "--time",
+        "10",
+        "--sbatch",
+        "comment=reprolab-test",
+        "--wait",
+        "with",
+        "lr=[0.1, 0.02]",
+        "seed=range(2)",
+        *TINY,
+    )
     record = sweep_record(store)
     (attempt,) = record["attempts"]
-    assert attempt["engine"] == "slurm" and attempt["options"]["extra"] == {"comment": "reprolab-test"}
+    assert attempt["engine"] == "slurm" and attempt["options"]["extra"] == {
+        "comment": "reprolab-test"
+    }
     tasks = attempt["task_ids"]
     assert sorted(tasks.values()) == [f"{attempt['job_id']}_{i}" for i in range(4)]  # one array
     runs = load_runs(store, sweep=record["id"])
@@ -72,36 +103,79 @@ def test_gpus_ask_each_task_for_its_own_gres_in_the_job_script(tmp_path):
 
     from experiments.sweep_slurm import SlurmOptions, executor_parameters
 
-    given = argparse.Namespace(partition="gpu", time="2:00:00", cpus=4, gpus=2, mem="16G",
-                               max_parallel=3, sbatch=["account=proj"])
+    given = argparse.Namespace(
+        partition="gpu",
+        time="2:00:00",
+        cpus=4,
+        gpus=2,
+        mem="16G",
+        max_parallel=3,
+        sbatch=["account=proj"],
+    )
     parameters = executor_parameters("20261201-abcd", SlurmOptions.from_args(given))
-    script = _make_sbatch_string(command="python -m run", folder=tmp_path, map_count=8, **parameters)
+    script = _make_sbatch_string(
+        command="python -m run", folder=tmp_path, map_count=8, **parameters
+    )
     lines = set(script.splitlines())  # what sbatch reads, as submitit writes it
-    assert {"#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=4", "#SBATCH --partition=gpu",
-            "#SBATCH --time=120", "#SBATCH --mem=16G", "#SBATCH --array=0-7%3",
-            "#SBATCH --account=proj", "#SBATCH --job-name=sweep-20261201-abcd"} <= lines
+    assert {
+        "#SBATCH --gres=gpu:2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=120",
+        "#SBATCH --mem=16G",
+        "#SBATCH --array=0-7%3",
+        "#SBATCH --account=proj",
+        "#SBATCH --job-name=sweep-20261201-abcd",
+    } <= lines
     assert not [line for line in lines if "--gpus" in line or "CUDA_VISIBLE_DEVICES" in line]
 
 
 def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path):
     """This cluster has no GPUs: sbatch refuses gres gpu:1, and the new sweep is taken back."""
     store = tmp_path / "runs"
-    refused = reprolab("sweep", "--store", str(store), "--on", "slurm", "--gpus", "1", "--time", "5",
-                       "with", "lr=[0.1, 0.02]", "device=cuda", *TINY, check=False)
+    refused = reprolab(
+        "sweep",
+        "--store",
+        str(store),
+        "--on",
+        "slurm",
+        "--gpus",
+        "1",
+        "--time",
+        "5",
+        "with",
+        "lr=[0.1, 0.02]",
+        "device=cuda",
+        *TINY,
+        check=False,
+    )
     assert refused.returncode == 2, refused.stderr
     assert "Slurm refused the job array: sbatch: error: Invalid generic resource" in refused.stderr
     assert not [path for path in store.rglob("*") if path.is_file()]  # no record, no submitit files
 
 
-def test_task_cancelled_by_slurm_is_interrupted_and_resumed(slurm, tmp_path, train, sweep_stopper,
-                                                           checkout_folder):
+def test_task_cancelled_by_slurm_is_interrupted_and_resumed(
+    slurm, tmp_path, train, sweep_stopper, checkout_folder
+):
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
     stopper = sweep_stopper(checkout_folder)
     config = ("seed=4", "limit_batches=5", "epochs=2")
     env = {"STOP_FIFO": str(fifo), "REPO_ROOT": str(REPO_ROOT)}
-    reprolab("sweep", str(stopper), "--store", str(store), "--on", "slurm", "--cpus", "1",
-             "with", "lr=[0.1]", *config, env=env)
+    reprolab(
+        "sweep",
+        str(stopper),
+        "--store",
+        str(store),
+        "--on",
+        "slurm",
+        "--cpus",
+        "1",
+        "with",
+        "lr=[0.1]",
+        *config,
+        env=env,
+    )
     said = []
     reader = threading.Thread(target=lambda: said.append(fifo.read_text()), daemon=True)
     reader.start()
@@ -111,14 +185,25 @@ def test_task_cancelled_by_slurm_is_interrupted_and_resumed(slurm, tmp_path, tra
     assert said, "the task never finished epoch 1"
     subprocess.run(["scancel", job], check=True, timeout=60)  # SIGTERM, as at a time limit
     # --resume leaves alone a task that Slurm still runs: let Slurm say when the job has ended
-    subprocess.run(["sbatch", "--wait", f"--dependency=afterany:{job}", "--output=/dev/null",
-                    "--wrap=true"], check=True, capture_output=True, timeout=WAIT_S)
+    subprocess.run(
+        ["sbatch", "--wait", f"--dependency=afterany:{job}", "--output=/dev/null", "--wrap=true"],
+        check=True,
+        capture_output=True,
+        timeout=WAIT_S,
+    )
     (stopped,) = load_runs(store, sweep=record["id"]).itertuples()
     assert stopped.status == "INTERRUPTED"
 
     # on Slurm again, with the same options: where and how the sweep ran last
-    reprolab("sweep", "--resume", record["id"], "--store", str(store), "--wait",
-             env={"REPO_ROOT": str(REPO_ROOT)})
+    reprolab(
+        "sweep",
+        "--resume",
+        record["id"],
+        "--store",
+        str(store),
+        "--wait",
+        env={"REPO_ROOT": str(REPO_ROOT)},
+    )
     assert [a["engine"] for a in sweep_record(store)["attempts"]] == ["slurm", "slurm"]
     runs = load_runs(store, sweep=record["id"])
     assert list(runs.status) == ["INTERRUPTED", "COMPLETED"] and list(runs.sweep_index) == [0, 0]

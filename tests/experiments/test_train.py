@@ -37,8 +37,13 @@ def test_default_run_trains_to_accuracy_and_records_everything(default_run):
     run = load(default_run / "run.json")
     assert run["status"] == "COMPLETED"
     sources = {name for name, _ in run["experiment"]["sources"]}
-    assert {"experiments/train.py", "ingredients/data.py", "ingredients/model.py",
-            "ingredients/optimizer.py", "ingredients/seeding.py"} <= sources
+    assert {
+        "experiments/train.py",
+        "ingredients/data.py",
+        "ingredients/model.py",
+        "ingredients/optimizer.py",
+        "ingredients/seeding.py",
+    } <= sources
 
     config = load(default_run / "config.json")
     assert config["lr"] == 0.01 and config["seed"] == 7
@@ -58,7 +63,9 @@ def test_default_run_trains_to_accuracy_and_records_everything(default_run):
         digest = hashlib.sha256((default_run / name).read_bytes()).hexdigest()
         assert info["checkpoints"][name]["sha256"] == digest
     data_file = REPO_ROOT / "data" / "digits.parquet"
-    assert info["data"]["fingerprint"]["sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
+    assert (
+        info["data"]["fingerprint"]["sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
+    )
     assert info["data"]["fingerprint"]["size"] == data_file.stat().st_size
     assert info["determinism"]["use_deterministic_algorithms"] is True
     assert info["determinism"]["cudnn_benchmark"] is False
@@ -99,7 +106,9 @@ def test_cnn_and_debug_named_configs_compose(train, tmp_path):
 
 
 def test_each_parameter_group_logs_its_lr(train, tmp_path):
-    train(tmp_path, "debug", "epochs=2", "optimizer.param_groups=[{'pattern': '4.*', 'lr_scale': 10}]")
+    train(
+        tmp_path, "debug", "epochs=2", "optimizer.param_groups=[{'pattern': '4.*', 'lr_scale': 10}]"
+    )
     metrics = load(tmp_path / "1" / "metrics.json")
     default, group = metrics["lr"], metrics["lr/4.*"]
     assert default["steps"] == group["steps"] == [1, 2]
@@ -110,8 +119,13 @@ def test_each_parameter_group_logs_its_lr(train, tmp_path):
 
 def test_unobserved_records_nothing_and_F_records_where_asked(tmp_path):
     def run(*flags):
-        return subprocess.run([sys.executable, str(TRAIN), *flags, "with", "debug"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(TRAIN), *flags, "with", "debug"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     assert run("-u").returncode == 0
     assert not (tmp_path / "runs").exists()
@@ -134,14 +148,20 @@ def test_unobserved_records_nothing_and_F_records_where_asked(tmp_path):
         ("data.path=missing.parquet", "data.path: file not found: missing.parquet"),
         ("data.target=digit", "data.target: column 'digit' is not in"),
         ("data.val_fraction=1.0", "data.val_fraction must be a number in (0, 1), got 1.0"),
-        ("data.val_fraction=0.0001", "data.val_fraction 0.0001 leaves an empty train or validation"),
+        (
+            "data.val_fraction=0.0001",
+            "data.val_fraction 0.0001 leaves an empty train or validation",
+        ),
         ("lr=1j", "lr cannot be stored in a run's record"),
         ("data=3", "data is a group of settings"),
         ("no_such_config", "unknown named config 'no_such_config' (named configs: cnn, debug"),
         ("missing.yaml", "config file not found: missing.yaml"),
         ("loss=bce_with_logits", "loss: bce_with_logits needs a binary target (labels 0 and 1)"),
         ("model.freeze=['head.*']", "model.freeze: pattern 'head.*' matches no parameter"),
-        ("optimizer.param_groups=[{'pattern':'zz'}]", "pattern 'zz' matches no trainable parameter"),
+        (
+            "optimizer.param_groups=[{'pattern':'zz'}]",
+            "pattern 'zz' matches no trainable parameter",
+        ),
         ("optimizer.step_size=0", "optimizer.step_size must be a positive integer, got 0"),
         ("model.dropout=1.5", "model.dropout must be a number in [0, 1), got 1.5"),
         ("patience=0", "patience must be a positive integer or None, got 0"),
@@ -170,8 +190,14 @@ def test_non_finite_loss_stops_the_run_as_failed(train, tmp_path):
 
 
 def test_print_config_comments_every_key():
-    result = subprocess.run([sys.executable, str(TRAIN), "print_config"], capture_output=True,
-                            text=True, cwd=REPO_ROOT, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "print_config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     lines = [line for line in result.stdout.splitlines() if " = " in line]
     assert len(lines) > 30
     assert all("#" in line for line in lines), [line for line in lines if "#" not in line]
@@ -180,9 +206,13 @@ def test_print_config_comments_every_key():
 def test_progress_bar_shows_on_a_terminal_but_not_in_the_record(tmp_path):
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80x24, not 0x0
-    process = subprocess.Popen([sys.executable, str(TRAIN), "-F", str(tmp_path), "with", "epochs=2"],
-                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
-                               cwd=REPO_ROOT)
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), "-F", str(tmp_path), "with", "epochs=2"],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=REPO_ROOT,
+    )
     os.close(terminal)
     screen = b""
     while True:
@@ -201,12 +231,15 @@ def test_progress_bar_shows_on_a_terminal_but_not_in_the_record(tmp_path):
 
 def test_a_run_imports_neither_pandas_nor_matplotlib():
     # pandas would come from pyarrow (to_numpy, read_table) while the data is read: 0.3 s
-    probe = ("import sys, experiments.train, observers.provenance; "
-             "print(sorted({'pandas', 'matplotlib', 'pyarrow.parquet'} & set(sys.modules))); "
-             "experiments.train.ex.run(named_configs=['debug'], options={'--unobserved': True}); "
-             "print(sorted({'pandas', 'matplotlib', 'pyarrow.dataset'} & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            cwd=REPO_ROOT, timeout=300)
+    probe = (
+        "import sys, experiments.train, observers.provenance; "
+        "print(sorted({'pandas', 'matplotlib', 'pyarrow.parquet'} & set(sys.modules))); "
+        "experiments.train.ex.run(named_configs=['debug'], options={'--unobserved': True}); "
+        "print(sorted({'pandas', 'matplotlib', 'pyarrow.dataset'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
+    )
     assert result.stdout.split() == ["[]", "[]"], result.stderr[-2000:]
 
 
@@ -217,10 +250,16 @@ def test_bce_with_logits_on_a_two_class_target_trains_one_output(train, tmp_path
 
     table = pq.read_table(REPO_ROOT / "data" / "digits.parquet")
     high = pa.array((table.column("label").to_numpy() >= 5).astype(np.int64))
-    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", high),
-                   tmp_path / "binary.parquet")
-    train(tmp_path / "store", f"data.path={tmp_path / 'binary.parquet'}", "loss=bce_with_logits",
-          "epochs=3")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("label"), "label", high),
+        tmp_path / "binary.parquet",
+    )
+    train(
+        tmp_path / "store",
+        f"data.path={tmp_path / 'binary.parquet'}",
+        "loss=bce_with_logits",
+        "epochs=3",
+    )
     info = load(tmp_path / "store" / "1" / "info.json")
     assert info["task"] == {"kind": "binary", "loss": "bce_with_logits", "outputs": 1}
     assert info["model_summary"]["layers"][-1]["output_shape"] == [1]
@@ -238,5 +277,8 @@ def test_missing_values_are_refused_before_a_run_exists(train, tmp_path):
     pq.write_table(table.set_column(3, "pixel_3", pa.array(values)), tmp_path / "holes.parquet")
     result = train(tmp_path / "store", f"data.path={tmp_path / 'holes.parquet'}", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: data: column 'pixel_3' has 1 missing values; fill or drop them first"
+    assert (
+        result.stderr.strip()
+        == "error: data: column 'pixel_3' has 1 missing values; fill or drop them first"
+    )
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())

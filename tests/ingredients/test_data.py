@@ -599,8 +599,9 @@ def _with_holes(table: pa.Table, column: str, rows: list[int]) -> pa.Table:
 
 @pytest.mark.parametrize("layout", ["parquet", "parquet_no_statistics", "ipc", "csv"])
 @pytest.mark.parametrize("column", ["pixel_9", "label"])
-def test_missing_values_are_found_before_loading_in_every_format(tmp_path, digits_table, layout,
-                                                                  column):
+def test_missing_values_are_found_before_loading_in_every_format(
+    tmp_path, digits_table, layout, column
+):
     table = _with_holes(digits_table, column, [3, 70])
     path = tmp_path / f"holes.{layout.split('_')[0]}"
     if layout == "parquet":
@@ -613,16 +614,21 @@ def test_missing_values_are_found_before_loading_in_every_format(tmp_path, digit
         pa_csv.write_csv(table, path)
     with pytest.raises(ValueError) as error:
         describe({**DEFAULTS, "path": str(path)})
-    assert str(error.value) == (f"data: column {column!r} has 2 missing values; fill or drop "
-                                "them first")
+    assert str(error.value) == (
+        f"data: column {column!r} has 2 missing values; fill or drop them first"
+    )
 
 
 def test_describe_counts_rows_and_classes_and_refuses_an_empty_split(tmp_path, digits_table):
     contents = describe({**DEFAULTS, "path": str(DIGITS)})
     assert contents == (1797, (64,), True, 10, (0, 9))
     path = tmp_path / "float.ipc"
-    feather.write_feather(digits_table.set_column(64, "label", pa.array(
-        digits_table.column("label").to_numpy().astype("float32"))), path)
+    feather.write_feather(
+        digits_table.set_column(
+            64, "label", pa.array(digits_table.column("label").to_numpy().astype("float32"))
+        ),
+        path,
+    )
     assert describe({**DEFAULTS, "path": str(path)})[2:] == (False, 1, (0.0, 9.0))
     with pytest.raises(ValueError, match="^data.val_fraction 0.0002 leaves an empty train"):
         describe({**DEFAULTS, "val_fraction": 0.0002})

@@ -60,8 +60,11 @@ def test_a_module_inside_a_run_store_is_refused_before_it_runs(tmp_path, monkeyp
     (store / "3" / "pkg" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     (store / "3" / "pkg" / "planted.py").write_text("def make():\n    return 1\n")
     monkeypatch.chdir(store / "3")
-    with pytest.raises(ValueError, match=r"^model.name: refusing to import 'pkg.planted:make' from "
-                                         r".* inside the run store"):
+    with pytest.raises(
+        ValueError,
+        match=r"^model.name: refusing to import 'pkg.planted:make' from "
+        r".* inside the run store",
+    ):
         import_callable("model.name", "pkg.planted:make")
     assert not marker.exists()
     assert "pkg" not in sys.modules

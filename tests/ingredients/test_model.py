@@ -6,8 +6,15 @@ from torch import nn
 
 from ingredients.model import build_model, format_summary, freeze_parameters, summarize
 
-OPTIONS = dict(hidden=[32, 16], dropout=0.0, batchnorm=True, channels=[8, 16], kwargs={},
-               freeze=[], freeze_batchnorm=False)
+OPTIONS = dict(
+    hidden=[32, 16],
+    dropout=0.0,
+    batchnorm=True,
+    channels=[8, 16],
+    kwargs={},
+    freeze=[],
+    freeze_batchnorm=False,
+)
 
 
 def make(name="mlp", shape=(64,), **overrides):
@@ -82,5 +89,10 @@ def test_summary_counts_every_parameter_and_shapes():
     assert summary["params"] == sum(p.numel() for p in net.parameters())
     assert summary["trainable_params"] == summary["params"] - (64 * 32 + 32)
     first = next(r for r in summary["layers"] if r["layer"] == "1")
-    assert first == {"layer": "1", "type": "Linear", "output_shape": [32], "params": 64 * 32 + 32,
-                     "trainable": 0}
+    assert first == {
+        "layer": "1",
+        "type": "Linear",
+        "output_shape": [32],
+        "params": 64 * 32 + 32,
+        "trainable": 0,
+    }

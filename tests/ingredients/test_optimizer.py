@@ -8,8 +8,9 @@ from torch import nn
 
 from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper
 
-DEFAULTS = dict(name="sgd", momentum=0.9, nesterov=True, betas=[0.9, 0.999], weight_decay=1e-4,
-                param_groups=[])
+DEFAULTS = dict(
+    name="sgd", momentum=0.9, nesterov=True, betas=[0.9, 0.999], weight_decay=1e-4, param_groups=[]
+)
 SCHEDULE = dict(schedule="none", step_size=2, gamma=0.5, warmup_epochs=0)
 
 
@@ -19,8 +20,11 @@ def net():
 
 
 def test_param_groups_get_their_own_lr_and_weight_decay():
-    opt = build_optimizer(net(), 0.01, **{**DEFAULTS, "param_groups": [
-        {"pattern": "2.*", "lr_scale": 10, "weight_decay": 0.0}]})
+    opt = build_optimizer(
+        net(),
+        0.01,
+        **{**DEFAULTS, "param_groups": [{"pattern": "2.*", "lr_scale": 10, "weight_decay": 0.0}]},
+    )
     rest, head = opt.param_groups  # the default group comes first: its lr is the run's lr
     assert head["names"] == ["2.weight", "2.bias"] and head["lr"] == pytest.approx(0.1)
     assert head["weight_decay"] == 0.0

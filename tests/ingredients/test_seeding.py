@@ -21,8 +21,12 @@ def restore_switches(monkeypatch):
 
 
 def draws(generator):
-    return (random.random(), float(np.random.rand()), float(torch.rand(1)),
-            int(torch.randint(0, 1000, (1,), generator=generator)))
+    return (
+        random.random(),
+        float(np.random.rand()),
+        float(torch.rand(1)),
+        int(torch.randint(0, 1000, (1,), generator=generator)),
+    )
 
 
 def test_same_seed_same_draws_everywhere():

@@ -32,10 +32,21 @@ class NxServer:
 
     def start(self) -> None:
         """Start the server and return once it answers a ping; RuntimeError if it does not."""
-        command = [sys.executable, "-c", "from nx_27017.nx_27017 import main; main()",
-                   "--data-dir", str(self.directory / "data"), "--host", "127.0.0.1",
-                   "-p", str(self.port), "--log-file", str(self.directory / "nx.log"),
-                   "--pid-file", str(self.directory / "nx.pid")]
+        command = [
+            sys.executable,
+            "-c",
+            "from nx_27017.nx_27017 import main; main()",
+            "--data-dir",
+            str(self.directory / "data"),
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--log-file",
+            str(self.directory / "nx.log"),
+            "--pid-file",
+            str(self.directory / "nx.pid"),
+        ]
         log = open(self.directory / "output.txt", "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -33,8 +33,14 @@ def beat_points(beat: int, per_metric: int = 50) -> dict:
 
 def started(observer, root: Path):
     """The observer after Sacred's started_event."""
-    ex_info = {"name": "train", "base_dir": str(root), "sources": [], "dependencies": [],
-               "repositories": [], "mainfile": "train.py"}
+    ex_info = {
+        "name": "train",
+        "base_dir": str(root),
+        "sources": [],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": "train.py",
+    }
     observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, {"lr": 0.1}, {}, None)
     return observer
 
@@ -67,7 +73,10 @@ def test_sealed_metrics_equal_what_sacreds_observer_writes(tmp_path):
         observer.completed_event(START + dt.timedelta(hours=1), 0.9)
     ours_dir, sacred_dir = Path(ours.dir), Path(sacred.dir)
     load = lambda path: json.loads(path.read_text())  # noqa: E731
-    ours_metrics, sacred_metrics = load(ours_dir / "metrics.json"), load(sacred_dir / "metrics.json")
+    ours_metrics, sacred_metrics = (
+        load(ours_dir / "metrics.json"),
+        load(sacred_dir / "metrics.json"),
+    )
     for name, series in sacred_metrics.items():  # the same, but ours says its times are UTC
         assert ours_metrics[name]["timestamps"] == [t + "+00:00" for t in series["timestamps"]]
         assert {**ours_metrics[name], "timestamps": None} == {**series, "timestamps": None}
@@ -91,7 +100,10 @@ def test_runs_that_end_early_are_sealed_too(tmp_path, ending):
     else:
         store.interrupted_event(START, "INTERRUPTED")
     metrics = FileRunStore(tmp_path).metrics(1)
-    assert metrics["loss"]["values"][:3] == [0.0, 0.5, 1.0] and (tmp_path / "1" / "metrics.json").exists()
+    assert (
+        metrics["loss"]["values"][:3] == [0.0, 0.5, 1.0]
+        and (tmp_path / "1" / "metrics.json").exists()
+    )
 
 
 def test_info_json_is_rewritten_only_when_the_info_changes(tmp_path):
@@ -150,8 +162,14 @@ def test_a_stored_source_cut_short_is_written_again_not_reused(tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     (code / "train.py").write_text("print('the whole experiment')\n" * 50)
-    ex_info = {"name": "train", "base_dir": str(code), "sources": [["train.py", "md5"]],
-               "dependencies": [], "repositories": [], "mainfile": "train.py"}
+    ex_info = {
+        "name": "train",
+        "base_dir": str(code),
+        "sources": [["train.py", "md5"]],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": "train.py",
+    }
     store = tmp_path / "runs"
     for run in (1, 2):
         FileStore(store).started_event(dict(ex_info), "train", {}, START, {}, {}, None)
@@ -180,6 +198,8 @@ def test_a_failed_write_names_the_file_and_leaves_the_journal_as_it_was(tmp_path
         return real_write(fd, bytes(data)[: len(data) // 2])
 
     monkeypatch.setattr(filestore.os, "write", write_then_fail)
-    with pytest.raises(StoreWriteError, match=f"could not write {journal}: No space left on device"):
+    with pytest.raises(
+        StoreWriteError, match=f"could not write {journal}: No space left on device"
+    ):
         observer.log_metrics(beat_points(1), INFO)
     assert journal.read_bytes() == before

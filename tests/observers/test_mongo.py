@@ -93,19 +93,26 @@ def mongo_store(recorded, monkeypatch):
 # ------------------------------------------------------------------------------ credentials
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("mongodb://user:pw@host:27017/sacred?authSource=admin",
-     "mongodb://user:***@host:27017/sacred?authSource=admin"),
-    ("mongodb://u:p%40ss@h1:1,h2:2/db", "mongodb://u:***@h1:1,h2:2/db"),
-    ("mongodb+srv://a:b@cluster.example.net/x", "mongodb+srv://a:***@cluster.example.net/x"),
-    ("mongodb://user@host/db", "mongodb://user@host/db"),
-    ("https://ghp_token123@github.com/o/r.git", "https://***@github.com/o/r.git"),
-    ("https://user:tok@gitlab.com/o/r.git", "https://user:***@gitlab.com/o/r.git"),
-    ("git@github.com:o/r.git", "git@github.com:o/r.git"),
-    ("failed: mongodb://u:s3cret@h/db?tls=true refused",
-     "failed: mongodb://u:***@h/db?tls=true refused"),
-    ("/home/me/runs", "/home/me/runs"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "mongodb://user:pw@host:27017/sacred?authSource=admin",
+            "mongodb://user:***@host:27017/sacred?authSource=admin",
+        ),
+        ("mongodb://u:p%40ss@h1:1,h2:2/db", "mongodb://u:***@h1:1,h2:2/db"),
+        ("mongodb+srv://a:b@cluster.example.net/x", "mongodb+srv://a:***@cluster.example.net/x"),
+        ("mongodb://user@host/db", "mongodb://user@host/db"),
+        ("https://ghp_token123@github.com/o/r.git", "https://***@github.com/o/r.git"),
+        ("https://user:tok@gitlab.com/o/r.git", "https://user:***@gitlab.com/o/r.git"),
+        ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+        (
+            "failed: mongodb://u:s3cret@h/db?tls=true refused",
+            "failed: mongodb://u:***@h/db?tls=true refused",
+        ),
+        ("/home/me/runs", "/home/me/runs"),
+    ],
+)
 def test_redact_hides_passwords_and_tokens(text, expected):
     assert redact(text) == expected
 
@@ -187,9 +194,14 @@ def test_tables_from_mongodb_have_timezone_aware_utc_times(mongo_store, recorded
 
     runs, points = load_runs(mongo_store), load_metrics(mongo_store)
     start = recorded["run"].start_time.replace(tzinfo=dt.UTC)
-    assert str(runs["start_time"].dtype) == "datetime64[us, UTC]" and runs.loc[1, "start_time"] == start
+    assert (
+        str(runs["start_time"].dtype) == "datetime64[us, UTC]"
+        and runs.loc[1, "start_time"] == start
+    )
     assert str(points["timestamp"].dtype) == "datetime64[us, UTC]"
-    assert (points["timestamp"] >= start).all() and (points["timestamp"] <= runs.loc[1, "stop_time"]).all()
+    assert (points["timestamp"] >= start).all() and (
+        points["timestamp"] <= runs.loc[1, "stop_time"]
+    ).all()
 
 
 def test_checkpoints_saved_every_epoch_are_stored_once(recorded, mongo_store):
@@ -206,12 +218,23 @@ def test_artifact_added_again_replaces_the_earlier_one(monkeypatch, tmp_path):
     client = mongomock.MongoClient()
     monkeypatch.setattr(om, "make_client", lambda url, **options: client)
     observer = om.MongoWithFallback(URL, tmp_path / "fallback")
-    ex_info = {"name": "ckpt", "base_dir": str(REPO_ROOT), "sources": [], "dependencies": [],
-               "repositories": [], "mainfile": None}
-    run_id = observer.started_event(ex_info, "main", {"hostname": "h"}, dt.datetime(2024, 1, 1),
-                                    {}, {}, None)
-    for name, data in [("last.pt", b"epoch 1"), ("best.pt", b"best 1"), ("last.pt", b"epoch 2"),
-                       ("last.pt", b"epoch 3")]:
+    ex_info = {
+        "name": "ckpt",
+        "base_dir": str(REPO_ROOT),
+        "sources": [],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": None,
+    }
+    run_id = observer.started_event(
+        ex_info, "main", {"hostname": "h"}, dt.datetime(2024, 1, 1), {}, {}, None
+    )
+    for name, data in [
+        ("last.pt", b"epoch 1"),
+        ("best.pt", b"best 1"),
+        ("last.pt", b"epoch 2"),
+        ("last.pt", b"epoch 3"),
+    ]:
         path = tmp_path / name
         path.write_bytes(data)
         observer.artifact_event(name, str(path))
@@ -240,7 +263,9 @@ def test_record_with_repeated_artifacts_reads_the_latest(mongo_store, recorded):
         listed = mongo_store.run(1)["artifacts"]
         assert sorted(listed) == sorted(a["name"] for a in old["artifacts"])
         latest = next(a["file_id"] for a in old["artifacts"] if a["name"] == "last.pt")
-        assert mongo_store.artifact(1, "last.pt") == gridfs.GridFS(db).get(latest).read() != b"older"
+        assert (
+            mongo_store.artifact(1, "last.pt") == gridfs.GridFS(db).get(latest).read() != b"older"
+        )
     finally:
         db["runs"].update_one({"_id": 1}, {"$set": {"artifacts": old["artifacts"]}})
         gridfs.GridFS(db).delete(file_id)
@@ -319,7 +344,10 @@ def test_unreachable_server_records_locally_and_says_where(tmp_path, capsys):
     url = f"mongodb://reprolab:{PASSWORD}@127.0.0.1:1/sacred"
     result = subprocess.run(
         [sys.executable, str(TRAIN), "with", "debug", "progress=False"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
         env={**os.environ, "REPROLAB_MONGO_URL": url, om.FALLBACK_VARIABLE: ""},
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -337,7 +365,8 @@ def test_reading_an_unreachable_server_is_one_sentence(capsys):
     assert reprolab(["ls", "--store", url]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(
-        "reprolab: error: cannot reach MongoDB at mongodb://reprolab:***@127.0.0.1:1/sacred")
+        "reprolab: error: cannot reach MongoDB at mongodb://reprolab:***@127.0.0.1:1/sacred"
+    )
     assert len(error.splitlines()) == 1 and PASSWORD not in error
 
 
@@ -349,16 +378,23 @@ def test_long_run_keeps_every_document_under_16_mb(monkeypatch):
     db = mongomock.MongoClient()["sacred"]
     observer = om.BoundedMongoObserver.on(db, "long-run")
     start = dt.datetime(2024, 1, 1)
-    ex_info = {"name": "long", "base_dir": str(REPO_ROOT), "sources": [], "dependencies": [],
-               "repositories": [], "mainfile": None}
+    ex_info = {
+        "name": "long",
+        "base_dir": str(REPO_ROOT),
+        "sources": [],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": None,
+    }
     run_id = observer.started_event(ex_info, "main", {"hostname": "h"}, start, {}, {}, None)
     batch = 200_000
     stamps = [start + dt.timedelta(milliseconds=i) for i in range(batch)]
     output = "".join(f"step {i}: loss fine\n" for i in range(1_000_000))  # about 20 MB
     for first in range(0, 2_000_000, batch):
         steps = list(range(first, first + batch))
-        observer.log_metrics({"loss": {"steps": steps, "values": [s / 7 for s in steps],
-                                       "timestamps": stamps}}, {})
+        observer.log_metrics(
+            {"loss": {"steps": steps, "values": [s / 7 for s in steps], "timestamps": stamps}}, {}
+        )
         so_far = output[: (first // batch + 1) * 2_000_000]
         observer.heartbeat_event({"lr": 0.1}, so_far, start, None)
     observer.heartbeat_event({"lr": 0.1}, output, start, None)
@@ -384,8 +420,14 @@ def test_oversized_info_is_trimmed_and_the_local_copy_kept(monkeypatch, tmp_path
     monkeypatch.setattr(om, "make_client", lambda url, **options: client)
     observer = om.MongoWithFallback(URL, tmp_path / "fallback")
     start = dt.datetime(2024, 1, 1)
-    ex_info = {"name": "big", "base_dir": str(REPO_ROOT), "sources": [], "dependencies": [],
-               "repositories": [], "mainfile": None}
+    ex_info = {
+        "name": "big",
+        "base_dir": str(REPO_ROOT),
+        "sources": [],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": None,
+    }
     run_id = observer.started_event(ex_info, "main", {"hostname": "h"}, start, {}, {}, None)
     info = {"diff": "x" * (20 << 20), "seed": 7}
     observer.heartbeat_event(info, "", start, None)
@@ -417,7 +459,10 @@ def test_whole_path_against_a_real_server(tmp_path, server_url, capsys):
     url = server_url
     result = subprocess.run(
         [sys.executable, str(TRAIN), "with", "debug", "progress=False"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
         env={**os.environ, "REPROLAB_MONGO_URL": url, om.FALLBACK_VARIABLE: ""},
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -434,8 +479,10 @@ def test_whole_path_against_a_real_server(tmp_path, server_url, capsys):
         assert load_runs(store).loc[run_id, "status"] == "COMPLETED"
         assert reprolab(["ls", "--store", url]) == 0
         listing = capsys.readouterr().out
-        assert any(line.split()[:1] == [str(run_id)] and "COMPLETED" in line
-                   for line in listing.splitlines()), listing
+        assert any(
+            line.split()[:1] == [str(run_id)] and "COMPLETED" in line
+            for line in listing.splitlines()
+        ), listing
         for secret in url_secrets(url):
             assert secret not in result.stderr + result.stdout
             assert secret not in json.dumps(store.run(run_id))
@@ -464,8 +511,9 @@ def test_a_taken_run_id_is_skipped_and_the_search_is_bounded(monkeypatch):
     db["runs"].insert_many([{"_id": i} for i in range(7, 7 + om.ID_ATTEMPTS)])
     observer = om.BoundedMongoObserver.on(db, "uuid")
     observer.run_entry = {"_id": None, "artifacts": []}
-    with pytest.raises(RuntimeError, match=f"no free run id found in sacred.runs after "
-                                           f"{om.ID_ATTEMPTS} tries"):
+    with pytest.raises(
+        RuntimeError, match=f"no free run id found in sacred.runs after {om.ID_ATTEMPTS} tries"
+    ):
         observer.insert()
 
 
@@ -480,7 +528,8 @@ def test_a_url_that_cannot_be_parsed_is_refused_without_its_password(password):
 
 @pytest.mark.mongo
 def test_server_killed_mid_run_then_restarted_sync_completes_the_record(
-        nx_server, tmp_path, monkeypatch, capsys):
+    nx_server, tmp_path, monkeypatch, capsys
+):
     """nx-27017 is SIGKILLed as the first checkpoint goes up: the run finishes in the local copy;
     once the server is back (same data), `reprolab sync` completes MongoDB's run 1, once."""
     first_artifact = om.MongoWithFallback.artifact_event
@@ -534,8 +583,9 @@ def test_run_ids_past_9_on_a_server_that_sorts_ids_as_text(nx_server, tmp_path):
     import pymongo
 
     with pymongo.MongoClient(nx_server.url) as client:
-        client["sacred"]["runs"].insert_many([{"_id": i, "status": "COMPLETED"}
-                                              for i in range(1, 11)])
+        client["sacred"]["runs"].insert_many(
+            [{"_id": i, "status": "COMPLETED"} for i in range(1, 11)]
+        )
         newest = client["sacred"]["runs"].find_one({}, {"_id": 1}, sort=[("_id", -1)])
     assert newest["_id"] == 9  # what Sacred's own lookup of the highest id would see
     run, output = record(nx_server.url, tmp_path / "fallback")

@@ -33,7 +33,12 @@ def child_env() -> dict:
 def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store), *flags],
-        cwd=cwd, capture_output=True, text=True, timeout=600, env=child_env())
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=child_env(),
+    )
 
 
 def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(tmp_path, load):
@@ -42,13 +47,29 @@ def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(
     (own / "mymodels.py").write_text(MODEL)
     store = tmp_path / "runs"
     trained = subprocess.run(  # from the folder that holds mymodels.py, as a user would
-        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store), "with",
-         "model.name=mymodels:make", 'model.kwargs={"width": 8}', "epochs=1", "limit_batches=4",
-         "progress=False"],
-        cwd=own, capture_output=True, text=True, timeout=600, env=child_env())
+        [
+            sys.executable,
+            str(REPO_ROOT / "experiments" / "train.py"),
+            "-R",
+            str(store),
+            "with",
+            "model.name=mymodels:make",
+            'model.kwargs={"width": 8}',
+            "epochs=1",
+            "limit_batches=4",
+            "progress=False",
+        ],
+        cwd=own,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=child_env(),
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert load(store / "1" / "config.json")["model"]["kwargs"] == {"width": 8}
-    assert re.search(r"Linear\s+8\s", trained.stderr), trained.stderr[-3000:]  # kwargs reached make()
+    assert re.search(r"Linear\s+8\s", trained.stderr), trained.stderr[
+        -3000:
+    ]  # kwargs reached make()
     module = str(own / "mymodels.py")
     assert module in dict(load(store / "1" / "run.json")["experiment"]["sources"])
     info = load(store / "1" / "info.json")
@@ -80,6 +101,9 @@ def test_a_recorded_folder_inside_a_run_store_is_refused(tmp_path):
     (store / "planted").mkdir()
     info = {"outside_code": {"roots": [str(store / "planted")], "modules": {}}}
     original = Original(None, 4, {}, {}, info, {}, None)
-    with pytest.raises(RecordError, match=r"^run 4 imported code from .*planted, inside the run "
-                                          r"store .*runs; code kept in a run store is never run"):
+    with pytest.raises(
+        RecordError,
+        match=r"^run 4 imported code from .*planted, inside the run "
+        r"store .*runs; code kept in a run store is never run",
+    ):
         outside_roots(original)

@@ -39,7 +39,9 @@ def reprolab(capsys, *argv) -> tuple[int, list[str], str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert all(len(line) <= 80 for line in lines), "\n".join(line for line in lines if len(line) > 80)
+    assert all(len(line) <= 80 for line in lines), "\n".join(
+        line for line in lines if len(line) > 80
+    )
     return code, lines, err
 
 
@@ -77,24 +79,43 @@ def test_ls_lists_runs_with_the_config_that_varies(store, ids, capsys):
     runs = load_runs(store)
 
     assert code == 0
-    assert lines[0].split() == ["id", "status", "started", "took", "epochs", "lr", "opt.name", "val_acc.max"]
+    assert lines[0].split() == [
+        "id",
+        "status",
+        "started",
+        "took",
+        "epochs",
+        "lr",
+        "opt.name",
+        "val_acc.max",
+    ]
     sgd = cells(lines, str(ids["sgd"]))
-    assert sgd[1] == "COMPLETED" and sgd[-4:] == ["2", "0.05", "sgd", f"{runs.loc[ids['sgd'], 'result']:.4g}"]
+    assert sgd[1] == "COMPLETED" and sgd[-4:] == [
+        "2",
+        "0.05",
+        "sgd",
+        f"{runs.loc[ids['sgd'], 'result']:.4g}",
+    ]
     assert cells(lines, str(ids["debug"]))[-4:-1] == ["1", "0.01", "adam"]
     assert lines[-1].startswith("also varying: seed")
 
 
 def test_ls_filters_by_status_and_count(store, ids, capsys):
-    assert reprolab(capsys, "ls", "--store", store, "--last", "1")[1][1].split()[0] == str(max(ids.values()))
+    assert reprolab(capsys, "ls", "--store", store, "--last", "1")[1][1].split()[0] == str(
+        max(ids.values())
+    )
     assert len(reprolab(capsys, "ls", "--store", store, "--status", "completed")[1]) == 1 + 2 + 1
     code, lines, _ = reprolab(capsys, "ls", "--store", store, "--status", "FAILED")
     assert code == 0 and lines == [f"no FAILED runs in {store}"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (("--status", "COMPLETD"), "unknown status 'COMPLETD' (one of QUEUED, RUNNING, COMPLETED"),
-    (("--last", "0"), "--last must be 1 or more, not 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--status", "COMPLETD"), "unknown status 'COMPLETD' (one of QUEUED, RUNNING, COMPLETED"),
+        (("--last", "0"), "--last must be 1 or more, not 0"),
+    ],
+)
 def test_ls_refuses_bad_options_in_one_sentence(store, capsys, argv, message):
     code, lines, err = reprolab(capsys, "ls", "--store", store, *argv)
     assert code == 2 and lines == [] and err.startswith(f"reprolab: error: {message}")
@@ -108,24 +129,43 @@ def test_ls_of_a_missing_store_names_it(tmp_path, capsys):
 
 def test_ls_fits_many_varying_keys_into_80_columns(copied, ids, capsys):
     base = ids["sgd"]
-    clone_run(copied, base, 11, data__path="data/a_long_name_for_a_dataset_file.parquet",
-              model__name="cnn", data__batch_size=128)
+    clone_run(
+        copied,
+        base,
+        11,
+        data__path="data/a_long_name_for_a_dataset_file.parquet",
+        model__name="cnn",
+        data__batch_size=128,
+    )
     clone_run(copied, base, 12, optimizer__weight_decay=0.0001, seeding__deterministic=False)
     code, lines, _ = reprolab(capsys, "ls", "--store", copied)
 
     assert code == 0 and len(lines) >= 1 + 4 + 1
     shown = lines[0].split()[4:-1]
     left_out = re.split(r",\s+", " ".join(lines[5:]).removeprefix("also varying: "))
-    varying = ["epochs", "lr", "data.batch_size", "data.path", "model.name", "optimizer.name",
-               "optimizer.weight_decay", "seeding.deterministic", "seed"]
-    assert shown == [abbreviate(key) if len(key) > 8 else key for key in varying if key not in left_out]
+    varying = [
+        "epochs",
+        "lr",
+        "data.batch_size",
+        "data.path",
+        "model.name",
+        "optimizer.name",
+        "optimizer.weight_decay",
+        "seeding.deterministic",
+        "seed",
+    ]
+    assert shown == [
+        abbreviate(key) if len(key) > 8 else key for key in varying if key not in left_out
+    ]
     assert shown[:2] == ["epochs", "lr"] and left_out[-1] == "seed" and len(shown) >= 3
 
 
 def test_ls_marks_damaged_and_unfinished_runs(copied, ids, capsys):
     (copied / str(ids["debug"]) / "metrics.json").write_text("{")
     run = json.loads((copied / str(ids["sgd"]) / "run.json").read_text())
-    write_json_atomic(copied / str(ids["sgd"]) / "run.json", {**run, "status": "RUNNING", "stop_time": None})
+    write_json_atomic(
+        copied / str(ids["sgd"]) / "run.json", {**run, "status": "RUNNING", "stop_time": None}
+    )
     (copied / "7").mkdir()
     code, lines, _ = reprolab(capsys, "ls", "--store", copied)
 
@@ -169,9 +209,14 @@ def test_show_summarises_a_run(store, ids, capsys, repo_root):
     assert f"1,797 rows  sha256 {info['data']['fingerprint']['sha256'][:12]}" in text
     assert cells(lines, "lr") == ["lr", "0.05"] and cells(lines, "optimizer.name")[1] == "sgd"
     assert cells(lines, "val_accuracy")[1:] == [
-        f"{runs.loc[run_id, f'val_accuracy.{stat}']:.4g}" for stat in ("last", "min", "max")]
+        f"{runs.loc[run_id, f'val_accuracy.{stat}']:.4g}" for stat in ("last", "min", "max")
+    ]
     last = cells(lines, "last.pt")
-    assert last[1:4] == [f"{(store / str(run_id) / 'last.pt').stat().st_size / 1024:.1f}", "KiB", "epoch"]
+    assert last[1:4] == [
+        f"{(store / str(run_id) / 'last.pt').stat().st_size / 1024:.1f}",
+        "KiB",
+        "epoch",
+    ]
     assert last[-1] == info["checkpoints"]["last.pt"]["sha256"][:12]
 
 
@@ -209,7 +254,11 @@ def test_show_tells_what_cannot_be_read(copied, ids, capsys):
     (run_dir / "config.json").unlink()
     code, lines, _ = reprolab(capsys, "show", ids["sgd"], "--store", copied)
 
-    assert code == 0 and "config: unreadable" in lines and "metrics" in lines[lines.index("config: unreadable") + 1]
+    assert (
+        code == 0
+        and "config: unreadable" in lines
+        and "metrics" in lines[lines.index("config: unreadable") + 1]
+    )
     assert lines[-2] == "note: config.json is missing"
     assert lines[-1].startswith("note: info.json is damaged (")
 
@@ -224,21 +273,43 @@ def test_compare_shows_differing_config_and_the_metric(store, ids, capsys):
 
     assert code == 0 and lines[0].split() == ["run", str(debug), str(sgd)]
     assert [line.split()[0] for line in lines[1:]] == [
-        "status", "epochs", "lr", "optimizer.name", "seed",  # equal keys left out, seed last
-        "val_accuracy.last", "val_accuracy.min", "val_accuracy.max", "result"]
-    assert cells(lines, "lr")[1:] == ["0.01", "0.05"] and cells(lines, "optimizer.name")[1:] == ["adam", "sgd"]
+        "status",
+        "epochs",
+        "lr",
+        "optimizer.name",
+        "seed",  # equal keys left out, seed last
+        "val_accuracy.last",
+        "val_accuracy.min",
+        "val_accuracy.max",
+        "result",
+    ]
+    assert cells(lines, "lr")[1:] == ["0.01", "0.05"] and cells(lines, "optimizer.name")[1:] == [
+        "adam",
+        "sgd",
+    ]
     assert cells(lines, "epochs")[1:] == ["1", "2"]
-    assert cells(lines, "val_accuracy.max")[1:] == [f"{runs.loc[i, 'val_accuracy.max']:.4g}" for i in (debug, sgd)]
-    code, lines, _ = reprolab(capsys, "compare", debug, sgd, "--store", store, "--metric", "val_loss")
-    assert "val_loss.min" in [line.split()[0] for line in lines] and "val_accuracy.max" not in "\n".join(lines)
+    assert cells(lines, "val_accuracy.max")[1:] == [
+        f"{runs.loc[i, 'val_accuracy.max']:.4g}" for i in (debug, sgd)
+    ]
+    code, lines, _ = reprolab(
+        capsys, "compare", debug, sgd, "--store", store, "--metric", "val_loss"
+    )
+    assert "val_loss.min" in [
+        line.split()[0] for line in lines
+    ] and "val_accuracy.max" not in "\n".join(lines)
 
 
 def test_compare_draws_the_curves_into_a_png(store, ids, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plot = Path("cmp.png")
-    code, lines, _ = reprolab(capsys, "compare", ids["debug"], ids["sgd"], "--store", store, "--plot", plot)
+    code, lines, _ = reprolab(
+        capsys, "compare", ids["debug"], ids["sgd"], "--store", store, "--plot", plot
+    )
 
-    assert code == 0 and lines[-1] == f"wrote {plot} (val_accuracy of runs {ids['debug']}, {ids['sgd']})"
+    assert (
+        code == 0
+        and lines[-1] == f"wrote {plot} (val_accuracy of runs {ids['debug']}, {ids['sgd']})"
+    )
     data = (tmp_path / plot).read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 20_000
     assert [p.name for p in tmp_path.iterdir()] == ["cmp.png"]  # no temporary file left
@@ -255,14 +326,22 @@ def test_plot_metric_labels_curves_by_run_and_differing_config(store, ids):
     assert axes.get_ylabel() == "val_loss" and axes.get_xlabel() == "epoch"  # as the runs recorded
 
 
-@pytest.mark.parametrize("argv, message", [
-    (("1",), "compare needs two or more runs (for one run: reprolab show 1)"),
-    (("1", "x"), "'x' is not a run id"),
-    (("1", "2", "--metric", "accuracy"), "no run of 1, 2 recorded the metric 'accuracy' (recorded: lr, "),
-    (("1", "2", "--plot", "cmp.jpg"), "plot file 'cmp.jpg' must end in .png"),
-    (("1", "42"), "no run 42 in"),
-])
-def test_compare_refuses_bad_arguments_in_one_sentence(store, capsys, argv, message, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("1",), "compare needs two or more runs (for one run: reprolab show 1)"),
+        (("1", "x"), "'x' is not a run id"),
+        (
+            ("1", "2", "--metric", "accuracy"),
+            "no run of 1, 2 recorded the metric 'accuracy' (recorded: lr, ",
+        ),
+        (("1", "2", "--plot", "cmp.jpg"), "plot file 'cmp.jpg' must end in .png"),
+        (("1", "42"), "no run 42 in"),
+    ],
+)
+def test_compare_refuses_bad_arguments_in_one_sentence(
+    store, capsys, argv, message, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     code, _, err = reprolab(capsys, "compare", *argv, "--store", store)
     assert code == 2 and err.startswith(f"reprolab: error: {message}") and err.count("\n") == 1
@@ -291,7 +370,10 @@ def test_export_parquet_round_trips(store, capsys, tmp_path, monkeypatch):
     assert list(back.columns) == list(runs.columns) and list(back.index) == list(runs.index)
     scalar = [c for c in runs.columns if runs[c].map(lambda v: not isinstance(v, tuple)).all()]
     pd.testing.assert_frame_equal(back[scalar], runs[scalar], check_dtype=False)
-    assert back["start_time"].dtype == "datetime64[us, UTC]" and back["duration"].dtype == "timedelta64[us]"
+    assert (
+        back["start_time"].dtype == "datetime64[us, UTC]"
+        and back["duration"].dtype == "timedelta64[us]"
+    )
     assert [list(v) for v in back["config.model.hidden"]] == [[128, 64], [128, 64]]
 
 
@@ -300,7 +382,9 @@ def test_export_csv_round_trips(store, capsys, tmp_path, monkeypatch):
     target = Path("runs.csv")
     assert reprolab(capsys, "export", "--store", store, "--to", target)[0] == 0
     runs = load_runs(store)
-    back = pd.read_csv(target, index_col="run_id", parse_dates=["start_time", "stop_time", "heartbeat"])
+    back = pd.read_csv(
+        target, index_col="run_id", parse_dates=["start_time", "stop_time", "heartbeat"]
+    )
 
     assert list(back.columns) == list(runs.columns) and list(back.index) == list(runs.index)
     numbers = runs.select_dtypes(["int64", "float64"]).columns
@@ -310,23 +394,34 @@ def test_export_csv_round_trips(store, capsys, tmp_path, monkeypatch):
     assert (back["config.optimizer.name"] == runs["config.optimizer.name"]).all()
 
 
-@pytest.mark.parametrize("name, message", [
-    ("runs.txt", "--to: '{target}' must end in .parquet or .csv"),
-    ("missing/runs.csv", "--to: directory {parent} does not exist"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("runs.txt", "--to: '{target}' must end in .parquet or .csv"),
+        ("missing/runs.csv", "--to: directory {parent} does not exist"),
+    ],
+)
 def test_export_refuses_a_bad_target(store, capsys, tmp_path, name, message):
     target = tmp_path / name
     code, _, err = reprolab(capsys, "export", "--store", store, "--to", target)
-    assert code == 2 and err == f"reprolab: error: {message.format(target=target, parent=target.parent)}\n"
+    assert (
+        code == 2
+        and err == f"reprolab: error: {message.format(target=target, parent=target.parent)}\n"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_export_keeps_a_column_of_mixed_types_as_text(tmp_path):
-    runs = pd.DataFrame({"config.device": [0, "cuda:1"], "val_loss.min": [0.5, 0.25]},
-                        index=pd.Index([1, 2], name="run_id"))
+    runs = pd.DataFrame(
+        {"config.device": [0, "cuda:1"], "val_loss.min": [0.5, 0.25]},
+        index=pd.Index([1, 2], name="run_id"),
+    )
     write_table(runs, str(tmp_path / "mixed.parquet"), ".parquet")
     back = pd.read_parquet(tmp_path / "mixed.parquet")
-    assert back["config.device"].tolist() == ["0", "cuda:1"] and back["val_loss.min"].tolist() == [0.5, 0.25]
+    assert back["config.device"].tolist() == ["0", "cuda:1"] and back["val_loss.min"].tolist() == [
+        0.5,
+        0.25,
+    ]
 
 
 def test_long_data_paths_keep_their_file_name_in_ls_and_show(store, ids, capsys, tmp_path):
@@ -352,8 +447,15 @@ def test_long_data_paths_keep_their_file_name_in_ls_and_show(store, ids, capsys,
 
 
 def test_ls_of_an_empty_store_imports_neither_torch_nor_pandas(tmp_path, repo_root):
-    probe = ("import sys; from observers.cli import main; main(['ls', '--store', sys.argv[1]]); "
-             "print(sorted({'torch', 'pandas', 'matplotlib'} & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
-                            text=True, cwd=repo_root, timeout=120)
+    probe = (
+        "import sys; from observers.cli import main; main(['ls', '--store', sys.argv[1]]); "
+        "print(sorted({'torch', 'pandas', 'matplotlib'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=120,
+    )
     assert result.stdout.splitlines() == [f"no runs in {tmp_path}", "[]"], result.stderr

@@ -34,10 +34,22 @@ def project(tmp_path_factory) -> tuple[Path, Path]:
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     store = root / "store"
     result = subprocess.run(
-        [sys.executable, str(root / "experiments" / "train.py"), "-R", str(store),
-         "with", "seed=4", "epochs=2", "limit_batches=10"],
-        cwd=root, capture_output=True, text=True, timeout=600,
-        env={**os.environ, **ONE_THREAD, "PYTHONPATH": str(root)})
+        [
+            sys.executable,
+            str(root / "experiments" / "train.py"),
+            "-R",
+            str(store),
+            "with",
+            "seed=4",
+            "epochs=2",
+            "limit_batches=10",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **ONE_THREAD, "PYTHONPATH": str(root)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return root, store
 
@@ -47,7 +59,12 @@ def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     (cwd), the reprolab of that checkout runs, and a plain rerun runs that checkout's code."""
     return subprocess.run(
         [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store), *flags],
-        cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD})
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **ONE_THREAD},
+    )
 
 
 def new_run(result: subprocess.CompletedProcess, store: Path) -> Path:
@@ -67,8 +84,13 @@ def test_the_run_records_what_a_reproduction_needs(project, load):
     assert info["determinism"]["torch_version"] == torch.__version__
     assert info["data"]["fingerprint"]["path"] == str(root / "data" / "digits.parquet")
     sources = {name for name, _ in load(store / "1" / "run.json")["experiment"]["sources"]}
-    assert {"experiments/train.py", "experiments/resume.py", "ingredients/data.py",
-            "observers/provenance.py", "observers/attach.py"} <= sources
+    assert {
+        "experiments/train.py",
+        "experiments/resume.py",
+        "ingredients/data.py",
+        "observers/provenance.py",
+        "observers/attach.py",
+    } <= sources
 
 
 def git(root: Path, *args: str) -> bytes:
@@ -91,8 +113,12 @@ def test_a_dirty_work_tree_records_its_commit_and_the_exact_diff_bytes(tmp_path,
     store = tmp_path / "store"
     result = subprocess.run(
         [sys.executable, str(train_py), "-R", str(store), "with", "debug", "progress=False"],
-        cwd=root, capture_output=True, text=True, timeout=600,
-        env={**os.environ, **ONE_THREAD, "PYTHONPATH": str(root)})
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **ONE_THREAD, "PYTHONPATH": str(root)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     recorded = load(store / "1" / "info.json")["provenance"]["git"]
@@ -115,38 +141,51 @@ def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path, l
     again = new_run(result, store)
     assert load(again / "config.json") == load(store / "1" / "config.json")
     assert load(again / "info.json")["rerun_of"] == {
-        "run_id": 1, "store": str(store), "from_recorded_sources": False}
+        "run_id": 1,
+        "store": str(store),
+        "from_recorded_sources": False,
+    }
 
 
 def test_an_edited_source_is_refused_by_strict_caught_by_verify_undone_by_recorded_sources(
-        project, tmp_path, load, tree_hash):
+    project, tmp_path, load, tree_hash
+):
     root, store = project
     train_py = root / "experiments" / "train.py"
     original = train_py.read_text()
     assert SEED_LINE in original
-    train_py.write_text(original.replace(SEED_LINE, SEED_LINE + "    torch.manual_seed(seed + 1)\n"))
+    train_py.write_text(
+        original.replace(SEED_LINE, SEED_LINE + "    torch.manual_seed(seed + 1)\n")
+    )
     try:
         before = tree_hash(store)
         strict = rerun(store, "--strict", cwd=root)
         assert strict.returncode == 2 and tree_hash(store) == before
         assert strict.stderr.strip() == (
             "reprolab: error: --strict: not rerunning run 1 because 1 thing differs between then "
-            "and now (source experiments/train.py)")
+            "and now (source experiments/train.py)"
+        )
 
         changed = rerun(store, "--verify", cwd=root)
         assert changed.returncode == 1
-        assert re.search(r"source experiments/train.py: sha256 \w+ then, sha256 \w+ now",
-                         changed.stdout)
-        assert re.search(r"val_loss: first differs at step 1 \([\d.e-]+ then, [\d.e-]+ now\); "
-                         r"largest absolute difference [\d.e-]+", changed.stdout)
+        assert re.search(
+            r"source experiments/train.py: sha256 \w+ then, sha256 \w+ now", changed.stdout
+        )
+        assert re.search(
+            r"val_loss: first differs at step 1 \([\d.e-]+ then, [\d.e-]+ now\); "
+            r"largest absolute difference [\d.e-]+",
+            changed.stdout,
+        )
         assert "verify: final model state differs" in changed.stdout
         assert "MISMATCH" in changed.stdout
 
         recorded = rerun(store, "--from-recorded-sources", "--verify", cwd=root)
         assert recorded.returncode == 0, recorded.stdout + recorded.stderr[-3000:]
         count = len(load(store / "1" / "run.json")["experiment"]["sources"])
-        listing = (f"--from-recorded-sources: running these {count} files stored with run 1 in "
-                   f"{store}:\n  experiments/__init__.py\n")
+        listing = (
+            f"--from-recorded-sources: running these {count} files stored with run 1 in "
+            f"{store}:\n  experiments/__init__.py\n"
+        )
         assert recorded.stdout.startswith(listing)  # listed before anything runs
         assert f"experiments/train.py from its {count} recorded source files" in recorded.stdout
         assert "then vs now: no differences" in recorded.stdout
@@ -154,8 +193,10 @@ def test_an_edited_source_is_refused_by_strict_caught_by_verify_undone_by_record
         again = new_run(recorded, store)
         assert load(again / "info.json")["rerun_of"]["from_recorded_sources"] is True
         sources = dict(load(again / "run.json")["experiment"]["sources"])
-        assert sources["experiments/train.py"] == dict(
-            load(store / "1" / "run.json")["experiment"]["sources"])["experiments/train.py"]
+        assert (
+            sources["experiments/train.py"]
+            == dict(load(store / "1" / "run.json")["experiment"]["sources"])["experiments/train.py"]
+        )
     finally:
         train_py.write_text(original)
 
@@ -168,8 +209,10 @@ def test_verify_names_the_first_differing_step_and_the_largest_difference(projec
     values[1] += 0.25  # as if the original had recorded another value at step 2
     assert verify(original, 1) == 1
     out = capsys.readouterr().out
-    assert (f"val_loss: first differs at step 2 ({values[1]!r} then, {values[1] - 0.25!r} now); "
-            "largest absolute difference 0.25") in out
+    assert (
+        f"val_loss: first differs at step 2 ({values[1]!r} then, {values[1] - 0.25!r} now); "
+        "largest absolute difference 0.25"
+    ) in out
     assert "verify: 1 of 4 metrics differ" in out and "final model state identical" in out
     values[1] -= 0.25
     assert verify(original, 1) == 0
@@ -207,19 +250,29 @@ def edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("unknown id", "no run 9 in {store}"),
-    ("not a run", "{store}/_sources is not a run directory (no run.json in a numbered folder)"),
-    ("interrupted", "run 1 has status INTERRUPTED, not COMPLETED, so there is no finished run "
-                    "to repeat (continue it with resume=1)"),
-    ("no config", "run 1: {store}/1/config.json is missing"),
-    ("damaged run.json", "run 1: {store}/1/run.json is damaged"),
-    ("no info", "run 1 recorded no final_model_sha256 in its info, so --verify has nothing to "
-                "compare the final model against"),
-    ("no source copy", "run 1: recorded source experiments/train.py is missing"),
-])
-def test_bad_input_is_one_sentence_and_changes_nothing(scratch, capsys, load, tree_hash, damage,
-                                                       expected):
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("unknown id", "no run 9 in {store}"),
+        ("not a run", "{store}/_sources is not a run directory (no run.json in a numbered folder)"),
+        (
+            "interrupted",
+            "run 1 has status INTERRUPTED, not COMPLETED, so there is no finished run "
+            "to repeat (continue it with resume=1)",
+        ),
+        ("no config", "run 1: {store}/1/config.json is missing"),
+        ("damaged run.json", "run 1: {store}/1/run.json is damaged"),
+        (
+            "no info",
+            "run 1 recorded no final_model_sha256 in its info, so --verify has nothing to "
+            "compare the final model against",
+        ),
+        ("no source copy", "run 1: recorded source experiments/train.py is missing"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_changes_nothing(
+    scratch, capsys, load, tree_hash, damage, expected
+):
     run = scratch / "1"
     ref = ["9"] if damage == "unknown id" else ["1"]
     if damage == "not a run":

@@ -25,15 +25,26 @@ START = dt.datetime(2026, 3, 1, 12, 0, 0)
 
 def points(name: str, steps: range, scale: float) -> dict:
     """One heartbeat's new points of a metric, as Sacred hands them to an observer."""
-    return {name: {"steps": list(steps), "values": [scale * s for s in steps],
-                   "timestamps": [START + dt.timedelta(seconds=s) for s in steps]}}
+    return {
+        name: {
+            "steps": list(steps),
+            "values": [scale * s for s in steps],
+            "timestamps": [START + dt.timedelta(seconds=s) for s in steps],
+        }
+    }
 
 
 def start_run(root: Path, config: dict) -> FileStore:
     """A run started by the project's FileStore observer, as Sacred drives it."""
     observer = FileStore(root)
-    ex_info = {"name": "train", "base_dir": str(root), "sources": [], "dependencies": [],
-               "repositories": [], "mainfile": "train.py"}
+    ex_info = {
+        "name": "train",
+        "base_dir": str(root),
+        "sources": [],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": "train.py",
+    }
     observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, config, {}, None)
     return observer
 
@@ -62,9 +73,17 @@ def test_the_file_store_layout_is_read_back(store):
 
 def test_metric_summaries_give_last_min_max_of_sealed_and_live_runs(store):
     summaries = FileRunStore(store).metric_summaries([1, 2])
-    assert summaries[1]["loss"] == {"last": 1.25, "min": 0.5, "max": 1.5, "count": 5, "last_step": 5}
+    assert summaries[1]["loss"] == {
+        "last": 1.25,
+        "min": 0.5,
+        "max": 1.5,
+        "count": 5,
+        "last_step": 5,
+    }
     assert summaries[1]["acc"]["max"] == pytest.approx(0.5)
-    assert summaries[2] == {"loss": {"last": 2.0, "min": 1.0, "max": 2.0, "count": 2, "last_step": 2}}
+    assert summaries[2] == {
+        "loss": {"last": 2.0, "min": 1.0, "max": 2.0, "count": 2, "last_step": 2}
+    }
 
 
 def test_sealed_summaries_are_cached_and_not_parsed_again(store, monkeypatch):
@@ -126,9 +145,14 @@ def test_a_run_folder_without_run_json_is_told_apart_from_no_run(store):
 
 
 def test_summaries_skip_nan_and_values_that_are_not_numbers():
-    metrics = {"loss": {"steps": [1, 2, 3, 4], "values": [2.0, float("nan"), "oops", 1.0],
-                        "timestamps": ["t"] * 4},
-               "empty": {"steps": [], "values": [], "timestamps": []}}
+    metrics = {
+        "loss": {
+            "steps": [1, 2, 3, 4],
+            "values": [2.0, float("nan"), "oops", 1.0],
+            "timestamps": ["t"] * 4,
+        },
+        "empty": {"steps": [], "values": [], "timestamps": []},
+    }
     summary = summarize_metrics(metrics)
     assert summary["loss"] == {"last": 1.0, "min": 1.0, "max": 2.0, "count": 4, "last_step": 4}
     assert math.isnan(summary["empty"]["last"]) and summary["empty"]["last_step"] is None

@@ -95,11 +95,17 @@ def test_synced_runs_follow_the_schema_omniboard_reads(file_store, client):
             metric = db["metrics"].find_one({"_id": bson.ObjectId(ref["id"])})
             assert (metric["run_id"], metric["name"]) == (document["_id"], ref["name"])
         for artifact in document["artifacts"]:
-            assert db["fs.files"].find_one({"_id": artifact["file_id"]})["filename"].startswith(
-                f"artifact://runs/{document['_id']}/")
+            assert (
+                db["fs.files"]
+                .find_one({"_id": artifact["file_id"]})["filename"]
+                .startswith(f"artifact://runs/{document['_id']}/")
+            )
     local = FileRunStore(file_store)
-    distinct = {(name, hashlib.md5(data).hexdigest())
-                for run_id in local.run_ids() for name, data in local.sources(run_id).items()}
+    distinct = {
+        (name, hashlib.md5(data).hexdigest())
+        for run_id in local.run_ids()
+        for name, data in local.sources(run_id).items()
+    }
     assert db["fs.files"].count_documents({"md5": {"$exists": True}}) == len(distinct)
 
 
@@ -147,13 +153,15 @@ def test_cut_short_upload_is_completed_in_place(file_store, client):
     assert MongoRunStore(URL).metrics(2) == FileRunStore(file_store).metrics(2)
 
 
-def test_sync_command_prints_counts_and_refuses_bad_input(file_store, client, tmp_path, capsys,
-                                                         monkeypatch):
+def test_sync_command_prints_counts_and_refuses_bad_input(
+    file_store, client, tmp_path, capsys, monkeypatch
+):
     assert reprolab(["sync", str(file_store), "--to", URL]) == 0
     out = capsys.readouterr().out
     assert "run 1: uploaded as MongoDB run 1 (COMPLETED" in out
-    assert out.strip().endswith("2 uploaded, 0 completed, 0 already there, 0 still running, "
-                                "0 unreadable")
+    assert out.strip().endswith(
+        "2 uploaded, 0 completed, 0 already there, 0 still running, 0 unreadable"
+    )
     assert PASSWORD not in out and "mongodb://reprolab:***@127.0.0.1:27017/sacred" in out
 
     monkeypatch.delenv("REPROLAB_MONGO_URL", raising=False)
@@ -180,12 +188,29 @@ def sweep_store(tmp_path_factory) -> tuple[Path, str]:
 
     store = tmp_path_factory.mktemp("sweep") / "runs"
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        assert reprolab(["sweep", "--store", str(store), "--print-commands", "with", "lr=[0.1, 0.02]",
-                         "epochs=2", "limit_batches=3", "progress=False"]) == 0
+        assert (
+            reprolab(
+                [
+                    "sweep",
+                    "--store",
+                    str(store),
+                    "--print-commands",
+                    "with",
+                    "lr=[0.1, 0.02]",
+                    "epochs=2",
+                    "limit_batches=3",
+                    "progress=False",
+                ]
+            )
+            == 0
+        )
     (sweep_id,) = FileSweepRecords(store).ids()
     for index, config in enumerate(FileSweepRecords(store).find(sweep_id)["configs"]):
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-            ex.run(config_updates=config, options={"--store": str(store), "--sweep": f"{sweep_id}:{index}"})
+            ex.run(
+                config_updates=config,
+                options={"--store": str(store), "--sweep": f"{sweep_id}:{index}"},
+            )
     return store, sweep_id
 
 
@@ -197,8 +222,11 @@ def test_a_synced_sweep_reads_the_same_from_mongodb(sweep_store, client, capsys)
             assert reprolab(["sync", str(store), "--to", URL]) == 0
             assert f"sweep {sweep_id}: copied (2 configs)" in capsys.readouterr().out
         shown[where] = []
-        for command in (["sweep", "--status", sweep_id], ["ls", "--sweep", sweep_id],
-                        ["compare", "--sweep", sweep_id, "--metric", "val_accuracy"]):
+        for command in (
+            ["sweep", "--status", sweep_id],
+            ["ls", "--sweep", sweep_id],
+            ["compare", "--sweep", sweep_id, "--metric", "val_accuracy"],
+        ):
             assert reprolab([*command, "--store", where]) == 0
             shown[where].append(capsys.readouterr().out)
     assert shown[URL] == shown[str(store)]
@@ -208,11 +236,15 @@ def test_a_synced_sweep_reads_the_same_from_mongodb(sweep_store, client, capsys)
     record = client["sacred"]["sweeps"].find_one({"_id": sweep_id})
     assert record["store"] == URL.replace(PASSWORD, "***") and PASSWORD not in str(record)
     again = sync_store(store, URL, **QUIET)
-    assert again.sweeps == {sweep_id: "already there"} and "sweeps: 0 copied, 0 updated, 1 already" in again.summary()
+    assert (
+        again.sweeps == {sweep_id: "already there"}
+        and "sweeps: 0 copied, 0 updated, 1 already" in again.summary()
+    )
 
 
 def test_sync_keeps_both_sides_submissions_and_refuses_another_sweep_of_the_same_id(
-        sweep_store, client, tmp_path):
+    sweep_store, client, tmp_path
+):
     store, sweep_id = sweep_store
     sync_store(store, URL, **QUIET)
     sweeps = client["sacred"]["sweeps"]
@@ -225,7 +257,9 @@ def test_sync_keeps_both_sides_submissions_and_refuses_another_sweep_of_the_same
     before = counts(client)
     copy = tmp_path / "runs"
     shutil.copytree(store, copy)
-    with pytest.raises(RecordError, match=f"sweep {sweep_id} of .* is not the sweep {sweep_id} "
-                                          "already in .*nothing was synced"):
+    with pytest.raises(
+        RecordError,
+        match=f"sweep {sweep_id} of .* is not the sweep {sweep_id} already in .*nothing was synced",
+    ):
         sync_store(copy, URL, **QUIET)
     assert counts(client) == before

@@ -48,7 +48,10 @@ def test_load_runs_has_one_typed_row_per_run(store, ids, repo_root):
     assert runs.index.name == "run_id" and runs.index.dtype == "int64"
     assert sorted(runs.index) == sorted(ids.values())
     assert list(runs.columns[: len(RECORD_COLUMNS)]) == list(RECORD_COLUMNS)
-    assert runs["start_time"].dtype == "datetime64[us, UTC]" and runs["stop_time"].dtype == "datetime64[us, UTC]"
+    assert (
+        runs["start_time"].dtype == "datetime64[us, UTC]"
+        and runs["stop_time"].dtype == "datetime64[us, UTC]"
+    )
     written = read(store / str(ids["sgd"]) / "run.json")["start_time"]  # the record says UTC too
     assert written.endswith("+00:00") and runs.loc[ids["sgd"], "start_time"].isoformat() == written
     assert runs["duration"].dtype == "timedelta64[us]"
@@ -56,7 +59,9 @@ def test_load_runs_has_one_typed_row_per_run(store, ids, repo_root):
     assert (runs["duration"] > pd.Timedelta(0)).all()
     assert set(runs["status"]) == {"COMPLETED"} and set(runs["experiment"]) == {"train"}
     assert set(runs["host"]) == {socket.gethostname()}
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True
+    )
     assert set(runs["git_commit"]) == {head.stdout.strip()}
     assert runs["note"].isna().all()
 
@@ -105,7 +110,13 @@ def test_load_metrics_is_long_form_with_every_point(store, ids):
     points = load_metrics(store)
 
     assert list(points.columns) == ["run_id", "metric", "step", "value", "timestamp"]
-    assert points.dtypes.astype(str).tolist() == ["int64", "str", "int64", "float64", "datetime64[us, UTC]"]
+    assert points.dtypes.astype(str).tolist() == [
+        "int64",
+        "str",
+        "int64",
+        "float64",
+        "datetime64[us, UTC]",
+    ]
     assert len(points) == 4 * (1 + 2 + 2)  # 4 metrics per epoch
     curve = points[(points.run_id == ids["sgd"]) & (points.metric == "val_loss")]
     recorded = read(store / str(ids["sgd"]) / "metrics.json")["val_loss"]
@@ -140,7 +151,12 @@ def test_compare_keeps_only_config_that_differs(store, ids):
     assert table.loc[ids["slow"], "val_accuracy.max"] == load_runs(store).loc[ids["slow"], "result"]
     assert "config.epochs" in compare(store, ids.values()).columns  # debug ran 1 epoch
     assert list(compare(store, order, metrics="val_loss").columns[-5:]) == [
-        "val_loss.last", "val_loss.min", "val_loss.max", "result", "note"]
+        "val_loss.last",
+        "val_loss.min",
+        "val_loss.max",
+        "result",
+        "note",
+    ]
 
 
 def test_compare_refuses_an_unknown_run(store):
@@ -229,8 +245,10 @@ def to_journal(run_dir: Path, epochs: int) -> None:
     """Turn a sealed run back into one in progress: its first epochs in the journal, a torn line."""
     metrics = read(run_dir / "metrics.json")
     (run_dir / "metrics.json").unlink()
-    lines = [json.dumps({"name": name, **{k: v[:epochs] for k, v in series.items()}})
-             for name, series in metrics.items()]
+    lines = [
+        json.dumps({"name": name, **{k: v[:epochs] for k, v in series.items()}})
+        for name, series in metrics.items()
+    ]
     (run_dir / JOURNAL).write_text("\n".join(lines) + '\n{"name": "val_loss", "st')
 
 
@@ -240,22 +258,54 @@ def damaged(store, ids, tmp_path_factory) -> tuple[Path, dict[str, int]]:
     root = tmp_path_factory.mktemp("damaged") / "runs"
     shutil.copytree(store, root)
     sgd, now = ids["sgd"], dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    cases = {name: 10 + i for i, name in enumerate(
-        ["bad_metrics", "no_run_json", "running", "dead", "failed", "bad_config", "empty", "interrupted"])}
-    (copy_run(root, sgd, cases["bad_metrics"]) / "metrics.json").write_text('{"val_loss": {"steps": [1,')
+    cases = {
+        name: 10 + i
+        for i, name in enumerate(
+            [
+                "bad_metrics",
+                "no_run_json",
+                "running",
+                "dead",
+                "failed",
+                "bad_config",
+                "empty",
+                "interrupted",
+            ]
+        )
+    }
+    (copy_run(root, sgd, cases["bad_metrics"]) / "metrics.json").write_text(
+        '{"val_loss": {"steps": [1,'
+    )
     (copy_run(root, sgd, cases["no_run_json"]) / "run.json").unlink()
     running, start = copy_run(root, sgd, cases["running"]), now - dt.timedelta(seconds=30)
-    edit_run(running, status="RUNNING", stop_time=None, result=None,
-             start_time=start.isoformat(), heartbeat=(start + dt.timedelta(seconds=20)).isoformat())
+    edit_run(
+        running,
+        status="RUNNING",
+        stop_time=None,
+        result=None,
+        start_time=start.isoformat(),
+        heartbeat=(start + dt.timedelta(seconds=20)).isoformat(),
+    )
     to_journal(running, epochs=1)
     dead, start = copy_run(root, sgd, cases["dead"]), now - dt.timedelta(hours=3)
-    edit_run(dead, status="RUNNING", stop_time=None, result=None, start_time=start.isoformat(),
-             heartbeat=(start + dt.timedelta(seconds=5)).isoformat())
+    edit_run(
+        dead,
+        status="RUNNING",
+        stop_time=None,
+        result=None,
+        start_time=start.isoformat(),
+        heartbeat=(start + dt.timedelta(seconds=5)).isoformat(),
+    )
     to_journal(dead, epochs=2)
     failed = copy_run(root, sgd, cases["failed"])
-    edit_run(failed, status="FAILED", result=None, fail_trace=["Traceback", "RuntimeError: out of memory\n"])
+    edit_run(
+        failed,
+        status="FAILED",
+        result=None,
+        fail_trace=["Traceback", "RuntimeError: out of memory\n"],
+    )
     (failed / "info.json").unlink()
-    (copy_run(root, sgd, cases["bad_config"]) / "config.json").write_text("{\n  \"lr\": 0.0")
+    (copy_run(root, sgd, cases["bad_config"]) / "config.json").write_text('{\n  "lr": 0.0')
     (root / str(cases["empty"])).mkdir()
     edit_run(copy_run(root, sgd, cases["interrupted"]), status="INTERRUPTED")
     return root, cases
@@ -269,9 +319,14 @@ def test_every_damaged_or_unfinished_run_is_listed_with_what_is_known(damaged, i
     assert len(runs) == 3 + len(case)
     assert runs.loc[list(ids.values()), "note"].isna().all()  # the good runs are untouched
     bad = runs.loc[case["bad_metrics"]]
-    assert bad["status"] == "COMPLETED" and note[case["bad_metrics"]].startswith("metrics.json is damaged")
+    assert bad["status"] == "COMPLETED" and note[case["bad_metrics"]].startswith(
+        "metrics.json is damaged"
+    )
     assert bad["config.lr"] == 0.05 and pd.isna(bad["val_accuracy.max"]) and bad["result"] > 0
-    assert status[case["no_run_json"]] == "DAMAGED" and note[case["no_run_json"]] == "run.json is missing"
+    assert (
+        status[case["no_run_json"]] == "DAMAGED"
+        and note[case["no_run_json"]] == "run.json is missing"
+    )
     assert status[case["empty"]] == "DAMAGED" and pd.isna(runs.loc[case["empty"], "start_time"])
     running = runs.loc[case["running"]]
     assert running["status"] == "RUNNING" and note[case["running"]] == ""
@@ -279,12 +334,20 @@ def test_every_damaged_or_unfinished_run_is_listed_with_what_is_known(damaged, i
     assert status[case["dead"]] == "RUNNING" and "probably dead" in note[case["dead"]]
     assert runs.loc[case["dead"], "val_accuracy.max"] == runs.loc[ids["sgd"], "val_accuracy.max"]
     assert status[case["failed"]] == "FAILED" and note[case["failed"]] == ""
-    assert pd.isna(runs.loc[case["failed"], "result"]) and runs.loc[case["failed"], "duration"] > pd.Timedelta(0)
+    assert pd.isna(runs.loc[case["failed"], "result"]) and runs.loc[
+        case["failed"], "duration"
+    ] > pd.Timedelta(0)
     assert note[case["bad_config"]].startswith("config.json is damaged")
-    assert pd.isna(runs.loc[case["bad_config"], "config.lr"]) and runs.loc[case["bad_config"], "val_loss.max"] > 0
+    assert (
+        pd.isna(runs.loc[case["bad_config"], "config.lr"])
+        and runs.loc[case["bad_config"], "val_loss.max"] > 0
+    )
     assert status[case["interrupted"]] == "INTERRUPTED"
     listed = load_runs(root, experiment="train", status=["RUNNING", "DAMAGED"])
-    assert sorted(listed.index) == [case["running"], case["dead"]]  # a DAMAGED run has no experiment
+    assert sorted(listed.index) == [
+        case["running"],
+        case["dead"],
+    ]  # a DAMAGED run has no experiment
     assert list(load_runs(root, status="DAMAGED").index) == [case["no_run_json"], case["empty"]]
 
 
@@ -303,8 +366,10 @@ def test_load_metrics_skips_an_unreadable_run_with_a_warning(damaged, ids):
         points = load_metrics(root)
     left_out = sorted(str(warning.message) for warning in caught)
     assert left_out[0].startswith(f"run {case['bad_metrics']} left out: metrics.json is damaged (")
-    assert left_out[1:] == [f"run {case['no_run_json']} left out: run.json is missing",
-                            f"run {case['empty']} left out: run.json is missing"]
+    assert left_out[1:] == [
+        f"run {case['no_run_json']} left out: run.json is missing",
+        f"run {case['empty']} left out: run.json is missing",
+    ]
     assert case["bad_metrics"] not in set(points["run_id"])
     assert set(points[points.run_id == case["running"]]["step"]) == {1}
     assert len(points[points.run_id == ids["sgd"]]) == 8
@@ -320,10 +385,22 @@ def test_compare_ignores_config_of_runs_it_cannot_read(damaged, ids):
 def test_a_run_is_read_while_it_is_being_written(tmp_path, repo_root):
     """Read the store after every log line of a real run (heartbeats every 50 ms); never an error."""
     root = tmp_path / "live"
-    command = [sys.executable, str(repo_root / "experiments" / "train.py"), "-b", "0.05", "-R", str(root),
-               "with", "epochs=6", "limit_batches=5", "seed=1", "progress=False"]
-    process = subprocess.Popen(command, cwd=repo_root, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        str(repo_root / "experiments" / "train.py"),
+        "-b",
+        "0.05",
+        "-R",
+        str(root),
+        "with",
+        "epochs=6",
+        "limit_batches=5",
+        "seed=1",
+        "progress=False",
+    ]
+    process = subprocess.Popen(
+        command, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     seen, log = [], []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -67,9 +67,12 @@ def one_sentence(capsys, *argv: str) -> str:
 # --------------------------------------------------------------------------- records are data
 
 
-@pytest.mark.parametrize("record, key", [
-    ("config.json", "lr"), ("info.json", "device"), ("run.json", "meta")])
-def test_object_encoding_in_a_record_is_refused_and_never_runs(store, tmp_path, capsys, record, key):
+@pytest.mark.parametrize(
+    "record, key", [("config.json", "lr"), ("info.json", "device"), ("run.json", "meta")]
+)
+def test_object_encoding_in_a_record_is_refused_and_never_runs(
+    store, tmp_path, capsys, record, key
+):
     marker = tmp_path / "MARKER"
     edit(store / "1" / record, lambda r: r.__setitem__(key, payload(marker)))
     message = one_sentence(capsys, "rerun", "1", "--store", str(store))
@@ -81,20 +84,28 @@ def test_object_encoding_in_a_record_is_refused_and_never_runs(store, tmp_path, 
 
 
 def test_keys_that_only_decode_to_object_encoding_are_refused_too():
-    for text in ('{"a": {"\\u0070y/object": "os.system"}}', '{"py\\/function": 1}',
-                 '{"json://{\\"py/reduce\\": 1}": 2}'):
+    for text in (
+        '{"a": {"\\u0070y/object": "os.system"}}',
+        '{"py\\/function": 1}',
+        '{"json://{\\"py/reduce\\": 1}": 2}',
+    ):
         with pytest.raises(ObjectEncoding):
             loads_plain(text)
-    assert loads_plain('{"note": "py/reduce is only text here"}') == {"note": "py/reduce is only text here"}
+    assert loads_plain('{"note": "py/reduce is only text here"}') == {
+        "note": "py/reduce is only text here"
+    }
 
 
 def test_object_encoding_in_a_mongodb_document_is_refused(monkeypatch, tmp_path):
     client = mongomock.MongoClient()
-    client["sacred"]["runs"].insert_one({"_id": 1, "status": "COMPLETED",
-                                         "config": {"lr": payload(tmp_path / "MARKER")}})
+    client["sacred"]["runs"].insert_one(
+        {"_id": 1, "status": "COMPLETED", "config": {"lr": payload(tmp_path / "MARKER")}}
+    )
     monkeypatch.setattr(om, "make_client", lambda url, **options: client)
     store = MongoRunStore("mongodb://127.0.0.1:27017/sacred")
-    with pytest.raises(RecordError, match="run 1: the config in .* holds the object-encoding key 'py/"):
+    with pytest.raises(
+        RecordError, match="run 1: the config in .* holds the object-encoding key 'py/"
+    ):
         store.config(1)
     assert not (tmp_path / "MARKER").exists()
 
@@ -105,27 +116,39 @@ def test_a_record_cannot_choose_the_file_a_plain_rerun_executes(store, tmp_path,
 
     def point_into_store(run):
         run["experiment"].update(base_dir=str(store), mainfile="evil.py")
+
     edit(store / "1" / "run.json", point_into_store)
     message = one_sentence(capsys, "rerun", "1", "--store", str(store))
-    assert message.endswith("main file evil.py is not a Python file in the checkout "
-                            f"{rerun_module.INSTALLED_ROOT} (--from-recorded-sources runs the "
-                            "stored copies)")
+    assert message.endswith(
+        "main file evil.py is not a Python file in the checkout "
+        f"{rerun_module.INSTALLED_ROOT} (--from-recorded-sources runs the "
+        "stored copies)"
+    )
 
-    edit(store / "1" / "run.json", lambda run: run["experiment"].update(
-        mainfile=os.path.relpath(store / "evil.py", rerun_module.INSTALLED_ROOT)))
+    edit(
+        store / "1" / "run.json",
+        lambda run: run["experiment"].update(
+            mainfile=os.path.relpath(store / "evil.py", rerun_module.INSTALLED_ROOT)
+        ),
+    )
     message = one_sentence(capsys, "rerun", "1", "--store", str(store))
     assert "lies outside the checkout" in message
     assert not marker.exists()
 
 
-def test_a_main_file_in_a_store_inside_the_checkout_is_refused(store, tmp_path, capsys, monkeypatch):
+def test_a_main_file_in_a_store_inside_the_checkout_is_refused(
+    store, tmp_path, capsys, monkeypatch
+):
     checkout = tmp_path / "checkout"
     (checkout / "experiments").mkdir(parents=True)
     inner = checkout / "runs"
     shutil.copytree(store, inner)
     marker = tmp_path / "MARKER"
     (inner / "_sources" / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    edit(inner / "1" / "run.json", lambda run: run["experiment"].update(mainfile="runs/_sources/evil.py"))
+    edit(
+        inner / "1" / "run.json",
+        lambda run: run["experiment"].update(mainfile="runs/_sources/evil.py"),
+    )
     monkeypatch.setattr(rerun_module, "INSTALLED_ROOT", checkout.resolve())
     message = one_sentence(capsys, "rerun", "1", "--store", str(inner))
     assert "main file 'runs/_sources/evil.py' lies inside a run store, so it was not run" in message
@@ -141,12 +164,27 @@ def forge_checkpoint_config(store: Path, change) -> subprocess.CompletedProcess:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     checkpoint.write_bytes(buffer.getvalue())
-    edit(store / "1" / "info.json", lambda info: info["checkpoints"]["last.pt"].update(
-        sha256=hashlib.sha256(buffer.getvalue()).hexdigest()))
+    edit(
+        store / "1" / "info.json",
+        lambda info: info["checkpoints"]["last.pt"].update(
+            sha256=hashlib.sha256(buffer.getvalue()).hexdigest()
+        ),
+    )
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-R", str(store),
-         "with", "resume=1", "epochs=3"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+        [
+            sys.executable,
+            str(REPO_ROOT / "experiments" / "train.py"),
+            "-R",
+            str(store),
+            "with",
+            "resume=1",
+            "epochs=3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
 
 
 def test_a_checkpoint_whose_config_is_not_plain_data_is_not_resumed(store, tmp_path):
@@ -156,8 +194,12 @@ def test_a_checkpoint_whose_config_is_not_plain_data_is_not_resumed(store, tmp_p
     assert result.stderr.strip().splitlines()[-1] == (
         "error: resume: run 1's checkpoint last.pt: its config holds the object-encoding key "
         "'py/reduce', which could run code when read back, so it was refused (records are read "
-        "as plain data only)")
-    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["1", "_sources"]
+        "as plain data only)"
+    )
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == [
+        "1",
+        "_sources",
+    ]
     assert not marker.exists()
 
 
@@ -167,8 +209,10 @@ def hub_in_store(store: Path, marker: Path) -> dict:
     hub = store / "1" / "hub"
     hub.mkdir()
     (hub / "hubconf.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
-    return {"name": "torch.hub:load", "kwargs": {"repo_or_dir": str(hub), "source": "local",
-                                                 "model": "m", "trust_repo": True}}
+    return {
+        "name": "torch.hub:load",
+        "kwargs": {"repo_or_dir": str(hub), "source": "local", "model": "m", "trust_repo": True},
+    }
 
 
 def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path):
@@ -177,22 +221,33 @@ def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path)
     edit(store / "1" / "config.json", lambda config: config["model"].update(model))
     result = subprocess.run(
         [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
     assert result.returncode == 1
     assert "error: model.name: the record names 'torch.hub:load', installed code (" in result.stderr
     assert "a record does not choose what runs; rerun it with --trust-import-paths to run it" in (
-        result.stderr)
+        result.stderr
+    )
     assert not marker.exists() and not (store / "2").exists()
 
 
 def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_path):
     marker = tmp_path / "MARKER"
     result = forge_checkpoint_config(
-        store, lambda config: config["model"].update(hub_in_store(store, marker)))
+        store, lambda config: config["model"].update(hub_in_store(store, marker))
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "a record does not choose what runs; name it yourself to run it: with resume=1 "
-        "model.name=torch.hub:load")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "a record does not choose what runs; name it yourself to run it: with resume=1 "
+            "model.name=torch.hub:load"
+        )
+    )
     assert not marker.exists() and not (store / "2").exists()
 
 
@@ -201,16 +256,25 @@ def test_a_recorded_code_folder_others_can_write_to_is_not_searched(store, tmp_p
     planted.mkdir()
     planted.chmod(0o777)  # like /tmp: anyone could have put the module there
     (planted / "plantedmod.py").write_text(
-        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\ndef make(**kwargs): pass\n")
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\ndef make(**kwargs): pass\n"
+    )
     edit(store / "1" / "config.json", lambda config: config["model"].update(name="plantedmod:make"))
-    edit(store / "1" / "info.json", lambda info: info.update(
-        outside_code={"roots": [str(planted)], "modules": {}}))
+    edit(
+        store / "1" / "info.json",
+        lambda info: info.update(outside_code={"roots": [str(planted)], "modules": {}}),
+    )
     result = subprocess.run(
         [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
     assert result.returncode == 1
-    assert (f"own code outside the checkout: {planted} not searched: it is not yours alone "
-            "(another user could write there)") in result.stdout
+    assert (
+        f"own code outside the checkout: {planted} not searched: it is not yours alone "
+        "(another user could write there)"
+    ) in result.stdout
     assert "model.name: cannot import 'plantedmod:make': no module 'plantedmod'" in result.stderr
     assert not marker.exists()
 
@@ -228,6 +292,7 @@ def test_a_damaged_store_still_lists_every_good_run(store, tmp_path, capsys):
 
     def wrong_types(run):
         run.update(host="a string", experiment=["a", "list"], start_time=5)
+
     edit(store / "2" / "run.json", wrong_types)
 
     true_max = load_runs(store).loc[1, "val_accuracy.max"]  # writes the summary cache
@@ -251,13 +316,20 @@ def test_a_damaged_store_still_lists_every_good_run(store, tmp_path, capsys):
     assert "run 2: run.json: experiment, host, start_time of an unexpected type" in out
     for odd in ("³", "٣", "007"):
         assert f"reprolab: note: skipped {store / odd}: not a run id" in err
-    assert f"reprolab: note: skipped {store / '5'}: a link to {(other / '1').resolve()}, outside the store" in err
+    assert (
+        f"reprolab: note: skipped {store / '5'}: a link to {(other / '1').resolve()}, outside the store"
+        in err
+    )
 
     runs = load_runs(store)
     assert list(runs.index) == [1, 2]
     assert runs.loc[1, "val_accuracy.max"] == max(json.loads(false_text)["val_accuracy"]["values"])
     assert runs.loc[1, "val_accuracy.max"] != true_max  # the cache entry was rebuilt, not believed
-    for argv in (["show", "2"], ["compare", "1", "2"], ["export", "--to", str(tmp_path / "runs.csv")]):
+    for argv in (
+        ["show", "2"],
+        ["compare", "1", "2"],
+        ["export", "--to", str(tmp_path / "runs.csv")],
+    ):
         assert reprolab([*argv, "--store", str(store)]) == 0, argv
     assert "host        unreadable" in capsys.readouterr().out
 
@@ -285,8 +357,21 @@ def test_a_fifo_or_a_device_in_place_of_a_record_is_noted_not_read(store, capsys
 def sweep_record(tmp_path, capsys) -> tuple[Path, Path]:
     """A file store holding one sweep's record (--print-commands: recorded, nothing run)."""
     store = tmp_path / "sweep_store"
-    assert reprolab(["sweep", str(REPO_ROOT / "experiments" / "train.py"), "--store", str(store),
-                     "--print-commands", "with", "lr=[0.1, 0.01]", "epochs=1"]) == 0
+    assert (
+        reprolab(
+            [
+                "sweep",
+                str(REPO_ROOT / "experiments" / "train.py"),
+                "--store",
+                str(store),
+                "--print-commands",
+                "with",
+                "lr=[0.1, 0.01]",
+                "epochs=1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     (record,) = (store / ".reprolab" / "sweeps").glob("*.json")
     return store, record
@@ -304,18 +389,23 @@ def test_a_sweep_record_cannot_choose_the_file_resume_runs(sweep_record, tmp_pat
     evil = evil_file(store / "1", marker)
     for named in (str(evil), os.path.relpath(evil, REPO_ROOT)):
         edit(record, lambda r, named=named: r.update(experiment=named))
-        message = one_sentence(capsys, "sweep", "--resume", record.stem, "--store", str(store),
-                               "--print-commands")
+        message = one_sentence(
+            capsys, "sweep", "--resume", record.stem, "--store", str(store), "--print-commands"
+        )
         assert f"sweep {record.stem}'s experiment {named!r} lies outside the checkout" in message
     # a stale absolute path from an older record is never what runs: the checkout's file is
     edit(record, lambda r: r.update(experiment="experiments/train.py", experiment_path=str(evil)))
-    assert reprolab(["sweep", "--resume", record.stem, "--store", str(store), "--print-commands"]) == 0
+    assert (
+        reprolab(["sweep", "--resume", record.stem, "--store", str(store), "--print-commands"]) == 0
+    )
     commands = capsys.readouterr().out.splitlines()
     assert commands[0].split()[1] == str(REPO_ROOT / "experiments" / "train.py")
     assert not marker.exists()
 
 
-def test_a_sweep_record_in_a_store_inside_the_checkout_cannot_run_its_file(sweep_record, tmp_path, capsys):
+def test_a_sweep_record_in_a_store_inside_the_checkout_cannot_run_its_file(
+    sweep_record, tmp_path, capsys
+):
     store, record = sweep_record
     inside = Path(tempfile.mkdtemp(dir=REPO_ROOT, prefix=".test-store-"))
     try:
@@ -340,8 +430,9 @@ def test_object_encoding_in_a_sweep_record_is_refused(sweep_record, tmp_path, ca
     monkeypatch.setattr(om, "make_client", lambda url, **options: client)
     hostile = json.loads(record.read_text(), object_pairs_hook=dict)
     client["sacred"]["sweeps"].insert_one({"_id": hostile["id"], **hostile})
-    message = one_sentence(capsys, "sweep", "--resume", hostile["id"], "--store",
-                           "mongodb://db.example:27017/sacred")
+    message = one_sentence(
+        capsys, "sweep", "--resume", hostile["id"], "--store", "mongodb://db.example:27017/sacred"
+    )
     assert "holds the object-encoding key 'py/" in message and not marker.exists()
 
 
@@ -371,16 +462,31 @@ def test_a_sweep_records_named_configs_are_names_never_files(sweep_record, tmp_p
         edit(record, lambda r, name=name: r.update(named_configs=[name]))
         message = one_sentence(capsys, "sweep", "--resume", record.stem, "--store", str(store))
         assert f"named config {name!r} is not one of train.py's named configs" in message
-    assert not marker.exists() and len(json.loads(record.read_text())["attempts"]) == 1  # nothing recorded
+    assert (
+        not marker.exists() and len(json.loads(record.read_text())["attempts"]) == 1
+    )  # nothing recorded
 
 
 def test_a_config_file_on_the_command_line_is_recorded_as_its_values(tmp_path, capsys):
     store = tmp_path / "sweep_store"
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"optimizer": {"name": "adam"}, "epochs": 3}))
-    assert reprolab(["sweep", str(REPO_ROOT / "experiments" / "train.py"), "--store", str(store),
-                     "--print-commands", "with", str(config),
-                     "lr=[0.1, 0.01]", "epochs=1"]) == 0
+    assert (
+        reprolab(
+            [
+                "sweep",
+                str(REPO_ROOT / "experiments" / "train.py"),
+                "--store",
+                str(store),
+                "--print-commands",
+                "with",
+                str(config),
+                "lr=[0.1, 0.01]",
+                "epochs=1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
     record = json.loads(path.read_text())
@@ -388,11 +494,22 @@ def test_a_config_file_on_the_command_line_is_recorded_as_its_values(tmp_path, c
     assert [(c["optimizer.name"], c["epochs"]) for c in record["configs"]] == [("adam", 1)] * 2
 
 
-@pytest.mark.parametrize("record, field", [
-    ({"id": "s1"}, "experiment must be a str"),
-    ({"id": "s1", "experiment": "experiments/train.py", "named_configs": [], "configs": [{}],
-      "attempts": [{"engine": "slurm", "task_ids": {"x": 1}}]}, "attempts[0].task_ids must be"),
-])
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"id": "s1"}, "experiment must be a str"),
+        (
+            {
+                "id": "s1",
+                "experiment": "experiments/train.py",
+                "named_configs": [],
+                "configs": [{}],
+                "attempts": [{"engine": "slurm", "task_ids": {"x": 1}}],
+            },
+            "attempts[0].task_ids must be",
+        ),
+    ],
+)
 def test_a_sweep_record_of_the_wrong_shape_is_one_sentence(tmp_path, capsys, record, field):
     sweeps = tmp_path / "store" / ".reprolab" / "sweeps"
     sweeps.mkdir(parents=True)
@@ -415,5 +532,7 @@ def test_recorded_slurm_options_cannot_add_to_the_job_script():
 
     with pytest.raises(RecordError, match=r"partition='p\\ntouch /tmp/x' is not a plain word"):
         SlurmOptions.recorded({"partition": "p\ntouch /tmp/x"})
-    options = SlurmOptions.recorded({"partition": "gpu", "cpus": 2, "extra": {"export": "LD_PRELOAD=x"}})
+    options = SlurmOptions.recorded(
+        {"partition": "gpu", "cpus": 2, "extra": {"export": "LD_PRELOAD=x"}}
+    )
     assert options.partition == "gpu" and options.cpus == 2 and options.extra == {}
