@@ -36,8 +36,8 @@ from experiments.resume import (
     load_resume_point,
     resumed_config,
 )
-from ingredients import check_storable, shown
 from ingredients.imports import FROM_RECORD, RESOLVED, installed_locations
+from ingredients.schema import check_storable, shown
 from observers.attach import (
     DEFAULT_STORE,
     MONGO_URL_VARIABLE,

@@ -18,7 +18,10 @@ from experiments.checkpoint import restore_training_state, state_hash, training_
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
 from experiments.membership import checking_for_elsewhere
 from experiments.resume import INTERRUPTS, CheckpointRecorder
-from ingredients import (
+from ingredients.data import Contents, data, describe, load_splits, make_loader
+from ingredients.model import build_model, format_summary, model, summarize
+from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
+from ingredients.schema import (
     BOOLEAN,
     INSPECTION_COMMANDS,
     POSITIVE_INT,
@@ -30,9 +33,6 @@ from ingredients import (
     integer,
     nullable,
 )
-from ingredients.data import Contents, data, describe, load_splits, make_loader
-from ingredients.model import build_model, format_summary, model, summarize
-from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
 from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
 from observers.provenance import record_provenance
 

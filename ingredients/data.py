@@ -26,22 +26,6 @@ import pyarrow.ipc as pa_ipc
 import torch
 from sacred import Ingredient
 
-from ingredients import (
-    BOOLEAN,
-    INSPECTION_COMMANDS,
-    NON_NEGATIVE_INT,
-    NON_NEGATIVE_NUMBER,
-    POSITIVE_INT,
-    TEXT,
-    Rule,
-    check_section,
-    check_values,
-    integer,
-    list_of,
-    nullable,
-    number,
-    shown,
-)
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
 from ingredients.columnar import (
     POSITIONAL_READS,
@@ -57,6 +41,22 @@ from ingredients.columnar import (
     source_blocks,
     spill,
     width,
+)
+from ingredients.schema import (
+    BOOLEAN,
+    INSPECTION_COMMANDS,
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE_INT,
+    TEXT,
+    Rule,
+    check_section,
+    check_values,
+    integer,
+    list_of,
+    nullable,
+    number,
+    shown,
 )
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's

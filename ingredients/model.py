@@ -11,7 +11,8 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
-from ingredients import (
+from ingredients.imports import import_callable
+from ingredients.schema import (
     BOOLEAN,
     INSPECTION_COMMANDS,
     POSITIVE_INT,
@@ -22,7 +23,6 @@ from ingredients import (
     mapping,
     number,
 )
-from ingredients.imports import import_callable
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
 # sources and their git state are gathered once by experiments/base.py.

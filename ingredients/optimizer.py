@@ -10,7 +10,7 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
-from ingredients import (
+from ingredients.schema import (
     BOOLEAN,
     INSPECTION_COMMANDS,
     NON_NEGATIVE_INT,

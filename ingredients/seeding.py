@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sacred import Ingredient
 
-from ingredients import BOOLEAN, INSPECTION_COMMANDS, check_section, integer
+from ingredients.schema import BOOLEAN, INSPECTION_COMMANDS, check_section, integer
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
 # sources and their git state are gathered once by experiments/base.py.

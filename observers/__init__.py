@@ -1,6 +1,6 @@
 """Where runs live: attaching stores when a run starts, reading runs back, and the reprolab CLI."""
 
-from ingredients import import_sacred_without_pandas
+from ingredients.sacred_import import import_sacred_without_pandas
 
 import_sacred_without_pandas()  # before anything here imports Sacred
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from ingredients import is_number
+from ingredients.schema import is_number
 from observers.files import STALE_HEARTBEAT, record_time
 from observers.store import RecordError, RunStore, open_store, summarize_metrics
 
