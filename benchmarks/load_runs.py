@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from observers.cli import main as reprolab
+from experiments.cli import main as reprolab
 from observers.filestore import JOURNAL, FileStore, write_json_atomic
 from observers.store import SUMMARY_CACHE, FileRunStore
 from observers.tables import load_metrics, load_runs
@@ -227,7 +227,7 @@ def ls_quietly(root: Path) -> None:
 def ls_process(root: Path) -> None:
     """`reprolab ls` as a user runs it: a new Python process, imports included."""
     subprocess.run(
-        [sys.executable, "-m", "observers.cli", "ls", "--store", str(root)],
+        [sys.executable, "-m", "experiments.cli", "ls", "--store", str(root)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

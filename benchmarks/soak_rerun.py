@@ -77,7 +77,7 @@ def rerun_verdict(store: Path, run_id: int) -> str:
         [
             sys.executable,
             "-m",
-            "observers.cli",
+            "experiments.cli",
             "rerun",
             str(run_id),
             "--store",

@@ -66,7 +66,7 @@ def spread(values: list[float]) -> str:
 
 def report_startup(count: int, empty_store: Path) -> None:
     script = Path(sys.executable).with_name("reprolab")  # the console script a user runs
-    reprolab = [str(script)] if script.is_file() else [sys.executable, "-m", "observers.cli"]
+    reprolab = [str(script)] if script.is_file() else [sys.executable, "-m", "experiments.cli"]
     reprolab += ["ls", "--store", str(empty_store)]
     commands = {
         "import torch": [sys.executable, "-c", "import torch"],

@@ -33,7 +33,8 @@ from report import print_table
 from sacred import Experiment
 
 from experiments.loop import make_loss, train_one_epoch
-from ingredients.data import REPO_ROOT, data, load_splits, make_loader, row_major_table
+from ingredients.checkout import CHECKOUT_ROOT
+from ingredients.data import data, load_splits, make_loader, row_major_table
 from ingredients.model import build_model, model
 from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
 from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
@@ -160,7 +161,7 @@ def with_determinism(deterministic: bool, measure: Callable[[], float]) -> Calla
 def row_major_copy(directory: Path) -> Path:
     """The bundled digits as a row-major Arrow IPC file (to read per batch from the file)."""
     path = directory / "digits_rows.arrow"
-    table = row_major_table(pq.read_table(REPO_ROOT / "data" / "digits.parquet"), "label")
+    table = row_major_table(pq.read_table(CHECKOUT_ROOT / "data" / "digits.parquet"), "label")
     with pa_ipc.new_file(path, table.schema) as writer:
         writer.write_table(table)
     return path

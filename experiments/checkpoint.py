@@ -12,12 +12,17 @@ import io
 import json
 import os
 import pickle
+import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from experiments.loop import OneSentenceError
+from experiments.sacred_private import emit_heartbeat
+from experiments.signals import INTERRUPTS
+from ingredients.scratch import sweep_orphans, writer_tag
 from ingredients.seeding import rng_state, set_rng_state
 from observers.files import replacing
 
@@ -174,3 +179,57 @@ def advance(scheduler, steps: int) -> None:
         warnings.simplefilter("ignore")
         for _ in range(steps - scheduler.last_epoch):
             scheduler.step()
+
+
+LAST, BEST = "last.pt", "best.pt"
+SCRATCH = "reprolab-checkpoint-{tag}-*"  # a checkpoint's scratch folder in $TMPDIR
+
+
+class CheckpointRecorder:
+    """Saves each checkpoint straight into the run's store and records its SHA-256 in the info.
+
+    Each save is two-phase, so that a kill at any moment leaves a checkpoint that verifies: the
+    info first vouches for the new hash beside the hash of the file in place ("replaces"), then
+    the file is renamed into place (the store replaces the same name), then the info keeps the new
+    hash only. The scratch copy lives in a temporary folder ($TMPDIR) only while it is added;
+    those of killed runs are swept."""
+
+    def __init__(self, run, carried: dict[str, tuple[bytes, dict]] | None = None):
+        self.run = run
+        sweep_orphans(tempfile.gettempdir(), SCRATCH)
+        run.info["checkpoints"] = {}
+        self.enabled = not getattr(run, "unobserved", False)  # under torchrun rank 0 alone writes
+        for name, (data, record) in (carried or {}).items():
+            with self._scratch(name) as path:
+                path.write_bytes(data)
+                self._attach(name, path, {k: v for k, v in record.items() if k != "replaces"})
+
+    def save(self, name: str, state: dict) -> None:
+        """Write one checkpoint; an interrupt waits until the file and its hash are both recorded."""
+        if not self.enabled:
+            return
+        with INTERRUPTS.deferred(), self._scratch(name) as path:
+            digest = save_checkpoint(path, state)
+            self._attach(
+                name, path, {"sha256": digest, "epoch": state["epoch"], "step": state["step"]}
+            )
+
+    @staticmethod
+    @contextmanager
+    def _scratch(name: str):
+        with tempfile.TemporaryDirectory(prefix=SCRATCH.split("{")[0] + writer_tag() + "-") as tmp:
+            yield Path(tmp) / name
+
+    def _attach(self, name: str, path: Path, record: dict) -> None:
+        """Vouch for the new hash (and the old), copy the file in, then keep the new hash only."""
+        if not self.enabled:
+            return
+        self._record(name, {**record, "replaces": self.run.info["checkpoints"].get(name)})
+        self.run.add_artifact(str(path), name=name)
+        self._record(name, record)
+
+    def _record(self, name: str, record: dict) -> None:
+        """Set the record and write the info out now (a heartbeat; otherwise every 10 s). The
+        checkpoints dict is replaced whole: Sacred's heartbeat thread may be reading the old one."""
+        self.run.info["checkpoints"] = {**self.run.info["checkpoints"], name: record}
+        emit_heartbeat(self.run)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from experiments.loop import OneSentenceError
+from experiments.loop import OneSentenceError, Terminated
 from observers.credentials import redact_url
 
 LR_SCALINGS = ("none", "linear")
@@ -262,8 +262,6 @@ class Job:
             self.info["failure"] = {"rank": rank, "message": message}
             raise RankFailed(f"rank {rank} of {self.world_size} failed: {message}") from None
         if not own_interrupt and self._peer_message(STOPPED_KEY) is not None:
-            from experiments.resume import Terminated
-
             raise Terminated("another rank was interrupted") from None
 
 
@@ -306,15 +304,8 @@ class MainReportingFailures:
         return getattr(self.main, name)
 
 
-def check_config(config: dict) -> None:
-    """Refuse distributed options that cannot work, in one sentence naming the key."""
-    if config.get("lr_scaling") not in LR_SCALINGS:
-        raise ValueError(
-            f"lr_scaling: '{config.get('lr_scaling')}' is not one of {', '.join(LR_SCALINGS)}"
-        )
-    sync = (config.get("model") or {}).get("sync_batchnorm", False)
-    if not isinstance(sync, bool):
-        raise ValueError(f"model.sync_batchnorm must be true or false, got {sync!r}")
+def check_sync_batchnorm(sync: bool) -> None:
+    """SyncBatchNorm under torchrun needs CUDA: refused in one sentence naming the key."""
     if sync and job().distributed and not torch.cuda.is_available():
         raise ValueError(
             "model.sync_batchnorm needs CUDA devices: torch's SyncBatchNorm does not run on CPU"
@@ -341,18 +332,12 @@ def relaunch_prefix(script: str) -> str:
     )
 
 
-def in_main_process() -> bool:
-    """Whether this process records the run (always, without torchrun)."""
-    return job().is_main
-
-
 __all__ = [
     "Job",
     "RankFailed",
-    "check_config",
+    "check_sync_batchnorm",
     "check_world_size",
     "job",
     "prepare_run",
     "relaunch_prefix",
-    "in_main_process",
 ]

@@ -26,6 +26,13 @@ class OneSentenceError(SacredError):
         super().__init__(message, print_traceback=False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run ends as INTERRUPTED, like Ctrl-C. Like KeyboardInterrupt it is
+    no Exception, so no `except Exception` on the way (logging, a client library) swallows it."""
+
+    STATUS = "INTERRUPTED"  # what Sacred records for it
+
+
 class NonFiniteLoss(OneSentenceError):
     """The loss became NaN or infinite: the run stops and is recorded as FAILED."""
 

@@ -6,14 +6,16 @@ back can group them by sweep from run.json alone. A plain run or a rerun carries
 
 from __future__ import annotations
 
-import os
+import contextvars
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sacred.commandline_options import cli_option
 
-# Set while `reprolab sweep` checks configs that will run on other machines (Slurm nodes, printed
+# True while `reprolab sweep` checks configs that will run on other machines (Slurm nodes, printed
 # commands): this machine's devices say nothing about theirs, so device availability is not checked.
-CHECKING_ELSEWHERE_VARIABLE = "REPROLAB_CHECKING_FOR_ELSEWHERE"
+_checking_elsewhere = contextvars.ContextVar("checking_elsewhere", default=False)
 MEMBER = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<index>\d+)$")
 
 
@@ -33,4 +35,14 @@ def sweep_option(args: str, run) -> None:
 
 def checking_for_elsewhere() -> bool:
     """Whether a config is being checked here for a run on another machine."""
-    return os.environ.get(CHECKING_ELSEWHERE_VARIABLE) == "1"
+    return _checking_elsewhere.get()
+
+
+@contextmanager
+def checked_for_elsewhere(elsewhere: bool) -> Iterator[None]:
+    """While the block checks configs, say whether their runs start on other machines."""
+    token = _checking_elsewhere.set(elsewhere)
+    try:
+        yield
+    finally:
+        _checking_elsewhere.reset(token)

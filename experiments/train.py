@@ -14,10 +14,15 @@ import torch
 
 from experiments import distributed
 from experiments.base import ReproExperiment
-from experiments.checkpoint import restore_training_state, state_hash, training_state
+from experiments.checkpoint import (
+    CheckpointRecorder,
+    restore_training_state,
+    state_hash,
+    training_state,
+)
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
 from experiments.membership import checking_for_elsewhere
-from experiments.resume import INTERRUPTS, CheckpointRecorder
+from experiments.signals import INTERRUPTS
 from ingredients.data import Contents, data, describe, load_splits, make_loader
 from ingredients.model import build_model, format_summary, model, summarize
 from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
@@ -105,7 +110,7 @@ def validate(config, command_name, logger):
     if config["monitor"] not in metrics:
         raise ValueError(f"monitor must be one of {', '.join(metrics)}, got {config['monitor']!r}")
     pick_device(config["device"], here=not checking_for_elsewhere())
-    distributed.check_config(config)
+    distributed.check_sync_batchnorm(config["model"]["sync_batchnorm"])
     preflight(config)
     return {}
 

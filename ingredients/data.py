@@ -27,6 +27,7 @@ import torch
 from sacred import Ingredient
 
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
+from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.columnar import (
     POSITIONAL_READS,
     ColumnarDataset,
@@ -63,7 +64,6 @@ from ingredients.schema import (
 # sources and their git state are gathered once by experiments/base.py.
 data = Ingredient("data", _caller_globals=globals(), save_git_info=False)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMATS = {"parquet": "parquet", "ipc": "ipc", "feather": "ipc", "arrow": "ipc", "csv": "csv"}
 EXTENSIONS = {
     ".parquet": "parquet",
@@ -172,7 +172,7 @@ def _abbrev(names: Sequence[str], limit: int = 8) -> str:
     return ", ".join([*names[:4], "...", *names[-2:]]) + f"; {len(names)} in all"
 
 
-def resolve_path(path: str | Path, cwd: Path | None = None, root: Path = REPO_ROOT) -> Path:
+def resolve_path(path: str | Path, cwd: Path | None = None, root: Path = CHECKOUT_ROOT) -> Path:
     """Absolute path of the data file: a relative path is looked up in the working directory,
     then in the code's root (so the bundled dataset is found from anywhere). A rerun passes the
     directory and root its run will have."""
@@ -370,7 +370,7 @@ def _existing_file(path: str) -> Path:
     except (OSError, ValueError) as error:  # a name too long, a NUL byte
         reason = getattr(error, "strerror", None) or error
         _fail(f"data.path: cannot use {shown(path)} as a file path ({reason})")
-    _fail(f"data.path: file not found: {path} (looked in {Path.cwd()} and {REPO_ROOT})")
+    _fail(f"data.path: file not found: {path} (looked in {Path.cwd()} and {CHECKOUT_ROOT})")
 
 
 @functools.lru_cache(maxsize=4)

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
+from ingredients.checkout import run_store_around
+
 ROOTS_VARIABLE = "REPROLAB_IMPORT_ROOTS"  # set by `reprolab rerun`: where the run's own code was
 FROM_RECORD_VARIABLE = "REPROLAB_FROM_RECORD"  # set by `reprolab rerun`: how to trust its record
 RESOLVED: dict[str, dict] = {}  # config key -> the import path, its file and what was searched
@@ -70,20 +72,6 @@ def search_path() -> list[str]:
     """Folders searched, in order: Python's path, the current directory, recorded roots."""
     entries = [os.path.abspath(p or ".") for p in sys.path] + [os.getcwd(), *recorded_roots()]
     return list(dict.fromkeys(e for e in entries if os.path.isdir(e)))
-
-
-STORE_MARKERS = ("_sources", ".reprolab", "run.json")  # a store's sources and cache, a run's record
-
-
-def looks_like_store(folder: Path) -> bool:
-    """Whether a folder is a run store or a run, judged by Sacred's file-store layout."""
-    return any((folder / marker).exists() for marker in STORE_MARKERS)
-
-
-def run_store_around(path: str) -> Path | None:
-    """The run store (or run directory) a file or folder lies in, itself included."""
-    real = Path(os.path.realpath(path))
-    return next((folder for folder in [real, *real.parents] if looks_like_store(folder)), None)
 
 
 def _locate(module_name: str, extra: list[str]) -> tuple[list[ModuleSpec], str | None] | None:

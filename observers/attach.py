@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 from sacred.commandline_options import cli_option
 
+from observers.credentials import redact, redact_url
 from observers.filestore import FileStore
-
-DEFAULT_STORE = "runs"
-MONGO_URL_VARIABLE = "REPROLAB_MONGO_URL"
+from observers.location import StoreLocation, default_store
 
 # Sacred's own observer flags: when one is given, it alone decides where the run goes.
 OBSERVER_FLAGS = ("--unobserved", "--mongo_db", "--sql", "--tiny_db", "--s3", "--gcs")
@@ -26,8 +24,6 @@ def store_option(args: str, run) -> None:
 
 def hide_credentials(run) -> None:
     """Keep passwords out of the record: the store URL in meta.options, tokens in git remotes."""
-    from observers.credentials import redact, redact_url
-
     options = run.meta_info.get("options")
     if isinstance(options, dict) and options.get("--store"):
         options["--store"] = redact_url(options["--store"])
@@ -36,22 +32,14 @@ def hide_credentials(run) -> None:
             repository["url"] = redact(repository["url"])
 
 
-def default_store() -> str:
-    """Where runs go and are read from when no store is named: $REPROLAB_MONGO_URL, else ./runs."""
-    return os.environ.get(MONGO_URL_VARIABLE) or DEFAULT_STORE
-
-
-def is_mongo_url(location: str) -> bool:
-    return location.startswith(("mongodb://", "mongodb+srv://"))
-
-
 def observers_for(location: str) -> list:
     """The observers that record a run in the given store."""
-    if is_mongo_url(location):
+    store = StoreLocation.parse(location)
+    if store.is_mongo:
         from observers.mongo import mongo_observers  # pymongo only when asked for
 
-        return mongo_observers(location)
-    return [FileStore(location)]
+        return mongo_observers(store.secret)
+    return [FileStore(store.secret)]
 
 
 def choose_store(options: dict) -> None:

@@ -26,6 +26,7 @@ from sacred.observers.mongo import MongoObserver
 
 from observers.credentials import describe_error, redact_url
 from observers.filestore import FileStore
+from observers.location import MONGO_URL_VARIABLE
 from observers.mongo_bounds import (
     CHUNKS_COLLECTION,
     MetricsWriter,
@@ -36,6 +37,7 @@ from observers.mongo_bounds import (
     store_full_output,
     store_source,
 )
+from observers.records import RecordError
 
 log = logging.getLogger("reprolab.mongo")
 
@@ -88,6 +90,19 @@ def connect(url: str):
     client = make_client(url, appname="reprolab", **options)
     client.admin.command("ping")
     return client[database_name(url)]
+
+
+def reach(url: str):
+    """connect(), with a server that does not answer told in one RecordError sentence (a
+    malformed URL stays check_url's ValueError)."""
+    try:
+        return connect(url)
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - pymongo's, in one sentence
+        raise RecordError(
+            f"cannot reach MongoDB at {redact_url(url)}: {describe_error(error, url)}"
+        ) from None
 
 
 def ensure_indexes(db) -> None:
@@ -342,8 +357,6 @@ class MongoWithFallback(RunObserver):
             )
 
     def _sync_hint(self) -> str:
-        from observers.attach import MONGO_URL_VARIABLE
-
         same_url = os.environ.get(MONGO_URL_VARIABLE) == self.url
         return f"reprolab sync {self.local_dir}" + ("" if same_url else " --to <this MongoDB URL>")
 

@@ -6,10 +6,15 @@ import functools
 from datetime import datetime
 
 from observers.credentials import describe_error, redact_url
-from observers.mongo import connect
+from observers.mongo import reach
 from observers.mongo_bounds import CHUNKS_COLLECTION
-from observers.records import ENCODING_PREFIXES, ObjectEncoding, RecordError, refusal
-from observers.store import recorded_sources
+from observers.records import (
+    ENCODING_PREFIXES,
+    ObjectEncoding,
+    RecordError,
+    recorded_sources,
+    refusal,
+)
 
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
 
@@ -54,14 +59,7 @@ class MongoRunStore:
 
     def __init__(self, url: str):
         self._url, self.location = url, redact_url(url)
-        try:
-            self.db = connect(url)
-        except ValueError:
-            raise
-        except Exception as error:
-            raise RecordError(
-                f"cannot reach MongoDB at {self.location}: {describe_error(error, url)}"
-            ) from None
+        self.db = reach(url)
         import gridfs
 
         self.fs = gridfs.GridFS(self.db)

@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingredients.checkout import looks_like_store
+
 RERUN_OF_VARIABLE = "REPROLAB_RERUN_OF"  # JSON {"run_id", "store", ...}: set by `reprolab rerun`
 RUN_ID_FILE_VARIABLE = "REPROLAB_RUN_ID_FILE"  # where a rerun's child writes its new run id
 DIFF_ARTIFACT = "git.diff"
@@ -85,19 +87,6 @@ def git_state(root: Path) -> tuple[dict, bytes]:
     }, diff
 
 
-def is_run_store(directory: Path) -> bool:
-    """Whether a directory is a file store (or a MongoDB fallback directory): Sacred's layout,
-    with _sources or numbered run directories holding a run.json."""
-    if (directory / "_sources").is_dir():
-        return True
-    try:
-        return any(
-            child.name.isdigit() and (child / "run.json").is_file() for child in directory.iterdir()
-        )
-    except OSError:
-        return False
-
-
 def outside_stores(root: Path, files: list[str]) -> list[str]:
     """The untracked files that are not inside a run store: a store in the checkout holds the
     project's output, not its code, and would otherwise be listed in every later run."""
@@ -108,7 +97,7 @@ def outside_stores(root: Path, files: list[str]) -> list[str]:
         for depth in range(1, len(parents) + 1):
             folder = "/".join(parents[:depth])
             if folder not in verdicts:
-                verdicts[folder] = is_run_store(root / folder)
+                verdicts[folder] = looks_like_store(root / folder)
             if verdicts[folder]:
                 return True
         return False

@@ -93,3 +93,16 @@ def check_plain(value):
 def is_run_id(text: str) -> bool:
     """Whether text names a run the way Sacred numbers them (ASCII digits, no leading zero)."""
     return RUN_ID.fullmatch(text) is not None
+
+
+def recorded_sources(run: dict, run_id: int) -> list[tuple[str, object]]:
+    """run.json's [name, stored] source pairs, checked to be pairs of text."""
+    experiment = run.get("experiment") if isinstance(run, dict) else None
+    sources = experiment.get("sources", []) if isinstance(experiment, dict) else None
+    if not isinstance(sources, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in sources
+    ):
+        raise RecordError(
+            f"run {run_id}'s run.json does not list its sources as [name, file] pairs"
+        )
+    return [tuple(pair) for pair in sources]

@@ -15,7 +15,15 @@ from typing import Protocol
 
 from observers.files import replacing
 from observers.filestore import JOURNAL, read_journal
-from observers.records import ObjectEncoding, RecordError, is_run_id, load_plain, refusal
+from observers.location import StoreLocation
+from observers.records import (
+    ObjectEncoding,
+    RecordError,
+    is_run_id,
+    load_plain,
+    recorded_sources,
+    refusal,
+)
 
 # Per-store cache of metric summaries (last/min/max per metric) of sealed metrics.json files,
 # keyed by the file's stat (mtime, size, ctime, inode): listing long runs then costs a stat per
@@ -226,19 +234,6 @@ class FileRunStore:
         return files
 
 
-def recorded_sources(run: dict, run_id: int) -> list[tuple[str, object]]:
-    """run.json's [name, stored] source pairs, checked to be pairs of text."""
-    experiment = run.get("experiment") if isinstance(run, dict) else None
-    sources = experiment.get("sources", []) if isinstance(experiment, dict) else None
-    if not isinstance(sources, list) or not all(
-        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in sources
-    ):
-        raise RecordError(
-            f"run {run_id}'s run.json does not list its sources as [name, file] pairs"
-        )
-    return [tuple(pair) for pair in sources]
-
-
 def _within(path: Path, folder: Path) -> bool:
     """Whether path, links resolved, lies inside folder (also resolved)."""
     return path.resolve().is_relative_to(folder.resolve())
@@ -282,16 +277,14 @@ def _as_float(value) -> float:
         return math.nan
 
 
-def open_store(location: str | os.PathLike | None = None) -> RunStore:
+def open_store(location: str | os.PathLike | StoreLocation | None = None) -> RunStore:
     """A reader for a store directory or a mongodb:// URL (default: $REPROLAB_MONGO_URL or ./runs)."""
-    from observers.attach import default_store, is_mongo_url
+    store = StoreLocation.parse(location)
+    if store.is_mongo:
+        from observers.mongo_store import MongoRunStore  # pymongo only when asked for
 
-    location = str(location or default_store())
-    if is_mongo_url(location):
-        from observers.mongo_store import MongoRunStore
-
-        return MongoRunStore(location)
-    return FileRunStore(location)
+        return MongoRunStore(store.secret)
+    return FileRunStore(store.secret)
 
 
 def resolve_run(ref: str, store: str | None = None) -> tuple[RunStore, int]:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from observers.files import replacing
+from observers.location import StoreLocation
 from observers.records import ObjectEncoding, RecordError, check_plain, load_plain, refusal
 
 SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
@@ -96,23 +97,13 @@ def plain_text(record: dict) -> str:
         ) from None
 
 
-def sweep_records(location: str) -> FileSweepRecords | MongoSweepRecords:
-    """The sweep records of a store directory or a mongodb:// URL (one sentence if unreachable)."""
-    from observers.attach import is_mongo_url
-    from observers.credentials import describe_error, redact
+def sweep_records(location: StoreLocation) -> FileSweepRecords | MongoSweepRecords:
+    """The sweep records of a store folder or MongoDB (one sentence if unreachable)."""
+    if not location.is_mongo:
+        return FileSweepRecords(location.secret)
+    from observers.mongo import reach  # pymongo only when asked for
 
-    if not is_mongo_url(location):
-        return FileSweepRecords(location)
-    from observers.mongo import connect
-
-    try:
-        return MongoSweepRecords(connect(location), redact(location))
-    except ValueError:
-        raise
-    except Exception as error:  # noqa: BLE001 - pymongo's, in one sentence
-        raise RecordError(
-            f"cannot reach MongoDB at {redact(location)}: {describe_error(error, location)}"
-        ) from None
+    return MongoSweepRecords(reach(location.secret), str(location))
 
 
 def merged(into: dict | None, record: dict) -> dict:

@@ -23,7 +23,8 @@ from pathlib import Path
 from sacred.observers.mongo import MongoObserver
 
 from observers.credentials import describe_error, redact_url
-from observers.mongo import connect, ensure_indexes
+from observers.location import MONGO_URL_VARIABLE, is_mongo_url
+from observers.mongo import ensure_indexes, reach
 from observers.mongo_bounds import (
     CHUNKS_COLLECTION,
     TIMES,
@@ -236,13 +237,7 @@ def sync_store(
     from pymongo.errors import PyMongoError
 
     store = FileRunStore(path)
-    try:
-        uploader = Uploader(connect(url))
-    except ValueError:
-        raise
-    except Exception as error:
-        reason = describe_error(error, url)
-        raise RecordError(f"cannot reach MongoDB at {redact_url(url)}: {reason}") from None
+    uploader = Uploader(reach(url))
     report = SyncReport()
     sweeps = _local_sweeps(path, report, echo)
     targets = MongoSweepRecords(uploader.db, redact_url(url))
@@ -346,8 +341,6 @@ def _sync_run(
 
 def sync_command(args) -> int:
     """The `reprolab sync PATH [--to URL]` command: upload a store's runs into MongoDB."""
-    from observers.attach import MONGO_URL_VARIABLE, is_mongo_url
-
     url = args.to or os.environ.get(MONGO_URL_VARIABLE)
     if not url:
         raise ValueError(

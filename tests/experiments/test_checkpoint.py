@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import resume
+import experiments.checkpoint as checkpoint_module
 from experiments.checkpoint import (
     CheckpointError,
     CheckpointMismatch,
@@ -24,7 +24,8 @@ from experiments.checkpoint import (
     state_hash,
     training_state,
 )
-from experiments.resume import Terminated, interrupts_handled
+from experiments.loop import Terminated
+from experiments.signals import interrupts_handled
 from ingredients.model import SmallCNN, mlp
 from ingredients.optimizer import LRFactor
 
@@ -287,9 +288,9 @@ def test_a_stop_request_waits_until_the_checkpoint_and_its_hash_are_recorded(
         os.kill(os.getpid(), signum)  # arrives in the middle of writing the checkpoint
         return save_checkpoint(path, state)
 
-    monkeypatch.setattr(resume, "save_checkpoint", signal_then_save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", signal_then_save)
     run = FakeRun()
-    recorder = resume.CheckpointRecorder(run)
+    recorder = checkpoint_module.CheckpointRecorder(run)
     with interrupts_handled(), pytest.raises(stop):
         recorder.save("last.pt", {"epoch": 2, "step": 6, "weights": torch.ones(3)})
     assert run.info["checkpoints"]["last.pt"]["epoch"] == 2
@@ -302,10 +303,10 @@ def test_a_stop_request_waits_until_the_checkpoint_and_its_hash_are_recorded(
 
 
 def test_each_save_is_attached_and_written_out_at_once_leaving_no_temp_files(monkeypatch, tmp_path):
-    monkeypatch.setattr(resume.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(checkpoint_module.tempfile, "tempdir", str(tmp_path))
     run = FakeRun()
     carried = {"best.pt": (b"best bytes", {"sha256": "b" * 64, "epoch": 1, "step": 3})}
-    recorder = resume.CheckpointRecorder(run, carried=carried)
+    recorder = checkpoint_module.CheckpointRecorder(run, carried=carried)
     assert run.artifacts == {"best.pt": b"best bytes"}
     assert run.heartbeats[-1]["best.pt"] == carried["best.pt"][1]
     replaced = None

@@ -162,7 +162,7 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
         [
             sys.executable,
             "-m",
-            "observers.cli",
+            "experiments.cli",
             "rerun",
             str(first),
             "--verify",
@@ -178,7 +178,7 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
     assert f"exact match between run {first}" in rerun.stdout
     assert record(store, runs(store)[-1], "info")["distributed"]["world_size"] == 2
     listing = subprocess.run(
-        [sys.executable, "-m", "observers.cli", "ls", "--store", str(store)],
+        [sys.executable, "-m", "experiments.cli", "ls", "--store", str(store)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -381,7 +381,7 @@ def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
 def test_a_rerun_relaunches_through_torchrun_with_the_recorded_world_size(capsys):
     from types import SimpleNamespace
 
-    from observers.rerun import launcher
+    from experiments.rerun import launcher
 
     original = SimpleNamespace(run_id=4, info={"distributed": {"world_size": 2}})
     assert launcher(original, None)[-2:] == ["--standalone", "--nproc_per_node=2"]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.checkpoint import checkpoint_from_bytes
-from experiments.resume import LAST, verified_checkpoint
+from experiments.checkpoint import LAST, checkpoint_from_bytes
+from experiments.resume import verified_checkpoint
 from ingredients.scratch import HOST
 from observers.store import FileRunStore
 

@@ -346,8 +346,8 @@ def test_the_interrupt_hint_asks_for_the_mongodb_url_instead_of_printing_it(monk
     ],
 )
 def test_only_the_repositorys_own_code_counts_as_sources(relative, own):
-    from experiments.base import REPO_ROOT as ROOT
-    from experiments.base import is_own_code
+    from experiments.sources import is_own_code
+    from ingredients.checkout import CHECKOUT_ROOT as ROOT
 
     assert is_own_code(str(ROOT / relative)) is own
     assert is_own_code("/usr/lib/python3/os.py") is False

@@ -23,7 +23,7 @@ WAIT_S = 600  # every wait on a process here is bounded
 
 def sweep(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "observers.cli", "sweep", *args],
+        [sys.executable, "-m", "experiments.cli", "sweep", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -70,7 +70,7 @@ def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
         [
             sys.executable,
             "-m",
-            "observers.cli",
+            "experiments.cli",
             "compare",
             "--store",
             str(store),
@@ -108,7 +108,7 @@ def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     (mine,) = load_runs(store, sweep=other).itertuples()
     assert mine.sweep_index == 0 and mine.status == "COMPLETED"
     listed = subprocess.run(
-        [sys.executable, "-m", "observers.cli", "ls", "--store", str(store), "--sweep", other],
+        [sys.executable, "-m", "experiments.cli", "ls", "--store", str(store), "--sweep", other],
         capture_output=True,
         text=True,
         timeout=WAIT_S,
@@ -148,7 +148,7 @@ def test_failing_config_is_reported_and_the_others_complete(tmp_path):
 
 def in_process(capsys, *args: str) -> tuple[int, str, str]:
     """reprolab sweep run in this process (checking configs loads train.py once, not per test)."""
-    from observers.cli import main
+    from experiments.cli import main
 
     code = main(["sweep", *args])
     out, err = capsys.readouterr()
@@ -257,7 +257,7 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(
         [
             sys.executable,
             "-m",
-            "observers.cli",
+            "experiments.cli",
             "sweep",
             str(stopper),
             "--store",
@@ -337,7 +337,7 @@ def test_slurm_sweep_record_in_mongodb(monkeypatch, capsys):
     """A Slurm submission's task ids are recorded in MongoDB (BSON keys must be text)."""
     import mongomock
 
-    import experiments.sweep_slurm as slurm
+    import experiments.sweeps.command as slurm
     import observers.mongo as om
 
     client = mongomock.MongoClient()
@@ -370,12 +370,14 @@ def test_stopping_a_local_sweep_counts_each_run_by_how_it_ended_and_kills_whole_
     stop is killed with every process of its session (its child, too, closes the pipe)."""
     import select
 
-    import experiments.sweep as sweep_module
+    import experiments.sweeps.local as sweep_module
+    from experiments.sweeps.record import SweepBook, SweepRecord
+    from observers.location import StoreLocation
 
     monkeypatch.setattr(sweep_module, "STOP_WAIT_S", 0)
-    runner = sweep_module.LocalSweep(
-        {"id": "s1"}, sweep_module.SweepBook(str(tmp_path)), str(tmp_path), parallel=2, threads=1
-    )
+    store = StoreLocation(str(tmp_path))
+    record = SweepRecord("s1", "experiments/train.py", [], [{}])
+    runner = sweep_module.LocalSweep(record, SweepBook(store), store, parallel=2, threads=1)
 
     def started(index: int, code: str, **options) -> sweep_module.Running:
         process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, **options)

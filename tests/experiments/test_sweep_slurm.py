@@ -45,7 +45,7 @@ def reprolab(
     *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "observers.cli", *args],
+        [sys.executable, "-m", "experiments.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -101,7 +101,7 @@ def test_grid_runs_as_one_job_array(slurm, tmp_path):
 def test_gpus_ask_each_task_for_its_own_gres_in_the_job_script(tmp_path):
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from experiments.sweep_slurm import SlurmOptions, executor_parameters
+    from experiments.sweeps.slurm import SlurmOptions, executor_parameters
 
     given = argparse.Namespace(
         partition="gpu",

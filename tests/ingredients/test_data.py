@@ -21,9 +21,9 @@ from sacred import Experiment
 
 import ingredients.batches as batches_module
 import ingredients.data as data_module
+from ingredients.checkout import CHECKOUT_ROOT as REPO_ROOT
 from ingredients.columnar import RowFile
 from ingredients.data import (
-    REPO_ROOT,
     data,
     describe,
     load_splits,

@@ -28,7 +28,7 @@ from pymongo.errors import AutoReconnect
 from sacred.serializer import flatten
 
 import observers.mongo as om
-from observers.cli import main as reprolab
+from experiments.cli import main as reprolab
 from observers.credentials import redact, url_secrets
 from observers.mongo_bounds import CAPTURED_OUT_BYTES, CHUNKS_COLLECTION, VIEW_POINTS
 from observers.mongo_store import MongoRunStore

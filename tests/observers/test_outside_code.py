@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from observers.rerun import Original, outside_roots
+from experiments.rerun import Original, outside_roots
 from observers.store import RecordError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def child_env() -> dict:
 
 def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store), *flags],
+        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store), *flags],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from experiments.cli import main
 from observers import load_runs, plot_metric
-from observers.cli import main
 from observers.filestore import write_json_atomic
 from observers.plots import abbreviate
 from observers.report import write_table
@@ -448,7 +448,7 @@ def test_long_data_paths_keep_their_file_name_in_ls_and_show(store, ids, capsys,
 
 def test_ls_of_an_empty_store_imports_neither_torch_nor_pandas(tmp_path, repo_root):
     probe = (
-        "import sys; from observers.cli import main; main(['ls', '--store', sys.argv[1]]); "
+        "import sys; from experiments.cli import main; main(['ls', '--store', sys.argv[1]]); "
         "print(sorted({'torch', 'pandas', 'matplotlib'} & set(sys.modules)))"
     )
     result = subprocess.run(

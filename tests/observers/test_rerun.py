@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from observers.cli import main as reprolab
-from observers.rerun import read_original, same_bits, verify
+from experiments.cli import main as reprolab
+from experiments.rerun import read_original, verify
 from observers.store import FileRunStore
+from observers.verify import same_bits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # One thread for every process here: faster on a busy 2-core machine, and a thread count that
@@ -58,7 +59,7 @@ def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     """`reprolab rerun 1 --store STORE FLAGS` as a user runs it; started in the project copy
     (cwd), the reprolab of that checkout runs, and a plain rerun runs that checkout's code."""
     return subprocess.run(
-        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store), *flags],
+        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store), *flags],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ import pytest
 from mongomock.gridfs import enable_gridfs_integration
 
 import observers.mongo as om
-from observers.cli import main as reprolab
+from experiments.cli import main as reprolab
 from observers.mongo_bounds import CHUNKS_COLLECTION
 from observers.mongo_store import MongoRunStore
 from observers.store import FileRunStore, RecordError

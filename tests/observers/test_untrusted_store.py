@@ -19,9 +19,9 @@ import pytest
 import torch
 from mongomock.gridfs import enable_gridfs_integration
 
+import experiments.child as child_module
 import observers.mongo as om
-import observers.rerun as rerun_module
-from observers.cli import main as reprolab
+from experiments.cli import main as reprolab
 from observers.mongo_store import MongoRunStore
 from observers.records import ObjectEncoding, loads_plain
 from observers.store import SUMMARY_CACHE, RecordError
@@ -121,14 +121,14 @@ def test_a_record_cannot_choose_the_file_a_plain_rerun_executes(store, tmp_path,
     message = one_sentence(capsys, "rerun", "1", "--store", str(store))
     assert message.endswith(
         "main file evil.py is not a Python file in the checkout "
-        f"{rerun_module.INSTALLED_ROOT} (--from-recorded-sources runs the "
+        f"{child_module.CHECKOUT_ROOT} (--from-recorded-sources runs the "
         "stored copies)"
     )
 
     edit(
         store / "1" / "run.json",
         lambda run: run["experiment"].update(
-            mainfile=os.path.relpath(store / "evil.py", rerun_module.INSTALLED_ROOT)
+            mainfile=os.path.relpath(store / "evil.py", child_module.CHECKOUT_ROOT)
         ),
     )
     message = one_sentence(capsys, "rerun", "1", "--store", str(store))
@@ -149,7 +149,7 @@ def test_a_main_file_in_a_store_inside_the_checkout_is_refused(
         inner / "1" / "run.json",
         lambda run: run["experiment"].update(mainfile="runs/_sources/evil.py"),
     )
-    monkeypatch.setattr(rerun_module, "INSTALLED_ROOT", checkout.resolve())
+    monkeypatch.setattr(child_module, "CHECKOUT_ROOT", checkout.resolve())
     message = one_sentence(capsys, "rerun", "1", "--store", str(inner))
     assert "main file 'runs/_sources/evil.py' lies inside a run store, so it was not run" in message
     assert not marker.exists()
@@ -220,7 +220,7 @@ def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path)
     model = hub_in_store(store, marker)
     edit(store / "1" / "config.json", lambda config: config["model"].update(model))
     result = subprocess.run(
-        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store)],
+        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -264,7 +264,7 @@ def test_a_recorded_code_folder_others_can_write_to_is_not_searched(store, tmp_p
         lambda info: info.update(outside_code={"roots": [str(planted)], "modules": {}}),
     )
     result = subprocess.run(
-        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store)],
+        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

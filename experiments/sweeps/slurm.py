@@ -19,7 +19,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from observers.attach import MONGO_URL_VARIABLE, is_mongo_url
+from experiments.exit_codes import ExitCode
+from experiments.sweeps.attempts import sweep_attempts
+from experiments.sweeps.options import SlurmArgs
+from experiments.sweeps.record import Job, SweepRecord
+from observers.location import StoreLocation
 from observers.store import RecordError
 
 TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+)(?::(?P<s>\d+))?$")
@@ -52,12 +56,12 @@ class SlurmOptions:
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_args(cls, args, previous: dict | None = None) -> SlurmOptions:
+    def from_args(cls, args: SlurmArgs, previous: dict | None = None) -> SlurmOptions:
         """The options given; those not given are the previous submission's (on --resume),
         except its extra sbatch options, which are given again or not at all."""
         before = cls.recorded(previous) if previous else cls()
         extra = {}
-        for item in args.sbatch or []:
+        for item in args.sbatch:
             key, equals, value = item.partition("=")
             key = key.strip().lstrip("-")
             if not key:
@@ -201,20 +205,21 @@ def check_devices(configs: list[dict], options: SlurmOptions) -> None:
 
 
 def submit(
-    record: dict, jobs, location: str, options: SlurmOptions, folder: Path
+    record: SweepRecord,
+    jobs: list[Job],
+    location: StoreLocation,
+    options: SlurmOptions,
+    folder: Path,
 ) -> dict[int, str]:
     """Submit one job array; {config index: Slurm task id}."""
     import submitit
 
-    from experiments.sweep import run_argv, store_argument
-
-    if is_mongo_url(location):
-        os.environ[MONGO_URL_VARIABLE] = location  # sbatch passes the environment on, not argv
+    # sbatch passes the submitting environment on (a MongoDB URL: never in the job script)
+    os.environ.update(location.child_env())
     executor = submitit.SlurmExecutor(folder=str(folder))
-    executor.update_parameters(**executor_parameters(record["id"], options))
+    executor.update_parameters(**executor_parameters(record.id, options))
     tasks = [
-        Task(run_argv(record, job, store_argument(location)), options.cpus, os.getcwd())
-        for job in jobs
+        Task(record.child(job, location).script_argv(), options.cpus, os.getcwd()) for job in jobs
     ]
     try:
         submitted = executor.map_array(run_task, tasks)
@@ -265,10 +270,8 @@ def expand_array(task: str) -> list[str]:
     return ids
 
 
-def wait(record: dict, location: str, attempt: dict, poll_s: float = 1.0) -> int:
+def wait(record: SweepRecord, location: StoreLocation, attempt: dict, poll_s: float = 1.0) -> int:
     """Follow the array until every task has ended, printing progress; 0 when all completed."""
-    from experiments.sweep import sweep_attempts
-
     indices = [int(i) for i in attempt["task_ids"]]
     last = None
     while True:
@@ -277,7 +280,7 @@ def wait(record: dict, location: str, attempt: dict, poll_s: float = 1.0) -> int
         running = sum(states.get(i) == "RUNNING" for i in indices)
         failed = sum(states.get(i) not in (None, "COMPLETED") for i in ended)
         line = (
-            f"sweep {record['id']}: {len(ended) - failed} done, {running} running, "
+            f"sweep {record.id}: {len(ended) - failed} done, {running} running, "
             f"{failed} failed, {len(indices) - len(ended) - running} left"
         )
         if line != last:
@@ -286,7 +289,7 @@ def wait(record: dict, location: str, attempt: dict, poll_s: float = 1.0) -> int
         if len(ended) == len(indices):
             break
         time.sleep(poll_s)
-    attempts = sweep_attempts(location, record["id"])
+    attempts = sweep_attempts(location, record.id)
     incomplete = [
         i for i in indices if not attempts.get(i) or attempts[i][-1].status != "COMPLETED"
     ]
@@ -296,4 +299,4 @@ def wait(record: dict, location: str, attempt: dict, poll_s: float = 1.0) -> int
         what = f"run {runs[-1].run_id} {runs[-1].status}" if runs else "no run recorded"
         log = Path(attempt["folder"]) / f"{task_ids[index]}_0_log.err"
         print(f"config {index}: {what} (Slurm: {states.get(index)}; log: {log})", file=sys.stderr)
-    return 1 if incomplete else 0
+    return ExitCode.FAILED if incomplete else ExitCode.OK

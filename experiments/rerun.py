@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -28,31 +27,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.child import ChildRun, checkout_file
+from experiments.exit_codes import ExitCode
+from ingredients.checkout import CHECKOUT_ROOT, run_store_around
 from ingredients.data import resolve_path
-from ingredients.imports import (
-    FROM_RECORD_VARIABLE,
-    ROOTS_VARIABLE,
-    looks_like_store,
-    owned_folder,
-    run_store_around,
-)
-from ingredients.seeding import THREADS_VARIABLE
-from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
+from ingredients.imports import FROM_RECORD_VARIABLE, ROOTS_VARIABLE, owned_folder
+from observers.location import StoreLocation
 from observers.provenance import (
     RERUN_OF_VARIABLE,
-    RUN_ID_FILE_VARIABLE,
     Difference,
     data_differences,
     environment_differences,
-    short,
     snapshot,
     source_differences,
     torch_state,
 )
 from observers.records import is_run_id
 from observers.store import RecordError, RunStore, resolve_run
-
-INSTALLED_ROOT = Path(__file__).resolve().parents[1]  # the repository this reprolab runs from
+from observers.verify import compare_rerun
 
 
 @dataclass
@@ -113,12 +105,11 @@ def read_original(store: RunStore, run_id: int, verify: bool) -> Original:
     return original
 
 
-def store_target(ref: str, store: str | None) -> str:
+def store_target(ref: str, store: str | None) -> StoreLocation:
     """The store the rerun records into: the original's (a run directory's parent, or the store)."""
     if not is_run_id(ref):
-        return str(Path(ref).resolve().parent)
-    location = store or default_store()
-    return location if is_mongo_url(location) else str(Path(location).resolve())
+        return StoreLocation(str(Path(ref).resolve().parent))
+    return StoreLocation.parse(store).resolved()
 
 
 # --------------------------------------------------------------------------- the code to run
@@ -135,7 +126,7 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
     recorded sources materialised in a temporary directory, listed before anything runs."""
     if not from_recorded_sources:
         checkout_mainfile(original)
-        yield CodeTree(INSTALLED_ROOT, Path.cwd(), recorded=False)
+        yield CodeTree(CHECKOUT_ROOT, Path.cwd(), recorded=False)
         return
     if original.mainfile not in original.sources:
         raise RecordError(
@@ -209,7 +200,7 @@ def materialise_outside(original: Original, under: Path) -> list[Path]:
 
 
 def checkout_mainfile(original: Original) -> Path:
-    """The run's main file in this checkout (INSTALLED_ROOT). The record only names it: run.json's
+    """The run's main file in this checkout (CHECKOUT_ROOT). The record only names it: run.json's
     base_dir is ignored, and a name that leads out of the checkout or into a run store inside it
     is refused, so a record can never choose a file to execute."""
     return checkout_file(
@@ -218,44 +209,6 @@ def checkout_mainfile(original: Original) -> Path:
         getattr(original.store, "root", None),
         "--from-recorded-sources runs the stored copies",
     )
-
-
-def checkout_file(name, owner: str, store_root: str | os.PathLike | None, hint: str) -> Path:
-    """The Python file a record names, relative to this checkout: refused (RecordError, one
-    sentence: `owner` names whose file it is, `hint` what to do instead) when it leads out of the
-    checkout, into a run store, or is not a .py file there. Shared by rerun and sweep --resume."""
-    if not isinstance(name, str) or not name:
-        raise RecordError(f"{owner} {name!r} is not a file name, so nothing was run")
-    path = (INSTALLED_ROOT / name).resolve()
-    if Path(name).is_absolute() or not path.is_relative_to(INSTALLED_ROOT):
-        raise RecordError(
-            f"{owner} {name!r} lies outside the checkout {INSTALLED_ROOT}, so it "
-            f"was not run ({hint})"
-        )
-    if in_run_store(path, store_root):
-        raise RecordError(
-            f"{owner} {name!r} lies inside a run store, so it was not run "
-            "(only the checkout's own code is run)"
-        )
-    if path.suffix != ".py" or not path.is_file():
-        raise RecordError(
-            f"{owner} {name} is not a Python file in the checkout {INSTALLED_ROOT} ({hint})"
-        )
-    return path
-
-
-def in_run_store(path: Path, store_root: str | os.PathLike | None) -> bool:
-    """Whether path lies in the store being read (a file store's root) or in any folder that
-    looks like a run store or a run (holds _sources/, .reprolab/ or run.json) between it and the
-    checkout's root."""
-    if store_root is not None and path.is_relative_to(Path(store_root).resolve()):
-        return True
-    for folder in path.parents:
-        if folder == INSTALLED_ROOT or not folder.is_relative_to(INSTALLED_ROOT):
-            return False
-        if looks_like_store(folder):
-            return True
-    return False
 
 
 def list_recorded_sources(original: Original) -> None:
@@ -274,7 +227,7 @@ def link_data_file(original: Original, root: Path) -> None:
     if not path or Path(path).expanduser().is_absolute():
         return
     recorded = Path(((original.info.get("data") or {}).get("fingerprint") or {}).get("path") or "")
-    target = recorded if recorded.is_file() else resolve_path(path, root=INSTALLED_ROOT)
+    target = recorded if recorded.is_file() else resolve_path(path, root=CHECKOUT_ROOT)
     if target.is_file():
         link = root / path
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +332,7 @@ def searched_roots(original: Original, tree: CodeTree) -> list[str]:
 def run_again(
     original: Original,
     tree: CodeTree,
-    target: str,
+    target: StoreLocation,
     world_size: int | None = None,
     trust_import_paths: bool = False,
 ) -> tuple[int, int | None]:
@@ -389,7 +342,6 @@ def run_again(
         config_file.write_text(json.dumps(original.config))
         python_path = [*map(str, tree.outside), str(tree.root), os.environ.get("PYTHONPATH")]
         env = {
-            **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, python_path)),
             # searched for import paths after everything else: found again, never shadowing
             ROOTS_VARIABLE: os.pathsep.join(searched_roots(original, tree)),
@@ -400,100 +352,25 @@ def run_again(
                     "from_recorded_sources": tree.recorded,
                 }
             ),
-            RUN_ID_FILE_VARIABLE: str(id_file),
         }
         if not trust_import_paths:
             env[FROM_RECORD_VARIABLE] = "rerun it with --trust-import-paths to run it"
-        if (threads := recorded_threads(original)) is not None:
-            env[THREADS_VARIABLE] = str(threads)
-        command = [*launcher(original, world_size), str(tree.root / original.mainfile)]
-        if is_mongo_url(target):
-            env[MONGO_URL_VARIABLE] = target  # in the environment, not in argv where ps shows it
-        else:
-            command += ["-R", target]
+        child = ChildRun(
+            experiment=tree.root / original.mainfile,
+            store=target,
+            words=(str(config_file),),
+            threads=recorded_threads(original),
+            run_id_file=id_file,
+            launcher=tuple(launcher(original, world_size)),
+            extra_env=env,
+        )
         sys.stdout.flush()
-        child = subprocess.Popen([*command, "with", str(config_file)], cwd=tree.cwd, env=env)
+        process = subprocess.Popen(child.argv(), cwd=tree.cwd, env=child.env())
         try:
-            code = child.wait()
+            code = process.wait()
         except KeyboardInterrupt:  # the child got Ctrl-C too: let it record its interruption
-            code = child.wait()
+            code = process.wait()
         return code, int(id_file.read_text()) if id_file.is_file() else None
-
-
-# --------------------------------------------------------------------------- verifying
-
-
-def same_bits(a, b) -> bool:
-    """Equal to the last bit (NaN equals NaN, 0.0 differs from -0.0)."""
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return struct.pack("<d", a) == struct.pack("<d", b)
-        except (struct.error, TypeError):
-            return False
-    return a == b
-
-
-def metric_mismatch(name: str, then: dict, now: dict | None) -> str | None:
-    """Where one metric's series first differs and by how much at most, or None if identical."""
-    if now is None:
-        return f"{name}: {len(then['values'])} values then, missing in the rerun"
-    pairs_then = list(zip(then["steps"], then["values"]))
-    pairs_now = list(zip(now["steps"], now["values"]))
-    first = next(
-        (
-            i
-            for i, (a, b) in enumerate(zip(pairs_then, pairs_now))
-            if a[0] != b[0] or not same_bits(a[1], b[1])
-        ),
-        None,
-    )
-    if first is None and len(pairs_then) == len(pairs_now):
-        return None
-    gaps = [
-        abs(a[1] - b[1])
-        for a, b in zip(pairs_then, pairs_now)
-        if a[0] == b[0] and isinstance(a[1], (int, float)) and isinstance(b[1], (int, float))
-    ]
-    largest = f"; largest absolute difference {max(gaps):.6g}" if gaps else ""
-    if first is None:
-        return (
-            f"{name}: {len(pairs_then)} values then, {len(pairs_now)} now "
-            f"(identical where both have one){largest}"
-        )
-    (step, value_then), (_, value_now) = pairs_then[first], pairs_now[first]
-    return f"{name}: first differs at step {step} ({value_then!r} then, {value_now!r} now){largest}"
-
-
-def verify(original: Original, new_id: int) -> int:
-    """Compare the rerun with the original value by value; print the verdict; 0 only if equal."""
-    store = original.store
-    then, now = original.metrics or {}, store.metrics(new_id)
-    lines = [
-        line for name in sorted(then) if (line := metric_mismatch(name, then[name], now.get(name)))
-    ]
-    lines += [f"{name}: only in the rerun" for name in sorted(set(now) - set(then))]
-    model_then = original.info["final_model_sha256"]
-    model_now = store.info(new_id).get("final_model_sha256")
-    count = sum(len(series["values"]) for series in then.values())
-    if not lines:
-        print(f"verify: all {count} values of {len(then)} metrics matched bit for bit")
-    else:
-        print(f"verify: {len(lines)} of {len(set(then) | set(now))} metrics differ")
-        for line in lines:
-            print(f"  {line}")
-    if model_then == model_now:
-        print(f"verify: final model state identical (sha256 {short(model_then)})")
-    else:
-        print(
-            f"verify: final model state differs (sha256 {short(model_then)} then, "
-            f"{short(model_now)} now)"
-        )
-    matched = not lines and model_then == model_now
-    print(
-        f"verify: {'exact match' if matched else 'MISMATCH'} between run {original.run_id} "
-        f"and its rerun, run {new_id}"
-    )
-    return 0 if matched else 1
 
 
 # --------------------------------------------------------------------------- the command
@@ -520,18 +397,26 @@ def rerun_command(args) -> int:
             getattr(args, "world_size", None),
             getattr(args, "trust_import_paths", False),
         )
-    if code != 0:
+    if code != ExitCode.OK:
         where = f"; it is recorded as run {new_id}" if new_id is not None else ""
         print(
             f"reprolab: error: the rerun of run {run_id} exited with code {code}{where}",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.FAILED
     if new_id is None:
         print(
             f"reprolab: error: cannot tell which run in {store.location} the rerun recorded",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.FAILED
     print(f"rerun of run {run_id} recorded as run {new_id} in {store.location}")
-    return verify(original, new_id) if args.verify else 0
+    return verify(original, new_id) if args.verify else ExitCode.OK
+
+
+def verify(original: Original, new_id: int) -> ExitCode:
+    """Compare the rerun with the original value by value; print the verdict; OK only if equal."""
+    matched = compare_rerun(
+        original.store, original.run_id, original.metrics or {}, original.info, new_id
+    )
+    return ExitCode.OK if matched else ExitCode.FAILED

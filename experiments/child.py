@@ -1,0 +1,82 @@
+"""One child run, as every launcher (rerun, local sweeps, Slurm sweeps, printed commands) starts it.
+
+A `ChildRun` turns the experiment file, the store, the config words, the sweep membership and
+the thread count into argv and environment in this one place: a MongoDB URL travels in the
+environment (never argv, which `ps` and job scripts show), a folder store as `-R PATH`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingredients.checkout import CHECKOUT_ROOT, in_run_store
+from ingredients.seeding import THREADS_VARIABLE
+from observers.location import StoreLocation
+from observers.provenance import RUN_ID_FILE_VARIABLE
+from observers.records import RecordError
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """What a launcher starts: `[*launcher, experiment, -R store, --sweep ID:INDEX, with, *words]`."""
+
+    experiment: Path
+    store: StoreLocation
+    words: tuple[str, ...]  # after `with`: named configs, key=value updates, a config file
+    sweep: tuple[str, int] | None = None  # (sweep id, config index)
+    threads: int | None = None  # torch's intra-op threads (and OpenMP's, MKL's)
+    run_id_file: Path | None = None  # where the child writes the id of the run it records
+    launcher: tuple[str, ...] = (sys.executable,)  # python, or torchrun for a distributed run
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def script_argv(self) -> list[str]:
+        """The experiment's own command line (argv[0] is the experiment file)."""
+        argv = [str(self.experiment), *self.store.child_argv()]
+        if self.sweep is not None:
+            argv += ["--sweep", f"{self.sweep[0]}:{self.sweep[1]}"]
+        return [*argv, "with", *self.words] if self.words else argv
+
+    def argv(self) -> list[str]:
+        return [*self.launcher, *self.script_argv()]
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The child's environment: `base` (default os.environ) plus the store, threads and
+        run-id file."""
+        env = {**(os.environ if base is None else base), **self.store.child_env()}
+        if self.threads is not None:
+            threads = str(self.threads)
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            env[THREADS_VARIABLE] = threads
+        if self.run_id_file is not None:
+            env[RUN_ID_FILE_VARIABLE] = str(self.run_id_file)
+        return {**env, **self.extra_env}
+
+
+def checkout_file(
+    name: object, owner: str, store_root: str | os.PathLike | None, hint: str
+) -> Path:
+    """The Python file a record names, relative to this checkout: refused (RecordError, one
+    sentence: `owner` names whose file it is, `hint` what to do instead) when it leads out of the
+    checkout, into a run store, or is not a .py file there. Shared by rerun and sweep --resume."""
+    if not isinstance(name, str) or not name:
+        raise RecordError(f"{owner} {name!r} is not a file name, so nothing was run")
+    path = (CHECKOUT_ROOT / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(CHECKOUT_ROOT):
+        raise RecordError(
+            f"{owner} {name!r} lies outside the checkout {CHECKOUT_ROOT}, so it "
+            f"was not run ({hint})"
+        )
+    if in_run_store(path, store_root, CHECKOUT_ROOT):
+        raise RecordError(
+            f"{owner} {name!r} lies inside a run store, so it was not run "
+            "(only the checkout's own code is run)"
+        )
+    if path.suffix != ".py" or not path.is_file():
+        raise RecordError(
+            f"{owner} {name} is not a Python file in the checkout {CHECKOUT_ROOT} ({hint})"
+        )
+    return path

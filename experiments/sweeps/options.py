@@ -1,0 +1,111 @@
+"""`reprolab sweep`'s command line in typed form, parsed and checked once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, replace
+
+from observers.location import StoreLocation
+
+ENGINES = ("local", "slurm")
+SLURM_ONLY = ("partition", "time", "cpus", "gpus", "mem", "max_parallel")
+
+
+@dataclass(frozen=True)
+class SlurmArgs:
+    """The Slurm options as given (None: not given; on --resume, the last submission's)."""
+
+    partition: str | None = None
+    time: str | None = None
+    cpus: int | None = None
+    gpus: int | None = None
+    mem: str | None = None
+    max_parallel: int | None = None
+    sbatch: tuple[str, ...] = ()
+    wait: bool = False
+
+    def given(self) -> list[str]:
+        names = [name for name in SLURM_ONLY if getattr(self, name) is not None]
+        return names + (["sbatch"] if self.sbatch else [])
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What the user asked `reprolab sweep` for; engine options None where not given."""
+
+    store: StoreLocation
+    words: tuple[str, ...] = ()
+    file: str | None = None
+    dry_run: bool = False
+    print_commands: bool = False
+    resume: str | None = None
+    status: str | None = None
+    on: str | None = None
+    parallel: int | None = None
+    threads: int | None = None
+    slurm: SlurmArgs = field(default_factory=SlurmArgs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SweepOptions:
+        slurm = SlurmArgs(
+            args.partition,
+            args.time,
+            args.cpus,
+            args.gpus,
+            args.mem,
+            args.max_parallel,
+            tuple(args.sbatch or ()),
+            args.wait,
+        )
+        return cls(
+            StoreLocation.parse(args.store),
+            tuple(args.words or ()),
+            args.file,
+            args.dry_run,
+            args.print_commands,
+            args.resume,
+            args.status,
+            args.on,
+            args.parallel,
+            args.threads,
+            slurm,
+        )
+
+    def with_engine(self, on: str | None = None, parallel=None, threads=None) -> SweepOptions:
+        """These options with engine settings filled in where the user gave none (--resume:
+        as the sweep ran last), then checked: ValueError naming the option."""
+        chosen = replace(
+            self,
+            on=self.on or on or "local",
+            parallel=self.parallel if self.parallel is not None else (parallel or 1),
+            threads=self.threads or threads,
+        )
+        chosen.check()
+        return chosen
+
+    def check(self) -> None:
+        if self.parallel is not None and self.parallel < 1:
+            raise ValueError(f"--parallel must be 1 or more, not {self.parallel}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be 1 or more, not {self.threads}")
+        if self.on == "slurm":
+            return
+        given = self.slurm.given()
+        if "gpus" in given:  # a local sweep hands out no GPUs: its runs all see this machine's
+            raise ValueError(
+                "--gpus is a Slurm option: a local sweep's runs share the GPUs this "
+                "machine shows (device=auto takes the first), so add --on slurm or "
+                "leave --gpus out"
+            )
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} is a Slurm option; add --on slurm")
+
+    def local_threads(self) -> int:
+        """Torch threads per local run: as given, else the cores shared among parallel runs."""
+        return self.threads or max(1, (os.cpu_count() or 1) // (self.parallel or 1))
+
+    @property
+    def runs_elsewhere(self) -> bool:
+        """Whether the runs start on other machines (Slurm nodes, printed commands)."""
+        return self.on == "slurm" or self.print_commands
