@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Collection, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 
 import torch
@@ -115,7 +115,7 @@ class LossWindow:
 
 def train_one_epoch(
     model: nn.Module,
-    batches: Iterable,
+    batches: Collection,
     optimizer: torch.optim.Optimizer,
     scheduler,
     loss_fn,
@@ -166,9 +166,11 @@ def train_one_epoch(
     return {"train_loss": window.mean(reduce)}, step
 
 
-def gradients_synced(model: nn.Module, sync: bool):
+def gradients_synced(model: nn.Module, sync: bool) -> AbstractContextManager:
     """DistributedDataParallel's no_sync on a micro-batch that does not step the optimizer."""
-    return nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
+    if sync or not hasattr(model, "no_sync"):
+        return nullcontext()
+    return model.no_sync()  # type: ignore[operator]  # DDP's, found above
 
 
 def optimizer_step(model, optimizer, scaler, clip) -> None:
@@ -198,7 +200,8 @@ def evaluate(
     `reduce` sums them over the processes of a distributed job (each has its share)."""
     model.eval()
     non_blocking = device.type == "cuda"
-    total_loss, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    count: int | torch.Tensor = 0
     for x, y in batches:
         if not len(y):  # a rank's empty share of the last batch
             continue

@@ -7,7 +7,7 @@ views); the batches and their order are the same whatever the group size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 
 import numpy as np
@@ -125,9 +125,11 @@ class BatchLoader:
         return (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        groups = self.workers
-        if groups is None:
-            groups = map(self._gather, GroupSampler(self.sampler, self.group))
+        groups: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
+            self.workers
+            if self.workers is not None
+            else map(self._gather, GroupSampler(self.sampler, self.group))
+        )
         count, x, y = 0, None, None
         for x, y in groups:
             for batch in zip(x.split(self.batch_size), y.split(self.batch_size)):

@@ -255,9 +255,10 @@ class RowFile:
         return {**self.__dict__, "_fd": None}
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self._fd)
+                os.close(fd)
 
     def _file(self) -> int:
         """The file descriptor, opened on first use in each process."""
@@ -297,7 +298,10 @@ class RowFile:
             limit = min(rows[start] + span_rows, chunk_end)
             end = int(np.searchsorted(rows, limit, side="left"))
             span = np.empty((rows[end - 1] - rows[start] + 1, self.n_features), dtype=self.dtype)
-            self._read(memoryview(span).cast("B"), int(self._positions(rows[start : start + 1])[0]))
+            self._read(
+                span.data.cast("B"),
+                int(self._positions(rows[start : start + 1])[0]),
+            )
             out[start:end] = span[rows[start:end] - rows[start]]
             start = end
 
@@ -346,7 +350,7 @@ def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int
         for batch in batches:
             rows = row_major(pa.Table.from_batches([batch]), columns, n_features)
             with _writing_copy():
-                unwritten = memoryview(rows).cast("B")
+                unwritten = rows.data.cast("B")
                 while unwritten:
                     unwritten = unwritten[handle.write(unwritten) :]
     return source

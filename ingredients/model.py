@@ -179,7 +179,7 @@ def freeze_batchnorm_layers(net: nn.Module) -> int:
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.requires_grad_(False)
-            module.train = types.MethodType(_stay_in_eval, module)
+            module.train = types.MethodType(_stay_in_eval, module)  # type: ignore[method-assign]
             module.eval()
             count += 1
     return count

@@ -91,7 +91,7 @@ def parameter_groups(
     """Trainable parameters in groups: the default group first (its lr is the run's lr), then one
     group per pattern; a parameter goes to the first pattern it matches."""
     buckets: list[list] = [[] for _ in groups] + [[]]
-    names: list[list[str]] = [[] for _ in groups] + [[]]
+    names: list[list[str]] = [[] for _ in range(len(groups) + 1)]
     for name, param in net.named_parameters():
         if not param.requires_grad:
             continue  # frozen parameters never reach the optimizer

@@ -129,7 +129,7 @@ def unstorable(value, key: str) -> tuple[str, Any] | None:
     if value is None or isinstance(value, (bool, str, float)):
         return None
     if isinstance(value, numbers.Integral):
-        return None if -INT64 <= value < INT64 else (key, value)
+        return None if -INT64 <= int(value) < INT64 else (key, value)
     if isinstance(value, (list, tuple)):
         found = (unstorable(x, f"{key}[{i}]") for i, x in enumerate(value))
         return next((bad for bad in found if bad), None)

@@ -118,7 +118,7 @@ def rng_state(generator: torch.Generator) -> dict:
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
         "numpy": {
             "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
             "pos": int(np_pos),
             "has_gauss": int(np_has_gauss),
             "gauss": float(np_gauss),

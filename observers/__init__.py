@@ -1,4 +1,4 @@
-"""Where runs live: attaching stores when a run starts, reading runs back, and the reprolab CLI."""
+"""The record: writing runs into stores, reading them back, reporting and syncing them."""
 
 from ingredients.sacred_import import import_sacred_without_pandas
 
@@ -6,13 +6,6 @@ import_sacred_without_pandas()  # before anything here imports Sacred
 
 from observers.store import RecordError, open_store, resolve_run
 
-# pandas and matplotlib load only when a table or plot is asked for, not when a run starts.
-_LAZY = {
-    "load_runs": "observers.tables",
-    "load_metrics": "observers.tables",
-    "compare": "observers.tables",
-    "plot_metric": "observers.plots",
-}
 
 __all__ = [
     "RecordError",
@@ -26,8 +19,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    """pandas and matplotlib load only when a table or plot is asked for, not when a run starts."""
+    if name in ("load_runs", "load_metrics", "compare"):
+        from observers import tables
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(tables, name)
+    if name == "plot_metric":
+        from observers.plots import plot_metric
+
+        return plot_metric
     raise AttributeError(f"module 'observers' has no attribute '{name}'")

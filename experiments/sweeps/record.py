@@ -79,7 +79,14 @@ class SweepRecord:
             check_attempt(attempt, f"attempts[{number}]", wrong)
         fields = ("id", "experiment", "named_configs", "configs", "attempts")
         extra = {k: v for k, v in raw.items() if k not in fields}
-        return cls(*(raw[name] for name in fields), extra=extra)
+        return cls(
+            raw["id"],
+            raw["experiment"],
+            raw["named_configs"],
+            raw["configs"],
+            raw["attempts"],
+            extra,
+        )
 
     def to_dict(self) -> dict:
         """The record as the store keeps it (plain data)."""
