@@ -11,7 +11,6 @@ from sacred import SETTINGS
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
 from experiments import distributed
-from experiments.exit_codes import ExitCode
 from experiments.loop import Terminated
 from experiments.membership import sweep_option
 from experiments.resume import ResumePoint, load_resume_point, resumed_config
@@ -31,6 +30,7 @@ from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.imports import FROM_RECORD
 from ingredients.schema import check_storable
 from observers.attach import choose_store, store_option
+from observers.exit_codes import ExitCode
 from observers.files import StoreWriteError
 from observers.location import MONGO_URL_VARIABLE, StoreLocation
 from observers.store import RecordError

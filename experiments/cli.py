@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from experiments.exit_codes import ExitCode
+from observers.exit_codes import ExitCode
 from observers.store import RecordError
 
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.child import ChildRun, checkout_file
-from experiments.exit_codes import ExitCode
 from ingredients.checkout import CHECKOUT_ROOT, run_store_around
 from ingredients.data import resolve_path
 from ingredients.imports import FROM_RECORD_VARIABLE, ROOTS_VARIABLE, owned_folder
+from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
 from observers.provenance import (
     RERUN_OF_VARIABLE,

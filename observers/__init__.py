@@ -6,7 +6,6 @@ import_sacred_without_pandas()  # before anything here imports Sacred
 
 from observers.store import RecordError, open_store, resolve_run
 
-
 __all__ = [
     "RecordError",
     "compare",

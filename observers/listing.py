@@ -3,6 +3,7 @@ would take longer than the answer); any other listing is observers.report's."""
 
 from __future__ import annotations
 
+from observers.exit_codes import ExitCode
 from observers.store import open_store
 
 
@@ -17,4 +18,4 @@ def ls_command(args) -> int:
 
         return list_runs(args)
     print(f"no runs in {store.location}")
-    return 0
+    return ExitCode.OK

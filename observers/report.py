@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from observers.exit_codes import ExitCode
 from observers.files import replacing
 from observers.plots import abbreviate, format_value, plot_metric, short_key
 from observers.records import is_run_id
@@ -125,9 +126,9 @@ def ls_command(args) -> int:
             raise ValueError(f"unknown status '{args.status}' (one of {', '.join(KNOWN_STATUSES)})")
         of_sweep = f" of sweep {args.sweep}" if getattr(args, "sweep", None) else ""
         print(f"no {status + ' ' if status else ''}runs{of_sweep} in {store.location}")
-        return 0
+        return ExitCode.OK
     print("\n".join(ls_lines(runs)))
-    return 0
+    return ExitCode.OK
 
 
 def print_skipped(store: RunStore) -> None:
@@ -209,7 +210,7 @@ def show_command(args) -> int:
     notes = [n for n in (row["note"], info_note) if isinstance(n, str)]
     for note in dict.fromkeys(notes):
         print(fit(f"note: {note}"))
-    return 0
+    return ExitCode.OK
 
 
 def read_part(store: RunStore, part: str, run_id: int):
@@ -470,7 +471,7 @@ def compare_command(args) -> int:
     if args.plot:
         plot_metric(store, ids, metric, args.plot)
         print(f"wrote {args.plot} ({metric} of runs {', '.join(map(str, ids))})")
-    return 0
+    return ExitCode.OK
 
 
 def compare_sweep(args) -> int:
@@ -495,7 +496,7 @@ def compare_sweep(args) -> int:
 
         x_key = plot_sweep(runs, best, args.plot)
         print(f"wrote {args.plot} ({best} against {short_key(x_key)}, sweep {args.sweep})")
-    return 0
+    return ExitCode.OK
 
 
 def best_column(runs: pd.DataFrame, metric: str) -> str | None:
@@ -573,7 +574,7 @@ def export_command(args) -> int:
     with replacing(target, "wb") as f:
         write_table(runs, f, kind)
     print(f"wrote {len(runs)} runs x {len(runs.columns)} columns to {target}")
-    return 0
+    return ExitCode.OK
 
 
 def write_table(runs: pd.DataFrame, path, kind: str) -> None:

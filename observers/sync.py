@@ -23,6 +23,7 @@ from pathlib import Path
 from sacred.observers.mongo import MongoObserver
 
 from observers.credentials import describe_error, redact_url
+from observers.exit_codes import ExitCode
 from observers.location import MONGO_URL_VARIABLE, is_mongo_url
 from observers.mongo import ensure_indexes, reach
 from observers.mongo_bounds import (
@@ -350,4 +351,5 @@ def sync_command(args) -> int:
         raise ValueError(f"--to must be a mongodb:// URL, got '{redact_url(url)}'")
     report = sync_store(args.path, url)
     print(f"synced {args.path} into {redact_url(url)}: {report.summary()}")
-    return 1 if report.unreadable or "unreadable" in report.sweeps.values() else 0
+    failed = report.unreadable or "unreadable" in report.sweeps.values()
+    return ExitCode.FAILED if failed else ExitCode.OK

@@ -20,7 +20,6 @@ import socket
 import sys
 from pathlib import Path
 
-from experiments.exit_codes import ExitCode
 from experiments.membership import checked_for_elsewhere
 from experiments.sacred_private import create_unstarted_run
 from experiments.sweeps.attempts import jobs_to_do, sweep_attempts
@@ -41,6 +40,7 @@ from experiments.sweeps.record import Job, SweepBook, SweepRecord, code_version,
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
 from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.scratch import running
+from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
 from observers.store import RecordError
 

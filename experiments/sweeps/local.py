@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.exit_codes import STOPPED_BY_SIGNAL, ExitCode
 from experiments.sweeps.record import Job, SweepBook, SweepRecord
+from observers.exit_codes import STOPPED_BY_SIGNAL, ExitCode
 from observers.location import StoreLocation
 
 STOP_WAIT_S = 120  # how long a stopped run may take to record its interruption before it is killed

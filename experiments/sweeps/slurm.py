@@ -19,10 +19,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from experiments.exit_codes import ExitCode
 from experiments.sweeps.attempts import sweep_attempts
 from experiments.sweeps.options import SlurmArgs
 from experiments.sweeps.record import Job, SweepRecord
+from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
 from observers.store import RecordError
 
@@ -165,8 +165,10 @@ def run_task(task: Task) -> int:
     try:
         runpy.run_path(task.argv[0], run_name="__main__")
     except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    return 0
+        if isinstance(exit_.code, int):
+            return exit_.code
+        return ExitCode.OK if exit_.code is None else ExitCode.FAILED
+    return ExitCode.OK
 
 
 def executor_parameters(sweep_id: str, options: SlurmOptions) -> dict:
