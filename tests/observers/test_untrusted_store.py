@@ -528,7 +528,7 @@ def test_a_sweep_record_that_is_not_plain_data_is_not_saved(tmp_path):
 
 
 def test_recorded_slurm_options_cannot_add_to_the_job_script():
-    from experiments.sweep_slurm import SlurmOptions
+    from experiments.sweeps.slurm import SlurmOptions
 
     with pytest.raises(RecordError, match=r"partition='p\\ntouch /tmp/x' is not a plain word"):
         SlurmOptions.recorded({"partition": "p\ntouch /tmp/x"})
