@@ -138,3 +138,19 @@ def study_ids(location: StoreLocation) -> list[str]:
     """The studies of a file store (their journal files)."""
     folder = location.path / STUDIES
     return sorted(p.stem for p in folder.glob("*.log")) if folder.is_dir() else []
+
+
+def param_importances(location: StoreLocation, study_id: str, url: str | None = None) -> dict:
+    """Each searched key's importance for the study's value (Optuna's PED-ANOVA evaluator: it
+    needs no scikit-learn, unlike fANOVA); {} while too few trials have finished for it."""
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_id, storage=study_storage(location, study_id, url))
+    try:
+        return optuna.importance.get_param_importances(
+            study, evaluator=PedAnovaImportanceEvaluator()
+        )
+    except (ValueError, RuntimeError, ZeroDivisionError):  # too few finished trials
+        return {}
