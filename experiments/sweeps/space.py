@@ -270,7 +270,7 @@ class Search:
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "grid":
-            return optuna.samplers.GridSampler(grid_values(self.space), seed=seed)
+            return grid_sampler(grid_values(self.space), seed)
         startup = self.sampler.get("n_startup_trials", 10)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
@@ -309,6 +309,18 @@ class Search:
                     spec["low"], spec["high"], log=spec["log"], step=spec.get("step")
                 )
         return out
+
+
+def grid_sampler(values: dict[str, list], seed: int | None):
+    """Optuna's grid sampler, minus its study.stop() once the grid is done: that works inside
+    study.optimize only, and a search ends by its budget (at most the grid's size) anyway."""
+    import optuna
+
+    class GridSearchSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return GridSearchSampler(values, seed=seed)
 
 
 def flat_space(space: dict, prefix: str = "") -> dict:
