@@ -230,11 +230,14 @@ def launch_workers(options: SweepOptions, tuner: Tuner, book: SweepBook, first: 
     )
     if not options.slurm.wait:
         return ExitCode.OK
-    while not all(state in ENDED for state in task_states(attempt).values()):
+    while True:
+        states = task_states(attempt)
+        if len(states) == workers and all(state in ENDED for state in states.values()):
+            break
         time.sleep(1.0)  # sacct is the only way to know; polled, as sweeps/slurm.py does
     print(tuner.summary(), file=sys.stderr)
-    states = task_states(attempt).values()
-    return ExitCode.OK if all(state == "COMPLETED" for state in states) else ExitCode.FAILED
+    done = all(state == "COMPLETED" for state in states.values())
+    return ExitCode.OK if done else ExitCode.FAILED
 
 
 # --------------------------------------------------------------------------- resuming

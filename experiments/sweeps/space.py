@@ -71,7 +71,11 @@ def is_int(value: object) -> bool:
 
 
 def is_number(value: object) -> bool:
-    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)  # type: ignore[arg-type]
+    """A finite int or float (an int too large for a float is not one)."""
+    try:
+        return (is_int(value) or isinstance(value, float)) and math.isfinite(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return False
 
 
 # --------------------------------------------------------------------------- one parameter
