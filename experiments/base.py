@@ -26,6 +26,7 @@ from experiments.strict_config import (
     keys_set_by,
     unknown_key_message,
 )
+from experiments.trial import Pruned, trial_option
 from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.imports import FROM_RECORD
 from ingredients.schema import check_storable
@@ -75,7 +76,7 @@ class ReproExperiment(PlainExperiment):
             ingredients,
             str(CHECKOUT_ROOT),
             caller_globals or sys._getframe(1).f_globals,
-            [store_option, sweep_option],
+            [store_option, sweep_option, trial_option],
         )
         self.option_hook(choose_store)
         self.captured_out_filter = apply_backspaces_and_linefeeds
@@ -114,6 +115,12 @@ class ReproExperiment(PlainExperiment):
                 raise
             print(f"error: {self._store_failure_message(error)}", file=sys.stderr)
             sys.exit(ExitCode.FAILED)
+        except Pruned as pruned:  # a search's trial stopped by its pruner: an expected end
+            if not self._from_commandline:
+                raise
+            number = None if self.current_run is None else run_id(self.current_run)
+            print(f"run {number} {pruned}: recorded as PRUNED", file=sys.stderr)
+            sys.exit(ExitCode.OK)
         except KeyboardInterrupt as stop:  # Terminated (SIGTERM) too
             if not self._from_commandline:
                 raise

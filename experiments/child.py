@@ -22,7 +22,8 @@ from observers.records import RecordError
 
 @dataclass(frozen=True)
 class ChildRun:
-    """What a launcher starts: `[*launcher, experiment, -R store, --sweep ID:INDEX, with, *words]`."""
+    """What a launcher starts: `[*launcher, experiment, -R store, --sweep ID:INDEX [--trial], with,
+    *words]`."""
 
     experiment: Path
     store: StoreLocation
@@ -32,12 +33,14 @@ class ChildRun:
     run_id_file: Path | None = None  # where the child writes the id of the run it records
     launcher: tuple[str, ...] = (sys.executable,)  # python, or torchrun for a distributed run
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    trial: bool = False  # the run is trial number `sweep[1]` of the search `sweep[0]`
 
     def script_argv(self) -> list[str]:
         """The experiment's own command line (argv[0] is the experiment file)."""
         argv = [str(self.experiment), *self.store.child_argv()]
         if self.sweep is not None:
             argv += ["--sweep", f"{self.sweep[0]}:{self.sweep[1]}"]
+            argv += ["--trial"] if self.trial else []
         return [*argv, "with", *self.words] if self.words else argv
 
     def argv(self) -> list[str]:

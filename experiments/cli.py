@@ -47,10 +47,10 @@ def repeat_run(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from experiments.sweeps.command import sweep_command
     from experiments.sweeps.options import SweepOptions
+    from experiments.sweeps.search import sweep_or_search
 
-    return sweep_command(SweepOptions.from_args(args))
+    return sweep_or_search(SweepOptions.from_args(args))
 
 
 def sync_runs(args: argparse.Namespace) -> int:
@@ -210,6 +210,31 @@ def add_sweep_command(command) -> None:
         help="any other sbatch option, e.g. --sbatch account=proj --sbatch qos=low",
     )
     slurm.add_argument("--wait", action="store_true", help="follow the job array until it ends")
+    search = parser.add_argument_group(
+        "search (Optuna; a key given as loguniform(a, b), uniform(a, b), int(a, b) or "
+        "logint(a, b) is searched, a list is categorical)"
+    )
+    search.add_argument("--trials", type=int, metavar="N", help="trials in all (the budget)")
+    search.add_argument("--metric", help="the metric to optimise (default val_accuracy)")
+    search.add_argument(
+        "--direction",
+        choices=("maximize", "minimize"),
+        help="default: minimize a metric named like a loss, else maximize",
+    )
+    search.add_argument("--sampler", help="tpe (default), random, or grid (a discrete space)")
+    search.add_argument("--sampler-seed", type=int, metavar="N", help="the sampler's seed")
+    search.add_argument("--pruner", help="none (default), median, halving or hyperband")
+    search.add_argument(
+        "--pruner-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a pruner setting, e.g. --pruner-option min_resource=1",
+    )
+    search.add_argument(
+        "--study-storage",
+        metavar="URL",
+        help="an Optuna database (sqlite:///FILE, postgresql://...) instead of the run store",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.child import ChildRun, checkout_file
+from experiments.trial import PRUNED_AT_VARIABLE
 from ingredients.checkout import CHECKOUT_ROOT, run_store_around
 from ingredients.data import resolve_path
 from ingredients.imports import FROM_RECORD_VARIABLE, ROOTS_VARIABLE, owned_folder
@@ -83,14 +84,41 @@ def read_original(store: RunStore, run_id: int, verify: bool) -> Original:
     experiment = run.get("experiment") if isinstance(run, dict) else None
     if not isinstance(experiment, dict) or not isinstance(experiment.get("mainfile"), str):
         raise RecordError(f"run {run_id}'s run.json does not name the experiment's main file")
+    if run.get("status") == "PRUNED":  # a search's trial: repeated up to the epoch it stopped
+        return read_pruned(store, run_id, run, verify)
     if run.get("status") != "COMPLETED":  # its record is partial; `with resume=ID` continues it
         raise RecordError(
             f"run {run_id} has status {run.get('status')}, not COMPLETED, so there "
             f"is no finished run to repeat (continue it with resume={run_id})"
         )
+    return with_verification(
+        Original(
+            store,
+            run_id,
+            run,
+            store.config(run_id),
+            store.info(run_id),
+            store.sources(run_id),
+            None,
+        ),
+        verify,
+    )
+
+
+def read_pruned(store: RunStore, run_id: int, run: dict, verify: bool) -> Original:
+    """A pruned trial as an original: its rerun stops after the same epoch (pruned_at)."""
     original = Original(
         store, run_id, run, store.config(run_id), store.info(run_id), store.sources(run_id), None
     )
+    epoch = (original.info.get("pruned") or {}).get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise RecordError(f"run {run_id} is PRUNED but its info does not say after which epoch")
+    return with_verification(original, verify)
+
+
+def with_verification(original: Original, verify: bool) -> Original:
+    """The original with its metrics read for --verify (RecordError if it has nothing to compare)."""
+    store, run_id = original.store, original.run_id
     if verify:
         if not original.info.get("final_model_sha256"):
             raise RecordError(
@@ -353,6 +381,9 @@ def run_again(
                 }
             ),
         }
+        pruned = original.info.get("pruned") if original.run.get("status") == "PRUNED" else None
+        if pruned:  # the pruner's decision replayed: stop after the same epoch, as PRUNED
+            env[PRUNED_AT_VARIABLE] = str(pruned["epoch"])
         if not trust_import_paths:
             env[FROM_RECORD_VARIABLE] = "rerun it with --trust-import-paths to run it"
         child = ChildRun(

@@ -23,6 +23,7 @@ from experiments.checkpoint import (
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
 from experiments.membership import checking_for_elsewhere
 from experiments.signals import INTERRUPTS
+from experiments.trial import TrialHook
 from ingredients.data import Contents, data, describe, load_splits, make_loader
 from ingredients.model import build_model, format_summary, model, summarize
 from ingredients.optimizer import build_optimizer, build_scheduler, gradient_clipper, optimizer
@@ -333,6 +334,7 @@ def train(
         best.load_state_dict(best_state)
         log.info("resuming run %s after epoch %d (step %d)", point.run_id, done, step)
     checkpoints = CheckpointRecorder(_run, carried=point.carried if point else None)
+    trial = TrialHook.for_run(_run)  # a search's trial reports each epoch and may be pruned
 
     def state(epoch: int) -> dict:
         return job.checkpoint_state(
@@ -385,6 +387,9 @@ def train(
                 checkpoints.save("last.pt", state(epoch))  # first: a kill in the next save keeps it
                 if improved:
                     checkpoints.save("best.pt", state(epoch))
+            if trial.epoch_end(epoch, metrics):  # after the checkpoint: a pruned run keeps it
+                log.info("pruned after epoch %d", epoch)
+                break
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break
@@ -392,6 +397,7 @@ def train(
         record_data(_run, splits, timeout=5, quiet=True)
     _run.info["final_model_sha256"] = state_hash(net)
     _run.info["best"] = {monitor: best.value, "epoch": best.epoch}
+    trial.finish(_run)  # a pruned trial ends here, as PRUNED
     return best.value
 
 

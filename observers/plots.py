@@ -170,3 +170,35 @@ def plot_sweep(runs: pd.DataFrame, column: str, path: str | os.PathLike) -> str:
         figure.legend(loc="outside lower center", fontsize="small", frameon=False)
     save_png(figure, Path(path))
     return x_key
+
+
+def plot_search(
+    runs: pd.DataFrame, column: str, importances: dict[str, float], path: str | os.PathLike
+) -> None:
+    """A search as a PNG: each trial's `column` (pruned ones marked) with the best so far
+    against the trial number, and beside it each searched key's importance."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = runs.sort_values("trial")
+    maximize = column.endswith(".max")
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    trials, ranked = figure.subplots(1, 2, width_ratios=[3, 2])
+    for status, marker in (("COMPLETED", "o"), ("PRUNED", "x")):
+        shown = runs[runs["status"] == status]
+        trials.scatter(shown["trial"], shown[column], marker=marker, label=status.lower())
+    done = runs[runs["status"] == "COMPLETED"]
+    best = done[column].cummax() if maximize else done[column].cummin()
+    trials.step(done["trial"], best, where="post", color="black", label="best so far")
+    trials.set(xlabel="trial", ylabel=column, title=f"{column} by trial")
+    trials.grid(alpha=0.3)
+    trials.legend(fontsize="small")
+    if importances:
+        keys = list(importances)[::-1]  # the most important on top
+        ranked.barh([short_key(f"config.{k}") for k in keys], [importances[k] for k in keys])
+        ranked.set(xlabel="importance (PED-ANOVA)", title="searched keys")
+    else:
+        ranked.text(0.5, 0.5, "too few finished trials\nfor importances", ha="center")
+        ranked.set_axis_off()
+    save_png(figure, Path(path))

@@ -12,6 +12,7 @@ import pandas as pd
 
 from observers.exit_codes import ExitCode
 from observers.files import replacing
+from observers.location import StoreLocation
 from observers.plots import abbreviate, format_value, plot_metric, short_key
 from observers.records import is_run_id
 from observers.store import RecordError, RunStore, open_store, resolve_run
@@ -28,7 +29,16 @@ WIDTH = 80  # every line printed fits a standard terminal
 CELL = 14  # widest config cell in ls before it is cut
 PATH_CELL = 24  # widest path cell in ls: room for a file name after the cut
 GAP = "  "
-KNOWN_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "DAMAGED")
+KNOWN_STATUSES = (
+    "QUEUED",
+    "RUNNING",
+    "COMPLETED",
+    "PRUNED",  # a search's trial stopped by its pruner (experiments/trial.py)
+    "FAILED",
+    "INTERRUPTED",
+    "TIMEOUT",
+    "DAMAGED",
+)
 DEFAULT_METRIC = "val_accuracy"
 
 
@@ -491,12 +501,39 @@ def compare_sweep(args) -> int:
         raise ValueError(f"no run of sweep '{args.sweep}' recorded the metric '{metric}'")
     runs = runs.sort_values(best, ascending=best.endswith(".min"), na_position="last")
     print("\n".join(sweep_rank_lines(runs, best)))
-    if args.plot:
+    searched = search_of(args.sweep, args.store)
+    if args.plot and searched is not None:
+        plot_searched(runs, best, args, searched)
+    elif args.plot:
         from observers.plots import plot_sweep
 
         x_key = plot_sweep(runs, best, args.plot)
         print(f"wrote {args.plot} ({best} against {short_key(x_key)}, sweep {args.sweep})")
     return ExitCode.OK
+
+
+def search_of(sweep_id: str, store: str | None) -> dict | None:
+    """The search block of a sweep's record, when the sweep is a search."""
+    from observers.sweep_records import sweep_records
+
+    record = sweep_records(StoreLocation.parse(store)).find(sweep_id) or {}
+    search = record.get("search")
+    return search if isinstance(search, dict) else None
+
+
+def plot_searched(runs: pd.DataFrame, best: str, args, search: dict) -> None:
+    """The search's plot: value against trial, and each searched key's importance."""
+    from observers.plots import plot_search
+    from observers.studies import param_importances
+
+    url = search.get("storage")
+    if isinstance(url, str) and "***" in url:
+        importances: dict = {}  # its password is not recorded: no importances without it
+    else:
+        location = StoreLocation.parse(args.store)
+        importances = param_importances(location, args.sweep, url if isinstance(url, str) else None)
+    plot_search(runs, best, importances, args.plot)
+    print(f"wrote {args.plot} ({best} by trial, and the searched keys' importance)")
 
 
 def best_column(runs: pd.DataFrame, metric: str) -> str | None:

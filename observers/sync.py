@@ -7,6 +7,8 @@ syncing twice creates no duplicates; an incomplete MongoDB record (a run that lo
 mid-way, or an upload that was cut short) is replaced in place, keeping its `_id`.
 Sweep records (<store>/.reprolab/sweeps/) go into MongoDB's `sweeps` collection after the runs,
 so `reprolab sweep --status`, `ls --sweep` and `compare --sweep` read the same from both stores.
+A search's study journal (<store>/.reprolab/studies/<id>.log) goes into MongoDB's `studies`
+journal: the logs MongoDB lacks are appended, so a search continues there where it stopped.
 """
 
 from __future__ import annotations
@@ -253,6 +255,7 @@ def sync_store(
             ) from None
     try:
         _sync_sweeps(sweeps, targets, report, echo)
+        _sync_studies(path, uploader.db, echo)
     except PyMongoError as error:
         raise RecordError(
             f"MongoDB failed while copying the sweep records of {store.location} "
@@ -306,6 +309,22 @@ def _sync_sweeps(
         echo(
             f"sweep {record['id']}: {report.sweeps[record['id']]} "
             f"({len(record.get('configs') or [])} configs)"
+        )
+
+
+def _sync_studies(path, db, echo: Callable[[str], object]) -> None:
+    """Each search's study journal into MongoDB's `studies`: the logs it lacks, appended."""
+    folder = Path(path) / ".reprolab" / "studies"
+    if not folder.is_dir():
+        return
+    from observers.studies import sync_journal  # optuna only when there is a study
+
+    for journal in sorted(folder.glob("*.log")):
+        added = sync_journal(journal, db, journal.stem)
+        echo(
+            f"study {journal.stem}: {added} journal entries copied"
+            if added
+            else f"study {journal.stem}: already there"
         )
 
 

@@ -37,6 +37,8 @@ RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "note": "str",
     "sweep": "str",  # the sweep a run belongs to (run.json's meta.sweep), and its config's index
     "sweep_index": "Int64",
+    "trial": "Int64",  # a search's trial number (meta.sweep.trial), and the epoch it was pruned at
+    "pruned_epoch": "Int64",
 }
 SUMMARY_STATS = ("last", "min", "max")
 UTC_SUFFIX = "+00:00"  # the offset every record writes its times with
@@ -81,7 +83,20 @@ def load_runs(
     summaries = _metric_summaries(store, [row["run_id"] for row in rows])
     for row in rows:
         _add_summaries(row, summaries[row["run_id"]], store)
+        row["pruned_epoch"] = _pruned_epoch(store, row)
     return _runs_frame(rows)
+
+
+def _pruned_epoch(store: RunStore, row: dict) -> int | None:
+    """The epoch a PRUNED run stopped after (its info's `pruned`, experiments/trial.py)."""
+    if row.get("status") != "PRUNED":
+        return None  # only pruned runs have it: no info read for the others
+    try:
+        pruned = store.info(row["run_id"]).get("pruned")
+    except Exception:  # noqa: BLE001 - one bad record never stops the listing
+        return None
+    epoch = pruned.get("epoch") if isinstance(pruned, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def _names(value: str | Iterable[str] | None) -> set[str] | None:
@@ -181,6 +196,7 @@ def _record_fields(run: dict) -> dict:
         "result": _result(run.get("result")),
         "sweep": _field(member, "id", str, odd),  # which sweep and config (experiments/sweep.py)
         "sweep_index": _field(member, "index", int, odd),
+        "trial": _field(member, "trial", int, odd),
     }
     if odd:
         fields["odd"] = f"run.json: {', '.join(odd)} of an unexpected type, read as missing"

@@ -89,8 +89,11 @@ def sweep_command(options: SweepOptions) -> int:
     return launch(options, record, book, jobs)
 
 
-def declaration_from(words: list[str], file: str | None) -> Declaration:
-    """The experiment file, an optional sweep file and `with` words, in that order."""
+def declaration_from(
+    words: list[str], file: str | None, search_options: bool = False
+) -> Declaration:
+    """The experiment file, an optional sweep file and `with` words, in that order (a search's
+    options given, it need not declare a list: sweeps/search.py checks its space)."""
     words = list(words or [])
     experiment = None
     if words and words[0].endswith(".py"):
@@ -108,7 +111,8 @@ def declaration_from(words: list[str], file: str | None) -> Declaration:
     declaration = from_words(words, declaration)
     declaration.experiment = experiment or declaration.experiment
     inline_config_files(declaration)
-    if not declaration.grid and not declaration.random:
+    searched = declaration.search is not None or declaration.space  # sweeps/search.py's
+    if not declaration.grid and not declaration.random and not searched and not search_options:
         raise ValueError(
             "the sweep declares nothing to vary: give a list, e.g. 'lr=[0.1, 0.01]', "
             "or a sweep file with grid or random"

@@ -30,10 +30,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.sweeps.space import parse_distribution
 from observers.records import ENCODING_PREFIXES
 
 DEFAULT_EXPERIMENT = "experiments/train.py"
-FILE_KEYS = ("experiment", "named_configs", "fixed", "grid", "random")
+FILE_KEYS = ("experiment", "named_configs", "fixed", "grid", "random", "search")
 RANDOM_KEYS = ("samples", "seed", "values")
 RANGE = re.compile(r"^\s*range\(([^()]*)\)\s*$")
 SEED_LIMIT = 2**31
@@ -51,6 +52,8 @@ class Declaration:
     fixed: dict = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
     random: dict | None = None
+    search: dict | None = None  # a search's block as written (experiments/sweeps/space.py)
+    space: dict[str, dict] = field(default_factory=dict)  # searched keys given as words
 
     def record(self) -> dict:
         """The declaration as plain data, for the sweep's record."""
@@ -98,7 +101,14 @@ def from_words(words: list[str], declaration: Declaration | None = None) -> Decl
             continue
         if not key:
             raise ValueError(f"'{word}' has no config key before '='")
+        spec = parse_distribution(key, text)  # a searched key: 'lr=loguniform(1e-4, 1e-1)'
+        if spec is not None:
+            declaration.space[key] = spec
+            declaration.fixed.pop(key, None)
+            declaration.grid.pop(key, None)
+            continue
         value = parse_value(text)
+        declaration.space.pop(key, None)
         if isinstance(value, (list, tuple)):
             declaration.grid[key] = axis(key, list(value))
             declaration.fixed.pop(key, None)
@@ -152,6 +162,7 @@ def from_file(path: str | Path) -> Declaration:
                 for key, values in flatten(data.get("grid") or {}, "grid").items()
             },
             random=random_block(data.get("random")),
+            search=search_block(data.get("search")),
         )
     except ValueError as error:
         raise ValueError(f"sweep file {path}: {error}") from None
@@ -178,6 +189,13 @@ def grid_values(key: str, values) -> list:
             f"grid key '{key}' must list its values (or be range(...)), not {values!r}"
         )
     return axis(key, values)
+
+
+def search_block(block) -> dict | None:
+    """The search block as written; checked with the command line's options (space.py)."""
+    if block is not None and not isinstance(block, dict):
+        raise ValueError("'search' must be a mapping with trials, metric, space, ...")
+    return block
 
 
 def is_range_spec(value) -> bool:

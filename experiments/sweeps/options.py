@@ -31,6 +31,28 @@ class SlurmArgs:
 
 
 @dataclass(frozen=True)
+class SearchArgs:
+    """A search's options as given (None: not given; the sweep file's or the record's then)."""
+
+    trials: int | None = None
+    metric: str | None = None
+    direction: str | None = None
+    sampler: str | None = None
+    sampler_seed: int | None = None
+    pruner: str | None = None
+    pruner_options: tuple[str, ...] = ()
+    storage: str | None = None  # --study-storage: an Optuna database URL
+
+    def given(self) -> bool:
+        """Whether any search option was given (then the sweep is a search)."""
+        return any(
+            value not in (None, ())
+            for name, value in vars(self).items()
+            if name != "storage"  # also given on --resume, to reach the study
+        )
+
+
+@dataclass(frozen=True)
 class SweepOptions:
     """What the user asked `reprolab sweep` for; engine options None where not given."""
 
@@ -45,6 +67,7 @@ class SweepOptions:
     parallel: int | None = None
     threads: int | None = None
     slurm: SlurmArgs = field(default_factory=SlurmArgs)
+    search: SearchArgs = field(default_factory=SearchArgs)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SweepOptions:
@@ -58,6 +81,16 @@ class SweepOptions:
             tuple(args.sbatch or ()),
             args.wait,
         )
+        search = SearchArgs(
+            getattr(args, "trials", None),
+            getattr(args, "metric", None),
+            getattr(args, "direction", None),
+            getattr(args, "sampler", None),
+            getattr(args, "sampler_seed", None),
+            getattr(args, "pruner", None),
+            tuple(getattr(args, "pruner_option", None) or ()),
+            getattr(args, "study_storage", None),
+        )
         return cls(
             StoreLocation.parse(args.store),
             tuple(args.words or ()),
@@ -70,6 +103,7 @@ class SweepOptions:
             args.parallel,
             args.threads,
             slurm,
+            search,
         )
 
     def with_engine(self, on: str | None = None, parallel=None, threads=None) -> SweepOptions:

@@ -1,0 +1,377 @@
+"""A search's trials: asked from the Optuna study, run as sweep runs, told back when they end.
+
+A search is a sweep whose configs are chosen as it goes. Its record (sweeps/record.py) keeps
+the declaration (`extra.search`) and one config: the fixed values every trial shares. Each
+trial is one recorded run started as a sweep run (`record.child`: `--sweep ID:NUMBER --trial`);
+its config is the fixed values plus the trial's parameters, which the study holds. A worker asks
+the study for a trial, runs it, and tells the study how it ended: COMPLETED with the best value
+the run reported, PRUNED, or FAILED; an interrupted run's trial stays RUNNING for --resume to
+continue from its checkpoint. The budget is exact with any number of workers: trial numbers are
+handed out by the study one by one, and a trial numbered past the budget is told FAIL at once
+without running (marked `over_budget`), so only trials 0..N-1 ever run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.sweeps.attempts import Attempt, sweep_attempts
+from experiments.sweeps.declare import config_words, describe
+from experiments.sweeps.local import STOP_WAIT_S, kill_session, last_error
+from experiments.sweeps.record import Job, SweepBook, SweepRecord
+from experiments.sweeps.space import Search
+from observers.exit_codes import ExitCode
+from observers.location import StoreLocation
+from observers.records import RecordError
+from observers.studies import STORAGE_VARIABLE, study_storage
+
+OVER_BUDGET = "over_budget"  # user attribute of a trial numbered past the budget (never run)
+ENDED = ("COMPLETED", "PRUNED", "FAILED", "DAMAGED")  # a run status that ends its trial
+CONTINUABLE = ("INTERRUPTED", "RUNNING", "TIMEOUT")
+
+
+def quiet_optuna():
+    """optuna, logging warnings only (its INFO line per trial would drown the progress)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+class Tuner:
+    """One search's study, and the trials it asks, runs and tells."""
+
+    def __init__(self, record: SweepRecord, location: StoreLocation, storage_url: str | None):
+        optuna = quiet_optuna()
+        self.record, self.location, self.storage_url = record, location, storage_url
+        try:
+            self.search = Search.parse(record.extra.get("search"))
+        except ValueError as error:
+            raise RecordError(f"search {record.id}'s record is damaged: {error}") from None
+        self.study = optuna.create_study(
+            study_name=record.id,
+            storage=study_storage(location, record.id, storage_url),
+            direction=self.search.direction,
+            sampler=self.search.make_sampler(),
+            pruner=self.search.make_pruner(),
+            load_if_exists=True,
+        )
+        self.distributions = self.search.distributions()
+
+    # ---------------------------------------------------------------- trials
+
+    def trial(self, number: int):
+        """The study's trial `number` as it stands now (a FrozenTrial)."""
+        return self.study.get_trials(deepcopy=False)[number]
+
+    def job(self, number: int, params: dict, resumes: int | None = None) -> Job:
+        """What to start for trial `number`: its config, or the continuation of run `resumes`."""
+        if resumes is not None:
+            return Job(number, [f"resume={resumes}"], resumes=resumes)
+        config = {**self.record.configs[0], **params}
+        return Job(number, self.record.named_configs + config_words(config))
+
+    def ask(self) -> Job | None:
+        """A new trial's job, or None once the budget is spent."""
+        from optuna.trial import TrialState
+
+        if len(self.study.get_trials(deepcopy=False)) >= self.search.trials:
+            return None
+        trial = self.study.ask(self.distributions)
+        if trial.number >= self.search.trials:  # another worker took the last one first
+            trial.set_user_attr(OVER_BUDGET, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        return self.job(trial.number, trial.params)
+
+    def tell(self, number: int, status: str) -> str:
+        """Tell the study how trial `number`'s latest run ended; the word to print."""
+        from optuna.trial import TrialState
+
+        trial = self.trial(number)
+        if trial.state.is_finished():
+            return trial.state.name
+        if status in CONTINUABLE:
+            return f"{status} (continue it with --resume)"
+        if status == "PRUNED":
+            self.study.tell(number, state=TrialState.PRUNED)
+            return f"PRUNED after epoch {max(trial.intermediate_values, default=0)}"
+        values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+        if status != "COMPLETED" or not values:
+            self.study.tell(number, state=TrialState.FAIL)
+            return status if status != "COMPLETED" else "FAILED (no metric reported)"
+        best = max(values) if self.search.direction == "maximize" else min(values)
+        self.study.tell(number, best)
+        return f"COMPLETED {self.search.metric}={best:.4g}"
+
+    def child(self, job: Job, **options):
+        """The trial's run as the sweep machinery starts it."""
+        env = {STORAGE_VARIABLE: self.storage_url} if self.storage_url else {}
+        return self.record.child(job, self.location, trial=True, extra_env=env, **options)
+
+    def describe(self, job: Job) -> str:
+        if job.resumes is not None:
+            return f"continuing run {job.resumes}"
+        return describe(self.trial(job.index).params)
+
+    # ---------------------------------------------------------------- resuming
+
+    def unfinished(self, busy: bool = False) -> tuple[list[Job], list[str]]:
+        """Jobs for trials left RUNNING by a stopped search (continued from their checkpoint,
+        or started again with the same parameters), and a line for each; trials whose run ended
+        while nobody listened are told now."""
+        from optuna.trial import TrialState
+
+        attempts = sweep_attempts(self.location, self.record.id)
+        jobs, notes = [], []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            runs = attempts.get(trial.number) or []
+            latest: Attempt | None = runs[-1] if runs else None
+            if latest is not None and latest.status in ENDED:
+                notes.append(f"trial {trial.number}: {self.tell(trial.number, latest.status)}")
+            elif latest is not None and (busy or latest.beating()):
+                notes.append(f"trial {trial.number}: run {latest.run_id} is still going")
+            elif latest is not None and latest.status in CONTINUABLE and latest.checkpoint:
+                notes.append(f"trial {trial.number}: continuing run {latest.run_id}")
+                jobs.append(self.job(trial.number, trial.params, resumes=latest.run_id))
+            else:
+                notes.append(f"trial {trial.number}: starting it again")
+                jobs.append(self.job(trial.number, trial.params))
+        return jobs, notes
+
+    def summary(self) -> str:
+        """One line: trials by state, and the best one."""
+        counts: dict[str, int] = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.user_attrs.get(OVER_BUDGET):
+                continue
+            counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+        line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return f"search {self.record.id}: {line}; no trial completed"
+        return (
+            f"search {self.record.id}: {line}; best trial {best.number}: "
+            f"{self.search.metric}={best.value:.4g} ({describe(best.params)})"
+        )
+
+
+# --------------------------------------------------------------------------- one run at a time
+
+
+@dataclass
+class Running:
+    job: Job
+    process: subprocess.Popen
+    log: Path
+    id_file: Path
+
+
+def start(tuner: Tuner, job: Job, logs: Path, threads: int | None, attempt: int) -> Running:
+    """Start one trial's run here, in its own process and session."""
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"trial-{job.index}-{attempt}.log"
+    id_file = logs / f"trial-{job.index}-{attempt}.run_id"
+    id_file.unlink(missing_ok=True)
+    child = tuner.child(job, threads=threads, run_id_file=id_file)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            child.argv(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child.env(),
+            start_new_session=True,
+        )
+    return Running(job, process, log, id_file)
+
+
+def run_status(location: StoreLocation, item: Running) -> tuple[str, str]:
+    """How a trial's run ended, from its record (its id from the run-id file): (status, run)."""
+    from observers.store import open_store
+
+    if not item.id_file.is_file():
+        return "FAILED", "?"
+    run_id = item.id_file.read_text().strip()
+    try:
+        status = open_store(location).run(int(run_id)).get("status")
+    except (RecordError, ValueError):
+        return "FAILED", run_id
+    return (status if isinstance(status, str) else "DAMAGED"), run_id
+
+
+# --------------------------------------------------------------------------- local workers
+
+
+class LocalSearch:
+    """N trials at a time here: each free slot asks the study for the next trial until the
+    budget is spent. Ctrl-C and SIGTERM stop the running trials as INTERRUPTED (with their last
+    checkpoint), to be continued by --resume. One slot and a sampler seed ask the same trials."""
+
+    def __init__(self, tuner: Tuner, book: SweepBook, parallel: int, threads: int):
+        self.tuner, self.parallel, self.threads = tuner, parallel, threads
+        self.logs = book.work_dir(tuner.record.id) / "logs"
+        self.failures: list[str] = []
+
+    def run(self, first: list[Job], attempt: int) -> int:
+        """Run `first` (trials left over), then new trials; 0 when none failed, 130 if stopped."""
+        pending, running, spent = list(first), [], False
+        stopping: list[int] = []
+        previous = {
+            signum: signal.signal(signum, lambda signum, _: stopping.append(signum))
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            while not stopping:
+                while len(running) < self.parallel and not stopping and not spent:
+                    job = pending.pop(0) if pending else self.tuner.ask()
+                    if job is None:
+                        spent = True
+                        break
+                    running.append(start(self.tuner, job, self.logs, self.threads, attempt))
+                    self.say(f"trial {job.index} started: {self.tuner.describe(job)}")
+                if not running:
+                    break
+                finished = [r for r in running if r.process.poll() is not None]
+                for item in finished:
+                    running.remove(item)
+                    self.finish(item)
+                if not finished and not stopping:
+                    time.sleep(0.2)  # (a signal handler only appends: no lock to wait on)
+            if stopping:
+                self.stop(running)
+                self.say(
+                    f"stopped; continue it with: reprolab sweep --resume "
+                    f"{self.tuner.record.id}{self.tuner.location.option_text()}"
+                )
+                return ExitCode.INTERRUPTED
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        for line in self.failures:
+            print(line, file=sys.stderr)
+        self.say(self.tuner.summary().split(": ", 1)[1])
+        return ExitCode.FAILED if self.failures else ExitCode.OK
+
+    def finish(self, item: Running) -> None:
+        status, run_id = run_status(self.tuner.location, item)
+        said = self.tuner.tell(item.job.index, status)
+        self.say(f"trial {item.job.index} (run {run_id}): {said}")
+        if status not in ("COMPLETED", "PRUNED", *CONTINUABLE):
+            self.failures.append(
+                f"trial {item.job.index} (run {run_id}) failed: {last_error(item.log)} "
+                f"(log: {item.log})"
+            )
+
+    def stop(self, running: list[Running]) -> None:
+        """Ask every running trial to stop (SIGINT: INTERRUPTED with its checkpoint) and wait."""
+        for item in running:
+            if item.process.poll() is None:
+                item.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + STOP_WAIT_S
+        for item in running:
+            try:
+                item.process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                kill_session(item.process)
+            self.finish(item)
+
+    def say(self, line: str) -> None:
+        print(f"search {self.tuner.record.id}: {line}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- Slurm workers
+
+
+@dataclass
+class WorkerTask:
+    """One Slurm array task: a worker of the search (no password: MongoDB and a study storage
+    URL come from the environment sbatch passes on)."""
+
+    sweep_id: str
+    store: str | None  # a folder store's path; None: $REPROLAB_MONGO_URL
+    cwd: str
+    threads: int
+    first: list[tuple[int, int | None]]  # (trial, run to continue or None) left over for it
+
+
+def search_worker(task: WorkerTask) -> int:
+    """On a node: run this worker's left-over trials, then ask for new ones until the budget is
+    spent; each trial a run in its own process. Slurm's warning and SIGTERM stop the running
+    trial as INTERRUPTED, for --resume."""
+    os.chdir(task.cwd)
+    location = StoreLocation.parse(task.store)
+    record = SweepBook(location).load(task.sweep_id)
+    tuner = Tuner(record, location, os.environ.get(STORAGE_VARIABLE))
+    logs = SweepBook(location).work_dir(record.id) / "logs"
+    current: list[subprocess.Popen] = []
+    stopping: list[int] = []
+
+    def stop(signum, frame) -> None:
+        stopping.append(signum)
+        for process in current:
+            process.send_signal(signal.SIGTERM)
+
+    for name in ("SIGUSR1", "SIGUSR2", "SIGTERM"):
+        signal.signal(getattr(signal, name), stop)
+    pending = [tuner.job(n, tuner.trial(n).params, resumes=run) for n, run in task.first]
+    failed = 0
+    attempt = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+    while not stopping:
+        job = pending.pop(0) if pending else tuner.ask()
+        if job is None:
+            break
+        item = start(tuner, job, logs, task.threads, 1000 + attempt)
+        current[:] = [item.process]
+        item.process.wait()
+        current.clear()
+        status, _ = run_status(location, item)
+        tuner.tell(job.index, status)
+        failed += status not in ("COMPLETED", "PRUNED", *CONTINUABLE)
+    return ExitCode.INTERRUPTED if stopping else (ExitCode.FAILED if failed else ExitCode.OK)
+
+
+def submit_workers(tuner: Tuner, location: StoreLocation, options, folder: Path, tasks) -> dict:
+    """Submit one job array of search workers; {worker index: Slurm task id}."""
+    import submitit
+
+    from experiments.sweeps.slurm import executor_parameters
+
+    os.environ.update(location.child_env())  # sbatch passes the environment on, never a script
+    if tuner.storage_url:
+        os.environ[STORAGE_VARIABLE] = tuner.storage_url
+    executor = submitit.SlurmExecutor(folder=str(folder))
+    executor.update_parameters(**executor_parameters(tuner.record.id, options))
+    try:
+        submitted = executor.map_array(search_worker, tasks)
+    except Exception as error:  # noqa: BLE001 - sbatch's refusal, in one sentence
+        message = str(error).strip().splitlines()
+        raise ValueError(
+            f"Slurm refused the job array: {message[-1] if message else error}"
+        ) from None
+    return {index: handle.job_id for index, handle in enumerate(submitted)}
+
+
+def worker_tasks(
+    tuner: Tuner, location: StoreLocation, workers: int, threads: int, first: list[Job]
+) -> list[WorkerTask]:
+    """One task per worker; the left-over trials dealt out in turn."""
+    store = None if location.is_mongo else str(location.path)
+    return [
+        WorkerTask(
+            tuner.record.id,
+            store,
+            os.getcwd(),
+            threads,
+            [(job.index, job.resumes) for job in first[index::workers]],
+        )
+        for index in range(workers)
+    ]

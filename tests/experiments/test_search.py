@@ -1,0 +1,291 @@
+"""Searches run locally: trials pruned and shown as PRUNED everywhere, a pruned trial rerun bit
+for bit, the same configs from one worker and a sampler seed, a search stopped by Ctrl-C then
+resumed within its budget, and bad declarations refused in one sentence before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from observers import load_runs
+from observers.location import StoreLocation
+from observers.studies import journal_path, study_storage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 600  # every wait on a process here is bounded
+TINY = ("epochs=2", "limit_batches=2", "seed=0", "progress=False")
+# A grid of three learning rates: whichever runs first, a later one that learns nothing is
+# pruned after epoch 1 by the median of those before it (n_startup_trials=1).
+PRUNING = (
+    "with",
+    "lr=[0.05, 1e-7, 2e-7]",
+    "optimizer.name=adam",
+    *TINY,
+    "--sampler",
+    "grid",
+    "--sampler-seed",
+    "1",
+    "--pruner",
+    "median",
+    "--pruner-option",
+    "n_startup_trials=1",
+)
+
+
+def reprolab(
+    *args: str, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=WAIT_S,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def search_id(store: Path) -> str:
+    (record,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    return record.stem
+
+
+def trials(store: Path, sweep: str) -> list:
+    import optuna
+
+    storage = study_storage(StoreLocation.parse(str(store)), sweep)
+    return optuna.load_study(study_name=sweep, storage=storage).get_trials()
+
+
+@pytest.fixture(scope="module")
+def pruned_search(tmp_path_factory):
+    """A search of three trials, one worker, a median pruner: its store and id."""
+    store = tmp_path_factory.mktemp("search") / "runs"
+    reprolab("sweep", "experiments/train.py", "--store", str(store), "--threads", "1", *PRUNING)
+    return store, search_id(store)
+
+
+def test_pruned_trials_are_recorded_and_shown_as_pruned(pruned_search):
+    store, sweep = pruned_search
+    runs = load_runs(store, sweep=sweep).sort_values("trial")
+    assert list(runs.trial) == [0, 1, 2] and list(runs.sweep_index) == [0, 1, 2]
+    assert "PRUNED" in set(runs.status) and "COMPLETED" in set(runs.status)
+    pruned = runs[runs.status == "PRUNED"]
+    assert (pruned.pruned_epoch == 1).all() and runs[
+        runs.status != "PRUNED"
+    ].pruned_epoch.isna().all()
+    assert sorted(runs["config.lr"]) == [1e-7, 2e-7, 0.05]
+    states = {t.number: t.state.name for t in trials(store, sweep)}
+    assert states == {
+        int(t): ("PRUNED" if s == "PRUNED" else "COMPLETE") for t, s in zip(runs.trial, runs.status)
+    }
+    run_id = int(pruned.index[0])
+    record = json.loads((store / str(run_id) / "run.json").read_text())
+    assert record["status"] == "PRUNED"
+    assert record["meta"]["sweep"] == {
+        "id": sweep,
+        "index": int(pruned.trial.iloc[0]),
+        "trial": int(pruned.trial.iloc[0]),
+    }
+    assert "last.pt" in json.loads((store / str(run_id) / "info.json").read_text())["checkpoints"]
+
+    listed = reprolab("ls", "--store", str(store)).stdout
+    assert listed.count("PRUNED") == len(pruned)
+    shown = reprolab("show", str(run_id), "--store", str(store)).stdout.splitlines()
+    assert shown[0].split()[-1] == "PRUNED"
+    ranked = reprolab("compare", "--sweep", sweep, "--store", str(store)).stdout.splitlines()
+    assert ranked[1].split()[3] == "COMPLETED" and ranked[-2].split()[3] == "PRUNED"
+    status = reprolab("sweep", "--status", sweep, "--store", str(store)).stdout
+    assert status.count(" PRUNED ") == 2 * len(pruned)  # the study's state and the run's
+
+
+def test_a_pruned_trial_reruns_bit_for_bit(pruned_search):
+    store, sweep = pruned_search
+    runs = load_runs(store, sweep=sweep)
+    run_id = int(runs[runs.status == "PRUNED"].index[0])
+    result = reprolab("rerun", str(run_id), "--verify", "--store", str(store))
+    assert f"exact match between run {run_id} and its rerun" in result.stdout
+
+
+def test_one_worker_and_a_sampler_seed_ask_the_same_configs(pruned_search, tmp_path):
+    store, sweep = pruned_search
+    again = tmp_path / "runs"
+    reprolab("sweep", "experiments/train.py", "--store", str(again), "--threads", "1", *PRUNING)
+    first = [(t.params, t.state.name) for t in trials(store, sweep)]
+    second = [(t.params, t.state.name) for t in trials(again, search_id(again))]
+    assert first == second and len(first) == 3
+
+
+def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, checkout_folder):
+    store, fifo = tmp_path / "runs", tmp_path / "ready"
+    os.mkfifo(fifo)
+    stopper = sweep_stopper(checkout_folder)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "STOP_FIFO": str(fifo),
+        "REPO_ROOT": str(REPO_ROOT),
+    }
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.cli",
+            "sweep",
+            str(stopper),
+            "--store",
+            str(store),
+            "--threads",
+            "1",
+            "with",
+            "lr=loguniform(1e-3, 1e-1)",
+            "epochs=2",
+            "limit_batches=2",
+            "seed=0",
+            "--trials",
+            "3",
+            "--sampler",
+            "random",
+            "--sampler-seed",
+            "0",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    from tests.experiments.test_sweep import stop_when_ready
+
+    stop_when_ready(fifo, first)
+    _, stderr = first.communicate(timeout=WAIT_S)
+    assert first.returncode == 130, stderr
+    sweep = search_id(store)
+    assert f"reprolab sweep --resume {sweep}" in stderr
+    assert [t.state.name for t in trials(store, sweep)] == ["RUNNING"]
+    assert list(load_runs(store, sweep=sweep).status) == ["INTERRUPTED"]
+
+    resumed = reprolab(
+        "sweep", "--resume", sweep, "--store", str(store), env={"REPO_ROOT": str(REPO_ROOT)}
+    )
+    assert "trial 0: continuing run 1" in resumed.stderr
+    states = [t.state.name for t in trials(store, sweep)]
+    assert states == ["COMPLETE"] * 3  # the budget: three trials in all, none run twice
+    runs = load_runs(store, sweep=sweep).sort_index()
+    assert list(runs.trial) == [0, 0, 1, 2]
+    assert list(runs.status) == ["INTERRUPTED", "COMPLETED", "COMPLETED", "COMPLETED"]
+    assert runs["config.resume"].fillna(0).tolist() == [0, 1, 0, 0]
+    nothing = reprolab("sweep", "--resume", sweep, "--store", str(store))
+    assert "nothing to do" in nothing.stderr and len(trials(store, sweep)) == 3
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["lr=loguniform(0, 1)", "--trials", "2"], "space.lr: a log scale needs low > 0"),
+        (
+            ["lr=uniform(0.1, 0.01)", "--trials", "2"],
+            "space.lr: low and high must be finite numbers with low < high",
+        ),
+        (
+            ["lr=loguniform(1e-4, 1e-1)", "--trials", "0"],
+            "search.trials must be an integer from 1 to 100000, not 0",
+        ),
+        (
+            ["lr=loguniform(1e-4, 1e-1)", "--sampler", "grid"],
+            "space.lr: the grid sampler needs a discrete space",
+        ),
+        (
+            ["lr=[0.1, 0.01]", "--sampler", "grid", "--trials", "3"],
+            "search.trials (3) is more than the grid's 2 configs",
+        ),
+        (
+            ["lr=[0.1, 0.01]", "--trials", "2", "--pruner", "bogus"],
+            "search.pruner.name must be one of none, median, halving, hyperband, not 'bogus'",
+        ),
+        (
+            [
+                "lr=[0.1, 0.01]",
+                "--trials",
+                "2",
+                "--pruner",
+                "hyperband",
+                "--pruner-option",
+                "reduction_factor=1",
+            ],
+            "search.pruner.reduction_factor must be an integer, 2 or more, not 1",
+        ),
+        (
+            [
+                "lr=[0.1, 0.01]",
+                "--trials",
+                "2",
+                "--pruner",
+                "median",
+                "--pruner-option",
+                "min_resource=1",
+            ],
+            "search.pruner.min_resource: median takes n_startup_trials",
+        ),
+        (["lr=int(1, 5, step=0)", "--trials", "2"], "space.lr.step must be a positive integer"),
+        (
+            ["lr=[0.1, 0.01]", "--trials", "2", "--metric", "val accuracy"],
+            "search.metric must be a metric name",
+        ),
+        (
+            ["lr=loguniform(1e-4, 1e-1)", "--trials", "2", "--print-commands"],
+            "a search chooses each trial from the ones before it",
+        ),
+    ],
+)
+def test_bad_declarations_are_refused_in_one_sentence(tmp_path, capsys, words, message):
+    store = tmp_path / "runs"
+    code = main(["sweep", "experiments/train.py", "--store", str(store), "with", *words])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not store.exists()  # nothing recorded
+
+
+def test_a_search_file_declares_the_same_as_the_command_line(tmp_path, capsys):
+    file = tmp_path / "search.yaml"
+    file.write_text(
+        "experiment: experiments/train.py\n"
+        "fixed: {epochs: 9}\n"
+        "search:\n"
+        "  trials: 20\n"
+        "  metric: val_loss\n"
+        "  sampler: {name: tpe, seed: 0}\n"
+        "  pruner: {name: hyperband, min_resource: 1, reduction_factor: 3}\n"
+        "  space:\n"
+        "    lr: {low: 1.0e-4, high: 1.0e-1, log: true}\n"
+        "    optimizer: {name: [sgd, adam]}\n"
+        "    model.dropout: {low: 0.0, high: 0.5, step: 0.1}\n"
+    )
+    assert main(["sweep", str(file), "--dry-run", "--store", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "  lr: float from 0.0001 to 0.1 (log)"
+    assert out[1] == "  optimizer.name: one of ['sgd', 'adam']"
+    assert out[2] == "  model.dropout: float from 0.0 to 0.5 step 0.1"
+    assert out[3].startswith("20 trials of experiments/train.py, minimize val_loss")
+    file.write_text("search: {trials: 2, space: {lr: {low: 1, high: 2, scale: log}}}\n")
+    assert main(["sweep", str(file), "--dry-run"]) == 2
+    assert "space.lr: unknown key 'scale' (low, high, log, step, type)" in capsys.readouterr().err
+
+
+def test_the_study_journal_lives_in_the_store(pruned_search):
+    store, sweep = pruned_search
+    path = journal_path(StoreLocation.parse(str(store)), sweep)
+    assert path == store.resolve() / ".reprolab" / "studies" / f"{sweep}.log"
+    logs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert logs and all(isinstance(log, dict) and "op_code" in log for log in logs)

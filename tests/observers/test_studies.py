@@ -1,0 +1,130 @@
+"""A search's study in the run store: the MongoDB journal backend (mongomock, and the nx-27017
+wire-protocol server with several writers at once), sync of a file store's journal into it,
+and hostile search declarations refused in one sentence."""
+
+from __future__ import annotations
+
+import threading
+
+import mongomock
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optuna.storages.journal import JournalStorage
+
+from experiments.sweeps.space import Search
+from observers.location import StoreLocation
+from observers.studies import MongoJournalBackend, journal_path, study_storage, sync_journal
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -1, 1)
+    for step in range(3):
+        trial.report(x * x + step, step)
+    return x * x
+
+
+def test_mongo_journal_backend_holds_a_study_as_optuna_writes_it():
+    db = mongomock.MongoClient()["sacred"]
+    study = optuna.create_study(
+        study_name="s", storage=JournalStorage(MongoJournalBackend(db, "s"))
+    )
+    study.optimize(objective, n_trials=6)
+    again = optuna.load_study(study_name="s", storage=JournalStorage(MongoJournalBackend(db, "s")))
+    assert [t.params for t in again.trials] == [t.params for t in study.trials]
+    assert [t.intermediate_values for t in again.trials] == [
+        t.intermediate_values for t in study.trials
+    ]
+    backend = MongoJournalBackend(db, "s")
+    logs = backend.read_logs(0)
+    assert backend.read_logs(5) == logs[5:] and backend.read_logs(len(logs)) == []
+    assert MongoJournalBackend(db, "other").read_logs(0) == []  # journals never mix
+
+
+@pytest.mark.mongo
+def test_mongo_journal_backend_with_writers_at_once_on_a_wire_protocol_server(nx_server):
+    import pymongo
+
+    client = pymongo.MongoClient(nx_server.url)
+    db = client.get_default_database()
+    optuna.create_study(study_name="s", storage=JournalStorage(MongoJournalBackend(db, "s")))
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            storage = JournalStorage(
+                MongoJournalBackend(pymongo.MongoClient(nx_server.url).sacred, "s")
+            )
+            optuna.load_study(study_name="s", storage=storage).optimize(objective, n_trials=4)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    study = optuna.load_study(study_name="s", storage=JournalStorage(MongoJournalBackend(db, "s")))
+    assert sorted(t.number for t in study.trials) == list(range(12))  # none lost, none twice
+    assert all(t.state.name == "COMPLETE" and len(t.intermediate_values) == 3 for t in study.trials)
+    starts = [doc["start"] for doc in db["studies"].find({"journal": "s"}).sort("start", 1)]
+    counts = [len(doc["logs"]) for doc in db["studies"].find({"journal": "s"}).sort("start", 1)]
+    assert starts == [sum(counts[:i]) for i in range(len(counts))]  # tiled without a gap
+
+
+def test_sync_appends_what_mongodb_lacks_of_a_file_journal(tmp_path):
+    location = StoreLocation.parse(str(tmp_path / "runs"))
+    study = optuna.create_study(study_name="s", storage=study_storage(location, "s"))
+    study.optimize(objective, n_trials=3)
+    db = mongomock.MongoClient()["sacred"]
+    path = journal_path(location, "s")
+    assert sync_journal(path, db, "s") > 0
+    assert sync_journal(path, db, "s") == 0  # twice: nothing new
+    study.optimize(objective, n_trials=2)
+    assert sync_journal(path, db, "s") > 0
+    there = optuna.load_study(study_name="s", storage=JournalStorage(MongoJournalBackend(db, "s")))
+    assert [t.params for t in there.trials] == [t.params for t in study.trials]
+
+
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.integers(-2, 2), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["low", "high", "log", "step", "name", "seed"]),
+        st.integers(-2, 3),
+        max_size=3,
+    ),
+)
+blocks = st.dictionaries(
+    st.sampled_from(
+        ["trials", "metric", "direction", "sampler", "pruner", "space", "storage", "bogus"]
+    ),
+    st.one_of(
+        values,
+        st.dictionaries(
+            st.sampled_from(["lr", "name", "seed", "min_resource"]), values, max_size=3
+        ),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks)
+def test_hostile_search_blocks_are_refused_in_one_sentence_or_accepted_checked(block):
+    try:
+        search = Search.from_block(block).check()
+    except ValueError as error:
+        message = str(error)
+        assert message and "\n" not in message and "Traceback" not in message
+        return
+    assert 1 <= search.trials <= 100_000 and search.direction in ("maximize", "minimize")
+    search.make_sampler(), search.make_pruner(), search.distributions()  # Optuna takes them
