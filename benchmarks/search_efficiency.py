@@ -165,7 +165,9 @@ def main() -> None:
         bench = Bench(9, [0.001, 0.003, 0.01, 0.03, 0.1, 0.3], [16, 64, 256])
         seeds = [0, 1, 2]
     torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a trial that reached the target ends "failed"
+    optuna.logging.set_verbosity(
+        optuna.logging.ERROR
+    )  # a trial that reached the target ends "failed"
     logging.getLogger("reprolab").setLevel(logging.ERROR)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible; load average "
