@@ -12,7 +12,7 @@ from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, itera
 
 from experiments import distributed
 from experiments.loop import Terminated
-from experiments.membership import sweep_option
+from experiments.membership import label_run, sweep_option
 from experiments.resume import ResumePoint, load_resume_point, resumed_config
 from experiments.sacred_private import PlainExperiment, RecordedRun, run_id
 from experiments.signals import interrupts_handled
@@ -170,6 +170,7 @@ class ReproExperiment(PlainExperiment):
         record_sources(self, run)
         run.__class__ = RecordedRun  # Sacred builds a plain Run; this one never loses a record
         distributed.prepare_run(run)  # under torchrun only rank 0 records the run
+        label_run(run.meta_info)  # notes and tags Omniboard shows: sweep, study, torchrun
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run

@@ -2,6 +2,11 @@
 
 The sweep runner passes it to every run it starts (and to a run it resumes), so reading runs
 back can group them by sweep from run.json alone. A plain run or a rerun carries none.
+
+`label_run` turns that membership (and a study's trial, and torchrun's process count) into the
+run's notes and tags: meta.comment ("sweep 20261204-ab12 config 3: lr=0.01 seed=1") and
+meta.tags (["sweep:20261204-ab12"]), which Omniboard shows in its run list with no set-up (the
+MongoDB observer copies the tags to the `omniboard` field it reads). A user's `--comment` wins.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sacred.commandline_options import cli_option
+from sacred.utils import iterate_flattened
 
 # True while `reprolab sweep` checks configs that will run on other machines (Slurm nodes, printed
 # commands): this machine's devices say nothing about theirs, so device availability is not checked.
@@ -31,6 +37,51 @@ def parse_membership(text: str) -> dict:
 def sweep_option(args: str, run) -> None:
     """Record this run as config INDEX of sweep SWEEP_ID (given as SWEEP_ID:INDEX; set by `reprolab sweep`)."""
     run.meta_info["sweep"] = parse_membership(args)
+
+
+COMMENT_LIMIT = 200  # characters of the run's words in its generated comment
+
+
+def label_run(meta: dict) -> None:
+    """Set meta's comment (unless the user gave one) and tags from its sweep or study membership
+    and its torchrun process count; a run that is none of these is left as it is."""
+    parts, tags = [], []
+    words = " ".join(run_words(meta))
+    if len(words) > COMMENT_LIMIT:
+        words = words[: COMMENT_LIMIT - 3] + "..."
+    for kind, position in (("sweep", "config"), ("study", "trial")):
+        member = meta.get(kind)
+        if isinstance(member, dict) and member.get("id") is not None:
+            number = member.get("index", member.get("trial"))
+            parts.append(
+                f"{kind} {member['id']} {position} {number}" + (f": {words}" if words else "")
+            )
+            tags.append(f"{kind}:{member['id']}")
+    world = (meta.get("distributed") or {}).get("world_size")
+    if isinstance(world, int):
+        nodes = (meta.get("distributed") or {}).get("nodes") or 1
+        parts.append(
+            f"torchrun, {world} process{'es' if world != 1 else ''}"
+            + (f" on {nodes} nodes" if nodes > 1 else "")
+        )
+        tags.append(f"torchrun:{world}")
+    if parts and not meta.get("comment"):
+        meta["comment"] = "; ".join(parts)
+    if tags:
+        meta["tags"] = list(dict.fromkeys([*(meta.get("tags") or []), *tags]))
+
+
+def run_words(meta: dict) -> list[str]:
+    """The run's `with` words as given on its command line; for a run started in Python, its
+    config updates as key=value."""
+    given = (meta.get("options") or {}).get("UPDATE")
+    if given:
+        return [str(word) for word in given]
+
+    return [
+        f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+        for key, value in iterate_flattened(meta.get("config_updates") or {})
+    ]
 
 
 def checking_for_elsewhere() -> bool:

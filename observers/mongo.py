@@ -117,6 +117,18 @@ def fallback_dir() -> Path:
     return Path(os.environ.get(FALLBACK_VARIABLE) or DEFAULT_FALLBACK_DIR)
 
 
+def omniboard_fields(meta: dict | None) -> dict:
+    """What Omniboard's run list reads as a run's tags and notes (its `omniboard` field), from
+    the run's meta: its tags, and its comment (Omniboard shows it only when notes are absent)."""
+    meta = meta or {}
+    fields: dict = {}
+    if meta.get("tags"):
+        fields["tags"] = [str(tag) for tag in meta["tags"]]
+    if meta.get("comment"):
+        fields["notes"] = str(meta["comment"])
+    return {"omniboard": fields} if fields else {}
+
+
 # ------------------------------------------------------------------------------ recording
 
 
@@ -150,7 +162,10 @@ class BoundedMongoObserver(MongoObserver):
             tried = max(self.highest_id(), tried) + 1
             self.run_entry["_id"] = tried
             try:
-                self.runs.insert_one(self.run_entry)
+                # the labels only at insert: later saves must not undo tags edited in Omniboard
+                self.runs.insert_one(
+                    {**self.run_entry, **omniboard_fields(self.run_entry.get("meta"))}
+                )
                 break
             except DuplicateKeyError:
                 continue

@@ -27,7 +27,7 @@ from sacred.observers.mongo import MongoObserver
 from observers.credentials import describe_error, redact_url
 from observers.exit_codes import ExitCode
 from observers.location import MONGO_URL_VARIABLE, is_mongo_url
-from observers.mongo import ensure_indexes, reach
+from observers.mongo import ensure_indexes, omniboard_fields, reach
 from observers.mongo_bounds import (
     CHUNKS_COLLECTION,
     TIMES,
@@ -212,6 +212,8 @@ class Uploader:
         }
         if twin and "omniboard" in twin:
             document["omniboard"] = twin["omniboard"]  # tags and notes added in Omniboard
+        else:
+            document.update(omniboard_fields(run.get("meta")))  # a sweep's, a torchrun's
         return document
 
     def _sources(self, local: LocalRun) -> list[list]:

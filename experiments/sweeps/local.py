@@ -1,4 +1,5 @@
-"""A sweep run here: N runs at a time, each its own process and session."""
+"""A sweep run here: N runs at a time, each its own process and session, forked from a warm
+worker that has imported torch and the experiment already (experiments/warm.py) where it can."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.sweeps.record import Job, SweepBook, SweepRecord
+from experiments.warm import WarmPool, WarmPoolGone, WarmProcess, unavailable
 from observers.exit_codes import STOPPED_BY_SIGNAL, ExitCode
 from observers.location import StoreLocation
 
@@ -21,7 +24,7 @@ STOP_WAIT_S = 120  # how long a stopped run may take to record its interruption 
 @dataclass
 class Running:
     job: Job
-    process: subprocess.Popen
+    process: subprocess.Popen | WarmProcess
     log: Path
     id_file: Path
 
@@ -43,12 +46,47 @@ class LocalSweep:
         self.logs = book.work_dir(record.id) / "logs"
         self.done = self.failed = self.interrupted = 0
         self.failures: list[str] = []
+        self.pool: WarmPool | None = None
+
+    def open_pool(self, jobs: list[Job], attempt: int, stop: Callable[[], bool]) -> None:
+        """Start the warm workers and wait until they are ready; or say why runs start fresh."""
+        experiment = self.record.experiment_file(self.location)
+        name, why = unavailable(experiment)
+        if name is not None:
+            shared = self.record.child(jobs[0], self.location, threads=self.threads).env()
+            log = self.logs / f"warm-{attempt}.log"
+            try:
+                self.pool = WarmPool.open(experiment, shared, log)
+                self.pool.wait_ready(stop)
+            except (OSError, WarmPoolGone) as error:
+                self.pool, why = None, str(error)
+        print(
+            f"sweep {self.record.id}: "
+            + (
+                f"runs start in warm workers ({experiment.name} and torch loaded once)"
+                if self.pool
+                else f"each run starts a fresh process ({why})"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def start(self, job: Job, attempt: int) -> Running:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"config-{job.index}-{attempt}.log"
         id_file = self.logs / f"config-{job.index}-{attempt}.run_id"
         child = self.record.child(job, self.location, threads=self.threads, run_id_file=id_file)
+        if self.pool is not None:
+            try:
+                warm = self.pool.start(child.script_argv(), child.env(), log, self.threads)
+                return Running(job, warm, log, id_file)
+            except WarmPoolGone as error:
+                print(
+                    f"sweep {self.record.id}: warm workers gone ({error}); "
+                    "the next runs start fresh processes",
+                    file=sys.stderr,
+                )
+                self.pool = None
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 child.argv(),
@@ -70,6 +108,9 @@ class LocalSweep:
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
         try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            if jobs:
+                self.open_pool(jobs, attempt, stopping.is_set)
             self.progress(pending, running)
             while (pending or running) and not stopping.is_set():
                 while pending and len(running) < self.parallel and not stopping.is_set():
@@ -95,6 +136,8 @@ class LocalSweep:
                 )
                 return ExitCode.INTERRUPTED
         finally:
+            if self.pool is not None:
+                self.pool.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         for line in self.failures:
@@ -139,7 +182,7 @@ class LocalSweep:
         )
 
 
-def kill_session(process: subprocess.Popen) -> None:
+def kill_session(process: subprocess.Popen | WarmProcess) -> None:
     """Kill a run and every process of its session (it was started as a session's leader)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)

@@ -26,6 +26,14 @@ SMOKE_RUNS = {
         ["--quick", "--rounds", "1"],
         ["(g, h) start-up", "print_config / import torch"],
     ),
+    "trial_start.py": (
+        ["--quick"],
+        ["run asked for -> first training step", "warm / fresh", "warm, median"],
+    ),
+    "search_efficiency.py": (
+        ["--quick"],
+        ["epochs to reach", "TPE + Hyperband", "of grid"],
+    ),
     "train.py": (
         ["--quick", "--repeats", "1"],
         ["our loop against a bare PyTorch loop", "cost of options"],

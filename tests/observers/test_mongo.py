@@ -592,3 +592,31 @@ def test_run_ids_past_9_on_a_server_that_sorts_ids_as_text(nx_server, tmp_path):
     assert run._id == 11 and run.status == "COMPLETED", output[-3000:]
     mongo = MongoRunStore(nx_server.url)
     assert mongo.run_ids() == list(range(1, 12)) and mongo.run(11)["status"] == "COMPLETED"
+
+
+def test_sweep_run_carries_the_notes_and_tags_omniboard_shows(monkeypatch, tmp_path):
+    """run.json's meta and the MongoDB document (live, and uploaded by sync) name the sweep and
+    config in the comment and the tags; the `omniboard` field holds what Omniboard reads."""
+    from experiments.train import ex
+
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(om, "make_client", lambda url, **options: client)
+    monkeypatch.setenv(om.FALLBACK_VARIABLE, str(tmp_path / "fallback"))
+    comment = "sweep 20261204-ab12 config 3: epochs=1 limit_batches=3 lr=0.05 progress=False"
+    tags = ["sweep:20261204-ab12"]
+    updates = {**SHORT_RUN, "epochs": 1, "lr": 0.05}
+    member = {"--sweep": "20261204-ab12:3"}
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        ex.run(config_updates=updates, options={"--store": str(tmp_path / "runs"), **member})
+        ex.run(config_updates=updates, options={"--store": URL, **member})
+        ex.run(config_updates=updates, options={"--store": URL, "--comment": "mine", **member})
+    meta = json.loads((tmp_path / "runs" / "1" / "run.json").read_text())["meta"]
+    assert meta["comment"] == comment and meta["tags"] == tags
+    live, own = client["sacred"]["runs"].find().sort("_id")
+    assert live["meta"]["comment"] == comment and live["meta"]["tags"] == tags
+    assert live["omniboard"] == {"tags": tags, "notes": comment}
+    assert own["omniboard"] == {"tags": tags, "notes": "mine"}  # the user's own comment wins
+
+    sync_store(tmp_path / "runs", URL, echo=lambda line: None)
+    synced = client["sacred"]["runs"].find_one({"_id": 3})
+    assert synced["omniboard"]["tags"] == tags and synced["meta"]["comment"] == meta["comment"]

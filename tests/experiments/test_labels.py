@@ -1,0 +1,61 @@
+"""A run's notes and tags (meta.comment, meta.tags) say its sweep, study trial and torchrun size."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.membership import label_run
+
+WORDS = {"options": {"UPDATE": ["lr=0.01", "seed=1"]}}
+
+
+@pytest.mark.parametrize(
+    "meta, comment, tags",
+    [
+        (
+            {**WORDS, "sweep": {"id": "20261204-ab12", "index": 3}},
+            "sweep 20261204-ab12 config 3: lr=0.01 seed=1",
+            ["sweep:20261204-ab12"],
+        ),
+        (
+            {"study": {"id": "s7", "trial": 12}, "config_updates": {"optimizer": {"name": "sgd"}}},
+            "study s7 trial 12: optimizer.name='sgd'",
+            ["study:s7"],
+        ),
+        (
+            {"distributed": {"world_size": 2, "nodes": 1}},
+            "torchrun, 2 processes",
+            ["torchrun:2"],
+        ),
+        (
+            {
+                **WORDS,
+                "sweep": {"id": "x", "index": 0},
+                "distributed": {"world_size": 4, "nodes": 2},
+            },
+            "sweep x config 0: lr=0.01 seed=1; torchrun, 4 processes on 2 nodes",
+            ["sweep:x", "torchrun:4"],
+        ),
+    ],
+)
+def test_notes_and_tags_name_the_sweep_trial_and_processes(meta, comment, tags):
+    label_run(meta)
+    assert meta["comment"] == comment and meta["tags"] == tags
+
+
+def test_a_users_comment_wins_and_a_plain_run_gets_none():
+    meta = {**WORDS, "sweep": {"id": "x", "index": 1}, "comment": "my note"}
+    label_run(meta)
+    assert meta["comment"] == "my note" and meta["tags"] == ["sweep:x"]
+    plain = dict(WORDS)
+    label_run(plain)
+    assert plain == WORDS
+
+
+def test_a_long_command_line_is_cut():
+    meta = {
+        "options": {"UPDATE": [f"k{i}=1" for i in range(100)]},
+        "sweep": {"id": "x", "index": 0},
+    }
+    label_run(meta)
+    assert len(meta["comment"]) < 240 and meta["comment"].endswith("...")
