@@ -43,20 +43,19 @@ COMMENT_LIMIT = 200  # characters of the run's words in its generated comment
 
 
 def label_run(meta: dict) -> None:
-    """Set meta's comment (unless the user gave one) and tags from its sweep or study membership
+    """Set meta's comment (unless the user gave one) and tags from its sweep or search membership
     and its torchrun process count; a run that is none of these is left as it is."""
     parts, tags = [], []
     words = " ".join(run_words(meta))
     if len(words) > COMMENT_LIMIT:
         words = words[: COMMENT_LIMIT - 3] + "..."
-    for kind, position in (("sweep", "config"), ("study", "trial")):
-        member = meta.get(kind)
-        if isinstance(member, dict) and member.get("id") is not None:
-            number = member.get("index", member.get("trial"))
-            parts.append(
-                f"{kind} {member['id']} {position} {number}" + (f": {words}" if words else "")
-            )
-            tags.append(f"{kind}:{member['id']}")
+    member = meta.get("sweep")
+    if isinstance(member, dict) and member.get("id") is not None:
+        # a search's trial carries its trial number beside the index (experiments/trial.py)
+        kind, position = ("search", "trial") if "trial" in member else ("sweep", "config")
+        number = member.get("trial", member.get("index"))
+        parts.append(f"{kind} {member['id']} {position} {number}" + (f": {words}" if words else ""))
+        tags.append(f"{kind}:{member['id']}")
     world = (meta.get("distributed") or {}).get("world_size")
     if isinstance(world, int):
         nodes = (meta.get("distributed") or {}).get("nodes") or 1

@@ -1,4 +1,4 @@
-"""A run's notes and tags (meta.comment, meta.tags) say its sweep, study trial and torchrun size."""
+"""A run's notes and tags (meta.comment, meta.tags) say its sweep, search trial and torchrun size."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ WORDS = {"options": {"UPDATE": ["lr=0.01", "seed=1"]}}
             ["sweep:20261204-ab12"],
         ),
         (
-            {"study": {"id": "s7", "trial": 12}, "config_updates": {"optimizer": {"name": "sgd"}}},
-            "study s7 trial 12: optimizer.name='sgd'",
-            ["study:s7"],
+            {
+                "sweep": {"id": "s7", "index": 12, "trial": 12},
+                "config_updates": {"optimizer": {"name": "sgd"}},
+            },
+            "search s7 trial 12: optimizer.name='sgd'",
+            ["search:s7"],
         ),
         (
             {"distributed": {"world_size": 2, "nodes": 1}},
