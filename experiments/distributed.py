@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from experiments.loop import OneSentenceError
-from observers.credentials import redact_url
+from observers.credentials import redact_argv
 
 LR_SCALINGS = ("none", "linear")
 FAILED_KEY, STOPPED_KEY = "reprolab/failed/", "reprolab/stopped/"
@@ -50,7 +50,7 @@ def torchrun_command() -> list[str] | None:
         raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
     except OSError:  # not Linux: the command line is not recorded
         return None
-    return [redact_url(part.decode(errors="replace")) for part in raw.split(b"\0") if part]
+    return redact_argv(part.decode(errors="replace") for part in raw.split(b"\0") if part)
 
 
 class Job:

@@ -39,6 +39,7 @@ from experiments.sweep_declare import (
 )
 from ingredients.scratch import running
 from observers.attach import MONGO_URL_VARIABLE, default_store, is_mongo_url
+from observers.credentials import redact_argv
 from observers.files import STALE_HEARTBEAT, record_time, utc_text
 from observers.provenance import RUN_ID_FILE_VARIABLE, git
 from observers.rerun import INSTALLED_ROOT, checkout_file
@@ -723,7 +724,7 @@ def print_commands(record: dict, jobs: list[Job], location: str) -> None:
     if store is None:
         print("# each command reads the store from REPROLAB_MONGO_URL; set it where they run")
     for job in jobs:
-        print(shlex.join(["python", *run_argv(record, job, store)]))
+        print(shlex.join(redact_argv(["python", *run_argv(record, job, store)])))
 
 
 def resume_sweep(args, location: str) -> int:

@@ -31,6 +31,8 @@ def hide_credentials(run) -> None:
     options = run.meta_info.get("options")
     if isinstance(options, dict) and options.get("--store"):
         options["--store"] = redact_url(options["--store"])
+    if isinstance(options, dict) and isinstance(options.get("UPDATE"), list):
+        options["UPDATE"] = [redact_url(str(update)) for update in options["UPDATE"]]
     for repository in run.experiment_info.get("repositories") or []:
         if repository.get("url"):
             repository["url"] = redact(repository["url"])
@@ -47,6 +49,9 @@ def is_mongo_url(location: str) -> bool:
 
 def observers_for(location: str) -> list:
     """The observers that record a run in the given store."""
+    from observers.credentials import check_location
+
+    check_location(location)
     if is_mongo_url(location):
         from observers.mongo import mongo_observers  # pymongo only when asked for
 

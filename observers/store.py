@@ -285,8 +285,10 @@ def _as_float(value) -> float:
 def open_store(location: str | os.PathLike | None = None) -> RunStore:
     """A reader for a store directory or a mongodb:// URL (default: $REPROLAB_MONGO_URL or ./runs)."""
     from observers.attach import default_store, is_mongo_url
+    from observers.credentials import check_location
 
     location = str(location or default_store())
+    check_location(location)
     if is_mongo_url(location):
         from observers.mongo_store import MongoRunStore
 

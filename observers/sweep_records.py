@@ -99,8 +99,9 @@ def plain_text(record: dict) -> str:
 def sweep_records(location: str) -> FileSweepRecords | MongoSweepRecords:
     """The sweep records of a store directory or a mongodb:// URL (one sentence if unreachable)."""
     from observers.attach import is_mongo_url
-    from observers.credentials import describe_error, redact
+    from observers.credentials import check_location, describe_error, redact
 
+    check_location(location)
     if not is_mongo_url(location):
         return FileSweepRecords(location)
     from observers.mongo import connect
