@@ -27,6 +27,13 @@ from sacred.utils import (
 )
 
 from experiments import distributed
+from experiments.config_input import (
+    ConfigInputError,
+    check_command_line,
+    check_sections,
+    check_value,
+    read_data_file,
+)
 from experiments.membership import sweep_option
 from experiments.resume import (
     RecordedRun,
@@ -231,8 +238,9 @@ class ReproExperiment(Experiment):
         own_argv = argv is None
         argv = sys.argv if argv is None else argv
         try:
+            check_command_line(list(argv))  # before Sacred parses a value or opens a file
             check_updates(argv)
-        except ConfigurationError as error:
+        except (ConfigurationError, ConfigInputError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         try:
@@ -289,6 +297,8 @@ class ReproExperiment(Experiment):
             self._check_named_configs(named_configs)
             for key, value in (config_updates or {}).items():  # before Sacred walks them
                 check_storable(str(key), value)
+                check_value(str(key), value)  # object encodings, sizes, passwords
+            check_sections(config_updates, {ing.path for ing, _ in self.traverse_ingredients()})
             run = super()._create_run(
                 command_name, config_updates, named_configs, info, meta_info, options
             )
@@ -447,14 +457,11 @@ class ReproExperiment(Experiment):
         read, is one sentence (Sacred gives a traceback)."""
         available = None
         for name in names:
-            if os.path.isfile(name):
+            if os.path.lexists(name):  # JSON or YAML only, read safely: a pickle is not opened
                 try:
-                    load_config_file(name)
-                except Exception as error:  # any parser's error: JSON, YAML, pickle
-                    reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-                    raise ConfigurationError(
-                        f"config file {name}: cannot read it ({reason})"
-                    ) from None
+                    read_data_file(name)
+                except ConfigInputError as error:
+                    raise ConfigurationError(str(error)) from None
                 continue
             if os.path.splitext(name)[1] in HANDLER_BY_EXT or os.sep in name:
                 raise ConfigurationError(f"config file not found: {name}")

@@ -84,3 +84,16 @@ def replacing(path: str | os.PathLike, mode: str = "w"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+NAME_MAX = 255  # bytes of one file name on Linux's file systems (ext4, xfs, btrfs, tmpfs)
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse a name no folder can hold as a file name in one sentence (not OSError later)."""
+    size = len(os.fsencode(str(name)))
+    if size > NAME_MAX - 16:  # room for an extension and a temporary file's suffix
+        raise ValueError(
+            f"{what} {str(name)[:40]}... is {size} bytes long; names of at most "
+            f"{NAME_MAX - 16} bytes fit in a file name"
+        )
