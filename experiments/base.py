@@ -43,7 +43,7 @@ from experiments.resume import (
     load_resume_point,
     resumed_config,
 )
-from ingredients import check_storable, shown
+from ingredients import INSPECTION_COMMANDS, check_storable, shown
 from ingredients.imports import FROM_RECORD, RESOLVED, installed_locations
 from observers.attach import (
     DEFAULT_STORE,
@@ -204,6 +204,12 @@ def check_updates(argv: list[str]) -> None:
             ) from None
 
 
+def say_once(line: str) -> None:
+    """Print a refusal on stderr, once per torchrun job (rank 0 says it for every rank)."""
+    if distributed.in_main_process():
+        print(line, file=sys.stderr)
+
+
 class ReproExperiment(Experiment):
     """Experiment with the project's defaults: sources from the whole repository, the default
     store, progress bars filtered from captured output, and strict config keys."""
@@ -241,7 +247,7 @@ class ReproExperiment(Experiment):
             check_command_line(list(argv))  # before Sacred parses a value or opens a file
             check_updates(argv)
         except (ConfigurationError, ConfigInputError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            say_once(f"error: {error}")
             sys.exit(2)
         try:
             return super().run_commandline(argv)
@@ -259,7 +265,7 @@ class ReproExperiment(Experiment):
         except ConfigurationError as error:
             if not self._from_commandline:
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            say_once(f"error: {error}")
             sys.exit(2)
         except StoreWriteError as error:
             if not self._from_commandline:
@@ -299,6 +305,7 @@ class ReproExperiment(Experiment):
                 check_storable(str(key), value)
                 check_value(str(key), value)  # object encodings, sizes, passwords
             check_sections(config_updates, {ing.path for ing, _ in self.traverse_ingredients()})
+            config_updates = self._job_seed(command_name, config_updates, named_configs)
             run = super()._create_run(
                 command_name, config_updates, named_configs, info, meta_info, options
             )
@@ -328,6 +335,19 @@ class ReproExperiment(Experiment):
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run
+
+    def _job_seed(self, command_name, config_updates, named_configs) -> dict | None:
+        """Under torchrun with no seed given, the seed rank 0 drew for the whole job (Sacred
+        would draw one per rank, and the ranks would shuffle differently)."""
+        if not distributed.job().distributed or command_name in INSPECTION_COMMANDS:
+            return config_updates
+        given = "seed" in (config_updates or {}) or any(
+            os.path.isfile(name) and "seed" in (read_data_file(name) or {})
+            for name in named_configs
+        )
+        if given:
+            return config_updates
+        return {**(config_updates or {}), "seed": distributed.share_seed()}
 
     def _record_sources(self, run) -> None:
         """Every module of the user's own code imported by now, the run's setup and a model given

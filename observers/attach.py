@@ -8,6 +8,7 @@ import uuid
 from sacred.commandline_options import cli_option
 
 from observers.filestore import FileStore
+from observers.liveness import this_process
 
 DEFAULT_STORE = "runs"
 MONGO_URL_VARIABLE = "REPROLAB_MONGO_URL"
@@ -21,6 +22,7 @@ def store_option(args: str, run) -> None:
     """Record the run in STORE: a directory, or a mongodb:// URL (default ./runs or $REPROLAB_MONGO_URL)."""
     hide_credentials(run)
     run.meta_info.setdefault("run_uuid", uuid.uuid4().hex)  # one identity in every store (sync)
+    run.meta_info.setdefault("process", this_process())  # a reader sees when it is gone
     run.observers.extend(observers_for(args))
 
 
