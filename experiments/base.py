@@ -341,11 +341,9 @@ class ReproExperiment(Experiment):
         would draw one per rank, and the ranks would shuffle differently)."""
         if not distributed.job().distributed or command_name in INSPECTION_COMMANDS:
             return config_updates
-        given = "seed" in (config_updates or {}) or any(
-            os.path.isfile(name) and "seed" in (read_data_file(name) or {})
-            for name in named_configs
-        )
-        if given:
+        decided = {"seed", "resume"}  # given, or a resumed run's checkpoint holds it
+        files = [read_data_file(name) for name in named_configs if os.path.isfile(name)]
+        if any(decided & set(c) for c in [config_updates or {}, *files] if isinstance(c, dict)):
             return config_updates
         return {**(config_updates or {}), "seed": distributed.share_seed()}
 

@@ -198,6 +198,7 @@ class Job:
             interrupted = isinstance(error, KeyboardInterrupt) or getattr(error, "STATUS", None)
             if self.stop_requested is not None and not interrupted:
                 # rank 0 has stopped the job after its checkpoint; this rank's collective broke
+                self._tell(STOPPED_KEY, "stopped with the job")  # not a rank gone without a word
                 raise self.stop_requested from None
             key, message = (
                 STOPPED_KEY if interrupted else FAILED_KEY,
@@ -243,6 +244,14 @@ class Job:
         except Exception:  # noqa: BLE001 - the store is gone: torchrun is ending the job anyway
             pass
 
+    def _said(self, rank: int) -> bool:
+        """Whether a rank left a message (it failed or stopped with the job: not gone mutely)."""
+        names = [f"{key}{self.restart}/{rank}" for key in (FAILED_KEY, STOPPED_KEY)]
+        try:
+            return any(self.store.check([name]) for name in names)
+        except Exception:  # noqa: BLE001 - the store is gone: torchrun is ending the job
+            return False
+
     def _peer_message(self, key: str) -> tuple[int, str] | None:
         for rank in range(1, self.world_size):
             name = f"{key}{self.restart}/{rank}"
@@ -259,11 +268,11 @@ class Job:
         start time tell it from a process that took the pid since."""
         here = socket.gethostname()
         for peer in (self.info or {}).get("ranks") or []:
-            if peer["rank"] == self.rank or peer["host"] != here:
+            if peer["rank"] == self.rank or peer["host"] != here or self._said(peer["rank"]):
                 continue
             signum = exit_signal(peer["pid"])
-            if signum is None and start_ticks(peer["pid"]) == peer.get("start_ticks"):
-                continue  # still there
+            if signum == 0 or (signum is None and start_ticks(peer["pid"]) == peer["start_ticks"]):
+                continue  # still there, or it exited by itself
             name = signal_name(signum) if signum else "a signal it cannot handle (SIGKILL)"
             return peer["rank"], f"its process (pid {peer['pid']}) was killed by {name}"
         return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import _thread
 import copy
 import datetime
-import hashlib
 import os
 import signal
 import tempfile
@@ -27,6 +26,15 @@ from sacred.run import Run
 from sacred.utils import get_by_dotted_path, set_by_dotted_path
 
 from experiments.checkpoint import checkpoint_from_bytes, plain, save_checkpoint
+from experiments.checkpoint_sidecar import (
+    SIDECAR,
+    SizeMismatch,
+    checkpoint_bytes,
+    matching,
+    read_sidecar,
+    sidecar_text,
+    vouching,
+)
 from experiments.distributed import check_world_size, job
 from ingredients.data import fingerprint_file, resolve_path
 from ingredients.scratch import sweep_orphans, writer_tag
@@ -265,12 +273,23 @@ class CheckpointRecorder:
             yield Path(tmp) / name
 
     def _attach(self, name: str, path: Path, record: dict) -> None:
-        """Vouch for the new hash (and the old), copy the file in, then keep the new hash only."""
+        """Vouch for the new hash (and the old) in the info and the sidecar, copy the file in,
+        then keep the new hash only (sidecar first: it alone makes the file usable)."""
         if not self.enabled:
             return
-        self._record(name, {**record, "replaces": self.run.info["checkpoints"].get(name)})
+        record = {**record, "size": path.stat().st_size}  # a file of another size is not read
+        swapping = {**record, "replaces": self.run.info["checkpoints"].get(name)}
+        self._record(name, swapping)
+        self._sidecar(name, path, swapping)
         self.run.add_artifact(str(path), name=name)
+        self._sidecar(name, path, record)
         self._record(name, record)
+
+    def _sidecar(self, name: str, path: Path, record: dict) -> None:
+        """The checkpoint's own record, copied in atomically beside it."""
+        side = path.with_name(name + SIDECAR)
+        side.write_text(sidecar_text(record))
+        self.run.add_artifact(str(side), name=name + SIDECAR)
 
     def _record(self, name: str, record: dict) -> None:
         """Set the record and write the info out now (a heartbeat; otherwise every 10 s). The
@@ -310,27 +329,28 @@ class NeverWritten(RecordError):
 
 
 def verified_checkpoint(reader, run_id: int, name: str, records: dict) -> tuple[bytes, dict]:
-    """A checkpoint artifact's bytes and the record that vouches for them: the one recorded at
-    saving, or, when the run was killed while replacing the file, the one it replaced."""
-    record = records.get(name)
-    if not isinstance(record, dict) or not record.get("sha256"):
+    """A checkpoint artifact's bytes and the record that vouches for them: info.json's record
+    or the one it replaced (killed while replacing the file), or the checkpoint's own sidecar
+    record (info.json or run.json stale or missing after a kill); see checkpoint_sidecar."""
+    record, sidecar = records.get(name), read_sidecar(reader, run_id, name)
+    candidates = vouching([record, sidecar])
+    if not candidates:
         raise RecordError(
             f"run {run_id} recorded no checkpoint {name} (it stopped before "
             "finishing an epoch, or its info.json is missing)"
         )
-    replaced = record.get("replaces")
     try:
-        data = reader.artifact(run_id, name)
+        data = checkpoint_bytes(reader, run_id, name, candidates)
+    except SizeMismatch:
+        raise
     except RecordError:
-        if isinstance(replaced, dict) or "replaces" not in record:
+        if not any(isinstance(r, dict) and r.get("replaces", 0) is None for r in (record, sidecar)):
             raise
         raise NeverWritten(
             f"run {run_id} was stopped while writing its first checkpoint "
             f"{name}, so there is none to resume from"
         ) from None
-    if isinstance(replaced, dict) and hashlib.sha256(data).hexdigest() == replaced.get("sha256"):
-        return data, replaced  # killed before the new file was renamed into place
-    return data, {key: value for key, value in record.items() if key != "replaces"}
+    return data, matching(data, candidates) or candidates[0]  # else refused by its hash
 
 
 def load_resume_point(ref: str, store: str | None) -> ResumePoint:

@@ -32,14 +32,15 @@ def start_ticks(pid: int) -> int | None:
 
 
 def exit_signal(pid: int) -> int | None:
-    """The signal that ended a process not yet reaped by its parent (a zombie), else None."""
+    """The signal that ended a process not yet reaped by its parent (a zombie; 0 when it
+    exited by itself), else None."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
     if fields[0] != "Z" or len(fields) < 50:
         return None
-    return (int(fields[-1]) & 0x7F) or None
+    return int(fields[-1]) & 0x7F
 
 
 def this_process() -> dict:
