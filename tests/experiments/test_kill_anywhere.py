@@ -12,9 +12,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+from experiments.checkpoint import state_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "experiments" / "train.py"
@@ -80,9 +83,14 @@ def kill_and_resume(tmp_path: Path, baseline: dict, point: int) -> None:
     last = store / "1" / "last.pt"
     on_disk = torch.load(last, weights_only=True)["epoch"] if last.is_file() else 0
     resumed = train(store, "resume=1")
-    if on_disk == 0:  # killed before a first checkpoint was in place: nothing to resume
+    if on_disk == 0:  # killed before a first checkpoint (or the run) existed: nothing to resume
         assert resumed.returncode == 2 and len(resumed.stderr.splitlines()) == 1, resumed.stderr
-        assert "checkpoint" in resumed.stderr
+        return
+    if on_disk == 3:  # every epoch trained and checkpointed; only the end was not recorded
+        assert resumed.returncode == 2 and "already at epoch 3" in resumed.stderr, point
+        assert metrics(store, 1) == baseline["metrics"], point  # nothing lost from the journal
+        state = torch.load(last, weights_only=True)["model"]
+        assert state_hash(SimpleNamespace(state_dict=lambda: state)) == baseline["model"], point
         return
     assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
     info = read(store, 2, "info")
