@@ -11,6 +11,13 @@ from sacred import SETTINGS
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
 
 from experiments import distributed
+from experiments.config_input import (
+    ConfigInputError,
+    check_command_line,
+    check_sections,
+    check_value,
+    read_data_file,
+)
 from experiments.loop import Terminated
 from experiments.membership import label_run, sweep_option
 from experiments.resume import ResumePoint, load_resume_point, resumed_config
@@ -29,7 +36,7 @@ from experiments.strict_config import (
 from experiments.trial import Pruned, trial_option
 from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.imports import FROM_RECORD
-from ingredients.schema import check_storable
+from ingredients.schema import INSPECTION_COMMANDS, check_storable
 from observers.attach import choose_store, store_option
 from observers.exit_codes import ExitCode
 from observers.files import StoreWriteError
@@ -64,6 +71,12 @@ def make_logger() -> logging.Logger:
     return logger
 
 
+def say_once(line: str) -> None:
+    """Print a refusal on stderr, once per torchrun job (rank 0 says it for every rank)."""
+    if distributed.job().is_main:
+        print(line, file=sys.stderr)
+
+
 class ReproExperiment(PlainExperiment):
     """Experiment with the project's defaults: sources from the whole repository, the default
     store, progress bars filtered from captured output, and strict config keys."""
@@ -88,9 +101,10 @@ class ReproExperiment(PlainExperiment):
         own_argv = argv is None
         argv = sys.argv if argv is None else argv
         try:
+            check_command_line(list(argv))  # before Sacred parses a value or opens a file
             check_updates(argv)
-        except ConfigurationError as error:
-            print(f"error: {error}", file=sys.stderr)
+        except (ConfigurationError, ConfigInputError) as error:
+            say_once(f"error: {error}")
             sys.exit(ExitCode.USAGE)
         try:
             return super().run_commandline(argv)
@@ -108,7 +122,7 @@ class ReproExperiment(PlainExperiment):
         except ConfigurationError as error:
             if not self._from_commandline:
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            say_once(f"error: {error}")
             sys.exit(ExitCode.USAGE)
         except StoreWriteError as error:
             if not self._from_commandline:
@@ -144,6 +158,9 @@ class ReproExperiment(PlainExperiment):
             check_named_configs(self, named_configs)
             for key, value in (config_updates or {}).items():  # before Sacred walks them
                 check_storable(str(key), value)
+                check_value(str(key), value)  # object encodings, sizes, passwords
+            check_sections(config_updates, {ing.path for ing, _ in self.traverse_ingredients()})
+            config_updates = self._job_seed(command_name, config_updates, named_configs)
             run = self.sacred_run(
                 command_name, config_updates, named_configs, info, meta_info, options
             )
@@ -174,6 +191,17 @@ class ReproExperiment(PlainExperiment):
         if self.resume_point is not None:
             run.info["resumed_from"] = self.resume_point.record()
         return run
+
+    def _job_seed(self, command_name, config_updates, named_configs) -> dict | None:
+        """Under torchrun with no seed given, the seed rank 0 drew for the whole job (Sacred
+        would draw one per rank, and the ranks would shuffle differently)."""
+        if not distributed.job().distributed or command_name in INSPECTION_COMMANDS:
+            return config_updates
+        decided = {"seed", "resume"}  # given, or a resumed run's checkpoint holds it
+        files = [read_data_file(name) for name in named_configs if os.path.isfile(name)]
+        if any(decided & set(c) for c in [config_updates or {}, *files] if isinstance(c, dict)):
+            return config_updates
+        return {**(config_updates or {}), "seed": distributed.share_seed()}
 
     def _resume(
         self, command_name: str, config_updates: dict, named_configs, options, requested: dict

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.checkpoint_sidecar import SIDECAR, sidecar_text
 from experiments.loop import OneSentenceError
 from experiments.sacred_private import emit_heartbeat
 from experiments.signals import INTERRUPTS
@@ -221,12 +222,23 @@ class CheckpointRecorder:
             yield Path(tmp) / name
 
     def _attach(self, name: str, path: Path, record: dict) -> None:
-        """Vouch for the new hash (and the old), copy the file in, then keep the new hash only."""
+        """Vouch for the new hash (and the old) in the info and the sidecar, copy the file in,
+        then keep the new hash only (sidecar first: it alone makes the file usable)."""
         if not self.enabled:
             return
-        self._record(name, {**record, "replaces": self.run.info["checkpoints"].get(name)})
+        record = {**record, "size": path.stat().st_size}  # a file of another size is not read
+        swapping = {**record, "replaces": self.run.info["checkpoints"].get(name)}
+        self._record(name, swapping)
+        self._sidecar(name, path, swapping)
         self.run.add_artifact(str(path), name=name)
+        self._sidecar(name, path, record)
         self._record(name, record)
+
+    def _sidecar(self, name: str, path: Path, record: dict) -> None:
+        """The checkpoint's own record, copied in atomically beside it."""
+        side = path.with_name(name + SIDECAR)
+        side.write_text(sidecar_text(record))
+        self.run.add_artifact(str(side), name=name + SIDECAR)
 
     def _record(self, name: str, record: dict) -> None:
         """Set the record and write the info out now (a heartbeat; otherwise every 10 s). The

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import secrets
 import socket
 import time
 import traceback
@@ -23,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from experiments.loop import OneSentenceError, Terminated
-from observers.credentials import redact_url
+from observers.credentials import redact_argv
+from observers.liveness import exit_signal, start_ticks
 
 LR_SCALINGS = ("none", "linear")
 FAILED_KEY, STOPPED_KEY = "reprolab/failed/", "reprolab/stopped/"
@@ -50,7 +52,7 @@ def torchrun_command() -> list[str] | None:
         raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
     except OSError:  # not Linux: the command line is not recorded
         return None
-    return [redact_url(part.decode(errors="replace")) for part in raw.split(b"\0") if part]
+    return redact_argv(part.decode(errors="replace") for part in raw.split(b"\0") if part)
 
 
 class Job:
@@ -68,6 +70,9 @@ class Job:
         self.info: dict | None = None
         self.stop_requested: BaseException | None = None  # a signal this rank 1.. got
         self.wrapped: list[weakref.ref] = []  # the DistributedDataParallel models made by `wrap`
+        self.seed_source = "given"  # or "drawn by rank 0" (share_seed)
+        self.drawn_seed: int | None = None
+        self.peer_failed = False  # rank 0 is ending the run with a peer's failure (signals.py)
 
     @property
     def is_main(self) -> bool:
@@ -105,6 +110,7 @@ class Job:
             "pid": os.getpid(),
             "device": str(device),
             "seed": run.config["seed"] + self.rank,
+            "start_ticks": start_ticks(os.getpid()),
         }
         ranks = [None] * self.world_size
         dist.all_gather_object(ranks, me)
@@ -114,6 +120,7 @@ class Job:
             "backend": backend,
             "torchrun": torchrun_command(),
             "ranks": ranks,
+            "seed_source": self.seed_source,
         }
         run.info["distributed"] = self.info
         return device
@@ -192,6 +199,7 @@ class Job:
             interrupted = isinstance(error, KeyboardInterrupt) or getattr(error, "STATUS", None)
             if self.stop_requested is not None and not interrupted:
                 # rank 0 has stopped the job after its checkpoint; this rank's collective broke
+                self._tell(STOPPED_KEY, "stopped with the job")  # not a rank gone without a word
                 raise self.stop_requested from None
             key, message = (
                 STOPPED_KEY if interrupted else FAILED_KEY,
@@ -237,6 +245,14 @@ class Job:
         except Exception:  # noqa: BLE001 - the store is gone: torchrun is ending the job anyway
             pass
 
+    def _said(self, rank: int) -> bool:
+        """Whether a rank left a message (it failed or stopped with the job: not gone mutely)."""
+        names = [f"{key}{self.restart}/{rank}" for key in (FAILED_KEY, STOPPED_KEY)]
+        try:
+            return any(self.store.check([name]) for name in names)
+        except Exception:  # noqa: BLE001 - the store is gone: torchrun is ending the job
+            return False
+
     def _peer_message(self, key: str) -> tuple[int, str] | None:
         for rank in range(1, self.world_size):
             name = f"{key}{self.restart}/{rank}"
@@ -247,22 +263,78 @@ class Job:
                 return None
         return None
 
+    def _dead_peer(self) -> tuple[int, str] | None:
+        """A rank on this host whose process is gone without a word: killed by a signal it
+        cannot handle (SIGKILL: by hand or the out-of-memory killer) or crashed. Its pid and
+        start time tell it from a process that took the pid since."""
+        here = socket.gethostname()
+        for peer in (self.info or {}).get("ranks") or []:
+            if peer["rank"] == self.rank or peer["host"] != here or self._said(peer["rank"]):
+                continue
+            signum = exit_signal(peer["pid"])
+            if signum == 0 or (signum is None and start_ticks(peer["pid"]) == peer["start_ticks"]):
+                continue  # still there, or it exited by itself
+            name = signal_name(signum) if signum else "a signal it cannot handle (SIGKILL)"
+            return peer["rank"], f"its process (pid {peer['pid']}) was killed by {name}"
+        return None
+
     def _raise_peer_failure(self, own_interrupt: bool) -> None:
         """On rank 0: a peer's failure becomes this run's; a peer's interrupt an interrupt.
         A peer that failed first has left its message already (before its exit broke rank 0's
         collective); one failing at the same moment is given PEER_GRACE_S (peers blocked on
         rank 0 cannot fail meanwhile: rank 0 is still there)."""
-        failed = self._peer_message(FAILED_KEY)
+        # A peer gone without a word is known at once (torchrun's SIGTERM may cut the wait).
+        failed = self._peer_message(FAILED_KEY) or self._dead_peer()
         deadline = time.monotonic() + (0 if own_interrupt else PEER_GRACE_S)
         while failed is None and time.monotonic() < deadline:
             time.sleep(0.05)
-            failed = self._peer_message(FAILED_KEY)
+            failed = self._peer_message(FAILED_KEY) or self._dead_peer()
         if failed is not None:
             rank, message = failed
             self.info["failure"] = {"rank": rank, "message": message}
+            self.peer_failed = True  # torchrun's SIGTERM, coming now, must not hide the failure
             raise RankFailed(f"rank {rank} of {self.world_size} failed: {message}") from None
         if not own_interrupt and self._peer_message(STOPPED_KEY) is not None:
             raise Terminated("another rank was interrupted") from None
+
+
+SEED_KEY = "reprolab/seed/"
+SEED_WAIT_S = 300  # how long a rank waits for rank 0's seed (rank 0 may still be importing)
+
+
+def agent_store():
+    """A client of torchrun's own store (the rendezvous store its agent hosts), reached before
+    the process group exists; None where the launcher hosts none."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_PORT" not in env:
+        return None
+    import datetime
+
+    return dist.TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=SEED_WAIT_S),
+    )
+
+
+def share_seed() -> int:
+    """The job's seed: drawn by rank 0 and read by every other rank through torchrun's store,
+    before anything is seeded or recorded (each rank drawing its own would shuffle differently)."""
+    current = job()
+    if current.drawn_seed is not None:  # a process creates its run more than once (resume)
+        return current.drawn_seed
+    store = agent_store()
+    if store is None:
+        raise ValueError(
+            "seed: this launcher hosts no store to share a drawn seed through; give one (seed=N)"
+        )
+    key = f"{SEED_KEY}{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{current.restart}"
+    if current.is_main:
+        store.set(key, str(secrets.randbelow(2**31)))
+    current.drawn_seed = int(store.get(key).decode())  # waits until rank 0 has set it
+    current.seed_source = "drawn by rank 0"
+    return current.drawn_seed
 
 
 JOB: Job | None = None
@@ -274,6 +346,16 @@ def job() -> Job:
     if JOB is None:
         JOB = Job()
     return JOB
+
+
+def signal_name(signum: int) -> str:
+    """SIGKILL for 9; the number where Python knows no name."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def prepare_run(run) -> None:

@@ -7,12 +7,18 @@ presentation-only keys) may differ, anything else that would change the training
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass, field
 
 from sacred.utils import get_by_dotted_path, set_by_dotted_path
 
 from experiments.checkpoint import BEST, LAST, checkpoint_from_bytes, plain
+from experiments.checkpoint_sidecar import (
+    SizeMismatch,
+    checkpoint_bytes,
+    matching,
+    read_sidecar,
+    vouching,
+)
 from experiments.distributed import check_world_size
 from ingredients.data import fingerprint_file, resolve_path
 from observers.records import ObjectEncoding, check_plain, refusal
@@ -55,27 +61,28 @@ class NeverWritten(RecordError):
 
 
 def verified_checkpoint(reader, run_id: int, name: str, records: dict) -> tuple[bytes, dict]:
-    """A checkpoint artifact's bytes and the record that vouches for them: the one recorded at
-    saving, or, when the run was killed while replacing the file, the one it replaced."""
-    record = records.get(name)
-    if not isinstance(record, dict) or not record.get("sha256"):
+    """A checkpoint artifact's bytes and the record that vouches for them: info.json's record
+    or the one it replaced (killed while replacing the file), or the checkpoint's own sidecar
+    record (info.json or run.json stale or missing after a kill); see checkpoint_sidecar."""
+    record, sidecar = records.get(name), read_sidecar(reader, run_id, name)
+    candidates = vouching([record, sidecar])
+    if not candidates:
         raise RecordError(
             f"run {run_id} recorded no checkpoint {name} (it stopped before "
             "finishing an epoch, or its info.json is missing)"
         )
-    replaced = record.get("replaces")
     try:
-        data = reader.artifact(run_id, name)
+        data = checkpoint_bytes(reader, run_id, name, candidates)
+    except SizeMismatch:
+        raise
     except RecordError:
-        if isinstance(replaced, dict) or "replaces" not in record:
+        if not any(isinstance(r, dict) and r.get("replaces", 0) is None for r in (record, sidecar)):
             raise
         raise NeverWritten(
             f"run {run_id} was stopped while writing its first checkpoint "
             f"{name}, so there is none to resume from"
         ) from None
-    if isinstance(replaced, dict) and hashlib.sha256(data).hexdigest() == replaced.get("sha256"):
-        return data, replaced  # killed before the new file was renamed into place
-    return data, {key: value for key, value in record.items() if key != "replaces"}
+    return data, matching(data, candidates) or candidates[0]  # else refused by its hash
 
 
 def load_resume_point(ref: str, store: str | None) -> ResumePoint:

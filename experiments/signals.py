@@ -32,7 +32,7 @@ class Interrupts:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        if self.closing:
+        if self.closing or job().peer_failed:  # the end is recorded as it is
             return
         stop = self.failure or (
             KeyboardInterrupt() if signum == signal.SIGINT else Terminated("terminated (SIGTERM)")

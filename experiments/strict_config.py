@@ -6,11 +6,12 @@ from __future__ import annotations
 import difflib
 import os
 
-from sacred.config.config_files import HANDLER_BY_EXT, load_config_file
+from sacred.config.config_files import HANDLER_BY_EXT
 from sacred.config.utils import undogmatize
 from sacred.initialize import create_run
 from sacred.utils import get_by_dotted_path, iterate_flattened
 
+from experiments.config_input import ConfigInputError, read_data_file
 from experiments.sacred_private import convert_value
 from ingredients.schema import shown
 
@@ -79,12 +80,11 @@ def check_named_configs(ex, names) -> None:
     read, is one sentence (Sacred gives a traceback)."""
     available = None
     for name in names:
-        if os.path.isfile(name):
+        if os.path.lexists(name):  # JSON or YAML only, read safely: a pickle is not opened
             try:
-                load_config_file(name)
-            except Exception as error:  # any parser's error: JSON, YAML, pickle
-                reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-                raise ConfigurationError(f"config file {name}: cannot read it ({reason})") from None
+                read_data_file(name)
+            except ConfigInputError as error:
+                raise ConfigurationError(str(error)) from None
             continue
         if os.path.splitext(name)[1] in HANDLER_BY_EXT or os.sep in name:
             raise ConfigurationError(f"config file not found: {name}")
@@ -102,7 +102,7 @@ def keys_set_by(ex, named_configs, command_name: str) -> set[str]:
     default = None
     for name in named_configs:
         if os.path.isfile(name):
-            keys |= {key for key, _ in iterate_flattened(load_config_file(name))}
+            keys |= {key for key, _ in iterate_flattened(read_data_file(name))}
             continue
         default = default or dict(iterate_flattened(undogmatize(default_config(ex))))
         named = dict(iterate_flattened(create_run(ex, command_name, {}, [name]).config))

@@ -8,6 +8,20 @@ python experiments/train.py with resume=3   # continue run 3 exactly where it st
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before Sacred and torch load (a second or more)
+    import os
+    import signal
+    import sys
+
+    def stopped_while_starting(signum, frame):
+        """Ctrl-C or SIGTERM before the run exists: one line, no traceback, nothing recorded
+        (the run installs its own handlers when it starts: experiments/resume.py)."""
+        sys.stderr.write("interrupted while starting; nothing was recorded\n")
+        os._exit(128 + signum)  # no teardown: half-imported modules must print nothing
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stopped_while_starting)
+
 from contextlib import contextmanager
 
 import torch

@@ -46,7 +46,6 @@ from ingredients.columnar import (
 from ingredients.schema import (
     BOOLEAN,
     INSPECTION_COMMANDS,
-    NON_NEGATIVE_INT,
     NON_NEGATIVE_NUMBER,
     POSITIVE_INT,
     TEXT,
@@ -100,6 +99,10 @@ def config():
 
 COLUMN = Rule(TEXT.accepts, "a column name")
 # What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
+# Loader workers a run may fork: each is a process holding a copy of the loader's state.
+MAX_WORKERS = min(64, 4 * (os.cpu_count() or 1))
+
+
 SCHEMA = {
     "path": Rule(TEXT.accepts, "a file path"),
     "format": Rule(
@@ -120,7 +123,9 @@ SCHEMA = {
     "batch_size": POSITIVE_INT,
     "shuffle": BOOLEAN,
     "drop_last": BOOLEAN,
-    "num_workers": NON_NEGATIVE_INT,
+    "num_workers": integer(
+        0, MAX_WORKERS + 1, words=f"an integer in [0, {MAX_WORKERS}] (64, and 4 per CPU core)"
+    ),
     "pin_memory": BOOLEAN,
     "in_memory_mb": NON_NEGATIVE_NUMBER,
 }

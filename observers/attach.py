@@ -8,6 +8,7 @@ from sacred.commandline_options import cli_option
 
 from observers.credentials import redact, redact_url
 from observers.filestore import FileStore
+from observers.liveness import this_process
 from observers.location import StoreLocation, default_store
 
 # Sacred's own observer flags: when one is given, it alone decides where the run goes.
@@ -19,6 +20,7 @@ def store_option(args: str, run) -> None:
     """Record the run in STORE: a directory, or a mongodb:// URL (default ./runs or $REPROLAB_MONGO_URL)."""
     hide_credentials(run)
     run.meta_info.setdefault("run_uuid", uuid.uuid4().hex)  # one identity in every store (sync)
+    run.meta_info.setdefault("process", this_process())  # a reader sees when it is gone
     run.observers.extend(observers_for(args))
 
 
@@ -27,6 +29,8 @@ def hide_credentials(run) -> None:
     options = run.meta_info.get("options")
     if isinstance(options, dict) and options.get("--store"):
         options["--store"] = redact_url(options["--store"])
+    if isinstance(options, dict) and isinstance(options.get("UPDATE"), list):
+        options["UPDATE"] = [redact_url(str(update)) for update in options["UPDATE"]]
     for repository in run.experiment_info.get("repositories") or []:
         if repository.get("url"):
             repository["url"] = redact(repository["url"])

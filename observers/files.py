@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,6 +70,25 @@ def utc_text(moment: dt.datetime) -> str:
     return utc(moment).isoformat()
 
 
+# Tests only: SIGKILL this process at its Nth durable write step (before and after each rename,
+# after each append), and log the steps to a file, so a kill can be placed between any two.
+KILL_AT_VARIABLE = "REPROLAB_TEST_KILL_AT_WRITE"
+WRITE_LOG_VARIABLE = "REPROLAB_TEST_WRITE_LOG"
+_STEPS = [0]
+
+
+def durable_step(path: str | os.PathLike) -> None:
+    """A point between two durable writes; nothing unless a test set the variables above."""
+    if KILL_AT_VARIABLE not in os.environ and WRITE_LOG_VARIABLE not in os.environ:
+        return
+    _STEPS[0] += 1
+    if os.environ.get(WRITE_LOG_VARIABLE):
+        with open(os.environ[WRITE_LOG_VARIABLE], "a") as log:
+            log.write(f"{_STEPS[0]} {os.getpid()} {path}\n")
+    if os.environ.get(KILL_AT_VARIABLE) == str(_STEPS[0]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def replacing(path: str | os.PathLike, mode: str = "w"):
     """Open a temporary file beside path and rename it over path when the block succeeds.
@@ -80,7 +100,22 @@ def replacing(path: str | os.PathLike, mode: str = "w"):
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        durable_step(tmp)
         os.replace(tmp, path)
+        durable_step(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+NAME_MAX = 255  # bytes of one file name on Linux's file systems (ext4, xfs, btrfs, tmpfs)
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse a name no folder can hold as a file name in one sentence (not OSError later)."""
+    size = len(os.fsencode(str(name)))
+    if size > NAME_MAX - 16:  # room for an extension and a temporary file's suffix
+        raise ValueError(
+            f"{what} {str(name)[:40]}... is {size} bytes long; names of at most "
+            f"{NAME_MAX - 16} bytes fit in a file name"
+        )

@@ -26,6 +26,7 @@ from sacred.serializer import flatten
 from observers.files import (
     TMP_PATTERN,
     StoreWriteError,
+    durable_step,
     replacing,
     sweep_temporaries,
     utc,
@@ -62,6 +63,7 @@ def append_whole(path: Path, data: bytes) -> None:
                 raise
         finally:
             os.close(fd)
+    durable_step(path)
 
 
 def read_journal(path: Path) -> dict:

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from observers.credentials import redact_url
+from observers.credentials import has_credentials, redact_url
 
 DEFAULT_STORE = "runs"
 MONGO_URL_VARIABLE = "REPROLAB_MONGO_URL"
@@ -22,6 +22,17 @@ MONGO_SCHEMES = ("mongodb://", "mongodb+srv://")
 def is_mongo_url(text: str) -> bool:
     """Whether a store named by text is a MongoDB database rather than a folder."""
     return str(text).startswith(MONGO_SCHEMES)
+
+
+def check_location(location: str) -> None:
+    """Refuse a store location with credentials that is no mongodb:// URL (`MONGODB://`,
+    `mongodb:/u:p@h`): taken for a folder, its password would become a folder name."""
+    text = str(location)
+    if has_credentials(text) and not is_mongo_url(text):
+        raise ValueError(
+            f"store {redact_url(text)} looks like a URL with a password but is not a "
+            "mongodb:// URL (lower-case scheme, two slashes); it was not used as a folder"
+        )
 
 
 def default_store() -> str:
@@ -40,7 +51,9 @@ class StoreLocation:
         """The store named by a command-line value, else the default store."""
         if isinstance(given, StoreLocation):
             return given
-        return cls(str(given) if given else default_store())
+        text = str(given) if given else default_store()
+        check_location(text)  # a URL with a password that is no mongodb:// URL is never a folder
+        return cls(text)
 
     @property
     def is_mongo(self) -> bool:

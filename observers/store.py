@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from observers.files import replacing
+from observers.files import check_name, replacing
 from observers.filestore import JOURNAL, read_journal
 from observers.location import StoreLocation
 from observers.records import (
@@ -291,6 +291,8 @@ def resolve_run(ref: str, store: str | None = None) -> tuple[RunStore, int]:
     """A run named by its id in a store, or by the path of its run directory."""
     if not is_run_id(ref):
         path = Path(ref)
+        for part in path.parts:  # a name no folder can hold: one sentence, not OSError
+            check_name(part, "run directory")
         if not path.is_dir():
             raise RecordError(f"'{ref}' is neither a run id nor a run directory")
         if not (path / "run.json").is_file() or not is_run_id(path.name):

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from observers.files import replacing
+from observers.files import check_name, replacing
 from observers.location import StoreLocation
 from observers.records import ObjectEncoding, RecordError, check_plain, load_plain, refusal
 
@@ -33,6 +33,7 @@ class FileSweepRecords:
         )
 
     def find(self, sweep_id: str) -> dict | None:
+        check_name(sweep_id, "sweep id")
         path = self.folder / f"{sweep_id}.json"
         if not path.is_file():
             return None

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ingredients.schema import is_number
 from observers.files import STALE_HEARTBEAT, record_time
+from observers.liveness import GONE_NOTE, process_gone
 from observers.store import RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
@@ -142,9 +143,11 @@ def _record_row(store: RunStore, run_id: int) -> dict:
     row: dict = {"run_id": run_id}
     notes = []
     try:
-        row.update(_record_fields(store.run(run_id)))
+        run = store.run(run_id)
+        row.update(_record_fields(run))
         if "odd" in row:
             notes.append(row.pop("odd"))
+        notes += _repaired_status(row, run)
     except Exception as error:  # noqa: BLE001 - one bad record never stops the listing
         row["status"] = DAMAGED
         notes.append(describe_error(error, store, run_id))
@@ -231,6 +234,15 @@ def _timestamp_field(run: dict, key: str, odd: list[str]) -> dt.datetime | None:
 def _result(value) -> float | None:
     """The run's return value as a number, when it is one (Sacred allows anything)."""
     return float(value) if is_number(value) else None
+
+
+def _repaired_status(row: dict, run: dict) -> list[str]:
+    """A RUNNING run whose process is gone from this host is FAILED (read so, not written)."""
+    process = (run.get("meta") or {}).get("process") if isinstance(run.get("meta"), dict) else None
+    if row.get("status") != "RUNNING" or not process_gone(process):
+        return []
+    row["status"] = "FAILED"
+    return [GONE_NOTE.format(pid=process["pid"], host=process["host"])]
 
 
 def _probably_dead(row: dict) -> bool:

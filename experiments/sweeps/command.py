@@ -40,6 +40,7 @@ from experiments.sweeps.record import Job, SweepBook, SweepRecord, code_version,
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
 from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.scratch import running
+from observers.credentials import redact_argv
 from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
 from observers.store import RecordError
@@ -217,7 +218,7 @@ def launch_commands(
     if options.store.is_mongo:
         print("# each command reads the store from REPROLAB_MONGO_URL; set it where they run")
     for job in jobs:
-        print(shlex.join(["python", *record.child(job, options.store).script_argv()]))
+        print(shlex.join(redact_argv(["python", *record.child(job, options.store).script_argv()])))
     return ExitCode.OK
 
 

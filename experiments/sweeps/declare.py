@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.config_input import MAX_ITEMS, read_data_file
 from experiments.sweeps.space import parse_distribution
 from observers.records import ENCODING_PREFIXES
 
@@ -38,6 +39,7 @@ FILE_KEYS = ("experiment", "named_configs", "fixed", "grid", "random", "search")
 RANDOM_KEYS = ("samples", "seed", "values")
 RANGE = re.compile(r"^\s*range\(([^()]*)\)\s*$")
 SEED_LIMIT = 2**31
+MAX_CONFIGS = 1000  # configs one sweep declares: each is checked before the first runs
 CONFIG_KEY = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 )  # Sacred's dotted keys
@@ -80,14 +82,16 @@ def parse_value(text: str):
 def range_values(arguments: str, text: str) -> list[int]:
     try:
         numbers = [int(part) for part in arguments.split(",") if part.strip()]
-        values = list(range(*numbers))
+        span = range(*numbers)
     except (ValueError, TypeError):
         raise ValueError(
             f"'{text}' is not a range of integers, e.g. range(3) or range(0, 10, 2)"
         ) from None
-    if not values:
+    if not span:
         raise ValueError(f"'{text}' is empty")
-    return values
+    if len(span) > MAX_ITEMS:  # measured before a single value is made
+        raise ValueError(f"'{text}' has {len(span)} values; a grid axis holds at most {MAX_ITEMS}")
+    return list(span)
 
 
 def from_words(words: list[str], declaration: Declaration | None = None) -> Declaration:
@@ -121,7 +125,20 @@ def from_words(words: list[str], declaration: Declaration | None = None) -> Decl
 def axis(key: str, values: list) -> list:
     if not values:
         raise ValueError(f"grid key '{key}' has no values")
+    if len(values) > MAX_ITEMS:
+        raise ValueError(f"grid key '{key}' has {len(values)} values; at most {MAX_ITEMS}")
     return values
+
+
+def check_count(declaration: Declaration) -> None:
+    """Refuse a declaration of more than MAX_CONFIGS configs before any is made or checked."""
+    count = math.prod(len(values) for values in declaration.grid.values())
+    count *= (declaration.random or {}).get("samples", 1)
+    if count > MAX_CONFIGS:
+        raise ValueError(
+            f"the sweep declares {count} configs (grid points times random samples); "
+            f"at most {MAX_CONFIGS} are run by one sweep"
+        )
 
 
 def from_file(path: str | Path) -> Declaration:
@@ -129,22 +146,7 @@ def from_file(path: str | Path) -> Declaration:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file {path} not found")
-    try:
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except (ValueError, UnicodeDecodeError) as error:  # yaml.YAMLError is not one: caught below
-        raise ValueError(
-            f"sweep file {path} cannot be read: {str(error).splitlines()[0]}"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - yaml's errors
-        raise ValueError(
-            f"sweep file {path} is not valid YAML: {str(error).splitlines()[0]}"
-        ) from None
+    data = read_data_file(path, "sweep file")  # bounded size, no aliases or duplicate keys
     if not isinstance(data, dict):
         raise ValueError(f"sweep file {path} must hold a mapping with {', '.join(FILE_KEYS)}")
     for key in data:
@@ -212,8 +214,10 @@ def random_block(block) -> dict | None:
         if key not in RANDOM_KEYS:
             raise ValueError(f"random: unknown key '{key}' (one of {', '.join(RANDOM_KEYS)})")
     samples, seed = block.get("samples"), block.get("seed", 0)
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"random.samples must be a positive integer, not {samples!r}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_CONFIGS:
+        raise ValueError(
+            f"random.samples must be an integer in [1, {MAX_CONFIGS}], not {samples!r}"
+        )
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"random.seed must be an integer, not {seed!r}")
     values = flatten(block.get("values") or {}, "random.values", leaf=is_range_spec)
@@ -281,6 +285,7 @@ def expand(declaration: Declaration, seed: int) -> tuple[list[dict], int]:
         raise ValueError(
             "resume cannot be swept; continue a sweep with reprolab sweep --resume SWEEP"
         )
+    check_count(declaration)
     keys = list(declaration.grid)
     configs, seen, dropped = [], set(), 0
     for combo in itertools.product(*declaration.grid.values()):
@@ -339,18 +344,12 @@ def inline_config_files(declaration: Declaration) -> Declaration:
     """A config file among the named configs (the user's own, on their command line) becomes its
     values, under the declared fixed values: a sweep records only data, never a file for a later
     --resume to load. Its values must be plain data."""
-    from sacred.config.config_files import load_config_file
-
     names, values = [], {}
     for name in declaration.named_configs:
         if not Path(name).is_file():
             names.append(name)
             continue
-        try:
-            loaded = load_config_file(name)
-        except Exception as error:  # noqa: BLE001 - any parser's error: JSON, YAML, pickle
-            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-            raise ValueError(f"config file {name}: cannot read it ({reason})") from None
+        loaded = read_data_file(name)  # JSON or YAML only: a pickle is refused unopened
         if not isinstance(loaded, dict) or not is_plain(loaded):
             raise ValueError(
                 f"config file {name} holds values that are not plain data, so a "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 import random
@@ -269,9 +270,15 @@ class FakeRun:
     def __init__(self):
         self.info, self.artifacts, self.heartbeats = {}, {}, []
         self.written_before = {}  # name: the info written out when the file was replaced
+        self.sidecars = {}  # name: each content its sidecar was given, in order
 
     def add_artifact(self, path: str, name: str) -> None:
-        self.written_before[name] = self.heartbeats[-1][name]
+        if name.endswith(".sha256"):  # a checkpoint's sidecar: what it said when the file came
+            self.sidecars.setdefault(name.removesuffix(".sha256"), []).append(
+                json.loads(Path(path).read_text())
+            )
+        else:
+            self.written_before[name] = self.heartbeats[-1][name]
         self.artifacts[name] = Path(path).read_bytes()
 
     def _emit_heartbeat(self) -> None:
@@ -307,8 +314,11 @@ def test_each_save_is_attached_and_written_out_at_once_leaving_no_temp_files(mon
     run = FakeRun()
     carried = {"best.pt": (b"best bytes", {"sha256": "b" * 64, "epoch": 1, "step": 3})}
     recorder = checkpoint_module.CheckpointRecorder(run, carried=carried)
-    assert run.artifacts == {"best.pt": b"best bytes"}
-    assert run.heartbeats[-1]["best.pt"] == carried["best.pt"][1]
+    assert run.artifacts["best.pt"] == b"best bytes" and set(run.artifacts) == {
+        "best.pt",
+        "best.pt.sha256",
+    }
+    assert run.heartbeats[-1]["best.pt"] == {**carried["best.pt"][1], "size": 10}
     replaced = None
     for epoch in (2, 3):
         recorder.save("last.pt", {"epoch": epoch, "step": 3 * epoch, "weights": torch.ones(3)})
@@ -317,12 +327,18 @@ def test_each_save_is_attached_and_written_out_at_once_leaving_no_temp_files(mon
             "sha256": digest,
             "epoch": epoch,
             "step": 3 * epoch,
+            "size": len(run.artifacts["last.pt"]),
         }
-        # before the file was replaced, the info vouched for the new hash and the one it replaces
+        # before the file was replaced, the info and the sidecar vouched for the new hash and
+        # the one it replaces; after it, the sidecar vouches for the new hash alone
         assert run.written_before["last.pt"] == {
             **run.heartbeats[-1]["last.pt"],
             "replaces": replaced,
         }
+        assert run.sidecars["last.pt"][-2:] == [
+            run.written_before["last.pt"],
+            run.heartbeats[-1]["last.pt"],
+        ]
         replaced = run.heartbeats[-1]["last.pt"]
     assert run.info["checkpoints"]["best.pt"]["sha256"] == "b" * 64
     assert list(tmp_path.iterdir()) == []

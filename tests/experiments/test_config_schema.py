@@ -4,6 +4,7 @@ before any run directory exists. Property-based: hypothesis generates the wrong 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import subprocess
@@ -270,3 +271,160 @@ def test_a_runs_loglevel_is_for_that_run_only(store):
     """Sacred's --loglevel sets the experiment's logger for good; a later run would log nothing."""
     refused(store, {"epochs": 0})
     assert ex.logger.level == logging.INFO
+
+
+# --------------------------------------------------------------------------- issue 19, rule 4
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**31), 2**31), st.floats(), TEXT),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(TEXT, children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    named=st.lists(st.sampled_from(["cnn", "debug"]), max_size=2, unique=True),
+    section=st.sampled_from(["data", "model", "optimizer", "seeding"]),
+    value=st.one_of(st.none(), st.integers(-9, 9), TEXT, LISTS, st.booleans()),
+)
+def test_a_section_replaced_beside_named_configs_is_one_sentence(store, named, section, value):
+    try:
+        ex.run(
+            config_updates={"epochs": 1, "limit_batches": 1, section: value},
+            named_configs=named,
+            options={"--store": str(store), "--loglevel": "ERROR"},
+        )
+    except ConfigurationError as error:
+        assert str(error).startswith(f"{section} is a group of settings"), str(error)
+    else:
+        pytest.fail("accepted")
+    assert not store.exists() or not any(store.iterdir())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kwargs=st.dictionaries(
+        st.one_of(TEXT, st.sampled_from(["py/object", "py/reduce", "json://1", "py/tuple"])),
+        JSON_VALUES,
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_values_of_every_json_type_in_a_dict_valued_key_are_one_sentence(store, kwargs):
+    """Plain data is taken as typed (never decoded); anything else is one sentence naming it."""
+    updates = {"epochs": 1, "model": {"kwargs": kwargs}}
+    keys = list(all_keys(kwargs))
+    odd = [k for k in keys if not k or k[0] == "$" or {".", "="} & set(k)]
+    encoded = [k for k in keys if k.startswith(("py/", "json://"))]
+    try:
+        run = ex._create_run("train", config_updates=updates, options={"--store": str(store)})
+    except ConfigurationError as error:
+        message = str(error)
+        assert "\n" not in message and message.startswith("model.kwargs"), message
+        assert encoded or odd, message
+    else:
+        assert not encoded and not odd
+        assert json.dumps(dict(run.config["model"]["kwargs"]), sort_keys=True) == json.dumps(
+            kwargs, sort_keys=True
+        )
+    assert not store.exists() or not any(store.iterdir())
+
+
+def all_keys(value):
+    """Every mapping key at any depth of a value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from all_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from all_keys(item)
+
+
+def run_train(tmp_path: Path, *words: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "experiments" / "train.py"), "-F", "s", *words],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        (["with", "cfg.pickle"], "only JSON or YAML config files"),
+        (["with", "bomb.yaml"], "YAML aliases (*name) are not accepted"),
+        (["with", "dup.json"], "the key 'lr' appears twice"),
+        (["with", "model.kwargs={'py/object': 'os.system'}"], "object encoding"),
+        (["with", "model.kwargs={'json://x': 1}"], "object encoding"),
+        (["with", "cnn", "data=1"], "data is a group of settings"),
+        (["with", "data.num_workers=1000"], "data.num_workers must be an integer in [0,"),
+        (["with", f"model.hidden={list(range(20000))}"], "at most 10000"),
+        (["with", "data.path=MONGODB://u:pa ss@h/x"], "holds a URL with a password"),
+    ],
+)
+def test_hostile_config_input_is_one_line_exit_2_and_never_opened(tmp_path, words, expected):
+    pickled = (
+        b"\x80\x04\x95.\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93"
+        + b"\x8c\x14touch PICKLE_RAN_xyz\x85R."
+    )
+    (tmp_path / "cfg.pickle").write_bytes(pickled)
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    (tmp_path / "dup.json").write_text('{"lr": 0.1, "lr": 0.2}')
+    result = run_train(tmp_path, *words)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and expected in result.stderr, result.stderr
+    assert "pa ss" not in result.stderr
+    assert not (tmp_path / "PICKLE_RAN_xyz").exists() and not (tmp_path / "s").exists()
+
+
+def test_sweep_bounds_are_checked_before_values_are_made(tmp_path):
+    import time
+
+    from experiments import sweep_declare as sd
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="a grid axis holds at most"):
+        sd.from_words(["seed=range(1000000000)"])
+    with pytest.raises(ValueError, match="at most 1000 are run"):
+        sd.expand(
+            sd.from_words(
+                ["seed=range(100)", "lr=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]"]
+            ),
+            0,
+        )
+    (tmp_path / "big.yaml").write_text(
+        "grid: {lr: [0.1]}\nrandom: {samples: 1000000000000, values: {seed: [1, 2]}}\n"
+    )
+    with pytest.raises(ValueError, match=r"random.samples must be an integer in \[1, 1000\]"):
+        sd.from_file(tmp_path / "big.yaml")
+    (tmp_path / "bomb.yaml").write_text("fixed:\n  " + BOMB.replace("\n", "\n  "))
+    with pytest.raises(ValueError, match="aliases"):
+        sd.from_file(tmp_path / "bomb.yaml")
+    (tmp_path / "dup.yaml").write_text("grid: {lr: [0.1]}\ngrid: {lr: [0.2]}\n")
+    with pytest.raises(ValueError, match="appears twice"):
+        sd.from_file(tmp_path / "dup.yaml")
+    (tmp_path / "huge.yaml").write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ValueError, match="not read"):
+        sd.from_file(tmp_path / "huge.yaml")
+    assert time.monotonic() - started < 10
+
+
+def test_names_longer_than_a_file_name_are_one_sentence(tmp_path):
+    from observers.sweep_records import FileSweepRecords
+
+    result = run_train(tmp_path, "with", f"resume={'r' * 300}")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "fit in a file name" in result.stderr
+    with pytest.raises(ValueError, match="fit in a file name"):
+        FileSweepRecords(tmp_path).find("s" * 300)

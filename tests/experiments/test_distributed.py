@@ -411,3 +411,87 @@ def test_the_recorded_torchrun_command_hides_a_store_password():
     command = json.loads(result.stdout)
     assert command[-2:] == ["-R", "mongodb://alice:***@127.0.0.1:27017/sacred"], result.stderr
     assert "s3cret" not in result.stdout
+
+
+# --------------------------------------------------------------------------- issue 19, rule 3
+
+SEEDLESS = tuple(update for update in CONFIG if not update.startswith("seed="))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "observers.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=TIMEOUT,
+    )
+
+
+def test_a_job_without_a_seed_draws_one_on_rank_0_and_reruns_exactly(tmp_path):
+    store = tmp_path / "runs"
+    launch(store, *SEEDLESS[:1], "epochs=2", *SEEDLESS[2:])
+    [run_id] = runs(store)
+    job = record(store, run_id, "info")["distributed"]
+    seed = record(store, run_id, "config")["seed"]
+    assert job["seed_source"] == "drawn by rank 0"
+    assert [r["seed"] for r in job["ranks"]] == [seed, seed + 1]  # one stream per rank
+    rerun = cli("rerun", str(run_id), "--verify", "--store", str(store))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-2000:]
+    assert f"exact match between run {run_id}" in rerun.stdout
+
+
+KILLING_MODEL = """
+import os, signal
+import torch
+import torch.distributed as dist
+
+
+class Killed(torch.nn.Module):
+    def __init__(self, input_shape, num_outputs):
+        super().__init__()
+        self.net = torch.nn.Linear(64, num_outputs)
+        self.flat = torch.nn.Flatten()
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training and dist.is_initialized():
+            self.calls += 1
+            if self.calls == 3 and dist.get_rank() == int(os.environ["KILL_RANK"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(self.flat(x))
+"""
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_killed_rank_leaves_a_failed_run_naming_it(tmp_path, rank):
+    (tmp_path / "killing_model.py").write_text(KILLING_MODEL)
+    store = tmp_path / "runs"
+    result = launch(
+        store,
+        *CONFIG,
+        "model.name=killing_model:Killed",
+        env={
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]),
+            "KILL_RANK": str(rank),
+        },
+        check=False,
+    )
+    assert result.returncode != 0
+    [run_id] = runs(store)
+    if rank == 1:  # rank 0 records it: FAILED, naming the rank and the signal
+        run = record(store, run_id, "run")
+        assert run["status"] == "FAILED", run["status"]
+        failure = record(store, run_id, "info")["distributed"]["failure"]
+        assert failure["rank"] == 1 and "SIGKILL" in failure["message"], failure
+        assert "rank 1 of 2 failed" in "".join(run["fail_trace"])
+    listing = cli("ls", "--store", str(store))  # rank 0 gone: its record is read as FAILED
+    row = next(line for line in listing.stdout.splitlines() if line.split()[:1] == [str(run_id)])
+    assert "FAILED" in row and "RUNNING" not in row, listing.stdout
+
+
+def test_a_config_error_under_torchrun_is_said_once(tmp_path):
+    result = launch(tmp_path / "runs", *CONFIG, "data.shuffle=yes", check=False)
+    assert result.returncode != 0
+    assert result.stderr.count("error: data.shuffle must be true or false") == 1, result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -256,6 +256,7 @@ def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, sc
     info = load(info_path)
     last.write_bytes(last.read_bytes()[:2000])  # truncated, and the record made to agree
     info["checkpoints"]["last.pt"]["sha256"] = hashlib.sha256(last.read_bytes()).hexdigest()
+    info["checkpoints"]["last.pt"]["size"] = 2000
     info_path.write_text(json.dumps(info))
     assert refused(experiment, scratch, resume=1) == (
         "resume: run 1's checkpoint last.pt is damaged or not a torch checkpoint"
@@ -265,7 +266,9 @@ def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, sc
     assert refused(experiment, scratch, resume=1).startswith(
         f"resume: run 1: {info_path} is damaged"
     )
-    info_path.unlink()
+    info_path.unlink()  # the checkpoint's own sidecar still vouches for the original file
+    assert refused(experiment, scratch, resume=1).endswith("; it was not read")
+    (scratch / "1" / "last.pt.sha256").unlink()
     assert refused(experiment, scratch, resume=1) == (
         "resume: run 1 recorded no checkpoint last.pt (it stopped before finishing an epoch, "
         "or its info.json is missing)"
@@ -303,6 +306,7 @@ def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(
     (scratch / "1" / "last.pt").write_bytes(evil)
     info = load(scratch / "1" / "info.json")
     info["checkpoints"]["last.pt"]["sha256"] = hashlib.sha256(evil).hexdigest()  # record agrees
+    info["checkpoints"]["last.pt"]["size"] = len(evil)  # (else refused unread by its size)
     (scratch / "1" / "info.json").write_text(json.dumps(info))
     before = tree_hash(scratch)
 

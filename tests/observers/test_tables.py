@@ -16,6 +16,7 @@ import pytest
 
 from observers import compare, load_metrics, load_runs
 from observers.filestore import JOURNAL, write_json_atomic
+from observers.liveness import this_process
 from observers.store import FileRunStore, RecordError
 from observers.tables import RECORD_COLUMNS, differing_config
 
@@ -285,6 +286,7 @@ def damaged(store, ids, tmp_path_factory) -> tuple[Path, dict[str, int]]:
         result=None,
         start_time=start.isoformat(),
         heartbeat=(start + dt.timedelta(seconds=20)).isoformat(),
+        meta={**read(running / "run.json")["meta"], "process": this_process()},  # alive: us
     )
     to_journal(running, epochs=1)
     dead, start = copy_run(root, sgd, cases["dead"]), now - dt.timedelta(hours=3)
@@ -295,6 +297,7 @@ def damaged(store, ids, tmp_path_factory) -> tuple[Path, dict[str, int]]:
         result=None,
         start_time=start.isoformat(),
         heartbeat=(start + dt.timedelta(seconds=5)).isoformat(),
+        meta={**read(dead / "run.json")["meta"], "process": {"host": "elsewhere", "pid": 1}},
     )
     to_journal(dead, epochs=2)
     failed = copy_run(root, sgd, cases["failed"])
@@ -418,3 +421,30 @@ def test_a_run_is_read_while_it_is_being_written(tmp_path, repo_root):
     assert "RUNNING" in {status for status, _ in seen}
     assert {status for status, _ in seen} <= {"RUNNING", "COMPLETED", "DAMAGED"}
     assert all(note == "run.json is missing" for status, note in seen if status == "DAMAGED")
+
+
+def test_a_running_run_whose_process_is_gone_is_read_as_failed(tmp_path):
+    """Issue 19, rule 2: pid and start time on this host tell a dead run; no record is changed."""
+    ended = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, observers.liveness as l; print(json.dumps(l.this_process()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    me = this_process()
+    reused = {**me, "start_ticks": me["start_ticks"] - 1}  # our pid, another process's start
+    for run_id, recorded in enumerate([json.loads(ended.stdout), reused, me], start=1):
+        (tmp_path / str(run_id)).mkdir()
+        run = {"status": "RUNNING", "meta": {"process": recorded}, "experiment": {"name": "x"}}
+        (tmp_path / str(run_id) / "run.json").write_text(json.dumps(run))
+        (tmp_path / str(run_id) / "config.json").write_text("{}")
+    records = sorted(p.read_bytes() for p in tmp_path.glob("[0-9]*/*"))
+    runs = load_runs(tmp_path)
+    assert list(runs["status"]) == ["FAILED", "FAILED", "RUNNING"]
+    assert "is gone" in runs.loc[1, "note"] and "is gone" in runs.loc[2, "note"]
+    assert sorted(p.read_bytes() for p in tmp_path.glob("[0-9]*/*")) == records

@@ -167,7 +167,8 @@ def forge_checkpoint_config(store: Path, change) -> subprocess.CompletedProcess:
     edit(
         store / "1" / "info.json",
         lambda info: info["checkpoints"]["last.pt"].update(
-            sha256=hashlib.sha256(buffer.getvalue()).hexdigest()
+            sha256=hashlib.sha256(buffer.getvalue()).hexdigest(),
+            size=len(buffer.getvalue()),  # (else refused unread by its size)
         ),
     )
     return subprocess.run(
