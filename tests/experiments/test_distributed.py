@@ -22,11 +22,6 @@ from ingredients.columnar import ColumnarDataset
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "experiments" / "train.py"
 TIMEOUT = 300  # seconds any one launch may take on a loaded machine
-# Each torchrun job costs seconds of start-up; variants that add no new path run on request.
-SLOW = pytest.mark.skipif(
-    not os.environ.get("REPROLAB_SLOW_TESTS"),
-    reason="set REPROLAB_SLOW_TESTS=1 to run the slower variants",
-)
 # Tiny but complete epochs (the last global batch is split between the ranks), a constant lr
 # (so epochs=50 and epochs=4 train the same first epochs) and no dropout (so one process with
 # the global batch draws nothing the two ranks do not).
@@ -141,6 +136,8 @@ def first(store) -> int:
     return runs(store)[-1]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
     job = record(store, first, "info")["distributed"]
     assert job["world_size"] == 2 and job["nodes"] == 1 and job["backend"] == "gloo"
@@ -187,6 +184,8 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
     assert "procs" in listing.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store, first):
     command = torchrun(
         "--standalone",
@@ -255,6 +254,8 @@ def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store
     )
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_match_one_process_with_the_global_batch(store, first, tmp_path):
     single = subprocess.run(
         [
@@ -312,11 +313,13 @@ class Diverging(Failing):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize(
     "model, message",
     [
         ("Failing", "RuntimeError: rank one broke"),
-        pytest.param("Diverging", "training loss became nan", marks=SLOW),  # NaN on rank 1 only
+        ("Diverging", "training loss became nan"),  # NaN on rank 1 only
     ],
 )
 def test_a_failing_rank_ends_the_job_recorded_failed(tmp_path, model, message):
@@ -346,6 +349,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
     store = tmp_path / "runs"
     rendezvous = (
