@@ -95,6 +95,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode, leave, cause, status",
     [
@@ -169,6 +170,7 @@ def dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_a_run_killed_as_its_checkpoint_appears_resumes_and_its_leftovers_are_swept(tmp_path, load):
     store, tmpdir = tmp_path / "store", tmp_path / "tmpdir"
     tmpdir.mkdir()
@@ -228,6 +230,7 @@ def test_a_run_killed_as_its_checkpoint_appears_resumes_and_its_leftovers_are_sw
     assert list(tmpdir.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_while_mongodb_is_reached_interrupts_the_run_in_one_line(tmp_path, signum, code):
     url = "mongodb://reprolab:pw-hidden@127.0.0.1:1/sacred?serverSelectionTimeoutMS=60000"

@@ -40,6 +40,7 @@ def sweep_id(store: Path) -> str:
     return record.stem
 
 
+@pytest.mark.slow
 def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     store = tmp_path / "runs"
     result = sweep(
@@ -126,6 +127,7 @@ def narrow(input_shape, num_outputs):
 """
 
 
+@pytest.mark.slow
 def test_failing_config_is_reported_and_the_others_complete(tmp_path):
     store = tmp_path / "runs"
     # a user's model built for 32 inputs is built fine, then fails on its first batch of 64
@@ -240,6 +242,7 @@ def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_stopped_sweep_resumes_without_running_any_config_twice(
     tmp_path, train, sweep_stopper, checkout_folder
 ):

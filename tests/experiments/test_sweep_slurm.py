@@ -64,6 +64,8 @@ def sweep_record(store: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_grid_runs_as_one_job_array(slurm, tmp_path):
     store = tmp_path / "runs"
     reprolab(
@@ -130,6 +132,8 @@ def test_gpus_ask_each_task_for_its_own_gres_in_the_job_script(tmp_path):
     assert not [line for line in lines if "--gpus" in line or "CUDA_VISIBLE_DEVICES" in line]
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path):
     """This cluster has no GPUs: sbatch refuses gres gpu:1, and the new sweep is taken back."""
     store = tmp_path / "runs"
@@ -154,6 +158,8 @@ def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path)
     assert not [path for path in store.rglob("*") if path.is_file()]  # no record, no submitit files
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_task_cancelled_by_slurm_is_interrupted_and_resumed(
     slurm, tmp_path, train, sweep_stopper, checkout_folder
 ):

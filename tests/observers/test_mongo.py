@@ -373,6 +373,7 @@ def test_reading_an_unreachable_server_is_one_sentence(capsys):
 # ------------------------------------------------------------------------------ 16 MB bound
 
 
+@pytest.mark.slow
 def test_long_run_keeps_every_document_under_16_mb(monkeypatch):
     """2M points of one metric and 20 MB of output: bounded documents, every point kept."""
     db = mongomock.MongoClient()["sacred"]
@@ -454,6 +455,7 @@ def server_url(request):
     return url
 
 
+@pytest.mark.slow
 @pytest.mark.mongo
 def test_whole_path_against_a_real_server(tmp_path, server_url, capsys):
     url = server_url

@@ -41,6 +41,7 @@ def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(tmp_path, load):
     own = (tmp_path / "own").resolve()
     own.mkdir()

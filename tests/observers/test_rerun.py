@@ -98,6 +98,7 @@ def git(root: Path, *args: str) -> bytes:
     return subprocess.run([*command, *args], check=True, capture_output=True).stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_a_dirty_work_tree_records_its_commit_and_the_exact_diff_bytes(tmp_path, load):
     root = tmp_path / "checkout"
@@ -131,6 +132,7 @@ def test_a_dirty_work_tree_records_its_commit_and_the_exact_diff_bytes(tmp_path,
     assert recorded["diff_sha256"] == hashlib.sha256(expected).hexdigest()
 
 
+@pytest.mark.slow
 def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path, load):
     root, store = project
     result = rerun(store, "--strict", "--verify", cwd=root)
@@ -147,6 +149,7 @@ def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path, l
     }
 
 
+@pytest.mark.slow
 def test_an_edited_source_is_refused_by_strict_caught_by_verify_undone_by_recorded_sources(
     project, tmp_path, load, tree_hash
 ):

@@ -215,6 +215,7 @@ def hub_in_store(store: Path, marker: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path):
     marker = tmp_path / "MARKER"
     model = hub_in_store(store, marker)
@@ -234,6 +235,7 @@ def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path)
     assert not marker.exists() and not (store / "2").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_path):
     marker = tmp_path / "MARKER"
     result = forge_checkpoint_config(
@@ -251,6 +253,7 @@ def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_
     assert not marker.exists() and not (store / "2").exists()
 
 
+@pytest.mark.slow
 def test_a_recorded_code_folder_others_can_write_to_is_not_searched(store, tmp_path):
     marker, planted = tmp_path / "MARKER", tmp_path / "planted"
     planted.mkdir()
