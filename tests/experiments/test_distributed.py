@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,9 +17,8 @@ import torch
 
 from ingredients.batches import BatchIndexSampler, BatchLoader
 from ingredients.columnar import ColumnarDataset
+from tests.helpers import REPO_ROOT, TRAIN, free_port, run_reprolab
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
 TIMEOUT = 300  # seconds any one launch may take on a loaded machine
 # Tiny but complete epochs (the last global batch is split between the ranks), a constant lr
 # (so epochs=50 and epochs=4 train the same first epochs) and no dropout (so one process with
@@ -155,32 +153,11 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
         == record(store, first, "info")["final_model_sha256"]
     )
 
-    rerun = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "observers.cli",
-            "rerun",
-            str(first),
-            "--verify",
-            "--store",
-            str(store),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=TIMEOUT,
-    )
+    rerun = run_reprolab("rerun", str(first), "--verify", "--store", str(store), timeout=TIMEOUT)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-2000:]
     assert f"exact match between run {first}" in rerun.stdout
     assert record(store, runs(store)[-1], "info")["distributed"]["world_size"] == 2
-    listing = subprocess.run(
-        [sys.executable, "-m", "observers.cli", "ls", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=TIMEOUT,
-    )
+    listing = run_reprolab("ls", "--store", str(store), timeout=TIMEOUT)
     assert "procs" in listing.stdout.splitlines()[0]
 
 
@@ -343,12 +320,6 @@ def test_a_failing_rank_ends_the_job_recorded_failed(tmp_path, model, message):
     assert failure["rank"] == 1 and message in failure["message"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
@@ -411,7 +382,7 @@ def test_the_recorded_torchrun_command_hides_a_store_password():
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO_ROOT,
     )
     command = json.loads(result.stdout)
     assert command[-2:] == ["-R", "mongodb://alice:***@127.0.0.1:27017/sacred"], result.stderr

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +20,8 @@ from experiments.checkpoint import checkpoint_from_bytes
 from experiments.resume import LAST, verified_checkpoint
 from ingredients.scratch import HOST
 from observers.store import FileRunStore
+from tests.helpers import REPO_ROOT, TRAIN
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
 QUICK = ("epochs=4", "limit_batches=3", "progress=False")
 ENV = {"OMP_NUM_THREADS": "1"}
 

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
+from tests.helpers import REPO_ROOT, TRAIN
+
 # One thread per run: faster on a busy 2-core machine, and the same count for every run here.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 CONFIG = (

@@ -8,15 +8,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from observers import load_runs
+from tests.helpers import REPO_ROOT, read_json, run_reprolab, sweep_record_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "slurm-local.sh"
 WAIT_S = 600  # every wait here is bounded
 TINY = ("epochs=2", "limit_batches=4")
@@ -44,24 +43,11 @@ def slurm():
 def reprolab(
     *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "observers.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=WAIT_S,
-        env={**os.environ, **(env or {})},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}"
-        )
-    return result
+    return run_reprolab(*args, env=env, timeout=WAIT_S, check=check)
 
 
 def sweep_record(store: Path) -> dict:
-    (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
-    return json.loads(path.read_text())
+    return read_json(sweep_record_file(store))
 
 
 @pytest.mark.slow

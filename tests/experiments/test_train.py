@@ -11,16 +11,11 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
-
-
-def load(path: Path):
-    return json.loads(path.read_text())
+from tests.helpers import REPO_ROOT, TRAIN
+from tests.helpers import read_json as load
 
 
 def leaf_keys(tree: dict, prefix: str = "") -> list[str]:

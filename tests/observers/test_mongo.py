@@ -34,9 +34,8 @@ from observers.mongo_bounds import CAPTURED_OUT_BYTES, CHUNKS_COLLECTION, VIEW_P
 from observers.mongo_store import MongoRunStore
 from observers.store import FileRunStore, RecordError
 from observers.sync import sync_store
+from tests.helpers import REPO_ROOT, TRAIN
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
 PASSWORD = "pw-" + secrets.token_hex(8)  # made at run time: recorded sources cannot contain it
 URL = f"mongodb://reprolab:{PASSWORD}@127.0.0.1:27017/sacred?authSource=admin"
 SHORT_RUN = {"epochs": 2, "limit_batches": 3, "progress": False}

@@ -18,8 +18,8 @@ import torch
 from observers.cli import main as reprolab
 from observers.rerun import read_original, same_bits, verify
 from observers.store import FileRunStore
+from tests.helpers import REPO_ROOT, run_reprolab
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # One thread for every process here: faster on a busy 2-core machine, and a thread count that
 # differs between the original and the rerun would be (rightly) reported as a difference.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -57,14 +57,7 @@ def project(tmp_path_factory) -> tuple[Path, Path]:
 def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     """`reprolab rerun 1 --store STORE FLAGS` as a user runs it; started in the project copy
     (cwd), the reprolab of that checkout runs, and a plain rerun runs that checkout's code."""
-    return subprocess.run(
-        [sys.executable, "-m", "observers.cli", "rerun", "1", "--store", str(store), *flags],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **ONE_THREAD},
-    )
+    return run_reprolab("rerun", "1", "--store", str(store), *flags, cwd=cwd, env=ONE_THREAD)
 
 
 def new_run(result: subprocess.CompletedProcess, store: Path) -> Path:
