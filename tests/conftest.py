@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
+from tests.helpers import REPO_ROOT, hash_tree, read_json, run_train
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
-
-
-def run_train(
-    store: Path,
-    *updates: str,
-    flags: tuple[str, ...] = (),
-    env: dict | None = None,
-    cwd: Path | None = None,
-    check: bool = True,
-) -> subprocess.CompletedProcess:
-    """Run experiments/train.py as a user would, recording into store."""
-    command = [sys.executable, str(TRAIN), *flags, "-R", str(store)]
-    if updates:
-        command += ["with", *updates]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        cwd=cwd or REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
-def read_json(path: Path):
-    with open(path) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +27,7 @@ def default_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def train():
-    """The run_train helper, as a fixture (test modules cannot import conftest)."""
+    """run_train of tests.helpers, as a fixture."""
     return run_train
 
 
@@ -114,14 +78,6 @@ def small_store_of(small_store, tmp_path_factory):
         return root
 
     return make
-
-
-def hash_tree(root: Path) -> str:
-    """One hash over every file's path and bytes under root."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="session")

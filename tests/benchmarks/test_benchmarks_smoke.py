@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.benchmark]
+
 SMOKE_RUNS = {
     "loader.py": (
         ["--quick", "--rows", "20000", "--repeats", "1"],
@@ -56,6 +58,7 @@ def test_benchmark_prints_its_tables(repo_root, script):
         assert title in result.stdout, result.stdout
 
 
+@pytest.mark.distributed
 def test_ddp_benchmark_measures_both_world_sizes(repo_root):
     """Both torchrun jobs (1 and 2 processes) end on their own, each within --timeout, and print
     a positive samples/s; a job hanging at exit would fail this instead of stalling the suite."""

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO_ROOT
+
 # An experiment file that is train.py, except that (with STOP_FIFO set) the first run to finish
 # epoch 1 says READY into the FIFO and waits for a signal: a sweep is stopped at a known point,
 # without sleeping. Checking a sweep's configs imports it, which gives them train.py's experiment.
@@ -55,6 +57,6 @@ def sweep_stopper():
 @pytest.fixture
 def checkout_folder():
     """A temporary folder inside the checkout: a sweep's experiment must be a file of it."""
-    folder = Path(tempfile.mkdtemp(dir=Path(__file__).resolve().parents[2], prefix=".test-sweep-"))
+    folder = Path(tempfile.mkdtemp(dir=REPO_ROOT, prefix=".test-sweep-"))
     yield folder
     shutil.rmtree(folder)

@@ -22,8 +22,8 @@ from ingredients.data import SCHEMA as DATA_SCHEMA
 from ingredients.model import SCHEMA as MODEL_SCHEMA
 from ingredients.optimizer import SCHEMA as OPTIMIZER_SCHEMA
 from ingredients.seeding import SCHEMA as SEEDING_SCHEMA
+from tests.helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = {
     None: TRAIN_SCHEMA,
     "data": DATA_SCHEMA,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,15 +17,9 @@ import torch
 
 from ingredients.batches import BatchIndexSampler, BatchLoader
 from ingredients.columnar import ColumnarDataset
+from tests.helpers import REPO_ROOT, TRAIN, free_port, run_reprolab
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
 TIMEOUT = 300  # seconds any one launch may take on a loaded machine
-# Each torchrun job costs seconds of start-up; variants that add no new path run on request.
-SLOW = pytest.mark.skipif(
-    not os.environ.get("REPROLAB_SLOW_TESTS"),
-    reason="set REPROLAB_SLOW_TESTS=1 to run the slower variants",
-)
 # Tiny but complete epochs (the last global batch is split between the ranks), a constant lr
 # (so epochs=50 and epochs=4 train the same first epochs) and no dropout (so one process with
 # the global batch draws nothing the two ranks do not).
@@ -141,6 +134,8 @@ def first(store) -> int:
     return runs(store)[-1]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
     job = record(store, first, "info")["distributed"]
     assert job["world_size"] == 2 and job["nodes"] == 1 and job["backend"] == "gloo"
@@ -158,35 +153,16 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
         == record(store, first, "info")["final_model_sha256"]
     )
 
-    rerun = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.cli",
-            "rerun",
-            str(first),
-            "--verify",
-            "--store",
-            str(store),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=TIMEOUT,
-    )
+    rerun = run_reprolab("rerun", str(first), "--verify", "--store", str(store), timeout=TIMEOUT)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-2000:]
     assert f"exact match between run {first}" in rerun.stdout
     assert record(store, runs(store)[-1], "info")["distributed"]["world_size"] == 2
-    listing = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "ls", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=TIMEOUT,
-    )
+    listing = run_reprolab("ls", "--store", str(store), timeout=TIMEOUT)
     assert "procs" in listing.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store, first):
     command = torchrun(
         "--standalone",
@@ -255,6 +231,8 @@ def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store
     )
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_match_one_process_with_the_global_batch(store, first, tmp_path):
     single = subprocess.run(
         [
@@ -312,11 +290,13 @@ class Diverging(Failing):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize(
     "model, message",
     [
         ("Failing", "RuntimeError: rank one broke"),
-        pytest.param("Diverging", "training loss became nan", marks=SLOW),  # NaN on rank 1 only
+        ("Diverging", "training loss became nan"),  # NaN on rank 1 only
     ],
 )
 def test_a_failing_rank_ends_the_job_recorded_failed(tmp_path, model, message):
@@ -340,12 +320,8 @@ def test_a_failing_rank_ends_the_job_recorded_failed(tmp_path, model, message):
     assert failure["rank"] == 1 and message in failure["message"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
     store = tmp_path / "runs"
     rendezvous = (
@@ -406,7 +382,7 @@ def test_the_recorded_torchrun_command_hides_a_store_password():
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO_ROOT,
     )
     command = json.loads(result.stdout)
     assert command[-2:] == ["-R", "mongodb://alice:***@127.0.0.1:27017/sacred"], result.stderr
@@ -419,13 +395,7 @@ SEEDLESS = tuple(update for update in CONFIG if not update.startswith("seed="))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "observers.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=TIMEOUT,
-    )
+    return run_reprolab(*args, timeout=TIMEOUT)
 
 
 def test_a_job_without_a_seed_draws_one_on_rank_0_and_reruns_exactly(tmp_path):

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +20,8 @@ from experiments.checkpoint import LAST, checkpoint_from_bytes
 from experiments.resume import verified_checkpoint
 from ingredients.scratch import HOST
 from observers.store import FileRunStore
+from tests.helpers import REPO_ROOT, TRAIN
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
 QUICK = ("epochs=4", "limit_batches=3", "progress=False")
 ENV = {"OMP_NUM_THREADS": "1"}
 
@@ -95,6 +93,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode, leave, cause, status",
     [
@@ -169,6 +168,7 @@ def dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_a_run_killed_as_its_checkpoint_appears_resumes_and_its_leftovers_are_swept(tmp_path, load):
     store, tmpdir = tmp_path / "store", tmp_path / "tmpdir"
     tmpdir.mkdir()
@@ -228,6 +228,7 @@ def test_a_run_killed_as_its_checkpoint_appears_resumes_and_its_leftovers_are_sw
     assert list(tmpdir.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_while_mongodb_is_reached_interrupts_the_run_in_one_line(tmp_path, signum, code):
     url = "mongodb://reprolab:pw-hidden@127.0.0.1:1/sacred?serverSelectionTimeoutMS=60000"

@@ -117,9 +117,14 @@ def test_a_kill_around_a_checkpoint_resumes_exactly(tmp_path, baseline):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("REPROLAB_SLOW_TESTS"), reason="REPROLAB_SLOW_TESTS=1")
-def test_a_kill_at_every_write_step_resumes_exactly(tmp_path, baseline):
-    for point in range(1, len(baseline["steps"]) + 1):
+def test_a_kill_at_write_steps_across_the_run_resumes_exactly(tmp_path, baseline):
+    """The checkpoint points above and every twelfth of the run's durable write steps, spread over
+    all of them (each of the ~190 steps takes about an hour on 2 cores: more than a suite may)."""
+    steps = len(baseline["steps"])
+    stride = max(1, steps // 12)
+    for point in sorted(
+        set(range(1, steps + 1, stride)) | set(checkpoint_points(baseline["steps"]))
+    ):
         kill_and_resume(tmp_path / str(point), baseline, point)
 
 

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
+from tests.helpers import REPO_ROOT, TRAIN
+
 # One thread per run: faster on a busy 2-core machine, and the same count for every run here.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 CONFIG = (
@@ -112,6 +112,7 @@ def assert_continues_bit_exactly(load, straight: Path, resumed: Path, after: int
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame, run, code", [("SIGTERM", 2, 143), ("SIGINT", 4, 130)])
 def test_a_signal_ends_the_run_as_interrupted_with_a_checkpoint(runs, signame, run, code, load):
     store, stopped = runs
@@ -129,6 +130,7 @@ def test_a_signal_ends_the_run_as_interrupted_with_a_checkpoint(runs, signame, r
     )
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_the_straight_run_hash_for_hash(runs, load):
     store, _ = runs
     assert_continues_bit_exactly(load, store / "1", store / "3", after=1)
@@ -139,6 +141,7 @@ def test_resumed_run_equals_the_straight_run_hash_for_hash(runs, load):
     assert config == {**load(store / "1" / "config.json"), "resume": 2}
 
 
+@pytest.mark.slow
 def test_a_run_resumed_for_more_epochs_equals_the_longer_straight_run(runs, load):
     store, _ = runs
     assert load(store / "4" / "config.json")["epochs"] == 2
@@ -146,6 +149,7 @@ def test_a_run_resumed_for_more_epochs_equals_the_longer_straight_run(runs, load
     assert_continues_bit_exactly(load, store / "1", store / "5", after=1)
 
 
+@pytest.mark.slow
 def test_the_checkpoint_holds_every_state_and_its_config(runs, load):
     store, _ = runs
     state = torch.load(store / "3" / "last.pt", weights_only=True, map_location="cpu")
@@ -165,6 +169,7 @@ def test_the_checkpoint_holds_every_state_and_its_config(runs, load):
     assert state["config"] == load(store / "3" / "config.json")
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_keeps_its_last_checkpoint_in_the_store_and_resumes(runs, load):
     store, stopped = runs
     returncode, _, left_in_tmpdir = stopped["SIGKILL"]
@@ -180,6 +185,7 @@ def test_a_sigkilled_run_keeps_its_last_checkpoint_in_the_store_and_resumes(runs
     assert_continues_bit_exactly(load, store / "1", store / "7", after=1)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_every_epoch_is_listed_once(runs, load):
     store, _ = runs
     for run in (1, 3, 7):
@@ -220,6 +226,7 @@ def refused(experiment, store: Path, **updates) -> str:
     return str(error.value)
 
 
+@pytest.mark.slow
 def test_a_config_that_changes_the_training_is_refused_naming_the_keys(experiment, scratch):
     message = refused(experiment, scratch, resume=1, lr=0.5, optimizer={"name": "sgd"}, epochs=4)
     assert message == (
@@ -231,12 +238,14 @@ def test_a_config_that_changes_the_training_is_refused_naming_the_keys(experimen
     )
 
 
+@pytest.mark.slow
 def test_epochs_already_reached_are_refused(experiment, scratch):
     assert refused(experiment, scratch, resume=1, epochs=1) == (
         "epochs: run 1's checkpoint is already at epoch 1; set epochs above 1 to train further"
     )
 
 
+@pytest.mark.slow
 def test_unknown_run_and_non_run_directory_are_refused(experiment, scratch, tmp_path):
     assert refused(experiment, scratch, resume=7) == f"resume: no run 7 in {scratch}"
     assert refused(experiment, scratch, resume=str(scratch)) == (
@@ -244,6 +253,7 @@ def test_unknown_run_and_non_run_directory_are_refused(experiment, scratch, tmp_
     )
 
 
+@pytest.mark.slow
 def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, scratch, load):
     last = scratch / "1" / "last.pt"
     last.write_bytes(last.read_bytes()[:-10] + b"0123456789")
@@ -275,6 +285,7 @@ def test_tampered_truncated_or_unrecorded_checkpoints_are_refused(experiment, sc
     )
 
 
+@pytest.mark.slow
 def test_changed_data_is_refused_naming_the_file(experiment, scratch, load):
     info_path = scratch / "1" / "info.json"
     info = load(info_path)
@@ -298,6 +309,7 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_runs_no_code_and_exits_with_one_sentence(
     train, scratch, tmp_path, load, tree_hash
 ):

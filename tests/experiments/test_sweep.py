@@ -15,31 +15,22 @@ from pathlib import Path
 import pytest
 
 from observers import load_runs
+from tests.helpers import REPO_ROOT, reprolab_command, run_reprolab, sweep_record_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ("epochs=2", "limit_batches=4")
 WAIT_S = 600  # every wait on a process here is bounded
 
 
 def sweep(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "sweep", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=WAIT_S,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"sweep failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
+    threads = {"OMP_NUM_THREADS": "1", **(env or {})}
+    return run_reprolab("sweep", *args, env=threads, timeout=WAIT_S, check=check)
 
 
 def sweep_id(store: Path) -> str:
-    (record,) = (store / ".reprolab" / "sweeps").glob("*.json")
-    return record.stem
+    return sweep_record_file(store).stem
 
 
+@pytest.mark.slow
 def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     store = tmp_path / "runs"
     result = sweep(
@@ -66,24 +57,16 @@ def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     record = json.loads((store / ".reprolab" / "sweeps" / f"{sweep_id(store)}.json").read_text())
     assert len(record["configs"]) == 4 and record["attempts"][0]["engine"] == "local"
     assert record["attempts"][0]["parallel"] == 2 and record["code"]["commit"]
-    ranked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.cli",
-            "compare",
-            "--store",
-            str(store),
-            "--sweep",
-            sweep_id(store),
-            "--metric",
-            "val_accuracy",
-            "--plot",
-            str(tmp_path / "lr.png"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
+    ranked = run_reprolab(
+        "compare",
+        "--store",
+        str(store),
+        "--sweep",
+        sweep_id(store),
+        "--metric",
+        "val_accuracy",
+        "--plot",
+        str(tmp_path / "lr.png"),
         timeout=WAIT_S,
     )
     assert ranked.returncode == 0, ranked.stderr
@@ -107,12 +90,7 @@ def test_grid_runs_in_parallel_each_recorded_with_its_sweep(tmp_path):
     assert len(load_runs(store, sweep=runs.sweep.iloc[0])) == 4
     (mine,) = load_runs(store, sweep=other).itertuples()
     assert mine.sweep_index == 0 and mine.status == "COMPLETED"
-    listed = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "ls", "--store", str(store), "--sweep", other],
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-    )
+    listed = run_reprolab("ls", "--store", str(store), "--sweep", other, timeout=WAIT_S)
     assert len(listed.stdout.splitlines()) == 2  # the header and the one run
 
 
@@ -126,6 +104,7 @@ def narrow(input_shape, num_outputs):
 """
 
 
+@pytest.mark.slow
 def test_failing_config_is_reported_and_the_others_complete(tmp_path):
     store = tmp_path / "runs"
     # a user's model built for 32 inputs is built fine, then fails on its first batch of 64
@@ -240,6 +219,7 @@ def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_stopped_sweep_resumes_without_running_any_config_twice(
     tmp_path, train, sweep_stopper, checkout_folder
 ):
@@ -254,10 +234,7 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(
         "REPO_ROOT": str(REPO_ROOT),
     }
     first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "experiments.cli",
+        reprolab_command(
             "sweep",
             str(stopper),
             "--store",
@@ -267,7 +244,7 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(
             "with",
             "lr=[0.1, 0.05]",
             *config,
-        ],
+        ),
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -8,15 +8,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from observers import load_runs
+from tests.helpers import REPO_ROOT, read_json, run_reprolab, sweep_record_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "slurm-local.sh"
 WAIT_S = 600  # every wait here is bounded
 TINY = ("epochs=2", "limit_batches=4")
@@ -44,26 +43,15 @@ def slurm():
 def reprolab(
     *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=WAIT_S,
-        env={**os.environ, **(env or {})},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}"
-        )
-    return result
+    return run_reprolab(*args, env=env, timeout=WAIT_S, check=check)
 
 
 def sweep_record(store: Path) -> dict:
-    (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
-    return json.loads(path.read_text())
+    return read_json(sweep_record_file(store))
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_grid_runs_as_one_job_array(slurm, tmp_path):
     store = tmp_path / "runs"
     reprolab(
@@ -130,6 +118,8 @@ def test_gpus_ask_each_task_for_its_own_gres_in_the_job_script(tmp_path):
     assert not [line for line in lines if "--gpus" in line or "CUDA_VISIBLE_DEVICES" in line]
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path):
     """This cluster has no GPUs: sbatch refuses gres gpu:1, and the new sweep is taken back."""
     store = tmp_path / "runs"
@@ -154,6 +144,8 @@ def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path)
     assert not [path for path in store.rglob("*") if path.is_file()]  # no record, no submitit files
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_task_cancelled_by_slurm_is_interrupted_and_resumed(
     slurm, tmp_path, train, sweep_stopper, checkout_folder
 ):

@@ -11,16 +11,11 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
-
-
-def load(path: Path):
-    return json.loads(path.read_text())
+from tests.helpers import REPO_ROOT, TRAIN
+from tests.helpers import read_json as load
 
 
 def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -80,6 +75,7 @@ def test_captured_output_is_not_flooded_by_progress_bars(default_run):
     assert len(cout.splitlines()) < 60
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_bit_identical_metrics(default_run, train, tmp_path):
     train(tmp_path, "seed=7", "data.num_workers=2")
     first, second = load(default_run / "metrics.json"), load(tmp_path / "1" / "metrics.json")
@@ -90,6 +86,7 @@ def test_same_command_twice_gives_bit_identical_metrics(default_run, train, tmp_
     assert info_a["final_model_sha256"] == info_b["final_model_sha256"]
 
 
+@pytest.mark.slow
 def test_cnn_and_debug_named_configs_compose(train, tmp_path):
     train(tmp_path, "cnn", "debug")
     config = load(tmp_path / "1" / "config.json")
@@ -105,6 +102,7 @@ def test_cnn_and_debug_named_configs_compose(train, tmp_path):
     assert "__doc__" not in json.dumps(checkpoint["config"])
 
 
+@pytest.mark.slow
 def test_each_parameter_group_logs_its_lr(train, tmp_path):
     train(
         tmp_path, "debug", "epochs=2", "optimizer.param_groups=[{'pattern': '4.*', 'lr_scale': 10}]"
@@ -117,6 +115,7 @@ def test_each_parameter_group_logs_its_lr(train, tmp_path):
     assert load(tmp_path / "1" / "info.json")["metric_step"] == "epoch"
 
 
+@pytest.mark.slow
 def test_unobserved_records_nothing_and_F_records_where_asked(tmp_path):
     def run(*flags):
         return subprocess.run(
@@ -136,6 +135,7 @@ def test_unobserved_records_nothing_and_F_records_where_asked(tmp_path):
     assert load(tmp_path / "runs" / "1" / "run.json")["status"] == "COMPLETED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "update, expected",
     [
@@ -243,6 +243,7 @@ def test_a_run_imports_neither_pandas_nor_matplotlib():
     assert result.stdout.split() == ["[]", "[]"], result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_bce_with_logits_on_a_two_class_target_trains_one_output(train, tmp_path):
     import numpy as np
     import pyarrow as pa

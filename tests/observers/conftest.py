@@ -5,21 +5,16 @@ errors when it is killed, and its data survive a restart from the same directory
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 PING_TRIES = 40  # each waits up to PING_WAIT_MS for the server: 20 s at most in all
 PING_WAIT_MS = 500
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class NxServer:

@@ -13,36 +13,20 @@ from sacred.observers import FileStorageObserver
 
 from observers.filestore import JOURNAL, FileStore, read_journal, write_json_atomic
 from observers.store import FileRunStore
+from tests.helpers import START, metric_points, start_observer
 
-START = dt.datetime(2026, 3, 1, 12, 0, 0)
 INFO = {"model_summary": {"params": 1234}, "data": {"rows": 1797}}
 
 
 def beat_points(beat: int, per_metric: int = 50) -> dict:
     """One heartbeat's new points of two metrics, as Sacred hands them to log_metrics."""
     steps = range(beat * per_metric, (beat + 1) * per_metric)
-    return {
-        name: {
-            "steps": list(steps),
-            "values": [scale * s for s in steps],
-            "timestamps": [START + dt.timedelta(seconds=s) for s in steps],
-        }
-        for name, scale in (("loss", 0.5), ("lr", 0.001))
-    }
+    return {**metric_points("loss", steps, 0.5), **metric_points("lr", steps, 0.001)}
 
 
 def started(observer, root: Path):
     """The observer after Sacred's started_event."""
-    ex_info = {
-        "name": "train",
-        "base_dir": str(root),
-        "sources": [],
-        "dependencies": [],
-        "repositories": [],
-        "mainfile": "train.py",
-    }
-    observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, {"lr": 0.1}, {}, None)
-    return observer
+    return start_observer(observer, root, {"lr": 0.1})
 
 
 def heartbeat(observer, beat: int, info: dict = INFO) -> None:

@@ -34,9 +34,8 @@ from observers.mongo_bounds import CAPTURED_OUT_BYTES, CHUNKS_COLLECTION, VIEW_P
 from observers.mongo_store import MongoRunStore
 from observers.store import FileRunStore, RecordError
 from observers.sync import sync_store
+from tests.helpers import REPO_ROOT, TRAIN
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN = REPO_ROOT / "experiments" / "train.py"
 PASSWORD = "pw-" + secrets.token_hex(8)  # made at run time: recorded sources cannot contain it
 URL = f"mongodb://reprolab:{PASSWORD}@127.0.0.1:27017/sacred?authSource=admin"
 SHORT_RUN = {"epochs": 2, "limit_batches": 3, "progress": False}
@@ -373,6 +372,7 @@ def test_reading_an_unreachable_server_is_one_sentence(capsys):
 # ------------------------------------------------------------------------------ 16 MB bound
 
 
+@pytest.mark.slow
 def test_long_run_keeps_every_document_under_16_mb(monkeypatch):
     """2M points of one metric and 20 MB of output: bounded documents, every point kept."""
     db = mongomock.MongoClient()["sacred"]
@@ -454,6 +454,7 @@ def server_url(request):
     return url
 
 
+@pytest.mark.slow
 @pytest.mark.mongo
 def test_whole_path_against_a_real_server(tmp_path, server_url, capsys):
     url = server_url

@@ -14,8 +14,8 @@ import pytest
 
 from experiments.rerun import Original, outside_roots
 from observers.store import RecordError
+from tests.helpers import REPO_ROOT, run_reprolab
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = """\
 from torch import nn
 
@@ -31,16 +31,10 @@ def child_env() -> dict:
 
 
 def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store), *flags],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=child_env(),
-    )
+    return run_reprolab("rerun", "1", "--store", str(store), *flags, cwd=cwd, env=child_env())
 
 
+@pytest.mark.slow
 def test_a_model_module_outside_the_checkout_is_recorded_and_rerun_in_each_mode(tmp_path, load):
     own = (tmp_path / "own").resolve()
     own.mkdir()

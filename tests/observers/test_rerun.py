@@ -19,8 +19,8 @@ from experiments.cli import main as reprolab
 from experiments.rerun import read_original, verify
 from observers.store import FileRunStore
 from observers.verify import same_bits
+from tests.helpers import REPO_ROOT, run_reprolab
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # One thread for every process here: faster on a busy 2-core machine, and a thread count that
 # differs between the original and the rerun would be (rightly) reported as a difference.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -58,14 +58,7 @@ def project(tmp_path_factory) -> tuple[Path, Path]:
 def rerun(store: Path, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     """`reprolab rerun 1 --store STORE FLAGS` as a user runs it; started in the project copy
     (cwd), the reprolab of that checkout runs, and a plain rerun runs that checkout's code."""
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store), *flags],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **ONE_THREAD},
-    )
+    return run_reprolab("rerun", "1", "--store", str(store), *flags, cwd=cwd, env=ONE_THREAD)
 
 
 def new_run(result: subprocess.CompletedProcess, store: Path) -> Path:
@@ -99,6 +92,7 @@ def git(root: Path, *args: str) -> bytes:
     return subprocess.run([*command, *args], check=True, capture_output=True).stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_a_dirty_work_tree_records_its_commit_and_the_exact_diff_bytes(tmp_path, load):
     root = tmp_path / "checkout"
@@ -132,6 +126,7 @@ def test_a_dirty_work_tree_records_its_commit_and_the_exact_diff_bytes(tmp_path,
     assert recorded["diff_sha256"] == hashlib.sha256(expected).hexdigest()
 
 
+@pytest.mark.slow
 def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path, load):
     root, store = project
     result = rerun(store, "--strict", "--verify", cwd=root)
@@ -148,6 +143,7 @@ def test_unchanged_code_reruns_bit_for_bit_even_when_strict(project, tmp_path, l
     }
 
 
+@pytest.mark.slow
 def test_an_edited_source_is_refused_by_strict_caught_by_verify_undone_by_recorded_sources(
     project, tmp_path, load, tree_hash
 ):

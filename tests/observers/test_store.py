@@ -19,34 +19,13 @@ from observers.store import (
     resolve_run,
     summarize_metrics,
 )
-
-START = dt.datetime(2026, 3, 1, 12, 0, 0)
-
-
-def points(name: str, steps: range, scale: float) -> dict:
-    """One heartbeat's new points of a metric, as Sacred hands them to an observer."""
-    return {
-        name: {
-            "steps": list(steps),
-            "values": [scale * s for s in steps],
-            "timestamps": [START + dt.timedelta(seconds=s) for s in steps],
-        }
-    }
+from tests.helpers import START, start_observer
+from tests.helpers import metric_points as points
 
 
 def start_run(root: Path, config: dict) -> FileStore:
     """A run started by the project's FileStore observer, as Sacred drives it."""
-    observer = FileStore(root)
-    ex_info = {
-        "name": "train",
-        "base_dir": str(root),
-        "sources": [],
-        "dependencies": [],
-        "repositories": [],
-        "mainfile": "train.py",
-    }
-    observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, config, {}, None)
-    return observer
+    return start_observer(FileStore(root), root, config)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from observers.filestore import JOURNAL, write_json_atomic
 from observers.liveness import this_process
 from observers.store import FileRunStore, RecordError
 from observers.tables import RECORD_COLUMNS, differing_config
+from tests.helpers import read_json as read
 
 LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}  # the lr of each of conftest's SMALL_RUNS
 
@@ -33,11 +34,6 @@ def ids(store) -> dict[str, int]:
     """Run id of each run (parallel runs take their ids in any order)."""
     reader = FileRunStore(store)
     return {LR[reader.config(run_id)["lr"]]: run_id for run_id in reader.run_ids()}
-
-
-def read(path: Path):
-    with open(path) as f:
-        return json.load(f)
 
 
 # --------------------------------------------------------------------------- load_runs

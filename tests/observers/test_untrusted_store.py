@@ -26,8 +26,8 @@ from observers.mongo_store import MongoRunStore
 from observers.records import ObjectEncoding, loads_plain
 from observers.store import SUMMARY_CACHE, RecordError
 from observers.tables import load_runs
+from tests.helpers import REPO_ROOT, run_reprolab, sweep_record_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 enable_gridfs_integration()  # mongomock's databases accepted by gridfs, as in test_mongo
 
 
@@ -216,17 +216,12 @@ def hub_in_store(store: Path, marker: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path):
     marker = tmp_path / "MARKER"
     model = hub_in_store(store, marker)
     edit(store / "1" / "config.json", lambda config: config["model"].update(model))
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=600,
-    )
+    result = run_reprolab("rerun", "1", "--store", str(store))
     assert result.returncode == 1
     assert "error: model.name: the record names 'torch.hub:load', installed code (" in result.stderr
     assert "a record does not choose what runs; rerun it with --trust-import-paths to run it" in (
@@ -235,6 +230,7 @@ def test_a_record_cannot_name_installed_code_for_a_rerun_to_run(store, tmp_path)
     assert not marker.exists() and not (store / "2").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_path):
     marker = tmp_path / "MARKER"
     result = forge_checkpoint_config(
@@ -252,6 +248,7 @@ def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_
     assert not marker.exists() and not (store / "2").exists()
 
 
+@pytest.mark.slow
 def test_a_recorded_code_folder_others_can_write_to_is_not_searched(store, tmp_path):
     marker, planted = tmp_path / "MARKER", tmp_path / "planted"
     planted.mkdir()
@@ -264,13 +261,7 @@ def test_a_recorded_code_folder_others_can_write_to_is_not_searched(store, tmp_p
         store / "1" / "info.json",
         lambda info: info.update(outside_code={"roots": [str(planted)], "modules": {}}),
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=600,
-    )
+    result = run_reprolab("rerun", "1", "--store", str(store))
     assert result.returncode == 1
     assert (
         f"own code outside the checkout: {planted} not searched: it is not yours alone "
@@ -374,7 +365,7 @@ def sweep_record(tmp_path, capsys) -> tuple[Path, Path]:
         == 0
     )
     capsys.readouterr()
-    (record,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    record = sweep_record_file(store)
     return store, record
 
 
@@ -489,7 +480,7 @@ def test_a_config_file_on_the_command_line_is_recorded_as_its_values(tmp_path, c
         == 0
     )
     capsys.readouterr()
-    (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    path = sweep_record_file(store)
     record = json.loads(path.read_text())
     assert record["named_configs"] == [] and str(config) not in path.read_text()
     assert [(c["optimizer.name"], c["epochs"]) for c in record["configs"]] == [("adam", 1)] * 2

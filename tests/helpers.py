@@ -1,0 +1,127 @@
+"""Plain helpers shared by the test modules: the checkout root, train.py and the `reprolab` command
+run as a user runs them, a free loopback port, reading records back. Import them with
+`from tests.helpers import ...`; fixtures stay in the conftest.py files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN = REPO_ROOT / "experiments" / "train.py"
+CLI_MODULE = "experiments.cli"  # what the `reprolab` console script runs
+START = dt.datetime(2026, 3, 1, 12, 0, 0)  # the start time of the runs tests drive by hand
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def read_json(path: Path):
+    """The parsed JSON file at path."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def hash_tree(root: Path) -> str:
+    """One hash over every file's path and bytes under root."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_train(
+    store: Path,
+    *updates: str,
+    flags: tuple[str, ...] = (),
+    env: dict | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run experiments/train.py as a user would, recording into store."""
+    command = [sys.executable, str(TRAIN), *flags, "-R", str(store)]
+    if updates:
+        command += ["with", *updates]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def reprolab_command(*args: str) -> list[str]:
+    """The argv of `reprolab ARGS` run by this interpreter (for Popen)."""
+    return [sys.executable, "-m", CLI_MODULE, *args]
+
+
+def run_reprolab(
+    *args: str,
+    cwd: Path = REPO_ROOT,
+    env: dict | None = None,
+    timeout: float = 600,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
+    """`reprolab ARGS` in a child process, output captured; env is added to this process's own.
+    Started in another checkout (cwd), that checkout's reprolab runs. With check, a non-zero
+    exit fails the test with the end of its stderr."""
+    result = subprocess.run(
+        reprolab_command(*args),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def metric_points(name: str, steps: range, scale: float) -> dict:
+    """New points of one metric (scale * step, a second apart from START), as Sacred hands them
+    to an observer's log_metrics."""
+    return {
+        name: {
+            "steps": list(steps),
+            "values": [scale * s for s in steps],
+            "timestamps": [START + dt.timedelta(seconds=s) for s in steps],
+        }
+    }
+
+
+def sweep_record_file(store: Path) -> Path:
+    """The one sweep record in a file store (unpacking fails if there is none or several)."""
+    (path,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    return path
+
+
+def start_observer(observer, root: Path, config: dict):
+    """observer after the started_event Sacred sends it for a run of train.py begun at START."""
+    ex_info = {
+        "name": "train",
+        "base_dir": str(root),
+        "sources": [],
+        "dependencies": [],
+        "repositories": [],
+        "mainfile": "train.py",
+    }
+    observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, config, {}, None)
+    return observer
