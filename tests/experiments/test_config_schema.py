@@ -391,7 +391,7 @@ def test_hostile_config_input_is_one_line_exit_2_and_never_opened(tmp_path, word
 def test_sweep_bounds_are_checked_before_values_are_made(tmp_path):
     import time
 
-    from experiments import sweep_declare as sd
+    from experiments.sweeps import declare as sd
 
     started = time.monotonic()
     with pytest.raises(ValueError, match="a grid axis holds at most"):
