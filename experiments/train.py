@@ -15,6 +15,7 @@ import torch
 from experiments import distributed
 from experiments.base import ReproExperiment
 from experiments.checkpoint import restore_training_state, state_hash, training_state
+from experiments.images import best_weights, image_loaders, test_once
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
 from experiments.membership import checking_for_elsewhere
 from experiments.resume import INTERRUPTS, CheckpointRecorder
@@ -291,6 +292,10 @@ def train(
     val_batches = make_loader(
         splits.val, False, generator=loader_generator(seed), device_is_cuda=cuda, **job.shard
     )
+    # image data: uint8 batches augmented on the device (experiments/images.py)
+    train_batches, val_batches = image_loaders(
+        _run, splits, train_batches, val_batches, device, generator
+    )
 
     task = describe_task(loss, describe(_config["data"]))
     net = build_model(splits.input_shape, task["outputs"]).to(device)
@@ -314,6 +319,7 @@ def train(
     clip_gradient = gradient_clipper()
 
     best, step, done = Best(monitor_mode), 0, 0
+    kept = None  # the best weights, for the test split of image data
     point = ex.resume_point  # verified and loaded before the run started (experiments/resume.py)
     if point is not None:
         done, step, best_state = restore_training_state(
@@ -380,6 +386,8 @@ def train(
                 checkpoints.save("last.pt", state(epoch))  # first: a kill in the next save keeps it
                 if improved:
                     checkpoints.save("best.pt", state(epoch))
+                    if splits.test is not None:
+                        kept = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             if patience is not None and best.stale >= patience:
                 log.info("early stop: %s did not improve for %d epochs", monitor, patience)
                 break
@@ -387,6 +395,20 @@ def train(
         record_data(_run, splits, timeout=5, quiet=True)
     _run.info["final_model_sha256"] = state_hash(net)
     _run.info["best"] = {monitor: best.value, "epoch": best.epoch}
+    if splits.test is not None and job.is_main:
+        weights = best_weights(_run.info["checkpoints"], point and point.carried, kept)
+        test_once(
+            _run,
+            splits,
+            net,
+            weights,
+            best.epoch,
+            loss_fn,
+            device,
+            loss,
+            amp,
+            lambda d, t: make_loader(d, t, device_is_cuda=cuda),
+        )
     return best.value
 
 

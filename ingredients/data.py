@@ -58,6 +58,14 @@ from ingredients.columnar import (
     spill,
     width,
 )
+from ingredients.images import (  # image data: encoded images or uint8 pixels (see images.py)
+    check_images_config,
+    describe_images,
+    fingerprint_source,
+    image_config,
+    image_source,
+    load_image_splits,
+)
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
 # sources and their git state are gathered once by experiments/base.py.
@@ -97,6 +105,8 @@ def config():
     in_memory_mb = 1024           # Parquet and Arrow IPC data whose float32 features exceed this many MB are read per batch from disk instead of loaded: row-major IPC from the file itself, others from a row-major copy in the temporary directory ($TMPDIR); CSV is always loaded
 # fmt: on
 
+
+data.config(image_config)  # the image keys (image_column, augment, ...), declared in images.py
 
 COLUMN = Rule(TEXT.accepts, "a column name")
 # What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
@@ -138,6 +148,8 @@ class Splits:
     digest: Callable[[float | None], dict]  # size and SHA-256 of the file, hashed on a thread
     standardization: dict | None  # {"mean": [...], "std": [...]} of the training split, or None
     split: dict  # split_seed, val_fraction, row counts, sha256 of the val rows
+    test: ColumnarDataset | None = None  # image data: a test split, evaluated once at the end
+    images: object | None = None  # image data: images.ImageInfo (column, shape, classes, ...)
 
     @property
     def fingerprint(self) -> dict:
@@ -316,6 +328,10 @@ def validate(config, command_name, logger):
         return {}
     cfg = check_section("data", config, SCHEMA)
     _check_options(**cfg)
+    if image_source(cfg) is not None:  # splits of image data are checked as they are read
+        check_images_config(cfg)
+        describe(cfg)
+        return {}
     contents = describe(cfg)
     n_train = contents.rows - _validation_rows(contents.rows, cfg["val_fraction"])
     if cfg["drop_last"] and cfg["batch_size"] > n_train:
@@ -340,6 +356,10 @@ def describe(cfg: dict) -> Contents:
     """Check the data file named by a (schema-checked) data config, reading its schema and
     scanning the used columns once (cached while the file is unchanged): missing values,
     negative labels, a shape that does not fit."""
+    column = image_source(cfg)
+    if column is not None:
+        rows, shape, classes = describe_images(cfg, column)
+        return Contents(rows, shape, True, classes, (0, classes - 1))
     file = _existing_file(cfg["path"])
     fmt = resolve_format(file, cfg["format"])
     schema = read_schema(file, fmt)
@@ -522,7 +542,9 @@ def _checked(
 
 
 def fingerprint_file(path: Path) -> dict:
-    """Size and SHA-256 of the file's bytes, hashed in chunks."""
+    """Size and SHA-256 of the file's bytes, hashed in chunks (a folder of shards: see images)."""
+    if not path.is_file():
+        return fingerprint_source(path)
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     return {"size": path.stat().st_size, "sha256": digest}
@@ -613,8 +635,12 @@ def load_splits(
     val_fraction: float,
     split_seed: int,
     in_memory_mb: float,
+    _config: dict | None = None,
 ) -> Splits:
     """Read, validate, split and standardise the table: train/val datasets plus what runs record."""
+    column = image_source(_config) if _config is not None else None
+    if column is not None:
+        return load_image_splits(_config, column, Splits)
     _check_options(
         path=path,
         format=format,
