@@ -66,6 +66,23 @@ def cnn():
 
 
 @ex.named_config
+def fashion():
+    """Fashion-MNIST (data/prepare_fashion_mnist.py): a small CNN, flips and shifts, test once."""
+    data = {  # noqa: F841
+        "path": "data/fashion-mnist/train.parquet",
+        "test_path": "data/fashion-mnist/test.parquet",
+        "val_fraction": 0.1,
+        "batch_size": 128,
+        "num_workers": 2,
+        "augment": [{"name": "crop", "padding": 2}, {"name": "flip"}],
+    }
+    model = {"name": "cnn", "channels": [32, 64, 128], "dropout": 0.2}  # noqa: F841
+    optimizer = {"name": "adamw", "weight_decay": 0.0005}  # noqa: F841
+    lr = 0.003  # noqa: F841
+    epochs = 8  # noqa: F841
+
+
+@ex.named_config
 def debug():
     """One short epoch, to check that everything runs."""
     epochs = 1  # noqa: F841

@@ -663,15 +663,20 @@ class ImageInfo:
     augment: list = field(default_factory=list)
 
     def record(self) -> dict:
-        return {
-            "column": self.column,
-            "storage": self.kind,
-            "channels": self.shape[0],
-            "size": list(self.shape[1:]),
-            "classes": self.classes,
-            "normalization": self.normalization,
-            "augment": self.augment,
-        }
+        """Plain JSON copies (Sacred's read-only dicts and shared objects do not record well)."""
+        return json.loads(
+            json.dumps(
+                {
+                    "column": self.column,
+                    "storage": self.kind,
+                    "channels": self.shape[0],
+                    "size": list(self.shape[1:]),
+                    "classes": self.classes,
+                    "normalization": self.normalization,
+                    "augment": self.augment,
+                }
+            )
+        )
 
 
 def load_image_splits(cfg: dict, column: Column, splits_type):
@@ -751,7 +756,7 @@ def load_image_splits(cfg: dict, column: Column, splits_type):
             "columns": schema.names,
         },
         digest=fingerprint_in_background(paths),
-        standardization=normalization,
+        standardization=dict(normalization) if normalization else None,
         split=split,
         test=test,
         images=info,

@@ -23,6 +23,7 @@ from ingredients import (
     number,
 )
 from ingredients.imports import import_callable
+from ingredients.resnet import resnet18
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
 # sources and their git state are gathered once by experiments/base.py.
@@ -101,6 +102,7 @@ class SmallCNN(nn.Module):
 
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": SmallCNN}
+REGISTRY["resnet18"] = resnet18  # ingredients/resnet.py; options through model.kwargs
 
 
 def resolve(name: str) -> Callable[..., nn.Module]:

@@ -85,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_command(command)
 
+    evaluate = command(
+        "evaluate",
+        "experiments.evaluate:evaluate_command",
+        "a recorded image run's best checkpoint on other data (kept in the run's evaluations)",
+    )
+    evaluate.add_argument("run", help="run id or run directory")
+    evaluate.add_argument("--data", required=True, help="a Parquet/Arrow file, folder or glob")
+    evaluate.add_argument(
+        "--split", help="only the rows of this split (train, val, test) of the data's split column"
+    )
+    pack = command(
+        "pack",
+        "ingredients.pack:pack_command",
+        "pack an image folder (class subfolders) into Parquet shards with a manifest",
+        store=False,
+    )
+    pack.add_argument("folder", help="FOLDER/CLASS/IMAGE files")
+    pack.add_argument("out", help="the folder the shards and manifest.json go to")
+    pack.add_argument("--shard-size", type=int, default=10000, help="images per shard")
+
     sync = command("sync", "observers.sync:sync_command", "upload runs into MongoDB", store=False)
     sync.add_argument("path", help="a file store or fallback directory")
     sync.add_argument("--to", metavar="URL", help="mongodb:// URL (default $REPROLAB_MONGO_URL)")

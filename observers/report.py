@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from observers.evaluations import evaluation_lines
 from observers.files import replacing
 from observers.plots import abbreviate, format_value, plot_metric, short_key
 from observers.records import is_run_id
@@ -206,6 +207,8 @@ def show_command(args) -> int:
             readable(lambda: artifact_lines(store, run_id, run, info), ["artifacts: unreadable"])
         )
     )
+    for line in readable(lambda: evaluation_lines(store, run_id), ["evaluations: unreadable"]):
+        print(line)  # `reprolab evaluate` results (observers/evaluations.py)
     notes = [n for n in (row["note"], info_note) if isinstance(n, str)]
     for note in dict.fromkeys(notes):
         print(fit(f"note: {note}"))
