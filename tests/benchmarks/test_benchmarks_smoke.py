@@ -9,6 +9,10 @@ import sys
 import pytest
 
 SMOKE_RUNS = {
+    "images.py": (
+        ["--quick", "--images", "512"],
+        ["ours/hand", "peak RSS", "per image (worker)"],
+    ),
     "loader.py": (
         ["--quick", "--rows", "20000", "--repeats", "1"],
         [
