@@ -161,7 +161,9 @@ def test_a_slice_of_fashion_mnist_trains(tmp_path):
     pq.write_table(
         pq.read_table(FASHION / "test.parquet").slice(600, 200), tmp_path / "test.parquet"
     )
-    result = train(tmp_path / "runs", part, "epochs=3", "data.augment=[]", "model.channels=[16, 32]")
+    result = train(
+        tmp_path / "runs", part, "epochs=3", "data.augment=[]", "model.channels=[16, 32]"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "runs" / "1" / "info.json").read_text())
     assert info["images"]["size"] == [28, 28] and info["test"]["test_accuracy"] > 0.4
