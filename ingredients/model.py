@@ -22,6 +22,7 @@ from ingredients import (
     mapping,
     number,
 )
+from ingredients.convnet import convnet
 from ingredients.imports import import_callable
 from ingredients.resnet import resnet18
 
@@ -103,6 +104,7 @@ class SmallCNN(nn.Module):
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": SmallCNN}
 REGISTRY["resnet18"] = resnet18  # ingredients/resnet.py; options through model.kwargs
+REGISTRY["convnet"] = convnet  # ingredients/convnet.py; options through model.kwargs
 
 
 def resolve(name: str) -> Callable[..., nn.Module]:
