@@ -58,6 +58,7 @@ from ingredients.columnar import (
     spill,
     width,
 )
+from ingredients.images import SCHEMA as IMAGE_SCHEMA
 from ingredients.images import (  # image data: encoded images or uint8 pixels (see images.py)
     check_images_config,
     describe_images,
@@ -133,6 +134,7 @@ SCHEMA = {
     "num_workers": NON_NEGATIVE_INT,
     "pin_memory": BOOLEAN,
     "in_memory_mb": NON_NEGATIVE_NUMBER,
+    **IMAGE_SCHEMA,  # image_column, augment, ... (ingredients/images.py)
 }
 
 

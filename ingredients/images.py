@@ -19,7 +19,7 @@ import os
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -29,11 +29,11 @@ import pyarrow as pa
 import torch
 
 from ingredients import (
-    BOOLEAN,
     POSITIVE_INT,
     TEXT,
     Rule,
     check_values,
+    is_int,
     list_of,
     nullable,
     number,
@@ -61,12 +61,9 @@ def image_config():
 # fmt: on
 
 
-CHANNEL_VALUES = nullable(
-    Rule(list_of(number(0), min_len=1).accepts, "a list of numbers, one per channel")
-)
 SCHEMA = {
     "image_column": nullable(Rule(TEXT.accepts, "a column name")),
-    "channels": Rule(lambda v: v is None or v in (1, 3), "None, 1 or 3"),
+    "channels": Rule(lambda v: v is None or (is_int(v) and v in (1, 3)), "None, 1 or 3"),
     "image_size": nullable(Rule(list_of(POSITIVE_INT, length=2).accepts, "[height, width]")),
     "split_column": nullable(Rule(TEXT.accepts, "a column name")),
     "val_path": nullable(Rule(TEXT.accepts, "a file, folder or glob")),
@@ -75,9 +72,10 @@ SCHEMA = {
         lambda v: isinstance(v, list) and all(isinstance(s, dict) and "name" in s for s in v),
         "a list of {'name': ..., parameters} steps",
     ),
-    "mean": CHANNEL_VALUES,
-    "std": CHANNEL_VALUES,
-    "standardize": BOOLEAN,
+    "mean": nullable(Rule(list_of(number(0), min_len=1).accepts, "a list of numbers >= 0")),
+    "std": nullable(
+        Rule(list_of(number(0, low_open=True), min_len=1).accepts, "a list of positive numbers")
+    ),
 }
 
 
@@ -776,14 +774,11 @@ def describe_images(cfg: dict, column: Column) -> tuple[int, tuple[int, int, int
     table = _dataset(files).to_table(columns=[target])
     classes = class_mapping(table.column(target), hf_class_names(schema, target))
     labels = label_indices(table.column(target), classes, target, str(cfg["path"]))
-    import pyarrow.dataset as ds
-
     first = _dataset(files).head(1, columns=[column.name]).column(0)[0]
     if column.kind == "hf":
         first = first["bytes"]
     value = first.as_py()
     first = np.asarray(value, np.uint8) if column.kind == "pixels" else value
-    del ds
     shape = detect_shape(first, column, cfg)
     classes_n = max(len(classes) if classes else 0, int(labels.max()) + 1 if len(labels) else 1)
     return len(labels), shape, classes_n
@@ -795,11 +790,3 @@ def check_images_config(cfg: dict) -> None:
     from ingredients.augment import check_steps
 
     check_steps(cfg.get("augment") or [])
-
-
-def iter_rows(
-    dataset: ImageDataset, batch: int = 1024
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every (images, labels) batch of a dataset in order (benchmarks, evaluate)."""
-    for start in range(0, len(dataset), batch):
-        yield dataset[np.arange(start, min(start + batch, len(dataset)))]
