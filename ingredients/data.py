@@ -66,6 +66,7 @@ from ingredients.images import (  # image data: encoded images or uint8 pixels (
     image_config,
     image_source,
     load_image_splits,
+    with_defaults,
 )
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
@@ -360,7 +361,7 @@ def describe(cfg: dict) -> Contents:
     negative labels, a shape that does not fit."""
     column = image_source(cfg)
     if column is not None:
-        rows, shape, classes = describe_images(cfg, column)
+        rows, shape, classes = describe_images(with_defaults(cfg), column)
         return Contents(rows, shape, True, classes, (0, classes - 1))
     file = _existing_file(cfg["path"])
     fmt = resolve_format(file, cfg["format"])
@@ -640,9 +641,13 @@ def load_splits(
     _config: dict | None = None,
 ) -> Splits:
     """Read, validate, split and standardise the table: train/val datasets plus what runs record."""
-    column = image_source(_config) if _config is not None else None
-    if column is not None:
-        return load_image_splits(_config, column, Splits)
+    if _config:  # in a run (called directly, Sacred gives {}): image data takes its own path
+        given = dict(path=path, format=format, target=target, features=features, shape=shape)
+        given.update(standardize=standardize, val_fraction=val_fraction, split_seed=split_seed)
+        cfg = {**_config, **given, "in_memory_mb": in_memory_mb}
+        column = image_source(cfg)
+        if column is not None:
+            return load_image_splits(cfg, column, Splits)
     _check_options(
         path=path,
         format=format,

@@ -10,6 +10,7 @@ uint8: the float conversion and augmentation happen on the run's device (ingredi
 # ruff: noqa: F841  (Sacred config scopes assign names that look unused)
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import io
@@ -205,9 +206,22 @@ def find_image_column(
     return None
 
 
+@functools.cache
+def _defaults() -> dict:
+    from sacred.config import ConfigScope
+
+    return dict(ConfigScope(image_config)())
+
+
+def with_defaults(cfg: dict) -> dict:
+    """A data config with the image keys it lacks (one built before they existed) at defaults."""
+    return {**_defaults(), **cfg}
+
+
 def image_source(cfg: dict) -> Column | None:
     """The image column when data.path is image data (an image column, or a folder or glob of
     shards), else None: the numeric path of ingredients/data.py reads it."""
+    cfg = with_defaults(cfg)
     path = str(cfg["path"])
     from ingredients.data import resolve_path
 
