@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import torch
+from sacred.utils import SacredError
 
 from ingredients import (
     POSITIVE_INT,
@@ -80,8 +81,9 @@ SCHEMA = {
 }
 
 
-class BadImage(ValueError):
-    """An image that cannot be decoded: one sentence naming the file, row and column.
+class BadImage(ValueError, SacredError):
+    """An image that cannot be decoded: one sentence naming the file, row and column, which ends
+    a started run as FAILED without a traceback (a SacredError, like OneSentenceError).
 
     Raised in a loader worker, torch re-raises it in the run's process with the worker's
     traceback as the message; the sentence is recovered from its last line."""
@@ -90,7 +92,7 @@ class BadImage(ValueError):
         if message.startswith("Caught "):
             last = message.strip().splitlines()[-1]
             message = last.split(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(message)
+        SacredError.__init__(self, message, print_traceback=False)
 
 
 def _fail(message: str):

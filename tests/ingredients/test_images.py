@@ -156,6 +156,9 @@ def test_a_truncated_image_stops_with_one_sentence_naming_file_row_and_column(tm
         splits.train.decode(np.arange(6))
     message = str(caught.value)
     assert f"row 4 of column 'image' in {path}" in message and "\n" not in message
+    assert caught.value.print_traceback is False  # a started run ends FAILED with the sentence
+    with pytest.raises(BadImage, match="row 4 of column 'image'"):
+        load(path, val_fraction=0.5, split_seed=0)  # row 4 is a training row: statistics
 
 
 def test_a_wrong_image_column_is_one_sentence(hf_file):
