@@ -66,6 +66,13 @@ def cnn():
 
 
 @ex.named_config
+def debug():
+    """One short epoch, to check that everything runs."""
+    epochs = 1  # noqa: F841
+    limit_batches = 5  # noqa: F841
+
+
+@ex.named_config
 def fashion():
     """Fashion-MNIST (data/prepare_fashion_mnist.py): a small CNN, flips, the test split once."""
     data = {  # noqa: F841
@@ -80,13 +87,6 @@ def fashion():
     optimizer = {"name": "adamw", "weight_decay": 0.0001}  # noqa: F841
     lr = 0.002  # noqa: F841
     epochs = 8  # noqa: F841
-
-
-@ex.named_config
-def debug():
-    """One short epoch, to check that everything runs."""
-    epochs = 1  # noqa: F841
-    limit_batches = 5  # noqa: F841
 
 
 # What each top-level key accepts, checked before a run starts (see ingredients/__init__.py).
