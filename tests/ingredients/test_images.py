@@ -240,3 +240,21 @@ def test_pack_writes_shards_with_a_manifest_and_resumes(tmp_path):
     assert fingerprint_source(out)["manifest"] == str(out / "manifest.json")
     with pytest.raises(ValueError, match="holds a pack of other files or shard size"):
         pack(folder, out, shard_size=5, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_decoded_by_simplejpeg_has_pillows_pixels(mode):
+    from ingredients.images import _fast_jpeg, _simplejpeg, decode_one
+
+    if _simplejpeg() is None:
+        pytest.skip("simplejpeg is not installed: Pillow decodes every JPEG")
+    images, _ = pictures(6, rgb=True)
+    for pixels in images:
+        blob = encode(pixels, "JPEG")
+        fast = _fast_jpeg(blob, mode, (12, 12))
+        with Image.open(io.BytesIO(blob)) as image:
+            if mode == "L":
+                image.draft("L", (12, 12))
+            slow = np.asarray(image.convert(mode))
+        assert fast is not None and np.array_equal(fast, slow)
+        assert np.array_equal(decode_one(blob, mode, (12, 12)), slow)
