@@ -10,7 +10,7 @@ import pytest
 
 SMOKE_RUNS = {
     "images.py": (
-        ["--quick", "--images", "512"],
+        ["--quick", "--images", "256"],
         ["ours/hand", "peak RSS", "per image (worker)"],
     ),
     "loader.py": (
