@@ -101,7 +101,8 @@ def ours(splits: Splits, workers: int) -> float:
         splits.train, True, batch_size=BATCH, shuffle=True, drop_last=False,
         num_workers=workers, pin_memory=False, generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
-    iter(loader)  # start persistent workers before timing, as a run's first epoch amortises
+    if loader.workers is not None:  # start the persistent workers before timing, as for hand
+        iter(loader.workers)
     return epoch_rate(loader)
 
 
