@@ -299,11 +299,9 @@ class BlobWriter:
 
     def add(self, values: pa.Array) -> None:
         """Append a binary array's values (nulls are refused by the caller)."""
+        kind = np.dtype(np.int64 if pa.types.is_large_binary(values.type) else np.int32)
         offsets = np.frombuffer(
-            values.buffers()[1],
-            np.int64 if pa.types.is_large_binary(values.type) else np.int32,
-            len(values) + 1,
-            values.offset,
+            values.buffers()[1], kind, len(values) + 1, values.offset * kind.itemsize
         )
         data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
         self.sizes.append(np.diff(offsets).astype(np.int64))

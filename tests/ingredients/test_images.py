@@ -258,3 +258,16 @@ def test_jpeg_decoded_by_simplejpeg_has_pillows_pixels(mode):
             slow = np.asarray(image.convert(mode))
         assert fast is not None and np.array_equal(fast, slow)
         assert np.array_equal(decode_one(blob, mode, (12, 12)), slow)
+
+
+def test_sliced_binary_and_struct_chunks_pack_the_right_bytes():
+    from ingredients.images import BlobWriter
+
+    values = pa.array([b"ab", b"cde", b"f", b"ghij"], pa.binary())
+    struct = pa.StructArray.from_arrays([values, pa.array(list("wxyz"))], ["bytes", "path"])
+    for budget in (1e9, 0):  # in memory, and in a scratch file
+        writer = BlobWriter(budget)
+        writer.add(values.cast(pa.large_binary()).slice(1, 2))
+        writer.add(struct.slice(2).field("bytes"))
+        blobs = writer.finish()
+        assert [bytes(blobs.get(i)) for i in range(len(blobs))] == [b"cde", b"f", b"f", b"ghij"]
