@@ -108,7 +108,8 @@ def _write_shard(folder: Path, target: Path, chunk: list[tuple[str, str]]) -> di
         }
     )
     partial = target.with_name(target.name + ".partial")
-    pq.write_table(table, partial, compression="none")  # encoded images do not compress further
+    # encoded images do not compress further; small row groups keep a streamed read's memory low
+    pq.write_table(table, partial, compression="none", row_group_size=1000)
     os.replace(partial, target)
     with open(target, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
