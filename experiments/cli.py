@@ -53,6 +53,24 @@ def run_sweep(args: argparse.Namespace) -> int:
     return sweep_or_search(SweepOptions.from_args(args))
 
 
+def evaluate_run(args: argparse.Namespace) -> int:
+    from experiments.evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+def pack_images(args: argparse.Namespace) -> int:
+    from ingredients.images import MANIFEST
+    from ingredients.pack import pack
+
+    manifest = pack(args.folder, args.out, args.shard_size)
+    print(
+        f"packed {manifest['rows']} images of {len(manifest['classes'])} classes into "
+        f"{len(manifest['shards'])} shards in {args.out} (manifest {MANIFEST})"
+    )
+    return ExitCode.OK
+
+
 def sync_runs(args: argparse.Namespace) -> int:
     from observers.sync import sync_command
 
@@ -134,6 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_sweep_command(command)
+
+    evaluate = command(
+        "evaluate",
+        evaluate_run,
+        "a recorded image run's best checkpoint on other data (kept in the run's evaluations)",
+    )
+    evaluate.add_argument("run", help="run id or run directory")
+    evaluate.add_argument("--data", required=True, help="a Parquet/Arrow file, folder or glob")
+    evaluate.add_argument(
+        "--split", help="only the rows of this split (train, val, test) of the data's split column"
+    )
+    pack = command(
+        "pack",
+        pack_images,
+        "pack an image folder (class subfolders) into Parquet shards with a manifest",
+        store=False,
+    )
+    pack.add_argument("folder", help="FOLDER/CLASS/IMAGE files")
+    pack.add_argument("out", help="the folder the shards and manifest.json go to")
+    pack.add_argument("--shard-size", type=int, default=10000, help="images per shard")
 
     sync_parser = command("sync", sync_runs, "upload runs into MongoDB", store=False)
     sync_parser.add_argument("path", help="a file store or fallback directory")

@@ -255,8 +255,9 @@ def link_data_file(original: Original, root: Path) -> None:
     if not path or Path(path).expanduser().is_absolute():
         return
     recorded = Path(((original.info.get("data") or {}).get("fingerprint") or {}).get("path") or "")
-    target = recorded if recorded.is_file() else resolve_path(path, root=CHECKOUT_ROOT)
-    if target.is_file():
+    usable = recorded.is_file() or (recorded != Path() and recorded.is_dir())  # shards: a folder
+    target = recorded if usable else resolve_path(path, root=CHECKOUT_ROOT)
+    if target.exists():
         link = root / path
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target)

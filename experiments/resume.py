@@ -133,7 +133,7 @@ def check_same_data(run_id: int, info: dict, config: dict) -> None:
     if not then or not path:
         return  # recorded before data fingerprints existed: nothing to compare against
     file = resolve_path(path)
-    now = fingerprint_file(file)["sha256"] if file.is_file() else None
+    now = fingerprint_file(file)["sha256"] if file.exists() else None  # a folder of shards too
     if now != then:
         change = (
             "is missing"

@@ -34,6 +34,7 @@ from experiments.checkpoint import (
     state_hash,
     training_state,
 )
+from experiments.images import best_weights, image_loaders, test_once
 from experiments.loop import AMP_MODES, LOSSES, evaluate, make_loss, train_one_epoch
 from experiments.membership import checking_for_elsewhere
 from experiments.signals import INTERRUPTS
@@ -89,6 +90,23 @@ def debug():
     """One short epoch, to check that everything runs."""
     epochs = 1  # noqa: F841
     limit_batches = 5  # noqa: F841
+
+
+@ex.named_config
+def fashion():
+    """Fashion-MNIST (data/prepare_fashion_mnist.py): a small CNN, flips, the test split once."""
+    data = {  # noqa: F841
+        "path": "data/fashion-mnist/train.parquet",
+        "test_path": "data/fashion-mnist/test.parquet",
+        "val_fraction": 0.1,
+        "batch_size": 128,
+        "num_workers": 1,
+        "augment": [{"name": "flip"}],
+    }
+    model = {"name": "convnet", "kwargs": {"channels": [16, 32], "hidden": 128}}  # noqa: F841
+    optimizer = {"name": "adamw", "weight_decay": 0.0001}  # noqa: F841
+    lr = 0.002  # noqa: F841
+    epochs = 8  # noqa: F841
 
 
 # What each top-level key accepts, checked before a run starts (see ingredients/__init__.py).
@@ -311,6 +329,10 @@ def train(
     val_batches = make_loader(
         splits.val, False, generator=loader_generator(seed), device_is_cuda=cuda, **job.shard
     )
+    # image data: uint8 batches augmented on the device (experiments/images.py)
+    train_batches, val_batches = image_loaders(
+        _run, splits, train_batches, val_batches, device, generator
+    )
 
     task = describe_task(loss, describe(_config["data"]))
     net = build_model(splits.input_shape, task["outputs"]).to(device)
@@ -334,6 +356,7 @@ def train(
     clip_gradient = gradient_clipper()
 
     best, step, done = Best(monitor_mode), 0, 0
+    kept = None  # the best weights, for the test split of image data
     point = ex.resume_point  # verified and loaded before the run started (experiments/resume.py)
     if point is not None:
         done, step, best_state = restore_training_state(
@@ -401,6 +424,8 @@ def train(
                 checkpoints.save("last.pt", state(epoch))  # first: a kill in the next save keeps it
                 if improved:
                     checkpoints.save("best.pt", state(epoch))
+                    if splits.test is not None:
+                        kept = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             if trial.epoch_end(epoch, metrics):  # after the checkpoint: a pruned run keeps it
                 log.info("pruned after epoch %d", epoch)
                 break
@@ -412,6 +437,20 @@ def train(
     _run.info["final_model_sha256"] = state_hash(net)
     _run.info["best"] = {monitor: best.value, "epoch": best.epoch}
     trial.finish(_run)  # a pruned trial ends here, as PRUNED
+    if splits.test is not None and job.is_main:
+        weights = best_weights(_run.info["checkpoints"], point and point.carried, kept)
+        test_once(
+            _run,
+            splits,
+            net,
+            weights,
+            best.epoch,
+            loss_fn,
+            device,
+            loss,
+            amp,
+            lambda d, t: make_loader(d, t, device_is_cuda=cuda),
+        )
     return best.value
 
 

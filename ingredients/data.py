@@ -43,6 +43,16 @@ from ingredients.columnar import (
     spill,
     width,
 )
+from ingredients.images import SCHEMA as IMAGE_SCHEMA
+from ingredients.images import (  # image data: encoded images or uint8 pixels (see images.py)
+    check_images_config,
+    describe_images,
+    fingerprint_source,
+    image_config,
+    image_source,
+    load_image_splits,
+    with_defaults,
+)
 from ingredients.schema import (
     BOOLEAN,
     INSPECTION_COMMANDS,
@@ -97,6 +107,8 @@ def config():
 # fmt: on
 
 
+data.config(image_config)  # the image keys (image_column, augment, ...), declared in images.py
+
 COLUMN = Rule(TEXT.accepts, "a column name")
 # What each key of the config accepts, checked before a run starts (see ingredients/__init__.py).
 # Loader workers a run may fork: each is a process holding a copy of the loader's state.
@@ -128,6 +140,7 @@ SCHEMA = {
     ),
     "pin_memory": BOOLEAN,
     "in_memory_mb": NON_NEGATIVE_NUMBER,
+    **IMAGE_SCHEMA,  # image_column, augment, ... (ingredients/images.py)
 }
 
 
@@ -143,6 +156,8 @@ class Splits:
     digest: Callable[[float | None], dict]  # size and SHA-256 of the file, hashed on a thread
     standardization: dict | None  # {"mean": [...], "std": [...]} of the training split, or None
     split: dict  # split_seed, val_fraction, row counts, sha256 of the val rows
+    test: ColumnarDataset | None = None  # image data: a test split, evaluated once at the end
+    images: object | None = None  # image data: images.ImageInfo (column, shape, classes, ...)
 
     @property
     def fingerprint(self) -> dict:
@@ -321,6 +336,10 @@ def validate(config, command_name, logger):
         return {}
     cfg = check_section("data", config, SCHEMA)
     _check_options(**cfg)
+    if image_source(cfg) is not None:  # splits of image data are checked as they are read
+        check_images_config(cfg)
+        describe(cfg)
+        return {}
     contents = describe(cfg)
     n_train = contents.rows - _validation_rows(contents.rows, cfg["val_fraction"])
     if cfg["drop_last"] and cfg["batch_size"] > n_train:
@@ -345,6 +364,10 @@ def describe(cfg: dict) -> Contents:
     """Check the data file named by a (schema-checked) data config, reading its schema and
     scanning the used columns once (cached while the file is unchanged): missing values,
     negative labels, a shape that does not fit."""
+    column = image_source(cfg)
+    if column is not None:
+        rows, shape, classes = describe_images(with_defaults(cfg), column)
+        return Contents(rows, shape, True, classes, (0, classes - 1))
     file = _existing_file(cfg["path"])
     fmt = resolve_format(file, cfg["format"])
     schema = read_schema(file, fmt)
@@ -527,7 +550,9 @@ def _checked(
 
 
 def fingerprint_file(path: Path) -> dict:
-    """Size and SHA-256 of the file's bytes, hashed in chunks."""
+    """Size and SHA-256 of the file's bytes, hashed in chunks (a folder of shards: see images)."""
+    if not path.is_file():
+        return fingerprint_source(path)
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     return {"size": path.stat().st_size, "sha256": digest}
@@ -618,8 +643,16 @@ def load_splits(
     val_fraction: float,
     split_seed: int,
     in_memory_mb: float,
+    _config: dict | None = None,
 ) -> Splits:
     """Read, validate, split and standardise the table: train/val datasets plus what runs record."""
+    if _config:  # in a run (called directly, Sacred gives {}): image data takes its own path
+        given = dict(path=path, format=format, target=target, features=features, shape=shape)
+        given.update(standardize=standardize, val_fraction=val_fraction, split_seed=split_seed)
+        cfg = {**_config, **given, "in_memory_mb": in_memory_mb}
+        column = image_source(cfg)
+        if column is not None:
+            return load_image_splits(cfg, column, Splits)
     _check_options(
         path=path,
         format=format,

@@ -11,7 +11,9 @@ import torch
 from sacred import Ingredient
 from torch import nn
 
+from ingredients.convnet import convnet
 from ingredients.imports import import_callable
+from ingredients.resnet import resnet18
 from ingredients.schema import (
     BOOLEAN,
     INSPECTION_COMMANDS,
@@ -101,6 +103,8 @@ class SmallCNN(nn.Module):
 
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": SmallCNN}
+REGISTRY["resnet18"] = resnet18  # ingredients/resnet.py; options through model.kwargs
+REGISTRY["convnet"] = convnet  # ingredients/convnet.py; options through model.kwargs
 
 
 def resolve(name: str) -> Callable[..., nn.Module]:

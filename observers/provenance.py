@@ -194,7 +194,7 @@ def data_differences(fingerprint: dict | None, path_now: Path | None) -> list[Di
     """The data file's SHA-256 then against the file the rerun will read."""
     if not fingerprint or not fingerprint.get("sha256"):
         return [Difference("data file", "not recorded", str(path_now))]
-    if path_now is None or not path_now.is_file():
+    if path_now is None or not path_now.exists():  # a file, or a folder of shards
         return [Difference("data file", fingerprint.get("path"), "not found")]
     from ingredients.data import fingerprint_file
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from observers.evaluations import evaluation_lines
 from observers.exit_codes import ExitCode
 from observers.files import replacing
 from observers.location import StoreLocation
@@ -217,6 +218,8 @@ def show_command(args) -> int:
             readable(lambda: artifact_lines(store, run_id, run, info), ["artifacts: unreadable"])
         )
     )
+    for line in readable(lambda: evaluation_lines(store, run_id), ["evaluations: unreadable"]):
+        print(line)  # `reprolab evaluate` results (observers/evaluations.py)
     notes = [n for n in (row["note"], info_note) if isinstance(n, str)]
     for note in dict.fromkeys(notes):
         print(fit(f"note: {note}"))

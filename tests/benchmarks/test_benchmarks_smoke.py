@@ -11,6 +11,10 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.benchmark]
 
 SMOKE_RUNS = {
+    "images.py": (
+        ["--quick", "--images", "256"],
+        ["ours/hand", "peak RSS", "per image (worker)"],
+    ),
     "loader.py": (
         ["--quick", "--rows", "20000", "--repeats", "1"],
         [
