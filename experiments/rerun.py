@@ -29,8 +29,7 @@ from pathlib import Path
 
 from experiments.child import ChildRun, checkout_file
 from experiments.trial import PRUNED_AT_VARIABLE
-from ingredients.checkout import CHECKOUT_ROOT, run_store_around
-from ingredients.data import resolve_path
+from ingredients.checkout import CHECKOUT_ROOT, resolve_path, run_store_around
 from ingredients.imports import FROM_RECORD_VARIABLE, ROOTS_VARIABLE, owned_folder
 from observers.exit_codes import ExitCode
 from observers.location import StoreLocation

@@ -20,7 +20,8 @@ from experiments.checkpoint_sidecar import (
     vouching,
 )
 from experiments.distributed import check_world_size
-from ingredients.data import fingerprint_file, resolve_path
+from ingredients.checkout import resolve_path
+from ingredients.data import fingerprint_file
 from observers.records import ObjectEncoding, check_plain, refusal
 from observers.store import RecordError, resolve_run
 

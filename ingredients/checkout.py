@@ -45,3 +45,15 @@ def in_run_store(
         if looks_like_store(folder):
             return True
     return False
+
+
+def resolve_path(path: str | Path, cwd: Path | None = None, root: Path = CHECKOUT_ROOT) -> Path:
+    """Absolute path of the data file: a relative path is looked up in the working directory,
+    then in the code's root (so the bundled dataset is found from anywhere). A rerun passes the
+    directory and root its run will have."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p.resolve()
+    if ((cwd or Path.cwd()) / p).exists():
+        return ((cwd or Path.cwd()) / p).resolve()
+    return (root / p).resolve()

@@ -15,19 +15,17 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as pa_ipc
 import torch
 from sacred import Ingredient
 
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
-from ingredients.checkout import CHECKOUT_ROOT
+from ingredients.checkout import CHECKOUT_ROOT, resolve_path
 from ingredients.columnar import (
     POSITIONAL_READS,
     ColumnarDataset,
@@ -68,6 +66,8 @@ from ingredients.schema import (
     number,
     shown,
 )
+from ingredients.splits import split_rows, validation_rows
+from ingredients.table_files import csv, parquet, read_schema, reading
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
 # sources and their git state are gathered once by experiments/base.py.
@@ -192,18 +192,6 @@ def _abbrev(names: Sequence[str], limit: int = 8) -> str:
     return ", ".join([*names[:4], "...", *names[-2:]]) + f"; {len(names)} in all"
 
 
-def resolve_path(path: str | Path, cwd: Path | None = None, root: Path = CHECKOUT_ROOT) -> Path:
-    """Absolute path of the data file: a relative path is looked up in the working directory,
-    then in the code's root (so the bundled dataset is found from anywhere). A rerun passes the
-    directory and root its run will have."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p.resolve()
-    if ((cwd or Path.cwd()) / p).exists():
-        return ((cwd or Path.cwd()) / p).resolve()
-    return (root / p).resolve()
-
-
 def resolve_format(path: Path, format: str) -> str:
     """Canonical format (parquet | ipc | csv) from `format` or, for auto, the file's extension."""
     if format != "auto":
@@ -288,46 +276,6 @@ def _sample_shape(shape: Sequence[int] | None, n_features: int) -> tuple[int, ..
     return sample_shape
 
 
-def _parquet():
-    """pyarrow.parquet, imported when a Parquet file is read (print_config reads none)."""
-    import pyarrow.parquet
-
-    return pyarrow.parquet
-
-
-def _csv():
-    """pyarrow.csv, imported when a CSV file is read."""
-    import pyarrow.csv
-
-    return pyarrow.csv
-
-
-@contextmanager
-def _reading(path: Path, fmt: str) -> Iterator[None]:
-    """Turn Arrow's and the system's reading errors into the one sentence a user sees."""
-    try:
-        yield
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(
-            f"data.path: cannot read {path} as {fmt} ({type(error).__name__}: {error})"
-        ) from None
-
-
-def read_schema(path: Path, fmt: str) -> pa.Schema:
-    """The file's schema, reading as little of it as the format allows."""
-    with _reading(path, fmt):
-        if fmt == "parquet":
-            return _parquet().read_schema(path)
-        if fmt == "csv":
-            return _csv().open_csv(path).schema
-        source = pa.memory_map(str(path), "r")
-        try:
-            return pa_ipc.open_file(source).schema
-        except pa.ArrowInvalid:
-            source.seek(0)
-            return pa_ipc.open_stream(source).schema
-
-
 @data.config_hook
 def validate(config, command_name, logger):
     """Refuse bad data settings before the run starts: every key against the schema, then the
@@ -341,7 +289,7 @@ def validate(config, command_name, logger):
         describe(cfg)
         return {}
     contents = describe(cfg)
-    n_train = contents.rows - _validation_rows(contents.rows, cfg["val_fraction"])
+    n_train = contents.rows - validation_rows(contents.rows, cfg["val_fraction"])
     if cfg["drop_last"] and cfg["batch_size"] > n_train:
         _fail(
             f"data.batch_size {cfg['batch_size']} exceeds the {n_train} training samples "
@@ -385,7 +333,7 @@ def describe(cfg: dict) -> Contents:
             "classes must be 0, 1, 2, ..."
         )
     classes = int(label_range[1]) + 1 if integer_target and label_range[1] is not None else 1
-    _validation_rows(rows, cfg["val_fraction"])
+    validation_rows(rows, cfg["val_fraction"])
     return Contents(rows, shape, integer_target, classes, label_range)
 
 
@@ -409,16 +357,16 @@ def _scan(
     statistics where the file has them, else read a record batch at a time. The file's size
     and mtime are part of the cache key, so an edited file is scanned again."""
     used = [*columns, target]
-    with _reading(path, fmt):
+    with reading(path, fmt):
         if fmt == "parquet":
             from_statistics = _parquet_statistics(path, used, target)
             if from_statistics is not None:
                 return from_statistics
-            batches = _parquet().ParquetFile(path).iter_batches(SPILL_ROWS, columns=used)
+            batches = parquet().ParquetFile(path).iter_batches(SPILL_ROWS, columns=used)
         elif fmt == "ipc":
             batches = MappedIPC(path).pieces(SPILL_ROWS)
         else:  # CSV is always read whole: read once, handed to the run (see _read_csv)
-            table = _csv().read_csv(path)
+            table = csv().read_csv(path)
             _CSV_READ.clear()
             _CSV_READ[(path, size, mtime_ns)] = table
             batches = table.select(used).to_batches()
@@ -442,7 +390,7 @@ def _read_csv(path: Path) -> pa.Table:
     """The CSV file's table: the one the pre-run check read if the file is unchanged since."""
     stat = path.stat()
     cached = _CSV_READ.pop((path, stat.st_size, stat.st_mtime_ns), None)
-    return cached if cached is not None else _csv().read_csv(path)
+    return cached if cached is not None else csv().read_csv(path)
 
 
 def _extreme(pick, current, new):
@@ -452,7 +400,7 @@ def _extreme(pick, current, new):
 def _parquet_statistics(path: Path, used: list[str], target: str):
     """(rows, (min, max) of the target) from the Parquet footer, refusing a used column whose
     statistics count missing values; None when a row group lacks the statistics."""
-    meta = _parquet().read_metadata(path)
+    meta = parquet().read_metadata(path)
     missing = dict.fromkeys(used, 0)
     low = high = None
     for g in range(meta.num_row_groups):
@@ -492,7 +440,7 @@ def _read_table(
 ) -> Read:
     """Read the table (only the needed columns of Parquet), refusing missing feature values.
     Parquet and Arrow IPC features above data.in_memory_mb stay on disk (see _load)."""
-    with _reading(path, fmt):
+    with reading(path, fmt):
         if fmt == "csv":
             table, on_disk = _read_csv(path), None
             schema = table.schema
@@ -515,7 +463,7 @@ def _load(
     n_features = _feature_count(schema, columns)
     budget_rows = in_memory_mb * 2**20 / (4 * n_features) if POSITIONAL_READS else math.inf
     if fmt == "parquet":
-        pq = _parquet()
+        pq = parquet()
         wanted = [*columns, target]
         if pq.read_metadata(path).num_rows <= budget_rows:
             # ParquetFile, not read_table: read_table goes through pyarrow.dataset (0.2-0.3 s to import)
@@ -611,25 +559,6 @@ def _column(table: pa.Table, name: str, dtype: type) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- splitting
-
-
-def _validation_rows(n: int, val_fraction: float) -> int:
-    """Rows held out of n for validation, refused when either split would be empty."""
-    n_val = round(n * val_fraction)
-    if not 0 < n_val < n:
-        _fail(
-            f"data.val_fraction {val_fraction} leaves an empty train or validation split "
-            f"of {n} rows"
-        )
-    return n_val
-
-
-def split_rows(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted train and validation row numbers from a seeded permutation of the n rows."""
-    n_val = _validation_rows(n, val_fraction)
-    is_val = np.zeros(n, dtype=bool)
-    is_val[np.random.default_rng(split_seed).permutation(n)[:n_val]] = True
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)  # sorted, without a sort
 
 
 @data.capture

@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 from sacred.utils import SacredError
 
+from ingredients.checkout import resolve_path
 from ingredients.schema import (
     POSITIVE_INT,
     TEXT,
@@ -41,6 +42,8 @@ from ingredients.schema import (
     number,
 )
 from ingredients.scratch import sweep_orphans, writer_tag
+from ingredients.splits import split_rows
+from ingredients.table_files import read_schema
 
 IMAGE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather", ".ipc")
 MANIFEST = "manifest.json"  # written by `reprolab pack`: each shard's size and sha256
@@ -110,8 +113,6 @@ def is_pattern(path: str) -> bool:
 def source_files(path: str | Path, key: str = "data.path") -> list[Path]:
     """The shard files a path names: the file itself, a folder's table files (recursively,
     sorted) or a glob's matches (sorted); one sentence when there are none."""
-    from ingredients.data import resolve_path
-
     text = str(path)
     if is_pattern(text):
         base = text if Path(text).expanduser().is_absolute() else str(resolve_path("."))
@@ -225,8 +226,6 @@ def image_source(cfg: dict) -> Column | None:
     shards), else None: the numeric path of ingredients/data.py reads it."""
     cfg = with_defaults(cfg)
     path = str(cfg["path"])
-    from ingredients.data import resolve_path
-
     try:
         where = resolve_path(path)
         many = is_pattern(path) or where.is_dir()
@@ -239,8 +238,6 @@ def image_source(cfg: dict) -> Column | None:
         files = source_files(path)
         schema = _read_schema(files)
     else:  # one file: its schema without importing pyarrow.dataset (a table run pays nothing)
-        from ingredients.data import read_schema
-
         files, schema = [where], read_schema(where, _file_format(where))
     column = find_image_column(schema, str(files[0]), cfg.get("image_column"), cfg.get("features"))
     if column is None and many:
@@ -731,8 +728,6 @@ class ImageInfo:
 def load_image_splits(cfg: dict, column: Column, splits_type):
     """Train / val (/ test) ImageDatasets of data.path and, if given, data.val_path and
     data.test_path or a split column; otherwise validation rows are drawn as for tables."""
-    from ingredients.data import split_rows
-
     budget = cfg["in_memory_mb"] * 2**20
     main = read_source(
         cfg["path"], "data.path", column, cfg["target"], cfg.get("split_column"), budget
