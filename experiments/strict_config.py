@@ -70,9 +70,14 @@ def inside_free_form(run, key: str) -> bool:
         if prefix in added:
             return False
         value = get_by_dotted_path(run.config, prefix)
-        if isinstance(value, dict) and all(f"{prefix}.{k}" in added for k in value):
+        if isinstance(value, dict) and all(new_key(added, f"{prefix}.{k}") for k in value):
             return True
     return False
+
+
+def new_key(added, key: str) -> bool:
+    """Whether key was added by an update: Sacred lists a new dict's leaves, not the dict."""
+    return key in added or any(other.startswith(key + ".") for other in added)
 
 
 def check_named_configs(ex, names) -> None:
