@@ -132,13 +132,16 @@ class WarmPool:
         os.set_blocking(server.stdout.fileno(), False)
 
     @classmethod
-    def open(cls, experiment: Path, env: dict[str, str], log: Path) -> WarmPool:
+    def open(
+        cls, experiment: Path, env: dict[str, str], log: Path, modules: tuple[str, ...] = ()
+    ) -> WarmPool:
         """Start the server for experiment, with the environment its runs share (threads, store);
-        its own messages go to log. It is ready once `wait_ready` says so."""
+        its own messages go to log. It also imports `modules` (a search's runs: optuna, which a
+        trial imports before its first step). It is ready once `wait_ready` says so."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             server = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), str(experiment)],
+                [sys.executable, str(Path(__file__).resolve()), str(experiment), *modules],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=out,
@@ -262,9 +265,17 @@ def load(experiment: str):
     return module
 
 
-def preload() -> None:
-    """Import what a run would import at its first data read and optimizer step. After the
-    experiment, so Sacred's dependency discovery (at import) sees what a fresh run's does."""
+def preload(modules: list[str]) -> None:
+    """Import what a run would import at its first data read and optimizer step, and the
+    launcher's `modules`. After the experiment, so Sacred's dependency discovery (at import)
+    sees what a fresh run's does."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
     try:
         import pyarrow.parquet  # noqa: F401
     except ImportError:
@@ -279,11 +290,11 @@ def say(text: str) -> None:
     os.write(1, text.encode() + b"\n")
 
 
-def serve(experiment: str) -> None:
+def serve(experiment: str, modules: list[str]) -> None:
     """Load the experiment, say ready, then fork a run per request line until stdin ends."""
     name, why = entry_point(Path(experiment))
     module = load(experiment)
-    preload()
+    preload(modules)
     import threading
 
     if name is None or not hasattr(module.__dict__.get(name), "run_commandline"):
@@ -368,4 +379,4 @@ def fresh_numerics(threads: int | None) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2:])
