@@ -46,7 +46,7 @@ class LocalSweep:
 
     noun = "sweep"  # the lines it prints start "sweep ID"
     label = "config"  # a job is "config N": logs/config-N-ATTEMPT.log and .run_id
-    preload: tuple[str, ...] = ()  # modules the warm workers import beyond torch's
+    trials = False  # its runs are a search's trials (the warm workers also import optuna)
 
     def __init__(
         self,
@@ -98,7 +98,7 @@ class LocalSweep:
             shared = self.child(job, None).env()
             log = self.logs / f"warm-{attempt}.log"
             try:
-                self.pool = WarmPool.open(experiment, shared, log, self.preload)
+                self.pool = WarmPool.open(experiment, shared, log, self.trials)
                 self.pool.wait_ready(stop)
             except (OSError, WarmPoolGone) as error:
                 self.pool, why = None, str(error)

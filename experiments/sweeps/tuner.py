@@ -187,7 +187,7 @@ class LocalSearch(LocalSweep):
     by --resume. One slot and a sampler seed ask the same trials."""
 
     noun, label = "search", "trial"  # logs/trial-N-ATTEMPT.log and .run_id
-    preload = ("optuna",)  # a trial opens its study before its first step
+    trials = True  # the warm workers import optuna: a trial opens its study before its first step
 
     def __init__(
         self,
