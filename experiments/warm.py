@@ -3,12 +3,12 @@
 A fresh process spends seconds importing torch and building the experiment before its first
 training step. A `WarmPool` starts one server (this file run as a script) that loads the
 experiment file once, imports what a run's first step would (torch._dynamo, pyarrow.parquet;
-optuna for a search's trials),
-never runs anything, then forks one child per run. The child becomes what a fresh
-`python EXPERIMENT ARGS` would be: its own session (a launcher kills it with its whole session),
-the run's log as stdout and stderr, the run's environment, working folder, argv and thread count,
-the experiment file as `__main__` (so the recorded sources are a fresh run's), RNGs reseeded from
-the OS; then it runs the experiment's command line and exits through Python's normal shutdown.
+optuna for a search's trials), never runs anything, then forks one child per run. The child
+becomes what a fresh `python EXPERIMENT ARGS` would be: its own session (a launcher kills it with
+its whole session), the run's log as stdout and stderr, the run's environment, working folder,
+argv and thread count, the experiment file as `__main__` (so the recorded sources are a fresh
+run's), RNGs reseeded from the OS; then it runs the experiment's command line and exits through
+Python's normal shutdown.
 The server never runs an experiment, so no run's state (config caches, resolved import paths,
 data caches, drawn seeds) can reach another run.
 
