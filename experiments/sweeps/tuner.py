@@ -9,6 +9,11 @@ the run reported, PRUNED, or FAILED; an interrupted run's trial stays RUNNING fo
 continue from its checkpoint. The budget is exact with any number of workers: trial numbers are
 handed out by the study one by one, and a trial numbered past the budget is told FAIL at once
 without running (marked `over_budget`), so only trials 0..N-1 ever run.
+
+Trials are run by the local engine (sweeps/local.py): `LocalSearch` is `LocalSweep` with the
+study as its job source and its teller, so trials start in warm workers where sweep runs do.
+A Slurm array task (`search_worker`) is one slot of the same engine, with its own warm server
+on its node.
 """
 
 from __future__ import annotations
