@@ -3,12 +3,16 @@
     python benchmarks/trial_start.py            # 5 interleaved rounds
     python benchmarks/trial_start.py --quick    # 1 round
 
-Three ways to start the same recorded run (`with debug seed=R progress=False`, 1 thread, into a
+Four ways to start the same recorded run (`with debug seed=R progress=False`, 1 thread, into a
 file store), each timed from the moment it is asked for to the first optimizer step (a global
 optimizer step pre-hook writes the time, CLOCK_MONOTONIC, shared by all processes):
   fresh   a new `python EXPERIMENT ...` process, as sweeps started every run before: the anchor
   warm    a run forked by a warm-worker server (experiments/warm.py) that loaded torch and the
           experiment once; the server's own start is paid once per sweep and shown apart
+  search trial, warm
+          a search's trial as the local engine starts it (sweeps/tuner.py's LocalSearch): asked
+          from the study (`tuner.ask()`, a random sampler over lr), forked from the search's
+          warm workers, the trial opening its study before its first step
   floor   `ex.run(...)` in this process, as an in-process Optuna objective would call it, after
           one such call (nothing left to import): the floor
 Each round starts every way once, in a shuffled order; a ratio is the median of the rounds'
@@ -74,6 +78,7 @@ class Starts:
         }
         self.pool = None
         self.ex = None
+        self.search = None
 
     def argv(self) -> list[str]:
         seed = self.count
@@ -113,6 +118,50 @@ class Starts:
         self.pool.wait_ready(timeout=WAIT_S)
         return time.monotonic() - started
 
+    def open_search(self) -> float:
+        """A search of the same experiment recorded in the store, and its local engine with its
+        warm workers started (their start, as open_pool's, is paid once per search)."""
+        from experiments.sweeps.record import SweepBook, SweepRecord
+        from experiments.sweeps.space import Search
+        from experiments.sweeps.tuner import LocalSearch, Tuner
+        from observers.location import StoreLocation
+
+        location = StoreLocation.parse(str(self.store))
+        book = SweepBook(location)
+        search = Search.from_block(
+            {
+                "trials": 1000,
+                "space": {"lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+                "sampler": {"name": "random", "seed": 0},
+            }
+        ).check()
+        record = SweepRecord(
+            id=book.new_id(),
+            experiment=str(self.experiment.relative_to(REPO_ROOT)),
+            named_configs=["debug"],
+            configs=[{"seed": 0, "progress": False}],
+            extra={"search": search.record()},
+        )
+        book.save(record)
+        self.search = LocalSearch(Tuner(record, location, None), book, 1, 1)
+        started = time.monotonic()
+        self.search.open_pool(self.search.tuner.job(0, {}), 0, lambda: False)
+        if self.search.pool is None:
+            raise SystemExit("the search's warm workers did not start (see its message above)")
+        return time.monotonic() - started
+
+    def search_trial(self) -> float:
+        stamp = self.stamp()
+        os.environ[STAMP_VARIABLE] = str(stamp)  # the trial's environment is this process's
+        asked = time.monotonic()
+        job = self.search.next_job()
+        item = self.search.start(job, 0)
+        if item.process.wait(WAIT_S) != 0:
+            raise SystemExit(f"a search trial failed: see {item.log}")
+        with redirect_stderr(io.StringIO()):  # its line: "trial N (run R): COMPLETED ..."
+            self.search.finish(item)  # the study told, as the search does
+        return self.elapsed(stamp, asked)
+
     def warm(self) -> float:
         stamp = self.stamp()
         env = {**self.env, STAMP_VARIABLE: str(stamp)}
@@ -150,7 +199,13 @@ def paired_ratio(times: dict[str, list[float]], name: str, baseline: str) -> flo
 def measure(count: int, folder: Path) -> None:
     starts = Starts(folder)
     server_s = starts.open_pool()
-    ways = {"fresh": starts.fresh, "warm": starts.warm, "floor": starts.floor}
+    search_server_s = starts.open_search()
+    ways = {
+        "fresh": starts.fresh,
+        "warm": starts.warm,
+        "search trial, warm": starts.search_trial,
+        "floor": starts.floor,
+    }
     times: dict[str, list[float]] = {name: [] for name in ways}
     order = random.Random(0)
     try:
@@ -161,17 +216,20 @@ def measure(count: int, folder: Path) -> None:
                 times[name].append(ways[name]())
     finally:
         starts.pool.close()
+        starts.search.pool.close()
     rows = [
         [name, f"{statistics.median(t):.3f} s", f"{min(t):.3f}-{max(t):.3f} s"]
         for name, t in times.items()
     ]
     rows.append(["(warm-worker server start, once)", f"{server_s:.3f} s", "-"])
+    rows.append(["(search's server start, once)", f"{search_server_s:.3f} s", "-"])
     print_table(
         f"run asked for -> first training step, median of {count} interleaved rounds",
         ["start", "median", "range"],
         rows,
     )
     warm = statistics.median(times["warm"])
+    trial = statistics.median(times["search trial, warm"])
     print_table(
         "ratios (median of paired ratios) and target",
         ["measure", "measured", "target", "met"],
@@ -184,6 +242,12 @@ def measure(count: int, folder: Path) -> None:
                 f"{warm:.3f} s",
                 f"<= {WARM_TARGET_S} s",
                 "yes" if warm <= WARM_TARGET_S else "NO",
+            ],
+            [
+                "search trial, warm, median",
+                f"{trial:.3f} s",
+                f"<= {WARM_TARGET_S} s",
+                "yes" if trial <= WARM_TARGET_S else "NO",
             ],
         ],
     )
@@ -199,7 +263,8 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, python "
         f"{platform.python_version()}; load average {os.getloadavg()[0]:.2f} at start"
     )
-    with tempfile.TemporaryDirectory(prefix="reprolab-trial-start-") as folder:
+    # inside the checkout (ignored by git): a search's experiment must be a file of it
+    with tempfile.TemporaryDirectory(dir=REPO_ROOT, prefix=".test-trial-start-") as folder:
         measure(count, Path(folder))
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 

@@ -2,12 +2,13 @@
 
 A fresh process spends seconds importing torch and building the experiment before its first
 training step. A `WarmPool` starts one server (this file run as a script) that loads the
-experiment file once, imports what a run's first step would (torch._dynamo, pyarrow.parquet),
-never runs anything, then forks one child per run. The child becomes what a fresh
-`python EXPERIMENT ARGS` would be: its own session (a launcher kills it with its whole session),
-the run's log as stdout and stderr, the run's environment, working folder, argv and thread count,
-the experiment file as `__main__` (so the recorded sources are a fresh run's), RNGs reseeded from
-the OS; then it runs the experiment's command line and exits through Python's normal shutdown.
+experiment file once, imports what a run's first step would (torch._dynamo, pyarrow.parquet;
+optuna for a search's trials), never runs anything, then forks one child per run. The child
+becomes what a fresh `python EXPERIMENT ARGS` would be: its own session (a launcher kills it with
+its whole session), the run's log as stdout and stderr, the run's environment, working folder,
+argv and thread count, the experiment file as `__main__` (so the recorded sources are a fresh
+run's), RNGs reseeded from the OS; then it runs the experiment's command line and exits through
+Python's normal shutdown.
 The server never runs an experiment, so no run's state (config caches, resolved import paths,
 data caches, drawn seeds) can reach another run.
 
@@ -33,6 +34,7 @@ SWITCH_VARIABLE = "REPROLAB_WARM_WORKERS"  # 0: every run starts a fresh process
 READY_TIMEOUT_S = 600  # the server's imports on a busy machine; then fresh processes
 POLL_S = 0.05  # how often the server looks for ended children (their exit reaches the launcher)
 CLOSE_WAIT_S = 10
+TRIALS = "--trials"  # the server's option: its runs are a search's trials
 
 
 # ------------------------------------------------------------------------------ eligibility
@@ -132,13 +134,21 @@ class WarmPool:
         os.set_blocking(server.stdout.fileno(), False)
 
     @classmethod
-    def open(cls, experiment: Path, env: dict[str, str], log: Path) -> WarmPool:
+    def open(
+        cls, experiment: Path, env: dict[str, str], log: Path, trials: bool = False
+    ) -> WarmPool:
         """Start the server for experiment, with the environment its runs share (threads, store);
-        its own messages go to log. It is ready once `wait_ready` says so."""
+        its own messages go to log. For a search's `trials` it also imports optuna (a trial opens
+        its study before its first step). It is ready once `wait_ready` says so."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             server = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), str(experiment)],
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    str(experiment),
+                    *([TRIALS] if trials else []),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=out,
@@ -262,9 +272,15 @@ def load(experiment: str):
     return module
 
 
-def preload() -> None:
-    """Import what a run would import at its first data read and optimizer step. After the
-    experiment, so Sacred's dependency discovery (at import) sees what a fresh run's does."""
+def preload(trials: bool) -> None:
+    """Import what a run would import at its first data read and optimizer step, and a trial
+    when it opens its study. After the experiment, so Sacred's dependency discovery (at import)
+    sees what a fresh run's does."""
+    if trials:
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            pass
     try:
         import pyarrow.parquet  # noqa: F401
     except ImportError:
@@ -279,11 +295,11 @@ def say(text: str) -> None:
     os.write(1, text.encode() + b"\n")
 
 
-def serve(experiment: str) -> None:
+def serve(experiment: str, trials: bool) -> None:
     """Load the experiment, say ready, then fork a run per request line until stdin ends."""
     name, why = entry_point(Path(experiment))
     module = load(experiment)
-    preload()
+    preload(trials)
     import threading
 
     if name is None or not hasattr(module.__dict__.get(name), "run_commandline"):
@@ -368,4 +384,4 @@ def fresh_numerics(threads: int | None) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], TRIALS in sys.argv[2:])

@@ -9,6 +9,11 @@ the run reported, PRUNED, or FAILED; an interrupted run's trial stays RUNNING fo
 continue from its checkpoint. The budget is exact with any number of workers: trial numbers are
 handed out by the study one by one, and a trial numbered past the budget is told FAIL at once
 without running (marked `over_budget`), so only trials 0..N-1 ever run.
+
+Trials are run by the local engine (sweeps/local.py): `LocalSearch` is `LocalSweep` with the
+study as its job source and its teller, so trials start in warm workers where sweep runs do.
+A Slurm array task (`search_worker`) is one slot of the same engine, with its own warm server
+on its node.
 """
 
 from __future__ import annotations
@@ -16,15 +21,13 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.child import ChildRun
 from experiments.sweeps.attempts import Attempt, sweep_attempts
 from experiments.sweeps.declare import config_words, describe
-from experiments.sweeps.local import STOP_WAIT_S, kill_session, last_error
+from experiments.sweeps.local import STOP_SIGNALS, LocalSweep, Running
 from experiments.sweeps.record import Job, SweepBook, SweepRecord
 from experiments.sweeps.space import Search
 from observers.exit_codes import ExitCode
@@ -164,34 +167,7 @@ class Tuner:
         )
 
 
-# --------------------------------------------------------------------------- one run at a time
-
-
-@dataclass
-class Running:
-    job: Job
-    process: subprocess.Popen
-    log: Path
-    id_file: Path
-
-
-def start(tuner: Tuner, job: Job, logs: Path, threads: int | None, attempt: int) -> Running:
-    """Start one trial's run here, in its own process and session."""
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"trial-{job.index}-{attempt}.log"
-    id_file = logs / f"trial-{job.index}-{attempt}.run_id"
-    id_file.unlink(missing_ok=True)
-    child = tuner.child(job, threads=threads, run_id_file=id_file)
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            child.argv(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child.env(),
-            start_new_session=True,
-        )
-    return Running(job, process, log, id_file)
+# --------------------------------------------------------------------------- workers
 
 
 def run_status(location: StoreLocation, item: Running) -> tuple[str, str]:
@@ -208,87 +184,51 @@ def run_status(location: StoreLocation, item: Running) -> tuple[str, str]:
     return (status if isinstance(status, str) else "DAMAGED"), run_id
 
 
-# --------------------------------------------------------------------------- local workers
+class LocalSearch(LocalSweep):
+    """A search's worker on the local engine: N trials at a time, each free slot taking the
+    left-over trials it is given, then asking the study for the next one until the budget is
+    spent, each trial a sweep run (warm where it can be) whose end is told to the study. Stop
+    signals stop the running trials as INTERRUPTED (with their last checkpoint), to be continued
+    by --resume. One slot and a sampler seed ask the same trials."""
 
+    noun, label = "search", "trial"  # logs/trial-N-ATTEMPT.log and .run_id
+    trials = True  # the warm workers import optuna: a trial opens its study before its first step
 
-class LocalSearch:
-    """N trials at a time here: each free slot asks the study for the next trial until the
-    budget is spent. Ctrl-C and SIGTERM stop the running trials as INTERRUPTED (with their last
-    checkpoint), to be continued by --resume. One slot and a sampler seed ask the same trials."""
+    def __init__(
+        self,
+        tuner: Tuner,
+        book: SweepBook,
+        parallel: int,
+        threads: int | None,
+        signals: tuple[int, ...] = STOP_SIGNALS,
+    ):
+        super().__init__(tuner.record, book, tuner.location, parallel, threads, signals)
+        self.tuner = tuner
 
-    def __init__(self, tuner: Tuner, book: SweepBook, parallel: int, threads: int):
-        self.tuner, self.parallel, self.threads = tuner, parallel, threads
-        self.logs = book.work_dir(tuner.record.id) / "logs"
-        self.failures: list[str] = []
+    def run(self, jobs: list[Job], attempt: int) -> int:
+        code = super().run(jobs, attempt)
+        if code != ExitCode.INTERRUPTED:
+            self.say(self.tuner.summary().split(": ", 1)[1])
+        return code
 
-    def run(self, first: list[Job], attempt: int) -> int:
-        """Run `first` (trials left over), then new trials; 0 when none failed, 130 if stopped."""
-        pending, running, spent = list(first), [], False
-        stopping: list[int] = []
-        previous = {
-            signum: signal.signal(signum, lambda signum, _: stopping.append(signum))
-            for signum in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            while not stopping:
-                while len(running) < self.parallel and not stopping and not spent:
-                    job = pending.pop(0) if pending else self.tuner.ask()
-                    if job is None:
-                        spent = True
-                        break
-                    running.append(start(self.tuner, job, self.logs, self.threads, attempt))
-                    self.say(f"trial {job.index} started: {self.tuner.describe(job)}")
-                if not running:
-                    break
-                finished = [r for r in running if r.process.poll() is not None]
-                for item in finished:
-                    running.remove(item)
-                    self.finish(item)
-                if not finished and not stopping:
-                    time.sleep(0.2)  # (a signal handler only appends: no lock to wait on)
-            if stopping:
-                self.stop(running)
-                self.say(
-                    f"stopped; continue it with: reprolab sweep --resume "
-                    f"{self.tuner.record.id}{self.tuner.location.option_text()}"
-                )
-                return ExitCode.INTERRUPTED
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        for line in self.failures:
-            print(line, file=sys.stderr)
-        self.say(self.tuner.summary().split(": ", 1)[1])
-        return ExitCode.FAILED if self.failures else ExitCode.OK
+    def next_job(self) -> Job | None:
+        return super().next_job() or self.tuner.ask()
+
+    def child(self, job: Job, id_file: Path | None) -> ChildRun:
+        return self.tuner.child(job, threads=self.threads, run_id_file=id_file)
+
+    def started(self, item: Running) -> None:
+        self.say(f"trial {item.job.index} started: {self.tuner.describe(item.job)}")
+
+    def progress(self) -> None:
+        pass  # each trial's start and end is said instead
 
     def finish(self, item: Running) -> None:
-        status, run_id = run_status(self.tuner.location, item)
-        said = self.tuner.tell(item.job.index, status)
-        self.say(f"trial {item.job.index} (run {run_id}): {said}")
-        if status not in ("COMPLETED", "PRUNED", *CONTINUABLE):
-            self.failures.append(
-                f"trial {item.job.index} (run {run_id}) failed: {last_error(item.log)} "
-                f"(log: {item.log})"
-            )
-
-    def stop(self, running: list[Running]) -> None:
-        """Ask every running trial to stop (SIGINT: INTERRUPTED with its checkpoint) and wait."""
-        for item in running:
-            if item.process.poll() is None:
-                item.process.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + STOP_WAIT_S
-        for item in running:
-            try:
-                item.process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                kill_session(item.process)
-            self.finish(item)
-
-    def say(self, line: str) -> None:
-        print(f"search {self.tuner.record.id}: {line}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- Slurm workers
+        super().finish(item)
+        status, run_id = run_status(self.location, item)
+        self.say(
+            f"trial {item.job.index} (run {run_id}): {self.tuner.tell(item.job.index, status)}"
+        )
 
 
 @dataclass
@@ -303,40 +243,22 @@ class WorkerTask:
     first: list[tuple[int, int | None]]  # (trial, run to continue or None) left over for it
 
 
+SLURM_STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)  # Slurm's warning, its end
+
+
 def search_worker(task: WorkerTask) -> int:
-    """On a node: run this worker's left-over trials, then ask for new ones until the budget is
-    spent; each trial a run in its own process. Slurm's warning and SIGTERM stop the running
-    trial as INTERRUPTED, for --resume."""
+    """On a node: one slot of the local engine, as `LocalSearch` runs it here: this worker's
+    left-over trials, then new ones until the budget is spent, each in a warm worker on the node
+    where it can be. Slurm's warning and SIGTERM stop the running trial as INTERRUPTED, for
+    --resume. Its logs are logs/trial-N-(1000 + array task).log, its warm server's
+    logs/warm-(1000 + array task).log."""
     os.chdir(task.cwd)
     location = StoreLocation.parse(task.store)
-    record = SweepBook(location).load(task.sweep_id)
-    tuner = Tuner(record, location, os.environ.get(STORAGE_VARIABLE))
-    logs = SweepBook(location).work_dir(record.id) / "logs"
-    current: list[subprocess.Popen] = []
-    stopping: list[int] = []
-
-    def stop(signum, frame) -> None:
-        stopping.append(signum)
-        for process in current:
-            process.send_signal(signal.SIGTERM)
-
-    for name in ("SIGUSR1", "SIGUSR2", "SIGTERM"):
-        signal.signal(getattr(signal, name), stop)
-    pending = [tuner.job(n, tuner.trial(n).params, resumes=run) for n, run in task.first]
-    failed = 0
-    attempt = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-    while not stopping:
-        job = pending.pop(0) if pending else tuner.ask()
-        if job is None:
-            break
-        item = start(tuner, job, logs, task.threads, 1000 + attempt)
-        current[:] = [item.process]
-        item.process.wait()
-        current.clear()
-        status, _ = run_status(location, item)
-        tuner.tell(job.index, status)
-        failed += status not in ("COMPLETED", "PRUNED", *CONTINUABLE)
-    return ExitCode.INTERRUPTED if stopping else (ExitCode.FAILED if failed else ExitCode.OK)
+    book = SweepBook(location)
+    tuner = Tuner(book.load(task.sweep_id), location, os.environ.get(STORAGE_VARIABLE))
+    first = [tuner.job(n, tuner.trial(n).params, resumes=run) for n, run in task.first]
+    worker = LocalSearch(tuner, book, 1, task.threads, signals=SLURM_STOP_SIGNALS)
+    return worker.run(first, 1000 + int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
 
 
 def submit_workers(tuner: Tuner, location: StoreLocation, options, folder: Path, tasks) -> dict:
