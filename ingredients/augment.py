@@ -85,12 +85,12 @@ def _geometry(name: str, s: dict, n: int, h: int, w: int, g: torch.Generator) ->
         )
     elif name == "affine":
         d, t = float(s["degrees"]), float(s["translate"])
-        scale = _uniform(n, *s["scale"], g)
+        scale = _uniform(n, *s["scale"], g)  # type: ignore[call-arg]  # mypy maps *args onto g too
         m = _about_centre(_rotation(_uniform(n, -d, d, g), scale), h, w)
         m[:, 0, 2] += _uniform(n, -t, t, g) * w
         m[:, 1, 2] += _uniform(n, -t, t, g) * h
     elif name == "resized_crop":
-        area = _uniform(n, *s["scale"], g)
+        area = _uniform(n, *s["scale"], g)  # type: ignore[call-arg]  # mypy maps *args onto g too
         log_ratio = _uniform(n, math.log(s["ratio"][0]), math.log(s["ratio"][1]), g)
         ratio = torch.exp(log_ratio)
         cw = torch.sqrt(area * ratio).clamp(max=1.0) * w
@@ -124,7 +124,7 @@ class Augmenter:
         x = x.float().div_(255)
         if generator is not None and self.steps and len(x):
             x = self._random(x, generator)
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:  # set together
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x
 

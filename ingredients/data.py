@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -313,6 +313,7 @@ def describe(cfg: dict) -> Contents:
     scanning the used columns once (cached while the file is unchanged): missing values,
     negative labels, a shape that does not fit."""
     column = image_source(cfg)
+    shape: tuple[int, ...]
     if column is not None:
         rows, shape, classes = describe_images(with_defaults(cfg), column)
         return Contents(rows, shape, True, classes, (0, classes - 1))
@@ -322,6 +323,7 @@ def describe(cfg: dict) -> Contents:
     columns = _check_columns(schema, file, cfg["target"], cfg["features"])
     shape = _sample_shape(cfg["shape"], _feature_count(schema, columns))
     stat = file.stat()
+    label_range: tuple[float | None, ...]
     rows, label_range = _scan(
         file, fmt, tuple(columns), cfg["target"], stat.st_size, stat.st_mtime_ns
     )
@@ -576,7 +578,9 @@ def load_splits(
 ) -> Splits:
     """Read, validate, split and standardise the table: train/val datasets plus what runs record."""
     if _config:  # in a run (called directly, Sacred gives {}): image data takes its own path
-        given = dict(path=path, format=format, target=target, features=features, shape=shape)
+        given: dict[str, Any] = dict(
+            path=path, format=format, target=target, features=features, shape=shape
+        )
         given.update(standardize=standardize, val_fraction=val_fraction, split_seed=split_seed)
         cfg = {**_config, **given, "in_memory_mb": in_memory_mb}
         column = image_source(cfg)
@@ -602,7 +606,10 @@ def load_splits(
     sample_shape = _sample_shape(shape, n_features)
     train_rows, val_rows = split_rows(table.num_rows, val_fraction, split_seed)
     targets, num_classes = _targets(table, target, file)
-    scale = (None, None)  # how batches are standardised as they are read from disk
+    # how batches are standardised as they are read from disk
+    scale: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+    train: torch.Tensor | RowFile
+    val: torch.Tensor | RowFile
     if on_disk is not None:
         del table
         mean = std = None
@@ -635,7 +642,9 @@ def load_splits(
             "columns": list(file_columns),
         },
         digest=_fingerprint_in_background(file, read),
-        standardization={"mean": mean.tolist(), "std": std.tolist()} if standardize else None,
+        standardization={"mean": mean.tolist(), "std": std.tolist()}
+        if mean is not None and std is not None  # set exactly when standardize is
+        else None,
         split={
             "split_seed": split_seed,
             "val_fraction": val_fraction,
@@ -723,7 +732,7 @@ def make_loader(
         batch_size=None,
         sampler=GroupSampler(sampler, group),
         num_workers=num_workers,
-        collate_fn=keep,
+        collate_fn=keep,  # type: ignore[arg-type]  # batch_size=None: one (x, y) item, not a list
         pin_memory=pin,
         worker_init_fn=worker_init_fn,
         generator=worker_generator,

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -98,7 +98,7 @@ class BadImage(ValueError, SacredError):
         SacredError.__init__(self, message, print_traceback=False)
 
 
-def _fail(message: str):
+def _fail(message: str) -> NoReturn:
     raise ValueError(message)
 
 
@@ -202,7 +202,7 @@ def find_image_column(
             f"({', '.join(encoded)}); set data.image_column to one of them"
         )
     if encoded:
-        return Column(encoded[0], found[encoded[0]])
+        return Column(encoded[0], found[encoded[0]])  # type: ignore[arg-type]  # kind binary or hf
     pixels = [n for n, k in found.items() if k == "pixels"]
     if features is None and len(pixels) == 1:
         return Column(pixels[0], "pixels")
@@ -268,8 +268,9 @@ class Blobs:
     def get(self, i: int) -> bytes | memoryview:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         if self.buffer is not None:
-            return memoryview(self.buffer[start:end])
+            return self.buffer[start:end].data
         if self._fd is None:
+            assert self.path is not None  # no buffer: the images are in the scratch file
             self._fd = os.open(self.path, os.O_RDONLY)
         return os.pread(self._fd, end - start, start)
 
@@ -289,9 +290,12 @@ def _remove_if_owner(path: str, owner: int) -> None:
 class BlobWriter:
     """Collects encoded images into memory, or into a scratch file once past `budget` bytes."""
 
+    sizes: list[np.ndarray]
+    chunks: list[np.ndarray]
+
     def __init__(self, budget: float):
         self.budget, self.sizes, self.chunks, self.held = budget, [], [], 0
-        self.file = None
+        self.file: io.BufferedWriter | None = None
         self.path: str | None = None
 
     def add(self, values: pa.Array) -> None:
@@ -309,10 +313,10 @@ class BlobWriter:
             )
             self.file = os.fdopen(fd, "wb")
             for chunk in self.chunks:
-                self.file.write(chunk)
+                self.file.write(chunk.data)
             self.chunks = []
         if self.file is not None:
-            self.file.write(data)
+            self.file.write(data.data)
         else:
             self.chunks.append(data.copy())
         self.held += len(data)
@@ -438,6 +442,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
         """Decode the images of `rows` into one uint8 (N, C, H, W) array."""
+        assert isinstance(self.images, Blobs)  # pixel matrices are gathered, not decoded
         c, h, w = self.sample_shape
         out = np.empty((len(rows), c, h, w), np.uint8)
         mode = MODES[c]
@@ -627,7 +632,7 @@ def fingerprint_source(path: str | Path) -> dict:
     files = source_files(str(path))
     folder = Path(path) if Path(path).is_dir() else None
     manifest = folder / MANIFEST if folder else None
-    if manifest is not None and manifest.is_file():
+    if folder is not None and manifest is not None and manifest.is_file():
         listed = json.loads(manifest.read_text())["shards"]
         found = {str(f.relative_to(folder)) for f in files}
         if set(listed) != found:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -56,7 +57,7 @@ def pack(
     files = image_files(folder)
     listing = hashlib.sha256("\n".join(f"{p}\t{c}" for p, c in files).encode()).hexdigest()
     classes = sorted({c for _, c in files})
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "files_sha256": listing,
         "shard_size": shard_size,
