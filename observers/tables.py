@@ -19,7 +19,7 @@ import pandas as pd
 
 from ingredients import is_number
 from observers.files import STALE_HEARTBEAT, record_time
-from observers.store import RecordError, RunStore, open_store, summarize_metrics
+from observers.store import FileRunStore, RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
 RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
@@ -66,9 +66,13 @@ def load_runs(
     Filters: status, experiment (a name or several), sweep (its id), and config values by dotted key, e.g.
     `load_runs("runs", lr=0.01, **{"optimizer.name": "sgd"})` (`optimizer__name=` works too)."""
     store = as_store(store)
-    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     wanted = {key.replace("__", "."): value for key, value in config.items()}
     statuses, experiments = _names(status), _names(experiment)
+    if isinstance(store, FileRunStore) and store.cache:  # finished runs from the index
+        from observers.index import indexed_runs
+
+        return indexed_runs(store, run_ids, statuses, experiments, sweep, wanted)[0]
+    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     all_rows = [_record_row(store, run_id) for run_id in ids]
     rows = [
         row
