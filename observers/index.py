@@ -193,18 +193,21 @@ def _config_equals(index: pa.Table, column: str, rows: np.ndarray, wanted) -> np
 def _decoded(column: pa.ChunkedArray) -> tuple[list, np.ndarray]:
     """The distinct config values of a JSON-text column and each row's code (-1: absent)."""
     encoded = column.combine_chunks().dictionary_encode()
-    values = [_cell(text) for text in encoded.dictionary.to_pylist()]
+    values = _cells(encoded.dictionary.to_pylist())
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
     return values, codes
 
 
-def _cell(text: str):
-    """A config value from its JSON text (lists were tuples); an object means a foreign file."""
+def _cells(texts: list[str]) -> list:
+    """Config values from their JSON texts, parsed as one array (lists were tuples); a cell
+    that is not one JSON value, or holds an object, means a foreign file."""
     try:
-        value = loads_plain(text)
+        values = loads_plain("[" + ",".join(texts) + "]")
     except ValueError as error:  # bad JSON, or an object-encoding key
-        raise Damaged(f"config cell {text[:40]!r}: {error}") from None
-    return _tupled(value)
+        raise Damaged(f"a config cell is not plain JSON: {error}") from None
+    if len(values) != len(texts):  # a cell such as '1, 2' spans two values
+        raise Damaged("a config cell holds more than one value")
+    return [_tupled(value) for value in values]
 
 
 def _tupled(value):
@@ -292,14 +295,17 @@ def _frame(index, position, live, shown: list[int]) -> pd.DataFrame:
     parts, where = [], {}
     from_index = [i for i in dict.fromkeys(shown) if i in position]
     if from_index:
-        parts.append(index.take(pa.array([position[i] for i in from_index])))
+        rows = [position[i] for i in from_index]
+        whole = rows == list(range(len(index)))  # every row, in order: no copy
+        parts.append(index if whole else index.take(pa.array(rows)))
         where.update({run_id: k for k, run_id in enumerate(from_index)})
     from_live = [i for i in dict.fromkeys(shown) if i not in position]
     if from_live:
         parts.append(encode([live[i][0] for i in from_live], [0] * len(from_live), {}))
         where.update({run_id: len(from_index) + k for k, run_id in enumerate(from_live)})
     table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
-    return decode(table.take(pa.array([where[i] for i in shown])))
+    order = [where[i] for i in shown]
+    return decode(table if order == list(range(len(table))) else table.take(pa.array(order)))
 
 
 def encode(rows: list[dict], signatures: list[int], folders: dict[int, int]) -> pa.Table:

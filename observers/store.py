@@ -68,8 +68,9 @@ class FileRunStore:
         real_root = self.root.resolve()
         with os.scandir(self.root) as entries:  # type and inode without a stat per entry
             for entry in entries:
-                name, path = entry.name, self.root / entry.name
+                name = entry.name
                 if not is_run_id(name):
+                    path = self.root / name
                     if name.isdigit():  # digits of another script, superscripts, a leading zero
                         self.skipped.append(
                             f"skipped {path}: not a run id (runs are numbered 1, 2, 3, ... "
@@ -78,7 +79,8 @@ class FileRunStore:
                     continue
                 if not entry.is_dir():
                     continue
-                if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+                path = self.root / name if entry.is_symlink() else None
+                if path and not path.resolve().is_relative_to(real_root):
                     self.skipped.append(
                         f"skipped {path}: a link to {path.resolve()}, outside the store"
                     )

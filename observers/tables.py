@@ -88,6 +88,24 @@ def load_runs(
     return _runs_frame(rows)
 
 
+def runs_page(
+    store: str | os.PathLike | RunStore | None,
+    last: int | None,
+    *,
+    status: str | Iterable[str] | None = None,
+    sweep: str | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """The last `last` matching runs (all when None) and how many match; a file store's index
+    answers the filters before any run is read, so the cost follows the page (ls)."""
+    store = as_store(store)
+    if isinstance(store, FileRunStore) and store.cache:
+        from observers.index import indexed_runs
+
+        return indexed_runs(store, None, _names(status), None, sweep, {}, last)
+    runs = load_runs(store, status=status, sweep=sweep)
+    return (runs.tail(last) if last else runs), len(runs)
+
+
 def _names(value: str | Iterable[str] | None) -> set[str] | None:
     if value is None:
         return None
