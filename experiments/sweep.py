@@ -11,7 +11,10 @@ ones; `--status` shows each config's latest run and, for Slurm, its task's state
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import json
 import os
 import runpy
 import secrets
@@ -28,6 +31,7 @@ from unittest import mock
 
 from experiments.membership import CHECKING_ELSEWHERE_VARIABLE
 from experiments.sweep_declare import (
+    SEED_LIMIT,
     Declaration,
     config_words,
     describe,
@@ -178,8 +182,16 @@ def validate(
     `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see."""
     ex = load_experiment(experiment)
     varied = varied_keys(configs)
-    with mock.patch.dict(os.environ, {CHECKING_ELSEWHERE_VARIABLE: "1" if elsewhere else "0"}):
-        for index, config in enumerate(configs):
+    checked: set[str] = set()  # configs already built, but for their seed
+    with (
+        mock.patch.dict(os.environ, {CHECKING_ELSEWHERE_VARIABLE: "1" if elsewhere else "0"}),
+        sources_gathered_once(),
+    ):
+        for index, config in enumerate(checking(configs)):
+            shared = json.dumps({**config, "seed": None}, sort_keys=True, default=repr)
+            if shared in checked and plain_seed(config.get("seed")):
+                continue  # a seed changes no other value: only that it is a valid seed counts
+            checked.add(shared)
             try:
                 ex._create_run(
                     config_updates=dict(config),
@@ -191,6 +203,30 @@ def validate(
                 raise ValueError(f"config {index} ({label}): {error}") from None
             finally:
                 ex.current_run = None
+
+
+def plain_seed(seed) -> bool:
+    """Whether a seed is one Sacred takes as is: an integer in [0, 2**31)."""
+    return seed is None or (type(seed) is int and 0 <= seed < SEED_LIMIT)
+
+
+@contextlib.contextmanager
+def sources_gathered_once():
+    """While configs are only checked, the user's sources (a scan of every imported module and
+    three git calls) are gathered for the first run and reused: no checked run is recorded."""
+    import experiments.base as base
+
+    with mock.patch.object(base, "own_sources", functools.cache(base.own_sources)):
+        yield
+
+
+def checking(configs: list[dict]):
+    """The configs, behind a progress bar when there are many and stderr is a terminal."""
+    if len(configs) < 100 or not sys.stderr.isatty():
+        return configs
+    from tqdm import tqdm
+
+    return tqdm(configs, desc="checking configs", unit="config", delay=0.5)
 
 
 # --------------------------------------------------------------------------- reading runs back

@@ -37,6 +37,7 @@ FILE_KEYS = ("experiment", "named_configs", "fixed", "grid", "random")
 RANDOM_KEYS = ("samples", "seed", "values")
 RANGE = re.compile(r"^\s*range\(([^()]*)\)\s*$")
 SEED_LIMIT = 2**31
+MAX_CONFIGS = 100_000  # configs one sweep may declare (its record holds them all)
 CONFIG_KEY = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 )  # Sacred's dotted keys
@@ -264,9 +265,17 @@ def expand(declaration: Declaration, seed: int) -> tuple[list[dict], int]:
             "resume cannot be swept; continue a sweep with reprolab sweep --resume SWEEP"
         )
     keys = list(declaration.grid)
+    size = math.prod(len(values) for values in declaration.grid.values())
+    size *= declaration.random["samples"] if declaration.random else 1
+    if size > MAX_CONFIGS:  # before any is built: a product of axes grows past memory
+        raise ValueError(
+            f"the sweep declares {size:,} configs, more than the {MAX_CONFIGS:,} one sweep may "
+            "hold; split it into several sweeps"
+        )
+    samples = draw(declaration.random)
     configs, seen, dropped = [], set(), 0
     for combo in itertools.product(*declaration.grid.values()):
-        for sample in draw(declaration.random):
+        for sample in samples:
             config = {**declaration.fixed, **dict(zip(keys, combo)), **sample}
             config.setdefault("seed", seed)
             identity = json.dumps(config, sort_keys=True, default=repr)

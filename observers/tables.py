@@ -73,6 +73,10 @@ def load_runs(
 
         return indexed_runs(store, run_ids, statuses, experiments, sweep, wanted)[0]
     ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
+    narrow = getattr(store, "matching_ids", None)  # MongoDB: the server filters on its indexes
+    if narrow and run_ids is None and not wanted and DAMAGED not in (statuses or ()):
+        if statuses is not None or sweep is not None:
+            ids = narrow(statuses, sweep)
     all_rows = [_record_row(store, run_id) for run_id in ids]
     rows = [
         row
