@@ -26,6 +26,15 @@ SMOKE_RUNS = {
         ["--quick", "--rounds", "1"],
         ["(g, h) start-up", "print_config / import torch"],
     ),
+    "store_scale.py": (
+        ["--quick", "--sizes", "250", "--repeats", "1", "--configs", "20", "--mongo-runs", "30"],
+        [
+            "store scale: file store",
+            "first call after 100 new runs",
+            "MongoDB on nx-27017",
+            "MLflow",
+        ],
+    ),
     "train.py": (
         ["--quick", "--repeats", "1"],
         ["our loop against a bare PyTorch loop", "cost of options"],
