@@ -178,13 +178,13 @@ def dry_run(configs: int) -> str:
 
 
 def mlflow_search(runs: int) -> str:
-    """MLflow's search_runs over `runs` runs in its default local store (./mlruns)."""
+    """MLflow's search_runs over `runs` runs in its default local store (SQLite, mlflow.db)."""
     try:
         import mlflow
     except ImportError:
         return "skipped: mlflow is not installed (pip install mlflow-skinny)"
     with tempfile.TemporaryDirectory(prefix="reprolab-mlflow-") as tmp:
-        mlflow.set_tracking_uri(Path(tmp).as_uri())
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")  # MLflow 3's default local store
         client = mlflow.MlflowClient()
         experiment = client.create_experiment("scale")
         rng = random.Random(0)

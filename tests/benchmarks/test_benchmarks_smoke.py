@@ -27,7 +27,19 @@ SMOKE_RUNS = {
         ["(g, h) start-up", "print_config / import torch"],
     ),
     "store_scale.py": (
-        ["--quick", "--sizes", "250", "--repeats", "1", "--configs", "20", "--mongo-runs", "30"],
+        [
+            "--quick",
+            "--sizes",
+            "250",
+            "--repeats",
+            "1",
+            "--configs",
+            "20",
+            "--mongo-runs",
+            "30",
+            "--mlflow-runs",
+            "10",
+        ],
         [
             "store scale: file store",
             "first call after 100 new runs",
