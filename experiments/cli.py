@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = command("ls", list_runs, "list recorded runs as a table")
     ls.add_argument("--status", help="only runs with this status, e.g. COMPLETED")
-    ls.add_argument("--last", type=int, metavar="N", help="only the N most recent runs")
+    ls.add_argument(
+        "--last", type=int, metavar="N", help="only the N most recent runs (default 20)"
+    )
+    ls.add_argument("--all", action="store_true", help="every run, not only the last 20")
     ls.add_argument("--sweep", metavar="SWEEP", help="only the runs of this sweep")
 
     show = command("show", show_run, "a run's config, record and metrics")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sacred.dependencies import Source, get_digest
@@ -80,9 +82,33 @@ def repository_state(directory: str) -> tuple[str | None, str | None, bool | Non
     return url or "git:/" + top, commit, dirty
 
 
+# Set while configs are only checked (sweeps/command.py's validate): no checked run is recorded,
+# so the sources (a scan of every imported module and three git calls) are gathered once.
+_checking: dict[str, tuple[list[Source], dict[str, str]]] | None = None
+
+
+@contextmanager
+def gathered_once() -> Iterator[None]:
+    """While the block checks configs, gather the sources for the first and reuse them."""
+    global _checking
+    _checking = {}
+    try:
+        yield
+    finally:
+        _checking = None
+
+
 def own_sources() -> tuple[list[Source], dict[str, str]]:
     """Sources of this repository's imported modules and of the user's code outside it, each
     with its hash and its repository's git state; and {module: file} of the ones outside."""
+    if _checking is not None:
+        if "sources" not in _checking:
+            _checking["sources"] = gather_sources()
+        return _checking["sources"]
+    return gather_sources()
+
+
+def gather_sources() -> tuple[list[Source], dict[str, str]]:
     states = functools.cache(repository_state)  # asked once per folder and run, never reused
     inside, outside = own_modules()
     sources = [Source(file, get_digest(file), *states(str(CHECKOUT_ROOT))) for file in inside]

@@ -24,6 +24,7 @@ from observers.tables import (
     differing_config,
     flatten_config,
     load_runs,
+    runs_page,
 )
 
 WIDTH = 80  # every line printed fits a standard terminal
@@ -41,6 +42,7 @@ KNOWN_STATUSES = (
     "DAMAGED",
 )
 DEFAULT_METRIC = "val_accuracy"
+DEFAULT_PAGE = 20  # runs ls shows without --last or --all
 
 
 # --------------------------------------------------------------------------- text helpers
@@ -125,13 +127,14 @@ def ls_command(args) -> int:
     status = args.status.upper() if args.status else None
     if args.last is not None and args.last < 1:
         raise ValueError(f"--last must be 1 or more, not {args.last}")
-    ids = store.run_ids()
-    if args.last and not status:
-        ids = ids[-args.last :]  # only the runs shown are read
-    runs = load_runs(store, run_ids=ids, status=status, sweep=getattr(args, "sweep", None))
+    page = args.last or (None if getattr(args, "all", False) else DEFAULT_PAGE)
+    sweep = getattr(args, "sweep", None)
+    if status or sweep:  # the filters run on the index, before any run is read
+        runs, total = runs_page(store, page, status=status, sweep=sweep)
+    else:
+        ids = store.run_ids()
+        runs, total = load_runs(store, run_ids=ids[-page:] if page else ids), len(ids)
     print_skipped(store)
-    if args.last:
-        runs = runs.tail(args.last)
     if runs.empty:
         if status and status not in KNOWN_STATUSES:
             raise ValueError(f"unknown status '{args.status}' (one of {', '.join(KNOWN_STATUSES)})")
@@ -139,6 +142,8 @@ def ls_command(args) -> int:
         print(f"no {status + ' ' if status else ''}runs{of_sweep} in {store.location}")
         return ExitCode.OK
     print("\n".join(ls_lines(runs)))
+    if not args.last and total > len(runs):  # a page of a big store, as `git log` pages
+        print(f"... {total - len(runs):,} earlier runs; --all lists every run")
     return ExitCode.OK
 
 

@@ -72,24 +72,29 @@ class FileRunStore:
         """The ids of the store's run folders; odd entries are left out, with a note in
         self.skipped (a name of non-ASCII digits, a linked folder from outside the store)."""
         ids, self.skipped = [], []
+        self.folders: dict[int, int] = {}  # run id -> its folder's inode (observers.index)
         real_root = self.root.resolve()
-        for path in self.root.iterdir():
-            name = path.name
-            if not is_run_id(name):
-                if name.isdigit():  # digits of another script, superscripts, a leading zero
+        with os.scandir(self.root) as entries:  # type and inode without a stat per entry
+            for entry in entries:
+                name = entry.name
+                if not is_run_id(name):
+                    path = self.root / name
+                    if name.isdigit():  # digits of another script, superscripts, a leading zero
+                        self.skipped.append(
+                            f"skipped {path}: not a run id (runs are numbered 1, 2, 3, ... "
+                            "in ASCII digits)"
+                        )
+                    continue
+                if not entry.is_dir():
+                    continue
+                path = self.root / name if entry.is_symlink() else None
+                if path and not path.resolve().is_relative_to(real_root):
                     self.skipped.append(
-                        f"skipped {path}: not a run id (runs are numbered 1, 2, 3, ... "
-                        "in ASCII digits)"
+                        f"skipped {path}: a link to {path.resolve()}, outside the store"
                     )
-                continue
-            if not path.is_dir():
-                continue
-            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-                self.skipped.append(
-                    f"skipped {path}: a link to {path.resolve()}, outside the store"
-                )
-                continue
-            ids.append(int(name))
+                    continue
+                ids.append(int(name))
+                self.folders[int(name)] = entry.inode()
         return sorted(ids)
 
     def run_dir(self, run_id: int) -> Path:

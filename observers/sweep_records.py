@@ -2,7 +2,7 @@
 
 A file store keeps it as <store>/.reprolab/sweeps/<id>.json, MongoDB in its `sweeps` collection
 (one document per sweep, `_id` = the sweep id). What a sweep is and how it runs lives in
-experiments/sweep.py; only the record's place is here, so that reading and syncing a store
+experiments/sweeps/; only the record's place is here, so that reading and syncing a store
 carry sweeps as they carry runs.
 """
 

@@ -20,7 +20,7 @@ import pandas as pd
 from ingredients.schema import is_number
 from observers.files import STALE_HEARTBEAT, record_time
 from observers.liveness import GONE_NOTE, process_gone
-from observers.store import RecordError, RunStore, open_store, summarize_metrics
+from observers.store import FileRunStore, RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
 RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
@@ -69,9 +69,17 @@ def load_runs(
     Filters: status, experiment (a name or several), sweep (its id), and config values by dotted key, e.g.
     `load_runs("runs", lr=0.01, **{"optimizer.name": "sgd"})` (`optimizer__name=` works too)."""
     store = as_store(store)
-    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     wanted = {key.replace("__", "."): value for key, value in config.items()}
     statuses, experiments = _names(status), _names(experiment)
+    if isinstance(store, FileRunStore) and store.cache:  # finished runs from the index
+        from observers.index import indexed_runs
+
+        return indexed_runs(store, run_ids, statuses, experiments, sweep, wanted)[0]
+    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
+    narrow = getattr(store, "matching_ids", None)  # MongoDB: the server filters on its indexes
+    if narrow and run_ids is None and not wanted and DAMAGED not in (statuses or ()):
+        if statuses is not None or sweep is not None:
+            ids = narrow(statuses, sweep)
     all_rows = [_record_row(store, run_id) for run_id in ids]
     rows = [
         row
@@ -98,6 +106,24 @@ def _pruned_epoch(store: RunStore, row: dict) -> int | None:
         return None
     epoch = pruned.get("epoch") if isinstance(pruned, dict) else None
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def runs_page(
+    store: str | os.PathLike | RunStore | None,
+    last: int | None,
+    *,
+    status: str | Iterable[str] | None = None,
+    sweep: str | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """The last `last` matching runs (all when None) and how many match; a file store's index
+    answers the filters before any run is read, so the cost follows the page (ls)."""
+    store = as_store(store)
+    if isinstance(store, FileRunStore) and store.cache:
+        from observers.index import indexed_runs
+
+        return indexed_runs(store, None, _names(status), None, sweep, {}, last)
+    runs = load_runs(store, status=status, sweep=sweep)
+    return (runs.tail(last) if last else runs), len(runs)
 
 
 def _names(value: str | Iterable[str] | None) -> set[str] | None:
@@ -197,7 +223,7 @@ def _record_fields(run: dict) -> dict:
         "git_commit": _field(repository, "commit", str, odd),
         "git_dirty": _field(repository, "dirty", bool, odd),
         "result": _result(run.get("result")),
-        "sweep": _field(member, "id", str, odd),  # which sweep and config (experiments/sweep.py)
+        "sweep": _field(member, "id", str, odd),  # which sweep and config (experiments/sweeps/)
         "sweep_index": _field(member, "index", int, odd),
         "trial": _field(member, "trial", int, odd),
     }

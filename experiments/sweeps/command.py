@@ -11,6 +11,7 @@ failed ones; `--status` shows each config's latest run and, for Slurm, its task'
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import secrets
@@ -18,10 +19,12 @@ import shlex
 import shutil
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from experiments.membership import checked_for_elsewhere
 from experiments.sacred_private import create_unstarted_run
+from experiments.sources import gathered_once
 from experiments.sweeps.attempts import jobs_to_do, sweep_attempts
 from experiments.sweeps.declare import (
     SEED_LIMIT,
@@ -155,16 +158,36 @@ def validate(
 ) -> None:
     """Build every config's run without starting it, so a bad one is refused before any run
     starts: one sentence naming the config and the key. Nothing is recorded (no observer).
+    Configs that differ only in a plain seed are built once (a seed changes no other value).
     `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see."""
     ex = load_experiment(experiment)
     varied = varied_keys(configs)
-    with checked_for_elsewhere(elsewhere):
-        for index, config in enumerate(configs):
+    checked: set[str] = set()  # configs already built, but for their seed
+    with checked_for_elsewhere(elsewhere), gathered_once():
+        for index, config in enumerate(checking(configs)):
+            shared = json.dumps({**config, "seed": None}, sort_keys=True, default=repr)
+            if shared in checked and plain_seed(config.get("seed")):
+                continue
+            checked.add(shared)
             try:
                 create_unstarted_run(ex, dict(config), list(named_configs))
             except ValueError as error:  # ConfigurationError: one sentence naming the key
                 label = describe(config, varied) or describe(config)
                 raise ValueError(f"config {index} ({label}): {error}") from None
+
+
+def plain_seed(seed: object) -> bool:
+    """Whether a seed is one Sacred takes as it is: an integer in [0, 2**31)."""
+    return seed is None or (type(seed) is int and 0 <= seed < SEED_LIMIT)
+
+
+def checking(configs: list[dict]) -> Iterable[dict]:
+    """The configs, behind a progress bar when there are many and stderr is a terminal."""
+    if len(configs) < 100 or not sys.stderr.isatty():
+        return configs
+    from tqdm import tqdm
+
+    return tqdm(configs, desc="checking configs", unit="config", delay=0.5)
 
 
 def check_named_configs(record: SweepRecord, experiment: Path) -> None:

@@ -39,7 +39,7 @@ FILE_KEYS = ("experiment", "named_configs", "fixed", "grid", "random", "search")
 RANDOM_KEYS = ("samples", "seed", "values")
 RANGE = re.compile(r"^\s*range\(([^()]*)\)\s*$")
 SEED_LIMIT = 2**31
-MAX_CONFIGS = 1000  # configs one sweep declares: each is checked before the first runs
+MAX_CONFIGS = 100_000  # configs one sweep may declare (its record holds them all)
 CONFIG_KEY = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 )  # Sacred's dotted keys
@@ -134,10 +134,10 @@ def check_count(declaration: Declaration) -> None:
     """Refuse a declaration of more than MAX_CONFIGS configs before any is made or checked."""
     count = math.prod(len(values) for values in declaration.grid.values())
     count *= (declaration.random or {}).get("samples", 1)
-    if count > MAX_CONFIGS:
+    if count > MAX_CONFIGS:  # before any is built: a product of axes grows past memory
         raise ValueError(
-            f"the sweep declares {count} configs (grid points times random samples); "
-            f"at most {MAX_CONFIGS} are run by one sweep"
+            f"the sweep declares {count:,} configs (grid points times random samples), more "
+            f"than the {MAX_CONFIGS:,} one sweep may hold; split it into several sweeps"
         )
 
 
@@ -287,9 +287,10 @@ def expand(declaration: Declaration, seed: int) -> tuple[list[dict], int]:
         )
     check_count(declaration)
     keys = list(declaration.grid)
+    samples = draw(declaration.random)
     configs, seen, dropped = [], set(), 0
     for combo in itertools.product(*declaration.grid.values()):
-        for sample in draw(declaration.random):
+        for sample in samples:
             config = {**declaration.fixed, **dict(zip(keys, combo)), **sample}
             config.setdefault("seed", seed)
             identity = json.dumps(config, sort_keys=True, default=repr)

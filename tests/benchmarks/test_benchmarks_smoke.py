@@ -40,6 +40,27 @@ SMOKE_RUNS = {
         ["--quick"],
         ["epochs to reach", "TPE + Hyperband", "of grid"],
     ),
+    "store_scale.py": (
+        [
+            "--quick",
+            "--sizes",
+            "250",
+            "--repeats",
+            "1",
+            "--configs",
+            "20",
+            "--mongo-runs",
+            "30",
+            "--mlflow-runs",
+            "10",
+        ],
+        [
+            "store scale: file store",
+            "first call after 100 new runs",
+            "MongoDB on nx-27017",
+            "MLflow",
+        ],
+    ),
     "train.py": (
         ["--quick", "--repeats", "1"],
         ["our loop against a bare PyTorch loop", "cost of options"],

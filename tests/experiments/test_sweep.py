@@ -370,3 +370,31 @@ def test_stopping_a_local_sweep_counts_each_run_by_how_it_ended_and_kills_whole_
     assert (runner.done, runner.interrupted, runner.failed) == (1, 1, 0)
     readable, _, _ = select.select([stubborn.process.stdout], [], [], 30)
     assert readable and stubborn.process.stdout.read() == b""  # EOF: the child is gone too
+
+
+def test_a_declaration_beyond_the_bound_is_refused_before_any_config_is_built():
+    from experiments.sweeps.declare import MAX_CONFIGS, Declaration, expand
+
+    grid = {"seed": list(range(1000)), "lr": [0.1] * 101}
+    with pytest.raises(ValueError, match=f"101,000 configs, more than the {MAX_CONFIGS:,}"):
+        expand(Declaration(grid=grid), 0)
+
+
+def test_configs_differing_only_in_seed_are_built_once(monkeypatch, repo_root):
+    """Each distinct config is built; its other seeds only checked to be seeds."""
+    import experiments.base as base
+    from experiments.sweeps.command import validate
+
+    built = []
+    original = base.ReproExperiment._create_run
+    monkeypatch.setattr(
+        base.ReproExperiment,
+        "_create_run",
+        lambda self, **kw: built.append(kw["config_updates"]) or original(self, **kw),
+    )
+    configs = [{"seed": s, "lr": lr} for lr in (0.1, 0.01) for s in range(50)]
+    train = str(repo_root / "experiments" / "train.py")
+    validate(train, [], configs)
+    assert [c["lr"] for c in built] == [0.1, 0.01]
+    with pytest.raises(ValueError, match="config 2"):
+        validate(train, [], [*configs[:2], {"seed": "x", "lr": 0.1}])

@@ -1,0 +1,249 @@
+"""Stores at scale: listing, loading and filtering 10,000 and 100,000 finished runs.
+
+    python benchmarks/store_scale.py                 # 10,000 and 100,000 runs (disk: ~1.5 GB)
+    python benchmarks/store_scale.py --quick         # a smoke run: 300 and 1,000 runs
+
+Builds file stores by writing record files directly (run.json, config.json, info.json,
+metrics.json modelled on experiments/train.py's, every run of a 100-run sweep), and a MongoDB
+one on nx-27017 (the wire-protocol server the tests use), then prints the issue's table: medians
+of --repeats warm readings; a first call after 100 new runs; a rebuild of the index from nothing;
+`reprolab sweep --dry-run` over --configs seeds. MLflow's search_runs over the same runs is
+measured when mlflow is installed, and said to be skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from load_runs import config_record, metric_series, run_record  # noqa: E402
+
+from experiments.cli import main as reprolab  # noqa: E402
+from observers.index import INDEX  # noqa: E402
+from observers.tables import load_runs  # noqa: E402
+
+SWEEP_SIZE = 100  # runs per sweep id in the built stores
+TARGETS = {  # the issue's targets: 10k, 100k
+    "ls": ("< 0.3 s", "< 0.5 s"),
+    "load_runs": ("< 0.5 s", "< 3 s"),
+    "sweep": ("< 0.2 s", "< 0.3 s"),
+    "after": ("< 1 s", "< 1 s"),
+    "rebuild": ("report", "report"),
+}
+
+
+def sweep_of(run_id: int) -> str:
+    return f"sw{run_id // SWEEP_SIZE:05d}"
+
+
+def records(rng: random.Random, run_id: int) -> dict[str, dict]:
+    """The record files of one finished run of a sweep, as a run of train.py leaves them."""
+    run = run_record(rng, run_id, 15, running=False)
+    run["meta"]["sweep"] = {"id": sweep_of(run_id), "index": run_id % SWEEP_SIZE}
+    metrics = metric_series(rng, dt.datetime.fromisoformat(run["start_time"]), 15)
+    info = {"model_summary": {"layers": [{"layer": str(i)} for i in range(10)]}}
+    return {"run": run, "config": config_record(rng), "info": info, "metrics": metrics}
+
+
+def write_runs(root: Path, first: int, count: int) -> None:
+    """count finished runs from id first on, their files written directly (fast)."""
+    rng = random.Random(first)
+    root.mkdir(parents=True, exist_ok=True)
+    for run_id in range(first, first + count):
+        folder = root / str(run_id)
+        folder.mkdir()
+        for part, record in records(rng, run_id).items():
+            text = json.dumps(record, sort_keys=True, indent=None if part == "metrics" else 2)
+            (folder / f"{part}.json").write_text(text)
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def median(function, repeats: int) -> float:
+    return statistics.median(timed(function) for _ in range(repeats))
+
+
+def ls_in_process(location: str) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert reprolab(["ls", "--store", location]) == 0
+
+
+def ls_process(location: str) -> None:
+    """`reprolab ls` as a user runs it: a new Python process, imports included."""
+    subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "ls", "--store", location],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+
+
+def file_store(root: Path, runs: int, repeats: int) -> dict[str, str]:
+    """The file store's row of figures for a store of `runs` runs."""
+    start = time.perf_counter()
+    write_runs(root, 1, runs)
+    print(f"  built {runs:,} runs in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    location, middle = str(root), sweep_of(runs // 2)
+    figures = {"rebuild": f"{timed(lambda: load_runs(location)):.2f} s"}
+    figures["ls"] = f"{median(lambda: ls_in_process(location), repeats):.3f} s"
+    figures["ls, new process"] = f"{median(lambda: ls_process(location), repeats):.2f} s"
+    figures["load_runs"] = f"{median(lambda: load_runs(location), repeats):.2f} s"
+    found = load_runs(location, sweep=middle)
+    assert len(found) == sum(sweep_of(i) == middle for i in range(1, runs + 1)), len(found)
+    figures["sweep"] = f"{median(lambda: load_runs(location, sweep=middle), repeats):.3f} s"
+    write_runs(root, runs + 1, 100)
+    ls_after = timed(lambda: ls_in_process(location))
+    load_after = timed(lambda: load_runs(location))
+    figures["after"] = f"ls {ls_after:.2f} s, load_runs {load_after:.2f} s"
+    (root / INDEX).unlink()
+    figures["rebuild"] += (
+        f" (again, {runs + 100:,} runs: {timed(lambda: load_runs(location)):.2f} s)"
+    )
+    return figures
+
+
+def mongo_store(runs: int, repeats: int) -> dict[str, str]:
+    """The same figures from MongoDB on nx-27017 (no index file: the server answers)."""
+    try:
+        import pymongo
+    except ImportError:
+        return {"skipped": "pymongo not installed"}
+    sys.path.insert(0, str(REPO / "tests" / "observers"))
+    from conftest import NxServer
+
+    with tempfile.TemporaryDirectory(prefix="reprolab-nx-") as tmp:
+        server = NxServer(Path(tmp))
+        try:
+            server.start()
+        except (RuntimeError, OSError) as error:
+            return {"skipped": f"nx-27017 did not start ({error})"}
+        try:
+            client = pymongo.MongoClient(server.url)
+            rng = random.Random(0)
+            documents, metrics = [], []
+            for run_id in range(1, runs + 1):
+                parts = records(rng, run_id)
+                run = parts["run"]
+                for key in ("start_time", "stop_time", "heartbeat"):
+                    run[key] = dt.datetime.fromisoformat(run[key])
+                documents.append({"_id": run_id, **run, "config": parts["config"], "info": {}})
+                metrics += [{"run_id": run_id, "name": n, **s} for n, s in parts["metrics"].items()]
+            client.sacred.runs.insert_many(documents)
+            client.sacred.metrics.insert_many(metrics)
+            location, middle = server.url, sweep_of(runs // 2)
+            figures = {
+                "ls": f"{median(lambda: ls_in_process(location), repeats):.3f} s",
+                "sweep": f"{median(lambda: load_runs(location, sweep=middle), repeats):.3f} s",
+                "load_runs": f"{timed(lambda: load_runs(location)):.2f} s (once)",
+            }
+        finally:
+            server.stop()
+    return figures
+
+
+def dry_run(configs: int) -> str:
+    """`reprolab sweep experiments/train.py with seed=range(N) --dry-run`, a new process."""
+    with tempfile.TemporaryDirectory(prefix="reprolab-sweep-") as tmp:
+        command = [
+            sys.executable,
+            "-m",
+            "experiments.cli",
+            "sweep",
+            str(REPO / "experiments/train.py"),
+        ]
+        command += ["with", f"seed=range({configs})", "--dry-run"]
+        start = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=tmp, env=env)
+        return f"{time.perf_counter() - start:.1f} s"
+
+
+def mlflow_search(runs: int) -> str:
+    """MLflow's search_runs over `runs` runs in its default local store (SQLite, mlflow.db)."""
+    try:
+        import mlflow
+    except ImportError:
+        return "skipped: mlflow is not installed (pip install mlflow-skinny)"
+    with tempfile.TemporaryDirectory(prefix="reprolab-mlflow-") as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")  # MLflow 3's default local store
+        client = mlflow.MlflowClient()
+        experiment = client.create_experiment("scale")
+        rng = random.Random(0)
+        for run_id in range(1, runs + 1):
+            run = client.create_run(experiment, tags={"sweep": sweep_of(run_id)})
+            client.log_batch(
+                run.info.run_id,
+                params=[mlflow.entities.Param("lr", str(rng.random()))],
+                metrics=[mlflow.entities.Metric("val_accuracy", rng.random(), 0, 1)],
+            )
+            client.set_terminated(run.info.run_id)
+        whole = median(lambda: mlflow.search_runs([experiment]), 1)
+        middle = sweep_of(runs // 2)
+        one = median(lambda: mlflow.search_runs([experiment], f"tags.sweep = '{middle}'"), 1)
+        return f"search_runs all {whole:.2f} s, one sweep {one:.2f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small stores, for a smoke run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", type=int, default=None, help="sweep --dry-run configs")
+    parser.add_argument("--mongo-runs", type=int, default=None)
+    parser.add_argument("--mlflow-runs", type=int, default=None)
+    args = parser.parse_args()
+    sizes = args.sizes or ([300, 1000] if args.quick else [10_000, 100_000])
+    configs = args.configs or (200 if args.quick else 10_000)
+    mongo_runs = args.mongo_runs or (200 if args.quick else 10_000)
+    mlflow_runs = args.mlflow_runs or (100 if args.quick else 10_000)
+    columns = {}
+    with tempfile.TemporaryDirectory(prefix="reprolab-scale-") as tmp:
+        for size in sizes:
+            columns[size] = file_store(Path(tmp) / str(size), size, args.repeats)
+            shutil.rmtree(Path(tmp) / str(size))
+    rows = [
+        ("ls", "`reprolab ls` (last 20), warm index, in process"),
+        ("ls, new process", "`reprolab ls`, a new process (imports included)"),
+        ("load_runs", "`load_runs(store)` all rows, warm index"),
+        ("sweep", f"`load_runs(store, sweep=ID)` of {SWEEP_SIZE} runs"),
+        ("after", "first call after 100 new runs finished"),
+        ("rebuild", "rebuilding the index from nothing (load_runs)"),
+    ]
+    print(f"\nstore scale: file store, medians of {args.repeats} (load {os.getloadavg()[0]:.1f})")
+    print("| | " + " | ".join(f"{s:,} runs" for s in sizes) + " | target |")
+    print("|---" * (len(sizes) + 2) + "|")
+    for key, label in rows:
+        target = " / ".join(TARGETS.get(key, ("", ""))) if key in TARGETS else ""
+        cells = " | ".join(columns[s].get(key, "") for s in sizes)
+        print(f"| {label} | {cells} | {target} |")
+    print(
+        f"| `reprolab sweep ... --dry-run` of {configs:,} configs | {dry_run(configs)} | < 10 s |"
+    )
+    mongo = mongo_store(mongo_runs, args.repeats)
+    print(f"\nMongoDB on nx-27017, {mongo_runs:,} runs")
+    for key, value in mongo.items():
+        print(f"  {key:<10} {value}")
+    print(f"\nMLflow, {mlflow_runs:,} runs: {mlflow_search(mlflow_runs)}")
+
+
+if __name__ == "__main__":
+    main()
