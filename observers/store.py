@@ -87,10 +87,10 @@ class FileRunStore:
                     continue
                 if not entry.is_dir():
                     continue
-                path = self.root / name if entry.is_symlink() else None
-                if path and not path.resolve().is_relative_to(real_root):
+                link = self.root / name if entry.is_symlink() else None
+                if link and not link.resolve().is_relative_to(real_root):
                     self.skipped.append(
-                        f"skipped {path}: a link to {path.resolve()}, outside the store"
+                        f"skipped {link}: a link to {link.resolve()}, outside the store"
                     )
                     continue
                 ids.append(int(name))
