@@ -65,9 +65,12 @@ def check_config_file_name(word: str) -> None:
         )
 
 
-def check_value(key: str, value, depth: int = 0, count: list[int] | None = None) -> None:
+def check_value(
+    key: str, value, depth: int = 0, count: list[int] | None = None, dotted: bool = False
+) -> None:
     """Refuse object-encoding keys (Sacred would decode them into objects) and values beyond
-    the bounds on list length, total size and depth, naming the key."""
+    the bounds on list length, total size and depth, naming the key. `dotted`: keys may be
+    dotted config paths (a sweep file's `grid: {optimizer.name: [...]}`)."""
     count = count if count is not None else [0]
     count[0] += 1
     if count[0] > MAX_NODES or depth > MAX_DEPTH:
@@ -83,15 +86,17 @@ def check_value(key: str, value, depth: int = 0, count: list[int] | None = None)
                     f"{key}: the key '{name}' is an object encoding of Sacred's JSON codec, "
                     "which would turn it into an object; config values are plain data"
                 )
-            if not isinstance(name, str) or not name or name[0] == "$" or {".", "="} & set(name):
+            forbidden = {"="} if dotted else {".", "="}
+            if not isinstance(name, str) or not name or name[0] == "$" or forbidden & set(name):
+                allowed = "dotted text without '='" if dotted else "text without '.' or '='"
                 raise ConfigInputError(
-                    f"{key}: the key {name!r} cannot be a config key (text without '.' or '=', "
+                    f"{key}: the key {name!r} cannot be a config key ({allowed}, "
                     "not empty, not starting with '$')"
                 )
-            check_value(f"{key}.{name}", item, depth + 1, count)
+            check_value(f"{key}.{name}", item, depth + 1, count, dotted)
     elif isinstance(value, (list, tuple, set)):
         for item in value:
-            check_value(key, item, depth + 1, count)
+            check_value(key, item, depth + 1, count, dotted)
     else:
         check_no_credentials(key, value)
 
@@ -99,9 +104,12 @@ def check_value(key: str, value, depth: int = 0, count: list[int] | None = None)
 # --------------------------------------------------------------------------- files
 
 
-def read_data_file(path: str | os.PathLike, what: str = "config file") -> object:
+def read_data_file(
+    path: str | os.PathLike, what: str = "config file", dotted: bool = False
+) -> object:
     """A JSON or YAML file's data, read safely: refused unopened when it is no JSON/YAML file
-    or too large; duplicate keys, YAML aliases and tags refused; sizes bounded."""
+    or too large; duplicate keys, YAML aliases and tags refused; sizes bounded. `dotted`: its
+    keys may be dotted config paths (a sweep file)."""
     path = Path(path)
     check_config_file_name(str(path))
     if path.suffix.lower() not in CONFIG_EXTENSIONS:
@@ -122,7 +130,7 @@ def read_data_file(path: str | os.PathLike, what: str = "config file") -> object
     except Exception as error:  # noqa: BLE001 - json's, yaml's and decoding errors
         reason = (str(error).strip() or type(error).__name__).splitlines()[0]
         raise ConfigInputError(f"{what} {path}: cannot read it ({reason})") from None
-    check_value(str(path), data)
+    check_value(str(path), data, dotted=dotted)
     return data
 
 

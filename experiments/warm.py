@@ -42,13 +42,15 @@ TRIALS = "--trials"  # the server's option: its runs are a search's trials
 
 def entry_point(path: Path) -> tuple[str | None, str]:
     """(name of the experiment the file's `if __name__ == "__main__":` block runs, "") when that
-    block is exactly `NAME.run_commandline()`; else (None, why not), in a few words."""
+    block is exactly `NAME.run_commandline()`; else (None, why not), in a few words. An earlier
+    main block that only installs signal handlers for the start-up (experiments/train.py's) is
+    left out: a warm run has started by the time it could be signalled."""
     try:
         tree = ast.parse(path.read_text(), str(path))
     except (OSError, SyntaxError, ValueError) as error:
         return None, f"{path.name} could not be read ({type(error).__name__})"
     for node in tree.body:
-        if isinstance(node, ast.If) and is_main_guard(node.test):
+        if isinstance(node, ast.If) and is_main_guard(node.test) and not starts_quietly(node):
             body = node.body
             call = body[0].value if len(body) == 1 and isinstance(body[0], ast.Expr) else None
             if (
@@ -63,6 +65,28 @@ def entry_point(path: Path) -> tuple[str | None, str]:
                 return call.func.value.id, ""
             return None, f"{path.name} does more than ex.run_commandline() as a script"
     return None, f'{path.name} has no `if __name__ == "__main__":` block'
+
+
+def starts_quietly(block: ast.If) -> bool:
+    """Whether a main block only imports, defines functions and installs signal handlers."""
+
+    def installs_handler(statement: ast.stmt) -> bool:
+        return (
+            isinstance(statement, ast.Expr)
+            and isinstance(statement.value, ast.Call)
+            and ast.unparse(statement.value.func) == "signal.signal"
+        )
+
+    return not block.orelse and all(
+        isinstance(statement, ast.Import | ast.ImportFrom | ast.FunctionDef)
+        or installs_handler(statement)
+        or (
+            isinstance(statement, ast.For)
+            and not statement.orelse
+            and all(installs_handler(inner) for inner in statement.body)
+        )
+        for statement in block.body
+    )
 
 
 def is_main_guard(test: ast.expr) -> bool:

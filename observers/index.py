@@ -34,7 +34,7 @@ from observers.store import FileRunStore
 INDEX = Path(".reprolab") / "runs-index.arrow"
 LOCK = Path(".reprolab") / "runs-index.lock"
 VERSION = {b"reprolab.index": b"1"}  # schema metadata; another value reads as damaged
-FINAL = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT"})  # a run that ended
+FINAL = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "PRUNED"})  # a run that ended
 SIGNED = ("run.json", "config.json", "metrics.json")  # the files a row is read from
 SIGNATURE, FOLDER = "_index.signature", "_index.folder"  # internal columns (never a metric's)
 SMALL_STORE = 1000  # up to this many runs, metric-summaries.json is kept as before too
@@ -56,6 +56,8 @@ RECORD_TYPES = {  # tables.RECORD_COLUMNS as Arrow types
     "note": TEXT,
     "sweep": TEXT,
     "sweep_index": pa.int64(),
+    "trial": pa.int64(),
+    "pruned_epoch": pa.int64(),
 }
 STATS = (".last", ".min", ".max")
 
@@ -254,7 +256,7 @@ def _signature(root: Path, run_id: int) -> int:
 
 def _read_rows(store: FileRunStore, run_ids: list[int], size: int) -> dict[int, tuple[dict, int]]:
     """{run id: (load_runs row, signature taken before reading)} read from the records."""
-    from observers.tables import _add_summaries, _record_row
+    from observers.tables import _record_row, complete_row
 
     if not run_ids:
         return {}
@@ -265,7 +267,7 @@ def _read_rows(store: FileRunStore, run_ids: list[int], size: int) -> dict[int, 
         rows[run_id] = _record_row(store, run_id)
     summaries = reader.metric_summaries(run_ids)
     for run_id, row in rows.items():
-        _add_summaries(row, summaries[run_id], store)
+        complete_row(store, row, summaries[run_id])
     return {run_id: (row, signatures[run_id]) for run_id, row in rows.items()}
 
 

@@ -91,9 +91,14 @@ def load_runs(
         _check_config_keys(store, all_rows, wanted)
     summaries = _metric_summaries(store, [row["run_id"] for row in rows])
     for row in rows:
-        _add_summaries(row, summaries[row["run_id"]], store)
-        row["pruned_epoch"] = _pruned_epoch(store, row)
+        complete_row(store, row, summaries[row["run_id"]])
     return _runs_frame(rows)
+
+
+def complete_row(store: RunStore, row: dict, summary) -> None:
+    """Add what a record row lacks to be load_runs' row: metric summaries, the pruned epoch."""
+    _add_summaries(row, summary, store)
+    row["pruned_epoch"] = _pruned_epoch(store, row)
 
 
 def _pruned_epoch(store: RunStore, row: dict) -> int | None:

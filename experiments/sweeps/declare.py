@@ -146,7 +146,7 @@ def from_file(path: str | Path) -> Declaration:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file {path} not found")
-    data = read_data_file(path, "sweep file")  # bounded size, no aliases or duplicate keys
+    data = read_data_file(path, "sweep file", dotted=True)  # bounded, no aliases or duplicates
     if not isinstance(data, dict):
         raise ValueError(f"sweep file {path} must hold a mapping with {', '.join(FILE_KEYS)}")
     for key in data:

@@ -223,6 +223,12 @@ MAIN_BLOCKS = {
     'if __name__ == "__main__":\n    ex.run_commandline(["x"])\n': None,
     'if __name__ == "__main__":\n    patch()\n    ex.run_commandline()\n': None,
     "ex = 1\n": None,
+    # a start-up block that only installs signal handlers is left out (train.py has one)
+    'if __name__ == "__main__":\n    import signal\n    for s in (2, 15):\n'
+    "        signal.signal(s, print)\n"
+    'if __name__ == "__main__":\n    ex.run_commandline()\n': "ex",
+    'if __name__ == "__main__":\n    import os\n    os.chdir("/")\n'
+    'if __name__ == "__main__":\n    ex.run_commandline()\n': None,
 }
 
 

@@ -341,3 +341,11 @@ def test_a_read_only_store_is_read_without_an_index(store):
         assert not (store / INDEX).exists()
     finally:
         os.chmod(store, 0o755)
+
+
+def test_the_index_has_a_type_for_every_record_column():
+    """A column load_runs gives but the index cannot hold would break every listing."""
+    from observers.index import RECORD_TYPES
+    from observers.tables import RECORD_COLUMNS
+
+    assert set(RECORD_TYPES) == set(RECORD_COLUMNS)
