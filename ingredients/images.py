@@ -60,7 +60,7 @@ def image_config():
     split_column = None           # images: column naming each row's split (train, val or validation, test); None draws validation rows with val_fraction and split_seed
     val_path = None               # images: a separate validation file, folder or glob of shards; None draws it from data.path
     test_path = None              # images: a separate test file, folder or glob, evaluated once with the best checkpoint (never used to choose it)
-    augment = []                  # images: training augmentation on the device, e.g. [{'name': 'crop', 'padding': 4}, {'name': 'flip'}]; see README "Images"
+    augment = []                  # images: training augmentation on the device, e.g. [{'name': 'crop', 'padding': 4}, {'name': 'flip'}]; see docs/data.md, Images
     mean = None                   # images: per-channel mean of data.standardize; None computes it from the training split (recorded)
     std = None                    # images: per-channel std of data.standardize; None computes it from the training split (recorded)
 # fmt: on

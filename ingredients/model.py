@@ -33,7 +33,7 @@ model = Ingredient("model", _caller_globals=globals(), save_git_info=False)
 
 @model.config
 def config():
-    name = "mlp"  # registered model (mlp, cnn) or a user model as 'package.module:callable'
+    name = "mlp"  # registered model (mlp, cnn, convnet, resnet18) or your own as 'package.module:callable'
     hidden = [128, 64]  # mlp: sizes of the hidden layers
     dropout = 0.1  # mlp and cnn: dropout probability before each classifier layer
     batchnorm = False  # mlp: BatchNorm after each hidden layer (the cnn always has it)

@@ -435,7 +435,7 @@ def artifact_lines(store: RunStore, run_id: int, run: dict, info: dict) -> list[
         if name in checkpoints:
             check = checkpoints[name]
             parts.append(f"epoch {check.get('epoch')}  sha256 {str(check.get('sha256'))[:12]}")
-        lines.append(fit(f"  {name:<14}" + "  ".join(filter(None, parts))))
+        lines.append(fit(f"  {name:<16}  " + "  ".join(filter(None, parts))))
     return lines
 
 
