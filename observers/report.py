@@ -28,7 +28,16 @@ WIDTH = 80  # every line printed fits a standard terminal
 CELL = 14  # widest config cell in ls before it is cut
 PATH_CELL = 24  # widest path cell in ls: room for a file name after the cut
 GAP = "  "
-KNOWN_STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "DAMAGED")
+KNOWN_STATUSES = (
+    "QUEUED",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "INTERRUPTED",
+    "TIMEOUT",
+    "DAMAGED",
+    "DEAD",  # recorded RUNNING, its process gone (observers/liveness.py)
+)
 DEFAULT_METRIC = "val_accuracy"
 
 

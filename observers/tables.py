@@ -19,6 +19,7 @@ import pandas as pd
 
 from ingredients.schema import is_number
 from observers.files import STALE_HEARTBEAT, record_time
+from observers.liveness import DEAD, process_gone
 from observers.store import RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
@@ -140,8 +141,8 @@ def _record_row(store: RunStore, run_id: int) -> dict:
         row.update({f"config.{k}": v for k, v in flatten_config(config).items()})
     except Exception as error:  # noqa: BLE001
         notes.append(describe_error(error, store, run_id))
-    if _probably_dead(row):
-        notes.append(f"no heartbeat since {row['heartbeat']:%Y-%m-%d %H:%M} UTC, probably dead")
+    if row.get("status") == DEAD:
+        notes.append(_dead_note(row))
     row["note"] = "; ".join(dict.fromkeys(notes)) or None
     return row
 
@@ -169,7 +170,7 @@ def _record_fields(run: dict) -> dict:
     member = _field(_field(run, "meta", dict, odd) or {}, "sweep", dict, odd) or {}
     fields = {
         "experiment": _field(experiment or {}, "name", str, odd),
-        "status": _field(run, "status", str, odd) or DAMAGED,
+        "status": DEAD if process_gone(run) else _field(run, "status", str, odd) or DAMAGED,
         "start_time": start,
         "stop_time": stop,
         "heartbeat": beat,
@@ -217,10 +218,13 @@ def _result(value) -> float | None:
     return float(value) if is_number(value) else None
 
 
-def _probably_dead(row: dict) -> bool:
+def _dead_note(row: dict) -> str:
+    """Why a run recorded as RUNNING is shown DEAD (observers/liveness.py)."""
     beat = row.get("heartbeat")
     now = dt.datetime.now(dt.UTC)
-    return row.get("status") == "RUNNING" and beat is not None and now - beat > STALE_HEARTBEAT
+    if beat is not None and now - beat > STALE_HEARTBEAT:
+        return f"recorded RUNNING, no heartbeat since {beat:%Y-%m-%d %H:%M} UTC, probably dead"
+    return "recorded RUNNING, but its process on this host has ended"
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict:

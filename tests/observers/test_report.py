@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
+from ingredients.processes import this_process
 from observers import load_runs, plot_metric
 from observers.filestore import write_json_atomic
 from observers.plots import abbreviate
@@ -164,7 +165,8 @@ def test_ls_marks_damaged_and_unfinished_runs(copied, ids, capsys):
     (copied / str(ids["debug"]) / "metrics.json").write_text("{")
     run = json.loads((copied / str(ids["sgd"]) / "run.json").read_text())
     write_json_atomic(
-        copied / str(ids["sgd"]) / "run.json", {**run, "status": "RUNNING", "stop_time": None}
+        copied / str(ids["sgd"]) / "run.json",
+        {**run, "status": "RUNNING", "stop_time": None, "meta": {"process": this_process()}},
     )
     (copied / "7").mkdir()
     code, lines, _ = reprolab(capsys, "ls", "--store", copied)

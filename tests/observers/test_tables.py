@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ingredients.processes import this_process
 from observers import compare, load_metrics, load_runs
 from observers.filestore import JOURNAL, write_json_atomic
 from observers.store import FileRunStore, RecordError
@@ -285,6 +286,7 @@ def damaged(store, ids, tmp_path_factory) -> tuple[Path, dict[str, int]]:
         result=None,
         start_time=start.isoformat(),
         heartbeat=(start + dt.timedelta(seconds=20)).isoformat(),
+        meta={"process": this_process()},  # alive: this test's own process
     )
     to_journal(running, epochs=1)
     dead, start = copy_run(root, sgd, cases["dead"]), now - dt.timedelta(hours=3)
@@ -331,7 +333,7 @@ def test_every_damaged_or_unfinished_run_is_listed_with_what_is_known(damaged, i
     running = runs.loc[case["running"]]
     assert running["status"] == "RUNNING" and note[case["running"]] == ""
     assert running["duration"] == pd.Timedelta(seconds=20) and pd.isna(running["stop_time"])
-    assert status[case["dead"]] == "RUNNING" and "probably dead" in note[case["dead"]]
+    assert status[case["dead"]] == "DEAD" and "probably dead" in note[case["dead"]]
     assert runs.loc[case["dead"], "val_accuracy.max"] == runs.loc[ids["sgd"], "val_accuracy.max"]
     assert status[case["failed"]] == "FAILED" and note[case["failed"]] == ""
     assert pd.isna(runs.loc[case["failed"], "result"]) and runs.loc[
@@ -343,7 +345,7 @@ def test_every_damaged_or_unfinished_run_is_listed_with_what_is_known(damaged, i
         and runs.loc[case["bad_config"], "val_loss.max"] > 0
     )
     assert status[case["interrupted"]] == "INTERRUPTED"
-    listed = load_runs(root, experiment="train", status=["RUNNING", "DAMAGED"])
+    listed = load_runs(root, experiment="train", status=["RUNNING", "DEAD", "DAMAGED"])
     assert sorted(listed.index) == [
         case["running"],
         case["dead"],
