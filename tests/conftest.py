@@ -134,3 +134,14 @@ def load():
 def tree_hash():
     """hash_tree, as a fixture: one hash over every file under a directory, to show nothing changed."""
     return hash_tree
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow tier (`@pytest.mark.slow`) runs with REPROLAB_SLOW_TESTS=1 or `-m slow`, as the
+    slower distributed variants do; the default run stays fast."""
+    if os.environ.get("REPROLAB_SLOW_TESTS") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow tier: set REPROLAB_SLOW_TESTS=1 or run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
