@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +13,22 @@ from ingredients.scratch import sweep_orphans, writer_tag
 
 # A temporary file's name, beside the file it becomes: .<name>.<random>.<pid>@<host>.tmp
 TMP_PATTERN = ".*.{tag}.tmp"
+
+# Tests only: "N" makes this process SIGKILL itself right after its Nth durable write (a file
+# renamed into place, a claim created, a document written by sync), to prove that a kill between
+# any two writes loses nothing. Taken out of the environment at import, so the runs this process
+# starts do not inherit it.
+KILL_AT_VARIABLE = "REPROLAB_TEST_KILL_AT_WRITE"
+_KILL_AT = os.environ.pop(KILL_AT_VARIABLE, "")
+_writes_done = 0
+
+
+def durable_write_done() -> None:
+    """Count one durable write; under the test variable, die (SIGKILL) at the chosen one."""
+    global _writes_done
+    _writes_done += 1
+    if _KILL_AT.isdecimal() and _writes_done == int(_KILL_AT):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StoreWriteError(Exception):
@@ -84,3 +101,4 @@ def replacing(path: str | os.PathLike, mode: str = "w"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    durable_write_done()
