@@ -94,22 +94,40 @@ MAX_EXPERIMENT_BYTES = 4 * 2**20  # an experiment file is source code, not data
 
 def defines_experiment(path: Path) -> bool:
     """Whether a Python file defines a Sacred experiment, read with `ast` (never imported): a
-    module-level `NAME = Experiment(...)` or `ReproExperiment(...)`, and `@NAME.automain` or a
-    module-level `NAME.run_commandline()` (also under `if __name__ == "__main__":`)."""
-    try:
-        if path.stat().st_size > MAX_EXPERIMENT_BYTES:
-            return False
-        tree = ast.parse(path.read_bytes(), str(path))
-    except (OSError, SyntaxError, ValueError):
+    module-level `NAME = Experiment(...)` or `ReproExperiment(...)` (or NAME imported from a
+    checkout module that assigns it so), and `@NAME.automain` or a module-level
+    `NAME.run_commandline()` (also under `if __name__ == "__main__":`)."""
+    tree = _parsed(path)
+    if tree is None:
         return False
-    names = {
+    names = _experiment_names(tree)
+    for node in _top_level(tree.body):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            module = _parsed(CHECKOUT_ROOT / (node.module.replace(".", "/") + ".py"))
+            defined = _experiment_names(module) if module is not None else set()
+            names |= {a.asname or a.name for a in node.names if a.name in defined}
+    return any(_runs(node, names) for node in _top_level(tree.body))
+
+
+def _parsed(path: Path) -> ast.Module | None:
+    """A Python file's syntax tree (never run), or None: missing, too large, not Python."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_EXPERIMENT_BYTES:
+            return None
+        return ast.parse(path.read_bytes(), str(path))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _experiment_names(tree: ast.Module) -> set[str]:
+    """Names a module binds at its top level to `Experiment(...)` or `ReproExperiment(...)`."""
+    return {
         target.id
         for node in tree.body
         if isinstance(node, ast.Assign) and _experiment_call(node.value)
         for target in node.targets
         if isinstance(target, ast.Name)
     }
-    return any(_runs(node, names) for node in _top_level(tree.body))
 
 
 def _experiment_call(value: ast.expr) -> bool:

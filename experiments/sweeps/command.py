@@ -384,7 +384,7 @@ def nothing_to_start(record: SweepRecord, attempts: dict) -> int:
     ]
     if not open_configs:
         print(
-            f"sweep {record.id}: nothing to do (all {len(record.configs)} configs completed)",
+            f"sweep {record.id}: nothing to do ({len(record.configs)} configs completed)",
             file=sys.stderr,
         )
         return ExitCode.OK

@@ -144,7 +144,7 @@ def test_resume_exits_zero_only_when_every_config_is_completed(small_store_of, c
         edit["meta"] = {"sweep": {"id": sweep_id, "index": run_id - 1}}
         (store / str(run_id) / "run.json").write_text(json.dumps(edit))
     assert reprolab(["sweep", "--resume", sweep_id, "--store", str(store)]) == 0
-    assert "nothing to do (all 2 configs completed)" in capsys.readouterr().err
+    assert "nothing to do (2 configs completed)" in capsys.readouterr().err
     set_running(
         store / "2", meta={"sweep": {"id": sweep_id, "index": 1}, "process": this_process()}
     )
