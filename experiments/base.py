@@ -36,6 +36,7 @@ from experiments.strict_config import (
 from experiments.trial import Pruned, trial_option
 from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.imports import FROM_RECORD
+from ingredients.processes import this_process
 from ingredients.schema import INSPECTION_COMMANDS, check_storable
 from observers.attach import choose_store, store_option
 from observers.exit_codes import ExitCode
@@ -185,6 +186,7 @@ class ReproExperiment(PlainExperiment):
             raise ConfigurationError(unknown_key_message(self, added[0]))
         drop_docstrings(run.config)  # a named config's docstring is no setting
         record_sources(self, run)
+        run.meta_info["process"] = this_process()  # readers tell a dead run by it (liveness.py)
         run.__class__ = RecordedRun  # Sacred builds a plain Run; this one never loses a record
         distributed.prepare_run(run)  # under torchrun only rank 0 records the run
         label_run(run.meta_info)  # notes and tags Omniboard shows: sweep, study, torchrun

@@ -7,6 +7,7 @@ environment (never argv, which `ps` and job scripts show), a folder store as `-R
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from collections.abc import Mapping
@@ -82,4 +83,90 @@ def checkout_file(
         raise RecordError(
             f"{owner} {name} is not a Python file in the checkout {CHECKOUT_ROOT} ({hint})"
         )
+    if not defines_experiment(path):
+        raise RecordError(
+            f"{owner} {name} is a file of the checkout that defines no experiment (no "
+            "module-level Experiment and no automain or run_commandline), so it was not run"
+        )
     return path
+
+
+EXPERIMENT_CLASSES = frozenset({"Experiment", "ReproExperiment"})
+MAX_EXPERIMENT_BYTES = 4 * 2**20  # an experiment file is source code, not data
+
+
+def defines_experiment(path: Path) -> bool:
+    """Whether a Python file defines a Sacred experiment, read with `ast` (never imported): a
+    module-level `NAME = Experiment(...)` or `ReproExperiment(...)` (or NAME imported from a
+    checkout module that assigns it so), and `@NAME.automain` or a module-level
+    `NAME.run_commandline()` (also under `if __name__ == "__main__":`)."""
+    tree = _parsed(path)
+    if tree is None:
+        return False
+    names = _experiment_names(tree)
+    for node in _top_level(tree.body):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            module = _parsed(CHECKOUT_ROOT / (node.module.replace(".", "/") + ".py"))
+            defined = _experiment_names(module) if module is not None else set()
+            names |= {a.asname or a.name for a in node.names if a.name in defined}
+    return any(_runs(node, names) for node in _top_level(tree.body))
+
+
+def _parsed(path: Path) -> ast.Module | None:
+    """A Python file's syntax tree (never run), or None: missing, too large, not Python."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_EXPERIMENT_BYTES:
+            return None
+        return ast.parse(path.read_bytes(), str(path))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _experiment_names(tree: ast.Module) -> set[str]:
+    """Names a module binds at its top level to `Experiment(...)` or `ReproExperiment(...)`."""
+    return {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign) and _experiment_call(node.value)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def _experiment_call(value: ast.expr) -> bool:
+    """Whether an expression is a call of Experiment or ReproExperiment (plain or dotted name)."""
+    if not isinstance(value, ast.Call):
+        return False
+    called = value.func
+    name = called.id if isinstance(called, ast.Name) else getattr(called, "attr", None)
+    return name in EXPERIMENT_CLASSES
+
+
+def _top_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Module-level statements, those under a top-level `if` (the __main__ guard) included."""
+    found = []
+    for node in body:
+        found.append(node)
+        if isinstance(node, ast.If):
+            found += _top_level(node.body) + _top_level(node.orelse)
+    return found
+
+
+def _runs(node: ast.stmt, names: set[str]) -> bool:
+    """Whether a statement is `@NAME.automain` on a function or `NAME.run_commandline(...)`."""
+
+    def on_experiment(expr: ast.expr, attr: str) -> bool:
+        return (
+            isinstance(expr, ast.Attribute)
+            and expr.attr == attr
+            and isinstance(expr.value, ast.Name)
+            and expr.value.id in names
+        )
+
+    if isinstance(node, ast.FunctionDef):
+        return any(on_experiment(d, "automain") for d in node.decorator_list)
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and on_experiment(node.value.func, "run_commandline")
+    )

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from observers.exit_codes import ExitCode
+from observers.files import StoreWriteError
 from observers.store import RecordError
 
 
@@ -293,6 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     except (RecordError, ValueError) as error:
         print(f"reprolab: error: {error}", file=sys.stderr)
         return ExitCode.USAGE
+    except (StoreWriteError, OSError) as error:  # a full or read-only store: one sentence
+        print(f"reprolab: error: {write_failure(error)}", file=sys.stderr)
+        return ExitCode.FAILED
+
+
+def write_failure(error: Exception) -> str:
+    """A failed write or read of the store in one sentence, naming the file."""
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}; nothing more was done"
+    return f"{error}; nothing more was done"
 
 
 if __name__ == "__main__":

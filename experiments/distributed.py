@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from experiments.loop import OneSentenceError, Terminated
+from ingredients.processes import exit_signal, start_time
 from observers.credentials import redact_argv
-from observers.liveness import exit_signal, start_ticks
 
 LR_SCALINGS = ("none", "linear")
 FAILED_KEY, STOPPED_KEY = "reprolab/failed/", "reprolab/stopped/"
@@ -110,7 +110,7 @@ class Job:
             "pid": os.getpid(),
             "device": str(device),
             "seed": run.config["seed"] + self.rank,
-            "start_ticks": start_ticks(os.getpid()),
+            "start_ticks": start_time(os.getpid()),
         }
         ranks = [None] * self.world_size
         dist.all_gather_object(ranks, me)
@@ -272,7 +272,7 @@ class Job:
             if peer["rank"] == self.rank or peer["host"] != here or self._said(peer["rank"]):
                 continue
             signum = exit_signal(peer["pid"])
-            if signum == 0 or (signum is None and start_ticks(peer["pid"]) == peer["start_ticks"]):
+            if signum == 0 or (signum is None and start_time(peer["pid"]) == peer["start_ticks"]):
                 continue  # still there, or it exited by itself
             name = signal_name(signum) if signum else "a signal it cannot handle (SIGKILL)"
             return peer["rank"], f"its process (pid {peer['pid']}) was killed by {name}"

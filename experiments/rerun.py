@@ -4,12 +4,13 @@ The rerun is the recorded main file run as a subprocess with the recorded config
 as `with config.json`, recorded into the same store, with info `rerun_of` naming the original.
 Before it starts, every difference between then and now (source hashes, git, packages, data,
 torch/CUDA, threads, device) is printed; --strict refuses to run when there is any.
-A plain rerun runs the main file of this checkout only (never a file the record points at);
---from-recorded-sources runs the store's copies of the sources instead, listing them first.
-The user's own code from outside the checkout is found again in the folders the run recorded
-(searched for import paths after everything else, where no other user can write) or, with
---from-recorded-sources, its recorded copies are put first on PYTHONPATH. The record's import
-paths may name only such own code, not installed code, unless --trust-import-paths says so.
+A record is compared, never followed: a plain rerun runs the experiment file of this checkout
+that the record names (one that defines an experiment, checked without importing it), and the
+user's own code outside the checkout is found the way the user's Python finds it now (working
+directory, PYTHONPATH, installed packages) and compared with the recorded copies by hash
+(experiments/outside_code.py). --from-recorded-sources runs the store's copies instead, written
+to a fresh temporary folder and listed first. The record's import paths may name only the user's
+own code, not installed code, unless --trust-import-paths says so.
 The rerun uses the recorded intra-op thread count.
 --verify compares every metric value bit for bit and the final model's hash; exit 0 only on a
 complete match.
@@ -28,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.child import ChildRun, checkout_file
+from experiments.outside_code import outside_differences
 from experiments.trial import PRUNED_AT_VARIABLE
-from ingredients.checkout import CHECKOUT_ROOT, resolve_path, run_store_around
-from ingredients.imports import FROM_RECORD_VARIABLE, ROOTS_VARIABLE, owned_folder
+from ingredients.checkout import CHECKOUT_ROOT, resolve_path
+from ingredients.imports import FROM_RECORD_VARIABLE
 from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
 from observers.provenance import (
@@ -152,7 +154,10 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
     """The checkout this reprolab runs from, or (--from-recorded-sources, and only then) the
     recorded sources materialised in a temporary directory, listed before anything runs."""
     if not from_recorded_sources:
-        checkout_mainfile(original)
+        mainfile = checkout_mainfile(original)
+        print(
+            f"running {mainfile}, the checkout's experiment file that run {original.run_id} names"
+        )
         yield CodeTree(CHECKOUT_ROOT, Path.cwd(), recorded=False)
         return
     if original.mainfile not in original.sources:
@@ -179,22 +184,17 @@ def code_tree(original: Original, from_recorded_sources: bool) -> Iterator[CodeT
 
 
 def outside_roots(original: Original) -> list[str]:
-    """The folders the run imported its own code outside the checkout from (recorded in its info
-    as outside_code.roots); one that lies inside a run store is refused, never searched."""
-    roots = ((original.info.get("outside_code") or {}).get("roots")) or []
+    """The folders the run imported its own code outside the checkout from (its info's
+    outside_code.roots): only the layout of --from-recorded-sources' temporary folder, never
+    searched or read."""
+    outside = original.info.get("outside_code")
+    roots = (outside.get("roots") if isinstance(outside, dict) else None) or []
     if not isinstance(roots, list) or not all(
         isinstance(r, str) and os.path.isabs(r) for r in roots
     ):
         raise RecordError(
             f"run {original.run_id}'s info outside_code.roots is not a list of absolute paths"
         )
-    for folder in roots:
-        store = run_store_around(folder)
-        if store is not None:
-            raise RecordError(
-                f"run {original.run_id} imported code from {folder}, inside the run "
-                f"store {store}; code kept in a run store is never run"
-            )
     return roots
 
 
@@ -267,7 +267,10 @@ def link_data_file(original: Original, root: Path) -> None:
 
 def differences(original: Original, tree: CodeTree) -> list[Difference]:
     """Everything that differs between the recorded run and the rerun about to start."""
-    found = [] if tree.recorded else source_differences(original.sources, tree.root)
+    found = []
+    if not tree.recorded:
+        found += source_differences(original.sources, tree.root)
+        found += outside_differences(original.sources, original.info, tree.cwd)
     now, _ = snapshot(tree.root)
     device = original.config.get("device", "auto")
     torch_now = torch_state(str(device))
@@ -339,24 +342,6 @@ def launcher(original: Original, world_size: int | None) -> list[str]:
     ]
 
 
-def searched_roots(original: Original, tree: CodeTree) -> list[str]:
-    """The recorded folders of the run's own code that a plain rerun searches for its import
-    paths, said before it runs; one that another user could write to is not searched."""
-    if tree.recorded:
-        return []  # the recorded copies go first on PYTHONPATH instead
-    roots = outside_roots(original)
-    for root in roots:
-        print(
-            f"own code outside the checkout: {root} "
-            + (
-                "searched again for the run's import paths"
-                if owned_folder(root)
-                else "not searched: it is not yours alone (another user could write there)"
-            )
-        )
-    return [root for root in roots if owned_folder(root)]
-
-
 def run_again(
     original: Original,
     tree: CodeTree,
@@ -371,8 +356,6 @@ def run_again(
         python_path = [*map(str, tree.outside), str(tree.root), os.environ.get("PYTHONPATH")]
         env = {
             "PYTHONPATH": os.pathsep.join(filter(None, python_path)),
-            # searched for import paths after everything else: found again, never shadowing
-            ROOTS_VARIABLE: os.pathsep.join(searched_roots(original, tree)),
             RERUN_OF_VARIABLE: json.dumps(
                 {
                     "run_id": original.run_id,

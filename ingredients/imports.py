@@ -1,10 +1,10 @@
 """Import paths in the config ('package.module:callable'): found where a Python user expects, never
-from inside a run store, and recorded so a rerun finds the same code again.
+from inside a run store, and recorded so a rerun can compare the code it finds now with it.
 
 The module is looked for on Python's path (PYTHONPATH and the installed packages), then in the
-current directory (as `python -m` would), then in the directories a recorded run imported its
-own code from (set by `reprolab rerun`). Where each module lies is checked before anything of it
-is imported: a run store is data that others may write, so code inside one is never imported.
+current directory (as `python -m` would): where the user's Python finds it now, never in a folder
+a record names. Where each module lies is checked before anything of it is imported: a run store
+is data that others may write, so code inside one is never imported.
 An import path that a record chose (a rerun's or a resumed run's config) may name only the user's
 own code: never Python's or an installed package's (`torch.hub:load` would run whatever folder
 the record's kwargs name), unless the user names it again themselves.
@@ -25,7 +25,6 @@ from pathlib import Path
 
 from ingredients.checkout import run_store_around
 
-ROOTS_VARIABLE = "REPROLAB_IMPORT_ROOTS"  # set by `reprolab rerun`: where the run's own code was
 FROM_RECORD_VARIABLE = "REPROLAB_FROM_RECORD"  # set by `reprolab rerun`: how to trust its record
 RESOLVED: dict[str, dict] = {}  # config key -> the import path, its file and what was searched
 FROM_RECORD: dict[str, str] = {}  # config key a record chose -> how the user can run it anyway
@@ -34,16 +33,6 @@ FROM_RECORD: dict[str, str] = {}  # config key a record chose -> how the user ca
 def chosen_by_record(key: str) -> str | None:
     """How to run installed code named by `key` when a record chose its value; None: the user did."""
     return FROM_RECORD.get(key) or os.environ.get(FROM_RECORD_VARIABLE) or None
-
-
-def owned_folder(folder: str) -> bool:
-    """Whether a folder is the user's (or root's) and writable by nobody else, as ssh asks of
-    ~/.ssh: another user could put code there for a rerun to import."""
-    try:
-        status = os.stat(folder)
-    except OSError:
-        return False
-    return status.st_uid in (os.getuid(), 0) and not status.st_mode & 0o022
 
 
 @functools.cache
@@ -61,16 +50,9 @@ def installed_code(file: str | None) -> bool:
     return file is None or os.path.realpath(file).startswith(installed_locations())
 
 
-def recorded_roots() -> list[str]:
-    """The folders a rerun's original imported its own code from, those the user owns alone."""
-    return [
-        p for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p and owned_folder(p)
-    ]
-
-
 def search_path() -> list[str]:
-    """Folders searched, in order: Python's path, the current directory, recorded roots."""
-    entries = [os.path.abspath(p or ".") for p in sys.path] + [os.getcwd(), *recorded_roots()]
+    """Folders searched, in order: Python's path, then the current directory."""
+    entries = [os.path.abspath(p or ".") for p in sys.path] + [os.getcwd()]
     return list(dict.fromkeys(e for e in entries if os.path.isdir(e)))
 
 
@@ -99,6 +81,16 @@ def _locate(module_name: str, extra: list[str]) -> tuple[list[ModuleSpec], str |
     return specs, entry
 
 
+def module_file(module_name: str, extra: list[str]) -> str | None:
+    """The file Python would import for a dotted module name now (its own finders, then the
+    `extra` folders), found without running any of it; None when it is nowhere or not a name."""
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        return None
+    found = _locate(module_name, extra)
+    origin = found[0][-1].origin if found else None
+    return origin if origin and os.path.isabs(origin) else None
+
+
 def _files(spec: ModuleSpec) -> list[str]:
     return (
         [spec.origin]
@@ -117,7 +109,7 @@ def import_callable(key: str, path: str) -> Callable:
     if module_name in sys.modules:
         files = [getattr(sys.modules[module_name], "__file__", None)]
     else:
-        found = _locate(module_name, [os.getcwd(), *recorded_roots()])
+        found = _locate(module_name, [os.getcwd()])
         if found is None:
             python_path = os.environ.get("PYTHONPATH") or "not set"
             raise ValueError(

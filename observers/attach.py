@@ -8,7 +8,6 @@ from sacred.commandline_options import cli_option
 
 from observers.credentials import redact, redact_url
 from observers.filestore import FileStore
-from observers.liveness import this_process
 from observers.location import StoreLocation, default_store
 
 # Sacred's own observer flags: when one is given, it alone decides where the run goes.
@@ -20,7 +19,6 @@ def store_option(args: str, run) -> None:
     """Record the run in STORE: a directory, or a mongodb:// URL (default ./runs or $REPROLAB_MONGO_URL)."""
     hide_credentials(run)
     run.meta_info.setdefault("run_uuid", uuid.uuid4().hex)  # one identity in every store (sync)
-    run.meta_info.setdefault("process", this_process())  # a reader sees when it is gone
     run.observers.extend(observers_for(args))
 
 

@@ -14,6 +14,22 @@ from ingredients.scratch import sweep_orphans, writer_tag
 # A temporary file's name, beside the file it becomes: .<name>.<random>.<pid>@<host>.tmp
 TMP_PATTERN = ".*.{tag}.tmp"
 
+# Tests only: "N" makes this process SIGKILL itself right after its Nth durable write (a file
+# renamed into place, a claim created, a document written by sync), to prove that a kill between
+# any two writes loses nothing. Taken out of the environment at import, so the runs this process
+# starts do not inherit it.
+KILL_AT_VARIABLE = "REPROLAB_TEST_KILL_AT_WRITE"
+_KILL_AT = os.environ.pop(KILL_AT_VARIABLE, "")
+_writes_done = 0
+
+
+def durable_write_done() -> None:
+    """Count one durable write; under the test variable, die (SIGKILL) at the chosen one."""
+    global _writes_done
+    _writes_done += 1
+    if _KILL_AT.isdecimal() and _writes_done == int(_KILL_AT):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 class StoreWriteError(Exception):
     """A file of a run's record could not be written (a full disk, a read-only store, ...)."""
@@ -71,21 +87,22 @@ def utc_text(moment: dt.datetime) -> str:
 
 
 # Tests only: SIGKILL this process at its Nth durable write step (before and after each rename,
-# after each append), and log the steps to a file, so a kill can be placed between any two.
-KILL_AT_VARIABLE = "REPROLAB_TEST_KILL_AT_WRITE"
+# after each append), and log the steps to a file, so a kill can be placed between any two
+# writes of one run (durable_write_done above counts whole writes of a sweep or a sync).
+KILL_AT_STEP_VARIABLE = "REPROLAB_TEST_KILL_AT_STEP"
 WRITE_LOG_VARIABLE = "REPROLAB_TEST_WRITE_LOG"
 _STEPS = [0]
 
 
 def durable_step(path: str | os.PathLike) -> None:
     """A point between two durable writes; nothing unless a test set the variables above."""
-    if KILL_AT_VARIABLE not in os.environ and WRITE_LOG_VARIABLE not in os.environ:
+    if KILL_AT_STEP_VARIABLE not in os.environ and WRITE_LOG_VARIABLE not in os.environ:
         return
     _STEPS[0] += 1
     if os.environ.get(WRITE_LOG_VARIABLE):
         with open(os.environ[WRITE_LOG_VARIABLE], "a") as log:
             log.write(f"{_STEPS[0]} {os.getpid()} {path}\n")
-    if os.environ.get(KILL_AT_VARIABLE) == str(_STEPS[0]):
+    if os.environ.get(KILL_AT_STEP_VARIABLE) == str(_STEPS[0]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -106,6 +123,7 @@ def replacing(path: str | os.PathLike, mode: str = "w"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    durable_write_done()
 
 
 NAME_MAX = 255  # bytes of one file name on Linux's file systems (ext4, xfs, btrfs, tmpfs)

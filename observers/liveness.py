@@ -1,68 +1,40 @@
-"""Whether the process that recorded a run is still there: on this host by its pid and start
-time (a pid is reused, its start time is not), elsewhere by the heartbeat (see tables.py).
+"""A run whose process is gone, recognised where its record is read.
 
-A run records `meta.process` when it starts; a reader that finds it RUNNING while that process
-is gone shows it as FAILED with a note, without writing to the store (a store is data).
+A killed run cannot write its own end, so its record says RUNNING for good. Readers show such a
+run as DEAD without rewriting the record: the store may be read-only or another user's, and a
+reader that rewrote it could race a live writer on another host whose heartbeat is only late.
+On this host the run's process (pid, start time: run.json's meta.process) decides for certain;
+for a run of another host, or one recorded before processes were, a heartbeat older than
+STALE_HEARTBEAT does.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
+import datetime as dt
 
-GONE_NOTE = "its process (pid {pid} on {host}) is gone: it died without recording its end"
+from ingredients.processes import process_alive
+from observers.files import STALE_HEARTBEAT, record_time
 
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
+DEAD = "DEAD"  # read as RUNNING, but its process is gone
 
 
-def start_ticks(pid: int) -> int | None:
-    """A process's start time in clock ticks after boot (None: no such process, or not Linux)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # the name in parentheses may hold spaces
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def exit_signal(pid: int) -> int | None:
-    """The signal that ended a process not yet reaped by its parent (a zombie; 0 when it
-    exited by itself), else None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    if fields[0] != "Z" or len(fields) < 50:
-        return None
-    return int(fields[-1]) & 0x7F
-
-
-def this_process() -> dict:
-    """What identifies this process later: host, pid, boot and start time."""
-    pid = os.getpid()
-    return {
-        "host": socket.gethostname(),
-        "pid": pid,
-        "boot_id": _boot_id(),
-        "start_ticks": start_ticks(pid),
-    }
-
-
-def process_gone(process) -> bool:
-    """Whether a recorded process is known to be gone: it ran on this host and its pid is free,
-    or now names another process, or the host has rebooted. Unknown (another host, no record,
-    a record of the wrong shape) is False: the heartbeat decides there."""
-    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+def process_gone(run: dict, now: dt.datetime | None = None) -> bool:
+    """Whether a run recorded as RUNNING has no process left: by pid and start time on this
+    host, else by a stale heartbeat (a record of any shape is read without error)."""
+    if not isinstance(run, dict) or run.get("status") != "RUNNING":
         return False
-    pid, ticks, boot = process.get("pid"), process.get("start_ticks"), process.get("boot_id")
-    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(ticks, int):
+    meta = run.get("meta")
+    alive = process_alive(meta.get("process") if isinstance(meta, dict) else None)
+    if alive is not None:
+        return not alive
+    try:  # before its first heartbeat, the run's start is its last sign of life
+        beat = record_time(run.get("heartbeat") or run.get("start_time"))
+    except (TypeError, ValueError):
         return False
-    if boot and _boot_id() and boot != _boot_id():
-        return True
-    return start_ticks(pid) != ticks
+    return beat is not None and (now or dt.datetime.now(dt.UTC)) - beat > STALE_HEARTBEAT
+
+
+def status_now(run: dict) -> object:
+    """run.json's status as it stands now: DEAD for a RUNNING run whose process is gone."""
+    status = run.get("status") if isinstance(run, dict) else None
+    return DEAD if process_gone(run) else status

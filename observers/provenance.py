@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingredients.checkout import looks_like_store
+from observers.records import RecordError, read_regular
 
 RERUN_OF_VARIABLE = "REPROLAB_RERUN_OF"  # JSON {"run_id", "store", ...}: set by `reprolab rerun`
 RUN_ID_FILE_VARIABLE = "REPROLAB_RUN_ID_FILE"  # where a rerun's child writes its new run id
@@ -173,12 +174,27 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def checkout_file_hash(root: Path, name: str) -> str | None:
+    """SHA-256 of the regular file `name` inside root, or None (missing, outside root, not a file)."""
+    path = root / name
+    try:
+        if not path.resolve().is_relative_to(root.resolve()):
+            return None
+        return sha256(read_regular(path))
+    except (OSError, RecordError):
+        return None
+
+
 def source_differences(recorded: dict[str, bytes], root: Path) -> list[Difference]:
-    """Recorded source files whose bytes differ from (or are missing in) the tree at root."""
+    """Recorded source files of the checkout whose bytes differ from (or are missing in) the tree
+    at root. A name is only compared inside root (never followed out of it by `..` or a link, and
+    only a regular file is read); sources recorded by absolute path, from outside the checkout,
+    are compared by the module Python finds now (experiments/outside_code.py)."""
     found = []
     for name, data in sorted(recorded.items()):
-        path = root / name
-        now = sha256(path.read_bytes()) if path.is_file() else None
+        if Path(name).is_absolute():
+            continue
+        now = checkout_file_hash(root, name)
         if now != sha256(data):
             found.append(
                 Difference(

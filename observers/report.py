@@ -40,6 +40,7 @@ KNOWN_STATUSES = (
     "INTERRUPTED",
     "TIMEOUT",
     "DAMAGED",
+    "DEAD",  # recorded RUNNING, its process gone (observers/liveness.py)
 )
 DEFAULT_METRIC = "val_accuracy"
 DEFAULT_PAGE = 20  # runs ls shows without --last or --all

@@ -26,6 +26,7 @@ from sacred.observers.mongo import MongoObserver
 
 from observers.credentials import describe_error, redact_url
 from observers.exit_codes import ExitCode
+from observers.files import durable_write_done
 from observers.location import MONGO_URL_VARIABLE, is_mongo_url
 from observers.mongo import ensure_indexes, omniboard_fields, reach
 from observers.mongo_bounds import (
@@ -151,8 +152,10 @@ class Uploader:
         else:
             run_id = twin["_id"]
             self._forget(run_id, twin)
+        durable_write_done()  # a kill from here on leaves an incomplete twin, replaced next time
         document, _ = fit_document(self._document(local, run_id, twin))
         self.runs.replace_one({"_id": run_id}, document, upsert=True)
+        durable_write_done()
         return run_id
 
     def _reserve_id(self, local: LocalRun) -> int:
@@ -189,6 +192,7 @@ class Uploader:
     def _document(self, local: LocalRun, run_id: int, twin: dict | None) -> dict:
         run = local.run
         refs = MetricsWriter(self.db, run_id).add(_metric_points(local.metrics))
+        durable_write_done()
         bookkeeping = {
             "run_uuid": local.identity,
             "source": "sync",
@@ -196,6 +200,7 @@ class Uploader:
             "times": {key: run[key] for key in TIMES if run.get(key)},
         }
         output_file = store_full_output(self.fs, "runs", run_id, local.output)
+        durable_write_done()
         if output_file is not None:
             bookkeeping["captured_out_file"] = output_file
         document = {
@@ -307,6 +312,7 @@ def _sync_sweeps(
             report.sweeps[record["id"]] = "already there"
             continue
         targets.save(wanted)
+        durable_write_done()
         report.sweeps[record["id"]] = "updated" if there else "copied"
         echo(
             f"sweep {record['id']}: {report.sweeps[record['id']]} "

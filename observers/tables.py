@@ -19,7 +19,7 @@ import pandas as pd
 
 from ingredients.schema import is_number
 from observers.files import STALE_HEARTBEAT, record_time
-from observers.liveness import GONE_NOTE, process_gone
+from observers.liveness import DEAD, process_gone
 from observers.store import FileRunStore, RecordError, RunStore, open_store, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
@@ -178,7 +178,6 @@ def _record_row(store: RunStore, run_id: int) -> dict:
         row.update(_record_fields(run))
         if "odd" in row:
             notes.append(row.pop("odd"))
-        notes += _repaired_status(row, run)
     except Exception as error:  # noqa: BLE001 - one bad record never stops the listing
         row["status"] = DAMAGED
         notes.append(describe_error(error, store, run_id))
@@ -189,8 +188,8 @@ def _record_row(store: RunStore, run_id: int) -> dict:
         row.update({f"config.{k}": v for k, v in flatten_config(config).items()})
     except Exception as error:  # noqa: BLE001
         notes.append(describe_error(error, store, run_id))
-    if _probably_dead(row):
-        notes.append(f"no heartbeat since {row['heartbeat']:%Y-%m-%d %H:%M} UTC, probably dead")
+    if row.get("status") == DEAD:
+        notes.append(_dead_note(row))
     row["note"] = "; ".join(dict.fromkeys(notes)) or None
     return row
 
@@ -218,7 +217,7 @@ def _record_fields(run: dict) -> dict:
     member = _field(_field(run, "meta", dict, odd) or {}, "sweep", dict, odd) or {}
     fields = {
         "experiment": _field(experiment or {}, "name", str, odd),
-        "status": _field(run, "status", str, odd) or DAMAGED,
+        "status": DEAD if process_gone(run) else _field(run, "status", str, odd) or DAMAGED,
         "start_time": start,
         "stop_time": stop,
         "heartbeat": beat,
@@ -267,19 +266,13 @@ def _result(value) -> float | None:
     return float(value) if is_number(value) else None
 
 
-def _repaired_status(row: dict, run: dict) -> list[str]:
-    """A RUNNING run whose process is gone from this host is FAILED (read so, not written)."""
-    process = (run.get("meta") or {}).get("process") if isinstance(run.get("meta"), dict) else None
-    if row.get("status") != "RUNNING" or not process_gone(process):
-        return []
-    row["status"] = "FAILED"
-    return [GONE_NOTE.format(pid=process["pid"], host=process["host"])]
-
-
-def _probably_dead(row: dict) -> bool:
+def _dead_note(row: dict) -> str:
+    """Why a run recorded as RUNNING is shown DEAD (observers/liveness.py)."""
     beat = row.get("heartbeat")
     now = dt.datetime.now(dt.UTC)
-    return row.get("status") == "RUNNING" and beat is not None and now - beat > STALE_HEARTBEAT
+    if beat is not None and now - beat > STALE_HEARTBEAT:
+        return f"recorded RUNNING, no heartbeat since {beat:%Y-%m-%d %H:%M} UTC, probably dead"
+    return "recorded RUNNING, but its process on this host has ended"
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict:

@@ -3,11 +3,10 @@ what is left to do. The store is the only truth: nothing is kept elsewhere."""
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 from experiments.sweeps.record import Job, SweepRecord
-from observers.files import STALE_HEARTBEAT, record_time
+from observers.liveness import DEAD, status_now
 from observers.location import StoreLocation
 from observers.store import RecordError, open_store
 
@@ -23,14 +22,9 @@ class Attempt:
     heartbeat: str | None = None  # run.json's last heartbeat (ISO text or a datetime)
 
     def beating(self) -> bool:
-        """RUNNING with a heartbeat in the last two minutes: its process is probably alive."""
-        if self.status != "RUNNING":
-            return False
-        try:
-            beat = record_time(self.heartbeat)
-        except (TypeError, ValueError):
-            return False
-        return beat is not None and dt.datetime.now(dt.UTC) - beat < STALE_HEARTBEAT
+        """RUNNING and not known to be gone (observers/liveness.py: its process on this host, a
+        recent heartbeat elsewhere): a DEAD run is never left alone as if it were running."""
+        return self.status == "RUNNING"
 
 
 def sweep_attempts(location: StoreLocation, sweep_id: str) -> dict[int, list[Attempt]]:
@@ -42,17 +36,20 @@ def sweep_attempts(location: StoreLocation, sweep_id: str) -> dict[int, list[Att
             run = store.run(run_id)
         except RecordError:
             continue  # starting right now, or damaged: not a finished attempt either way
-        member = (run.get("meta") or {}).get("sweep")
+        meta = run.get("meta") if isinstance(run, dict) else None
+        member = meta.get("sweep") if isinstance(meta, dict) else None
         if not isinstance(member, dict) or member.get("id") != sweep_id:
             continue
         index = member.get("index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             continue  # damaged: not an attempt at any config
         try:
-            checkpoint = "last.pt" in (store.info(run_id).get("checkpoints") or {})
+            info = store.info(run_id)
         except RecordError:
-            checkpoint = False
-        status = run.get("status")
+            info = {}
+        records = info.get("checkpoints") if isinstance(info, dict) else None
+        checkpoint = isinstance(records, dict) and "last.pt" in records
+        status = status_now(run)  # RUNNING whose process is gone: DEAD
         attempts.setdefault(index, []).append(
             Attempt(
                 run_id,
@@ -73,6 +70,7 @@ def jobs_to_do(
     for index in range(len(record.configs)):
         latest = (attempts.get(index) or [None])[-1]
         fresh = record.fresh_job(index)
+        fresh.after = latest.run_id if latest else None
         if latest is None:
             jobs.append(fresh)
         elif latest.status == "COMPLETED":
@@ -81,9 +79,11 @@ def jobs_to_do(
             notes.append(
                 f"config {index}: run {latest.run_id} is still {latest.status}; left alone"
             )
-        elif latest.status in ("INTERRUPTED", "RUNNING", "TIMEOUT") and latest.checkpoint:
+        elif latest.status in ("INTERRUPTED", DEAD, "TIMEOUT") and latest.checkpoint:
             notes.append(f"config {index}: continuing run {latest.run_id} from its checkpoint")
-            jobs.append(Job(index, [f"resume={latest.run_id}"], resumes=latest.run_id))
+            jobs.append(
+                Job(index, [f"resume={latest.run_id}"], resumes=latest.run_id, after=latest.run_id)
+            )
         else:
             notes.append(
                 f"config {index}: run {latest.run_id} was {latest.status}; running it again"

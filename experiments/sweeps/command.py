@@ -22,10 +22,12 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from experiments.child import checkout_file
 from experiments.membership import checked_for_elsewhere
 from experiments.sacred_private import create_unstarted_run
 from experiments.sources import gathered_once
 from experiments.sweeps.attempts import jobs_to_do, sweep_attempts
+from experiments.sweeps.claiming import ClaimingSweep, claim_jobs
 from experiments.sweeps.declare import (
     SEED_LIMIT,
     Declaration,
@@ -37,7 +39,6 @@ from experiments.sweeps.declare import (
     inline_config_files,
     varied_keys,
 )
-from experiments.sweeps.local import LocalSweep
 from experiments.sweeps.options import SweepOptions
 from experiments.sweeps.record import Job, SweepBook, SweepRecord, code_version, now
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
@@ -58,7 +59,7 @@ def sweep_command(options: SweepOptions) -> int:
     if options.resume:
         return resume_sweep(options)
     declaration = declaration_from(list(options.words), options.file)
-    experiment = relative_experiment(declaration.experiment)  # before any of its code runs
+    experiment = relative_experiment(declaration.experiment, options.store)  # before it loads
     options = options.with_engine()
     seed = secrets.randbelow(SEED_LIMIT)
     configs, dropped = expand(declaration, seed)
@@ -68,6 +69,8 @@ def sweep_command(options: SweepOptions) -> int:
     if options.dry_run:
         print_configs(configs, dropped, declaration)
         return ExitCode.OK
+    if options.on == "slurm" and not options.print_commands:
+        require_sbatch()
     book = SweepBook(options.store)
     record = SweepRecord(
         id=book.new_id(),
@@ -83,6 +86,7 @@ def sweep_command(options: SweepOptions) -> int:
             "store": str(options.store),
         },
     )
+    book.save(record)  # before it says "recorded": the save may fail (a full store)
     print(
         f"sweep {record.id}: {len(configs)} configs"
         + (f" ({dropped} duplicates run once)" if dropped else "")
@@ -124,16 +128,20 @@ def declaration_from(
     return declaration
 
 
-def relative_experiment(path: str) -> str:
+def relative_experiment(path: str, store: StoreLocation) -> str:
     """The experiment's path relative to this checkout, as the record keeps it (--resume runs
-    that file of whichever checkout it runs from)."""
+    that file of whichever checkout it runs from). One inside a run store, or one that defines
+    no experiment, is refused here, before anything of it is loaded (also under --dry-run)."""
     resolved = Path(path).resolve()
     if not resolved.is_relative_to(CHECKOUT_ROOT):
         raise ValueError(
             f"experiment {path} is not in the checkout {CHECKOUT_ROOT}: a sweep runs an "
             "experiment file of the checkout, so that --resume runs the same one"
         )
-    return resolved.relative_to(CHECKOUT_ROOT).as_posix()
+    relative = resolved.relative_to(CHECKOUT_ROOT).as_posix()
+    store_root = None if store.is_mongo else store.path
+    checkout_file(relative, "the sweep's experiment", store_root, "give an experiment file")
+    return relative
 
 
 # --------------------------------------------------------------------------- checking configs
@@ -250,6 +258,7 @@ def launch_slurm(
 ) -> int:
     """Submit one job array, recorded before it is submitted (a crash in between leaves a record
     to --resume); a submission sbatch refuses is taken back."""
+    require_sbatch()
     previous = record.last_attempt("slurm").get("options")
     slurm = SlurmOptions.from_args(options.slurm, previous=previous)
     if previous and previous.get("extra") and not options.slurm.sbatch:
@@ -288,8 +297,18 @@ def launch_slurm(
 def launch_local(
     options: SweepOptions, record: SweepRecord, book: SweepBook, jobs: list[Job]
 ) -> int:
-    """Run the jobs here, --parallel at a time, each with its share of the cores."""
+    """Run the jobs here, --parallel at a time, each with its share of the cores; each config is
+    claimed first (sweeps/claiming.py), so no other launcher starts it too."""
     threads = options.local_threads()
+    jobs, names = claim_jobs(options.store, record.id, jobs)
+    if not jobs:
+        print(
+            f"sweep {record.id}: nothing started: every config left to run is held by another "
+            f"launcher; run reprolab sweep --resume {record.id}{options.store.option_text()} "
+            "again once it has ended",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILED
     record.attempts.append(
         {
             "engine": "local",
@@ -302,8 +321,8 @@ def launch_local(
         }
     )
     book.save(record)
-    runner = LocalSweep(record, book, options.store, options.parallel or 1, threads)
-    code = runner.run(jobs, len(record.attempts))
+    runner = ClaimingSweep(record, book, options.store, options.parallel or 1, threads)
+    code = runner.hold(names).run(jobs, len(record.attempts))
     if code == ExitCode.OK:
         print(
             f"sweep {record.id}: all {len(jobs)} runs completed; rank them with: reprolab "
@@ -311,6 +330,15 @@ def launch_local(
             file=sys.stderr,
         )
     return code
+
+
+def require_sbatch() -> None:
+    """Refuse a Slurm launch where there is no Slurm, before any submission is recorded."""
+    if shutil.which("sbatch") is None:
+        raise ValueError(
+            "--on slurm: there is no sbatch on PATH (Slurm is not installed here), so nothing "
+            "was submitted or recorded"
+        )
 
 
 def forget_attempt(record: SweepRecord, attempt: dict, book: SweepBook) -> None:
@@ -334,6 +362,7 @@ def resume_sweep(options: SweepOptions) -> int:
     record = book.load(options.resume or "")
     check_named_configs(record, record.experiment_file(options.store))
     for index, config in enumerate(record.configs):
+        refuse_chosen_run(record, index, config)
         try:
             config_words(config)  # plain values only, before any run starts
         except ValueError as error:
@@ -346,21 +375,54 @@ def resume_sweep(options: SweepOptions) -> int:
         threads=local.get("threads"),
     )
     busy = busy_indices(record)
-    jobs, notes = jobs_to_do(record, sweep_attempts(options.store, record.id), busy)
+    attempts = sweep_attempts(options.store, record.id)
+    jobs, notes = jobs_to_do(record, attempts, busy)
     for note in notes:
         print(note, file=sys.stderr)
     if not jobs:
-        print(
-            f"sweep {record.id}: nothing to do ({len(record.configs) - len(busy)} configs "
-            f"completed{f', {len(busy)} still running' if busy else ''})",
-            file=sys.stderr,
-        )
-        return ExitCode.OK
+        return nothing_to_start(record, attempts)
     print(
         f"sweep {record.id}: {len(jobs)} of {len(record.configs)} configs to run",
         file=sys.stderr,
     )
     return launch(options, record, book, jobs)
+
+
+# Config keys that choose a run to continue rather than describe one: a sweep record that sets
+# one could make --resume continue (and append to) a run that belongs to no sweep.
+RUN_CHOOSING_KEYS = ("resume",)
+
+
+def refuse_chosen_run(record: SweepRecord, index: int, config: dict) -> None:
+    """A sweep record's config may not choose a run (RecordError, one sentence)."""
+    for key in RUN_CHOOSING_KEYS:
+        if config.get(key) is not None:
+            raise RecordError(
+                f"sweep {record.id}'s config {index} sets {key}={config[key]!r}, which chooses a "
+                "run to continue; a sweep's configs describe new runs, so nothing was run"
+            )
+
+
+def nothing_to_start(record: SweepRecord, attempts: dict) -> int:
+    """Exit OK only when every config is completed; else say how many are not, exit FAILED."""
+    open_configs = [
+        index
+        for index in range(len(record.configs))
+        if not attempts.get(index) or attempts[index][-1].status != "COMPLETED"
+    ]
+    if not open_configs:
+        print(
+            f"sweep {record.id}: nothing to do ({len(record.configs)} configs completed)",
+            file=sys.stderr,
+        )
+        return ExitCode.OK
+    print(
+        f"sweep {record.id}: nothing started, but {len(open_configs)} of {len(record.configs)} "
+        f"configs are not completed (still running elsewhere: config "
+        f"{', '.join(map(str, open_configs[:10]))}{', ...' if len(open_configs) > 10 else ''})",
+        file=sys.stderr,
+    )
+    return ExitCode.FAILED
 
 
 def busy_indices(record: SweepRecord) -> set[int]:

@@ -129,8 +129,13 @@ class LocalSweep:
                 stdin=subprocess.DEVNULL,
                 env=child.env(),
                 start_new_session=True,
+                pass_fds=self.inherited(job),
             )
         return Running(job, process, log, id_file)
+
+    def inherited(self, job: Job) -> tuple[int, ...]:
+        """Open files the run inherits (a claim's lock: sweeps/claiming.py); none here."""
+        return ()
 
     def run(self, jobs: list[Job], attempt: int) -> int:
         """Run `jobs`, then whatever `next_job` gives; 0 when all completed, 1 when some failed,

@@ -16,6 +16,7 @@ from pathlib import Path
 from experiments.child import ChildRun, checkout_file
 from experiments.sweeps.declare import config_words
 from ingredients.checkout import CHECKOUT_ROOT
+from ingredients.imports import FROM_RECORD_VARIABLE
 from observers.files import utc_text
 from observers.location import StoreLocation
 from observers.provenance import git
@@ -43,6 +44,7 @@ class Job:
     index: int
     words: list[str]  # after `with`
     resumes: int | None = None
+    after: int | None = None  # the config's latest run when the job was planned (its claim)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class SweepRecord:
     configs: list[dict]
     attempts: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    read_back: bool = False  # parsed from a store: its import paths were chosen by a record
 
     @classmethod
     def parse(cls, raw: object, sweep_id: str) -> SweepRecord:
@@ -86,6 +89,7 @@ class SweepRecord:
             raw["configs"],
             raw["attempts"],
             extra,
+            read_back=True,
         )
 
     def to_dict(self) -> dict:
@@ -111,6 +115,11 @@ class SweepRecord:
 
     def child(self, job: Job, store: StoreLocation, **options) -> ChildRun:
         """The run of one job, recording into store as config job.index of this sweep."""
+        if self.read_back:  # installed code named by the record runs only if the user says so
+            options["extra_env"] = {
+                **options.get("extra_env", {}),
+                FROM_RECORD_VARIABLE: "declare the sweep again yourself to run it",
+            }
         return ChildRun(
             self.experiment_file(store),
             store.resolved(),

@@ -12,33 +12,36 @@ from tests.helpers import REPO_ROOT
 
 # An experiment file that is train.py, except that (with STOP_FIFO set) the first run to finish
 # epoch 1 says READY into the FIFO and waits for a signal: a sweep is stopped at a known point,
-# without sleeping. Checking a sweep's configs imports it, which gives them train.py's experiment.
+# without sleeping. It imports train.py's experiment and runs it, so that a sweep (which runs only
+# files that define an experiment, read with ast) accepts it.
 STOPPER = """
-import os, runpy, signal, sys
+import os, signal
 import experiments.loop as loop
 
+evaluate, calls = loop.evaluate, []
+
+
+def evaluate_then_wait(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == 2 and os.environ.get("STOP_FIFO"):  # epoch 1 is done and checkpointed
+        try:
+            os.close(os.open(os.environ["STOP_FIFO"] + ".taken", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return result  # another run stopped already
+        with open(os.environ["STOP_FIFO"], "w") as fifo:
+            fifo.write("READY\\n")
+        while True:
+            signal.pause()  # until the signal's handler raises
+    return result
+
+
 if __name__ == "__main__":
-    evaluate, calls = loop.evaluate, []
+    loop.evaluate = evaluate_then_wait  # before train.py imports it
+from experiments.train import ex  # noqa: E402
 
-    def evaluate_then_wait(*args, **kwargs):
-        result = evaluate(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2 and os.environ.get("STOP_FIFO"):  # epoch 1 is done and checkpointed
-            try:
-                os.close(os.open(os.environ["STOP_FIFO"] + ".taken", os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return result  # another run stopped already
-            with open(os.environ["STOP_FIFO"], "w") as fifo:
-                fifo.write("READY\\n")
-            while True:
-                signal.pause()  # until the signal's handler raises
-        return result
-
-    loop.evaluate = evaluate_then_wait
-    sys.argv[0] = os.path.join(os.environ["REPO_ROOT"], "experiments", "train.py")
-    runpy.run_path(sys.argv[0], run_name="__main__")
-else:
-    from experiments.train import ex  # noqa: F401
+if __name__ == "__main__":
+    ex.run_commandline()
 """
 
 

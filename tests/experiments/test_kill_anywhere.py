@@ -2,7 +2,7 @@
 checkpoint, its sidecar, run.json, info.json, the journal) resumes with `with resume=ID` from
 the newest checkpoint on disk, runs no epoch twice, and ends bit-identical to an uninterrupted
 run. The process kills itself at its Nth write step (observers.files.durable_step, read only
-when a test sets REPROLAB_TEST_KILL_AT_WRITE), so each point is hit deterministically."""
+when a test sets REPROLAB_TEST_KILL_AT_STEP), so each point is hit deterministically."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def baseline(tmp_path_factory) -> dict:
 def kill_and_resume(tmp_path: Path, baseline: dict, point: int) -> None:
     tmp_path.mkdir(parents=True, exist_ok=True)
     store = tmp_path / "runs"
-    killed = train(store, *CONFIG, env={"REPROLAB_TEST_KILL_AT_WRITE": str(point)})
+    killed = train(store, *CONFIG, env={"REPROLAB_TEST_KILL_AT_STEP": str(point)})
     assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
     last = store / "1" / "last.pt"
     on_disk = torch.load(last, weights_only=True)["epoch"] if last.is_file() else 0

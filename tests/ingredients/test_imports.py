@@ -7,14 +7,13 @@ import sys
 
 import pytest
 
-from ingredients.imports import RESOLVED, ROOTS_VARIABLE, import_callable
+from ingredients.imports import RESOLVED, import_callable, module_file
 
 
 @pytest.fixture(autouse=True)
 def own_sys_path(monkeypatch):
     """Each test's additions to sys.path and sys.modules are undone after it."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delenv(ROOTS_VARIABLE, raising=False)
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
@@ -30,12 +29,20 @@ def test_a_module_in_the_current_directory_is_found_and_recorded(tmp_path, monke
     assert str(tmp_path) in RESOLVED["model.name"]["searched"]
 
 
-def test_a_module_in_a_recorded_root_is_found_from_elsewhere(tmp_path, monkeypatch):
+def test_a_folder_a_record_once_named_is_never_searched(tmp_path, monkeypatch):
+    """Replaces "a module in a recorded root is found from elsewhere": the variable a rerun used
+    to set is ignored, so only the working directory and Python's own path are searched."""
     (tmp_path / "own").mkdir()
     (tmp_path / "own" / "rooted_models.py").write_text("def make():\n    return 7\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(ROOTS_VARIABLE, str(tmp_path / "own"))
-    assert import_callable("model.name", "rooted_models:make")() == 7
+    monkeypatch.setenv("REPROLAB_IMPORT_ROOTS", str(tmp_path / "own"))
+    with pytest.raises(ValueError, match="no module 'rooted_models'"):
+        import_callable("model.name", "rooted_models:make")
+    assert module_file("rooted_models", [str(tmp_path)]) is None
+    assert module_file("rooted_models", [str(tmp_path / "own")]) == str(
+        tmp_path / "own" / "rooted_models.py"
+    )
+    assert module_file("../etc", [str(tmp_path)]) is None  # not a module name: not looked up
 
 
 def test_a_missing_module_is_one_sentence_saying_where_it_was_looked_for(tmp_path, monkeypatch):

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
+from ingredients.processes import this_process
 from observers import load_runs, plot_metric
 from observers.filestore import write_json_atomic
-from observers.liveness import this_process
 from observers.plots import abbreviate
 from observers.report import write_table
 from observers.store import FileRunStore
@@ -164,10 +164,9 @@ def test_ls_fits_many_varying_keys_into_80_columns(copied, ids, capsys):
 def test_ls_marks_damaged_and_unfinished_runs(copied, ids, capsys):
     (copied / str(ids["debug"]) / "metrics.json").write_text("{")
     run = json.loads((copied / str(ids["sgd"]) / "run.json").read_text())
-    alive = {**run["meta"], "process": this_process()}  # a run still going: this process's
     write_json_atomic(
         copied / str(ids["sgd"]) / "run.json",
-        {**run, "status": "RUNNING", "stop_time": None, "meta": alive},
+        {**run, "status": "RUNNING", "stop_time": None, "meta": {"process": this_process()}},
     )
     (copied / "7").mkdir()
     code, lines, _ = reprolab(capsys, "ls", "--store", copied)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ingredients.processes import this_process
 from observers import compare, load_metrics, load_runs
 from observers.filestore import JOURNAL, write_json_atomic
-from observers.liveness import this_process
 from observers.store import FileRunStore, RecordError
 from observers.tables import RECORD_COLUMNS, differing_config
 from tests.helpers import read_json as read
@@ -282,7 +282,7 @@ def damaged(store, ids, tmp_path_factory) -> tuple[Path, dict[str, int]]:
         result=None,
         start_time=start.isoformat(),
         heartbeat=(start + dt.timedelta(seconds=20)).isoformat(),
-        meta={**read(running / "run.json")["meta"], "process": this_process()},  # alive: us
+        meta={"process": this_process()},  # alive: this test's own process
     )
     to_journal(running, epochs=1)
     dead, start = copy_run(root, sgd, cases["dead"]), now - dt.timedelta(hours=3)
@@ -330,7 +330,7 @@ def test_every_damaged_or_unfinished_run_is_listed_with_what_is_known(damaged, i
     running = runs.loc[case["running"]]
     assert running["status"] == "RUNNING" and note[case["running"]] == ""
     assert running["duration"] == pd.Timedelta(seconds=20) and pd.isna(running["stop_time"])
-    assert status[case["dead"]] == "RUNNING" and "probably dead" in note[case["dead"]]
+    assert status[case["dead"]] == "DEAD" and "probably dead" in note[case["dead"]]
     assert runs.loc[case["dead"], "val_accuracy.max"] == runs.loc[ids["sgd"], "val_accuracy.max"]
     assert status[case["failed"]] == "FAILED" and note[case["failed"]] == ""
     assert pd.isna(runs.loc[case["failed"], "result"]) and runs.loc[
@@ -342,7 +342,7 @@ def test_every_damaged_or_unfinished_run_is_listed_with_what_is_known(damaged, i
         and runs.loc[case["bad_config"], "val_loss.max"] > 0
     )
     assert status[case["interrupted"]] == "INTERRUPTED"
-    listed = load_runs(root, experiment="train", status=["RUNNING", "DAMAGED"])
+    listed = load_runs(root, experiment="train", status=["RUNNING", "DEAD", "DAMAGED"])
     assert sorted(listed.index) == [
         case["running"],
         case["dead"],
@@ -419,13 +419,13 @@ def test_a_run_is_read_while_it_is_being_written(tmp_path, repo_root):
     assert all(note == "run.json is missing" for status, note in seen if status == "DAMAGED")
 
 
-def test_a_running_run_whose_process_is_gone_is_read_as_failed(tmp_path):
+def test_a_running_run_whose_process_is_gone_is_read_as_dead(tmp_path):
     """Issue 19, rule 2: pid and start time on this host tell a dead run; no record is changed."""
     ended = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import json, observers.liveness as l; print(json.dumps(l.this_process()))",
+            "import json, ingredients.processes as p; print(json.dumps(p.this_process()))",
         ],
         capture_output=True,
         text=True,
@@ -433,7 +433,7 @@ def test_a_running_run_whose_process_is_gone_is_read_as_failed(tmp_path):
         timeout=60,
     )
     me = this_process()
-    reused = {**me, "start_ticks": me["start_ticks"] - 1}  # our pid, another process's start
+    reused = {**me, "start": me["start"] - 1}  # our pid, another process's start
     for run_id, recorded in enumerate([json.loads(ended.stdout), reused, me], start=1):
         (tmp_path / str(run_id)).mkdir()
         run = {"status": "RUNNING", "meta": {"process": recorded}, "experiment": {"name": "x"}}
@@ -441,6 +441,6 @@ def test_a_running_run_whose_process_is_gone_is_read_as_failed(tmp_path):
         (tmp_path / str(run_id) / "config.json").write_text("{}")
     records = sorted(p.read_bytes() for p in tmp_path.glob("[0-9]*/*"))
     runs = load_runs(tmp_path)
-    assert list(runs["status"]) == ["FAILED", "FAILED", "RUNNING"]
-    assert "is gone" in runs.loc[1, "note"] and "is gone" in runs.loc[2, "note"]
+    assert list(runs["status"]) == ["DEAD", "DEAD", "RUNNING"]
+    assert "has ended" in runs.loc[1, "note"] and "has ended" in runs.loc[2, "note"]
     assert sorted(p.read_bytes() for p in tmp_path.glob("[0-9]*/*")) == records

@@ -248,27 +248,76 @@ def test_a_checkpoint_cannot_name_installed_code_for_a_resume_to_run(store, tmp_
     assert not marker.exists() and not (store / "2").exists()
 
 
-@pytest.mark.slow
-def test_a_recorded_code_folder_others_can_write_to_is_not_searched(store, tmp_path):
+@pytest.mark.parametrize("reach", ["own folder", "/proc/self/cwd", "dangling store markers"])
+def test_a_recorded_code_folder_is_never_searched(store, tmp_path, reach):
+    """Replaces "a recorded code folder others can write to is not searched": no folder a record
+    names is searched, whoever owns it and however the path reaches it (the user's own 0o700
+    folder; a path through /proc/self/cwd; a store whose _sources and .reprolab are dangling
+    links, so it no longer looks like a store)."""
     marker, planted = tmp_path / "MARKER", tmp_path / "planted"
-    planted.mkdir()
-    planted.chmod(0o777)  # like /tmp: anyone could have put the module there
+    planted.mkdir(mode=0o700)
     (planted / "plantedmod.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).touch()\ndef make(**kwargs): pass\n"
     )
+    root, cwd = str(planted), REPO_ROOT
+    if reach == "/proc/self/cwd":
+        root, cwd = "/proc/self/cwd/planted", tmp_path
+    if reach == "dangling store markers":
+        shutil.move(planted / "plantedmod.py", store / "1" / "plantedmod.py")
+        root = str(store / "1")
+        for name in ("_sources", ".reprolab"):
+            shutil.rmtree(store / name, ignore_errors=True)
+            (store / name).symlink_to(tmp_path / "nowhere")
     edit(store / "1" / "config.json", lambda config: config["model"].update(name="plantedmod:make"))
     edit(
         store / "1" / "info.json",
-        lambda info: info.update(outside_code={"roots": [str(planted)], "modules": {}}),
+        lambda info: info.update(
+            outside_code={"roots": [root], "modules": {"plantedmod": f"{root}/plantedmod.py"}}
+        ),
     )
-    result = run_reprolab("rerun", "1", "--store", str(store))
-    assert result.returncode == 1
-    assert (
-        f"own code outside the checkout: {planted} not searched: it is not yours alone "
-        "(another user could write there)"
-    ) in result.stdout
-    assert "model.name: cannot import 'plantedmod:make': no module 'plantedmod'" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "rerun", "1", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=600,
+    )
+    assert result.returncode in (1, 2), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    if result.returncode == 1:  # it started, and the import path was not found
+        assert "model.name: cannot import 'plantedmod:make': no module 'plantedmod'" in (
+            result.stderr
+        )
+    assert "searched again" not in result.stdout
     assert not marker.exists()
+
+
+def test_a_main_file_that_defines_no_experiment_is_not_run(store, capsys):
+    """A record naming another Python file of the checkout (the data preparation script) as its
+    main file: refused without importing it, and a plain rerun says which file it runs."""
+    edit(
+        store / "1" / "run.json",
+        lambda run: run["experiment"].update(mainfile="data/make_digits.py"),
+    )
+    digits = REPO_ROOT / "data" / "digits.parquet"
+    before = digits.stat().st_mtime_ns
+    message = one_sentence(capsys, "rerun", "1", "--store", str(store))
+    assert message.endswith(
+        "run 1's main file data/make_digits.py is a file of the checkout that defines no "
+        "experiment (no module-level Experiment and no automain or run_commandline), so it "
+        "was not run"
+    )
+    assert digits.stat().st_mtime_ns == before
+    edit(
+        store / "1" / "run.json",
+        lambda run: run["experiment"].update(mainfile="experiments/train.py"),
+    )
+    assert reprolab(["rerun", "1", "--store", str(store), "--world-size", "0"]) == 2
+    assert (
+        f"running {REPO_ROOT / 'experiments' / 'train.py'}, the checkout's experiment file that "
+        "run 1 names"
+    ) in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- odd entries
@@ -393,6 +442,53 @@ def test_a_sweep_record_cannot_choose_the_file_resume_runs(sweep_record, tmp_pat
     commands = capsys.readouterr().out.splitlines()
     assert commands[0].split()[1] == str(REPO_ROOT / "experiments" / "train.py")
     assert not marker.exists()
+
+
+def test_a_sweep_record_cannot_name_a_checkout_file_that_is_no_experiment(sweep_record, capsys):
+    store, record = sweep_record
+    edit(record, lambda r: r.update(experiment="data/make_digits.py"))
+    message = one_sentence(capsys, "sweep", "--resume", record.stem, "--store", str(store))
+    assert message.endswith(
+        f"sweep {record.stem}'s experiment data/make_digits.py is a file of the checkout that "
+        "defines no experiment (no module-level Experiment and no automain or run_commandline), "
+        "so it was not run"
+    )
+
+
+def test_a_sweep_records_config_cannot_choose_a_run_to_continue(sweep_record, capsys):
+    store, record = sweep_record
+    edit(record, lambda r: r["configs"][1].update(resume=1))
+    message = one_sentence(
+        capsys, "sweep", "--resume", record.stem, "--store", str(store), "--print-commands"
+    )
+    assert message == (
+        f"reprolab: error: sweep {record.stem}'s config 1 sets resume=1, which chooses a run to "
+        "continue; a sweep's configs describe new runs, so nothing was run"
+    )
+    assert len(json.loads(record.read_text())["attempts"]) == 1  # nothing recorded
+
+
+def test_a_sweep_files_experiment_inside_a_run_store_is_refused_even_dry(tmp_path, capsys):
+    """Refused before anything of the file is loaded, --dry-run included."""
+    inside = Path(tempfile.mkdtemp(dir=REPO_ROOT, prefix=".test-store-"))
+    try:
+        marker = tmp_path / "ran"
+        evil = evil_file(inside / "_sources", marker)
+        (inside / "_sources" / "evil.py").write_text(
+            evil.read_text() + "from sacred import Experiment\nex = Experiment('x')\n"
+            "if __name__ == '__main__':\n    ex.run_commandline()\n"
+        )
+        sweep_file = tmp_path / "sweep.yaml"
+        sweep_file.write_text(
+            f"experiment: {evil.relative_to(REPO_ROOT).as_posix()}\ngrid:\n  lr: [0.1, 0.01]\n"
+        )
+        message = one_sentence(capsys, "sweep", "--file", str(sweep_file), "--dry-run")
+        assert "lies inside a run store, so it was not run" in message
+        message = one_sentence(capsys, "sweep", str(evil), "--dry-run", "with", "lr=[0.1, 0.2]")
+        assert "lies inside a run store, so it was not run" in message
+        assert not marker.exists()
+    finally:
+        shutil.rmtree(inside)
 
 
 def test_a_sweep_record_in_a_store_inside_the_checkout_cannot_run_its_file(

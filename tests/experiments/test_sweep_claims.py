@@ -1,0 +1,154 @@
+"""Nothing run twice, nothing said before it is: a sweep config is claimed atomically before its
+run starts; a run whose process is gone reads as DEAD; a full store or a missing Slurm is one
+sentence with nothing recorded; --resume exits 0 only when every config is completed."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import observers.sweep_records as sweep_records
+from experiments.cli import main as reprolab
+from ingredients.processes import process_alive, start_time, this_process
+from ingredients.scratch import HOST
+from observers.claims import SweepClaims
+from observers.location import StoreLocation
+from observers.tables import load_runs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN = str(REPO_ROOT / "experiments" / "train.py")
+
+
+def ended_process() -> dict:
+    """A process of this host that has ended (its pid and start time, as a record holds them)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = this_process(child.pid)
+    child.wait()
+    return record
+
+
+def test_a_process_is_named_by_pid_start_time_and_host():
+    me = this_process()
+    assert me == {"pid": os.getpid(), "start": start_time(os.getpid()), "host": HOST}
+    assert process_alive(me) is True
+    assert process_alive({**me, "start": me["start"] + 1}) is False  # the pid was reused
+    assert process_alive(ended_process()) is False
+    assert process_alive({**me, "host": "elsewhere"}) is None  # cannot be told from here
+    assert process_alive({"pid": "1", "host": HOST}) is None  # a damaged record
+
+
+def test_a_config_is_claimed_once_and_a_dead_holders_claim_taken_over_once(tmp_path):
+    claims = SweepClaims(StoreLocation.parse(str(tmp_path)), "s1")
+    assert claims.take(0, None, this_process()) == "0-after-0.g0"
+    assert claims.take(0, None, this_process()) is None  # its holder (us) is alive
+    assert claims.take(0, 7, ended_process()) == "0-after-7.g0"  # another run: another claim
+    first = claims.take(0, 7, this_process())  # the holder is gone: the next generation
+    second = claims.take(0, 7, this_process())  # ... which only one launcher gets
+    assert (first, second) == ("0-after-7.g1", None)
+    names = sorted(
+        p.name for p in (tmp_path / ".reprolab" / "sweeps" / "s1" / "claims").glob("*.json")
+    )
+    assert names == ["0-after-0.g0.json", "0-after-7.g0.json", "0-after-7.g1.json"]
+
+
+def test_a_run_that_inherited_the_claims_lock_holds_it_after_its_launcher_died(tmp_path):
+    """No moment between a launcher's death and its run's start leaves the config unclaimed."""
+    claims = SweepClaims(StoreLocation.parse(str(tmp_path)), "s1")
+    name = claims.take(3, None, ended_process())  # the launcher that took it has died
+    lock = claims.lock_for_run(name)
+    run = subprocess.Popen(  # stands for the run it started: alive until its stdin closes
+        [sys.executable, "-c", "import sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        pass_fds=(lock,),
+    )
+    os.close(lock)
+    try:
+        assert claims.take(3, None, this_process()) is None
+    finally:
+        run.stdin.close()
+        run.wait()
+    assert claims.take(3, None, this_process()) == "3-after-0.g1"
+
+
+@pytest.fixture
+def running_copy(small_store_of) -> Path:
+    return small_store_of(["debug", "sgd"])
+
+
+def set_running(run_dir: Path, **fields) -> None:
+    record = json.loads((run_dir / "run.json").read_text())
+    record.update(status="RUNNING", stop_time=None, **fields)
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+
+def test_a_run_whose_process_is_gone_reads_as_dead_and_the_record_is_untouched(running_copy):
+    set_running(running_copy / "1", meta={"process": ended_process()})
+    set_running(running_copy / "2", meta={"process": this_process()})
+    before = (running_copy / "1" / "run.json").read_bytes()
+    runs = load_runs(running_copy)
+    assert (
+        runs.loc[1, "status"] == "DEAD" and "process on this host has ended" in runs.loc[1, "note"]
+    )
+    assert runs.loc[2, "status"] == "RUNNING"
+    assert (running_copy / "1" / "run.json").read_bytes() == before  # shown repaired, not rewritten
+    elsewhere = {"pid": 1, "start": 1, "host": "another-host"}
+    set_running(running_copy / "2", meta={"process": elsewhere}, heartbeat="2001-01-01T00:00:00")
+    assert load_runs(running_copy).loc[2, "status"] == "DEAD"  # elsewhere: by its heartbeat
+    assert list(load_runs(running_copy, status="DEAD").index) == [1, 2]
+
+
+def sweep_into(store: Path, capsys, *extra: str) -> tuple[int, str]:
+    code = reprolab(
+        ["sweep", TRAIN, "--store", str(store), *extra, "with", "lr=[0.1, 0.01]", "debug"]
+    )
+    return code, capsys.readouterr().err
+
+
+def test_a_sweep_into_a_full_store_says_so_once_and_never_recorded(tmp_path, capsys, monkeypatch):
+    def full(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / "x.json"))
+
+    monkeypatch.setattr(sweep_records.FileSweepRecords, "save", full)
+    code, err = sweep_into(tmp_path / "runs", capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("reprolab: error: No space left on device (")
+    assert "recorded" not in err and "Traceback" not in err
+
+
+def test_a_slurm_sweep_without_slurm_records_no_submission(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    code, err = sweep_into(tmp_path / "runs", capsys, "--on", "slurm")
+    assert code == 2 and err.strip() == (
+        "reprolab: error: --on slurm: there is no sbatch on PATH (Slurm is not installed "
+        "here), so nothing was submitted or recorded"
+    )
+    assert not (tmp_path / "runs" / ".reprolab").exists()
+
+
+def test_resume_exits_zero_only_when_every_config_is_completed(small_store_of, capsys, tmp_path):
+    """A config whose run is still alive is left alone, and then --resume is not "done"."""
+    store = small_store_of(["debug", "debug"])
+    code, _ = sweep_into(store, capsys, "--print-commands")
+    (record_file,) = (store / ".reprolab" / "sweeps").glob("*.json")
+    sweep_id = record_file.stem
+    for run_id in (1, 2):
+        edit = json.loads((store / str(run_id) / "run.json").read_text())
+        edit["meta"] = {"sweep": {"id": sweep_id, "index": run_id - 1}}
+        (store / str(run_id) / "run.json").write_text(json.dumps(edit))
+    assert reprolab(["sweep", "--resume", sweep_id, "--store", str(store)]) == 0
+    assert "nothing to do (2 configs completed)" in capsys.readouterr().err
+    set_running(
+        store / "2", meta={"sweep": {"id": sweep_id, "index": 1}, "process": this_process()}
+    )
+    assert reprolab(["sweep", "--resume", sweep_id, "--store", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert "config 1: run 2 is still RUNNING; left alone" in err
+    assert "nothing started, but 1 of 2 configs are not completed" in err
