@@ -29,6 +29,17 @@ import pyarrow.compute as pc
 
 from observers.files import replacing
 from observers.records import RecordError, loads_plain
+from observers.rows import (
+    RECORD_COLUMNS,
+    SUMMARY_STATS,
+    check_config_keys,
+    complete_row,
+    matches,
+    record_row,
+    runs_frame,
+    same_value,
+    typed_column,
+)
 from observers.store import FileRunStore
 
 INDEX = Path(".reprolab") / "runs-index.arrow"
@@ -149,10 +160,9 @@ def _positions(index: pa.Table | None, ids: list[int], folders: dict[int, int]) 
 
 def _matcher(statuses, experiments, sweep, wanted):
     """The filter for a row read from the records (load_runs' own rules)."""
-    from observers.tables import _matches
 
     def matching(row: dict) -> bool:
-        return _matches(row, statuses, experiments, wanted) and (
+        return matches(row, statuses, experiments, wanted) and (
             sweep is None or row.get("sweep") == str(sweep)
         )
 
@@ -183,12 +193,10 @@ def _texts(index: pa.Table, column: str, rows: np.ndarray) -> np.ndarray:
 
 def _config_equals(index: pa.Table, column: str, rows: np.ndarray, wanted) -> np.ndarray:
     """Which rows hold a config value equal to wanted (each distinct value decoded once)."""
-    from observers.tables import _same_value
-
     if column not in index.column_names:
         return np.zeros(len(rows), bool)
     values, codes = _decoded(index[column].take(pa.array(rows)))
-    equal = np.array([_same_value(v, wanted) for v in values] + [False], bool)
+    equal = np.array([same_value(v, wanted) for v in values] + [False], bool)
     return equal[codes]
 
 
@@ -222,8 +230,6 @@ def _tupled(value):
 
 def _check_keys(store, index, position, live, wanted) -> None:
     """load_runs' error for a config key that no run considered has."""
-    from observers.tables import _check_config_keys
-
     rows = [row for row, _ in live.values()]
     if index is not None and position:
         taken = index.take(pa.array(list(position.values())))
@@ -234,7 +240,7 @@ def _check_keys(store, index, position, live, wanted) -> None:
                 if c.startswith("config.") and taken[c].null_count < len(taken)
             }
         )
-    _check_config_keys(store, rows, wanted)
+    check_config_keys(store, rows, wanted)
 
 
 # --------------------------------------------------------------------------- reading records
@@ -256,15 +262,13 @@ def _signature(root: Path, run_id: int) -> int:
 
 def _read_rows(store: FileRunStore, run_ids: list[int], size: int) -> dict[int, tuple[dict, int]]:
     """{run id: (load_runs row, signature taken before reading)} read from the records."""
-    from observers.tables import _record_row, complete_row
-
     if not run_ids:
         return {}
     signatures = {run_id: _signature(store.root, run_id) for run_id in run_ids}
     reader = store if size <= SMALL_STORE else FileRunStore(store.root, cache=False)
     rows = {}
     for run_id in _progress(run_ids):
-        rows[run_id] = _record_row(store, run_id)
+        rows[run_id] = record_row(store, run_id)
     summaries = reader.metric_summaries(run_ids)
     for run_id, row in rows.items():
         complete_row(store, row, summaries[run_id])
@@ -290,10 +294,8 @@ def _indexable(row: dict, root: Path) -> bool:
 
 def _frame(index, position, live, shown: list[int]) -> pd.DataFrame:
     """load_runs' table of the shown runs, in their order, from index rows and rows read."""
-    from observers.tables import _runs_frame
-
     if not shown:
-        return _runs_frame([])
+        return runs_frame([])
     parts, where = [], {}
     from_index = [i for i in dict.fromkeys(shown) if i in position]
     if from_index:
@@ -334,14 +336,12 @@ def encode(rows: list[dict], signatures: list[int], folders: dict[int, int]) -> 
 
 def decode(table: pa.Table) -> pd.DataFrame:
     """The load_runs frame of an index table: the same columns, dtypes and values as
-    tables._runs_frame gives for the rows read from the records (columns no row has dropped)."""
-    from observers.tables import RECORD_COLUMNS, SUMMARY_STATS, _typed
-
+    tables.runs_frame gives for the rows read from the records (columns no row has dropped)."""
     n = len(table)
     present = [c for c in table.column_names if table[c].null_count < n]
     data = {}
     for name, dtype in RECORD_COLUMNS.items():
-        data[name] = _typed(_series(table[name]), dtype)
+        data[name] = typed_column(_series(table[name]), dtype)
     for column in sorted(c for c in present if c.startswith("config.")):
         values, codes = _decoded(table[column])
         cells = np.empty(len(values) + 1, object)

@@ -16,16 +16,9 @@ from observers.files import replacing
 from observers.location import StoreLocation
 from observers.plots import abbreviate, format_value, plot_metric, short_key
 from observers.records import is_run_id
+from observers.rows import RECORD_COLUMNS, describe_error, flatten_config
 from observers.store import RecordError, RunStore, open_store, resolve_run
-from observers.tables import (
-    RECORD_COLUMNS,
-    compare,
-    describe_error,
-    differing_config,
-    flatten_config,
-    load_runs,
-    runs_page,
-)
+from observers.tables import compare, differing_config, load_runs, runs_page
 
 WIDTH = 80  # every line printed fits a standard terminal
 CELL = 14  # widest config cell in ls before it is cut

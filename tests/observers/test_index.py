@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from experiments.cli import main as reprolab
+from ingredients.processes import this_process
 from observers import index as run_index
 from observers.index import INDEX, read_index
 from observers.store import SUMMARY_CACHE, FileRunStore
@@ -37,6 +38,8 @@ def write_run(root: Path, run_id: int, status: str = "COMPLETED", **config) -> P
         "result": None if status == "RUNNING" else run_id / 100,
         "meta": {"sweep": {"id": f"s{run_id % 2}", "index": run_id // 2}},
     }
+    if status == "RUNNING":  # still going: its process is this test's (observers/liveness.py)
+        run["meta"]["process"] = this_process()
     values = {
         "lr": [0.1, 0.01, 0.001][run_id % 3],
         "seed": run_id,
