@@ -309,17 +309,7 @@ def launch_local(
             file=sys.stderr,
         )
         return ExitCode.FAILED
-    record.attempts.append(
-        {
-            "engine": "local",
-            "started": now(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "parallel": options.parallel,
-            "threads": threads,
-            "indices": [j.index for j in jobs],
-        }
-    )
+    record.add_local_attempt(options.parallel, threads, [job.index for job in jobs])
     book.save(record)
     runner = ClaimingSweep(record, book, options.store, options.parallel or 1, threads)
     code = runner.hold(names).run(jobs, len(record.attempts))

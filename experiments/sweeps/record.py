@@ -9,7 +9,9 @@ and nothing in it chooses code to run (its experiment is looked up in this check
 from __future__ import annotations
 
 import datetime as dt
+import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +132,21 @@ class SweepRecord:
 
     def fresh_job(self, index: int) -> Job:
         return Job(index, self.named_configs + config_words(self.configs[index]))
+
+    def add_local_attempt(self, parallel: int | None, threads: int, indices: list[int]) -> None:
+        """Record a local launch here: its host and process (a resume asks whether it still
+        runs), its parallel runs and threads (a resume takes them again), its configs."""
+        self.attempts.append(
+            {
+                "engine": "local",
+                "started": now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "parallel": parallel,
+                "threads": threads,
+                "indices": indices,
+            }
+        )
 
     def last_attempt(self, engine: str) -> dict:
         """The sweep's latest submission on this engine, or {}."""

@@ -11,9 +11,7 @@ search record come here too; a plain sweep's go on to sweeps/command.py.
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
 import sys
 import time
 
@@ -174,17 +172,7 @@ def launch_search(options: SweepOptions, tuner: Tuner, book: SweepBook, first: l
         return launch_workers(options, tuner, book, first)
     threads = options.local_threads()
     record = tuner.record
-    record.attempts.append(
-        {
-            "engine": "local",
-            "started": now(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "parallel": options.parallel,
-            "threads": threads,
-            "indices": [job.index for job in first],
-        }
-    )
+    record.add_local_attempt(options.parallel, threads, [job.index for job in first])
     book.save(record)
     runner = LocalSearch(tuner, book, options.parallel or 1, threads)
     code = runner.run(first, len(record.attempts))

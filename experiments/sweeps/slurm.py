@@ -214,23 +214,30 @@ def submit(
     folder: Path,
 ) -> dict[int, str]:
     """Submit one job array; {config index: Slurm task id}."""
-    import submitit
-
-    # sbatch passes the submitting environment on (a MongoDB URL: never in the job script)
-    os.environ.update(location.child_env())
-    executor = submitit.SlurmExecutor(folder=str(folder))
-    executor.update_parameters(**executor_parameters(record.id, options))
     tasks = [
         Task(record.child(job, location).script_argv(), options.cpus, os.getcwd()) for job in jobs
     ]
+    submitted = submit_array(record.id, location, options, folder, run_task, tasks)
+    return {job.index: handle.job_id for job, handle in zip(jobs, submitted)}
+
+
+def submit_array(
+    sweep_id: str, location: StoreLocation, options: SlurmOptions, folder: Path, function, tasks
+) -> list:
+    """One job array of function over tasks, through submitit; sbatch's refusal is one sentence.
+    The store travels in the environment sbatch passes on, never in a job script."""
+    import submitit
+
+    os.environ.update(location.child_env())
+    executor = submitit.SlurmExecutor(folder=str(folder))
+    executor.update_parameters(**executor_parameters(sweep_id, options))
     try:
-        submitted = executor.map_array(run_task, tasks)
+        return executor.map_array(function, tasks)
     except Exception as error:  # noqa: BLE001 - sbatch's refusal, in one sentence
         message = str(error).strip().splitlines()
         raise ValueError(
             f"Slurm refused the job array: {message[-1] if message else error}"
         ) from None
-    return {job.index: handle.job_id for job, handle in zip(jobs, submitted)}
 
 
 def task_states(attempt: dict) -> dict[int, str]:

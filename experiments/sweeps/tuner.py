@@ -29,6 +29,7 @@ from experiments.sweeps.attempts import Attempt, sweep_attempts
 from experiments.sweeps.declare import config_words, describe
 from experiments.sweeps.local import STOP_SIGNALS, LocalSweep, Running
 from experiments.sweeps.record import Job, SweepBook, SweepRecord
+from experiments.sweeps.slurm import submit_array
 from experiments.sweeps.space import Search
 from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
@@ -263,22 +264,9 @@ def search_worker(task: WorkerTask) -> int:
 
 def submit_workers(tuner: Tuner, location: StoreLocation, options, folder: Path, tasks) -> dict:
     """Submit one job array of search workers; {worker index: Slurm task id}."""
-    import submitit
-
-    from experiments.sweeps.slurm import executor_parameters
-
-    os.environ.update(location.child_env())  # sbatch passes the environment on, never a script
-    if tuner.storage_url:
+    if tuner.storage_url:  # sbatch passes the environment on, never a script
         os.environ[STORAGE_VARIABLE] = tuner.storage_url
-    executor = submitit.SlurmExecutor(folder=str(folder))
-    executor.update_parameters(**executor_parameters(tuner.record.id, options))
-    try:
-        submitted = executor.map_array(search_worker, tasks)
-    except Exception as error:  # noqa: BLE001 - sbatch's refusal, in one sentence
-        message = str(error).strip().splitlines()
-        raise ValueError(
-            f"Slurm refused the job array: {message[-1] if message else error}"
-        ) from None
+    submitted = submit_array(tuner.record.id, location, options, folder, search_worker, tasks)
     return {index: handle.job_id for index, handle in enumerate(submitted)}
 
 
