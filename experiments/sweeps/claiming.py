@@ -48,7 +48,10 @@ class ClaimingSweep(LocalSweep):
     def start(self, job: Job, attempt: int) -> Running:
         try:
             running = super().start(job, attempt)
-        finally:
-            os.close(self.locks.pop(job.index))  # the run holds it now (or nobody, if it failed)
+        finally:  # a fresh process holds the lock now (or nobody, if it failed to start); a
+            # warm run inherits none: it is named in the claim below, by pid and start time
+            lock = self.locks.pop(job.index, None)
+            if lock is not None:
+                os.close(lock)
         self.claims.add(self.names[job.index], [this_process(), this_process(running.process.pid)])
         return running
