@@ -103,7 +103,7 @@ def extreme_configs(base: dict, search: Search) -> list[dict]:
 def new_search(options: SweepOptions, declaration: Declaration) -> int:
     """Check the search, record it, create its study, and run its trials."""
     search = search_from(declaration, options.search)
-    experiment = relative_experiment(declaration.experiment)  # before any of its code runs
+    experiment = relative_experiment(declaration.experiment, options.store)  # before it loads
     options = options.with_engine()
     if options.print_commands:
         raise ValueError(
