@@ -15,7 +15,7 @@ from sacred.utils import get_by_dotted_path, set_by_dotted_path
 from experiments.checkpoint import BEST, LAST, checkpoint_from_bytes, plain
 from experiments.distributed import check_world_size
 from ingredients.data import fingerprint_file, resolve_path
-from observers.records import ObjectEncoding, check_plain, refusal
+from observers.records import ObjectEncoding, check_plain, dig, refusal
 from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
@@ -58,7 +58,7 @@ def verified_checkpoint(reader, run_id: int, name: str, records: dict) -> tuple[
     """A checkpoint artifact's bytes and the record that vouches for them: the one recorded at
     saving, or, when the run was killed while replacing the file, the one it replaced."""
     record = records.get(name)
-    if not isinstance(record, dict) or not record.get("sha256"):
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
         raise RecordError(
             f"run {run_id} recorded no checkpoint {name} (it stopped before "
             "finishing an epoch, or its info.json is missing)"
@@ -104,7 +104,11 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
                 ),
             )
             carried[BEST] = (best, best_record)
-    world_size = (info.get("distributed") or {}).get("world_size", 1)
+    world_size = dig(info, "distributed", "world_size")
+    if world_size is None:
+        world_size = 1
+    if type(world_size) is not int or world_size < 1:
+        raise RecordError(f"run {run_id}'s info distributed.world_size is not a count")
     return ResumePoint(run_id, reader.location, state, record["sha256"], carried, world_size)
 
 
@@ -121,8 +125,9 @@ def plain_config(run_id: int, name: str, state: dict) -> None:
 
 def check_same_data(run_id: int, info: dict, config: dict) -> None:
     """Refuse when the data file the resumed run would read is not the one run_id trained on."""
-    then = ((info.get("data") or {}).get("fingerprint") or {}).get("sha256")
-    path = (config.get("data") or {}).get("path")
+    then, path = dig(info, "data", "fingerprint", "sha256"), dig(config, "data", "path")
+    if not isinstance(then, str) or not isinstance(path, str):
+        then = None
     if not then or not path:
         return  # recorded before data fingerprints existed: nothing to compare against
     file = resolve_path(path)
