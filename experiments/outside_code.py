@@ -33,7 +33,7 @@ def file_hash(path: str) -> str | None:
     """SHA-256 of a regular file (never a FIFO or a device), or None."""
     try:
         return sha256(read_regular(path))
-    except (OSError, RecordError):
+    except (OSError, ValueError, RecordError):
         return None
 
 

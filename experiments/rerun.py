@@ -44,7 +44,7 @@ from observers.provenance import (
     source_differences,
     torch_state,
 )
-from observers.records import is_run_id
+from observers.records import dig, is_run_id
 from observers.store import RecordError, RunStore, resolve_run
 from observers.verify import compare_rerun
 
@@ -253,7 +253,8 @@ def link_data_file(original: Original, root: Path) -> None:
     path = data_path(original)
     if not path or Path(path).expanduser().is_absolute():
         return
-    recorded = Path(((original.info.get("data") or {}).get("fingerprint") or {}).get("path") or "")
+    recorded_path = dig(original.info, "data", "fingerprint", "path")
+    recorded = Path(recorded_path if isinstance(recorded_path, str) else "")
     usable = recorded.is_file() or (recorded != Path() and recorded.is_dir())  # shards: a folder
     target = recorded if usable else resolve_path(path, root=CHECKOUT_ROOT)
     if target.exists():
@@ -279,14 +280,15 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
     found += environment_differences(original.info, now, torch_now, compare_git=not tree.recorded)
     path = data_path(original)
     if path is not None:
-        fingerprint = (original.info.get("data") or {}).get("fingerprint")
+        fingerprint = dig(original.info, "data", "fingerprint")
+        fingerprint = fingerprint if isinstance(fingerprint, dict) else None
         found += data_differences(fingerprint, resolve_path(path, tree.cwd, tree.root))
     return found
 
 
 def recorded_threads(original: Original) -> int | None:
     """The intra-op thread count the run recorded, which its rerun uses again."""
-    threads = (original.info.get("determinism") or {}).get("num_threads")
+    threads = dig(original.info, "determinism", "num_threads")
     return (
         threads
         if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0
@@ -322,7 +324,9 @@ def report_differences(original: Original, tree: CodeTree, found: list[Differenc
 def launcher(original: Original, world_size: int | None) -> list[str]:
     """How the rerun starts: python, or torchrun (on this machine, with the recorded world size
     unless another is asked for) for a run recorded under torchrun."""
-    recorded = (original.info.get("distributed") or {}).get("world_size")
+    recorded = dig(original.info, "distributed", "world_size")
+    if recorded is not None and (type(recorded) is not int or recorded < 1):
+        raise RecordError(f"run {original.run_id}'s info distributed.world_size is not a count")
     if recorded is None and world_size is None:
         return [sys.executable]
     if world_size is not None and world_size < 1:

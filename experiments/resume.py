@@ -22,7 +22,7 @@ from experiments.checkpoint_sidecar import (
 from experiments.distributed import check_world_size
 from ingredients.checkout import resolve_path
 from ingredients.data import fingerprint_file
-from observers.records import ObjectEncoding, check_plain, refusal
+from observers.records import ObjectEncoding, check_plain, dig, refusal
 from observers.store import RecordError, resolve_run
 
 # Config keys that do not change what is trained: the epoch to reach, the run resumed, and
@@ -112,7 +112,11 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
                 ),
             )
             carried[BEST] = (best, best_record)
-    world_size = (info.get("distributed") or {}).get("world_size", 1)
+    world_size = dig(info, "distributed", "world_size")
+    if world_size is None:
+        world_size = 1
+    if type(world_size) is not int or world_size < 1:
+        raise RecordError(f"run {run_id}'s info distributed.world_size is not a count")
     return ResumePoint(run_id, reader.location, state, record["sha256"], carried, world_size)
 
 
@@ -129,8 +133,9 @@ def plain_config(run_id: int, name: str, state: dict) -> None:
 
 def check_same_data(run_id: int, info: dict, config: dict) -> None:
     """Refuse when the data file the resumed run would read is not the one run_id trained on."""
-    then = ((info.get("data") or {}).get("fingerprint") or {}).get("sha256")
-    path = (config.get("data") or {}).get("path")
+    then, path = dig(info, "data", "fingerprint", "sha256"), dig(config, "data", "path")
+    if not isinstance(then, str) or not isinstance(path, str):
+        then = None
     if not then or not path:
         return  # recorded before data fingerprints existed: nothing to compare against
     file = resolve_path(path)

@@ -12,6 +12,8 @@ from observers.records import (
     ENCODING_PREFIXES,
     ObjectEncoding,
     RecordError,
+    check_metrics,
+    expect_object,
     recorded_sources,
     refusal,
 )
@@ -49,6 +51,11 @@ def _reading(method):
         except PyMongoError as error:
             raise RecordError(
                 f"cannot read from MongoDB at {self.location}: {describe_error(error, self._url)}"
+            ) from None
+        except (AttributeError, KeyError, TypeError) as error:  # a document of another shape
+            run = f"run {args[0]}: " if args else ""
+            raise RecordError(
+                f"{run}a document in {self.location} is not in Sacred's shape ({error})"
             ) from None
 
     return wrapper
@@ -134,13 +141,14 @@ class MongoRunStore:
     @_reading
     def config(self, run_id: int) -> dict:
         """The run's config as recorded."""
-        return self._plain_part(run_id, "config", self._document(run_id).get("config", {}))
+        config = self._plain_part(run_id, "config", self._document(run_id).get("config", {}))
+        return expect_object(config, f"run {run_id}: the config")
 
     @_reading
     def info(self, run_id: int) -> dict:
         """The run's info without Sacred's metric references (MongoDB bookkeeping)."""
         info = self._plain_part(run_id, "info", self._document(run_id).get("info") or {})
-        info.pop("metrics", None)
+        expect_object(info, f"run {run_id}: the info").pop("metrics", None)
         return info
 
     @_reading
@@ -155,14 +163,14 @@ class MongoRunStore:
             for key in series:
                 series[key] += chunk[key]
         if metrics:
-            return metrics
+            return check_metrics(metrics, f"run {run_id}: the metrics")
         for document in self.db["metrics"].find({"run_id": run_id}).sort("name", 1):
             metrics[document["name"]] = {
                 "steps": document.get("steps", []),
                 "values": document.get("values", []),
                 "timestamps": self._plain_part(run_id, "metrics", document.get("timestamps", [])),
             }
-        return metrics
+        return check_metrics(metrics, f"run {run_id}: the metrics")
 
     @_reading
     def artifact(self, run_id: int, name: str) -> bytes:

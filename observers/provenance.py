@@ -181,7 +181,7 @@ def checkout_file_hash(root: Path, name: str) -> str | None:
         if not path.resolve().is_relative_to(root.resolve()):
             return None
         return sha256(read_regular(path))
-    except (OSError, RecordError):
+    except (OSError, ValueError, RecordError):  # ValueError: a NUL byte in a recorded name
         return None
 
 
@@ -226,6 +226,11 @@ def data_differences(fingerprint: dict | None, path_now: Path | None) -> list[Di
     return []
 
 
+def _object(value) -> dict:
+    """A record's value when it is an object, else {} (records are untrusted data)."""
+    return value if isinstance(value, dict) else {}
+
+
 def package_differences(then: dict[str, str], now: dict[str, str]) -> list[Difference]:
     """Packages added, removed or at another version."""
     return [
@@ -239,14 +244,15 @@ def environment_differences(
     info: dict, now: dict, torch_now: dict, compare_git: bool = True
 ) -> list[Difference]:
     """Python, packages, git, torch/CUDA/cuDNN, threads and device: recorded info against now."""
-    then = info.get("provenance")
+    then = _object(info.get("provenance"))  # a record of another shape counts as not recorded
     if not then:
         return [Difference("environment (packages, git, python)", "not recorded", "unknown")]
-    found = package_differences(then.get("packages", {}), now["packages"])
+    packages = {str(k): v for k, v in _object(then.get("packages")).items()}
+    found = package_differences(packages, now["packages"])
     if then.get("python") != now["python"]:
         found.append(Difference("python", then.get("python"), now["python"]))
     if compare_git:
-        git_then, git_now = then.get("git", {}), now["git"]
+        git_then, git_now = _object(then.get("git")), now["git"]
         if git_then.get("commit") != git_now["commit"]:
             found.append(
                 Difference("git commit", short(git_then.get("commit")), short(git_now["commit"]))
@@ -259,7 +265,7 @@ def environment_differences(
                     f"sha256 {short(git_now['diff_sha256'])}",
                 )
             )
-    determinism = {**info.get("determinism", {}), "device": info.get("device")}
+    determinism = {**_object(info.get("determinism")), "device": info.get("device")}
     for key in ("torch_version", "cuda_version", "cudnn_version", "num_threads", "device"):
         if determinism.get(key) != torch_now[key]:
             found.append(Difference(key.replace("_", " "), determinism.get(key), torch_now[key]))

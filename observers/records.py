@@ -9,6 +9,7 @@ module, which refuses such keys before anything uses the record.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -51,9 +52,12 @@ def loads_plain(text: str | bytes):
     """json.loads that raises ObjectEncoding on an object-encoding key at any depth."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    if "py/" not in text and "json://" not in text and "\\" not in text:
-        return json.loads(text)  # no such key can hide in it (only an escape could spell one)
-    return json.loads(text, object_pairs_hook=_plain_pairs)
+    try:
+        if "py/" not in text and "json://" not in text and "\\" not in text:
+            return json.loads(text)  # no such key can hide in it (only an escape could spell one)
+        return json.loads(text, object_pairs_hook=_plain_pairs)
+    except RecursionError:
+        raise RecordError("the record is nested too deeply to be read") from None
 
 
 def read_regular(path: str | os.PathLike) -> bytes:
@@ -106,3 +110,38 @@ def recorded_sources(run: dict, run_id: int) -> list[tuple[str, object]]:
             f"run {run_id}'s run.json does not list its sources as [name, file] pairs"
         )
     return [tuple(pair) for pair in sources]
+
+
+def expect_object(value, where: str) -> dict:
+    """value when it is a JSON object; RecordError naming where it was read otherwise."""
+    if not isinstance(value, dict):
+        raise RecordError(f"{where} holds a {type(value).__name__}, not an object")
+    return value
+
+
+def check_metrics(metrics, where: str) -> dict:
+    """Metrics in Sacred's shape ({name: {steps, values, timestamps}}, each a list of the kind a
+    reader needs: integer steps, text times); RecordError naming the first metric that is not."""
+    expect_object(metrics, where)
+    for name, series in metrics.items():
+        if not isinstance(series, dict) or not all(
+            isinstance(series.get(key), list) for key in ("steps", "values", "timestamps")
+        ):
+            raise RecordError(
+                f"{where}: metric {name!r} is not {{steps, values, timestamps}} lists"
+            )
+        steps, times = series["steps"], series["timestamps"]
+        if not all(type(step) is int for step in steps) or not all(
+            isinstance(t, str | datetime.datetime) for t in times
+        ):
+            raise RecordError(f"{where}: metric {name!r} has a step or time of the wrong type")
+    return metrics
+
+
+def dig(record, *keys):
+    """record[k1][k2]...; None when a level is missing or not an object (records are untrusted)."""
+    for key in keys:
+        if not isinstance(record, dict):
+            return None
+        record = record.get(key)
+    return record

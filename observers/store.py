@@ -19,6 +19,8 @@ from observers.location import StoreLocation
 from observers.records import (
     ObjectEncoding,
     RecordError,
+    check_metrics,
+    expect_object,
     is_run_id,
     load_plain,
     recorded_sources,
@@ -125,19 +127,21 @@ class FileRunStore:
             raise RecordError(f"run {run_id}: {path} is damaged ({error})") from None
 
     def run(self, run_id: int) -> dict:
-        return self._json(run_id, "run.json")
+        return expect_object(self._json(run_id, "run.json"), f"run {run_id}: run.json")
 
     def config(self, run_id: int) -> dict:
-        return self._json(run_id, "config.json")
+        return expect_object(self._json(run_id, "config.json"), f"run {run_id}: config.json")
 
     def info(self, run_id: int) -> dict:
-        return self._json(run_id, "info.json", missing={})
+        info = self._json(run_id, "info.json", missing={})
+        return expect_object(info, f"run {run_id}: info.json")
 
     def metrics(self, run_id: int) -> dict:
         run_dir = self.run_dir(run_id)
         for _ in range(2):  # the journal may be sealed into metrics.json between the two looks
             if (run_dir / "metrics.json").exists():
-                return self._json(run_id, "metrics.json")
+                metrics = self._json(run_id, "metrics.json")
+                return check_metrics(metrics, f"run {run_id}: metrics.json")
             try:
                 return read_journal(run_dir / JOURNAL)
             except ObjectEncoding as error:
@@ -182,7 +186,8 @@ class FileRunStore:
             and _is_summary(entry.get("summary"))
         ):
             return entry["summary"]
-        summary = summarize_metrics(self._json(run_id, "metrics.json"))
+        metrics = self._json(run_id, "metrics.json")
+        summary = summarize_metrics(check_metrics(metrics, f"run {run_id}: metrics.json"))
         fresh[str(run_id)] = {"key": key, "summary": summary}
         return summary
 
@@ -240,8 +245,12 @@ class FileRunStore:
 
 
 def _within(path: Path, folder: Path) -> bool:
-    """Whether path, links resolved, lies inside folder (also resolved)."""
-    return path.resolve().is_relative_to(folder.resolve())
+    """Whether path, links resolved, lies inside folder (also resolved); a name the system
+    cannot hold (a NUL byte, a link loop) lies nowhere."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 def _is_summary(summary) -> bool:

@@ -35,14 +35,18 @@ class FileSweepRecords:
     def find(self, sweep_id: str) -> dict | None:
         check_name(sweep_id, "sweep id")
         path = self.folder / f"{sweep_id}.json"
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
-        try:
+        try:  # a link to a device or a dangling one is refused in one sentence, never read
             record = load_plain(path)
         except ObjectEncoding as error:
             raise refusal(f"sweep {sweep_id}'s record {path}", error.key) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RecordError(f"sweep {sweep_id}: {path} is damaged ({error})") from None
+        except OSError as error:
+            raise RecordError(
+                f"sweep {sweep_id}: {path} cannot be read ({error.strerror})"
+            ) from None
         if not isinstance(record, dict) or record.get("id") != sweep_id:
             raise RecordError(f"sweep {sweep_id}: {path} is not a sweep record")
         return record

@@ -40,7 +40,13 @@ from observers.mongo_bounds import (
     store_source,
 )
 from observers.store import FileRunStore, RecordError
-from observers.sweep_records import FileSweepRecords, MongoSweepRecords, merged, same_sweep
+from observers.sweep_records import (
+    FileSweepRecords,
+    MongoSweepRecords,
+    merged,
+    plain_text,
+    same_sweep,
+)
 
 
 @dataclass
@@ -106,15 +112,52 @@ def read_local_run(store: FileRunStore, run_id: int) -> LocalRun:
     """Read a run completely (RecordError if any part is missing or damaged)."""
     run = store.run(run_id)
     output = store.run_dir(run_id) / "cout.txt"
-    return LocalRun(
+    names = run.get("artifacts", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise RecordError(f"run {run_id}: run.json's artifacts are not a list of names")
+    if not isinstance(run.get("experiment"), dict):
+        raise RecordError(f"run {run_id}: run.json names no experiment")
+    local = LocalRun(
         run=run,
         config=store.config(run_id),
         info=store.info(run_id),
         metrics=store.metrics(run_id),
         sources=store.sources(run_id),
-        artifacts={name: store.artifact_path(run_id, name) for name in run.get("artifacts", [])},
+        artifacts={name: store.artifact_path(run_id, name) for name in names},
         output=output.read_text(errors="replace") if output.is_file() else "",
     )
+    key = unstorable([run, local.config, local.info, [m["values"] for m in local.metrics.values()]])
+    if key is not None:
+        raise RecordError(
+            f"run {run_id}: its record holds the key {key}, which MongoDB cannot store"
+        )
+    try:  # every value a MongoDB document is built from, checked before anything is written
+        _metric_points(local.metrics)
+        [_when(run.get(key)) for key in TIMES if key in run]
+        local.identity  # noqa: B018 - computed from the record, may fail on its shape
+    except (TypeError, ValueError, AttributeError) as error:
+        raise RecordError(
+            f"run {run_id}: a time or metric is not in Sacred's shape ({error})"
+        ) from None
+    return local
+
+
+def unstorable(value) -> str | None:
+    """What MongoDB refuses to store anywhere in value: a key with a NUL character or a leading
+    '$', or an integer beyond 8 bytes; described for a one-sentence refusal."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str) or "\0" in key or key.startswith("$"):
+                    return f"the key {key!r}"
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif type(item) is int and not -(2**63) <= item < 2**63:
+            return f"the integer {item}"
+    return None
 
 
 def _when(text: str | None) -> datetime | None:
@@ -278,8 +321,13 @@ def _local_sweeps(path, report: SyncReport, echo: Callable[[str], object]) -> li
     local, found = FileSweepRecords(path), []
     for sweep_id in local.ids():
         try:
-            found.append(local.find(sweep_id))
-        except RecordError as error:
+            record = local.find(sweep_id)
+            if record is not None:
+                plain_text(record)  # what MongoDB would be given: plain JSON only (no NaN)
+                if (key := unstorable(record)) is not None:
+                    raise RecordError(f"it holds {key}, which MongoDB cannot store")
+                found.append(record)
+        except (RecordError, ValueError) as error:
             report.sweeps[sweep_id] = "unreadable"
             echo(f"sweep {sweep_id}: not copied, its record cannot be read ({error})")
     return found
