@@ -163,14 +163,14 @@ class MongoRunStore:
             for key in series:
                 series[key] += chunk[key]
         if metrics:
-            return check_metrics(metrics, f"run {run_id}: the metrics")
+            return check_metrics(metrics, f"run {run_id}", "the metrics")
         for document in self.db["metrics"].find({"run_id": run_id}).sort("name", 1):
             metrics[document["name"]] = {
                 "steps": document.get("steps", []),
                 "values": document.get("values", []),
                 "timestamps": self._plain_part(run_id, "metrics", document.get("timestamps", [])),
             }
-        return check_metrics(metrics, f"run {run_id}: the metrics")
+        return check_metrics(metrics, f"run {run_id}", "the metrics")
 
     @_reading
     def artifact(self, run_id: int, name: str) -> bytes:

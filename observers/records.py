@@ -119,22 +119,26 @@ def expect_object(value, where: str) -> dict:
     return value
 
 
-def check_metrics(metrics, where: str) -> dict:
+def check_metrics(metrics, where: str, source: str) -> dict:
     """Metrics in Sacred's shape ({name: {steps, values, timestamps}}, each a list of the kind a
-    reader needs: integer steps, text times); RecordError naming the first metric that is not."""
-    expect_object(metrics, where)
+    reader needs: integer steps, text times); RecordError naming the run (`where`), the record
+    (`source`) and the first metric that is not."""
+
+    def wrong(why: str) -> RecordError:
+        return RecordError(f"{where}: metrics not in Sacred's shape ({source}{why})")
+
+    if not isinstance(metrics, dict):
+        raise wrong(f" holds a {type(metrics).__name__}, not an object")
     for name, series in metrics.items():
         if not isinstance(series, dict) or not all(
             isinstance(series.get(key), list) for key in ("steps", "values", "timestamps")
         ):
-            raise RecordError(
-                f"{where}: metric {name!r} is not {{steps, values, timestamps}} lists"
-            )
+            raise wrong(f": metric {name!r} is not {{steps, values, timestamps}} lists")
         steps, times = series["steps"], series["timestamps"]
         if not all(type(step) is int for step in steps) or not all(
             isinstance(t, str | datetime.datetime) for t in times
         ):
-            raise RecordError(f"{where}: metric {name!r} has a step or time of the wrong type")
+            raise wrong(f": metric {name!r} has a step or time of the wrong type")
     return metrics
 
 

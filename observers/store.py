@@ -141,7 +141,7 @@ class FileRunStore:
         for _ in range(2):  # the journal may be sealed into metrics.json between the two looks
             if (run_dir / "metrics.json").exists():
                 metrics = self._json(run_id, "metrics.json")
-                return check_metrics(metrics, f"run {run_id}: metrics.json")
+                return check_metrics(metrics, f"run {run_id}", "metrics.json")
             try:
                 return read_journal(run_dir / JOURNAL)
             except ObjectEncoding as error:
@@ -187,7 +187,7 @@ class FileRunStore:
         ):
             return entry["summary"]
         metrics = self._json(run_id, "metrics.json")
-        summary = summarize_metrics(check_metrics(metrics, f"run {run_id}: metrics.json"))
+        summary = summarize_metrics(check_metrics(metrics, f"run {run_id}", "metrics.json"))
         fresh[str(run_id)] = {"key": key, "summary": summary}
         return summary
 
