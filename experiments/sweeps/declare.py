@@ -136,8 +136,8 @@ def check_count(declaration: Declaration) -> None:
     count *= (declaration.random or {}).get("samples", 1)
     if count > MAX_CONFIGS:  # before any is built: a product of axes grows past memory
         raise ValueError(
-            f"the sweep declares {count:,} configs (grid points times random samples), more "
-            f"than the {MAX_CONFIGS:,} one sweep may hold; split it into several sweeps"
+            f"the sweep declares {count:,} configs, more than the {MAX_CONFIGS:,} one sweep may "
+            "hold (grid points times random samples); split it into several sweeps"
         )
 
 
