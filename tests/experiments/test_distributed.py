@@ -183,8 +183,10 @@ def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store
         start_new_session=True,
     )
     try:
-        for line in job.stdout:  # stop the job as soon as rank 0 has finished an epoch
-            if "epoch 1:" in line:
+        # Stop the job once rank 0 has logged epoch 2: epoch 1's checkpoint is written by then
+        # (an epoch's checkpoint follows its log line, so a stop at "epoch 1:" could precede it).
+        for line in job.stdout:
+            if "epoch 2:" in line:
                 os.killpg(job.pid, signal.SIGTERM)
                 break
         job.stdout.read()
