@@ -10,31 +10,21 @@ import os
 import select
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from observers.files import KILL_AT_VARIABLE
+from tests.helpers import run_reprolab
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ["sweep", "experiments/train.py", "--parallel", "1", "with", "seed=[1, 2]", "debug"]
 CONTROLLER_WRITES = 6  # record, 2 claims, the attempt, 2 claims naming their runs
 
 
 def reprolab(*argv: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    env.pop(KILL_AT_VARIABLE, None)
-    if kill_at is not None:
-        env[KILL_AT_VARIABLE] = str(kill_at)
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """`reprolab ARGV`, SIGKILLed by itself after its kill_at-th durable write (observers/files.py)."""
+    kill = {KILL_AT_VARIABLE: str(kill_at)} if kill_at is not None else {}
+    return run_reprolab(*argv, env={"OMP_NUM_THREADS": "1", **kill})
 
 
 def wait_for_orphans(store: Path) -> None:

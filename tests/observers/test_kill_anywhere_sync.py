@@ -4,32 +4,19 @@ sync's (status, config, metric values), and the sweep record there."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from observers.files import KILL_AT_VARIABLE
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import run_reprolab
 
 
 def reprolab(*argv: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    env.pop(KILL_AT_VARIABLE, None)
-    if kill_at is not None:
-        env[KILL_AT_VARIABLE] = str(kill_at)
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """`reprolab ARGV`, SIGKILLed by itself after its kill_at-th durable write (observers/files.py)."""
+    kill = {KILL_AT_VARIABLE: str(kill_at)} if kill_at is not None else {}
+    return run_reprolab(*argv, env={**kill})
 
 
 SYNC_WRITES = 12  # per run: placeholder, metrics, output, document; and the sweep record
