@@ -8,9 +8,11 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -125,3 +127,17 @@ def start_observer(observer, root: Path, config: dict):
     }
     observer.started_event(ex_info, "train", {"hostname": "testhost"}, START, config, {}, None)
     return observer
+
+
+def stop_when_ready(fifo: Path, process: subprocess.Popen, timeout: float = 600) -> None:
+    """Wait (bounded) for READY in the FIFO, then Ctrl-C the sweep as a user would."""
+    said = []
+    reader = threading.Thread(target=lambda: said.append(fifo.read_text()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not said:
+        process.kill()
+        with open(fifo, "w"):  # let the reader thread finish
+            pass
+        raise AssertionError("no run of the sweep reached the end of epoch 1")
+    process.send_signal(signal.SIGINT)

@@ -16,6 +16,7 @@ from experiments.cli import main
 from observers import load_runs
 from observers.location import StoreLocation
 from observers.studies import journal_path, study_storage
+from tests.helpers import stop_when_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 600  # every wait on a process here is bounded
@@ -166,9 +167,7 @@ def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, che
         stderr=subprocess.PIPE,
         text=True,
     )
-    from tests.experiments.test_sweep import stop_when_ready
-
-    stop_when_ready(fifo, first)
+    stop_when_ready(fifo, first, WAIT_S)
     _, stderr = first.communicate(timeout=WAIT_S)
     assert first.returncode == 130, stderr
     sweep = search_id(store)

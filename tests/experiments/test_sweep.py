@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from observers import load_runs
-from tests.helpers import REPO_ROOT, reprolab_command, run_reprolab, sweep_record_file
+from tests.helpers import (
+    REPO_ROOT,
+    reprolab_command,
+    run_reprolab,
+    stop_when_ready,
+    sweep_record_file,
+)
 
 TINY = ("epochs=2", "limit_batches=4")
 WAIT_S = 600  # every wait on a process here is bounded
@@ -205,20 +209,6 @@ def test_sweep_file_grid_random_and_fixed(tmp_path, capsys):
     assert code == 2 and f"sweep file {file}: grid key 'lr' must list its values" in err
 
 
-def stop_when_ready(fifo: Path, process: subprocess.Popen) -> None:
-    """Wait (bounded) for READY in the FIFO, then Ctrl-C the sweep as a user would."""
-    said = []
-    reader = threading.Thread(target=lambda: said.append(fifo.read_text()), daemon=True)
-    reader.start()
-    reader.join(WAIT_S)
-    if not said:
-        process.kill()
-        with open(fifo, "w"):  # let the reader thread finish
-            pass
-        raise AssertionError("no run of the sweep reached the end of epoch 1")
-    process.send_signal(signal.SIGINT)
-
-
 @pytest.mark.slow
 def test_stopped_sweep_resumes_without_running_any_config_twice(
     tmp_path, train, sweep_stopper, checkout_folder
@@ -251,7 +241,7 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(
         stderr=subprocess.PIPE,
         text=True,
     )
-    stop_when_ready(fifo, first)
+    stop_when_ready(fifo, first, WAIT_S)
     _, stderr = first.communicate(timeout=WAIT_S)
     assert first.returncode == 130, stderr
     sweep_name = sweep_id(store)
