@@ -348,7 +348,15 @@ def _existing_file(path: str) -> Path:
     except (OSError, ValueError) as error:  # a name too long, a NUL byte
         reason = getattr(error, "strerror", None) or error
         _fail(f"data.path: cannot use {shown(path)} as a file path ({reason})")
-    _fail(f"data.path: file not found: {path} (looked in {Path.cwd()} and {CHECKOUT_ROOT})")
+    _fail(f"data.path: file not found: {path}{_where_looked(path)}")
+
+
+def _where_looked(path: str) -> str:
+    """Where resolve_path looked for a relative path, each folder named once."""
+    if Path(path).expanduser().is_absolute():
+        return ""
+    folders = dict.fromkeys([str(Path.cwd().resolve()), str(CHECKOUT_ROOT)])
+    return f" (looked in {' and '.join(folders)})"
 
 
 @functools.lru_cache(maxsize=4)

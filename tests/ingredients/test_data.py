@@ -548,6 +548,22 @@ def test_bad_split_config_raises_one_clear_sentence(bad_files, overrides, expect
     assert message.startswith(expected) and "\n" not in message
 
 
+def test_a_missing_file_names_each_folder_looked_in_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(ValueError) as from_checkout:
+        load(path="missing.parquet")
+    assert str(from_checkout.value) == (
+        f"data.path: file not found: missing.parquet (looked in {REPO_ROOT})"
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as from_elsewhere:
+        load(path="missing.parquet")
+    assert f"(looked in {tmp_path.resolve()} and {REPO_ROOT})" in str(from_elsewhere.value)
+    with pytest.raises(ValueError) as absolute:
+        load(path=str(tmp_path / "missing.parquet"))
+    assert str(absolute.value) == f"data.path: file not found: {tmp_path / 'missing.parquet'}"
+
+
 def test_long_column_lists_are_abbreviated():
     with pytest.raises(
         ValueError,
