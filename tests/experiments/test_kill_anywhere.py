@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from experiments.checkpoint import state_hash
+from tests.helpers import durable_steps, killing_at, logging_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "experiments" / "train.py"
@@ -65,9 +66,9 @@ def baseline(tmp_path_factory) -> dict:
     """An uninterrupted run, and the write steps it made (path of each step, in order)."""
     folder = tmp_path_factory.mktemp("baseline")
     log = folder / "writes.txt"
-    result = train(folder / "runs", *CONFIG, env={"REPROLAB_TEST_WRITE_LOG": str(log)})
+    result = train(folder / "runs", *CONFIG, env=logging_steps(log))
     assert result.returncode == 0, result.stderr[-2000:]
-    steps = [line.split(" ", 2)[2] for line in log.read_text().splitlines()]
+    steps = durable_steps(log)
     return {
         "metrics": metrics(folder / "runs", 1),
         "model": read(folder / "runs", 1, "info")["final_model_sha256"],
@@ -78,7 +79,7 @@ def baseline(tmp_path_factory) -> dict:
 def kill_and_resume(tmp_path: Path, baseline: dict, point: int) -> None:
     tmp_path.mkdir(parents=True, exist_ok=True)
     store = tmp_path / "runs"
-    killed = train(store, *CONFIG, env={"REPROLAB_TEST_KILL_AT_STEP": str(point)})
+    killed = train(store, *CONFIG, env=killing_at(point))
     assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
     last = store / "1" / "last.pt"
     on_disk = torch.load(last, weights_only=True)["epoch"] if last.is_file() else 0
