@@ -10,12 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 import observers.sweep_records as sweep_records
 from experiments.cli import main as reprolab
+from experiments.sweeps.record import SweepBook, SweepRecord, local_attempt
 from ingredients.processes import process_alive, start_time, this_process
 from ingredients.scratch import HOST
 from observers.claims import SweepClaims
@@ -152,3 +154,25 @@ def test_resume_exits_zero_only_when_every_config_is_completed(small_store_of, c
     err = capsys.readouterr().err
     assert "config 1: run 2 is still RUNNING; left alone" in err
     assert "nothing started, but 1 of 2 configs are not completed" in err
+
+
+def test_two_resumes_adding_their_attempts_at_once_keep_every_attempt(tmp_path):
+    """What launch_local does on each `sweep --resume` (load the record, add its attempt), from
+    two launchers at once: the read-modify-write is atomic, so neither attempt is lost."""
+    book = SweepBook(str(tmp_path))
+    book.save(SweepRecord("s1", "experiments/train.py", [], [{"seed": 1}, {"seed": 2}]))
+    start, rounds = threading.Barrier(2), 10
+
+    def resume(index: int) -> None:
+        start.wait()
+        for _ in range(rounds):
+            mine = SweepBook(str(tmp_path))
+            mine.change_attempt(mine.load("s1"), None, local_attempt(1, 1, [index]))
+
+    threads = [threading.Thread(target=resume, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    attempts = book.load("s1").attempts
+    assert sorted(a["indices"][0] for a in attempts) == [0] * rounds + [1] * rounds
