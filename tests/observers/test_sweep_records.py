@@ -62,6 +62,15 @@ def test_simultaneous_changes_of_a_mongodb_sweep_record_all_survive(nx_server):
     check_every_attempt_kept(sweep_records(StoreLocation.parse(f"{nx_server.url}attempts")))
 
 
+@pytest.mark.mongo
+def test_a_mongodb_sweep_record_saved_without_a_revision_can_be_changed(nx_server):
+    """A record an older reprolab (or a sync) saved without the revision token."""
+    records = sweep_records(StoreLocation.parse(f"{nx_server.url}legacy"))
+    records.collection.insert_one({"_id": "s1", **record(), "attempts": [{"engine": "old"}]})
+    records.change("s1", append("new"))
+    assert [a["engine"] for a in records.find("s1")["attempts"]] == ["old", "new"]
+
+
 def test_a_change_of_a_missing_sweep_says_so(tmp_path):
     with pytest.raises(RecordError, match="no sweep 's1' in"):
         sweep_records(StoreLocation.parse(str(tmp_path))).change("s1", append("w"))
