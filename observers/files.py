@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets
 import signal
 from contextlib import contextmanager
@@ -14,16 +15,19 @@ from ingredients.scratch import sweep_orphans, writer_tag
 # A temporary file's name, beside the file it becomes: .<name>.<random>.<pid>@<host>.tmp
 TMP_PATTERN = ".*.{tag}.tmp"
 
-# Tests only: a process SIGKILLs itself at its Nth durable step (a file about to be renamed into
-# place, the file renamed, a line appended, a claim created, a document written by sync), and
-# logs each step to a file, so a test can place a kill between any two writes: an uninterrupted
-# run's log names every point. Both are taken out of the environment at import, so the runs a
-# launcher starts neither inherit the kill nor add to its log; unset, a step costs one test.
+# Tests only: a process SIGKILLs itself at a durable step (a file about to be renamed into place,
+# the file renamed, a line appended, a claim created, a document written by sync) and logs each
+# step to a file, so a test can place a kill between any two writes: an uninterrupted run's log
+# names every point. The kill is "N" (the Nth step) or "N:PATTERN" (the Nth step whose
+# description matches the regular expression: steady where timed writes, such as Sacred's
+# heartbeat every 10 s, shift the count). Both variables are taken out of the environment at
+# import, so the runs a launcher starts neither inherit the kill nor add to its log; unset, a
+# step costs one test.
 KILL_AT_STEP_VARIABLE = "REPROLAB_TEST_KILL_AT_STEP"
 WRITE_LOG_VARIABLE = "REPROLAB_TEST_WRITE_LOG"
-_KILL_AT = os.environ.pop(KILL_AT_STEP_VARIABLE, "")
+_KILL_AT, _, _KILL_PATTERN = os.environ.pop(KILL_AT_STEP_VARIABLE, "").partition(":")
 _WRITE_LOG = os.environ.pop(WRITE_LOG_VARIABLE, "")
-_steps = 0
+_steps = [0, 0]  # every step, the steps matching the kill's pattern
 
 
 def durable_step(what: str | os.PathLike) -> None:
@@ -31,12 +35,13 @@ def durable_step(what: str | os.PathLike) -> None:
     be); nothing unless a test set the variables above."""
     if not (_KILL_AT or _WRITE_LOG):
         return
-    global _steps
-    _steps += 1
+    _steps[0] += 1
     if _WRITE_LOG:
         with open(_WRITE_LOG, "a") as log:
-            log.write(f"{_steps} {os.getpid()} {what}\n")
-    if _KILL_AT == str(_steps):
+            log.write(f"{_steps[0]} {os.getpid()} {what}\n")
+    if _KILL_PATTERN and re.search(_KILL_PATTERN, str(what)):
+        _steps[1] += 1
+    if _KILL_AT == str(_steps[1] if _KILL_PATTERN else _steps[0]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -104,9 +104,10 @@ def logging_steps(log: Path) -> dict:
     return {WRITE_LOG_VARIABLE: str(log)}
 
 
-def killing_at(step: int) -> dict:
-    """The environment that makes a process SIGKILL itself at its step-th durable step."""
-    return {KILL_AT_STEP_VARIABLE: str(step)}
+def killing_at(step: int, pattern: str = "") -> dict:
+    """The environment that makes a process SIGKILL itself at its step-th durable step, or with
+    a pattern (a regular expression) at the step-th of the steps whose description matches it."""
+    return {KILL_AT_STEP_VARIABLE: f"{step}:{pattern}" if pattern else str(step)}
 
 
 def durable_steps(log: Path) -> list[str]:

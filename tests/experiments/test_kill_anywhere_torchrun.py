@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,26 +73,33 @@ def uninterrupted(tmp_path_factory) -> dict:
     }
 
 
-def kill_points(steps: list[str]) -> dict[str, int]:
-    """The steps to kill at, by what they interrupt (numbered from 1, as durable_step counts)."""
-    numbered = list(enumerate(steps, 1))
-    in_run = [(i, path) for i, path in numbered if "/runs/1/" in path]
-    renamed = [i for i, path in in_run if path.endswith("/1/last.pt")]
-    sidecars = [i for i, path in in_run if path.endswith("/1/last.pt.sha256")]
-    record_tmps = [i for i, path in in_run if "/1/.info.json." in path and i > renamed[1]]
+CHECKPOINT = r"/runs/1/last\.pt$"  # last.pt renamed into the run's folder
+SIDECAR = r"/runs/1/last\.pt\.sha256$"  # its sidecar renamed, before and after each checkpoint
+INFO_TMP = r"/runs/1/\.info\.json\."  # info.json's temporary file, written and not yet renamed
+
+
+def kill_points(steps: list[str]) -> dict[str, tuple[int, str]]:
+    """Where to kill, by what it interrupts: (n, pattern), the nth step matching the pattern, so
+    a heartbeat's timed writes do not move a point (observers/files.py)."""
+
+    def nth(pattern: str, step: int) -> int:  # how many steps up to step match pattern
+        return sum(bool(re.search(pattern, what)) for what in steps[:step])
+
+    second = next(i for i, what in enumerate(steps, 1) if nth(CHECKPOINT, i) == 2)
+    info_after = next(
+        i for i, what in enumerate(steps, 1) if i > second and re.search(INFO_TMP, what)
+    )
     return {
-        "right after the first checkpoint, before run.json lists it": renamed[0],
-        "between the sidecar and the rename of the second checkpoint": max(
-            i for i in sidecars if i < renamed[1]
-        ),
-        "during a record write after the second checkpoint": record_tmps[0],
+        "right after the first checkpoint, before run.json lists it": (1, CHECKPOINT),
+        "between the sidecar and the rename of the second checkpoint": (3, SIDECAR),
+        "during a record write after the second checkpoint": (nth(INFO_TMP, info_after), INFO_TMP),
     }
 
 
 def test_a_torchrun_job_killed_at_its_durable_steps_resumes_exactly(tmp_path, uninterrupted):
-    for what, point in kill_points(uninterrupted["steps"]).items():
-        store = tmp_path / str(point) / "runs"
-        killed = torchrun(store, *CONFIG, env=killing_at(point))
+    for number, (what, point) in enumerate(kill_points(uninterrupted["steps"]).items()):
+        store = tmp_path / str(number) / "runs"
+        killed = torchrun(store, *CONFIG, env=killing_at(*point))
         assert killed.returncode != 0 and "SIGKILL" in killed.stderr, (what, killed.stderr[-3000:])
         assert status_now(read(store, 1, "run")) == DEAD, what  # not left RUNNING for good
         on_disk = torch.load(store / "1" / "last.pt", weights_only=True)["epoch"]
