@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ingredients.processes import process_alive
 from ingredients.scratch import HOST
-from observers.files import durable_write_done, replacing, utc_text
+from observers.files import durable_step, replacing, utc_text
 from observers.location import StoreLocation
 from observers.records import RecordError, load_plain
 from observers.sweep_records import SWEEPS
@@ -98,15 +98,16 @@ class FileClaims:
     def create(self, name: str, claim: dict) -> bool:
         """Create a claim in one atomic act; False when it exists already."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{name}.json"
         try:
-            fd = os.open(self.folder / f"{name}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
             json.dump(claim, f)
             f.flush()
             os.fsync(f.fileno())
-        durable_write_done()
+        durable_step(path)
         return True
 
     def update(self, name: str, claim: dict) -> None:
@@ -136,7 +137,7 @@ class MongoClaims:
             self.collection.insert_one({"_id": f"{self.sweep_id}/{name}", **claim})
         except DuplicateKeyError:
             return False
-        durable_write_done()
+        durable_step(f"{CLAIMS_COLLECTION}/{self.sweep_id}/{name}")
         return True
 
     def update(self, name: str, claim: dict) -> None:

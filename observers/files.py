@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets
 import signal
 from contextlib import contextmanager
@@ -14,20 +15,33 @@ from ingredients.scratch import sweep_orphans, writer_tag
 # A temporary file's name, beside the file it becomes: .<name>.<random>.<pid>@<host>.tmp
 TMP_PATTERN = ".*.{tag}.tmp"
 
-# Tests only: "N" makes this process SIGKILL itself right after its Nth durable write (a file
-# renamed into place, a claim created, a document written by sync), to prove that a kill between
-# any two writes loses nothing. Taken out of the environment at import, so the runs this process
-# starts do not inherit it.
-KILL_AT_VARIABLE = "REPROLAB_TEST_KILL_AT_WRITE"
-_KILL_AT = os.environ.pop(KILL_AT_VARIABLE, "")
-_writes_done = 0
+# Tests only: a process SIGKILLs itself at a durable step (a file about to be renamed into place,
+# the file renamed, a line appended, a claim created, a document written by sync) and logs each
+# step to a file, so a test can place a kill between any two writes: an uninterrupted run's log
+# names every point. The kill is "N" (the Nth step) or "N:PATTERN" (the Nth step whose
+# description matches the regular expression: steady where timed writes, such as Sacred's
+# heartbeat every 10 s, shift the count). Both variables are taken out of the environment at
+# import, so the runs a launcher starts neither inherit the kill nor add to its log; unset, a
+# step costs one test.
+KILL_AT_STEP_VARIABLE = "REPROLAB_TEST_KILL_AT_STEP"
+WRITE_LOG_VARIABLE = "REPROLAB_TEST_WRITE_LOG"
+_KILL_AT, _, _KILL_PATTERN = os.environ.pop(KILL_AT_STEP_VARIABLE, "").partition(":")
+_WRITE_LOG = os.environ.pop(WRITE_LOG_VARIABLE, "")
+_steps = [0, 0]  # every step, the steps matching the kill's pattern
 
 
-def durable_write_done() -> None:
-    """Count one durable write; under the test variable, die (SIGKILL) at the chosen one."""
-    global _writes_done
-    _writes_done += 1
-    if _KILL_AT.isdecimal() and _writes_done == int(_KILL_AT):
+def durable_step(what: str | os.PathLike) -> None:
+    """A point between two durable writes (what: the file or document just written or about to
+    be); nothing unless a test set the variables above."""
+    if not (_KILL_AT or _WRITE_LOG):
+        return
+    _steps[0] += 1
+    if _WRITE_LOG:
+        with open(_WRITE_LOG, "a") as log:
+            log.write(f"{_steps[0]} {os.getpid()} {what}\n")
+    if _KILL_PATTERN and re.search(_KILL_PATTERN, str(what)):
+        _steps[1] += 1
+    if _KILL_AT == str(_steps[1] if _KILL_PATTERN else _steps[0]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -86,26 +100,6 @@ def utc_text(moment: dt.datetime) -> str:
     return utc(moment).isoformat()
 
 
-# Tests only: SIGKILL this process at its Nth durable write step (before and after each rename,
-# after each append), and log the steps to a file, so a kill can be placed between any two
-# writes of one run (durable_write_done above counts whole writes of a sweep or a sync).
-KILL_AT_STEP_VARIABLE = "REPROLAB_TEST_KILL_AT_STEP"
-WRITE_LOG_VARIABLE = "REPROLAB_TEST_WRITE_LOG"
-_STEPS = [0]
-
-
-def durable_step(path: str | os.PathLike) -> None:
-    """A point between two durable writes; nothing unless a test set the variables above."""
-    if KILL_AT_STEP_VARIABLE not in os.environ and WRITE_LOG_VARIABLE not in os.environ:
-        return
-    _STEPS[0] += 1
-    if os.environ.get(WRITE_LOG_VARIABLE):
-        with open(os.environ[WRITE_LOG_VARIABLE], "a") as log:
-            log.write(f"{_STEPS[0]} {os.getpid()} {path}\n")
-    if os.environ.get(KILL_AT_STEP_VARIABLE) == str(_STEPS[0]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 @contextmanager
 def replacing(path: str | os.PathLike, mode: str = "w"):
     """Open a temporary file beside path and rename it over path when the block succeeds.
@@ -123,7 +117,6 @@ def replacing(path: str | os.PathLike, mode: str = "w"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    durable_write_done()
 
 
 NAME_MAX = 255  # bytes of one file name on Linux's file systems (ext4, xfs, btrfs, tmpfs)

@@ -8,8 +8,11 @@ carry sweeps as they carry runs.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from observers.files import check_name, replacing
@@ -18,6 +21,8 @@ from observers.records import ObjectEncoding, RecordError, check_plain, load_pla
 
 SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
 SWEEPS_COLLECTION = "sweeps"
+REVISION = "_revision"  # MongoDB only: a fresh token at each save, for compare-and-swap
+CHANGE_TRIES = 100  # of a MongoDB change that other writers keep getting in before
 
 
 class FileSweepRecords:
@@ -57,6 +62,20 @@ class FileSweepRecords:
         with replacing(self.folder / f"{record['id']}.json") as f:
             f.write(text)
 
+    def change(self, sweep_id: str, change: Callable[[dict], dict]) -> dict:
+        """Read, change and save one record holding its lock (<id>.lock beside it), so two
+        launchers changing it at once (two `sweep --resume`) each keep the other's change."""
+        check_name(sweep_id, "sweep id")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / f"{sweep_id}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for one read and one write; a kill frees it
+            changed = change(found(self.find(sweep_id), sweep_id, self.location))
+            self.save(changed)
+            return changed
+        finally:
+            os.close(fd)
+
     def delete(self, sweep_id: str) -> None:
         (self.folder / f"{sweep_id}.json").unlink(missing_ok=True)
 
@@ -71,23 +90,54 @@ class MongoSweepRecords:
         return sorted(str(doc["_id"]) for doc in self.collection.find({}, {"_id": 1}))
 
     def find(self, sweep_id: str) -> dict | None:
+        return self.read(sweep_id)[0]
+
+    def read(self, sweep_id: str) -> tuple[dict | None, str | None]:
+        """The record (None if there is none) and its revision token."""
         record = self.collection.find_one({"_id": sweep_id})
         if record is None:
-            return None
+            return None, None
         record.pop("_id", None)
+        revision = record.pop(REVISION, None)
         try:
-            return check_plain(record)
+            return check_plain(record), revision
         except ObjectEncoding as error:
             raise refusal(f"sweep {sweep_id}'s record in {self.location}", error.key) from None
 
     def save(self, record: dict) -> None:
         plain_text(record)
-        self.collection.replace_one(
-            {"_id": record["id"]}, {"_id": record["id"], **record}, upsert=True
+        self.collection.replace_one({"_id": record["id"]}, self.document(record), upsert=True)
+
+    def change(self, sweep_id: str, change: Callable[[dict], dict]) -> dict:
+        """Read, change and save one record, the save only if nobody saved it in between (its
+        revision token unchanged), else again from the new record: no change is lost."""
+        for _ in range(CHANGE_TRIES):
+            record, revision = self.read(sweep_id)
+            changed = change(found(record, sweep_id, self.location))
+            plain_text(changed)
+            written = self.collection.replace_one(
+                {"_id": sweep_id, REVISION: revision}, self.document(changed)
+            )
+            if written.matched_count:
+                return changed
+        raise RecordError(
+            f"sweep {sweep_id} in {self.location} was changed by others {CHANGE_TRIES} times "
+            "while this change was made; it was not saved"
         )
+
+    @staticmethod
+    def document(record: dict) -> dict:
+        return {"_id": record["id"], **record, REVISION: secrets.token_hex(8)}
 
     def delete(self, sweep_id: str) -> None:
         self.collection.delete_one({"_id": sweep_id})
+
+
+def found(record: dict | None, sweep_id: str, location: str) -> dict:
+    """The record read for a change, or RecordError naming the sweep when there is none."""
+    if record is None:
+        raise RecordError(f"no sweep '{sweep_id}' in {location}")
+    return record
 
 
 def plain_text(record: dict) -> str:

@@ -26,7 +26,7 @@ from sacred.observers.mongo import MongoObserver
 
 from observers.credentials import describe_error, redact_url
 from observers.exit_codes import ExitCode
-from observers.files import durable_write_done
+from observers.files import durable_step
 from observers.location import MONGO_URL_VARIABLE, is_mongo_url
 from observers.mongo import ensure_indexes, omniboard_fields, reach
 from observers.mongo_bounds import (
@@ -195,10 +195,11 @@ class Uploader:
         else:
             run_id = twin["_id"]
             self._forget(run_id, twin)
-        durable_write_done()  # a kill from here on leaves an incomplete twin, replaced next time
+        durable_step(f"runs/{run_id} placeholder")  # a kill from here on leaves an incomplete
+        # twin, replaced next time
         document, _ = fit_document(self._document(local, run_id, twin))
         self.runs.replace_one({"_id": run_id}, document, upsert=True)
-        durable_write_done()
+        durable_step(f"runs/{run_id}")
         return run_id
 
     def _reserve_id(self, local: LocalRun) -> int:
@@ -235,7 +236,7 @@ class Uploader:
     def _document(self, local: LocalRun, run_id: int, twin: dict | None) -> dict:
         run = local.run
         refs = MetricsWriter(self.db, run_id).add(_metric_points(local.metrics))
-        durable_write_done()
+        durable_step(f"runs/{run_id} metrics")
         bookkeeping = {
             "run_uuid": local.identity,
             "source": "sync",
@@ -243,7 +244,7 @@ class Uploader:
             "times": {key: run[key] for key in TIMES if run.get(key)},
         }
         output_file = store_full_output(self.fs, "runs", run_id, local.output)
-        durable_write_done()
+        durable_step(f"runs/{run_id} output")
         if output_file is not None:
             bookkeeping["captured_out_file"] = output_file
         document = {
@@ -277,10 +278,12 @@ class Uploader:
         ]
 
     def _artifacts(self, local: LocalRun, run_id: int) -> list[dict]:
-        return [
-            {"name": name, "file_id": store_artifact(self.fs, self.runs.name, run_id, name, path)}
-            for name, path in local.artifacts.items()
-        ]
+        stored = []
+        for name, path in local.artifacts.items():
+            file_id = store_artifact(self.fs, self.runs.name, run_id, name, path)
+            durable_step(f"runs/{run_id} artifact {name}")
+            stored.append({"name": name, "file_id": file_id})
+        return stored
 
 
 def sync_store(
@@ -360,7 +363,7 @@ def _sync_sweeps(
             report.sweeps[record["id"]] = "already there"
             continue
         targets.save(wanted)
-        durable_write_done()
+        durable_step(f"sweeps/{record['id']}")
         report.sweeps[record["id"]] = "updated" if there else "copied"
         echo(
             f"sweep {record['id']}: {report.sweeps[record['id']]} "

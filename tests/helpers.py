@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+from observers.files import KILL_AT_STEP_VARIABLE, WRITE_LOG_VARIABLE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "experiments" / "train.py"
 CLI_MODULE = "experiments.cli"  # what the `reprolab` console script runs
@@ -95,6 +97,24 @@ def run_reprolab(
             f"reprolab {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def logging_steps(log: Path) -> dict:
+    """The environment that makes a process log its durable steps to log (read by durable_steps)."""
+    return {WRITE_LOG_VARIABLE: str(log)}
+
+
+def killing_at(step: int, pattern: str = "") -> dict:
+    """The environment that makes a process SIGKILL itself at its step-th durable step, or with
+    a pattern (a regular expression) at the step-th of the steps whose description matches it."""
+    return {KILL_AT_STEP_VARIABLE: f"{step}:{pattern}" if pattern else str(step)}
+
+
+def durable_steps(log: Path) -> list[str]:
+    """What each durable step of an uninterrupted process wrote, in order (step i at index i-1):
+    the kill points of a kill-anywhere test, so a write added to the code is covered unasked."""
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return [line.split(" ", 2)[2] for line in lines]
 
 
 def metric_points(name: str, steps: range, scale: float) -> dict:

@@ -1,11 +1,13 @@
-"""A local sweep that claims each config before its run starts (observers/claims.py), so two
-launchers never start one config twice, and whose runs inherit their claim's lock."""
+"""Configs claimed before their run starts (observers/claims.py), so no two launchers ever start
+one config twice: a local sweep, whose runs inherit their claim's lock, and a Slurm task, which
+claims its config on the node when it starts (sweeps/slurm.py)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+from experiments.sweeps.attempts import sweep_attempts
 from experiments.sweeps.local import LocalSweep, Running
 from experiments.sweeps.record import Job
 from ingredients.processes import this_process
@@ -15,7 +17,7 @@ from observers.location import StoreLocation
 
 def claim_jobs(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> tuple[list[Job], dict]:
     """The jobs this launcher claimed, and {config index: claim name}; a config another live
-    launcher holds is left out with a note."""
+    launcher holds, or one run since its job was planned, is left out with a note."""
     claims, me = SweepClaims(location, sweep_id), this_process()
     taken, names = [], {}
     for job in jobs:
@@ -28,7 +30,24 @@ def claim_jobs(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> tuple
             continue
         taken.append(job)
         names[job.index] = name
-    return taken, names
+    moved = moved_on(location, sweep_id, taken) if taken else set()
+    for index in sorted(moved):
+        print(
+            f"config {index}: run since this launch was planned (by another launcher); left alone",
+            file=sys.stderr,
+        )
+    return [job for job in taken if job.index not in moved], {
+        index: name for index, name in names.items() if index not in moved
+    }
+
+
+def moved_on(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> set[int]:
+    """Configs whose latest run is no longer the one their job was planned after: a launcher
+    whose claim has ended ran them in between (a Slurm task may wait hours in the queue, and a
+    claim whose holders are gone is taken over), so starting them would run them twice."""
+    attempts = sweep_attempts(location, sweep_id)
+    latest = {index: runs[-1].run_id for index, runs in attempts.items() if runs}
+    return {job.index for job in jobs if latest.get(job.index) != job.after}
 
 
 class ClaimingSweep(LocalSweep):

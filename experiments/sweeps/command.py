@@ -40,7 +40,14 @@ from experiments.sweeps.declare import (
     varied_keys,
 )
 from experiments.sweeps.options import SweepOptions
-from experiments.sweeps.record import Job, SweepBook, SweepRecord, code_version, now
+from experiments.sweeps.record import (
+    Job,
+    SweepBook,
+    SweepRecord,
+    code_version,
+    local_attempt,
+    now,
+)
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
 from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.scratch import running
@@ -242,10 +249,9 @@ def launch_commands(
     options: SweepOptions, record: SweepRecord, book: SweepBook, jobs: list[Job]
 ) -> int:
     """Record the attempt, then print one shell command per config, for any scheduler."""
-    record.attempts.append(
-        {"engine": "commands", "started": now(), "indices": [j.index for j in jobs]}
+    book.change_attempt(
+        record, None, {"engine": "commands", "started": now(), "indices": [j.index for j in jobs]}
     )
-    book.save(record)
     if options.store.is_mongo:
         print("# each command reads the store from REPROLAB_MONGO_URL; set it where they run")
     for job in jobs:
@@ -276,16 +282,13 @@ def launch_slurm(
         "options": slurm.record(),
         "indices": [j.index for j in jobs],
     }
-    record.attempts.append(attempt)
-    book.save(record)
+    book.change_attempt(record, None, attempt)
     try:
         submitted = submit(record, jobs, options.store, slurm, folder)
     except ValueError as error:  # sbatch refused it: nothing was submitted, nothing stays recorded
         forget_attempt(record, attempt, book)
         raise ValueError(f"{error} (nothing submitted or recorded)") from None
-    attempt["task_ids"] = {str(i): task for i, task in submitted.items()}  # BSON: text keys
-    attempt["job_id"] = next(iter(attempt["task_ids"].values()), "").split("_")[0]
-    book.save(record)
+    attempt = submitted_attempt(record, attempt, submitted, book)
     print(
         f"sweep {record.id}: submitted job array {attempt['job_id']} ({len(jobs)} tasks); "
         f"follow it with: reprolab sweep --status {record.id}{options.store.option_text()}",
@@ -309,8 +312,9 @@ def launch_local(
             file=sys.stderr,
         )
         return ExitCode.FAILED
-    record.add_local_attempt(options.parallel, threads, [job.index for job in jobs])
-    book.save(record)
+    book.change_attempt(
+        record, None, local_attempt(options.parallel, threads, [job.index for job in jobs])
+    )
     runner = ClaimingSweep(record, book, options.store, options.parallel or 1, threads)
     code = runner.hold(names).run(jobs, len(record.attempts))
     if code == ExitCode.OK:
@@ -331,13 +335,25 @@ def require_sbatch() -> None:
         )
 
 
+def submitted_attempt(
+    record: SweepRecord, attempt: dict, submitted: dict[int, str], book: SweepBook
+) -> dict:
+    """The Slurm submission with its task and job ids, saved in place of the one without."""
+    task_ids = {str(i): task for i, task in submitted.items()}  # BSON: text keys
+    done = {
+        **attempt,
+        "task_ids": task_ids,
+        "job_id": next(iter(task_ids.values()), "").split("_")[0],
+    }
+    book.change_attempt(record, attempt, done)
+    return done
+
+
 def forget_attempt(record: SweepRecord, attempt: dict, book: SweepBook) -> None:
     """Take back a submission Slurm refused: its files, and the sweep's record if it is new."""
     shutil.rmtree(attempt["folder"], ignore_errors=True)
-    record.attempts.remove(attempt)
-    if record.attempts:
-        book.save(record)
-    else:
+    book.change_attempt(record, attempt, None)
+    if not record.attempts:
         book.delete(record.id)
         shutil.rmtree(book.work_dir(record.id), ignore_errors=True)
 

@@ -133,24 +133,23 @@ class SweepRecord:
     def fresh_job(self, index: int) -> Job:
         return Job(index, self.named_configs + config_words(self.configs[index]))
 
-    def add_local_attempt(self, parallel: int | None, threads: int, indices: list[int]) -> None:
-        """Record a local launch here: its host and process (a resume asks whether it still
-        runs), its parallel runs and threads (a resume takes them again), its configs."""
-        self.attempts.append(
-            {
-                "engine": "local",
-                "started": now(),
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "parallel": parallel,
-                "threads": threads,
-                "indices": indices,
-            }
-        )
-
     def last_attempt(self, engine: str) -> dict:
         """The sweep's latest submission on this engine, or {}."""
         return next((a for a in reversed(self.attempts) if a["engine"] == engine), {})
+
+
+def local_attempt(parallel: int | None, threads: int, indices: list[int]) -> dict:
+    """A local launch from here: its host and process (a resume asks whether it still runs),
+    its parallel runs and threads (a resume takes them again), its configs."""
+    return {
+        "engine": "local",
+        "started": now(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "parallel": parallel,
+        "threads": threads,
+        "indices": indices,
+    }
 
 
 def check_attempt(attempt: object, name: str, wrong) -> None:
@@ -177,6 +176,21 @@ class SweepBook:
 
     def save(self, record: SweepRecord) -> None:
         self.records.save(record.to_dict())
+
+    def change_attempt(self, record: SweepRecord, old: dict | None, new: dict | None) -> None:
+        """Add a submission (old None), replace one (old by new) or take one back (new None) in
+        the stored record in one atomic read-modify-write (observers/sweep_records.py), so two
+        launchers at once (two `sweep --resume`) each keep theirs; record.attempts becomes the
+        stored list, the other launchers' submissions included."""
+
+        def changed(raw: dict) -> dict:
+            attempts = list(raw.get("attempts") or [])
+            place = attempts.index(old) if old in attempts else len(attempts)
+            attempts[place : place + 1] = [new] if new is not None else []
+            return {**raw, "attempts": attempts}
+
+        stored = self.records.change(record.id, changed)
+        record.attempts = SweepRecord.parse(stored, record.id).attempts
 
     def load(self, sweep_id: str) -> SweepRecord:
         raw = self.records.find(sweep_id)

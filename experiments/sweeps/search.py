@@ -21,12 +21,20 @@ from experiments.sweeps.command import (
     declaration_from,
     forget_attempt,
     relative_experiment,
+    submitted_attempt,
     sweep_command,
     validate,
 )
 from experiments.sweeps.declare import SEED_LIMIT, Declaration, config_words, describe
 from experiments.sweeps.options import SearchArgs, SweepOptions
-from experiments.sweeps.record import Job, SweepBook, SweepRecord, code_version, now
+from experiments.sweeps.record import (
+    Job,
+    SweepBook,
+    SweepRecord,
+    code_version,
+    local_attempt,
+    now,
+)
 from experiments.sweeps.slurm import ENDED, SlurmOptions, check_devices, task_states
 from experiments.sweeps.space import Search
 from experiments.sweeps.tuner import (
@@ -172,8 +180,9 @@ def launch_search(options: SweepOptions, tuner: Tuner, book: SweepBook, first: l
         return launch_workers(options, tuner, book, first)
     threads = options.local_threads()
     record = tuner.record
-    record.add_local_attempt(options.parallel, threads, [job.index for job in first])
-    book.save(record)
+    book.change_attempt(
+        record, None, local_attempt(options.parallel, threads, [job.index for job in first])
+    )
     runner = LocalSearch(tuner, book, options.parallel or 1, threads)
     code = runner.run(first, len(record.attempts))
     if code == ExitCode.OK:
@@ -200,17 +209,14 @@ def launch_workers(options: SweepOptions, tuner: Tuner, book: SweepBook, first: 
         "parallel": workers,
         "indices": [job.index for job in first],
     }
-    record.attempts.append(attempt)
-    book.save(record)
+    book.change_attempt(record, None, attempt)
     tasks = worker_tasks(tuner, options.store, workers, slurm.cpus, first)
     try:
         submitted = submit_workers(tuner, options.store, slurm, folder, tasks)
     except ValueError as error:
         forget_attempt(record, attempt, book)
         raise ValueError(f"{error} (nothing submitted)") from None
-    attempt["task_ids"] = {str(i): task for i, task in submitted.items()}
-    attempt["job_id"] = next(iter(attempt["task_ids"].values()), "").split("_")[0]
-    book.save(record)
+    attempt = submitted_attempt(record, attempt, submitted, book)
     print(
         f"search {record.id}: submitted job array {attempt['job_id']} ({workers} workers); "
         f"follow it with: reprolab sweep --status {record.id}{options.store.option_text()}",

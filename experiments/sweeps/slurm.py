@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from experiments.sweeps.attempts import sweep_attempts
+from experiments.sweeps.claiming import claim_jobs
 from experiments.sweeps.options import SlurmArgs
 from experiments.sweeps.record import Job, SweepRecord
 from observers.exit_codes import ExitCode
@@ -145,16 +146,25 @@ def minutes(text: str) -> int:
 
 @dataclass
 class Task:
-    """One config's run, as the node runs it (no password: MongoDB comes from the environment)."""
+    """One config's run, as the node runs it (no password: MongoDB comes from the environment).
+    The task claims its config when it starts, as a local launcher does before it starts a run:
+    a config submitted twice (a resume while the first task still waited in the queue) runs once."""
 
     argv: list[str]
     threads: int
     cwd: str
+    sweep: str
+    index: int
+    after: int | None  # the config's latest run when the task was submitted
+    store: str | None  # the file store's folder; None: MongoDB, from the environment
 
 
 def run_task(task: Task) -> int:
-    """On the node: run the experiment in this process; its exit code (0: completed)."""
+    """On the node: claim the config, then run the experiment in this process (the claim's
+    holder); its exit code (0: completed, or left to the launcher that holds the config)."""
     os.chdir(task.cwd)
+    if not claim_task(task):
+        return ExitCode.OK
     import torch
 
     torch.set_num_threads(task.threads)
@@ -169,6 +179,14 @@ def run_task(task: Task) -> int:
             return exit_.code
         return ExitCode.OK if exit_.code is None else ExitCode.FAILED
     return ExitCode.OK
+
+
+def claim_task(task: Task) -> bool:
+    """Whether this task may run its config: claimed here, and not run since it was submitted."""
+    location = StoreLocation.parse(task.store)  # None: REPROLAB_MONGO_URL, as the run reads it
+    job = Job(task.index, [], after=task.after)
+    claimed, _ = claim_jobs(location, task.sweep, [job])
+    return bool(claimed)
 
 
 def executor_parameters(sweep_id: str, options: SlurmOptions) -> dict:
@@ -214,11 +232,22 @@ def submit(
     folder: Path,
 ) -> dict[int, str]:
     """Submit one job array; {config index: Slurm task id}."""
-    tasks = [
-        Task(record.child(job, location).script_argv(), options.cpus, os.getcwd()) for job in jobs
-    ]
+    tasks = [task_of(record, job, location, options.cpus) for job in jobs]
     submitted = submit_array(record.id, location, options, folder, run_task, tasks)
     return {job.index: handle.job_id for job, handle in zip(jobs, submitted)}
+
+
+def task_of(record: SweepRecord, job: Job, location: StoreLocation, cpus: int) -> Task:
+    """The task that runs one job on a node, recording into location."""
+    return Task(
+        record.child(job, location).script_argv(),
+        cpus,
+        os.getcwd(),
+        record.id,
+        job.index,
+        job.after,
+        None if location.is_mongo else str(location.path),
+    )
 
 
 def submit_array(

@@ -4,18 +4,23 @@ sentence with nothing recorded; --resume exits 0 only when every config is compl
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 import observers.sweep_records as sweep_records
 from experiments.cli import main as reprolab
+from experiments.sweeps.claiming import claim_jobs
+from experiments.sweeps.record import Job, SweepBook, SweepRecord, local_attempt
+from experiments.sweeps.slurm import task_of
 from ingredients.processes import process_alive, start_time, this_process
 from ingredients.scratch import HOST
 from observers.claims import SweepClaims
@@ -152,3 +157,84 @@ def test_resume_exits_zero_only_when_every_config_is_completed(small_store_of, c
     err = capsys.readouterr().err
     assert "config 1: run 2 is still RUNNING; left alone" in err
     assert "nothing started, but 1 of 2 configs are not completed" in err
+
+
+def test_two_resumes_adding_their_attempts_at_once_keep_every_attempt(tmp_path):
+    """What launch_local does on each `sweep --resume` (load the record, add its attempt), from
+    two launchers at once: the read-modify-write is atomic, so neither attempt is lost."""
+    book = SweepBook(str(tmp_path))
+    book.save(SweepRecord("s1", "experiments/train.py", [], [{"seed": 1}, {"seed": 2}]))
+    start, rounds = threading.Barrier(2), 10
+
+    def resume(index: int) -> None:
+        start.wait()
+        for _ in range(rounds):
+            mine = SweepBook(str(tmp_path))
+            mine.change_attempt(mine.load("s1"), None, local_attempt(1, 1, [index]))
+
+    threads = [threading.Thread(target=resume, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    attempts = book.load("s1").attempts
+    assert sorted(a["indices"][0] for a in attempts) == [0] * rounds + [1] * rounds
+
+
+# --------------------------------------------------------------------------- Slurm tasks
+
+NODE = (  # what submitit runs on a node, here in a plain process: run_task of one Task
+    "import json, sys; from experiments.sweeps.slurm import Task, run_task; "
+    "sys.exit(run_task(Task(**json.loads(sys.argv[1]))))"
+)
+
+
+def node(task) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", NODE, json.dumps(dataclasses.asdict(task))],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def sweep_runs(store: Path) -> list[int]:
+    return sorted(int(p.name) for p in store.iterdir() if p.name.isdigit())
+
+
+def test_a_job_planned_before_its_config_was_run_is_not_claimed(small_store_of):
+    """A claim taken after the config's latest run changed (a Slurm task queued for hours while
+    another task ran it) is left alone: the config is not run twice."""
+    store = small_store_of(["debug"])
+    run = json.loads((store / "1" / "run.json").read_text())
+    run["meta"] = {**run.get("meta", {}), "sweep": {"id": "s1", "index": 0}}
+    (store / "1" / "run.json").write_text(json.dumps(run))
+    location = StoreLocation.parse(str(store))
+    planned_before, planned_after = Job(0, [], after=None), Job(1, [], after=None)
+    taken, names = claim_jobs(location, "s1", [planned_before, planned_after])
+    assert [job.index for job in taken] == [1] and list(names) == [1]
+    again, _ = claim_jobs(location, "s1", [Job(0, [], after=1)])  # planned after run 1: claimed
+    assert [job.index for job in again] == [0]
+
+
+@pytest.mark.slow
+def test_slurm_tasks_of_one_config_run_it_once(tmp_path):
+    """Two tasks of one config started at once (a resume submitted it again while the first was
+    queued), then a third that waited in the queue until both ended: one run, and every task
+    exits 0 (a task left alone is not a failure)."""
+    store = tmp_path / "runs"
+    location = StoreLocation.parse(str(store))
+    record = SweepRecord("s1", "experiments/train.py", ["debug"], [{"seed": 1}])
+    task = task_of(record, record.fresh_job(0), location, cpus=1)
+    together = [node(task), node(task)]
+    said = [process.communicate(timeout=300)[1] for process in together]
+    assert [process.returncode for process in together] == [0, 0], said
+    assert len(sweep_runs(store)) == 1, said
+    assert sum("left alone" in text for text in said) == 1, said
+    late = node(task)
+    _, late_said = late.communicate(timeout=300)
+    assert late.returncode == 0 and "run since this launch was planned" in late_said, late_said
+    assert len(sweep_runs(store)) == 1
+    assert json.loads((store / "1" / "run.json").read_text())["status"] == "COMPLETED"

@@ -1,6 +1,7 @@
-"""Kill-anywhere for `reprolab sync`: SIGKILL at the Nth durable write into MongoDB (nx-27017,
-a wire-protocol server), then sync again: every run once, complete, equal to an uninterrupted
-sync's (status, config, metric values), and the sweep record there."""
+"""Kill-anywhere for `reprolab sync`: SIGKILL at the Nth durable step into MongoDB (nx-27017,
+a wire-protocol server; observers/files.py's durable_step), then sync again: every run once,
+complete, equal to an uninterrupted sync's (status, config, metric values), and the sweep record
+there. The points are the steps an uninterrupted sync logged, so a new write is covered unasked."""
 
 from __future__ import annotations
 
@@ -9,17 +10,7 @@ import subprocess
 
 import pytest
 
-from observers.files import KILL_AT_VARIABLE
-from tests.helpers import run_reprolab
-
-
-def reprolab(*argv: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    """`reprolab ARGV`, SIGKILLed by itself after its kill_at-th durable write (observers/files.py)."""
-    kill = {KILL_AT_VARIABLE: str(kill_at)} if kill_at is not None else {}
-    return run_reprolab(*argv, env={**kill})
-
-
-SYNC_WRITES = 12  # per run: placeholder, metrics, output, document; and the sweep record
+from tests.helpers import durable_steps, killing_at, logging_steps, run_reprolab
 
 
 def mongo_view(url: str) -> dict:
@@ -36,17 +27,40 @@ def mongo_view(url: str) -> dict:
     return {"runs": runs, "sweeps": sorted(d["_id"] for d in db["sweeps"].find())}
 
 
-@pytest.mark.mongo
-@pytest.mark.parametrize(
-    "kill_at",
-    [pytest.param(n, marks=[] if n == 2 else [pytest.mark.slow]) for n in range(1, SYNC_WRITES)],
-)
-def test_a_sync_killed_at_any_write_completes_on_the_next(small_store_of, nx_server, kill_at):
+@pytest.fixture
+def whole_sync(small_store_of, nx_server, tmp_path) -> tuple:
+    """A store, an uninterrupted sync of it into database `whole`, and that sync's steps."""
     store = small_store_of(["debug", "sgd"])
-    whole, cut = f"{nx_server.url}whole", f"{nx_server.url}cut"
-    assert reprolab("sync", str(store), "--to", whole).returncode == 0
-    killed = reprolab("sync", str(store), "--to", cut, kill_at=kill_at)
-    assert killed.returncode in (0, -signal.SIGKILL), killed.stderr[-2000:]
-    again = reprolab("sync", str(store), "--to", cut)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert mongo_view(cut) == mongo_view(whole)
+    log = tmp_path / "steps.txt"
+    whole = reprolab_sync(store, f"{nx_server.url}whole", logging_steps(log))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    steps = durable_steps(log)
+    assert any(step.endswith(" metrics") for step in steps), steps
+    return store, f"{nx_server.url}whole", steps
+
+
+def reprolab_sync(store, url: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_reprolab("sync", str(store), "--to", url, env=env)
+
+
+def kill_and_sync_again(store, url: str, whole: str, kill_at: int) -> None:
+    killed = reprolab_sync(store, url, killing_at(kill_at))
+    assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-2000:])
+    again = reprolab_sync(store, url)
+    assert again.returncode == 0, (kill_at, again.stderr[-2000:])
+    assert mongo_view(url) == mongo_view(whole), kill_at
+
+
+@pytest.mark.mongo
+def test_a_sync_killed_after_uploading_metrics_completes_on_the_next(whole_sync, nx_server):
+    store, whole, steps = whole_sync
+    first_metrics = next(i for i, step in enumerate(steps, 1) if step.endswith(" metrics"))
+    kill_and_sync_again(store, f"{nx_server.url}cut", whole, first_metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.mongo
+def test_a_sync_killed_at_any_step_completes_on_the_next(whole_sync, nx_server):
+    store, whole, steps = whole_sync
+    for kill_at in range(1, len(steps) + 1):
+        kill_and_sync_again(store, f"{nx_server.url}cut{kill_at}", whole, kill_at)

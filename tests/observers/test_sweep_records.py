@@ -1,0 +1,76 @@
+"""A sweep record's read-modify-write is atomic: launchers changing one record at once (two
+`sweep --resume` each adding its submission) each keep their change, in a file store (a lock
+around the read and the write) and in MongoDB (a save only if nobody saved in between)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from observers.location import StoreLocation
+from observers.records import RecordError
+from observers.sweep_records import sweep_records
+
+WRITERS, EACH = 4, 10
+
+
+def record() -> dict:
+    return {"id": "s1", "experiment": "experiments/train.py", "named_configs": [], "configs": [{}]}
+
+
+def append(tag: str):
+    return lambda raw: {**raw, "attempts": [*raw.get("attempts", []), {"engine": tag}]}
+
+
+def append_at_once(records) -> None:
+    """WRITERS threads, started together, each appending EACH attempts through change."""
+    start, failures = threading.Barrier(WRITERS), []
+
+    def writer(number: int) -> None:
+        start.wait()
+        try:
+            for step in range(EACH):
+                records.change("s1", append(f"w{number}-{step}"))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures and not any(t.is_alive() for t in threads), failures
+
+
+def check_every_attempt_kept(records) -> None:
+    records.save({**record(), "attempts": []})
+    append_at_once(records)
+    tags = [a["engine"] for a in records.find("s1")["attempts"]]
+    assert sorted(tags) == sorted(f"w{n}-{s}" for n in range(WRITERS) for s in range(EACH))
+    for number in range(WRITERS):  # each writer's own attempts in the order it added them
+        mine = [tag for tag in tags if tag.startswith(f"w{number}-")]
+        assert mine == [f"w{number}-{s}" for s in range(EACH)]
+
+
+def test_simultaneous_changes_of_a_file_stores_sweep_record_all_survive(tmp_path):
+    check_every_attempt_kept(sweep_records(StoreLocation.parse(str(tmp_path))))
+
+
+@pytest.mark.mongo
+def test_simultaneous_changes_of_a_mongodb_sweep_record_all_survive(nx_server):
+    check_every_attempt_kept(sweep_records(StoreLocation.parse(f"{nx_server.url}attempts")))
+
+
+@pytest.mark.mongo
+def test_a_mongodb_sweep_record_saved_without_a_revision_can_be_changed(nx_server):
+    """A record an older reprolab (or a sync) saved without the revision token."""
+    records = sweep_records(StoreLocation.parse(f"{nx_server.url}legacy"))
+    records.collection.insert_one({"_id": "s1", **record(), "attempts": [{"engine": "old"}]})
+    records.change("s1", append("new"))
+    assert [a["engine"] for a in records.find("s1")["attempts"]] == ["old", "new"]
+
+
+def test_a_change_of_a_missing_sweep_says_so(tmp_path):
+    with pytest.raises(RecordError, match="no sweep 's1' in"):
+        sweep_records(StoreLocation.parse(str(tmp_path))).change("s1", append("w"))
