@@ -50,6 +50,7 @@ MANIFEST = "manifest.json"  # written by `reprolab pack`: each shard's size and 
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 STATS_IMAGES = 10000  # training images decoded to compute the normalisation mean and std
 SCRATCH = "reprolab-images-{tag}-*.bin"
+SCRATCH_BYTES = 16 * 2**20  # the most decoded pixels a dataset keeps between batches
 
 
 # fmt: off
@@ -350,6 +351,9 @@ def _pillow():
 MODES = {1: "L", 3: "RGB"}
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 @functools.cache
 def _simplejpeg():
     """simplejpeg when installed (JPEG only, 4-9x Pillow's rate on small images), else None."""
@@ -360,16 +364,29 @@ def _simplejpeg():
     return simplejpeg
 
 
+@functools.cache
+def _kornia_png():
+    """kornia_rs's 8-bit PNG decoder (kornia's own dependency: 4-8x Pillow's rate on small
+    images, its per-image Python overhead being most of Pillow's time), else None."""
+    try:
+        import kornia_rs
+    except ImportError:
+        return None
+    return kornia_rs
+
+
 def decoder() -> str:
-    """Which JPEG decoder this process uses (recorded: it must be the same on a rerun)."""
-    fast = _simplejpeg()
-    return f"simplejpeg {fast.__version__}" if fast else f"Pillow {_pillow().__version__}"
+    """Which decoders this process uses (recorded: they must be the same on a rerun)."""
+    fast, png = _simplejpeg(), _kornia_png()
+    jpeg = f"simplejpeg {fast.__version__}" if fast else "Pillow"
+    png_name = f"kornia_rs {png.__version__}" if png else "Pillow"
+    return f"JPEG: {jpeg}, PNG: {png_name}, else Pillow {_pillow().__version__}"
 
 
 def _fast_jpeg(blob, mode: str, size: tuple[int, int]) -> np.ndarray | None:
     """A JPEG of the right size decoded by simplejpeg, else None (Pillow takes it)."""
     fast = _simplejpeg()
-    if fast is None or bytes(blob[:2]) != b"\xff\xd8":
+    if fast is None or blob[:2] != b"\xff\xd8":
         return None
     try:
         pixels = fast.decode_jpeg(blob, colorspace="RGB" if mode == "RGB" else "GRAY")
@@ -380,9 +397,24 @@ def _fast_jpeg(blob, mode: str, size: tuple[int, int]) -> np.ndarray | None:
     return pixels if mode == "RGB" else pixels[:, :, 0]
 
 
+def _fast_png(blob, mode: str, size: tuple[int, int]) -> np.ndarray | None:
+    """An 8-bit RGB (or grey, for mode L) PNG of the right size decoded by kornia_rs, else None:
+    Pillow takes palettes, alpha, 16 bits, other sizes and damaged files (kornia_rs refuses them)."""
+    fast = _kornia_png()
+    if fast is None or blob[:8] != PNG_MAGIC:
+        return None
+    try:
+        pixels = fast.io.decode_image_png_u8(bytes(blob), size, "rgb" if mode == "RGB" else "mono")
+    except Exception:  # kornia_rs raises a bare Exception for every refusal
+        return None
+    return pixels if mode == "RGB" else pixels[:, :, 0]
+
+
 def decode_one(blob, mode: str, size: tuple[int, int]) -> np.ndarray:
     """One image as uint8 (H, W) or (H, W, 3) in `mode`, resized to `size` (H, W) if needed."""
-    pixels = _fast_jpeg(blob, mode, size)
+    pixels = _fast_png(blob, mode, size)
+    if pixels is None:
+        pixels = _fast_jpeg(blob, mode, size)
     if pixels is not None:
         return pixels
     Image = _pillow()
@@ -394,6 +426,15 @@ def decode_one(blob, mode: str, size: tuple[int, int]) -> np.ndarray:
         if image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(image)
+
+
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in a loader worker, in shared memory from the start, so
+    handing it to the run's process does not copy it there (as torch's default collate does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 @dataclass
@@ -422,6 +463,7 @@ class ImageDataset(torch.utils.data.Dataset):
     ) -> None:
         self.images = images  # Blobs of encoded images, or an (n, C*H*W) uint8 pixel matrix
         self.targets, self.rows, self.sample_shape, self.where = targets, rows, sample_shape, where
+        self._buffer: np.ndarray | None = None  # decode's scratch (see _scratch)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -438,25 +480,42 @@ class ImageDataset(torch.utils.data.Dataset):
         if isinstance(self.images, np.ndarray):
             x = np.take(self.images, rows, axis=0)
             return torch.from_numpy(x).reshape(-1, *self.sample_shape), y
-        return torch.from_numpy(self.decode(rows)), y
+        return self.decode(rows), y
 
-    def decode(self, rows: np.ndarray) -> np.ndarray:
-        """Decode the images of `rows` into one uint8 (N, C, H, W) array."""
+    def decode(self, rows: np.ndarray) -> torch.Tensor:
+        """Decode the images of `rows` into one uint8 (N, C, H, W) tensor: RGB images into an
+        (N, H, W, 3) array first, then one transposing copy for the whole batch."""
         assert isinstance(self.images, Blobs)  # pixel matrices are gathered, not decoded
         c, h, w = self.sample_shape
-        out = np.empty((len(rows), c, h, w), np.uint8)
+        out = _batch_tensor((len(rows), c, h, w))
+        pixels = out.numpy().reshape(len(rows), h, w) if c == 1 else self._scratch(len(rows))
         mode = MODES[c]
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows.tolist()):
             try:
-                pixels = decode_one(self.images.get(int(row)), mode, (h, w))
+                pixels[i] = decode_one(self.images.get(row), mode, (h, w))
             except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError...
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise BadImage(
-                    f"data: {self.where.name(int(row))} is not an image Pillow can decode "
+                    f"data: {self.where.name(row)} is not an image Pillow can decode "
                     f"as {mode} ({reason})"
                 ) from None
-            out[i] = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
+        if c == 3:
+            np.copyto(out.numpy(), pixels.transpose(0, 3, 1, 2))
         return out
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """An (n, H, W, 3) buffer, up to SCRATCH_BYTES reused batch after batch (no fresh pages
+        to fault in for every batch)."""
+        _, h, w = self.sample_shape
+        if self._buffer is not None and len(self._buffer) >= n:
+            return self._buffer[:n]
+        buffer = np.empty((n, h, w, 3), np.uint8)
+        if buffer.nbytes <= SCRATCH_BYTES:
+            self._buffer = buffer
+        return buffer
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_buffer": None}  # a worker fills its own
 
 
 # --------------------------------------------------------------------------- reading a source

@@ -269,6 +269,53 @@ def test_jpeg_decoded_by_simplejpeg_has_pillows_pixels(mode):
         assert np.array_equal(decode_one(blob, mode, (12, 12)), slow)
 
 
+def png_kinds(pixels: np.ndarray) -> dict[str, bytes]:
+    """One RGB image as PNGs of the kinds a folder may hold: those kornia_rs decodes and those
+    it refuses (Pillow decodes them)."""
+    rgb = Image.fromarray(pixels)
+    kinds = {"RGB": rgb, "L": rgb.convert("L"), "RGBA": rgb.convert("RGBA"), "P": rgb.quantize(8)}
+    kinds["I;16"] = Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257)
+    kinds["other size"] = rgb.resize((10, 14))
+    found = {}
+    for name, image in kinds.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        found[name] = buffer.getvalue()
+    return found
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_png_decoded_by_kornia_rs_has_pillows_pixels(mode):
+    from ingredients.images import _fast_png, _kornia_png, decode_one
+
+    if _kornia_png() is None:
+        pytest.skip("kornia_rs is not installed: Pillow decodes every PNG")
+    images, _ = pictures(4, rgb=True)
+    fast_ones = {"RGB": {"RGB"}, "L": {"L"}}[mode]
+    for pixels in images:
+        for kind, blob in png_kinds(pixels).items():
+            with Image.open(io.BytesIO(blob)) as image:
+                image = image.convert(mode) if image.mode != mode else image
+                if image.size != (12, 12):
+                    image = image.resize((12, 12), Image.BILINEAR)
+                slow = np.asarray(image)
+            fast = _fast_png(blob, mode, (12, 12))
+            assert (fast is not None) == (kind in fast_ones), kind
+            if fast is not None:
+                assert np.array_equal(fast, slow), kind
+            assert np.array_equal(decode_one(blob, mode, (12, 12)), slow), kind
+
+
+def test_a_damaged_png_is_left_to_pillow():
+    from ingredients.images import _fast_png
+
+    images, _ = pictures(1, rgb=True)
+    blob = encode(images[0])
+    assert _fast_png(blob[:40], "RGB", (12, 12)) is None
+    flipped = blob[:-20] + bytes([blob[-20] ^ 1]) + blob[-19:]  # a CRC that does not match
+    assert _fast_png(flipped, "RGB", (12, 12)) is None
+
+
 def test_sliced_binary_and_struct_chunks_pack_the_right_bytes():
     from ingredients.images import BlobWriter
 
