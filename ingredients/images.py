@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, NoReturn
@@ -138,22 +138,50 @@ def _file_format(path: Path) -> str:
     return "parquet" if suffix in (".parquet", ".pq") else "ipc"
 
 
-def _dataset(files: list[Path]):
-    """A pyarrow dataset over the shards (all of one format)."""
-    import pyarrow.dataset as ds
+READ_ROWS = 1024  # rows per record batch read from a shard
+READ_BUFFER = 2**20  # bytes of a Parquet column chunk read at a time
 
-    formats = {_file_format(f) for f in files}
-    if len(formats) > 1:
-        _fail(f"data.path: shards mix Parquet and Arrow files ({files[0]}, ...); use one format")
-    fmt = formats.pop()
-    return ds.dataset([str(f) for f in files], format="parquet" if fmt == "parquet" else "arrow")
+
+def record_batches(file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The shard's columns, a record batch at a time, with flat memory however large the file
+    or its row groups: Parquet through a buffered reader without pre-buffering (pyarrow.dataset's
+    scanner read whole row groups ahead), Arrow IPC batch by batch from the file (not
+    memory-mapped: touched pages would count as resident). Once the caller is done with a batch,
+    the pool's freed pages go back to the system: mimalloc kept them, and peak RSS grew with
+    the file although pyarrow never held more than a few MB (see benchmarks/images.py)."""
+    pool = pa.default_memory_pool()
+    for batch in _batches(file, columns):
+        yield batch
+        pool.release_unused()
+
+
+def _batches(file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    if _file_format(file) == "parquet":
+        import pyarrow.parquet as pq
+
+        reader = pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER)
+        yield from reader.iter_batches(batch_size=READ_ROWS, columns=columns, use_threads=False)
+        return
+    import pyarrow.ipc as ipc
+
+    with pa.OSFile(str(file)) as source:
+        try:
+            found = ipc.open_file(source)
+            batches: Iterator[pa.RecordBatch] = (
+                found.get_batch(i) for i in range(found.num_record_batches)
+            )
+        except pa.ArrowInvalid:  # the streaming format (Hugging Face datasets writes it)
+            source.seek(0)
+            batches = iter(ipc.open_stream(source))
+        for batch in batches:
+            yield batch.select(columns)
 
 
 def _read_schema(files: list[Path]) -> pa.Schema:
-    try:
-        return _dataset(files).schema
-    except (pa.ArrowException, OSError) as error:
-        _fail(f"data.path: cannot read {files[0]} ({type(error).__name__}: {error})")
+    """The schema of the first shard (all must be of one format: Parquet or Arrow IPC)."""
+    if len({_file_format(f) for f in files}) > 1:
+        _fail(f"data.path: shards mix Parquet and Arrow files ({files[0]}, ...); use one format")
+    return read_schema(files[0], _file_format(files[0]))  # one sentence when it cannot
 
 
 class Column(NamedTuple):
@@ -559,11 +587,8 @@ def read_source(
     try:
         for file in files:
             starts.append(total)
-            # little read-ahead: memory stays flat however large the shard (see benchmarks/images.py)
-            for batch in _dataset([file]).to_batches(
-                columns=wanted, batch_readahead=1, fragment_readahead=1
-            ):
-                values = batch.column(0)
+            for batch in record_batches(file, wanted):
+                values = batch.column(column.name)
                 if values.null_count:
                     row = total + int(
                         np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]
@@ -577,9 +602,10 @@ def read_source(
                     size = values.type.list_size
                     flat = values.flatten().to_numpy(zero_copy_only=False)
                     pixels.append(flat.reshape(-1, size))
-                labels.append(batch.column(1))
+                # copies: a slice would keep the batch's image bytes alive (an IPC body is one buffer)
+                labels.append(pa.concat_arrays([batch.column(target)]))
                 if split_column:
-                    splits.append(batch.column(2))
+                    splits.append(pa.concat_arrays([batch.column(split_column)]))
                 total += batch.num_rows
     except (pa.ArrowException, OSError) as error:
         _fail(f"{key}: cannot read {where} ({type(error).__name__}: {error})")
@@ -881,10 +907,14 @@ def describe_images(cfg: dict, column: Column) -> tuple[int, tuple[int, int, int
         _fail(
             f"data.target: column {target!r} is not in {files[0]} (columns: {', '.join(schema.names[:8])})"
         )
-    table = _dataset(files).to_table(columns=[target])
-    classes = class_mapping(table.column(target), hf_class_names(schema, target))
-    labels = label_indices(table.column(target), classes, target, str(cfg["path"]))
-    first = _dataset(files).head(1, columns=[column.name]).column(0)[0]
+    column_of_labels = pa.chunked_array(
+        [pa.concat_arrays([b.column(target)]) for f in files for b in record_batches(f, [target])],
+        schema.field(target).type,
+    )
+    classes = class_mapping(column_of_labels, hf_class_names(schema, target))
+    labels = label_indices(column_of_labels, classes, target, str(cfg["path"]))
+    batches = (b for f in files for b in record_batches(f, [column.name]) if b.num_rows)
+    first = next(batches).column(0)[0]
     if column.kind == "hf":
         first = first["bytes"]
     value = first.as_py()

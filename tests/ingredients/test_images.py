@@ -106,6 +106,64 @@ def test_hf_layout_and_string_labels_are_found_and_decoded(hf_file):
     assert len(splits.val) == 6 and splits.test is None
 
 
+@pytest.mark.parametrize("layout", ["ipc file", "ipc stream"])
+def test_arrow_ipc_files_and_streams_read_as_parquet_does(tmp_path, layout):
+    images, labels = pictures(24)
+    table = pa.table({"label": [NAMES[y] for y in labels], "image": [encode(a) for a in images]})
+    path = tmp_path / "images.arrow"
+    opener = pa.ipc.new_file if layout == "ipc file" else pa.ipc.new_stream
+    with opener(path, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=5):
+            writer.write_batch(batch)
+    pq.write_table(table, tmp_path / "images.parquet")
+    # a budget below the bytes: the images go to the scratch file
+    arrow, parquet = load(path, in_memory_mb=1e-4), load(tmp_path / "images.parquet")
+    assert arrow.train.images.path is not None and arrow.images.classes == NAMES
+    x, y = arrow.train[np.arange(len(arrow.train))]
+    x2, y2 = parquet.train[np.arange(len(parquet.train))]
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+READ_PEAK = """
+import sys
+import pyarrow as pa
+from ingredients.images import Column, read_source
+
+source = read_source(sys.argv[1], "data.path", Column("image", "binary"), "label", None, 2**20)
+assert source.images.path is not None  # above the budget: in the scratch file
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(int(status["VmHWM"].split()[0]) / 1024, pa.default_memory_pool().max_memory() / 2**20)
+"""
+
+
+def read_peak(path: Path) -> tuple[float, float]:
+    """(peak RSS, pyarrow's peak allocation) in MB of a process reading `path` with a 1 MB budget."""
+    result = subprocess.run(
+        [sys.executable, "-c", READ_PEAK, str(path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rss, pool = map(float, result.stdout.split())
+    return rss, pool
+
+
+@pytest.mark.slow
+def test_shards_stream_with_flat_peak_memory(tmp_path):
+    """Images of 0.5-4.5 kB (as JPEGs vary), 9 MB and 4x that, read with a 1 MB budget: peak RSS
+    grows by less than 4 MB (mimalloc kept freed read buffers: +8.5 MB here, +28 MB on the
+    benchmark's JPEGs), and a 36 MB row group is read a few MB at a time (pyarrow.dataset's
+    scanner held it whole)."""
+    rng = np.random.default_rng(0)
+    blobs = [rng.bytes(int(k)) for k in rng.integers(500, 4500, 16000)]
+    table = pa.table({"image": pa.array(blobs, pa.binary()), "label": np.arange(16000) % 3})
+    small, large, one = (tmp_path / f"{name}.parquet" for name in ("small", "large", "one"))
+    pq.write_table(table.slice(0, 4000), small, compression="none", row_group_size=1024)
+    pq.write_table(table, large, compression="none", row_group_size=1024)
+    pq.write_table(table, one, compression="none", row_group_size=16000)
+    (small_rss, _), (large_rss, _), (_, one_pool) = map(read_peak, (small, large, one))
+    assert large_rss - small_rss < 4, (small_rss, large_rss)
+    assert one_pool < 12, one_pool
+
+
 def test_shards_in_a_folder_read_as_one_file_and_are_fingerprinted_per_shard(tmp_path):
     images, labels = pictures(30, rgb=True)
     folder = tmp_path / "shards"
