@@ -18,12 +18,9 @@ from PIL import Image
 
 from ingredients.augment import Augmenter
 from ingredients.data import Splits
-from ingredients.images import (
-    BadImage,
-    fingerprint_source,
-    image_source,
-    load_image_splits,
-)
+from ingredients.image_decoding import BadImage
+from ingredients.image_sources import fingerprint_source
+from ingredients.images import image_source, load_image_splits
 from ingredients.model import REGISTRY
 from ingredients.pack import pack
 
@@ -127,7 +124,7 @@ def test_arrow_ipc_files_and_streams_read_as_parquet_does(tmp_path, layout):
 READ_PEAK = """
 import sys
 import pyarrow as pa
-from ingredients.images import Column, read_source
+from ingredients.image_sources import Column, read_source
 
 source = read_source(sys.argv[1], "data.path", Column("image", "binary"), "label", None, 2**20)
 assert source.images.path is not None  # above the budget: in the scratch file
@@ -311,7 +308,7 @@ def test_pack_writes_shards_with_a_manifest_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_jpeg_decoded_by_simplejpeg_has_pillows_pixels(mode):
-    from ingredients.images import _fast_jpeg, _simplejpeg, decode_one
+    from ingredients.image_decoding import _fast_jpeg, _simplejpeg, decode_one
 
     if _simplejpeg() is None:
         pytest.skip("simplejpeg is not installed: Pillow decodes every JPEG")
@@ -344,7 +341,7 @@ def png_kinds(pixels: np.ndarray) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_png_decoded_by_kornia_rs_has_pillows_pixels(mode):
-    from ingredients.images import _fast_png, _kornia_png, decode_one
+    from ingredients.image_decoding import _fast_png, _kornia_png, decode_one
 
     if _kornia_png() is None:
         pytest.skip("kornia_rs is not installed: Pillow decodes every PNG")
@@ -365,7 +362,7 @@ def test_png_decoded_by_kornia_rs_has_pillows_pixels(mode):
 
 
 def test_a_damaged_png_is_left_to_pillow():
-    from ingredients.images import _fast_png
+    from ingredients.image_decoding import _fast_png
 
     images, _ = pictures(1, rgb=True)
     blob = encode(images[0])
@@ -375,7 +372,7 @@ def test_a_damaged_png_is_left_to_pillow():
 
 
 def test_sliced_binary_and_struct_chunks_pack_the_right_bytes():
-    from ingredients.images import BlobWriter
+    from ingredients.image_sources import BlobWriter
 
     values = pa.array([b"ab", b"cde", b"f", b"ghij"], pa.binary())
     struct = pa.StructArray.from_arrays([values, pa.array(list("wxyz"))], ["bytes", "path"])
