@@ -61,7 +61,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
 
 
 def pack_images(args: argparse.Namespace) -> int:
-    from ingredients.images import MANIFEST
+    from ingredients.image_sources import MANIFEST
     from ingredients.pack import pack
 
     manifest = pack(args.folder, args.out, args.shard_size)

@@ -10,13 +10,9 @@ import torch
 from experiments.checkpoint import checkpoint_from_bytes
 from experiments.loop import make_loss
 from ingredients.augment import Augmenter
-from ingredients.images import (
-    ImageDataset,
-    fingerprint_source,
-    image_source,
-    label_indices,
-    read_source,
-)
+from ingredients.image_decoding import ImageDataset
+from ingredients.image_sources import fingerprint_source, label_indices, read_source
+from ingredients.images import image_source
 from ingredients.model import build_model
 from observers.evaluations import add_evaluation
 from observers.store import RecordError, resolve_run

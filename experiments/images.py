@@ -13,7 +13,7 @@ import torch
 from experiments.checkpoint import checkpoint_from_bytes
 from experiments.loop import OneSentenceError, evaluate
 from ingredients.augment import Augmenter
-from ingredients.images import BadImage
+from ingredients.image_decoding import BadImage
 
 
 class BadImageError(OneSentenceError):

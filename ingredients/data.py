@@ -41,11 +41,11 @@ from ingredients.columnar import (
     spill,
     width,
 )
+from ingredients.image_sources import fingerprint_source
 from ingredients.images import SCHEMA as IMAGE_SCHEMA
 from ingredients.images import (  # image data: encoded images or uint8 pixels (see images.py)
     check_images_config,
     describe_images,
-    fingerprint_source,
     image_config,
     image_source,
     load_image_splits,

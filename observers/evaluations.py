@@ -1,39 +1,60 @@
-"""Evaluations of a recorded run, kept apart from what the run recorded: `evaluations.json`
-beside its run.json (file store), appended by replacing the file whole, never touching
-run.json, info.json or metrics.json. MongoDB stores are not supported yet."""
+"""Evaluations of a recorded run, kept apart from what the run recorded: in a file store
+`evaluations.json` beside its run.json, appended by replacing the file whole, never touching
+run.json, info.json or metrics.json; in MongoDB one document per evaluation in a collection of
+their own (observers/mongo_store.py), never touching the run's document."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from observers.files import replacing, utc_text
+from observers.records import MAX_EVALUATIONS
 from observers.store import FileRunStore, RecordError, RunStore
 
 FILE = "evaluations.json"
 
 
-def _path(store: RunStore, run_id: int) -> Path:
-    if not isinstance(store, FileRunStore):
-        raise RecordError(f"evaluations are kept in file stores only; {store.location} is not one")
+@runtime_checkable
+class KeepsEvaluations(Protocol):
+    """A store that keeps evaluations itself (MongoRunStore)."""
+
+    def evaluations(self, run_id: int) -> list[dict]: ...
+    def add_evaluation(self, run_id: int, entry: dict) -> None: ...
+
+
+def _path(store: FileRunStore, run_id: int) -> Path:
     return store.run_dir(run_id) / FILE
 
 
 def read_evaluations(store: RunStore, run_id: int) -> list[dict]:
-    """The run's evaluations, oldest first ([] when none or not a file store)."""
+    """The run's evaluations, oldest first ([] when none)."""
+    if isinstance(store, KeepsEvaluations):
+        return store.evaluations(run_id)
     if not isinstance(store, FileRunStore):
         return []
-    path = store.run_dir(run_id) / FILE
+    path = _path(store, run_id)
     return json.loads(path.read_text()) if path.is_file() else []
 
 
 def add_evaluation(store: RunStore, run_id: int, result: dict) -> list[dict]:
     """Append one evaluation (stamped with the time) atomically; returns them all."""
-    path = _path(store, run_id)
+    entry = {"time": utc_text(dt.datetime.now(dt.UTC)), **result}
+    if isinstance(store, KeepsEvaluations):
+        store.add_evaluation(run_id, entry)
+        return store.evaluations(run_id)
+    if not isinstance(store, FileRunStore):
+        raise RecordError(f"{store.location} keeps no evaluations")
     entries = read_evaluations(store, run_id)
-    entries.append({"time": utc_text(dt.datetime.now(dt.UTC)), **result})
-    with replacing(path) as f:
+    if len(entries) >= MAX_EVALUATIONS:
+        raise RecordError(
+            f"run {run_id} already keeps {len(entries)} evaluations in {store.location}, "
+            f"the {MAX_EVALUATIONS} a run may hold"
+        )
+    entries.append(entry)
+    with replacing(_path(store, run_id)) as f:
         json.dump(entries, f, indent=1)
     return entries
 

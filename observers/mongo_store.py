@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from datetime import datetime
 
 from observers.credentials import describe_error, redact_url
@@ -10,14 +11,20 @@ from observers.mongo import reach
 from observers.mongo_bounds import CHUNKS_COLLECTION
 from observers.records import (
     ENCODING_PREFIXES,
+    MAX_EVALUATIONS,
     ObjectEncoding,
     RecordError,
     check_metrics,
     expect_object,
+    loads_plain,
     recorded_sources,
     refusal,
 )
 
+# `reprolab evaluate` results: one document per evaluation, keyed by run id, inserted whole (the
+# run's own document is never written). The result is kept as JSON text: its keys (shard paths)
+# may hold the dots and dollars MongoDB field names cannot.
+EVALUATIONS_COLLECTION = "evaluations"
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
 
 
@@ -77,6 +84,7 @@ def ensure_indexes(db) -> None:
         for key in INDEXED:
             db["runs"].create_index(key)
         db[CHUNKS_COLLECTION].create_index([("run_id", 1), ("name", 1), ("chunk", 1)])
+        db[EVALUATIONS_COLLECTION].create_index([("run_id", 1), ("time", 1)])
     except PyMongoError:  # not authorised (a read-only user), or not supported
         pass
 
@@ -185,3 +193,37 @@ class MongoRunStore:
         """Recorded source files by their path relative to the experiment's base directory."""
         sources = recorded_sources(self._document(run_id), run_id)
         return {name: self.fs.get(file_id).read() for name, file_id in sources}
+
+    @_reading
+    def evaluations(self, run_id: int) -> list[dict]:
+        """The run's `reprolab evaluate` results, oldest first (at most MAX_EVALUATIONS)."""
+        found = self.db[EVALUATIONS_COLLECTION].find({"run_id": run_id}, {"record": 1})
+        entries = []
+        for document in found.sort([("time", 1), ("_id", 1)]).limit(MAX_EVALUATIONS):
+            try:
+                entries.append(expect_object(loads_plain(document["record"]), "an evaluation"))
+            except ObjectEncoding as error:
+                raise refusal(
+                    f"run {run_id}: an evaluation in {self.location}", error.key
+                ) from None
+        return entries
+
+    def add_evaluation(self, run_id: int, entry: dict) -> None:
+        """Insert one evaluation as a document of its own (atomic: all of it or nothing)."""
+        from pymongo.errors import PyMongoError
+
+        try:
+            kept = self.db[EVALUATIONS_COLLECTION].count_documents({"run_id": run_id})
+            if kept >= MAX_EVALUATIONS:
+                raise RecordError(
+                    f"run {run_id} already keeps {kept} evaluations in {self.location}, "
+                    f"the {MAX_EVALUATIONS} a run may hold"
+                )
+            self.db[EVALUATIONS_COLLECTION].insert_one(
+                {"run_id": run_id, "time": entry["time"], "record": json.dumps(entry)}
+            )
+        except PyMongoError as error:
+            raise RecordError(
+                f"cannot record the evaluation of run {run_id} in MongoDB at {self.location}: "
+                f"{describe_error(error, self._url)}"
+            ) from None

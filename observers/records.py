@@ -18,6 +18,7 @@ import stat
 # jsonpickle's tags all start with "py/"; keys starting with "json://" are decoded as JSON that
 # may itself hold tags (Sacred decodes with keys=True).
 ENCODING_PREFIXES = ("py/", "json://")
+MAX_EVALUATIONS = 1000  # `reprolab evaluate` results one run keeps (file or MongoDB store)
 RUN_ID = re.compile(r"0|[1-9][0-9]*")  # ASCII digits only: str.isdigit also accepts '³' and '٣'
 
 

@@ -1,5 +1,5 @@
 """Training on encoded images: bit-exact with loader workers and random augmentation (twice,
-`reprolab rerun --verify`, resumed), the test split evaluated once, `reprolab evaluate`, a bad
+`reprolab rerun --verify`, resumed, SIGKILLed mid-epoch and resumed), the test split evaluated once, `reprolab evaluate`, a bad
 image ending the run FAILED with one sentence."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +109,57 @@ def test_a_resumed_run_equals_the_straight_run(runs):
     assert again["final_model_sha256"] == straight["final_model_sha256"]
     for name in ("train_loss", "val_loss", "val_accuracy"):
         assert again_metrics[name]["values"] == straight_metrics[name]["values"][1:]
+
+
+# Runs train.py, but SIGKILLs itself at the second optimizer step after the first validation pass
+# (epoch 1 checkpointed, epoch 2 half-trained, its loader workers busy): a kill mid-epoch at a
+# known point, without sleeping.
+KILLER = """
+import os, runpy, signal, sys
+import experiments.loop as loop
+
+evaluated, steps = [], []
+evaluate, optimizer_step = loop.evaluate, loop.optimizer_step
+
+def evaluate_and_count(*args, **kwargs):
+    evaluated.append(1)
+    return evaluate(*args, **kwargs)
+
+def step_or_die(*args, **kwargs):
+    optimizer_step(*args, **kwargs)
+    steps.append(bool(evaluated))
+    if sum(steps) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+loop.evaluate, loop.optimizer_step = evaluate_and_count, step_or_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_to_the_straight_run(runs, tmp_path):
+    store, data, _, _ = runs
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    killed_store = tmp_path / "runs"
+    killed = subprocess.run(
+        [sys.executable, str(killer), str(TRAIN), "-F", str(killed_store), "with",
+         f"data.path={data}", f"data.test_path={data.with_name('test.parquet')}", *ARGS,
+         "epochs=2"],
+        cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert torch.load(killed_store / "1" / "last.pt", weights_only=True)["epoch"] == 1
+    resumed = train(killed_store, data, "resume=1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight, straight_metrics = record(store, 1)
+    again, again_metrics = record(killed_store, 2)
+    assert again["resumed_from"]["epoch"] == 1
+    assert again["final_model_sha256"] == straight["final_model_sha256"]
+    for name in ("train_loss", "val_loss", "val_accuracy"):
+        assert again_metrics[name]["steps"] == [2]
+        assert again_metrics[name]["values"] == straight_metrics[name]["values"][1:], name
 
 
 def test_the_record_holds_images_classes_augmentation_and_the_test_result(runs):

@@ -18,12 +18,9 @@ from PIL import Image
 
 from ingredients.augment import Augmenter
 from ingredients.data import Splits
-from ingredients.images import (
-    BadImage,
-    fingerprint_source,
-    image_source,
-    load_image_splits,
-)
+from ingredients.image_decoding import BadImage
+from ingredients.image_sources import fingerprint_source
+from ingredients.images import image_source, load_image_splits
 from ingredients.model import REGISTRY
 from ingredients.pack import pack
 
@@ -104,6 +101,64 @@ def test_hf_layout_and_string_labels_are_found_and_decoded(hf_file):
     assert np.array_equal(x[:, 0].numpy(), np.stack([images[r] for r in rows]))
     assert y.tolist() == [labels[r] for r in rows]
     assert len(splits.val) == 6 and splits.test is None
+
+
+@pytest.mark.parametrize("layout", ["ipc file", "ipc stream"])
+def test_arrow_ipc_files_and_streams_read_as_parquet_does(tmp_path, layout):
+    images, labels = pictures(24)
+    table = pa.table({"label": [NAMES[y] for y in labels], "image": [encode(a) for a in images]})
+    path = tmp_path / "images.arrow"
+    opener = pa.ipc.new_file if layout == "ipc file" else pa.ipc.new_stream
+    with opener(path, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=5):
+            writer.write_batch(batch)
+    pq.write_table(table, tmp_path / "images.parquet")
+    # a budget below the bytes: the images go to the scratch file
+    arrow, parquet = load(path, in_memory_mb=1e-4), load(tmp_path / "images.parquet")
+    assert arrow.train.images.path is not None and arrow.images.classes == NAMES
+    x, y = arrow.train[np.arange(len(arrow.train))]
+    x2, y2 = parquet.train[np.arange(len(parquet.train))]
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+READ_PEAK = """
+import sys
+import pyarrow as pa
+from ingredients.image_sources import Column, read_source
+
+source = read_source(sys.argv[1], "data.path", Column("image", "binary"), "label", None, 2**20)
+assert source.images.path is not None  # above the budget: in the scratch file
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(int(status["VmHWM"].split()[0]) / 1024, pa.default_memory_pool().max_memory() / 2**20)
+"""
+
+
+def read_peak(path: Path) -> tuple[float, float]:
+    """(peak RSS, pyarrow's peak allocation) in MB of a process reading `path` with a 1 MB budget."""
+    result = subprocess.run(
+        [sys.executable, "-c", READ_PEAK, str(path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rss, pool = map(float, result.stdout.split())
+    return rss, pool
+
+
+@pytest.mark.slow
+def test_shards_stream_with_flat_peak_memory(tmp_path):
+    """Images of 0.5-4.5 kB (as JPEGs vary), 9 MB and 4x that, read with a 1 MB budget: peak RSS
+    grows by less than 4 MB (mimalloc kept freed read buffers: +8.5 MB here, +28 MB on the
+    benchmark's JPEGs), and a 36 MB row group is read a few MB at a time (pyarrow.dataset's
+    scanner held it whole)."""
+    rng = np.random.default_rng(0)
+    blobs = [rng.bytes(int(k)) for k in rng.integers(500, 4500, 16000)]
+    table = pa.table({"image": pa.array(blobs, pa.binary()), "label": np.arange(16000) % 3})
+    small, large, one = (tmp_path / f"{name}.parquet" for name in ("small", "large", "one"))
+    pq.write_table(table.slice(0, 4000), small, compression="none", row_group_size=1024)
+    pq.write_table(table, large, compression="none", row_group_size=1024)
+    pq.write_table(table, one, compression="none", row_group_size=16000)
+    (small_rss, _), (large_rss, _), (_, one_pool) = map(read_peak, (small, large, one))
+    assert large_rss - small_rss < 4, (small_rss, large_rss)
+    assert one_pool < 12, one_pool
 
 
 def test_shards_in_a_folder_read_as_one_file_and_are_fingerprinted_per_shard(tmp_path):
@@ -253,7 +308,7 @@ def test_pack_writes_shards_with_a_manifest_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_jpeg_decoded_by_simplejpeg_has_pillows_pixels(mode):
-    from ingredients.images import _fast_jpeg, _simplejpeg, decode_one
+    from ingredients.image_decoding import _fast_jpeg, _simplejpeg, decode_one
 
     if _simplejpeg() is None:
         pytest.skip("simplejpeg is not installed: Pillow decodes every JPEG")
@@ -269,8 +324,55 @@ def test_jpeg_decoded_by_simplejpeg_has_pillows_pixels(mode):
         assert np.array_equal(decode_one(blob, mode, (12, 12)), slow)
 
 
+def png_kinds(pixels: np.ndarray) -> dict[str, bytes]:
+    """One RGB image as PNGs of the kinds a folder may hold: those kornia_rs decodes and those
+    it refuses (Pillow decodes them)."""
+    rgb = Image.fromarray(pixels)
+    kinds = {"RGB": rgb, "L": rgb.convert("L"), "RGBA": rgb.convert("RGBA"), "P": rgb.quantize(8)}
+    kinds["I;16"] = Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257)
+    kinds["other size"] = rgb.resize((10, 14))
+    found = {}
+    for name, image in kinds.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        found[name] = buffer.getvalue()
+    return found
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_png_decoded_by_kornia_rs_has_pillows_pixels(mode):
+    from ingredients.image_decoding import _fast_png, _kornia_png, decode_one
+
+    if _kornia_png() is None:
+        pytest.skip("kornia_rs is not installed: Pillow decodes every PNG")
+    images, _ = pictures(4, rgb=True)
+    fast_ones = {"RGB": {"RGB"}, "L": {"L"}}[mode]
+    for pixels in images:
+        for kind, blob in png_kinds(pixels).items():
+            with Image.open(io.BytesIO(blob)) as image:
+                image = image.convert(mode) if image.mode != mode else image
+                if image.size != (12, 12):
+                    image = image.resize((12, 12), Image.BILINEAR)
+                slow = np.asarray(image)
+            fast = _fast_png(blob, mode, (12, 12))
+            assert (fast is not None) == (kind in fast_ones), kind
+            if fast is not None:
+                assert np.array_equal(fast, slow), kind
+            assert np.array_equal(decode_one(blob, mode, (12, 12)), slow), kind
+
+
+def test_a_damaged_png_is_left_to_pillow():
+    from ingredients.image_decoding import _fast_png
+
+    images, _ = pictures(1, rgb=True)
+    blob = encode(images[0])
+    assert _fast_png(blob[:40], "RGB", (12, 12)) is None
+    flipped = blob[:-20] + bytes([blob[-20] ^ 1]) + blob[-19:]  # a CRC that does not match
+    assert _fast_png(flipped, "RGB", (12, 12)) is None
+
+
 def test_sliced_binary_and_struct_chunks_pack_the_right_bytes():
-    from ingredients.images import BlobWriter
+    from ingredients.image_sources import BlobWriter
 
     values = pa.array([b"ab", b"cde", b"f", b"ghij"], pa.binary())
     struct = pa.StructArray.from_arrays([values, pa.array(list("wxyz"))], ["bytes", "path"])

@@ -496,6 +496,71 @@ def test_whole_path_against_a_real_server(tmp_path, server_url, capsys):
         store.db["runs"].delete_one({"_id": run_id})
 
 
+def write_pngs(path: Path, n: int, seed: int) -> None:
+    """n 8x8 grey PNGs of 2 classes (a bright top or bottom half) with string labels."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for i in range(n):
+        pixels = rng.integers(0, 60, (8, 8), dtype=np.uint8)
+        pixels[(i % 2) * 4 : (i % 2) * 4 + 4] += 150
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        blobs.append(buffer.getvalue())
+    pq.write_table(pa.table({"image": blobs, "label": ["top", "bottom"] * (n // 2)}), path)
+
+
+@pytest.mark.slow
+@pytest.mark.mongo
+def test_evaluate_records_apart_in_mongodb_and_show_lists_it(tmp_path, nx_server, capsys):
+    url = nx_server.url
+    train_file, test_file = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    write_pngs(train_file, 64, seed=0)
+    write_pngs(test_file, 20, seed=1)
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "with", f"data.path={train_file}",
+         f"data.test_path={test_file}", "model.name=cnn", "model.channels=[4]", "epochs=1",
+         "data.batch_size=16", "progress=False"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "REPROLAB_MONGO_URL": url, om.FALLBACK_VARIABLE: ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    store = MongoRunStore(url)
+    (run_id,) = store.run_ids()
+    before = store.db["runs"].find_one({"_id": run_id})
+    expected = f"accuracy {store.info(run_id)['test']['test_accuracy']:.4f}"  # same weights, rows
+    for _ in range(2):
+        assert reprolab(["evaluate", str(run_id), "--data", str(test_file), "--store", url]) == 0
+        assert expected in capsys.readouterr().out
+    assert store.db["runs"].find_one({"_id": run_id}) == before  # the run's record untouched
+    saved = store.evaluations(run_id)
+    assert len(saved) == 2 and saved[0]["time"] <= saved[1]["time"]
+    assert sum(map(sum, saved[0]["confusion"])) == 20 and saved[0]["rows"] == 20
+    assert saved[0]["fingerprint"][
+        "sha256"
+    ]  # keys of any text (a shard's path) read back as written
+    assert reprolab(["show", str(run_id), "--store", url]) == 0
+    shown = capsys.readouterr().out
+    assert "evaluations:" in shown and shown.count(expected) == 2
+
+
+@pytest.mark.mongo
+def test_evaluations_in_mongodb_keep_odd_keys_and_are_bounded(nx_server, monkeypatch):
+    store = MongoRunStore(nx_server.url)
+    entry = {"time": "2026-01-01T00:00:00.000000Z", "shards": {"a.b/$c.parquet": 1}, "loss": 0.5}
+    store.add_evaluation(7, entry)
+    assert store.evaluations(7) == [entry] and store.evaluations(8) == []
+    assert store.db["runs"].count_documents({}) == 0  # no run document written
+    monkeypatch.setattr("observers.mongo_store.MAX_EVALUATIONS", 1)
+    with pytest.raises(RecordError, match="run 7 already keeps 1 evaluations .* the 1 a run may"):
+        store.add_evaluation(7, entry)
+    assert len(store.evaluations(8) + store.evaluations(7)) == 1
+
+
 # ------------------------------------------------------------------------------ start-up
 
 
