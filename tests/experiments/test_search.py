@@ -5,6 +5,7 @@ resumed within its budget, and bad declarations refused in one sentence before a
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
+from experiments.sweeps.record import SweepRecord
+from experiments.sweeps.space import Search
+from experiments.sweeps.tuner import Tuner
 from observers import load_runs
 from observers.location import StoreLocation
 from observers.studies import journal_path, study_storage
@@ -126,6 +130,44 @@ def test_one_worker_and_a_sampler_seed_ask_the_same_configs(pruned_search, tmp_p
     first = [(t.params, t.state.name) for t in trials(store, sweep)]
     second = [(t.params, t.state.name) for t in trials(again, search_id(again))]
     assert first == second and len(first) == 3
+
+
+def proposals(store: Path, sampler: dict, trials: int, stop_after: int | None = None) -> list:
+    """The configs a search of `trials` asks with one worker, each told a score that favours
+    lr near 1e-2; with `stop_after`, its Tuner is dropped after that many trials and a new one
+    (as `sweep --resume` builds it) asks the rest."""
+    search = Search(
+        space={
+            "lr": {"low": 1e-4, "high": 1.0, "log": True},
+            "width": {"type": "int", "low": 8, "high": 256, "log": True},
+            "optimizer.name": {"choices": ["sgd", "adam"]},
+        },
+        trials=trials,
+        sampler=sampler,
+    ).check()
+    record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
+    location = StoreLocation.parse(str(store))
+    tuner, asked = Tuner(record, location, None), []
+    while (job := tuner.ask()) is not None:
+        params = tuner.trial(job.index).params
+        asked.append(params)
+        tuner.study.tell(job.index, -abs(math.log10(params["lr"]) + 2))
+        if len(asked) == stop_after:
+            tuner = Tuner(record, location, None)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "sampler", [{"name": "random", "seed": 3}, {"name": "tpe", "seed": 3, "n_startup_trials": 3}]
+)
+def test_a_resumed_search_asks_what_the_uninterrupted_one_asks(tmp_path, sampler):
+    whole = proposals(tmp_path / "whole", sampler, 8)
+    resumed = proposals(tmp_path / "resumed", sampler, 8, stop_after=4)
+    assert resumed == whole and len(whole) == 8
+    assert len({params["lr"] for params in whole}) == 8  # no draw repeated by a restarted RNG
+    assert proposals(tmp_path / "again", sampler, 8) == whole
+    other = proposals(tmp_path / "other", {**sampler, "seed": 4}, 8)
+    assert [p["lr"] for p in other] != [p["lr"] for p in whole]
 
 
 def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, checkout_folder):
