@@ -113,6 +113,9 @@ def test_pruned_trials_are_recorded_and_shown_as_pruned(pruned_search):
     assert ranked[1].split()[3] == "COMPLETED" and ranked[-2].split()[3] == "PRUNED"
     status = reprolab("sweep", "--status", sweep, "--store", str(store)).stdout
     assert status.count(" PRUNED ") == 2 * len(pruned)  # the study's state and the run's
+    pruned_lines = [line for line in status.splitlines() if " PRUNED " in line]
+    assert all("pruned at epoch 1 " in line for line in pruned_lines), status
+    assert status.count("pruned at epoch") == len(pruned)  # completed trials carry no label
 
 
 def test_a_pruned_trial_reruns_bit_for_bit(pruned_search):
