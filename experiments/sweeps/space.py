@@ -290,6 +290,8 @@ class Search:
         import optuna
 
         settings = {k: v for k, v in self.pruner.items() if k != "name"}
+        if self.pruner["name"] == "hyperband" and self.sampler.get("seed") is not None:
+            return seeded_hyperband(self.sampler["seed"], settings)
         kind = {
             "none": optuna.pruners.NopPruner,
             "median": optuna.pruners.MedianPruner,
@@ -369,6 +371,25 @@ def per_trial_sampler(build, seed: int | None):
             self.current.after_trial(study, trial, state, values)
 
     return PerTrialSampler()
+
+
+def seeded_hyperband(seed: int, settings: dict):
+    """Optuna's Hyperband pruner with each trial's bracket drawn from the sampler seed and the
+    trial's number. Optuna hashes the study's name instead, which is the search id: two searches
+    of one declaration would put trials in other brackets, prune others, and (TPE learning from
+    the trials of a trial's bracket) propose other configs. Overrides Optuna's one method that
+    chooses the bracket (`_get_bracket_id`, private; the search tests would fail if it changed)."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    named = SimpleNamespace(study_name=f"reprolab-hyperband-seed-{seed}")
+
+    class SeededHyperband(optuna.pruners.HyperbandPruner):
+        def _get_bracket_id(self, study, trial) -> int:
+            return super()._get_bracket_id(named, trial)  # type: ignore[arg-type]
+
+    return SeededHyperband(**settings)
 
 
 def flat_space(space: dict, prefix: str = "") -> dict:

@@ -173,6 +173,44 @@ def test_a_resumed_search_asks_what_the_uninterrupted_one_asks(tmp_path, sampler
     assert [p["lr"] for p in other] != [p["lr"] for p in whole]
 
 
+def hyperband_search(study_name: str) -> list:
+    """A TPE search with Hyperband in a study of this name: each trial's lr and state, each
+    epoch's value a made-up curve that favours lr near 1e-2."""
+    import optuna
+
+    search = Search(
+        space={"lr": {"low": 1e-4, "high": 1.0, "log": True}},
+        trials=20,
+        sampler={"name": "tpe", "seed": 0, "n_startup_trials": 3},
+        pruner={"name": "hyperband", "min_resource": 1, "max_resource": 9},
+    ).check()
+    study = optuna.create_study(
+        study_name=study_name,
+        direction="maximize",
+        sampler=search.make_sampler(),
+        pruner=search.make_pruner(),
+    )
+    for _ in range(search.trials or 0):
+        trial = study.ask(search.distributions())
+        score = -abs(math.log10(trial.params["lr"]) + 2)
+        for epoch in range(1, 10):
+            trial.report(score * (1 + 1 / epoch), epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, score)
+    return [(t.params["lr"], t.state.name) for t in study.trials]
+
+
+def test_two_hyperband_searches_of_one_declaration_prune_and_ask_alike():
+    """Optuna draws Hyperband's brackets from the study's name (the search id, new each time)."""
+    first, second = hyperband_search("20261205-aaaa"), hyperband_search("20261205-bbbb")
+    assert first == second
+    states = {state for _, state in first}
+    assert states == {"COMPLETE", "PRUNED"}  # the pruner did prune, differently per bracket
+
+
 def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, checkout_folder):
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
