@@ -268,6 +268,8 @@ def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, che
     assert list(runs.trial) == [0, 0, 1, 2]
     assert list(runs.status) == ["INTERRUPTED", "COMPLETED", "COMPLETED", "COMPLETED"]
     assert runs["config.resume"].fillna(0).tolist() == [0, 1, 0, 0]
+    lrs = [t.params["lr"] for t in trials(store, sweep)]
+    assert len(set(lrs)) == 3, lrs  # trial 1, the first asked after resuming, is not trial 0's lr
     nothing = reprolab("sweep", "--resume", sweep, "--store", str(store))
     assert "nothing to do" in nothing.stderr and len(trials(store, sweep)) == 3
 
