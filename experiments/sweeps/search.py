@@ -299,15 +299,27 @@ def search_status(record: SweepRecord, location: StoreLocation) -> int:
         f"search {record.id}: {record.experiment}, {search.trials} trials, {search.direction} "
         f"{search.metric}, {', '.join(a['engine'] for a in record.attempts) or 'not started'}"
     )
-    print(f"{'trial':>5}  {'state':<8}  {'runs':<10}  {'run':<11}  {'value':>9}  parameters")
+    print(f"{'trial':>5}  {'state':<8}  {'runs':<10}  {'run':<11}  {'value':<26}  parameters")
     for trial in tuner.study.get_trials(deepcopy=False):
         if trial.user_attrs.get(OVER_BUDGET):
             continue
         runs = attempts.get(trial.number) or []
         ids = ",".join(str(r.run_id) for r in runs) or "-"
         status = runs[-1].status if runs else "-"
-        value = f"{trial.value:.4g}" if trial.value is not None else "-"
-        line = f"{trial.number:>5}  {trial.state.name:<8}  {ids:<10}  {status:<11}  {value:>9}  "
+        line = f"{trial.number:>5}  {trial.state.name:<8}  {ids:<10}  {status:<11}  "
+        line += f"{trial_value(trial):<26}  "
         print((line + describe(trial.params))[:120])
     print(tuner.summary())
     return ExitCode.OK
+
+
+def trial_value(trial) -> str:
+    """A finished trial's value as the study holds it: a completed trial's best reported value;
+    a pruned trial's value at pruning (Optuna keeps its last reported one), said so."""
+    from optuna.trial import TrialState
+
+    if trial.value is None:
+        return "-"
+    if trial.state == TrialState.PRUNED and trial.last_step is not None:
+        return f"{trial.value:.4g} pruned at epoch {trial.last_step}"
+    return f"{trial.value:.4g}"

@@ -267,14 +267,21 @@ class Search:
         }
 
     def make_sampler(self):
-        """The Optuna sampler declared, seeded."""
+        """The Optuna sampler declared, seeded so that each trial's proposal depends on the seed,
+        the trial's number and the study's history only: a search resumed after k trials asks
+        what it would have asked uninterrupted (a sampler rebuilt with its seed would restart
+        its random numbers and repeat trial 0's draws)."""
+        name, seed = self.sampler["name"], self.sampler.get("seed")
+        if name == "grid":  # its order is one shuffle by the seed; trial N takes grid point N
+            return grid_sampler(grid_values(self.space), seed)
+        return per_trial_sampler(lambda trial_seed: self.sampler_with(trial_seed), seed)
+
+    def sampler_with(self, seed: int | None):
+        """The declared random or TPE sampler with this seed."""
         import optuna
 
-        name, seed = self.sampler["name"], self.sampler.get("seed")
-        if name == "random":
+        if self.sampler["name"] == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        if name == "grid":
-            return grid_sampler(grid_values(self.space), seed)
         startup = self.sampler.get("n_startup_trials", 10)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
@@ -283,6 +290,8 @@ class Search:
         import optuna
 
         settings = {k: v for k, v in self.pruner.items() if k != "name"}
+        if self.pruner["name"] == "hyperband" and self.sampler.get("seed") is not None:
+            return seeded_hyperband(self.sampler["seed"], settings)
         kind = {
             "none": optuna.pruners.NopPruner,
             "median": optuna.pruners.MedianPruner,
@@ -325,6 +334,62 @@ def grid_sampler(values: dict[str, list], seed: int | None):
             pass
 
     return GridSearchSampler(values, seed=seed)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial `number`'s proposal: the declared seed and the number mixed by NumPy's
+    SeedSequence, so neighbouring trials' streams are unrelated."""
+    import numpy
+
+    return int(numpy.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def per_trial_sampler(build, seed: int | None):
+    """An Optuna sampler that builds `build(seed)` afresh for each trial, seeded by the declared
+    seed and the trial's number (no seed: unseeded). The samplers built (random, TPE) keep no
+    state between trials but their random numbers; their history is the study's."""
+    import optuna
+
+    class PerTrialSampler(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self.current = build(seed)
+
+        def before_trial(self, study, trial) -> None:
+            self.current = build(None if seed is None else trial_seed(seed, trial.number))
+            self.current.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.current.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.current.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.current.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.current.after_trial(study, trial, state, values)
+
+    return PerTrialSampler()
+
+
+def seeded_hyperband(seed: int, settings: dict):
+    """Optuna's Hyperband pruner with each trial's bracket drawn from the sampler seed and the
+    trial's number. Optuna hashes the study's name instead, which is the search id: two searches
+    of one declaration would put trials in other brackets, prune others, and (TPE learning from
+    the trials of a trial's bracket) propose other configs. Overrides Optuna's one method that
+    chooses the bracket (`_get_bracket_id`, private; the search tests would fail if it changed)."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    named = SimpleNamespace(study_name=f"reprolab-hyperband-seed-{seed}")
+
+    class SeededHyperband(optuna.pruners.HyperbandPruner):
+        def _get_bracket_id(self, study, trial) -> int:
+            return super()._get_bracket_id(named, trial)  # type: ignore[arg-type]
+
+    return SeededHyperband(**settings)
 
 
 def flat_space(space: dict, prefix: str = "") -> dict:

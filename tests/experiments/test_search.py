@@ -5,6 +5,7 @@ resumed within its budget, and bad declarations refused in one sentence before a
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
+from experiments.sweeps.record import SweepRecord
+from experiments.sweeps.space import Search
+from experiments.sweeps.tuner import Tuner
 from observers import load_runs
 from observers.location import StoreLocation
 from observers.studies import journal_path, study_storage
@@ -109,6 +113,9 @@ def test_pruned_trials_are_recorded_and_shown_as_pruned(pruned_search):
     assert ranked[1].split()[3] == "COMPLETED" and ranked[-2].split()[3] == "PRUNED"
     status = reprolab("sweep", "--status", sweep, "--store", str(store)).stdout
     assert status.count(" PRUNED ") == 2 * len(pruned)  # the study's state and the run's
+    pruned_lines = [line for line in status.splitlines() if " PRUNED " in line]
+    assert all("pruned at epoch 1 " in line for line in pruned_lines), status
+    assert status.count("pruned at epoch") == len(pruned)  # completed trials carry no label
 
 
 def test_a_pruned_trial_reruns_bit_for_bit(pruned_search):
@@ -126,6 +133,82 @@ def test_one_worker_and_a_sampler_seed_ask_the_same_configs(pruned_search, tmp_p
     first = [(t.params, t.state.name) for t in trials(store, sweep)]
     second = [(t.params, t.state.name) for t in trials(again, search_id(again))]
     assert first == second and len(first) == 3
+
+
+def proposals(store: Path, sampler: dict, trials: int, stop_after: int | None = None) -> list:
+    """The configs a search of `trials` asks with one worker, each told a score that favours
+    lr near 1e-2; with `stop_after`, its Tuner is dropped after that many trials and a new one
+    (as `sweep --resume` builds it) asks the rest."""
+    search = Search(
+        space={
+            "lr": {"low": 1e-4, "high": 1.0, "log": True},
+            "width": {"type": "int", "low": 8, "high": 256, "log": True},
+            "optimizer.name": {"choices": ["sgd", "adam"]},
+        },
+        trials=trials,
+        sampler=sampler,
+    ).check()
+    record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
+    location = StoreLocation.parse(str(store))
+    tuner, asked = Tuner(record, location, None), []
+    while (job := tuner.ask()) is not None:
+        params = tuner.trial(job.index).params
+        asked.append(params)
+        tuner.study.tell(job.index, -abs(math.log10(params["lr"]) + 2))
+        if len(asked) == stop_after:
+            tuner = Tuner(record, location, None)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "sampler", [{"name": "random", "seed": 3}, {"name": "tpe", "seed": 3, "n_startup_trials": 3}]
+)
+def test_a_resumed_search_asks_what_the_uninterrupted_one_asks(tmp_path, sampler):
+    whole = proposals(tmp_path / "whole", sampler, 8)
+    resumed = proposals(tmp_path / "resumed", sampler, 8, stop_after=4)
+    assert resumed == whole and len(whole) == 8
+    assert len({params["lr"] for params in whole}) == 8  # no draw repeated by a restarted RNG
+    assert proposals(tmp_path / "again", sampler, 8) == whole
+    other = proposals(tmp_path / "other", {**sampler, "seed": 4}, 8)
+    assert [p["lr"] for p in other] != [p["lr"] for p in whole]
+
+
+def hyperband_search(study_name: str) -> list:
+    """A TPE search with Hyperband in a study of this name: each trial's lr and state, each
+    epoch's value a made-up curve that favours lr near 1e-2."""
+    import optuna
+
+    search = Search(
+        space={"lr": {"low": 1e-4, "high": 1.0, "log": True}},
+        trials=20,
+        sampler={"name": "tpe", "seed": 0, "n_startup_trials": 3},
+        pruner={"name": "hyperband", "min_resource": 1, "max_resource": 9},
+    ).check()
+    study = optuna.create_study(
+        study_name=study_name,
+        direction="maximize",
+        sampler=search.make_sampler(),
+        pruner=search.make_pruner(),
+    )
+    for _ in range(search.trials or 0):
+        trial = study.ask(search.distributions())
+        score = -abs(math.log10(trial.params["lr"]) + 2)
+        for epoch in range(1, 10):
+            trial.report(score * (1 + 1 / epoch), epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, score)
+    return [(t.params["lr"], t.state.name) for t in study.trials]
+
+
+def test_two_hyperband_searches_of_one_declaration_prune_and_ask_alike():
+    """Optuna draws Hyperband's brackets from the study's name (the search id, new each time)."""
+    first, second = hyperband_search("20261205-aaaa"), hyperband_search("20261205-bbbb")
+    assert first == second
+    states = {state for _, state in first}
+    assert states == {"COMPLETE", "PRUNED"}  # the pruner did prune, differently per bracket
 
 
 def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, checkout_folder):
@@ -185,6 +268,8 @@ def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, che
     assert list(runs.trial) == [0, 0, 1, 2]
     assert list(runs.status) == ["INTERRUPTED", "COMPLETED", "COMPLETED", "COMPLETED"]
     assert runs["config.resume"].fillna(0).tolist() == [0, 1, 0, 0]
+    lrs = [t.params["lr"] for t in trials(store, sweep)]
+    assert len(set(lrs)) == 3, lrs  # trial 1, the first asked after resuming, is not trial 0's lr
     nothing = reprolab("sweep", "--resume", sweep, "--store", str(store))
     assert "nothing to do" in nothing.stderr and len(trials(store, sweep)) == 3
 
