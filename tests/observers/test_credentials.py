@@ -130,5 +130,7 @@ def test_printed_sweep_commands_hide_password(password):
     out = io.StringIO()
     with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(out):
         store = StoreLocation(folder)
-        launch_commands(SweepOptions(store), record, SweepBook(store), [job])
+        book = SweepBook(store)
+        book.save(record)  # as the sweep command does before it launches
+        launch_commands(SweepOptions(store), record, book, [job])
     assert password not in out.getvalue()
