@@ -66,7 +66,8 @@ def load_runs(
     if narrow and run_ids is None and not wanted and DAMAGED not in (statuses or ()):
         if statuses is not None or sweep is not None:
             ids = narrow(statuses, sweep)
-    all_rows = [record_row(store, run_id) for run_id in ids]
+    reader = store.for_rows(ids) if hasattr(store, "for_rows") else store  # MongoDB: one query
+    all_rows = [record_row(reader, run_id) for run_id in ids]
     rows = [
         row
         for row in all_rows
@@ -75,9 +76,9 @@ def load_runs(
     ]
     if wanted and not rows:
         check_config_keys(store, all_rows, wanted)
-    summaries = metric_summaries(store, [row["run_id"] for row in rows])
+    summaries = metric_summaries(reader, [row["run_id"] for row in rows])
     for row in rows:
-        complete_row(store, row, summaries[row["run_id"]])
+        complete_row(reader, row, summaries[row["run_id"]])
     return runs_frame(rows)
 
 
@@ -95,6 +96,9 @@ def runs_page(
         from observers.index import indexed_runs
 
         return indexed_runs(store, None, status_names(status), None, sweep, {}, last)
+    if status is None and sweep is None:  # only the page's runs are read
+        ids = store.run_ids()
+        return load_runs(store, run_ids=ids[-last:] if last else ids), len(ids)
     runs = load_runs(store, status=status, sweep=sweep)
     return (runs.tail(last) if last else runs), len(runs)
 

@@ -352,3 +352,26 @@ def test_the_index_has_a_type_for_every_record_column():
     from observers.tables import RECORD_COLUMNS
 
     assert set(RECORD_TYPES) == set(RECORD_COLUMNS)
+
+
+def test_pages_read_from_an_index_of_many_record_batches(store, monkeypatch):
+    """A page, a filter and the whole table give the records' answer when the index file holds
+    its rows in several record batches (pages then read only the batches holding their rows)."""
+    monkeypatch.setattr(run_index, "BATCH_ROWS", 3)
+    (store / "4" / "config.json").write_text('{"lr": 0.5}')
+    same(store)
+    index = run_index.IndexFile.open(store)
+    assert index is not None and index.column("run_id").num_chunks == 4  # 10 rows, 3 a batch
+    index.close()
+    whole = records(store)
+    for last in (1, 2, 5):
+        runs, total = runs_page(store, last)
+        shown = records(store, run_ids=whole.index[-last:])
+        pd.testing.assert_frame_equal(runs, shown, check_exact=True)
+        assert total == len(whole)
+    runs, total = runs_page(store, 3, status="COMPLETED")
+    completed = whole.index[whole.status == "COMPLETED"]
+    pd.testing.assert_frame_equal(runs, records(store, run_ids=completed[-3:]), check_exact=True)
+    assert total == len(completed)
+    assert list(same(store, run_ids=[12, 1, 5]).index) == [12, 1, 5]
+    assert list(same(store, lr=0.5).index) == [4]
