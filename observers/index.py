@@ -50,6 +50,7 @@ SIGNED = ("run.json", "config.json", "metrics.json")  # the files a row is read 
 SIGNATURE, FOLDER = "_index.signature", "_index.folder"  # internal columns (never a metric's)
 SMALL_STORE = 1000  # up to this many runs, metric-summaries.json is kept as before too
 PROGRESS_AFTER = 1000  # runs read at once before a progress bar may show (on a terminal)
+WHOLE_FILE = 1 << 22  # bytes of an index read whole (about 6,000 runs); larger: by column
 BATCH_ROWS = 4096  # rows per record batch of the file: a page of ls reads one or two
 LOCK_WAIT = 10.0  # seconds a writer waits for another; then it leaves the index as it is
 TEXT, TIME = pa.string(), pa.timestamp("us", tz="UTC")
@@ -407,13 +408,17 @@ class IndexFile:
     Read, not memory-mapped: a file truncated by another process then fails to read (and is
     rebuilt) instead of crashing this one; reprolab's own writers replace it whole."""
 
-    def __init__(self, file):
-        self._file, self._source = file, pa.PythonFile(file, mode="r")
+    def __init__(self, file, size: int):
+        small = size <= WHOLE_FILE  # read at once: one read costs less than choosing
+        self._file = file
+        self._source = pa.BufferReader(file.read()) if small else pa.PythonFile(file, mode="r")
         self.schema = pa.ipc.open_file(self._source).schema
         check_schema(self.schema)
         self.names = self.schema.names
         self._columns: dict[str, pa.ChunkedArray] = {}
         self._numbers: dict[str, np.ndarray] = {}
+        if small:
+            self.read(self.names)
         self._check_keys()
 
     @classmethod
@@ -425,9 +430,10 @@ class IndexFile:
             return None
         file = os.fdopen(fd, "rb")
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size == 0:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_size == 0:
                 raise Damaged("not a regular file")  # a FIFO or device planted there: unread
-            return cls(file)
+            return cls(file, status.st_size)
         except (pa.ArrowException, OSError, ValueError, TypeError):  # Damaged is a ValueError
             file.close()
             return None
@@ -472,7 +478,7 @@ class IndexFile:
     def rows(self, rows: list[int]) -> pa.Table:
         """Every column of the rows, in their order (all rows in order: no copy); a few rows
         are read from the record batches that hold them only."""
-        if len(rows) > len(self) // 4:
+        if len(rows) > len(self) // 4 or len(self._columns) == len(self.names):
             whole = self.table()
             if len(rows) == len(whole) and rows == list(range(len(whole))):
                 return whole

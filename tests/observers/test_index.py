@@ -67,6 +67,14 @@ def write_run(root: Path, run_id: int, status: str = "COMPLETED", **config) -> P
     return folder
 
 
+@pytest.fixture(autouse=True, params=["whole", "by-column"])
+def reading(request, monkeypatch):
+    """Every test twice: the index file read whole (a small store's) and column by column, and
+    pages by record batch (a big store's)."""
+    if request.param == "by-column":
+        monkeypatch.setattr(run_index, "WHOLE_FILE", 0)
+
+
 @pytest.fixture
 def store(tmp_path) -> Path:
     root = tmp_path / "runs"
@@ -375,3 +383,17 @@ def test_pages_read_from_an_index_of_many_record_batches(store, monkeypatch):
     assert total == len(completed)
     assert list(same(store, run_ids=[12, 1, 5]).index) == [12, 1, 5]
     assert list(same(store, lr=0.5).index) == [4]
+
+
+def test_a_page_of_a_big_index_reads_its_batches_not_the_whole_file(store, monkeypatch):
+    monkeypatch.setattr(run_index, "WHOLE_FILE", 0)
+    monkeypatch.setattr(run_index, "BATCH_ROWS", 2)
+    same(store)
+
+    def whole_file(self):
+        raise AssertionError("the whole index was read")
+
+    monkeypatch.setattr(run_index.IndexFile, "table", whole_file)
+    runs, total = runs_page(store, 2, status="COMPLETED")
+    assert list(runs.index) == [9, 12] and total == 7
+    assert list(same(store, sweep="s1", run_ids=[3, 5, 4]).index) == [3, 5]
