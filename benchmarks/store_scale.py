@@ -134,6 +134,7 @@ def mongo_documents(first: int, count: int) -> tuple[list[dict], list[dict]]:
         run = parts["run"]
         for key in ("start_time", "stop_time", "heartbeat"):
             run[key] = dt.datetime.fromisoformat(run[key])
+        run["artifacts"] = [{"name": name, "file_id": None} for name in run["artifacts"]]
         documents.append({"_id": run_id, **run, "config": parts["config"], "info": parts["info"]})
         metrics += [{"run_id": run_id, "name": n, **s} for n, s in parts["metrics"].items()]
     return documents, metrics

@@ -171,14 +171,17 @@ class MongoRunStore:
         return expect_object(config, f"run {run_id}: the config")
 
     @_reading
-    def for_rows(self, run_ids: list[int]) -> RowReader:
-        """The runs' documents, only the fields a load_runs row is made of, in one query."""
-        query = {"_id": {"$in": run_ids}} if len(run_ids) <= IN_QUERY_IDS else {}
-        wanted = set(run_ids)
+    def for_rows(self, run_ids: list[int] | None) -> RowReader:
+        """The runs' documents (None: every run's), only the fields a load_runs row is made of,
+        in one query; an id without a document is left out."""
+        few = run_ids is not None and len(run_ids) <= IN_QUERY_IDS
+        wanted = None if run_ids is None else set(run_ids)
         documents = {
             doc["_id"]: doc
-            for doc in self.db["runs"].find(query, dict.fromkeys(ROW_FIELDS, 1))
-            if type(doc["_id"]) is int and doc["_id"] in wanted
+            for doc in self.db["runs"].find(
+                {"_id": {"$in": run_ids}} if few else {}, dict.fromkeys(ROW_FIELDS, 1)
+            )
+            if type(doc["_id"]) is int and (wanted is None or doc["_id"] in wanted)
         }
         return RowReader(self, documents)
 

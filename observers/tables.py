@@ -61,12 +61,7 @@ def load_runs(
         from observers.index import indexed_runs
 
         return indexed_runs(store, run_ids, statuses, experiments, sweep, wanted)[0]
-    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
-    narrow = getattr(store, "matching_ids", None)  # MongoDB: the server filters on its indexes
-    if narrow and run_ids is None and not wanted and DAMAGED not in (statuses or ()):
-        if statuses is not None or sweep is not None:
-            ids = narrow(statuses, sweep)
-    reader = store.for_rows(ids) if hasattr(store, "for_rows") else store  # MongoDB: one query
+    ids, reader = _selected(store, run_ids, statuses, sweep, wanted)
     all_rows = [record_row(reader, run_id) for run_id in ids]
     rows = [
         row
@@ -80,6 +75,27 @@ def load_runs(
     for row in rows:
         complete_row(reader, row, summaries[row["run_id"]])
     return runs_frame(rows)
+
+
+def _selected(store: RunStore, run_ids, statuses, sweep, wanted) -> tuple[list[int], RunStore]:
+    """The ids load_runs reads and what it reads them from. MongoDB (for_rows): the server
+    narrows by status and sweep on its indexes, and one projected query brings the rows'
+    fields, which also tells the ids there are; other stores: listed, then read run by run."""
+    bulk = getattr(store, "for_rows", None)
+    if bulk is None:
+        return (store.run_ids() if run_ids is None else _known_ids(store, run_ids)), store
+    if run_ids is not None:
+        ids = [int(run_id) for run_id in run_ids]
+        reader = bulk(ids)
+        for run_id in ids:
+            if run_id not in reader.documents:
+                raise RecordError(f"no run {run_id} in {store.location}")
+        return ids, reader
+    if not wanted and DAMAGED not in (statuses or ()) and (statuses, sweep) != (None, None):
+        ids = store.matching_ids(statuses, sweep)
+        return ids, bulk(ids)
+    reader = bulk(None)
+    return sorted(reader.documents), reader
 
 
 def runs_page(

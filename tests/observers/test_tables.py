@@ -475,12 +475,17 @@ def test_mongodb_rows_come_from_one_projected_query(store, mongo_url, monkeypatc
     def refused(*args):
         raise AssertionError("read run by run")
 
+    some = load_runs(OneRunAtATime(mongo), run_ids=[3, 1])
     monkeypatch.setattr(MongoRunStore, "_document", refused)
     monkeypatch.setattr(MongoRunStore, "metrics", refused)
+    monkeypatch.setattr(MongoRunStore, "run_ids", refused)  # nor lists every id first
     pd.testing.assert_frame_equal(load_runs(mongo), run_by_run, check_exact=True)
     pd.testing.assert_frame_equal(
         load_runs(mongo, status="COMPLETED"), run_by_run, check_exact=True
     )
+    pd.testing.assert_frame_equal(load_runs(mongo, run_ids=[3, 1]), some, check_exact=True)
+    with pytest.raises(RecordError, match="no run 42 in"):
+        load_runs(mongo, run_ids=[1, 42])
 
 
 def ids_of(root: Path) -> list[int]:
