@@ -397,3 +397,19 @@ def test_a_page_of_a_big_index_reads_its_batches_not_the_whole_file(store, monke
     runs, total = runs_page(store, 2, status="COMPLETED")
     assert list(runs.index) == [9, 12] and total == 7
     assert list(same(store, sweep="s1", run_ids=[3, 5, 4]).index) == [3, 5]
+
+
+def test_runs_added_one_by_one_stay_small_batches_until_the_file_is_compacted(store, monkeypatch):
+    monkeypatch.setattr(run_index, "BATCH_ROWS", 4)
+    monkeypatch.setattr(run_index, "MORE_BATCHES", 2)
+    same(store)
+    batches = []
+    for run_id in range(13, 20):
+        write_run(store, run_id)
+        same(store)
+        index = run_index.IndexFile.open(store)
+        batches.append(index.column("run_id").num_chunks)
+        assert index.numbers("run_id").tolist() == indexed_ids(store)
+        index.close()
+    assert indexed_ids(store) == [1, 2, 3, 4, 5, 6, 8, 9, 11, 12, *range(13, 20)]
+    assert max(batches) <= 17 // 4 + 2 + 1 and batches != sorted(batches)  # appended, compacted
