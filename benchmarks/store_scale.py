@@ -51,6 +51,11 @@ def sweep_of(run_id: int) -> str:
     return f"sw{run_id // SWEEP_SIZE:05d}"
 
 
+def in_sweep(sweep: str, runs: int) -> int:
+    """How many of runs 1..runs belong to the sweep."""
+    return sum(sweep_of(i) == sweep for i in range(1, runs + 1))
+
+
 def records(rng: random.Random, run_id: int) -> dict[str, dict]:
     """The record files of one finished run of a sweep, as a run of train.py leaves them."""
     run = run_record(rng, run_id, 15, running=False)
@@ -107,8 +112,7 @@ def file_store(root: Path, runs: int, repeats: int) -> dict[str, str]:
     figures["ls"] = f"{median(lambda: ls_in_process(location), repeats):.3f} s"
     figures["ls, new process"] = f"{median(lambda: ls_process(location), repeats):.2f} s"
     figures["load_runs"] = f"{median(lambda: load_runs(location), repeats):.2f} s"
-    found = load_runs(location, sweep=middle)
-    assert len(found) == sum(sweep_of(i) == middle for i in range(1, runs + 1)), len(found)
+    assert len(load_runs(location, sweep=middle)) == in_sweep(middle, runs)
     figures["sweep"] = f"{median(lambda: load_runs(location, sweep=middle), repeats):.3f} s"
     write_runs(root, runs + 1, 100)
     ls_after = timed(lambda: ls_in_process(location))
@@ -121,12 +125,27 @@ def file_store(root: Path, runs: int, repeats: int) -> dict[str, str]:
     return figures
 
 
+def mongo_documents(first: int, count: int) -> tuple[list[dict], list[dict]]:
+    """The same runs as write_runs(first, count) as MongoObserver documents: runs and metrics."""
+    rng = random.Random(first)
+    documents, metrics = [], []
+    for run_id in range(first, first + count):
+        parts = records(rng, run_id)
+        run = parts["run"]
+        for key in ("start_time", "stop_time", "heartbeat"):
+            run[key] = dt.datetime.fromisoformat(run[key])
+        run["artifacts"] = [{"name": name, "file_id": None} for name in run["artifacts"]]
+        documents.append({"_id": run_id, **run, "config": parts["config"], "info": parts["info"]})
+        metrics += [{"run_id": run_id, "name": n, **s} for n, s in parts["metrics"].items()]
+    return documents, metrics
+
+
 def mongo_store(runs: int, repeats: int) -> dict[str, str]:
     """The same figures from MongoDB on nx-27017 (no index file: the server answers)."""
     try:
         import pymongo
     except ImportError:
-        return {"skipped": "pymongo not installed"}
+        return {"ls": "skipped: pymongo not installed"}
     sys.path.insert(0, str(REPO / "tests" / "observers"))
     from conftest import NxServer
 
@@ -135,28 +154,34 @@ def mongo_store(runs: int, repeats: int) -> dict[str, str]:
         try:
             server.start()
         except (RuntimeError, OSError) as error:
-            return {"skipped": f"nx-27017 did not start ({error})"}
+            return {"ls": f"skipped: nx-27017 did not start ({error})"}
         try:
-            client = pymongo.MongoClient(server.url)
-            rng = random.Random(0)
-            documents, metrics = [], []
-            for run_id in range(1, runs + 1):
-                parts = records(rng, run_id)
-                run = parts["run"]
-                for key in ("start_time", "stop_time", "heartbeat"):
-                    run[key] = dt.datetime.fromisoformat(run[key])
-                documents.append({"_id": run_id, **run, "config": parts["config"], "info": {}})
-                metrics += [{"run_id": run_id, "name": n, **s} for n, s in parts["metrics"].items()]
-            client.sacred.runs.insert_many(documents)
-            client.sacred.metrics.insert_many(metrics)
-            location, middle = server.url, sweep_of(runs // 2)
-            figures = {
-                "ls": f"{median(lambda: ls_in_process(location), repeats):.3f} s",
-                "sweep": f"{median(lambda: load_runs(location, sweep=middle), repeats):.3f} s",
-                "load_runs": f"{timed(lambda: load_runs(location)):.2f} s (once)",
-            }
+            return mongo_figures(pymongo.MongoClient(server.url), server.url, runs, repeats)
         finally:
             server.stop()
+
+
+def mongo_figures(client, location: str, runs: int, repeats: int) -> dict[str, str]:
+    start = time.perf_counter()
+    for first in range(1, runs + 1, 1000):
+        documents, metrics = mongo_documents(first, min(1000, runs + 1 - first))
+        client.sacred.runs.insert_many(documents)
+        client.sacred.metrics.insert_many(metrics)
+    print(f"  inserted {runs:,} runs in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    middle = sweep_of(runs // 2)
+    assert len(load_runs(location, sweep=middle)) == in_sweep(middle, runs)
+    figures = {
+        "ls": f"{median(lambda: ls_in_process(location), repeats):.3f} s",
+        "load_runs": f"{median(lambda: load_runs(location), repeats):.2f} s",
+        "sweep": f"{median(lambda: load_runs(location, sweep=middle), repeats):.3f} s",
+    }
+    documents, metrics = mongo_documents(runs + 1, 100)
+    client.sacred.runs.insert_many(documents)
+    client.sacred.metrics.insert_many(metrics)
+    ls_after = timed(lambda: ls_in_process(location))
+    load_after = timed(lambda: load_runs(location))
+    figures["after"] = f"ls {ls_after:.2f} s, load_runs {load_after:.2f} s"
+    figures["rebuild"] = "no index file: the server's indexes"
     return figures
 
 
@@ -177,29 +202,59 @@ def dry_run(configs: int) -> str:
         return f"{time.perf_counter() - start:.1f} s"
 
 
-def mlflow_search(runs: int) -> str:
-    """MLflow's search_runs over `runs` runs in its default local store (SQLite, mlflow.db)."""
+def mlflow_search(runs: int, repeats: int) -> dict[str, str]:
+    """MLflow's search_runs over the same runs (every config key a param, every metric's last
+    value) in its default local store (SQLite, mlflow.db), built through its client."""
     try:
         import mlflow
+        from mlflow.entities import Metric, Param
     except ImportError:
-        return "skipped: mlflow is not installed (pip install mlflow-skinny)"
+        return {"ls": "skipped: mlflow is not installed (pip install mlflow-skinny)"}
+    from observers.rows import flatten_config
+
     with tempfile.TemporaryDirectory(prefix="reprolab-mlflow-") as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")  # MLflow 3's default local store
         client = mlflow.MlflowClient()
         experiment = client.create_experiment("scale")
-        rng = random.Random(0)
+        rng = random.Random(1)
+        start = time.perf_counter()
         for run_id in range(1, runs + 1):
+            parts = records(rng, run_id)
             run = client.create_run(experiment, tags={"sweep": sweep_of(run_id)})
-            client.log_batch(
-                run.info.run_id,
-                params=[mlflow.entities.Param("lr", str(rng.random()))],
-                metrics=[mlflow.entities.Metric("val_accuracy", rng.random(), 0, 1)],
-            )
+            params = [Param(k, str(v)) for k, v in flatten_config(parts["config"]).items()]
+            metrics = [
+                Metric(name, series["values"][-1], 0, series["steps"][-1])
+                for name, series in parts["metrics"].items()
+            ]
+            client.log_batch(run.info.run_id, params=params, metrics=metrics)
             client.set_terminated(run.info.run_id)
-        whole = median(lambda: mlflow.search_runs([experiment]), 1)
+        print(
+            f"  logged {runs:,} MLflow runs in {time.perf_counter() - start:.0f} s", file=sys.stderr
+        )
         middle = sweep_of(runs // 2)
-        one = median(lambda: mlflow.search_runs([experiment], f"tags.sweep = '{middle}'"), 1)
-        return f"search_runs all {whole:.2f} s, one sweep {one:.2f} s"
+
+        def search(**options):
+            return lambda: mlflow.search_runs([experiment], **options)
+
+        one_sweep = search(filter_string=f"tags.sweep = '{middle}'")
+        assert len(one_sweep()) == in_sweep(middle, runs)
+        page = search(max_results=20, order_by=["attributes.start_time DESC"])
+        return {
+            "ls": f"{median(page, repeats):.3f} s (20 runs)",
+            "load_runs": f"{median(search(), repeats):.2f} s",
+            "sweep": f"{median(one_sweep, repeats):.3f} s",
+        }
+
+
+ROWS = [
+    ("ls", "`reprolab ls` (last 20), warm index, in process"),
+    ("ls, new process", "`reprolab ls`, a new process (imports included)"),
+    ("load_runs", "`load_runs(store)` all rows, warm index"),
+    ("sweep", f"`load_runs(store, sweep=ID)` of {SWEEP_SIZE} runs"),
+    ("after", "first call after 100 new runs finished"),
+    ("rebuild", "rebuilding the index from nothing (load_runs)"),
+]
+PARTS = ("file", "mongo", "mlflow", "sweep")
 
 
 def main() -> None:
@@ -210,39 +265,46 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=None, help="sweep --dry-run configs")
     parser.add_argument("--mongo-runs", type=int, default=None)
     parser.add_argument("--mlflow-runs", type=int, default=None)
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="parts to run")
     args = parser.parse_args()
     sizes = args.sizes or ([300, 1000] if args.quick else [10_000, 100_000])
     configs = args.configs or (200 if args.quick else 10_000)
     mongo_runs = args.mongo_runs or (200 if args.quick else 10_000)
     mlflow_runs = args.mlflow_runs or (100 if args.quick else 10_000)
-    columns = {}
-    with tempfile.TemporaryDirectory(prefix="reprolab-scale-") as tmp:
-        for size in sizes:
-            columns[size] = file_store(Path(tmp) / str(size), size, args.repeats)
-            shutil.rmtree(Path(tmp) / str(size))
-    rows = [
-        ("ls", "`reprolab ls` (last 20), warm index, in process"),
-        ("ls, new process", "`reprolab ls`, a new process (imports included)"),
-        ("load_runs", "`load_runs(store)` all rows, warm index"),
-        ("sweep", f"`load_runs(store, sweep=ID)` of {SWEEP_SIZE} runs"),
-        ("after", "first call after 100 new runs finished"),
-        ("rebuild", "rebuilding the index from nothing (load_runs)"),
-    ]
-    print(f"\nstore scale: file store, medians of {args.repeats} (load {os.getloadavg()[0]:.1f})")
-    print("| | " + " | ".join(f"{s:,} runs" for s in sizes) + " | target |")
-    print("|---" * (len(sizes) + 2) + "|")
-    for key, label in rows:
-        target = " / ".join(TARGETS.get(key, ("", ""))) if key in TARGETS else ""
-        cells = " | ".join(columns[s].get(key, "") for s in sizes)
+    loads = [os.getloadavg()[0]]
+    columns: dict[str, dict[str, str]] = {}
+    if "file" in args.only:
+        with tempfile.TemporaryDirectory(prefix="reprolab-scale-") as tmp:
+            for size in sizes:
+                figures = file_store(Path(tmp) / str(size), size, args.repeats)
+                columns[f"file store, {size:,} runs"] = figures
+                shutil.rmtree(Path(tmp) / str(size))
+                loads.append(os.getloadavg()[0])
+    if "mongo" in args.only:
+        columns[f"MongoDB on nx-27017, {mongo_runs:,} runs"] = mongo_store(mongo_runs, args.repeats)
+        loads.append(os.getloadavg()[0])
+    if "mlflow" in args.only:
+        columns[f"MLflow search_runs, {mlflow_runs:,} runs"] = mlflow_search(
+            mlflow_runs, args.repeats
+        )
+        loads.append(os.getloadavg()[0])
+    print_table(columns, args.repeats, loads)
+    if "sweep" in args.only:
+        print(
+            f"\n`reprolab sweep ... --dry-run` of {configs:,} configs: {dry_run(configs)} (< 10 s)"
+        )
+
+
+def print_table(columns: dict[str, dict[str, str]], repeats: int, loads: list[float]) -> None:
+    """The issue's table, one column per store (and MLflow beside them), the targets last."""
+    load = f"{min(loads):.1f}-{max(loads):.1f}"
+    print(f"\nstore scale: file store, MongoDB, MLflow; medians of {repeats} (load {load})")
+    print("| | " + " | ".join(columns) + " | target 10k / 100k |")
+    print("|---" * (len(columns) + 2) + "|")
+    for key, label in ROWS:
+        target = " / ".join(TARGETS[key]) if key in TARGETS else ""
+        cells = " | ".join(figures.get(key, "–") for figures in columns.values())
         print(f"| {label} | {cells} | {target} |")
-    print(
-        f"| `reprolab sweep ... --dry-run` of {configs:,} configs | {dry_run(configs)} | < 10 s |"
-    )
-    mongo = mongo_store(mongo_runs, args.repeats)
-    print(f"\nMongoDB on nx-27017, {mongo_runs:,} runs")
-    for key, value in mongo.items():
-        print(f"  {key:<10} {value}")
-    print(f"\nMLflow, {mlflow_runs:,} runs: {mlflow_search(mlflow_runs)}")
 
 
 if __name__ == "__main__":

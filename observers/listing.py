@@ -13,7 +13,7 @@ def ls_command(args) -> int:
         getattr(args, option, None) is not None for option in ("status", "last", "sweep")
     )
     store = open_store(args.store)
-    if filtered or store.run_ids():
+    if filtered or store.has_runs():
         from observers.report import ls_command as list_runs
 
         return list_runs(args)

@@ -19,6 +19,7 @@ from observers.records import (
     loads_plain,
     recorded_sources,
     refusal,
+    summarize_metrics,
 )
 
 # `reprolab evaluate` results: one document per evaluation, keyed by run id, inserted whole (the
@@ -26,6 +27,21 @@ from observers.records import (
 # may hold the dots and dollars MongoDB field names cannot.
 EVALUATIONS_COLLECTION = "evaluations"
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
+ROW_FIELDS = (  # what observers.rows reads of a run document for its load_runs row
+    "status",
+    "experiment.name",
+    "experiment.repositories",
+    "host.hostname",
+    "start_time",
+    "stop_time",
+    "heartbeat",
+    "result",
+    "meta",
+    "config",
+    "reprolab.times",
+)
+POINTS = ("steps", "values", "timestamps")
+IN_QUERY_IDS = 1000  # up to this many runs a query names them; beyond, it reads all and keeps them
 
 
 def _plain(value):
@@ -118,6 +134,11 @@ class MongoRunStore:
         ids = (doc["_id"] for doc in self.db["runs"].find({}, {"_id": 1}))
         return sorted(i for i in ids if type(i) is int)  # not True, which would read as run 1
 
+    @_reading
+    def has_runs(self) -> bool:
+        """Whether the store holds a run document (one id asked for, not all)."""
+        return self.db["runs"].find_one({}, {"_id": 1}) is not None
+
     def _document(self, run_id: int) -> dict:
         document = self.db["runs"].find_one({"_id": run_id})
         if document is None:
@@ -134,7 +155,9 @@ class MongoRunStore:
     @_reading
     def run(self, run_id: int) -> dict:
         """The run document in run.json's shape: artifacts by name, exact times, ids as strings."""
-        document = self._document(run_id)
+        return self._run_of(run_id, self._document(run_id))
+
+    def _run_of(self, run_id: int, document: dict) -> dict:
         run = {k: v for k, v in document.items() if k not in HIDDEN_FIELDS}
         names = (artifact["name"] for artifact in document.get("artifacts", []))
         run["artifacts"] = list(dict.fromkeys(names))  # a record from before replacing: once each
@@ -149,8 +172,69 @@ class MongoRunStore:
     @_reading
     def config(self, run_id: int) -> dict:
         """The run's config as recorded."""
-        config = self._plain_part(run_id, "config", self._document(run_id).get("config", {}))
+        return self._config_of(run_id, self._document(run_id))
+
+    def _config_of(self, run_id: int, document: dict) -> dict:
+        config = self._plain_part(run_id, "config", document.get("config", {}))
         return expect_object(config, f"run {run_id}: the config")
+
+    @_reading
+    def for_rows(self, run_ids: list[int] | None) -> RowReader:
+        """The runs' documents (None: every run's), only the fields a load_runs row is made of,
+        in one query; an id without a document is left out."""
+        few = run_ids is not None and len(run_ids) <= IN_QUERY_IDS
+        wanted = None if run_ids is None else set(run_ids)
+        documents = {
+            doc["_id"]: doc
+            for doc in self.db["runs"].find(
+                {"_id": {"$in": run_ids}} if few else {}, dict.fromkeys(ROW_FIELDS, 1)
+            )
+            if type(doc["_id"]) is int and (wanted is None or doc["_id"] in wanted)
+        }
+        return RowReader(self, documents)
+
+    @_reading
+    def metric_summaries(self, run_ids: list[int]) -> dict[int, dict | RecordError]:
+        """summarize_metrics of each run, its points read in two queries for all the runs (the
+        chunks, then Sacred's own metric documents of runs without chunks)."""
+        series = self._points(CHUNKS_COLLECTION, run_ids, ("chunk",))
+        rest = [run_id for run_id in run_ids if run_id not in series]
+        series.update(self._points("metrics", rest, ()))
+        summaries: dict[int, dict | RecordError] = {}
+        for run_id in run_ids:
+            try:
+                metrics = series.get(run_id, {})
+                for points in metrics.values():  # dates as text, as metrics() gives them
+                    points["timestamps"] = self._plain_part(run_id, "metrics", points["timestamps"])
+                check_metrics(metrics, f"run {run_id}", "the metrics")
+                summaries[run_id] = summarize_metrics(metrics)
+            except RecordError as error:
+                summaries[run_id] = error
+        return summaries
+
+    def _points(self, collection: str, run_ids: list[int], order: tuple) -> dict[int, dict]:
+        """{run id: {name: {steps, values, timestamps}}} of a metrics collection, one query;
+        a document of another shape makes its run's metrics not Sacred's shape."""
+        if not run_ids:
+            return {}
+        query = {"run_id": {"$in": run_ids}} if len(run_ids) <= IN_QUERY_IDS else {}
+        fields = dict.fromkeys(("run_id", "name", *order, *POINTS), 1)
+        wanted = set(run_ids)
+        documents = [
+            d for d in self.db[collection].find(query, fields) if d.get("run_id") in wanted
+        ]
+        documents.sort(
+            key=lambda d: (d["run_id"], str(d.get("name")), *(d.get(k, 0) for k in order))
+        )
+        series: dict[int, dict] = {}
+        for document in documents:
+            metric = series.setdefault(document["run_id"], {}).setdefault(
+                document.get("name"), {key: [] for key in POINTS}
+            )
+            for key in POINTS:
+                part = document.get(key, [])
+                metric[key] = metric[key] + part if isinstance(part, list) else part
+        return series
 
     @_reading
     def info(self, run_id: int) -> dict:
@@ -227,3 +311,32 @@ class MongoRunStore:
                 f"cannot record the evaluation of run {run_id} in MongoDB at {self.location}: "
                 f"{describe_error(error, self._url)}"
             ) from None
+
+
+class RowReader:
+    """The RunStore reads a load_runs row makes, answered from documents fetched at once (only
+    their row fields); the info of the few runs that need it comes from the store."""
+
+    def __init__(self, store: MongoRunStore, documents: dict[int, dict]):
+        self.store, self.documents, self.location = store, documents, store.location
+        self._url = store._url
+
+    def _document(self, run_id: int) -> dict:
+        document = self.documents.get(run_id)
+        if document is None:
+            raise RecordError(f"no run {run_id} in {self.location}")
+        return document
+
+    @_reading
+    def run(self, run_id: int) -> dict:
+        return self.store._run_of(run_id, self._document(run_id))
+
+    @_reading
+    def config(self, run_id: int) -> dict:
+        return self.store._config_of(run_id, self._document(run_id))
+
+    def info(self, run_id: int) -> dict:
+        return self.store.info(run_id)
+
+    def metric_summaries(self, run_ids: list[int]) -> dict[int, dict | RecordError]:
+        return self.store.metric_summaries(run_ids)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
-import re
 import stat
 
 # jsonpickle's tags all start with "py/"; keys starting with "json://" are decoded as JSON that
 # may itself hold tags (Sacred decodes with keys=True).
 ENCODING_PREFIXES = ("py/", "json://")
 MAX_EVALUATIONS = 1000  # `reprolab evaluate` results one run keeps (file or MongoDB store)
-RUN_ID = re.compile(r"0|[1-9][0-9]*")  # ASCII digits only: str.isdigit also accepts '³' and '٣'
 
 
 class RecordError(LookupError):
@@ -97,7 +96,8 @@ def check_plain(value):
 
 def is_run_id(text: str) -> bool:
     """Whether text names a run the way Sacred numbers them (ASCII digits, no leading zero)."""
-    return RUN_ID.fullmatch(text) is not None
+    # isascii: str.isdigit alone also accepts '³' and '٣'
+    return text.isascii() and text.isdigit() and (text[0] != "0" or text == "0")
 
 
 def recorded_sources(run: dict, run_id: int) -> list[tuple[str, object]]:
@@ -150,3 +150,28 @@ def dig(record, *keys):
             return None
         record = record.get(key)
     return record
+
+
+def summarize_metrics(metrics: dict) -> dict[str, dict]:
+    """{name: {last, min, max, count, last_step}} of Sacred-shaped metrics; NaN points are
+    skipped for min/max, and a value that is not a number counts as NaN."""
+    summaries = {}
+    for name, series in metrics.items():
+        values = [_as_float(v) for v in series.get("values", [])]
+        steps = series.get("steps", [])
+        numbers = [v for v in values if not math.isnan(v)]
+        summaries[name] = {
+            "last": values[-1] if values else math.nan,
+            "min": min(numbers, default=math.nan),
+            "max": max(numbers, default=math.nan),
+            "count": len(values),
+            "last_step": steps[-1] if steps else None,
+        }
+    return summaries
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

@@ -123,11 +123,7 @@ def ls_command(args) -> int:
         raise ValueError(f"--last must be 1 or more, not {args.last}")
     page = args.last or (None if getattr(args, "all", False) else DEFAULT_PAGE)
     sweep = getattr(args, "sweep", None)
-    if status or sweep:  # the filters run on the index, before any run is read
-        runs, total = runs_page(store, page, status=status, sweep=sweep)
-    else:
-        ids = store.run_ids()
-        runs, total = load_runs(store, run_ids=ids[-page:] if page else ids), len(ids)
+    runs, total = runs_page(store, page, status=status, sweep=sweep)  # filters before reading
     print_skipped(store)
     if runs.empty:
         if status and status not in KNOWN_STATUSES:

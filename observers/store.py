@@ -8,7 +8,6 @@ run.json's dict, the config, the info, and metrics as {name: {steps, values, tim
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +24,7 @@ from observers.records import (
     load_plain,
     recorded_sources,
     refusal,
+    summarize_metrics,
 )
 
 # Per-store cache of metric summaries (last/min/max per metric) of sealed metrics.json files,
@@ -51,6 +51,7 @@ class RunStore(Protocol):
     location: str  # printable, with any password removed
 
     def run_ids(self) -> list[int]: ...
+    def has_runs(self) -> bool: ...
     def run(self, run_id: int) -> dict: ...
     def config(self, run_id: int) -> dict: ...
     def info(self, run_id: int) -> dict: ...
@@ -73,8 +74,7 @@ class FileRunStore:
     def run_ids(self) -> list[int]:
         """The ids of the store's run folders; odd entries are left out, with a note in
         self.skipped (a name of non-ASCII digits, a linked folder from outside the store)."""
-        ids, self.skipped = [], []
-        self.folders: dict[int, int] = {}  # run id -> its folder's inode (observers.index)
+        ids, inodes, self.skipped = [], [], []
         real_root = self.root.resolve()
         with os.scandir(self.root) as entries:  # type and inode without a stat per entry
             for entry in entries:
@@ -96,8 +96,16 @@ class FileRunStore:
                     )
                     continue
                 ids.append(int(name))
-                self.folders[int(name)] = entry.inode()
+                inodes.append(entry.inode())
+        self.listing = (ids, inodes)  # each run folder's inode, in listing order (the index)
+        self.folders = dict(zip(ids, inodes, strict=True))  # run id -> its folder's inode
         return sorted(ids)
+
+    def has_runs(self) -> bool:
+        """Whether a folder named as a run is there (the first one found ends the look; run_ids
+        may still leave it out, so this only tells an empty store quickly)."""
+        with os.scandir(self.root) as entries:
+            return any(is_run_id(entry.name) and entry.is_dir() for entry in entries)
 
     def run_dir(self, run_id: int) -> Path:
         path = self.root / str(run_id)
@@ -264,31 +272,6 @@ def _is_summary(summary) -> bool:
         and type(stats["count"]) is int
         for stats in summary.values()
     )
-
-
-def summarize_metrics(metrics: dict) -> dict[str, dict]:
-    """{name: {last, min, max, count, last_step}} of Sacred-shaped metrics; NaN points are
-    skipped for min/max, and a value that is not a number counts as NaN."""
-    summaries = {}
-    for name, series in metrics.items():
-        values = [_as_float(v) for v in series.get("values", [])]
-        steps = series.get("steps", [])
-        numbers = [v for v in values if not math.isnan(v)]
-        summaries[name] = {
-            "last": values[-1] if values else math.nan,
-            "min": min(numbers, default=math.nan),
-            "max": max(numbers, default=math.nan),
-            "count": len(values),
-            "last_step": steps[-1] if steps else None,
-        }
-    return summaries
-
-
-def _as_float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def open_store(location: str | os.PathLike | StoreLocation | None = None) -> RunStore:

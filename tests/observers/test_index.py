@@ -67,6 +67,14 @@ def write_run(root: Path, run_id: int, status: str = "COMPLETED", **config) -> P
     return folder
 
 
+@pytest.fixture(autouse=True, params=["whole", "by-column"])
+def reading(request, monkeypatch):
+    """Every test twice: the index file read whole (a small store's) and column by column, and
+    pages by record batch (a big store's)."""
+    if request.param == "by-column":
+        monkeypatch.setattr(run_index, "WHOLE_FILE", 0)
+
+
 @pytest.fixture
 def store(tmp_path) -> Path:
     root = tmp_path / "runs"
@@ -352,3 +360,56 @@ def test_the_index_has_a_type_for_every_record_column():
     from observers.tables import RECORD_COLUMNS
 
     assert set(RECORD_TYPES) == set(RECORD_COLUMNS)
+
+
+def test_pages_read_from_an_index_of_many_record_batches(store, monkeypatch):
+    """A page, a filter and the whole table give the records' answer when the index file holds
+    its rows in several record batches (pages then read only the batches holding their rows)."""
+    monkeypatch.setattr(run_index, "BATCH_ROWS", 3)
+    (store / "4" / "config.json").write_text('{"lr": 0.5}')
+    same(store)
+    index = run_index.IndexFile.open(store)
+    assert index is not None and index.column("run_id").num_chunks == 4  # 10 rows, 3 a batch
+    index.close()
+    whole = records(store)
+    for last in (1, 2, 5):
+        runs, total = runs_page(store, last)
+        shown = records(store, run_ids=whole.index[-last:])
+        pd.testing.assert_frame_equal(runs, shown, check_exact=True)
+        assert total == len(whole)
+    runs, total = runs_page(store, 3, status="COMPLETED")
+    completed = whole.index[whole.status == "COMPLETED"]
+    pd.testing.assert_frame_equal(runs, records(store, run_ids=completed[-3:]), check_exact=True)
+    assert total == len(completed)
+    assert list(same(store, run_ids=[12, 1, 5]).index) == [12, 1, 5]
+    assert list(same(store, lr=0.5).index) == [4]
+
+
+def test_a_page_of_a_big_index_reads_its_batches_not_the_whole_file(store, monkeypatch):
+    monkeypatch.setattr(run_index, "WHOLE_FILE", 0)
+    monkeypatch.setattr(run_index, "BATCH_ROWS", 2)
+    same(store)
+
+    def whole_file(self):
+        raise AssertionError("the whole index was read")
+
+    monkeypatch.setattr(run_index.IndexFile, "table", whole_file)
+    runs, total = runs_page(store, 2, status="COMPLETED")
+    assert list(runs.index) == [9, 12] and total == 7
+    assert list(same(store, sweep="s1", run_ids=[3, 5, 4]).index) == [3, 5]
+
+
+def test_runs_added_one_by_one_stay_small_batches_until_the_file_is_compacted(store, monkeypatch):
+    monkeypatch.setattr(run_index, "BATCH_ROWS", 4)
+    monkeypatch.setattr(run_index, "MORE_BATCHES", 2)
+    same(store)
+    batches = []
+    for run_id in range(13, 20):
+        write_run(store, run_id)
+        same(store)
+        index = run_index.IndexFile.open(store)
+        batches.append(index.column("run_id").num_chunks)
+        assert index.numbers("run_id").tolist() == indexed_ids(store)
+        index.close()
+    assert indexed_ids(store) == [1, 2, 3, 4, 5, 6, 8, 9, 11, 12, *range(13, 20)]
+    assert max(batches) <= 17 // 4 + 2 + 1 and batches != sorted(batches)  # appended, compacted

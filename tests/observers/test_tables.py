@@ -444,3 +444,49 @@ def test_a_running_run_whose_process_is_gone_is_read_as_dead(tmp_path):
     assert list(runs["status"]) == ["DEAD", "DEAD", "RUNNING"]
     assert "has ended" in runs.loc[1, "note"] and "has ended" in runs.loc[2, "note"]
     assert sorted(p.read_bytes() for p in tmp_path.glob("[0-9]*/*")) == records
+
+
+class OneRunAtATime:
+    """A MongoDB store seen through the RunStore protocol alone: each run read by itself."""
+
+    def __init__(self, store):
+        self.store, self.location = store, store.location
+
+    def __getattr__(self, name):
+        if name in ("run_ids", "run", "config", "info", "metrics"):
+            return getattr(self.store, name)
+        raise AttributeError(name)
+
+
+@pytest.mark.parametrize("chunks", [True, False], ids=["chunks", "sacred-metric-documents"])
+def test_mongodb_rows_come_from_one_projected_query(store, mongo_url, monkeypatch, chunks):
+    """load_runs reads no run document by itself and no run's metrics by themselves, and gives
+    what reading run by run gives (metrics from the chunks, or Sacred's own documents)."""
+    sync = pytest.importorskip("observers.sync")
+    from observers.mongo_store import MongoRunStore
+
+    sync.sync_store(store, mongo_url, echo=lambda line: None)
+    mongo = MongoRunStore(mongo_url)
+    if not chunks:
+        mongo.db["metrics_chunks"].drop()
+    run_by_run = load_runs(OneRunAtATime(mongo))
+    assert len(run_by_run) == len(ids_of(store)) and run_by_run["val_accuracy.max"].notna().all()
+
+    def refused(*args):
+        raise AssertionError("read run by run")
+
+    some = load_runs(OneRunAtATime(mongo), run_ids=[3, 1])
+    monkeypatch.setattr(MongoRunStore, "_document", refused)
+    monkeypatch.setattr(MongoRunStore, "metrics", refused)
+    monkeypatch.setattr(MongoRunStore, "run_ids", refused)  # nor lists every id first
+    pd.testing.assert_frame_equal(load_runs(mongo), run_by_run, check_exact=True)
+    pd.testing.assert_frame_equal(
+        load_runs(mongo, status="COMPLETED"), run_by_run, check_exact=True
+    )
+    pd.testing.assert_frame_equal(load_runs(mongo, run_ids=[3, 1]), some, check_exact=True)
+    with pytest.raises(RecordError, match="no run 42 in"):
+        load_runs(mongo, run_ids=[1, 42])
+
+
+def ids_of(root: Path) -> list[int]:
+    return FileRunStore(root).run_ids()
