@@ -180,11 +180,21 @@ def _metrics_frame(columns: dict[str, list]) -> pd.DataFrame:
             "metric": pd.Series(
                 np.repeat(np.asarray(columns["metric"], dtype=object), counts), dtype="str"
             ),
-            "step": np.asarray(columns["step"], dtype=np.int64),
+            "step": _steps(columns["step"]),
             "value": _floats(columns["value"]),
             "timestamp": _datetimes(columns["timestamp"]),
         }
     )
+
+
+def _steps(steps: list) -> np.ndarray | pd.Series:
+    """Steps as int64; a record with a step that is no 64-bit integer (planted or damaged) gets
+    pandas' nullable Int64 with that step missing, rather than failing the whole table."""
+    try:
+        return np.asarray(steps, dtype=np.int64)
+    except (OverflowError, TypeError, ValueError):
+        fits = [s if isinstance(s, int) and -(2**63) <= s < 2**63 else None for s in steps]
+        return pd.array(fits, dtype="Int64")
 
 
 def _floats(values: list) -> np.ndarray:

@@ -490,3 +490,17 @@ def test_mongodb_rows_come_from_one_projected_query(store, mongo_url, monkeypatc
 
 def ids_of(root: Path) -> list[int]:
     return FileRunStore(root).run_ids()
+
+
+def test_a_step_past_64_bits_is_missing_and_the_other_points_stay(store, ids, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    metrics_file = copy / str(ids["sgd"]) / "metrics.json"
+    metrics = read(metrics_file)
+    steps = metrics["val_accuracy"]["steps"]
+    steps[0] = 2**63  # one Sacred's int64 steps never hold: planted or damaged
+    write_json_atomic(metrics_file, metrics)
+    points = load_metrics(copy, run_ids=[ids["sgd"]], names=["val_accuracy"])
+    assert len(points) == len(steps)
+    assert pd.isna(points["step"].iloc[0])
+    assert list(points["step"].iloc[1:]) == steps[1:]
