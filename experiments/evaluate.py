@@ -81,6 +81,7 @@ def evaluate_command(args) -> int:
     names = images.get("classes") or [str(i) for i in range(outputs)]
     width = max(6, *(len(str(v)) for row in result["confusion"] for v in row))
     print("confusion (rows: true, columns: predicted)")
+    print(f"  {'':>14} " + " ".join(f"{str(name)[:width]:>{width}}" for name in names))
     for name, row in zip(names, result["confusion"]):
         print(f"  {str(name)[:14]:>14} " + " ".join(f"{v:>{width}}" for v in row))
     add_evaluation(

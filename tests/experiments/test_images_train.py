@@ -183,6 +183,10 @@ def test_evaluate_prints_and_records_apart_and_show_lists_it(runs):
     info = json.loads((store / "1" / "info.json").read_text())
     expected = f"accuracy {info['test']['test_accuracy']:.4f}"  # the same weights, the same rows
     assert expected in result.stdout and "confusion" in result.stdout
+    table = result.stdout.split("columns: predicted)\n")[1].splitlines()
+    assert table[0].split() == ["blue", "green", "red"]  # the predicted classes, in order
+    assert [line.split()[0] for line in table[1:4]] == ["blue", "green", "red"]
+    assert sum(int(v) for line in table[1:4] for v in line.split()[1:]) == 24
     after = {p.name: p.read_bytes() for p in (store / "1").iterdir() if p.is_file()}
     assert {k: v for k, v in after.items() if k != "evaluations.json"} == before
     saved = json.loads(after["evaluations.json"])
