@@ -77,7 +77,9 @@ class FileSweepRecords:
             os.close(fd)
 
     def delete(self, sweep_id: str) -> None:
+        """Take back a sweep no run belongs to (a refused submission): its record and its lock."""
         (self.folder / f"{sweep_id}.json").unlink(missing_ok=True)
+        (self.folder / f"{sweep_id}.lock").unlink(missing_ok=True)
 
 
 class MongoSweepRecords:

@@ -74,3 +74,12 @@ def test_a_mongodb_sweep_record_saved_without_a_revision_can_be_changed(nx_serve
 def test_a_change_of_a_missing_sweep_says_so(tmp_path):
     with pytest.raises(RecordError, match="no sweep 's1' in"):
         sweep_records(StoreLocation.parse(str(tmp_path))).change("s1", append("w"))
+
+
+def test_a_deleted_sweep_leaves_no_file_behind(tmp_path):
+    """A refused submission is taken back whole: neither its record nor its lock stays."""
+    records = sweep_records(StoreLocation.parse(str(tmp_path)))
+    records.save(record())
+    records.change("s1", append("slurm"))
+    records.delete("s1")
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]
