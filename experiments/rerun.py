@@ -145,8 +145,11 @@ def store_target(ref: str, store: str | None) -> StoreLocation:
 
 
 def data_path(original: Original) -> str | None:
+    """The recorded data.path when it is text (any other value is the config check's to refuse
+    when the rerun starts, in one sentence)."""
     data = original.config.get("data")
-    return data.get("path") if isinstance(data, dict) else None
+    path = data.get("path") if isinstance(data, dict) else None
+    return path if isinstance(path, str) and "\0" not in path else None
 
 
 @contextmanager
@@ -282,7 +285,10 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
     if path is not None:
         fingerprint = dig(original.info, "data", "fingerprint")
         fingerprint = fingerprint if isinstance(fingerprint, dict) else None
-        found += data_differences(fingerprint, resolve_path(path, tree.cwd, tree.root))
+        try:
+            found += data_differences(fingerprint, resolve_path(path, tree.cwd, tree.root))
+        except (OSError, ValueError):  # a name too long: the run's own check says so
+            pass
     return found
 
 

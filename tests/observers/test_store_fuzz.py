@@ -357,3 +357,21 @@ def test_the_fuzzers_changes_reach_every_record(base):
     """The strategy's targets cover every record a reader opens (a guard for the fuzzer)."""
     assert all((base / "1" / name).is_file() for name in RECORDS)
     assert os.path.isfile(file_of(base, "sweep")) and os.path.isfile(file_of(base, "cache"))
+
+
+def recorded_data_path(value):
+    """A change of run 1's recorded data.path to `value` (what the fuzzer once found: False)."""
+
+    def apply(store: Path) -> None:
+        config_file = store / "1" / "config.json"
+        config = json.loads(config_file.read_text())
+        config["data"]["path"] = value
+        config_file.write_text(json.dumps(config))
+
+    return f"config.json: data.path set to {value!r}"[:200], apply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [False, 0, None, ["a"], {"a": 1}, "a\0b", "x" * 5000])
+def test_a_recorded_data_path_of_any_type_is_read_safely(base, sandbox, value):
+    fuzz(base, sandbox, recorded_data_path(value))
