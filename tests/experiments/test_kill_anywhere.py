@@ -142,3 +142,23 @@ def test_a_checkpoint_of_another_size_is_refused_unread(tmp_path, baseline):
     result = train(store, "resume=1", "epochs=2")
     assert result.returncode == 2 and "it was not read" in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def epoch_two_steps(steps: list[str]) -> range:
+    """Every step from epoch 2's metrics append to epoch 3's: its checkpoints (scratch copy,
+    sidecar, rename; last and best) and every record write between them."""
+    appends = [number for number, path in enumerate(steps, 1) if path.endswith("/metrics.jsonl")]
+    assert len(appends) == 3, steps  # one append an epoch
+    return range(appends[1], appends[2])
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_step_of_an_epochs_checkpoint_and_record_resumes_exactly(
+    tmp_path, baseline
+):
+    """Between every two writes of a checkpoint and of a record (one epoch's ~40 steps; the
+    steps of the other epochs are the same writes)."""
+    points = epoch_two_steps(baseline["steps"])
+    assert len(points) > 20, points  # both checkpoints and their records are in the block
+    for point in points:
+        kill_and_resume(tmp_path / str(point), baseline, point)
