@@ -13,7 +13,6 @@ import functools
 import hashlib
 import math
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from ingredients.columnar import (
     spill,
     width,
 )
+from ingredients.fingerprints import file_fingerprint, in_background
 from ingredients.image_sources import fingerprint_source
 from ingredients.images import SCHEMA as IMAGE_SCHEMA
 from ingredients.images import (  # image data: encoded images or uint8 pixels (see images.py)
@@ -508,40 +508,28 @@ def _checked(
 
 
 def fingerprint_file(path: Path) -> dict:
-    """Size and SHA-256 of the file's bytes, hashed in chunks (a folder of shards: see images)."""
-    if not path.is_file():
-        return fingerprint_source(path)
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"size": path.stat().st_size, "sha256": digest}
+    """Size and SHA-256 of the file's bytes (a folder of shards: see image_sources)."""
+    return file_fingerprint(path) if path.is_file() else fingerprint_source(path)
 
 
 def _fingerprint_in_background(path: Path, read: os.stat_result) -> Callable[[float | None], dict]:
-    """Start hashing the file on a thread (hashlib releases the GIL, so it overlaps what follows).
-    The returned function waits up to `timeout` seconds (None: until done) and gives its size
-    and SHA-256, None while unfinished; it refuses a file changed since `read` (its stat before
-    reading)."""
-    result: dict = {}
+    """Hash the file on a thread; the returned function waits up to `timeout` seconds (None:
+    until done) and gives its size and SHA-256 (None while unfinished). A file changed since
+    `read` (its stat before reading) is refused."""
 
-    def work() -> None:
-        try:
-            result["value"] = fingerprint_file(path)
-            now = path.stat()
-            if (now.st_size, now.st_mtime_ns) != (read.st_size, read.st_mtime_ns):
-                _fail(f"data.path: {path} changed while it was read; run again once it is stable")
-        except BaseException as error:  # handed to the waiting thread
-            result["error"] = error
+    def work() -> dict:
+        found = fingerprint_file(path)  # looked up when called: tests replace it
+        now = path.stat()
+        if (now.st_size, now.st_mtime_ns) != (read.st_size, read.st_mtime_ns):
+            _fail(f"data.path: {path} changed while it was read; run again once it is stable")
+        return found
 
-    thread = threading.Thread(target=work, name="data-fingerprint", daemon=True)
-    thread.start()
+    wait = in_background(work, "data-fingerprint")
 
-    def wait(timeout: float | None = None) -> dict:
-        thread.join(timeout)
-        if thread.is_alive():
-            return {"size": read.st_size, "sha256": None}
-        if "error" in result:
-            raise result["error"]
-        return result["value"]
+    def fingerprint(timeout: float | None = None) -> dict:
+        return wait(timeout) or {"size": read.st_size, "sha256": None}
+
+    return fingerprint
 
     return wait
 

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import tempfile
-import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingredients.checkout import resolve_path
+from ingredients.fingerprints import file_fingerprint, in_background
 from ingredients.scratch import sweep_orphans, writer_tag
 from ingredients.table_files import read_schema
 
@@ -434,11 +434,7 @@ def fingerprint_source(path: str | Path) -> dict:
             "manifest": str(manifest),
             "shards": listed,
         }
-    shards = {}
-    for f in files:
-        with open(f, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        shards[str(f)] = {"size": f.stat().st_size, "sha256": digest}
+    shards = {str(f): file_fingerprint(f) for f in files}
     if len(files) == 1 and not folder and not is_pattern(str(path)):
         return shards[str(files[0])]
     combined = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
@@ -446,26 +442,17 @@ def fingerprint_source(path: str | Path) -> dict:
 
 
 def fingerprint_in_background(paths: list[str]) -> Callable[[float | None], dict]:
-    """Fingerprint the sources on a thread; the returned function waits up to `timeout` s."""
-    result: dict = {}
+    """Fingerprint the sources on a thread; the returned function waits up to `timeout` s and
+    gives the first source's fingerprint with the others' under "others" (sha256 None while
+    unfinished)."""
+    wait = in_background(lambda: [fingerprint_source(p) for p in paths], "image-fingerprint")
 
-    def work() -> None:
-        try:
-            result["value"] = {p: fingerprint_source(p) for p in paths}
-        except BaseException as error:
-            result["error"] = error
-
-    thread = threading.Thread(target=work, name="image-fingerprint", daemon=True)
-    thread.start()
-
-    def wait(timeout: float | None = None) -> dict:
-        thread.join(timeout)
-        if thread.is_alive():
+    def fingerprint(timeout: float | None = None) -> dict:
+        found = wait(timeout)
+        if found is None:
             return {"size": None, "sha256": None}
-        if "error" in result:
-            raise result["error"]
-        main, *others = result["value"].values()
+        main, *others = found
         extra = dict(zip(paths[1:], others))
         return {**main, **({"others": extra} if extra else {})}
 
-    return wait
+    return fingerprint
