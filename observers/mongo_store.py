@@ -195,46 +195,53 @@ class MongoRunStore:
 
     @_reading
     def metric_summaries(self, run_ids: list[int]) -> dict[int, dict | RecordError]:
-        """summarize_metrics of each run, its points read in two queries for all the runs (the
-        chunks, then Sacred's own metric documents of runs without chunks)."""
+        """summarize_metrics of each run (or why its metrics cannot be read), every run's points
+        read in two queries: the chunks, then Sacred's own metric documents of runs without."""
+        series = self._series(run_ids)
+        return {
+            run_id: found if isinstance(found, RecordError) else summarize_metrics(found)
+            for run_id, found in ((run_id, series.get(run_id, {})) for run_id in run_ids)
+        }
+
+    def _series(self, run_ids: list[int]) -> dict[int, dict | RecordError]:
+        """{run id: its metrics in Sacred's shape, or the RecordError saying why not}: from the
+        chunks, or Sacred's own documents for a run without chunks; a run with neither is absent."""
         series = self._points(CHUNKS_COLLECTION, run_ids, ("chunk",))
         rest = [run_id for run_id in run_ids if run_id not in series]
         series.update(self._points("metrics", rest, ()))
-        summaries: dict[int, dict | RecordError] = {}
-        for run_id in run_ids:
-            try:
-                metrics = series.get(run_id, {})
-                for points in metrics.values():  # dates as text, as metrics() gives them
-                    points["timestamps"] = self._plain_part(run_id, "metrics", points["timestamps"])
-                check_metrics(metrics, f"run {run_id}", "the metrics")
-                summaries[run_id] = summarize_metrics(metrics)
-            except RecordError as error:
-                summaries[run_id] = error
-        return summaries
+        return series
 
-    def _points(self, collection: str, run_ids: list[int], order: tuple) -> dict[int, dict]:
-        """{run id: {name: {steps, values, timestamps}}} of a metrics collection, one query;
-        a document of another shape makes its run's metrics not Sacred's shape."""
+    def _points(
+        self, collection: str, run_ids: list[int], order: tuple
+    ) -> dict[int, dict | RecordError]:
+        """The runs' metrics from one query of a metrics collection; a run whose documents are of
+        another shape gets its RecordError, and the other runs are read all the same."""
         if not run_ids:
             return {}
         query = {"run_id": {"$in": run_ids}} if len(run_ids) <= IN_QUERY_IDS else {}
         fields = dict.fromkeys(("run_id", "name", *order, *POINTS), 1)
-        wanted = set(run_ids)
-        documents = [
-            d for d in self.db[collection].find(query, fields) if d.get("run_id") in wanted
-        ]
-        documents.sort(
-            key=lambda d: (d["run_id"], str(d.get("name")), *(d.get(k, 0) for k in order))
-        )
-        series: dict[int, dict] = {}
-        for document in documents:
-            metric = series.setdefault(document["run_id"], {}).setdefault(
-                document.get("name"), {key: [] for key in POINTS}
-            )
-            for key in POINTS:
-                part = document.get(key, [])
-                metric[key] = metric[key] + part if isinstance(part, list) else part
+        wanted, by_run = set(run_ids), {}
+        for document in self.db[collection].find(query, fields):
+            run_id = document.get("run_id")
+            if type(run_id) is int and run_id in wanted:
+                by_run.setdefault(run_id, []).append(document)
+        series: dict[int, dict | RecordError] = {}
+        for run_id, documents in by_run.items():
+            try:
+                series[run_id] = self._checked(run_id, _joined(documents, order))
+            except RecordError as error:
+                series[run_id] = error
+            except (AttributeError, KeyError, TypeError) as error:
+                series[run_id] = RecordError(
+                    f"run {run_id}: a document in {self.location} is not in Sacred's shape ({error})"
+                )
         return series
+
+    def _checked(self, run_id: int, metrics: dict) -> dict:
+        """The joined metrics with their dates as text (as the file store gives them), checked."""
+        for points in metrics.values():
+            points["timestamps"] = self._plain_part(run_id, "metrics", points["timestamps"])
+        return check_metrics(metrics, f"run {run_id}", "the metrics")
 
     @_reading
     def info(self, run_id: int) -> dict:
@@ -247,22 +254,10 @@ class MongoRunStore:
     def metrics(self, run_id: int) -> dict:
         """Every point of every metric: from the chunks, or Sacred's own documents without them."""
         self._document(run_id)
-        metrics: dict[str, dict] = {}
-        chunks = self.db[CHUNKS_COLLECTION].find({"run_id": run_id})
-        for chunk in chunks.sort([("name", 1), ("chunk", 1)]):
-            empty = {"steps": [], "values": [], "timestamps": []}
-            series = metrics.setdefault(chunk["name"], empty)
-            for key in series:
-                series[key] += chunk[key]
-        if metrics:
-            return check_metrics(metrics, f"run {run_id}", "the metrics")
-        for document in self.db["metrics"].find({"run_id": run_id}).sort("name", 1):
-            metrics[document["name"]] = {
-                "steps": document.get("steps", []),
-                "values": document.get("values", []),
-                "timestamps": self._plain_part(run_id, "metrics", document.get("timestamps", [])),
-            }
-        return check_metrics(metrics, f"run {run_id}", "the metrics")
+        metrics = self._series([run_id]).get(run_id, {})
+        if isinstance(metrics, RecordError):
+            raise metrics
+        return metrics
 
     @_reading
     def artifact(self, run_id: int, name: str) -> bytes:
@@ -340,3 +335,16 @@ class RowReader:
 
     def metric_summaries(self, run_ids: list[int]) -> dict[int, dict | RecordError]:
         return self.store.metric_summaries(run_ids)
+
+
+def _joined(documents: list[dict], order: tuple) -> dict:
+    """{name: {steps, values, timestamps}} of one run's metric documents, joined in name and
+    `order` (chunk number) order."""
+    documents.sort(key=lambda d: (str(d.get("name")), *(d.get(k, 0) for k in order)))
+    metrics: dict = {}
+    for document in documents:
+        metric = metrics.setdefault(document.get("name"), {key: [] for key in POINTS})
+        for key in POINTS:
+            part = document.get(key, [])
+            metric[key] = metric[key] + part if isinstance(part, list) else part
+    return metrics

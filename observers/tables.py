@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from observers.rows import (
-    DAMAGED,
+    READ_STATUSES,
     RECORD_COLUMNS,
     UTC_SUFFIX,
     check_config_keys,
@@ -91,7 +91,7 @@ def _selected(store: RunStore, run_ids, statuses, sweep, wanted) -> tuple[list[i
             if run_id not in reader.documents:
                 raise RecordError(f"no run {run_id} in {store.location}")
         return ids, reader
-    if not wanted and DAMAGED not in (statuses or ()) and (statuses, sweep) != (None, None):
+    if not wanted and _server_can_filter(statuses) and (statuses, sweep) != (None, None):
         ids = store.matching_ids(statuses, sweep)
         return ids, bulk(ids)
     reader = bulk(None)
@@ -112,11 +112,22 @@ def runs_page(
         from observers.index import indexed_runs
 
         return indexed_runs(store, None, status_names(status), None, sweep, {}, last)
+    statuses = status_names(status)
     if status is None and sweep is None:  # only the page's runs are read
         ids = store.run_ids()
-        return load_runs(store, run_ids=ids[-last:] if last else ids), len(ids)
-    runs = load_runs(store, status=status, sweep=sweep)
-    return (runs.tail(last) if last else runs), len(runs)
+    elif hasattr(store, "matching_ids") and _server_can_filter(statuses):  # MongoDB's indexes
+        ids = store.matching_ids(statuses, sweep)
+    else:
+        runs = load_runs(store, status=status, sweep=sweep)
+        return (runs.tail(last) if last else runs), len(runs)
+    page = load_runs(store, run_ids=ids[-last:] if last else ids, status=status, sweep=sweep)
+    return page, len(ids)
+
+
+def _server_can_filter(statuses: set[str] | None) -> bool:
+    """Whether MongoDB can select these statuses itself: DAMAGED and DEAD are decided by reading
+    a run (a DEAD run's document says RUNNING), so asking for them reads every run."""
+    return not (statuses or set()) & READ_STATUSES
 
 
 def load_metrics(

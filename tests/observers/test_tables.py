@@ -488,6 +488,48 @@ def test_mongodb_rows_come_from_one_projected_query(store, mongo_url, monkeypatc
         load_runs(mongo, run_ids=[1, 42])
 
 
+def test_mongodb_filters_select_by_status_and_a_damaged_run_stays_alone(store, mongo_url):
+    """The server narrows by status (a FAILED run is found, and left out of COMPLETED, in
+    load_runs and an ls page); a DEAD run, recorded RUNNING, is found by reading; one run's
+    metric chunks of another shape leave that run's summaries empty, not the listing."""
+    sync = pytest.importorskip("observers.sync")
+    from observers.mongo_store import MongoRunStore
+    from observers.tables import runs_page
+
+    sync.sync_store(store, mongo_url, echo=lambda line: None)
+    mongo, every = MongoRunStore(mongo_url), ids_of(store)
+    failed, dead, damaged = every[1], every[2], every[0]
+    mongo.db["runs"].update_one({"_id": failed}, {"$set": {"status": "FAILED"}})
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    mongo.db["runs"].update_one(
+        {"_id": dead},
+        {
+            "$set": {"status": "RUNNING", "reprolab.times.heartbeat": old.isoformat()},
+            "$unset": {"meta": 1},  # no process to look for: the heartbeat decides
+        },
+    )
+    for chunk, values in ((98, "not a list"), (99, [1.0])):  # joined, they raise a TypeError
+        mongo.db["metrics_chunks"].insert_one(
+            {
+                "run_id": damaged,
+                "name": "val_accuracy",
+                "chunk": chunk,
+                "steps": [9],
+                "values": values,
+                "timestamps": ["2020-01-01T00:00:00"],
+            }
+        )
+    assert list(load_runs(mongo, status="FAILED").index) == [failed]
+    assert list(load_runs(mongo, status="DEAD").index) == [dead]
+    assert list(load_runs(mongo, status="COMPLETED").index) == [damaged]
+    page, total = runs_page(mongo, 1, status=["FAILED", "COMPLETED"])
+    assert total == 2 and list(page.index) == [max(failed, damaged)]
+    every_run = load_runs(mongo)
+    assert pd.isna(every_run.loc[damaged, "val_accuracy.max"])
+    assert "not in Sacred's shape" in every_run.loc[damaged, "note"]
+    assert every_run.drop(index=damaged)["val_accuracy.max"].notna().all()
+
+
 def ids_of(root: Path) -> list[int]:
     return FileRunStore(root).run_ids()
 
