@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ingredients.processes import process_alive
 from ingredients.scratch import HOST
-from observers.files import durable_step, replacing, utc_text
+from observers.files import durable_step, open_lock_file, replacing, utc_text
 from observers.location import StoreLocation
 from observers.records import RecordError, load_plain
 from observers.sweep_records import SWEEPS
@@ -45,7 +45,7 @@ def claim_key(index: int, after: int | None) -> str:
 def locked(path: Path) -> bool:
     """Whether another open file holds the lock on path (a run that inherited it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+        fd = open_lock_file(path)
     except OSError:
         return False
     try:
@@ -165,11 +165,19 @@ class SweepClaims:
         folder.mkdir(mode=0o700, exist_ok=True)
         return folder / f"{digest}.lock"
 
-    def lock_for_run(self, name: str) -> int:
+    def lock_for_run(self, name: str) -> int | None:
         """An open file holding the claim's lock, for the run to inherit (pass_fds); the
-        launcher closes its copy once the run is started."""
-        fd = os.open(self.lock_path(name), os.O_RDONLY | os.O_CREAT, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        launcher closes its copy once the run is started. None when the lock file is not one
+        (planted: a link, a FIFO) or is held: the claim still names the run's processes."""
+        try:
+            fd = open_lock_file(self.lock_path(name))
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
         os.set_inheritable(fd, True)
         return fd
 

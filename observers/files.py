@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import re
 import secrets
 import signal
+import stat
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -130,3 +133,41 @@ def check_name(name: str, what: str) -> None:
             f"{what} {str(name)[:40]}... is {size} bytes long; names of at most "
             f"{NAME_MAX - 16} bytes fit in a file name"
         )
+
+
+def open_lock_file(path: str | os.PathLike) -> int:
+    """An open descriptor of a lock file in a store, created if absent. Never through a link
+    (a copied store's link could create or lock a file outside it) and never a FIFO or device
+    (opening one can wait for ever): OSError for anything but a regular file."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, wait_s: float):
+    """An exclusive flock on a store's lock file for the block: yields True, or False when it
+    could not be opened or another process held it for more than wait_s seconds (holders keep
+    it for one read and one write; a killed holder's lock is freed with its process)."""
+    try:
+        fd = open_lock_file(path)
+    except OSError:
+        yield False
+        return
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.01)  # another writer holds it for a moment
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock

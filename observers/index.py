@@ -13,12 +13,10 @@ read by observers.records.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import stat
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from observers.files import replacing
+from observers.files import exclusive_lock, replacing
 from observers.records import RecordError, loads_plain
 from observers.rows import (
     RECORD_COLUMNS,
@@ -573,7 +571,7 @@ def write_index(root: Path, rows: pa.Table, drop: set[int], present: set[int]) -
     """Merge rows into the index under its lock and replace the file whole: a row another
     writer added meanwhile is kept unless its run is gone (dropped, or no longer a folder)."""
     (Path(root) / INDEX).parent.mkdir(exist_ok=True)
-    with _locked(Path(root) / LOCK) as locked:
+    with exclusive_lock(Path(root) / LOCK, LOCK_WAIT) as locked:
         if not locked:
             return
         current = read_index(root)
@@ -616,31 +614,3 @@ def _write(path: Path, table: pa.Table) -> None:
         table = table.combine_chunks()
     with replacing(path, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
         writer.write_table(table, max_chunksize=BATCH_ROWS)
-
-
-class _locked:
-    """An exclusive flock on path for the block (yields False when none came in LOCK_WAIT)."""
-
-    def __init__(self, path: Path):
-        self.path, self.fd = path, None
-
-    def __enter__(self) -> bool:
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o666)
-            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
-                return False
-        except OSError:
-            return False
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.01)  # another writer holds it for a moment
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock

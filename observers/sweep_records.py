@@ -8,19 +8,19 @@ carry sweeps as they carry runs.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from observers.files import check_name, replacing
+from observers.files import check_name, exclusive_lock, replacing
 from observers.location import StoreLocation
 from observers.records import ObjectEncoding, RecordError, check_plain, load_plain, refusal
 
 SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
 SWEEPS_COLLECTION = "sweeps"
+LOCK_WAIT = 30.0  # seconds a file-store change waits for another launcher's
 REVISION = "_revision"  # MongoDB only: a fresh token at each save, for compare-and-swap
 CHANGE_TRIES = 100  # of a MongoDB change that other writers keep getting in before
 
@@ -67,14 +67,15 @@ class FileSweepRecords:
         launchers changing it at once (two `sweep --resume`) each keep the other's change."""
         check_name(sweep_id, "sweep id")
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / f"{sweep_id}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held for one read and one write; a kill frees it
+        with exclusive_lock(self.folder / f"{sweep_id}.lock", LOCK_WAIT) as locked:
+            if not locked:
+                raise RecordError(
+                    f"sweep {sweep_id} in {self.location}: its lock file cannot be taken "
+                    f"(held for over {LOCK_WAIT:.0f} s, or not a regular file); it was not changed"
+                )
             changed = change(found(self.find(sweep_id), sweep_id, self.location))
             self.save(changed)
             return changed
-        finally:
-            os.close(fd)
 
     def delete(self, sweep_id: str) -> None:
         """Take back a sweep no run belongs to (a refused submission): its record and its lock."""

@@ -61,8 +61,11 @@ class ClaimingSweep(LocalSweep):
         return self
 
     def inherited(self, job: Job) -> tuple[int, ...]:
-        self.locks[job.index] = self.claims.lock_for_run(self.names[job.index])
-        return (self.locks[job.index],)
+        lock = self.claims.lock_for_run(self.names[job.index])
+        if lock is None:
+            return ()
+        self.locks[job.index] = lock
+        return (lock,)
 
     def start(self, job: Job, attempt: int) -> Running:
         try:

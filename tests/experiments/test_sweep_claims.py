@@ -82,6 +82,18 @@ def test_a_run_that_inherited_the_claims_lock_holds_it_after_its_launcher_died(t
     assert claims.take(3, None, this_process()) == "3-after-0.g1"
 
 
+def test_a_planted_claim_lock_is_never_followed(tmp_path):
+    """A claim's lock file planted as a link out of the store: no file is created through it,
+    the run inherits no lock, and the claim still stands by its holder's process."""
+    claims, outside = SweepClaims(StoreLocation.parse(str(tmp_path)), "s1"), tmp_path / "MARKER"
+    claims.lock_path("3-after-0.g0").parent.mkdir(parents=True)
+    claims.lock_path("3-after-0.g0").symlink_to(outside)
+    name = claims.take(3, None, this_process())
+    assert name == "3-after-0.g0" and claims.lock_for_run(name) is None
+    assert claims.take(3, None, ended_process()) is None  # held: its holder (us) is alive
+    assert not outside.exists()
+
+
 @pytest.fixture
 def running_copy(small_store_of) -> Path:
     return small_store_of(["debug", "sgd"])

@@ -219,6 +219,18 @@ def _set_status(path: Path, status: str) -> None:
     _write(path, table.set_column(column, "status", pa.array([status] * len(table))))
 
 
+def test_a_planted_lock_file_is_never_followed(store, tmp_path):
+    """The index's lock file is a link out of the store (a copied store's): no file is created
+    through it, and every answer is the same (the index is a cache that may go unwritten)."""
+    truth = same(store)
+    (store / INDEX).unlink()
+    (store / run_index.LOCK).unlink()
+    outside = tmp_path / "MARKER"
+    (store / run_index.LOCK).symlink_to(outside)
+    pd.testing.assert_frame_equal(same(store), truth)
+    assert not outside.exists()
+
+
 def test_a_finished_run_edited_in_place_is_read_again(store):
     load_runs(store)
     config = store / "3" / "config.json"

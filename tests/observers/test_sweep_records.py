@@ -4,6 +4,7 @@ around the read and the write) and in MongoDB (a save only if nobody saved in be
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -83,3 +84,18 @@ def test_a_deleted_sweep_leaves_no_file_behind(tmp_path):
     records.change("s1", append("slurm"))
     records.delete("s1")
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]
+
+
+@pytest.mark.parametrize("planted", ["dangling link", "fifo"])
+def test_a_planted_lock_is_refused_and_nothing_outside_is_created(tmp_path, planted):
+    """A copied store's lock file that is a link (to a file to be created outside the store) or a
+    FIFO (whose open would wait for ever): the change is refused in one sentence, unmade."""
+    store, outside = tmp_path / "store", tmp_path / "MARKER"
+    records = sweep_records(StoreLocation.parse(str(store)))
+    records.save(record())
+    lock = store / ".reprolab" / "sweeps" / "s1.lock"
+    lock.symlink_to(outside) if planted == "dangling link" else os.mkfifo(lock)
+    with pytest.raises(RecordError) as refused:
+        records.change("s1", append("w"))
+    assert "s1" in str(refused.value) and "\n" not in str(refused.value)
+    assert not outside.exists() and "attempts" not in records.find("s1")
