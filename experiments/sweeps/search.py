@@ -21,6 +21,7 @@ from experiments.sweeps.command import (
     declaration_from,
     forget_attempt,
     relative_experiment,
+    require_sbatch,
     submitted_attempt,
     sweep_command,
     validate,
@@ -127,6 +128,8 @@ def new_search(options: SweepOptions, declaration: Declaration) -> int:
     if options.dry_run:
         print_search(search, base, declaration)
         return ExitCode.OK
+    if options.on == "slurm":
+        require_sbatch()  # before the search and its study are recorded
     book = SweepBook(options.store)
     record = SweepRecord(
         id=book.new_id(),
@@ -196,6 +199,7 @@ def launch_search(options: SweepOptions, tuner: Tuner, book: SweepBook, first: l
 
 def launch_workers(options: SweepOptions, tuner: Tuner, book: SweepBook, first: list[Job]) -> int:
     """Submit a job array of --parallel workers, recorded before it is submitted."""
+    require_sbatch()  # a resumed search on a machine without Slurm: nothing recorded
     record = tuner.record
     previous = record.last_attempt("slurm").get("options")
     slurm = SlurmOptions.from_args(options.slurm, previous=previous)

@@ -140,9 +140,11 @@ def test_a_sweep_into_a_full_store_says_so_once_and_never_recorded(tmp_path, cap
     assert "recorded" not in err and "Traceback" not in err
 
 
-def test_a_slurm_sweep_without_slurm_records_no_submission(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("kind", ["sweep", "search"])
+def test_a_slurm_sweep_without_slurm_records_no_submission(tmp_path, capsys, monkeypatch, kind):
     monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
-    code, err = sweep_into(tmp_path / "runs", capsys, "--on", "slurm")
+    search = ["--trials", "2"] if kind == "search" else []
+    code, err = sweep_into(tmp_path / "runs", capsys, "--on", "slurm", *search)
     assert code == 2 and err.strip() == (
         "reprolab: error: --on slurm: there is no sbatch on PATH (Slurm is not installed "
         "here), so nothing was submitted or recorded"
