@@ -33,6 +33,7 @@ from experiments.outside_code import outside_differences
 from experiments.trial import PRUNED_AT_VARIABLE
 from ingredients.checkout import CHECKOUT_ROOT, resolve_path
 from ingredients.imports import FROM_RECORD_VARIABLE
+from ingredients.schema import TEXT
 from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
 from observers.provenance import (
@@ -149,7 +150,7 @@ def data_path(original: Original) -> str | None:
     when the rerun starts, in one sentence)."""
     data = original.config.get("data")
     path = data.get("path") if isinstance(data, dict) else None
-    return path if isinstance(path, str) and "\0" not in path else None
+    return path if TEXT.accepts(path) else None
 
 
 @contextmanager
@@ -286,9 +287,10 @@ def differences(original: Original, tree: CodeTree) -> list[Difference]:
         fingerprint = dig(original.info, "data", "fingerprint")
         fingerprint = fingerprint if isinstance(fingerprint, dict) else None
         try:
-            found += data_differences(fingerprint, resolve_path(path, tree.cwd, tree.root))
-        except (OSError, ValueError):  # a name too long: the run's own check says so
-            pass
+            path_now = resolve_path(path, tree.cwd, tree.root)
+        except OSError:  # a name too long: not found (the run's own check says why)
+            path_now = None
+        found += data_differences(fingerprint, path_now)
     return found
 
 
