@@ -15,7 +15,6 @@ import contextlib
 import mmap
 import os
 import tempfile
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 import torch
 
-from ingredients.scratch import sweep_orphans
+from ingredients.scratch import remove_with, sweep_orphans
 
 TILE_ROWS = 16384  # rows per tile when columns are transposed into a row-major matrix (a few MB)
 POSITIONAL_READS = hasattr(os, "preadv")  # RowFile's pread (not on Windows: data stays in memory)
@@ -325,14 +324,6 @@ def row_file(path: Path, table: pa.Table, columns: list[str], whole: pa.Buffer) 
 SPILL_PREFIX = "reprolab-rows-"  # then the writing process's id: reprolab-rows-<pid>-<random>.f32
 
 
-def _remove_if_owner(path: str, owner: int) -> None:
-    """Delete a spilled copy, but only from the process that wrote it (forked worker processes
-    inherit its finalizer and must leave the file to their parent)."""
-    if os.getpid() == owner:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
 def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int) -> RowFile:
     """Write the feature columns of the record batches, row-major float32, to a scratch file in
     the temporary directory ($TMPDIR), holding one batch in memory at a time; return a RowFile
@@ -345,7 +336,7 @@ def spill(batches: Iterable[pa.RecordBatch], columns: list[str], n_features: int
         )
     first = np.zeros(1, dtype=np.int64)  # one chunk, starting at row 0 and byte 0
     source = RowFile(Path(handle.name), n_features, np.dtype(np.float32), first, first)
-    weakref.finalize(source, _remove_if_owner, handle.name, os.getpid())
+    remove_with(source, handle.name)
     with handle:
         for batch in batches:
             rows = row_major(pa.Table.from_batches([batch]), columns, n_features)

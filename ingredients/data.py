@@ -531,8 +531,6 @@ def _fingerprint_in_background(path: Path, read: os.stat_result) -> Callable[[fl
 
     return fingerprint
 
-    return wait
-
 
 def _check_no_nulls(table: pa.Table, columns: list[str]) -> None:
     """Refuse feature columns with missing values (list columns: in their values too)."""

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import tempfile
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import pyarrow as pa
 
 from ingredients.checkout import resolve_path
 from ingredients.fingerprints import file_fingerprint, in_background
-from ingredients.scratch import sweep_orphans, writer_tag
+from ingredients.scratch import remove_with, sweep_orphans, writer_tag
 from ingredients.table_files import read_schema
 
 IMAGE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather", ".ipc")
@@ -184,12 +183,11 @@ class Blobs:
     def __init__(self, offsets: np.ndarray, buffer: np.ndarray | None, path: str | None):
         self.offsets, self.buffer, self.path = offsets, buffer, path
         self._fd: int | None = None
-        self._pid = os.getpid()
         if path is not None:
-            weakref.finalize(self, _remove_if_owner, path, os.getpid())
+            remove_with(self, path)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fd": None, "_pid": -1}  # a worker opens its own descriptor
+        return {**self.__dict__, "_fd": None}  # a worker opens its own descriptor
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -202,18 +200,6 @@ class Blobs:
             assert self.path is not None  # no buffer: the images are in the scratch file
             self._fd = os.open(self.path, os.O_RDONLY)
         return os.pread(self._fd, end - start, start)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.offsets[-1])
-
-
-def _remove_if_owner(path: str, owner: int) -> None:
-    if os.getpid() == owner:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 class BlobWriter:

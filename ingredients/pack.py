@@ -4,7 +4,7 @@ Each shard holds the encoded bytes exactly as read (never re-encoded), the class
 `label` and the path relative to FOLDER. Shards are written under a temporary name and renamed;
 the manifest (each shard's rows, size and SHA-256) is rewritten after every shard, so an
 interrupted pack resumes after its last finished shard. The manifest's hash then stands for the
-whole set in a run's record (see images.fingerprint_source).
+whole set in a run's record (see image_sources.fingerprint_source).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import weakref
 from pathlib import Path
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
@@ -46,3 +47,16 @@ def sweep_orphans(directory: str | os.PathLike, pattern: str) -> None:
             continue
         with contextlib.suppress(OSError):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def remove_with(owner: object, path: str | os.PathLike) -> None:
+    """Delete the scratch file at path when owner is garbage-collected or the process exits,
+    but only in this process: forked loader workers inherit the finalizer and must leave the
+    file to their parent."""
+    weakref.finalize(owner, _remove_if_writer, str(path), os.getpid())
+
+
+def _remove_if_writer(path: str, writer: int) -> None:
+    if os.getpid() == writer:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
