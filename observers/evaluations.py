@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from observers.files import replacing, utc_text
-from observers.records import MAX_EVALUATIONS
+from observers.records import MAX_EVALUATIONS, ObjectEncoding, load_plain, refusal
 from observers.store import FileRunStore, RecordError, RunStore
 
 FILE = "evaluations.json"
@@ -36,27 +36,33 @@ def read_evaluations(store: RunStore, run_id: int) -> list[dict]:
     if not isinstance(store, FileRunStore):
         return []
     path = _path(store, run_id)
-    return json.loads(path.read_text()) if path.is_file() else []
+    if not path.is_file():
+        return []
+    try:
+        entries = load_plain(path)
+    except ObjectEncoding as error:
+        raise refusal(f"run {run_id}'s {FILE}", error.key) from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise RecordError(f"run {run_id}'s {FILE} is not a list of evaluations")
+    return entries
 
 
-def add_evaluation(store: RunStore, run_id: int, result: dict) -> list[dict]:
-    """Append one evaluation (stamped with the time) atomically; returns them all."""
-    entry = {"time": utc_text(dt.datetime.now(dt.UTC)), **result}
-    if isinstance(store, KeepsEvaluations):
-        store.add_evaluation(run_id, entry)
-        return store.evaluations(run_id)
-    if not isinstance(store, FileRunStore):
-        raise RecordError(f"{store.location} keeps no evaluations")
+def add_evaluation(store: RunStore, run_id: int, result: dict) -> None:
+    """Add one evaluation (stamped with the time) in one atomic act, at most MAX_EVALUATIONS."""
     entries = read_evaluations(store, run_id)
     if len(entries) >= MAX_EVALUATIONS:
         raise RecordError(
             f"run {run_id} already keeps {len(entries)} evaluations in {store.location}, "
             f"the {MAX_EVALUATIONS} a run may hold"
         )
-    entries.append(entry)
+    entry = {"time": utc_text(dt.datetime.now(dt.UTC)), **result}
+    if isinstance(store, KeepsEvaluations):
+        store.add_evaluation(run_id, entry)
+        return
+    if not isinstance(store, FileRunStore):
+        raise RecordError(f"{store.location} keeps no evaluations")
     with replacing(_path(store, run_id)) as f:
-        json.dump(entries, f, indent=1)
-    return entries
+        json.dump([*entries, entry], f, indent=1)
 
 
 def evaluation_lines(store: RunStore, run_id: int) -> list[str]:

@@ -30,6 +30,7 @@ from sacred.serializer import flatten
 import observers.mongo as om
 from experiments.cli import main as reprolab
 from observers.credentials import redact, url_secrets
+from observers.evaluations import add_evaluation
 from observers.mongo_bounds import CAPTURED_OUT_BYTES, CHUNKS_COLLECTION, VIEW_POINTS
 from observers.mongo_store import MongoRunStore
 from observers.store import FileRunStore, RecordError
@@ -551,13 +552,15 @@ def test_evaluate_records_apart_in_mongodb_and_show_lists_it(tmp_path, nx_server
 @pytest.mark.mongo
 def test_evaluations_in_mongodb_keep_odd_keys_and_are_bounded(nx_server, monkeypatch):
     store = MongoRunStore(nx_server.url)
-    entry = {"time": "2026-01-01T00:00:00.000000Z", "shards": {"a.b/$c.parquet": 1}, "loss": 0.5}
-    store.add_evaluation(7, entry)
-    assert store.evaluations(7) == [entry] and store.evaluations(8) == []
+    result = {"shards": {"a.b/$c.parquet": 1}, "loss": 0.5}
+    add_evaluation(store, 7, result)
+    saved = store.evaluations(7)
+    assert [{k: v for k, v in e.items() if k != "time"} for e in saved] == [result]
+    assert store.evaluations(8) == []
     assert store.db["runs"].count_documents({}) == 0  # no run document written
-    monkeypatch.setattr("observers.mongo_store.MAX_EVALUATIONS", 1)
+    monkeypatch.setattr("observers.evaluations.MAX_EVALUATIONS", 1)
     with pytest.raises(RecordError, match="run 7 already keeps 1 evaluations .* the 1 a run may"):
-        store.add_evaluation(7, entry)
+        add_evaluation(store, 7, result)
     assert len(store.evaluations(8) + store.evaluations(7)) == 1
 
 
