@@ -11,7 +11,12 @@ from experiments.checkpoint import checkpoint_from_bytes
 from experiments.loop import make_loss
 from ingredients.augment import Augmenter
 from ingredients.image_decoding import ImageDataset
-from ingredients.image_sources import fingerprint_source, label_indices, read_source
+from ingredients.image_sources import (
+    SPLIT_NAMES,
+    fingerprint_source,
+    label_indices,
+    read_source,
+)
 from ingredients.images import image_source
 from ingredients.model import build_model
 from observers.evaluations import add_evaluation
@@ -38,13 +43,26 @@ def dataset_for(path: str, split: str | None, config: dict, images: dict) -> Ima
     column = image_source(cfg)
     if column is None:
         raise ValueError(f"--data: {path} holds no image column")
-    source = read_source(path, "--data", column, cfg["target"], cfg.get("split_column"), 2**62)
+    budget = cfg["in_memory_mb"] * 2**20  # above it the images stream, as in training
+    source = read_source(path, "--data", column, cfg["target"], cfg.get("split_column"), budget)
     labels = label_indices(source.labels, images["classes"], cfg["target"], path)
     rows = np.arange(len(labels))
-    if split is not None and source.splits is not None:
-        rows = rows[source.splits == {"validation": "val"}.get(split, split)]
+    if split is not None:
+        rows = rows[source.splits == split_name(split, path, source.splits)]
+    if len(rows) == 0:
+        raise ValueError(f"--data: {path} has no rows{f' of split {split}' if split else ''}")
     shape = (images["channels"], *images["size"])
     return ImageDataset(source.images, torch.from_numpy(labels[rows]), rows, shape, source.where)
+
+
+def split_name(split: str, path: str, splits: np.ndarray | None) -> str:
+    """The split column's name for --split (validation is val), or one sentence why it has none."""
+    if splits is None:
+        raise ValueError(f"--split {split}: {path} has no split column (data.split_column)")
+    name = SPLIT_NAMES.get(split.lower())
+    if name is None:
+        raise ValueError(f"--split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
+    return name
 
 
 @torch.no_grad()

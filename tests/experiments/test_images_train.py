@@ -195,6 +195,18 @@ def test_evaluate_prints_and_records_apart_and_show_lists_it(runs):
     assert "evaluations:" in shown.stdout and expected in shown.stdout
 
 
+def test_evaluate_refuses_a_split_the_data_cannot_give(runs):
+    """--split of data without a split column is one sentence, not all rows evaluated as it."""
+    store, data, _, _ = runs
+    test_file, kept = str(data.with_name("test.parquet")), store / "1" / "evaluations.json"
+    before = kept.read_bytes() if kept.exists() else None
+    result = cli("evaluate", "1", "--data", test_file, "--split", "test", "--store", str(store))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"reprolab: error: --split test: {test_file} has no split column (data.split_column)"
+    )
+    assert (kept.read_bytes() if kept.exists() else None) == before  # nothing recorded
+
+
 def test_a_bad_image_fails_the_run_with_one_sentence(tmp_path):
     data = tmp_path / "train.parquet"
     write_images(data, 48, seed=0, bad_row=7)
@@ -224,3 +236,16 @@ def test_a_slice_of_fashion_mnist_trains(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "runs" / "1" / "info.json").read_text())
     assert info["images"]["size"] == [28, 28] and info["test"]["test_accuracy"] > 0.4
+
+
+def test_evaluate_split_names_are_the_data_ingredients():
+    from experiments.evaluate import split_name
+
+    splits = np.array(["train", "val", "test"])
+    assert [split_name(s, "d", splits) for s in ("Validation", "valid", "TEST")] == [
+        "val",
+        "val",
+        "test",
+    ]
+    with pytest.raises(ValueError, match="--split must be one of train, val, validation"):
+        split_name("dev", "d", splits)
