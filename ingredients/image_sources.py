@@ -104,15 +104,23 @@ def _batches(file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
 
     with pa.OSFile(str(file)) as source:
         try:
-            found = ipc.open_file(source)
+            found = ipc.open_file(source, options=_only(ipc.open_file(source).schema, columns))
             batches: Iterator[pa.RecordBatch] = (
                 found.get_batch(i) for i in range(found.num_record_batches)
             )
-        except pa.ArrowInvalid:  # the streaming format (Hugging Face datasets writes it)
-            source.seek(0)
+        except pa.ArrowInvalid:  # the streaming format (Hugging Face datasets writes it): read
+            source.seek(0)  # through, message by message (a stream has no footer to skip with)
             batches = iter(ipc.open_stream(source))
         for batch in batches:
             yield batch.select(columns)
+
+
+def _only(schema: pa.Schema, columns: list[str]):
+    """IPC read options that skip the other columns' buffers (a pass over the labels does not
+    read the image bytes)."""
+    import pyarrow.ipc as ipc
+
+    return ipc.IpcReadOptions(included_fields=[schema.get_field_index(c) for c in columns])
 
 
 def read_shards_schema(files: list[Path]) -> pa.Schema:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ingredients.image_sources as image_sources
 from ingredients.augment import Augmenter
 from ingredients.data import Splits
 from ingredients.image_decoding import BadImage
@@ -119,6 +120,34 @@ def test_arrow_ipc_files_and_streams_read_as_parquet_does(tmp_path, layout):
     x, y = arrow.train[np.arange(len(arrow.train))]
     x2, y2 = parquet.train[np.arange(len(parquet.train))]
     assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_a_pass_over_the_labels_of_an_arrow_file_skips_the_image_bytes(tmp_path, monkeypatch):
+    """Reading the label column of an Arrow IPC file reads a small part of it, not every record
+    batch whole (a stream, having no footer, is read through)."""
+    path = tmp_path / "images.arrow"
+    table = pa.table({"image": [bytes(20_000)] * 50, "label": list(range(50))})
+    with pa.ipc.new_file(path, table.schema) as writer:
+        writer.write_table(table, max_chunksize=10)
+    read = []
+
+    class Counting(io.FileIO):
+        def read(self, size=-1):
+            data = super().read(size)
+            read.append(len(data))
+            return data
+
+        def readinto(self, buffer):
+            count = super().readinto(buffer)
+            read.append(count or 0)
+            return count
+
+    monkeypatch.setattr(
+        image_sources.pa, "OSFile", lambda name: pa.PythonFile(Counting(name), mode="r")
+    )
+    labels = [b.column("label") for b in image_sources.record_batches(path, ["label"])]
+    assert pa.chunked_array(labels).to_pylist() == list(range(50))
+    assert sum(read) < path.stat().st_size / 4
 
 
 READ_PEAK = """
