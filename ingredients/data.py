@@ -67,7 +67,7 @@ from ingredients.schema import (
     shown,
 )
 from ingredients.splits import split_rows, validation_rows
-from ingredients.table_files import csv, parquet, read_schema, reading
+from ingredients.table_files import column_list, csv, parquet, read_schema, reading
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
 # sources and their git state are gathered once by experiments/base.py.
@@ -185,13 +185,6 @@ def _fail(message: str) -> NoReturn:
     raise ValueError(message)
 
 
-def _abbrev(names: Sequence[str], limit: int = 8) -> str:
-    """Column names for an error message, shortened to the first and last few."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join([*names[:4], "...", *names[-2:]]) + f"; {len(names)} in all"
-
-
 def resolve_format(path: Path, format: str) -> str:
     """Canonical format (parquet | ipc | csv) from `format` or, for auto, the file's extension."""
     if format != "auto":
@@ -234,7 +227,7 @@ def _check_columns(
     names = schema.names
     wanted = list(features) if features is not None else [n for n in names if n != target]
     if target not in names:
-        _fail(f"data.target: column {target!r} is not in {path} (columns: {_abbrev(names)})")
+        _fail(f"data.target: column {target!r} is not in {path} (columns: {column_list(names)})")
     if not _is_numeric_type(schema.field(target).type):
         _fail(
             f"data.target: column {target!r} in {path} must be integer or floating point, "
@@ -242,7 +235,9 @@ def _check_columns(
         )
     for column in wanted:
         if column not in names:
-            _fail(f"data.features: column {column!r} is not in {path} (columns: {_abbrev(names)})")
+            _fail(
+                f"data.features: column {column!r} is not in {path} (columns: {column_list(names)})"
+            )
         kind = schema.field(column).type
         if not (
             _is_numeric_type(kind)

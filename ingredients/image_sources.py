@@ -13,7 +13,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, NoReturn
@@ -24,7 +24,7 @@ import pyarrow as pa
 from ingredients.checkout import resolve_path
 from ingredients.fingerprints import file_fingerprint, in_background
 from ingredients.scratch import remove_with, sweep_orphans, writer_tag
-from ingredients.table_files import read_schema
+from ingredients.table_files import column_list, read_schema
 
 IMAGE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather", ".ipc")
 
@@ -123,7 +123,7 @@ def _only(schema: pa.Schema, columns: list[str]):
     return ipc.IpcReadOptions(included_fields=[schema.get_field_index(c) for c in columns])
 
 
-def read_shards_schema(files: list[Path]) -> pa.Schema:
+def read_shards_schema(files: Sequence[Path]) -> pa.Schema:
     """The schema of the first shard (all must be of one format: Parquet or Arrow IPC)."""
     if len({file_format(f) for f in files}) > 1:
         fail(f"data.path: shards mix Parquet and Arrow files ({files[0]}, ...); use one format")
@@ -159,7 +159,7 @@ def find_image_column(
         if image_column not in names:
             fail(
                 f"data.image_column: column {image_column!r} is not in {where} "
-                f"(columns: {', '.join(names[:8])})"
+                f"(columns: {column_list(names)})"
             )
         kind = column_kind(schema.field(image_column).type)
         if kind is None:
@@ -300,7 +300,7 @@ def read_source(
             setting = "data.target" if name == target else "data.split_column"
             fail(
                 f"{setting}: column {name!r} is not in {where} "
-                f"(columns: {', '.join(schema.names[:8])})"
+                f"(columns: {column_list(schema.names)})"
             )
     if (
         column.name not in schema.names

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +50,7 @@ from ingredients.schema import (
     number,
 )
 from ingredients.splits import split_rows
-from ingredients.table_files import read_schema
+from ingredients.table_files import column_list, read_schema
 
 STATS_IMAGES = 10000  # training images decoded to compute the normalisation mean and std
 
@@ -248,21 +249,38 @@ def load_image_splits(cfg: dict, column: Column, splits_type):
 
 
 def describe_images(cfg: dict, column: Column) -> tuple[int, tuple[int, int, int], int]:
-    """(rows, sample shape, classes) of an image source, from its schema, labels and first image
-    (cached by the data ingredient's caller)."""
-    files = source_files(cfg["path"])
+    """(rows, sample shape, classes) of an image source, from its schema, labels and first image;
+    read once while its shards are unchanged (a run checks its config several times)."""
+    files = tuple(source_files(cfg["path"]))
+    stats = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    given = tuple(_hashable(cfg.get(key)) for key in SHAPE_KEYS)
+    return _described(files, stats, str(cfg["path"]), cfg["target"], given, column)
+
+
+SHAPE_KEYS = ("shape", "channels", "image_size")  # the keys detect_shape reads
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+@functools.lru_cache(maxsize=4)
+def _described(
+    files: tuple[Path, ...], stats: tuple, path: str, target: str, given: tuple, column: Column
+) -> tuple[int, tuple[int, int, int], int]:
+    """describe_images' work; stats (each shard's size and mtime) keys the cache only."""
+    cfg = {**dict(zip(SHAPE_KEYS, given)), "path": path, "target": target}
     schema = read_shards_schema(files)
-    target = cfg["target"]
     if target not in schema.names:
         fail(
-            f"data.target: column {target!r} is not in {files[0]} (columns: {', '.join(schema.names[:8])})"
+            f"data.target: column {target!r} is not in {files[0]} (columns: {column_list(schema.names)})"
         )
     column_of_labels = pa.chunked_array(
         [pa.concat_arrays([b.column(target)]) for f in files for b in record_batches(f, [target])],
         schema.field(target).type,
     )
     classes = class_mapping(column_of_labels, hf_class_names(schema, target))
-    labels = label_indices(column_of_labels, classes, target, str(cfg["path"]))
+    labels = label_indices(column_of_labels, classes, target, path)
     batches = (b for f in files for b in record_batches(f, [column.name]) if b.num_rows)
     first = next(batches).column(0)[0]
     if column.kind == "hf":

@@ -3,7 +3,7 @@ read, and Arrow's and the system's reading errors told as the one sentence a use
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,3 +49,10 @@ def read_schema(path: Path, fmt: str) -> pa.Schema:
         except pa.ArrowInvalid:
             source.seek(0)
             return pa_ipc.open_stream(source).schema
+
+
+def column_list(names: Sequence[str], limit: int = 8) -> str:
+    """Column names for an error message, shortened to the first and last few."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join([*names[:4], "...", *names[-2:]]) + f"; {len(names)} in all"

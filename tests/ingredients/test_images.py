@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,26 @@ def test_a_pass_over_the_labels_of_an_arrow_file_skips_the_image_bytes(tmp_path,
     labels = [b.column("label") for b in image_sources.record_batches(path, ["label"])]
     assert pa.chunked_array(labels).to_pylist() == list(range(50))
     assert sum(read) < path.stat().st_size / 4
+
+
+def test_an_image_source_is_described_once_while_its_shards_are_unchanged(hf_file, monkeypatch):
+    """A run checks its config several times; the labels are read again only when a shard
+    changed (its size or modification time)."""
+    from ingredients.images import describe_images
+
+    reads, read = [], image_sources.record_batches
+
+    def counting(file, columns):
+        reads.append(columns)
+        return read(file, columns)
+
+    monkeypatch.setattr("ingredients.images.record_batches", counting)
+    cfg = config(hf_file)
+    first = describe_images(cfg, image_source(cfg))
+    assert describe_images(cfg, image_source(cfg)) == first and len(reads) == 2  # labels, image
+    os.utime(hf_file, ns=(0, 0))
+    assert describe_images(cfg, image_source(cfg)) == first and len(reads) == 4
+    assert describe_images({**cfg, "channels": 3}, image_source(cfg))[1][0] == 3
 
 
 READ_PEAK = """
