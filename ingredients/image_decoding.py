@@ -15,8 +15,6 @@ from sacred.utils import SacredError
 
 from ingredients.image_sources import Blobs, Column, Where, fail
 
-SCRATCH_BYTES = 16 * 2**20  # the most decoded pixels a dataset keeps between batches
-
 
 class BadImage(ValueError, SacredError):
     """An image that cannot be decoded: one sentence naming the file, row and column, which ends
@@ -140,7 +138,6 @@ class ImageDataset(torch.utils.data.Dataset):
     ) -> None:
         self.images = images  # Blobs of encoded images, or an (n, C*H*W) uint8 pixel matrix
         self.targets, self.rows, self.sample_shape, self.where = targets, rows, sample_shape, where
-        self._buffer: np.ndarray | None = None  # decode's scratch (see _scratch)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -165,7 +162,11 @@ class ImageDataset(torch.utils.data.Dataset):
         assert isinstance(self.images, Blobs)  # pixel matrices are gathered, not decoded
         c, h, w = self.sample_shape
         out = _batch_tensor((len(rows), c, h, w))
-        pixels = out.numpy().reshape(len(rows), h, w) if c == 1 else self._scratch(len(rows))
+        pixels = (
+            out.numpy().reshape(len(rows), h, w)
+            if c == 1
+            else np.empty((len(rows), h, w, 3), np.uint8)
+        )
         mode = MODES[c]
         for i, row in enumerate(rows.tolist()):
             try:
@@ -179,20 +180,6 @@ class ImageDataset(torch.utils.data.Dataset):
         if c == 3:
             np.copyto(out.numpy(), pixels.transpose(0, 3, 1, 2))
         return out
-
-    def _scratch(self, n: int) -> np.ndarray:
-        """An (n, H, W, 3) buffer, up to SCRATCH_BYTES reused batch after batch (no fresh pages
-        to fault in for every batch)."""
-        _, h, w = self.sample_shape
-        if self._buffer is not None and len(self._buffer) >= n:
-            return self._buffer[:n]
-        buffer = np.empty((n, h, w, 3), np.uint8)
-        if buffer.nbytes <= SCRATCH_BYTES:
-            self._buffer = buffer
-        return buffer
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_buffer": None}  # a worker fills its own
 
 
 def detect_shape(first, column: Column, cfg: dict) -> tuple[int, int, int]:

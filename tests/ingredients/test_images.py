@@ -19,7 +19,7 @@ from PIL import Image
 
 import ingredients.image_sources as image_sources
 from ingredients.augment import Augmenter
-from ingredients.data import Splits
+from ingredients.data import Splits, make_loader
 from ingredients.image_decoding import BadImage
 from ingredients.image_sources import fingerprint_source
 from ingredients.images import image_source, load_image_splits
@@ -169,6 +169,28 @@ def test_an_image_source_is_described_once_while_its_shards_are_unchanged(hf_fil
     os.utime(hf_file, ns=(0, 0))
     assert describe_images(cfg, image_source(cfg)) == first and len(reads) == 4
     assert describe_images({**cfg, "channels": 3}, image_source(cfg))[1][0] == 3
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_rgb_images_of_any_aspect_decode_to_their_pixels_in_channel_first_batches(
+    tmp_path, num_workers
+):
+    """Non-square RGB images (10 rows, 14 columns) through the batch decode and, with a worker,
+    the shared-memory hand-over: every batch equals the original pixels moved to (N, C, H, W),
+    a short batch among full ones included."""
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (10, 14, 3), dtype=np.uint8) for _ in range(23)]
+    path = tmp_path / "rgb.parquet"
+    pq.write_table(
+        pa.table({"image": [encode(a) for a in images], "label": [0, 1] * 11 + [0]}), path
+    )
+    train = load(path, val_fraction=0.2).train
+    loader = make_loader(train, False, 5, False, False, num_workers, False)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [5, 5, 5, 3]  # 18 training rows, in order
+    x = torch.cat([x for x, _ in batches])
+    expected = np.stack([images[r] for r in train.rows]).transpose(0, 3, 1, 2)
+    assert x.shape == (18, 3, 10, 14) and np.array_equal(x.numpy(), expected)
 
 
 READ_PEAK = """
