@@ -57,3 +57,12 @@ def resolve_path(path: str | Path, cwd: Path | None = None, root: Path = CHECKOU
     if ((cwd or Path.cwd()) / p).exists():
         return ((cwd or Path.cwd()) / p).resolve()
     return (root / p).resolve()
+
+
+def looked_in(path: str | Path, cwd: Path | None = None, root: Path = CHECKOUT_ROOT) -> str:
+    """' (looked in A and B)': where resolve_path looks for a relative path, each folder once;
+    nothing for an absolute one."""
+    if Path(path).expanduser().is_absolute():
+        return ""
+    folders = dict.fromkeys([str((cwd or Path.cwd()).resolve()), str(root)])
+    return f" (looked in {' and '.join(folders)})"

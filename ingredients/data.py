@@ -24,7 +24,7 @@ import torch
 from sacred import Ingredient
 
 from ingredients.batches import BatchIndexSampler, BatchLoader, GroupSampler, group_size, keep
-from ingredients.checkout import CHECKOUT_ROOT, resolve_path
+from ingredients.checkout import looked_in, resolve_path
 from ingredients.columnar import (
     POSITIONAL_READS,
     ColumnarDataset,
@@ -343,15 +343,7 @@ def _existing_file(path: str) -> Path:
     except (OSError, ValueError) as error:  # a name too long, a NUL byte
         reason = getattr(error, "strerror", None) or error
         _fail(f"data.path: cannot use {shown(path)} as a file path ({reason})")
-    _fail(f"data.path: file not found: {path}{_where_looked(path)}")
-
-
-def _where_looked(path: str) -> str:
-    """Where resolve_path looked for a relative path, each folder named once."""
-    if Path(path).expanduser().is_absolute():
-        return ""
-    folders = dict.fromkeys([str(Path.cwd().resolve()), str(CHECKOUT_ROOT)])
-    return f" (looked in {' and '.join(folders)})"
+    _fail(f"data.path: file not found: {path}{looked_in(path)}")
 
 
 @functools.lru_cache(maxsize=4)
