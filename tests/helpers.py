@@ -99,6 +99,34 @@ def run_reprolab(
     return result
 
 
+TORCHRUN_TIMEOUT = 300  # seconds any one torchrun job may take on a loaded machine
+
+
+def torchrun_command(*args: str) -> list[str]:
+    """torchrun as a module of this Python (the console script may belong to another)."""
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def run_torchrun(
+    store: Path, *updates: str, nproc: int = 2, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """experiments/train.py under torchrun (standalone, CPU, gloo), recording into store."""
+    command = torchrun_command(
+        "--standalone", f"--nproc_per_node={nproc}", str(TRAIN), "-R", str(store), "with", *updates
+    )
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=TORCHRUN_TIMEOUT,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
 def logging_steps(log: Path) -> dict:
     """The environment that makes a process log its durable steps to log (read by durable_steps)."""
     return {WRITE_LOG_VARIABLE: str(log)}

@@ -17,9 +17,16 @@ import torch
 
 from ingredients.batches import BatchIndexSampler, BatchLoader
 from ingredients.columnar import ColumnarDataset
-from tests.helpers import REPO_ROOT, TRAIN, free_port, run_reprolab
+from tests.helpers import (
+    REPO_ROOT,
+    TORCHRUN_TIMEOUT,
+    TRAIN,
+    free_port,
+    run_reprolab,
+    run_torchrun,
+    torchrun_command,
+)
 
-TIMEOUT = 300  # seconds any one launch may take on a loaded machine
 # Tiny but complete epochs (the last global batch is split between the ranks), a constant lr
 # (so epochs=50 and epochs=4 train the same first epochs) and no dropout (so one process with
 # the global batch draws nothing the two ranks do not).
@@ -32,29 +39,6 @@ CONFIG = (
     "optimizer.schedule=none",
     "progress=False",
 )
-
-
-def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *args]
-
-
-def launch(
-    store: Path, *updates: str, nproc: int = 2, env: dict | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    command = torchrun(
-        "--standalone", f"--nproc_per_node={nproc}", str(TRAIN), "-R", str(store), "with", *updates
-    )
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=TIMEOUT,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"torchrun failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
 
 
 def runs(store: Path) -> list[int]:
@@ -130,7 +114,7 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first(store) -> int:
-    launch(store, *CONFIG)
+    run_torchrun(store, *CONFIG)
     return runs(store)[-1]
 
 
@@ -145,7 +129,7 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
     assert record(store, first, "run")["meta"]["distributed"]["world_size"] == 2
     assert runs(store) == [first]  # one job, one run: rank 1 wrote nothing into the store
 
-    launch(store, *CONFIG)
+    run_torchrun(store, *CONFIG)
     second = runs(store)[-1]
     assert values(store, second) == values(store, first)  # bit for bit (floats compare exactly)
     assert (
@@ -153,18 +137,20 @@ def test_one_run_recorded_repeatable_and_rerun_verifies(store, first):
         == record(store, first, "info")["final_model_sha256"]
     )
 
-    rerun = run_reprolab("rerun", str(first), "--verify", "--store", str(store), timeout=TIMEOUT)
+    rerun = run_reprolab(
+        "rerun", str(first), "--verify", "--store", str(store), timeout=TORCHRUN_TIMEOUT
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-2000:]
     assert f"exact match between run {first}" in rerun.stdout
     assert record(store, runs(store)[-1], "info")["distributed"]["world_size"] == 2
-    listing = run_reprolab("ls", "--store", str(store), timeout=TIMEOUT)
+    listing = run_reprolab("ls", "--store", str(store), timeout=TORCHRUN_TIMEOUT)
     assert "procs" in listing.stdout.splitlines()[0]
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store, first):
-    command = torchrun(
+    command = torchrun_command(
         "--standalone",
         "--nproc_per_node=2",
         str(TRAIN),
@@ -190,7 +176,7 @@ def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store
                 os.killpg(job.pid, signal.SIGTERM)
                 break
         job.stdout.read()
-        assert job.wait(timeout=TIMEOUT) != 0
+        assert job.wait(timeout=TORCHRUN_TIMEOUT) != 0
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
@@ -200,7 +186,7 @@ def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store
     assert done >= 1
     target, reference = max(4, done + 1), first  # a loaded machine may finish more epochs first
     if target > 4:  # then an uninterrupted job of that length is the reference (constant lr)
-        launch(store, *[u for u in CONFIG if not u.startswith("epochs")], f"epochs={target}")
+        run_torchrun(store, *[u for u in CONFIG if not u.startswith("epochs")], f"epochs={target}")
         reference = runs(store)[-1]
 
     refused = subprocess.run(
@@ -216,12 +202,12 @@ def test_interrupted_job_resumes_exactly_and_other_world_sizes_are_refused(store
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
-        timeout=TIMEOUT,
+        timeout=TORCHRUN_TIMEOUT,
     )
     assert refused.returncode != 0 and runs(store)[-1] in (stopped, reference)
     assert "world size 2 and this job has 1" in refused.stderr
 
-    launch(store, f"resume={stopped}", f"epochs={target}")
+    run_torchrun(store, f"resume={stopped}", f"epochs={target}")
     resumed = runs(store)[-1]
     assert all(
         values(store, resumed)[name] == series[done:]
@@ -249,7 +235,7 @@ def test_two_processes_match_one_process_with_the_global_batch(store, first, tmp
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
-        timeout=TIMEOUT,
+        timeout=TORCHRUN_TIMEOUT,
     )
     assert single.returncode == 0, single.stderr[-2000:]
     two, one = weights(store, first), weights(tmp_path, runs(tmp_path)[-1])
@@ -304,7 +290,7 @@ class Diverging(Failing):
 def test_a_failing_rank_ends_the_job_recorded_failed(tmp_path, model, message):
     (tmp_path / "failing_model.py").write_text(textwrap.dedent(FAILING_MODEL))
     store = tmp_path / "runs"
-    result = launch(
+    result = run_torchrun(
         store,
         *CONFIG,
         f"model.name=failing_model:{model}",
@@ -333,7 +319,7 @@ def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
         f"--rdzv-endpoint=127.0.0.1:{free_port()}",
         "--rdzv-id=reprolab-test",
     )
-    command = torchrun(
+    command = torchrun_command(
         *rendezvous, str(TRAIN), "-R", str(store), "with", *CONFIG, "epochs=1", "lr_scaling=linear"
     )
     nodes = [
@@ -343,7 +329,7 @@ def test_two_nodes_through_rendezvous_record_one_run(tmp_path):
         for _ in range(2)
     ]
     try:
-        errors = [node.communicate(timeout=TIMEOUT)[1] for node in nodes]
+        errors = [node.communicate(timeout=TORCHRUN_TIMEOUT)[1] for node in nodes]
     finally:
         for node in nodes:
             if node.poll() is None:
@@ -397,12 +383,12 @@ SEEDLESS = tuple(update for update in CONFIG if not update.startswith("seed="))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return run_reprolab(*args, timeout=TIMEOUT)
+    return run_reprolab(*args, timeout=TORCHRUN_TIMEOUT)
 
 
 def test_a_job_without_a_seed_draws_one_on_rank_0_and_reruns_exactly(tmp_path):
     store = tmp_path / "runs"
-    launch(store, *SEEDLESS[:1], "epochs=2", *SEEDLESS[2:])
+    run_torchrun(store, *SEEDLESS[:1], "epochs=2", *SEEDLESS[2:])
     [run_id] = runs(store)
     job = record(store, run_id, "info")["distributed"]
     seed = record(store, run_id, "config")["seed"]
@@ -439,7 +425,7 @@ class Killed(torch.nn.Module):
 def test_a_killed_rank_leaves_a_failed_run_naming_it(tmp_path, rank):
     (tmp_path / "killing_model.py").write_text(KILLING_MODEL)
     store = tmp_path / "runs"
-    result = launch(
+    result = run_torchrun(
         store,
         *CONFIG,
         "model.name=killing_model:Killed",
@@ -463,7 +449,7 @@ def test_a_killed_rank_leaves_a_failed_run_naming_it(tmp_path, rank):
 
 
 def test_a_config_error_under_torchrun_is_said_once(tmp_path):
-    result = launch(tmp_path / "runs", *CONFIG, "data.shuffle=yes", check=False)
+    result = run_torchrun(tmp_path / "runs", *CONFIG, "data.shuffle=yes", check=False)
     assert result.returncode != 0
     assert result.stderr.count("error: data.shuffle must be true or false") == 1, result.stderr
     assert not (tmp_path / "runs").exists()

@@ -7,17 +7,14 @@ result bit-identical to the uninterrupted job's, and the killed run not read as 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from observers.liveness import DEAD, status_now
-from tests.helpers import REPO_ROOT, TRAIN, durable_steps, killing_at, logging_steps
+from tests.helpers import durable_steps, killing_at, logging_steps, run_torchrun
 
 EPOCHS = 3
 CONFIG = (
@@ -30,21 +27,9 @@ CONFIG = (
     "optimizer.schedule=none",
     "progress=False",
 )
-TIMEOUT = 300  # seconds any one launch may take on a loaded machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-
-
-def torchrun(store: Path, *updates: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return subprocess.run(
-        [*command, str(TRAIN), "-R", str(store), "with", *updates],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        timeout=TIMEOUT,
-    )
 
 
 def read(store: Path, run_id: int, part: str) -> dict:
@@ -62,7 +47,9 @@ def uninterrupted(tmp_path_factory) -> dict:
     """An uninterrupted job: its metrics, final model hash, and rank 0's durable steps."""
     folder = tmp_path_factory.mktemp("torchrun_whole")
     log = folder / "steps.txt"
-    whole = torchrun(folder / "runs", *CONFIG, env=logging_steps(log))
+    whole = run_torchrun(
+        folder / "runs", *CONFIG, env={**ONE_THREAD, **logging_steps(log)}, check=False
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
     pids = {line.split(" ", 2)[1] for line in log.read_text().splitlines()}
     assert len(pids) == 1  # rank 0 alone writes the record
@@ -99,12 +86,12 @@ def kill_points(steps: list[str]) -> dict[str, tuple[int, str]]:
 def test_a_torchrun_job_killed_at_its_durable_steps_resumes_exactly(tmp_path, uninterrupted):
     for number, (what, point) in enumerate(kill_points(uninterrupted["steps"]).items()):
         store = tmp_path / str(number) / "runs"
-        killed = torchrun(store, *CONFIG, env=killing_at(*point))
+        killed = run_torchrun(store, *CONFIG, env={**ONE_THREAD, **killing_at(*point)}, check=False)
         assert killed.returncode != 0 and "SIGKILL" in killed.stderr, (what, killed.stderr[-3000:])
         assert status_now(read(store, 1, "run")) == DEAD, what  # not left RUNNING for good
         on_disk = torch.load(store / "1" / "last.pt", weights_only=True)["epoch"]
         assert 1 <= on_disk < EPOCHS, what  # each point lies after a first checkpoint
-        resumed = torchrun(store, "resume=1")
+        resumed = run_torchrun(store, "resume=1", env=ONE_THREAD, check=False)
         assert resumed.returncode == 0, (what, resumed.stderr[-3000:])
         info = read(store, 2, "info")
         assert info["resumed_from"]["epoch"] == on_disk, what  # the newest checkpoint
