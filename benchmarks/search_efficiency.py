@@ -149,7 +149,7 @@ class Curves:
 
 def replay(grid: Grid, curves: dict, search: Search, target: float) -> int | None:
     """Epochs the search spends until a trial's epoch reaches the target (None: never)."""
-    study = optuna.create_study(  # named: Hyperband's brackets hash the study's name
+    study = optuna.create_study(  # seeded searches: the name decides nothing (see space.py)
         study_name="search",
         direction="maximize",
         sampler=search.make_sampler(),
@@ -174,8 +174,12 @@ def replay(grid: Grid, curves: dict, search: Search, target: float) -> int | Non
 
 def methods(grid: Grid) -> dict[str, tuple[dict, dict]]:
     """Each method's sampler and pruner, as a search declares them (the seed added per run)."""
-    hyperband = {"name": "hyperband", "min_resource": 1, "max_resource": grid.epochs}
-    hyperband["reduction_factor"] = 3
+    hyperband = {
+        "name": "hyperband",
+        "min_resource": 1,
+        "max_resource": grid.epochs,
+        "reduction_factor": 3,
+    }
     return {
         "grid": ({"name": "grid"}, {"name": "none"}),
         "random": ({"name": "random"}, {"name": "none"}),

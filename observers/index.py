@@ -407,18 +407,19 @@ class IndexFile:
     Read, not memory-mapped: a file truncated by another process then fails to read (and is
     rebuilt) instead of crashing this one; reprolab's own writers replace it whole."""
 
-    def __init__(self, file, size: int):
-        small = size <= WHOLE_FILE  # read at once: one read costs less than choosing
+    def __init__(self, file, whole: bool):
+        """whole: read the file at once and every column (for a small file one read costs less
+        than choosing); else each column when asked for."""
         self._file = file
-        self._source = pa.BufferReader(file.read()) if small else pa.PythonFile(file, mode="r")
+        self._source = pa.BufferReader(file.read()) if whole else pa.PythonFile(file, mode="r")
         self.schema = pa.ipc.open_file(self._source).schema
         check_schema(self.schema)
         self.names = self.schema.names
         self._columns: dict[str, pa.ChunkedArray] = {}
         self._numbers: dict[str, np.ndarray] = {}
-        if small:
+        if whole:
             self.read(self.names)
-        self._check_keys()
+        self._check_rows()
 
     @classmethod
     def open(cls, root: Path, whole: bool = False) -> IndexFile | None:
@@ -433,7 +434,7 @@ class IndexFile:
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode) or status.st_size == 0:
                 raise Damaged("not a regular file")  # a FIFO or device planted there: unread
-            return cls(file, 0 if whole else status.st_size)
+            return cls(file, whole or status.st_size <= WHOLE_FILE)
         except (pa.ArrowException, OSError, ValueError, TypeError):  # Damaged is a ValueError
             file.close()
             return None
@@ -500,7 +501,7 @@ class IndexFile:
         local = offsets[at] + wanted - starts[at]
         return pa.Table.from_batches(parts, schema=self.schema).take(pa.array(local))
 
-    def _check_keys(self) -> None:
+    def _check_rows(self) -> None:
         """Damaged unless run ids are present and strictly increasing (the writer sorts them,
         so none appears twice), every row has a signature, and every status is final."""
         self.read(["run_id", SIGNATURE, FOLDER, "status"])
@@ -521,9 +522,7 @@ def read_index(root: Path) -> pa.Table | None:
     if index is None:
         return None
     try:
-        return index.table()
-    except Damaged:
-        return None
+        return index.table()  # every column was read and checked when it was opened
     finally:
         index.close()
 

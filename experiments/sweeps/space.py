@@ -274,7 +274,7 @@ class Search:
         name, seed = self.sampler["name"], self.sampler.get("seed")
         if name == "grid":  # its order is one shuffle by the seed; trial N takes grid point N
             return grid_sampler(grid_values(self.space), seed)
-        return per_trial_sampler(lambda trial_seed: self.sampler_with(trial_seed), seed)
+        return per_trial_sampler(self.sampler_with, seed)
 
     def sampler_with(self, seed: int | None):
         """The declared random or TPE sampler with this seed."""
@@ -352,7 +352,7 @@ def per_trial_sampler(build, seed: int | None):
 
     class PerTrialSampler(optuna.samplers.BaseSampler):
         def __init__(self) -> None:
-            self.current = build(seed)
+            self.current = build(seed)  # before_trial builds each trial's before it is asked
 
         def before_trial(self, study, trial) -> None:
             self.current = build(None if seed is None else trial_seed(seed, trial.number))
