@@ -274,7 +274,7 @@ def launch_slurm(
             file=sys.stderr,
         )
     check_devices([record.configs[job.index] for job in jobs], slurm)
-    folder = book.work_dir(record.id) / f"slurm-{len(record.attempts)}"
+    folder = book.slurm_folder(record.id)
     attempt = {
         "engine": "slurm",
         "started": now(),

@@ -209,6 +209,12 @@ class SweepBook:
         base = SWEEPS if self.location.is_mongo else self.location.path / SWEEPS
         return (base / sweep_id).resolve()
 
+    def slurm_folder(self, sweep_id: str) -> Path:
+        """A new folder for one Slurm submission's files: named by the time and a random token,
+        so two launchers submitting at once never share (or take back) one."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        return self.work_dir(sweep_id) / f"slurm-{stamp}-{secrets.token_hex(3)}"
+
     def new_id(self) -> str:
         """A short id no sweep in this store has yet: the date and four random hex digits."""
         while True:

@@ -204,7 +204,7 @@ def launch_workers(options: SweepOptions, tuner: Tuner, book: SweepBook, first: 
     previous = record.last_attempt("slurm").get("options")
     slurm = SlurmOptions.from_args(options.slurm, previous=previous)
     workers = options.parallel or 1
-    folder = book.work_dir(record.id) / f"slurm-{len(record.attempts)}"
+    folder = book.slurm_folder(record.id)
     attempt = {
         "engine": "slurm",
         "started": now(),
