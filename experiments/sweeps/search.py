@@ -15,6 +15,7 @@ import secrets
 import sys
 import time
 
+from experiments.sweeps.claiming import claim_jobs
 from experiments.sweeps.command import (
     busy_indices,
     check_named_configs,
@@ -183,10 +184,11 @@ def launch_search(options: SweepOptions, tuner: Tuner, book: SweepBook, first: l
         return launch_workers(options, tuner, book, first)
     threads = options.local_threads()
     record = tuner.record
+    first, names = claim_jobs(options.store, record.id, first, label="trial")
     book.change_attempt(
         record, None, local_attempt(options.parallel, threads, [job.index for job in first])
     )
-    runner = LocalSearch(tuner, book, options.parallel or 1, threads)
+    runner = LocalSearch(tuner, book, options.parallel or 1, threads, names)
     code = runner.run(first, len(record.attempts))
     if code == ExitCode.OK:
         print(
