@@ -206,12 +206,20 @@ def merged(into: dict | None, record: dict) -> dict:
     submissions (`attempts`) of both; a sweep resumed on either side keeps all of them."""
     if into is None:
         return record
-    attempts = {
-        json.dumps(a, sort_keys=True, default=str): a
-        for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]
+    attempts = {  # one submission changed on the source side since (its job ids): the source's
+        attempt_key(a): a for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]
     }
     ordered = sorted(attempts.values(), key=lambda a: str(a.get("started", "")))
     return {**record, "attempts": ordered}
+
+
+def attempt_key(attempt: dict) -> str:
+    """What names a submission in its record: its `id`; one recorded before submissions had
+    ids, its whole content."""
+    named = attempt.get("id")
+    if isinstance(named, str):
+        return f"id {named}"
+    return json.dumps(attempt, sort_keys=True, default=str)
 
 
 def same_sweep(one: dict, other: dict) -> bool:

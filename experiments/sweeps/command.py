@@ -46,6 +46,7 @@ from experiments.sweeps.record import (
     SweepRecord,
     code_version,
     local_attempt,
+    new_attempt,
     now,
 )
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
@@ -249,9 +250,7 @@ def launch_commands(
     options: SweepOptions, record: SweepRecord, book: SweepBook, jobs: list[Job]
 ) -> int:
     """Record the attempt, then print one shell command per config, for any scheduler."""
-    book.change_attempt(
-        record, None, {"engine": "commands", "started": now(), "indices": [j.index for j in jobs]}
-    )
+    book.change_attempt(record, None, new_attempt("commands", indices=[j.index for j in jobs]))
     if options.store.is_mongo:
         print("# each command reads the store from REPROLAB_MONGO_URL; set it where they run")
     for job in jobs:
@@ -275,13 +274,9 @@ def launch_slurm(
         )
     check_devices([record.configs[job.index] for job in jobs], slurm)
     folder = book.slurm_folder(record.id)
-    attempt = {
-        "engine": "slurm",
-        "started": now(),
-        "folder": str(folder),
-        "options": slurm.record(),
-        "indices": [j.index for j in jobs],
-    }
+    attempt = new_attempt(
+        "slurm", folder=str(folder), options=slurm.record(), indices=[j.index for j in jobs]
+    )
     book.change_attempt(record, None, attempt)
     try:
         submitted = submit(record, jobs, options.store, slurm, folder)

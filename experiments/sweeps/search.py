@@ -35,6 +35,7 @@ from experiments.sweeps.record import (
     SweepRecord,
     code_version,
     local_attempt,
+    new_attempt,
     now,
 )
 from experiments.sweeps.slurm import ENDED, SlurmOptions, check_devices, task_states
@@ -207,14 +208,13 @@ def launch_workers(options: SweepOptions, tuner: Tuner, book: SweepBook, first: 
     slurm = SlurmOptions.from_args(options.slurm, previous=previous)
     workers = options.parallel or 1
     folder = book.slurm_folder(record.id)
-    attempt = {
-        "engine": "slurm",
-        "started": now(),
-        "folder": str(folder),
-        "options": slurm.record(),
-        "parallel": workers,
-        "indices": [job.index for job in first],
-    }
+    attempt = new_attempt(
+        "slurm",
+        folder=str(folder),
+        options=slurm.record(),
+        parallel=workers,
+        indices=[job.index for job in first],
+    )
     book.change_attempt(record, None, attempt)
     tasks = worker_tasks(tuner, options.store, workers, slurm.cpus, first)
     try:
