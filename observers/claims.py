@@ -37,13 +37,6 @@ CLAIMS_COLLECTION = "sweep_claims"
 GENERATION = re.compile(r"^(?P<key>\d+-after-\d+)\.g(?P<n>\d+)$")
 
 
-def taken_over(name: str) -> bool:
-    """Whether a claim was taken over from an earlier holder (generation 1 or later): only then
-    may the config have been run since the latest run its key names."""
-    match = GENERATION.match(name)
-    return match is None or match["n"] != "0"
-
-
 def claim_key(index: int, after: int | None) -> str:
     """The name of config `index`'s claim when its latest run is `after` (None: no run yet)."""
     return f"{index}-after-{after or 0}"

@@ -13,7 +13,7 @@ from experiments.sweeps.attempts import sweep_attempts
 from experiments.sweeps.local import LocalSweep, Running
 from experiments.sweeps.record import Job
 from ingredients.processes import this_process
-from observers.claims import SweepClaims, taken_over
+from observers.claims import SweepClaims
 from observers.location import StoreLocation
 
 
@@ -22,8 +22,7 @@ def claim_jobs(
 ) -> tuple[list[Job], dict]:
     """The jobs this launcher claimed, and {config index: claim name}; a config (a search's
     trial: `label`) another live launcher holds, or one run since its job was planned, is left
-    out with a note. Only a claim taken over can be of a config run since (moved_on), so the
-    store's runs are read only when there is one."""
+    out with a note."""
     claims, me = SweepClaims(location, sweep_id), this_process()
     taken, names = [], {}
     for job in jobs:
@@ -36,8 +35,7 @@ def claim_jobs(
             continue
         taken.append(job)
         names[job.index] = name
-    over = [job for job in taken if taken_over(names[job.index])]
-    moved = moved_on(location, sweep_id, over) if over else set()
+    moved = moved_on(location, sweep_id, taken) if taken else set()
     for index in sorted(moved):
         print(
             f"{label} {index}: run since this launch was planned (by another launcher); left alone",
@@ -51,10 +49,7 @@ def claim_jobs(
 def moved_on(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> set[int]:
     """Configs whose latest run is no longer the one their job was planned after: a launcher
     whose claim has ended ran them in between (a Slurm task may wait hours in the queue, and a
-    claim whose holders are gone is taken over), so starting them would run them twice. Asked
-    of taken-over claims only: the first claim of a key (config, latest run) is the first
-    launcher to start the config since that run (every launcher claims; printed commands,
-    run by hand, do not)."""
+    claim whose holders are gone is taken over), so starting them would run them twice."""
     attempts = sweep_attempts(location, sweep_id)
     latest = {index: runs[-1].run_id for index, runs in attempts.items() if runs}
     return {job.index for job in jobs if latest.get(job.index) != job.after}
