@@ -4,6 +4,10 @@ A file store keeps it as <store>/.reprolab/sweeps/<id>.json, MongoDB in its `swe
 (one document per sweep, `_id` = the sweep id). What a sweep is and how it runs lives in
 experiments/sweeps/; only the record's place is here, so that reading and syncing a store
 carry sweeps as they carry runs.
+
+Every write of a record is one read-modify-write: under the record's lock in a file store, a
+compare-and-swap on a revision token in MongoDB. A save (a new sweep, or `reprolab sync`'s copy)
+keeps every submission the stored record has, so a sync during a resume drops no attempt.
 """
 
 from __future__ import annotations
@@ -56,15 +60,20 @@ class FileSweepRecords:
             raise RecordError(f"sweep {sweep_id}: {path} is not a sweep record")
         return record
 
-    def save(self, record: dict) -> None:
-        text = plain_text(record)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with replacing(self.folder / f"{record['id']}.json") as f:
-            f.write(text)
+    def save(self, record: dict) -> dict:
+        """Save a record, keeping the submissions the stored one has (saved_over); the record
+        as stored."""
+        plain_text(record)  # refused before the lock is taken
+        return self.update(record["id"], lambda there: saved_over(there, record, self.location))
 
     def change(self, sweep_id: str, change: Callable[[dict], dict]) -> dict:
-        """Read, change and save one record holding its lock (<id>.lock beside it), so two
-        launchers changing it at once (two `sweep --resume`) each keep the other's change."""
+        """Read, change and save one existing record (RecordError naming it if there is none)."""
+        return self.update(sweep_id, lambda raw: change(found(raw, sweep_id, self.location)))
+
+    def update(self, sweep_id: str, change: Callable[[dict | None], dict]) -> dict:
+        """Read (None: no record yet), change and write one record holding its lock (<id>.lock
+        beside it), so two writers at once (two `sweep --resume`, a resume and a sync) each keep
+        the other's change."""
         check_name(sweep_id, "sweep id")
         self.folder.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(self.folder / f"{sweep_id}.lock", LOCK_WAIT) as locked:
@@ -73,8 +82,10 @@ class FileSweepRecords:
                     f"sweep {sweep_id} in {self.location}: its lock file cannot be taken "
                     f"(held for over {LOCK_WAIT:.0f} s, or not a regular file); it was not changed"
                 )
-            changed = change(found(self.find(sweep_id), sweep_id, self.location))
-            self.save(changed)
+            changed = change(self.find(sweep_id))
+            text = plain_text(changed)
+            with replacing(self.folder / f"{sweep_id}.json") as f:
+                f.write(text)
             return changed
 
     def delete(self, sweep_id: str) -> None:
@@ -107,17 +118,32 @@ class MongoSweepRecords:
         except ObjectEncoding as error:
             raise refusal(f"sweep {sweep_id}'s record in {self.location}", error.key) from None
 
-    def save(self, record: dict) -> None:
+    def save(self, record: dict) -> dict:
+        """Save a record, keeping the submissions the stored one has (saved_over); the record
+        as stored."""
         plain_text(record)
-        self.collection.replace_one({"_id": record["id"]}, self.document(record), upsert=True)
+        return self.update(record["id"], lambda there: saved_over(there, record, self.location))
 
     def change(self, sweep_id: str, change: Callable[[dict], dict]) -> dict:
-        """Read, change and save one record, the save only if nobody saved it in between (its
-        revision token unchanged), else again from the new record: no change is lost."""
+        """Read, change and save one existing record (RecordError naming it if there is none)."""
+        return self.update(sweep_id, lambda raw: change(found(raw, sweep_id, self.location)))
+
+    def update(self, sweep_id: str, change: Callable[[dict | None], dict]) -> dict:
+        """Read (None: no record yet), change and write one record, the write only if nobody
+        wrote it in between (its revision token unchanged, or still no record: the unique
+        `_id`), else again from the new record: no change is lost."""
+        from pymongo.errors import DuplicateKeyError
+
         for _ in range(CHANGE_TRIES):
             record, revision = self.read(sweep_id)
-            changed = change(found(record, sweep_id, self.location))
+            changed = change(record)
             plain_text(changed)
+            if record is None:
+                try:
+                    self.collection.insert_one(self.document(changed))
+                except DuplicateKeyError:
+                    continue  # another writer created it first: change theirs
+                return changed
             written = self.collection.replace_one(
                 {"_id": sweep_id, REVISION: revision}, self.document(changed)
             )
@@ -164,17 +190,36 @@ def sweep_records(location: StoreLocation) -> FileSweepRecords | MongoSweepRecor
     return MongoSweepRecords(reach(location.secret), str(location))
 
 
+def saved_over(there: dict | None, record: dict, location: str) -> dict:
+    """What a save of `record` leaves in a store holding `there`: the record with the
+    submissions of both; another sweep that drew the same id is refused, never overwritten."""
+    if there is not None and not same_sweep(there, record):
+        raise RecordError(
+            f"sweep {record['id']} in {location} is another sweep (created {there.get('created')}),"
+            " so this one was not saved over it"
+        )
+    return merged(there, record)
+
+
 def merged(into: dict | None, record: dict) -> dict:
     """A sweep record as a store should hold it after a sync: the source's record, with the
     submissions (`attempts`) of both; a sweep resumed on either side keeps all of them."""
     if into is None:
         return record
-    attempts = {
-        json.dumps(a, sort_keys=True, default=str): a
-        for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]
+    attempts = {  # one submission changed on the source side since (its job ids): the source's
+        attempt_key(a): a for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]
     }
     ordered = sorted(attempts.values(), key=lambda a: str(a.get("started", "")))
     return {**record, "attempts": ordered}
+
+
+def attempt_key(attempt: dict) -> str:
+    """What names a submission in its record: its `id`; one recorded before submissions had
+    ids, its whole content."""
+    named = attempt.get("id")
+    if isinstance(named, str):
+        return f"id {named}"
+    return json.dumps(attempt, sort_keys=True, default=str)
 
 
 def same_sweep(one: dict, other: dict) -> bool:

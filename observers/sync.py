@@ -355,11 +355,12 @@ def _sync_sweeps(
     report: SyncReport,
     echo: Callable[[str], object],
 ) -> None:
-    """Each sweep record into MongoDB, the submissions of both sides kept."""
+    """Each sweep record into MongoDB, the submissions of both sides kept (the save merges
+    with the record MongoDB holds when it writes: a resume's submission made since is kept)."""
     for record in sweeps:
         there = targets.find(record["id"])
-        wanted = merged(there, {**record, "store": targets.location})
-        if wanted == there:
+        wanted = {**record, "store": targets.location}
+        if merged(there, wanted) == there:
             report.sweeps[record["id"]] = "already there"
             continue
         targets.save(wanted)

@@ -1,11 +1,13 @@
 """Configs claimed before their run starts (observers/claims.py), so no two launchers ever start
 one config twice: a local sweep, whose runs inherit their claim's lock, and a Slurm task, which
-claims its config on the node when it starts (sweeps/slurm.py)."""
+claims its config on the node when it starts (sweeps/slurm.py). A search's resume claims the
+trials it continues the same way (a trial's index is its number; sweeps/tuner.py)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Self
 
 from experiments.sweeps.attempts import sweep_attempts
 from experiments.sweeps.local import LocalSweep, Running
@@ -15,16 +17,19 @@ from observers.claims import SweepClaims
 from observers.location import StoreLocation
 
 
-def claim_jobs(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> tuple[list[Job], dict]:
-    """The jobs this launcher claimed, and {config index: claim name}; a config another live
-    launcher holds, or one run since its job was planned, is left out with a note."""
+def claim_jobs(
+    location: StoreLocation, sweep_id: str, jobs: list[Job], label: str = "config"
+) -> tuple[list[Job], dict]:
+    """The jobs this launcher claimed, and {config index: claim name}; a config (a search's
+    trial: `label`) another live launcher holds, or one run since its job was planned, is left
+    out with a note."""
     claims, me = SweepClaims(location, sweep_id), this_process()
     taken, names = [], {}
     for job in jobs:
         name = claims.take(job.index, job.after, me)
         if name is None:
             print(
-                f"config {job.index}: being started or run by another launcher; left alone",
+                f"{label} {job.index}: being started or run by another launcher; left alone",
                 file=sys.stderr,
             )
             continue
@@ -33,7 +38,7 @@ def claim_jobs(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> tuple
     moved = moved_on(location, sweep_id, taken) if taken else set()
     for index in sorted(moved):
         print(
-            f"config {index}: run since this launch was planned (by another launcher); left alone",
+            f"{label} {index}: run since this launch was planned (by another launcher); left alone",
             file=sys.stderr,
         )
     return [job for job in taken if job.index not in moved], {
@@ -51,17 +56,19 @@ def moved_on(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> set[int
 
 
 class ClaimingSweep(LocalSweep):
-    """LocalSweep whose runs inherit the lock of their config's claim and are named in it."""
+    """LocalSweep whose claimed jobs' runs inherit the lock of their claim and are named in it
+    (a search's new trials, numbered by the study one by one, need no claim)."""
 
     names: dict[int, str] = {}
 
-    def hold(self, names: dict[int, str]) -> ClaimingSweep:
+    def hold(self, names: dict[int, str]) -> Self:
         self.names, self.claims = names, SweepClaims(self.location, self.record.id)
         self.locks: dict[int, int] = {}
         return self
 
     def inherited(self, job: Job) -> tuple[int, ...]:
-        lock = self.claims.lock_for_run(self.names[job.index])
+        name = self.names.get(job.index)
+        lock = None if name is None else self.claims.lock_for_run(name)
         if lock is None:
             return ()
         self.locks[job.index] = lock
@@ -75,5 +82,7 @@ class ClaimingSweep(LocalSweep):
             lock = self.locks.pop(job.index, None)
             if lock is not None:
                 os.close(lock)
-        self.claims.add(self.names[job.index], [this_process(), this_process(running.process.pid)])
+        name = self.names.get(job.index)
+        if name is not None:
+            self.claims.add(name, [this_process(), this_process(running.process.pid)])
         return running

@@ -19,7 +19,8 @@ import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.child import checkout_file
@@ -46,6 +47,7 @@ from experiments.sweeps.record import (
     SweepRecord,
     code_version,
     local_attempt,
+    new_attempt,
     now,
 )
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
@@ -249,9 +251,7 @@ def launch_commands(
     options: SweepOptions, record: SweepRecord, book: SweepBook, jobs: list[Job]
 ) -> int:
     """Record the attempt, then print one shell command per config, for any scheduler."""
-    book.change_attempt(
-        record, None, {"engine": "commands", "started": now(), "indices": [j.index for j in jobs]}
-    )
+    book.change_attempt(record, None, new_attempt("commands", indices=[j.index for j in jobs]))
     if options.store.is_mongo:
         print("# each command reads the store from REPROLAB_MONGO_URL; set it where they run")
     for job in jobs:
@@ -262,9 +262,46 @@ def launch_commands(
 def launch_slurm(
     options: SweepOptions, record: SweepRecord, book: SweepBook, jobs: list[Job]
 ) -> int:
-    """Submit one job array, recorded before it is submitted (a crash in between leaves a record
-    to --resume); a submission sbatch refuses is taken back."""
-    require_sbatch()
+    """Submit one job array of the jobs (submit_recorded), then follow it with --wait."""
+
+    def check(slurm: SlurmOptions) -> None:
+        check_devices([record.configs[job.index] for job in jobs], slurm)
+
+    attempt = submit_recorded(
+        options,
+        record,
+        book,
+        lambda slurm, folder: submit(record, jobs, options.store, slurm, folder),
+        ArrayWords("sweep", f"{len(jobs)} tasks", "(nothing submitted or recorded)"),
+        check,
+        indices=[job.index for job in jobs],
+    )
+    return wait(record, options.store, attempt) if options.slurm.wait else ExitCode.OK
+
+
+@dataclass(frozen=True)
+class ArrayWords:
+    """What a launcher says of its job array: `noun` ID: submitted ... (`tasks`), and what a
+    refusal adds (`refused`)."""
+
+    noun: str
+    tasks: str
+    refused: str
+
+
+def submit_recorded(
+    options: SweepOptions,
+    record: SweepRecord,
+    book: SweepBook,
+    submit_to: Callable[[SlurmOptions, Path], dict[int, str]],
+    words: ArrayWords,
+    check: Callable[[SlurmOptions], None] = lambda slurm: None,
+    **fields,
+) -> dict:
+    """Submit one job array (a sweep's configs or a search's workers: submit_to(options, folder)
+    gives {index: task id}), recorded before it is submitted (a crash in between leaves a record
+    to --resume); a submission sbatch refuses is taken back. The submission as recorded."""
+    require_sbatch()  # a resume on a machine without Slurm: nothing recorded
     previous = record.last_attempt("slurm").get("options")
     slurm = SlurmOptions.from_args(options.slurm, previous=previous)
     if previous and previous.get("extra") and not options.slurm.sbatch:
@@ -273,28 +310,22 @@ def launch_slurm(
             "them again if they are still wanted",
             file=sys.stderr,
         )
-    check_devices([record.configs[job.index] for job in jobs], slurm)
+    check(slurm)
     folder = book.slurm_folder(record.id)
-    attempt = {
-        "engine": "slurm",
-        "started": now(),
-        "folder": str(folder),
-        "options": slurm.record(),
-        "indices": [j.index for j in jobs],
-    }
+    attempt = new_attempt("slurm", folder=str(folder), options=slurm.record(), **fields)
     book.change_attempt(record, None, attempt)
     try:
-        submitted = submit(record, jobs, options.store, slurm, folder)
+        submitted = submit_to(slurm, folder)
     except ValueError as error:  # sbatch refused it: nothing was submitted, nothing stays recorded
         forget_attempt(record, attempt, book)
-        raise ValueError(f"{error} (nothing submitted or recorded)") from None
+        raise ValueError(f"{error} {words.refused}") from None
     attempt = submitted_attempt(record, attempt, submitted, book)
     print(
-        f"sweep {record.id}: submitted job array {attempt['job_id']} ({len(jobs)} tasks); "
+        f"{words.noun} {record.id}: submitted job array {attempt['job_id']} ({words.tasks}); "
         f"follow it with: reprolab sweep --status {record.id}{options.store.option_text()}",
         file=sys.stderr,
     )
-    return wait(record, options.store, attempt) if options.slurm.wait else ExitCode.OK
+    return attempt
 
 
 def launch_local(

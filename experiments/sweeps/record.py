@@ -23,11 +23,12 @@ from observers.files import utc_text
 from observers.location import StoreLocation
 from observers.provenance import git
 from observers.records import RecordError
-from observers.sweep_records import SWEEPS, sweep_records
+from observers.sweep_records import SWEEPS, attempt_key, sweep_records
 
 # What each field of a submission must be when present ("engine" always is).
 ATTEMPT_FIELDS = {
     "engine": str,
+    "id": str,  # names it in the record (a submission recorded before ids has none)
     "indices": list,
     "task_ids": dict,
     "job_id": str,
@@ -138,18 +139,23 @@ class SweepRecord:
         return next((a for a in reversed(self.attempts) if a["engine"] == engine), {})
 
 
+def new_attempt(engine: str, **fields) -> dict:
+    """A submission as the record keeps it, named by a random id (change_attempt finds it by
+    that id, whatever else a launcher or a sync changed in it since)."""
+    return {"engine": engine, "id": secrets.token_hex(6), "started": now(), **fields}
+
+
 def local_attempt(parallel: int | None, threads: int, indices: list[int]) -> dict:
     """A local launch from here: its host and process (a resume asks whether it still runs),
     its parallel runs and threads (a resume takes them again), its configs."""
-    return {
-        "engine": "local",
-        "started": now(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "parallel": parallel,
-        "threads": threads,
-        "indices": indices,
-    }
+    return new_attempt(
+        "local",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        parallel=parallel,
+        threads=threads,
+        indices=indices,
+    )
 
 
 def check_attempt(attempt: object, name: str, wrong) -> None:
@@ -181,11 +187,20 @@ class SweepBook:
         """Add a submission (old None), replace one (old by new) or take one back (new None) in
         the stored record in one atomic read-modify-write (observers/sweep_records.py), so two
         launchers at once (two `sweep --resume`) each keep theirs; record.attempts becomes the
-        stored list, the other launchers' submissions included."""
+        stored list, the other launchers' submissions included. `old` is found by its id
+        (attempt_key); one the record no longer holds is refused (RecordError), not added."""
 
         def changed(raw: dict) -> dict:
             attempts = list(raw.get("attempts") or [])
-            place = attempts.index(old) if old in attempts else len(attempts)
+            if old is None:
+                return {**raw, "attempts": [*attempts, new]}
+            keys = [attempt_key(a) if isinstance(a, dict) else None for a in attempts]
+            if attempt_key(old) not in keys:
+                raise RecordError(
+                    f"sweep {record.id}'s record no longer holds the submission started "
+                    f"{old.get('started')} ({old.get('engine')}), so it was not changed"
+                )
+            place = keys.index(attempt_key(old))
             attempts[place : place + 1] = [new] if new is not None else []
             return {**raw, "attempts": attempts}
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import secrets
 import sys
-import time
+from pathlib import Path
 
+from experiments.sweeps.claiming import claim_jobs
 from experiments.sweeps.command import (
+    ArrayWords,
     busy_indices,
     check_named_configs,
     declaration_from,
-    forget_attempt,
     relative_experiment,
     require_sbatch,
-    submitted_attempt,
+    submit_recorded,
     sweep_command,
     validate,
 )
@@ -36,7 +37,7 @@ from experiments.sweeps.record import (
     local_attempt,
     now,
 )
-from experiments.sweeps.slurm import ENDED, SlurmOptions, check_devices, task_states
+from experiments.sweeps.slurm import SlurmOptions, check_devices, follow
 from experiments.sweeps.space import Search
 from experiments.sweeps.tuner import (
     OVER_BUDGET,
@@ -183,10 +184,11 @@ def launch_search(options: SweepOptions, tuner: Tuner, book: SweepBook, first: l
         return launch_workers(options, tuner, book, first)
     threads = options.local_threads()
     record = tuner.record
+    first, names = claim_jobs(options.store, record.id, first, label="trial")
     book.change_attempt(
         record, None, local_attempt(options.parallel, threads, [job.index for job in first])
     )
-    runner = LocalSearch(tuner, book, options.parallel or 1, threads)
+    runner = LocalSearch(tuner, book, options.parallel or 1, threads, names)
     code = runner.run(first, len(record.attempts))
     if code == ExitCode.OK:
         print(
@@ -198,41 +200,25 @@ def launch_search(options: SweepOptions, tuner: Tuner, book: SweepBook, first: l
 
 
 def launch_workers(options: SweepOptions, tuner: Tuner, book: SweepBook, first: list[Job]) -> int:
-    """Submit a job array of --parallel workers, recorded before it is submitted."""
-    require_sbatch()  # a resumed search on a machine without Slurm: nothing recorded
-    record = tuner.record
-    previous = record.last_attempt("slurm").get("options")
-    slurm = SlurmOptions.from_args(options.slurm, previous=previous)
-    workers = options.parallel or 1
-    folder = book.slurm_folder(record.id)
-    attempt = {
-        "engine": "slurm",
-        "started": now(),
-        "folder": str(folder),
-        "options": slurm.record(),
-        "parallel": workers,
-        "indices": [job.index for job in first],
-    }
-    book.change_attempt(record, None, attempt)
-    tasks = worker_tasks(tuner, options.store, workers, slurm.cpus, first)
-    try:
-        submitted = submit_workers(tuner, options.store, slurm, folder, tasks)
-    except ValueError as error:
-        forget_attempt(record, attempt, book)
-        raise ValueError(f"{error} (nothing submitted)") from None
-    attempt = submitted_attempt(record, attempt, submitted, book)
-    print(
-        f"search {record.id}: submitted job array {attempt['job_id']} ({workers} workers); "
-        f"follow it with: reprolab sweep --status {record.id}{options.store.option_text()}",
-        file=sys.stderr,
+    """Submit a job array of --parallel workers (submit_recorded), then follow it with --wait."""
+    workers, store = options.parallel or 1, options.store
+
+    def submit_to(slurm: SlurmOptions, folder: Path) -> dict[int, str]:
+        tasks = worker_tasks(tuner, store, workers, slurm.cpus, first)
+        return submit_workers(tuner, store, slurm, folder, tasks)
+
+    attempt = submit_recorded(
+        options,
+        tuner.record,
+        book,
+        submit_to,
+        ArrayWords("search", f"{workers} workers", "(nothing submitted)"),
+        parallel=workers,
+        indices=[job.index for job in first],
     )
     if not options.slurm.wait:
         return ExitCode.OK
-    while True:
-        states = task_states(attempt)
-        if len(states) == workers and all(state in ENDED for state in states.values()):
-            break
-        time.sleep(1.0)  # sacct is the only way to know; polled, as sweeps/slurm.py does
+    states = follow(attempt)
     print(tuner.summary(), file=sys.stderr)
     done = all(state == "COMPLETED" for state in states.values())
     return ExitCode.OK if done else ExitCode.FAILED

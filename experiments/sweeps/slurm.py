@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -308,12 +309,27 @@ def expand_array(task: str) -> list[str]:
     return ids
 
 
+def follow(
+    attempt: dict, progress: Callable[[dict[int, str]], None] | None = None, poll_s: float = 1.0
+) -> dict[int, str]:
+    """Poll sacct (the only way to know) until every task of a submission has ended, giving
+    progress each answer; {index: state} at the end."""
+    indices = [int(i) for i in attempt["task_ids"]]
+    while True:
+        states = task_states(attempt)
+        if progress is not None:
+            progress(states)
+        if all(states.get(i) in ENDED for i in indices):
+            return states
+        time.sleep(poll_s)
+
+
 def wait(record: SweepRecord, location: StoreLocation, attempt: dict, poll_s: float = 1.0) -> int:
     """Follow the array until every task has ended, printing progress; 0 when all completed."""
     indices = [int(i) for i in attempt["task_ids"]]
-    last = None
-    while True:
-        states = task_states(attempt)
+    said: list[str] = []
+
+    def progress(states: dict[int, str]) -> None:
         ended = [i for i in indices if states.get(i) in ENDED]
         running = sum(states.get(i) == "RUNNING" for i in indices)
         failed = sum(states.get(i) not in (None, "COMPLETED") for i in ended)
@@ -321,12 +337,11 @@ def wait(record: SweepRecord, location: StoreLocation, attempt: dict, poll_s: fl
             f"sweep {record.id}: {len(ended) - failed} done, {running} running, "
             f"{failed} failed, {len(indices) - len(ended) - running} left"
         )
-        if line != last:
+        if line not in said[-1:]:
             print(line, file=sys.stderr, flush=True)
-            last = line
-        if len(ended) == len(indices):
-            break
-        time.sleep(poll_s)
+            said.append(line)
+
+    states = follow(attempt, progress, poll_s)
     attempts = sweep_attempts(location, record.id)
     incomplete = [
         i for i in indices if not attempts.get(i) or attempts[i][-1].status != "COMPLETED"

@@ -13,7 +13,9 @@ without running (marked `over_budget`), so only trials 0..N-1 ever run.
 Trials are run by the local engine (sweeps/local.py): `LocalSearch` is `LocalSweep` with the
 study as its job source and its teller, so trials start in warm workers where sweep runs do.
 A Slurm array task (`search_worker`) is one slot of the same engine, with its own warm server
-on its node.
+on its node. A trial left over by a stopped search is claimed before it is continued
+(sweeps/claiming.py), by the resuming launcher or on the node, so two resumes at once continue
+it once; its run inherits the claim's lock as a sweep run does.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from pathlib import Path
 
 from experiments.child import ChildRun
 from experiments.sweeps.attempts import Attempt, sweep_attempts
+from experiments.sweeps.claiming import ClaimingSweep, claim_jobs
 from experiments.sweeps.declare import config_words, describe
-from experiments.sweeps.local import STOP_SIGNALS, LocalSweep, Running
+from experiments.sweeps.local import STOP_SIGNALS, Running
 from experiments.sweeps.record import Job, SweepBook, SweepRecord
 from experiments.sweeps.slurm import submit_array
 from experiments.sweeps.space import Search
@@ -75,12 +78,15 @@ class Tuner:
         """The study's trial `number` as it stands now (a FrozenTrial)."""
         return self.study.get_trials(deepcopy=False)[number]
 
-    def job(self, number: int, params: dict, resumes: int | None = None) -> Job:
-        """What to start for trial `number`: its config, or the continuation of run `resumes`."""
+    def job(
+        self, number: int, params: dict, resumes: int | None = None, after: int | None = None
+    ) -> Job:
+        """What to start for trial `number`: its config, or the continuation of run `resumes`;
+        `after`: the trial's latest run when the job was planned (its claim's name)."""
         if resumes is not None:
-            return Job(number, [f"resume={resumes}"], resumes=resumes)
+            return Job(number, [f"resume={resumes}"], resumes=resumes, after=after)
         config = {**self.record.configs[0], **params}
-        return Job(number, self.record.named_configs + config_words(config))
+        return Job(number, self.record.named_configs + config_words(config), after=after)
 
     def ask(self) -> Job | None:
         """A new trial's job, or None once the budget is spent."""
@@ -129,8 +135,8 @@ class Tuner:
 
     def unfinished(self, busy: bool = False) -> tuple[list[Job], list[str]]:
         """Jobs for trials left RUNNING by a stopped search (continued from their checkpoint,
-        or started again with the same parameters), and a line for each; trials whose run ended
-        while nobody listened are told now."""
+        or started again with the same parameters; each to be claimed after its latest run), and
+        a line for each; trials whose run ended while nobody listened are told now."""
         from optuna.trial import TrialState
 
         attempts = sweep_attempts(self.location, self.record.id)
@@ -138,16 +144,17 @@ class Tuner:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             runs = attempts.get(trial.number) or []
             latest: Attempt | None = runs[-1] if runs else None
+            after = latest.run_id if latest is not None else None
             if latest is not None and latest.status in ENDED:
                 notes.append(f"trial {trial.number}: {self.tell(trial.number, latest.status)}")
             elif latest is not None and (busy or latest.beating()):
                 notes.append(f"trial {trial.number}: run {latest.run_id} is still going")
             elif latest is not None and latest.status in CONTINUABLE and latest.checkpoint:
                 notes.append(f"trial {trial.number}: continuing run {latest.run_id}")
-                jobs.append(self.job(trial.number, trial.params, resumes=latest.run_id))
+                jobs.append(self.job(trial.number, trial.params, latest.run_id, after))
             else:
                 notes.append(f"trial {trial.number}: starting it again")
-                jobs.append(self.job(trial.number, trial.params))
+                jobs.append(self.job(trial.number, trial.params, after=after))
         return jobs, notes
 
     def summary(self) -> str:
@@ -185,12 +192,13 @@ def run_status(location: StoreLocation, item: Running) -> tuple[str, str]:
     return (status if isinstance(status, str) else "DAMAGED"), run_id
 
 
-class LocalSearch(LocalSweep):
+class LocalSearch(ClaimingSweep):
     """A search's worker on the local engine: N trials at a time, each free slot taking the
-    left-over trials it is given, then asking the study for the next one until the budget is
-    spent, each trial a sweep run (warm where it can be) whose end is told to the study. Stop
-    signals stop the running trials as INTERRUPTED (with their last checkpoint), to be continued
-    by --resume. One slot and a sampler seed ask the same trials."""
+    left-over trials it is given (claimed: `names`, their runs inherit the claim's lock), then
+    asking the study for the next one until the budget is spent, each trial a sweep run (warm
+    where it can be) whose end is told to the study. Stop signals stop the running trials as
+    INTERRUPTED (with their last checkpoint), to be continued by --resume. One slot and a
+    sampler seed ask the same trials."""
 
     noun, label = "search", "trial"  # logs/trial-N-ATTEMPT.log and .run_id
     trials = True  # the warm workers import optuna: a trial opens its study before its first step
@@ -201,10 +209,12 @@ class LocalSearch(LocalSweep):
         book: SweepBook,
         parallel: int,
         threads: int | None,
+        names: dict[int, str] | None = None,
         signals: tuple[int, ...] = STOP_SIGNALS,
     ):
         super().__init__(tuner.record, book, tuner.location, parallel, threads, signals)
         self.tuner = tuner
+        self.hold(names or {})
 
     def run(self, jobs: list[Job], attempt: int) -> int:
         code = super().run(jobs, attempt)
@@ -241,7 +251,8 @@ class WorkerTask:
     store: str | None  # a folder store's path; None: $REPROLAB_MONGO_URL
     cwd: str
     threads: int
-    first: list[tuple[int, int | None]]  # (trial, run to continue or None) left over for it
+    first: list[tuple[int, int | None, int | None]]  # left over for it: (trial, run to
+    # continue or None, the trial's latest run when submitted: the claim's name)
 
 
 SLURM_STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)  # Slurm's warning, its end
@@ -257,8 +268,9 @@ def search_worker(task: WorkerTask) -> int:
     location = StoreLocation.parse(task.store)
     book = SweepBook(location)
     tuner = Tuner(book.load(task.sweep_id), location, os.environ.get(STORAGE_VARIABLE))
-    first = [tuner.job(n, tuner.trial(n).params, resumes=run) for n, run in task.first]
-    worker = LocalSearch(tuner, book, 1, task.threads, signals=SLURM_STOP_SIGNALS)
+    first = [tuner.job(n, tuner.trial(n).params, run, after) for n, run, after in task.first]
+    first, names = claim_jobs(location, task.sweep_id, first, label="trial")
+    worker = LocalSearch(tuner, book, 1, task.threads, names, signals=SLURM_STOP_SIGNALS)
     return worker.run(first, 1000 + int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
 
 
@@ -281,7 +293,7 @@ def worker_tasks(
             store,
             os.getcwd(),
             threads,
-            [(job.index, job.resumes) for job in first[index::workers]],
+            [(job.index, job.resumes, job.after) for job in first[index::workers]],
         )
         for index in range(workers)
     ]

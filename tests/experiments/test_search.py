@@ -17,7 +17,9 @@ from experiments.cli import main
 from experiments.sweeps.record import SweepRecord
 from experiments.sweeps.space import Search
 from experiments.sweeps.tuner import Tuner
+from ingredients.processes import this_process
 from observers import load_runs
+from observers.claims import SweepClaims
 from observers.location import StoreLocation
 from observers.studies import journal_path, study_storage
 from tests.helpers import stop_when_ready
@@ -211,10 +213,10 @@ def test_two_hyperband_searches_of_one_declaration_prune_and_ask_alike():
     assert states == {"COMPLETE", "PRUNED"}  # the pruner did prune, differently per bracket
 
 
-def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, checkout_folder):
+def stop_a_search(tmp_path: Path, stopper: Path) -> tuple[Path, str]:
+    """A search of three trials stopped by Ctrl-C during its first: its store and id."""
     store, fifo = tmp_path / "runs", tmp_path / "ready"
     os.mkfifo(fifo)
-    stopper = sweep_stopper(checkout_folder)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -257,7 +259,11 @@ def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, che
     assert f"reprolab sweep --resume {sweep}" in stderr
     assert [t.state.name for t in trials(store, sweep)] == ["RUNNING"]
     assert list(load_runs(store, sweep=sweep).status) == ["INTERRUPTED"]
+    return store, sweep
 
+
+def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, checkout_folder):
+    store, sweep = stop_a_search(tmp_path, sweep_stopper(checkout_folder))
     resumed = reprolab(
         "sweep", "--resume", sweep, "--store", str(store), env={"REPO_ROOT": str(REPO_ROOT)}
     )
@@ -373,3 +379,33 @@ def test_the_study_journal_lives_in_the_store(pruned_search):
     assert path == store.resolve() / ".reprolab" / "studies" / f"{sweep}.log"
     logs = [json.loads(line) for line in path.read_text().splitlines()]
     assert logs and all(isinstance(log, dict) and "op_code" in log for log in logs)
+
+
+def test_two_resumes_at_once_continue_an_interrupted_trial_once(
+    tmp_path, sweep_stopper, checkout_folder
+):
+    """A resume finds trial 0's run claimed by another resume still alive (here: a process
+    holding the claim, as a launcher does before its run starts): it leaves the trial alone and
+    spends the rest of the budget; once that launcher is gone, the next resume continues it."""
+    store, sweep = stop_a_search(tmp_path, sweep_stopper(checkout_folder))
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        claims = SweepClaims(StoreLocation.parse(str(store)), sweep)
+        assert claims.take(0, 1, this_process(other.pid)) is not None  # trial 0, after run 1
+        env = {"REPO_ROOT": str(REPO_ROOT)}
+        second = reprolab("sweep", "--resume", sweep, "--store", str(store), env=env)
+    finally:
+        other.stdin.close()
+        other.wait()
+    assert "trial 0: being started or run by another launcher; left alone" in second.stderr
+    runs = load_runs(store, sweep=sweep).sort_index()
+    assert list(runs.trial) == [0, 1, 2] and runs["config.resume"].isna().all()  # 0 not continued
+    assert [t.state.name for t in trials(store, sweep)] == ["RUNNING", "COMPLETE", "COMPLETE"]
+    third = reprolab("sweep", "--resume", sweep, "--store", str(store), env=env)
+    assert "trial 0: continuing run 1" in third.stderr and "left alone" not in third.stderr
+    runs = load_runs(store, sweep=sweep).sort_index()
+    assert list(runs.trial) == [0, 1, 2, 0]  # continued once, and no trial past the budget
+    assert runs["config.resume"].fillna(0).tolist() == [0, 0, 0, 1]
+    assert [t.state.name for t in trials(store, sweep)] == ["COMPLETE"] * 3

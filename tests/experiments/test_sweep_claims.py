@@ -25,6 +25,7 @@ from ingredients.processes import process_alive, start_time, this_process
 from ingredients.scratch import HOST
 from observers.claims import SweepClaims
 from observers.location import StoreLocation
+from observers.records import RecordError
 from observers.tables import load_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -193,6 +194,31 @@ def test_two_resumes_adding_their_attempts_at_once_keep_every_attempt(tmp_path):
         thread.join(120)
     attempts = book.load("s1").attempts
     assert sorted(a["indices"][0] for a in attempts) == [0] * rounds + [1] * rounds
+
+
+def test_a_submission_is_changed_by_its_id_and_a_missing_one_is_refused(tmp_path):
+    """A submission is found by its id, not its whole content: one whose stored copy differs
+    (a sync wrote its job ids, say) is replaced, not added again; one taken back is refused in
+    one sentence, never added; a record from before ids can still be changed."""
+    book = SweepBook(str(tmp_path))
+    legacy = {"engine": "local", "started": "2026-01-01T00:00:00+00:00", "indices": [0]}
+    book.save(SweepRecord("s1", "experiments/train.py", [], [{"seed": 1}], [legacy]))
+    record, mine = book.load("s1"), local_attempt(1, 1, [0])
+    book.change_attempt(record, None, mine)
+    assert record.attempts == [legacy, mine] and isinstance(mine["id"], str)
+    book.records.change("s1", lambda raw: {**raw, "attempts": [legacy, {**mine, "job_id": "7"}]})
+    book.change_attempt(record, mine, {**mine, "threads": 2})  # its stored copy differs
+    assert book.load("s1").attempts == [legacy, {**mine, "threads": 2}]
+    twin = {**mine, "id": "another"}  # the same content, another submission
+    with pytest.raises(RecordError) as refused:
+        book.change_attempt(record, twin, None)
+    assert str(refused.value) == (
+        f"sweep s1's record no longer holds the submission started {mine['started']} (local), "
+        "so it was not changed"
+    )
+    assert book.load("s1").attempts == [legacy, {**mine, "threads": 2}]
+    book.change_attempt(record, legacy, None)  # one recorded before ids: by its content
+    assert book.load("s1").attempts == [{**mine, "threads": 2}]
 
 
 # --------------------------------------------------------------------------- Slurm tasks

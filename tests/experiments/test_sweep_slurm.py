@@ -118,6 +118,52 @@ def test_gpus_ask_each_task_for_its_own_gres_in_the_job_script(tmp_path):
     assert not [line for line in lines if "--gpus" in line or "CUDA_VISIBLE_DEVICES" in line]
 
 
+@pytest.mark.parametrize("kind", ["sweep", "search"])
+def test_slurm_submissions_of_sweeps_and_searches_are_recorded_and_taken_back_alike(
+    tmp_path, capsys, monkeypatch, kind
+):
+    """One launcher submits a sweep's configs and a search's workers (no Slurm: submitit's
+    submission stood in for): recorded with the array's ids; resumed without the --sbatch
+    options, said so; refused by sbatch, the resume's submission taken back, the first kept."""
+    from types import SimpleNamespace
+
+    import experiments.sweeps.command as command
+    import experiments.sweeps.slurm as slurm_module
+    import experiments.sweeps.tuner as tuner
+    from experiments.cli import main
+
+    def accepted(sweep_id, location, options, folder, function, tasks):
+        return [SimpleNamespace(job_id=f"77_{n}") for n in range(len(tasks))]
+
+    def refused(*args):
+        raise ValueError("Slurm refused the job array: sbatch: error: no")
+
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    monkeypatch.setattr(command, "task_states", lambda attempt: {})  # every task ended
+    for module in (slurm_module, tuner):
+        monkeypatch.setattr(module, "submit_array", accepted)
+    store = tmp_path / "runs"
+    search = ["--trials", "2", "--parallel", "2"] if kind == "search" else []
+    declared = ["lr=[0.1, 0.02]", *TINY, *search]
+    common = ["--store", str(store), "--on", "slurm", "--sbatch", "comment=x"]
+    assert main(["sweep", "experiments/train.py", *common, "with", *declared]) == 0
+    said = capsys.readouterr().err
+    assert f"{kind} " in said and ": submitted job array 77 (2 " in said
+    (first,) = sweep_record(store)["attempts"]
+    assert first["task_ids"] == {"0": "77_0", "1": "77_1"} and first["job_id"] == "77"
+    assert first["options"]["extra"] == {"comment": "x"} and isinstance(first["id"], str)
+    for module in (slurm_module, tuner):
+        monkeypatch.setattr(module, "submit_array", refused)
+    sweep_id = sweep_record(store)["id"]
+    assert main(["sweep", "--resume", sweep_id, "--store", str(store)]) == 2
+    said = capsys.readouterr().err
+    assert "--sbatch options are not taken from the record" in said
+    ending = "(nothing submitted or recorded)" if kind == "sweep" else "(nothing submitted)"
+    assert f"Slurm refused the job array: sbatch: error: no {ending}" in said
+    assert sweep_record(store)["attempts"] == [first]
+    assert len(list((store / ".reprolab" / "sweeps" / sweep_id).glob("slurm-*"))) <= 1
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path):

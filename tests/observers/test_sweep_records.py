@@ -72,6 +72,65 @@ def test_a_mongodb_sweep_record_saved_without_a_revision_can_be_changed(nx_serve
     assert [a["engine"] for a in records.find("s1")["attempts"]] == ["old", "new"]
 
 
+def check_a_save_keeps_what_a_change_added(records) -> None:
+    """A resume adding its attempts (change) while a sync saves its copy of the record again and
+    again (save, from a copy read before the resume's attempts): every attempt of both stays."""
+    records.save({**record(), "created": "t0", "attempts": []})
+    copy = {**record(), "created": "t0", "attempts": [{"engine": "synced"}]}
+    records.change("s1", append("resumed"))  # since the sync read its copy
+    records.save(copy)
+    assert sorted(a["engine"] for a in records.find("s1")["attempts"]) == ["resumed", "synced"]
+    start, failures = threading.Barrier(2), []
+
+    def resume() -> None:
+        start.wait()
+        for step in range(EACH):
+            records.change("s1", append(f"r{step}"))
+
+    def sync() -> None:
+        start.wait()
+        for step in range(EACH):
+            records.save({**copy, "attempts": [{"engine": f"s{step}"}]})
+
+    threads = [threading.Thread(target=catching(w, failures)) for w in (resume, sync)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures and not any(t.is_alive() for t in threads), failures
+    tags = sorted(a["engine"] for a in records.find("s1")["attempts"])
+    expected = [
+        "resumed",
+        "synced",
+        *(f"r{n}" for n in range(EACH)),
+        *(f"s{n}" for n in range(EACH)),
+    ]
+    assert tags == sorted(expected)
+    with pytest.raises(RecordError, match="s1 in .* is another sweep .*not saved over it"):
+        records.save({**copy, "created": "t1"})  # a sweep that drew the same id
+    assert len(records.find("s1")["attempts"]) == len(expected)
+
+
+def catching(work, failures: list):
+    def run() -> None:
+        try:
+            work()
+        except Exception as error:  # noqa: BLE001 - reported by the caller's assertion
+            failures.append(error)
+
+    return run
+
+
+def test_a_save_of_a_file_stores_sweep_record_keeps_what_a_change_added(tmp_path):
+    check_a_save_keeps_what_a_change_added(sweep_records(StoreLocation.parse(str(tmp_path))))
+
+
+@pytest.mark.mongo
+def test_a_save_of_a_mongodb_sweep_record_keeps_what_a_change_added(nx_server):
+    location = StoreLocation.parse(f"{nx_server.url}saves")
+    check_a_save_keeps_what_a_change_added(sweep_records(location))
+
+
 def test_a_change_of_a_missing_sweep_says_so(tmp_path):
     with pytest.raises(RecordError, match="no sweep 's1' in"):
         sweep_records(StoreLocation.parse(str(tmp_path))).change("s1", append("w"))
@@ -94,6 +153,7 @@ def test_a_planted_lock_is_refused_and_nothing_outside_is_created(tmp_path, plan
     records = sweep_records(StoreLocation.parse(str(store)))
     records.save(record())
     lock = store / ".reprolab" / "sweeps" / "s1.lock"
+    lock.unlink()  # the save's own lock file, planted over
     lock.symlink_to(outside) if planted == "dangling link" else os.mkfifo(lock)
     with pytest.raises(RecordError) as refused:
         records.change("s1", append("w"))
