@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from observers.credentials import describe_error, redact_url
 from observers.mongo import reach
@@ -21,6 +23,9 @@ from observers.records import (
     refusal,
     summarize_metrics,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # `reprolab evaluate` results: one document per evaluation, keyed by run id, inserted whole (the
 # run's own document is never written). The result is kept as JSON text: its keys (shard paths)
@@ -84,7 +89,7 @@ def _reading(method):
     return wrapper
 
 
-INDEXED = ("status", "start_time", "heartbeat", "meta.sweep.id")  # what listings filter on
+INDEXED = ("status", "start_time", "heartbeat", "meta.sweep.id")  # what listings look up
 _indexed: set[int] = set()  # databases this process has already asked for them
 
 
@@ -116,17 +121,27 @@ class MongoRunStore:
         self.fs = gridfs.GridFS(self.db)
         ensure_indexes(self.db)
 
-    @_reading
-    def matching_ids(self, statuses: set[str] | None, sweep: str | None) -> list[int]:
-        """Ids of the runs with one of the statuses and of the sweep, found by the server on its
-        indexes, only the ids sent back (load_runs then reads just these runs)."""
-        query: dict = {}
-        if statuses is not None:
-            query["status"] = {"$in": sorted(statuses)}
-        if sweep is not None:
-            query["meta.sweep.id"] = str(sweep)
-        ids = (doc["_id"] for doc in self.db["runs"].find(query, {"_id": 1}))
-        return sorted(i for i in ids if type(i) is int)
+    def cached_runs(
+        self,
+        run_ids: Iterable[int] | None,
+        statuses: set[str] | None,
+        experiments: set[str] | None,
+        sweep: str | None,
+        wanted: dict,
+        last: int | None = None,
+    ) -> tuple[pd.DataFrame, int]:
+        """load_runs' rows that match (the last `last`) and how many match, finished runs from
+        the summary cache kept in the database (observers.mongo_index)."""
+        from pymongo.errors import PyMongoError
+
+        from observers.mongo_index import cached_runs
+
+        try:
+            return cached_runs(self, run_ids, statuses, experiments, sweep, wanted, last)
+        except PyMongoError as error:
+            raise RecordError(
+                f"cannot read from MongoDB at {self.location}: {describe_error(error, self._url)}"
+            ) from None
 
     @_reading
     def run_ids(self) -> list[int]:
