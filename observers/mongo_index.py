@@ -47,6 +47,11 @@ SIGNED = ("status", "heartbeat", "stop_time", "reprolab")  # top-level fields: a
 # flatten a dotted projection in an aggregation (nx-27017 does)
 VERIFIED_ROWS = 200  # a result this small is checked run by run against the documents
 PART_BYTES = 8 << 20  # Arrow bytes per part document, well under MongoDB's 16 MB
+ADDED_MAX = 1000  # runs added since the cache was written found without listing every run
+ADDED_SLACK = 20  # newest runs looked at beyond the ones added and the ones not cached
+MAX_PARTS = 32  # parts appended (runs that ended since) before the rows are written anew
+BATCH = 100_000  # documents per reply asked for (a server's default, 101, means round trips)
+UNAUTHORISED = (13, 8000)  # MongoDB's Unauthorized, and Atlas' "not allowed to do action"
 MERGE_TRIES = 3  # head swaps a writer tries before it leaves the cache as another wrote it
 _read_only: set[int] = set()  # clients that were refused a write: not asked again
 
@@ -145,7 +150,7 @@ def listing(db) -> dict[int, Signed]:
     fields (a find would make some servers read whole documents)."""
     found: dict[int, Signed] = {}
     projection = {"$project": dict.fromkeys(SIGNED, 1)}
-    for document in db["runs"].aggregate([projection]):
+    for document in db["runs"].aggregate([projection], batchSize=BATCH):
         run_id = run_id_of(document.get("_id"))
         if run_id is None:
             continue
@@ -164,15 +169,30 @@ def signatures(db, run_ids: list[int]) -> dict[int, Signed]:
     return {d["_id"]: signature(d) for d in found if type(d.get("_id")) is int}
 
 
-def probe(db) -> str:
+def probe(db) -> tuple[int, str]:
     """What the cache is checked against: how many runs, and the first by `_id` and by start
     time in the server's own order (each an index's first entry). A run added, or one gone,
     changes the count; a new run is also the first by start time, and by id on a server that
-    sorts ids as numbers; deleting one run while inserting another older one changes none."""
+    sorts ids as numbers; deleting one run while inserting another older one changes none.
+    The count, and the probe as text."""
     runs = db["runs"]
+    count = runs.estimated_document_count()
     first_id = [d.get("_id") for d in runs.find({}, {"_id": 1}).sort("_id", -1).limit(1)]
     newest = runs.find({}, {"start_time": 1}).sort("start_time", -1).limit(1)
-    return repr([runs.estimated_document_count(), first_id, [list(d.items()) for d in newest]])
+    return count, repr([count, first_id, [list(d.items()) for d in newest]])
+
+
+def added_ids(db, head: dict, count: int) -> list[int] | None:
+    """The runs added since the head was written, when the count grew by exactly as many
+    runs as the newest by start time hold that the cache does not know (a run gone meanwhile,
+    or one added with an older start, makes them differ: None, every run is listed then)."""
+    more = count - head["count"]
+    if head["count"] < 0 or not 0 < more <= ADDED_MAX:  # < 0: a merged head, listed first
+        return None
+    known = set(head["pending"])
+    window = more + len(known) + ADDED_SLACK
+    newest = db["runs"].find({}, {"_id": 1}).sort("start_time", -1).limit(window)
+    return [d["_id"] for d in newest if type(d.get("_id")) is int and d["_id"] not in known]
 
 
 def running_ids(db) -> set[int]:
@@ -231,8 +251,8 @@ class View:
     """The runs as one call sees them: cached rows still trusted (position), rows read live,
     the cache as read (head) and what a writer would put back."""
 
-    def __init__(self, head: dict | None, table: pa.Table | None, probe: str):
-        self.head, self.probe = head, probe
+    def __init__(self, head: dict | None, table: pa.Table | None, probe: tuple[int, str]):
+        self.head, (self.count, self.probe) = head, probe
         self.index = Rows(table) if table is not None else None
         ids = [] if table is None else table["run_id"].to_pylist()
         self.cached = dict(zip(ids, range(len(ids)), strict=True))  # every cached row
@@ -246,12 +266,17 @@ class View:
         """Probe first, then read: a change after the probe makes the next probe differ."""
         db = store.db
         now = probe(db)
-        head, table = read_cache(db) if use_cache else (None, None)
-        view = cls(head, table, now)
-        if head is not None and head["probe"] == now:
+        view = cls(*read_cache(db), now) if use_cache else cls(None, None, now)
+        head, added = view.head, None
+        if head is not None and head["probe"] != view.probe:
+            added = added_ids(db, head, view.count)
+            if added is not None:
+                added = [i for i in added if i not in view.cached]
+                added = added if len(added) == view.count - head["count"] else None
+        if head is not None and (head["probe"] == view.probe or added is not None):
             running = running_ids(db)
             view.position = {i: k for i, k in view.cached.items() if i not in running}
-            pending = sorted(set(head["pending"]) | running)
+            pending = sorted(set(head["pending"]) | running | set(added or ()))
             view.present = set(view.position)
             view.read(store, signatures(db, pending))
         else:
@@ -299,9 +324,25 @@ class View:
         )
         if unchanged or id(db.client) in _read_only:
             return
-        rows = self._table(kept, new)
         dropped = set(self.cached) - set(kept)
-        write_cache(db, self.head, rows, pending, self.probe, dropped)
+        if self._appends(kept, new):  # only runs that ended since: a part of their own
+            ids = sorted(new)
+            rows = encode([new[i][0] for i in ids], [new[i][1] for i in ids], {}) if ids else None
+            carried = self.head["parts"]
+            write_cache(db, self.head, carried, rows, pending, (self.count, self.probe), dropped)
+        else:
+            rows = self._table(kept, new)
+            write_cache(db, self.head, [], rows, pending, (self.count, self.probe), dropped)
+
+    def _appends(self, kept: list[int], new: dict) -> bool:
+        """Whether the new rows can go in a part after the head's (every cached row kept, the
+        new ids above them all, not too many parts yet)."""
+        return (
+            self.head is not None
+            and len(kept) == len(self.cached)
+            and len(self.head["parts"]) < MAX_PARTS
+            and (not new or not self.cached or min(new) > max(self.cached))
+        )
 
     def _table(self, kept: list[int], new: dict) -> pa.Table | None:
         parts = []
@@ -331,31 +372,33 @@ def _sorted(parts: list[pa.Table]) -> pa.Table | None:
 # --------------------------------------------------------------------------- the documents
 
 
-def read_cache(db) -> tuple[dict | None, pa.Table | None]:
-    """The head and the rows, or (None, None) when there is no cache or any of it is not what
-    a writer leaves (then it is written anew)."""
+def read_cache(db, head: dict | None = None) -> tuple[dict | None, pa.Table | None]:
+    """The head (or the rows of the one given) and the rows, or (None, None) when there is no
+    cache or any of it is not what a writer leaves (then it is written anew)."""
     from pymongo.errors import PyMongoError
 
     try:
-        head = db[CACHE_COLLECTION].find_one({"_id": HEAD})
+        head = head or db[CACHE_COLLECTION].find_one({"_id": HEAD})
         if head is None:
             return None, None
         check_head(head)
         ids = [part["id"] for part in head["parts"]]
         found = {d["_id"]: d.get("data") for d in db[CACHE_COLLECTION].find({"_id": {"$in": ids}})}
         return head, rows_of(head, found)
-    except (PyMongoError, Damaged, pa.ArrowException, KeyError, TypeError, ValueError):
+    except (PyMongoError, Damaged, pa.ArrowException, OSError, KeyError, TypeError, ValueError):
         return None, None
 
 
 def check_head(head) -> None:
     """Damaged unless the head has the shape a writer gives it."""
-    parts = head.get("parts") if isinstance(head, dict) else None
-    pending = head.get("pending") if isinstance(head, dict) else None
+    if not isinstance(head, dict):
+        raise Damaged("the cache's head is not a document")
+    parts, pending = head.get("parts"), head.get("pending")
     if (
         head.get("version") != VERSION
         or not isinstance(head.get("generation"), str)
         or not isinstance(head.get("probe"), str)
+        or type(head.get("count")) is not int
         or not isinstance(pending, list)
         or not all(type(i) is int for i in pending)
         or not isinstance(parts, list)
@@ -363,6 +406,7 @@ def check_head(head) -> None:
             isinstance(p, dict)
             and isinstance(p.get("id"), str)
             and isinstance(p.get("sha256"), str)
+            and type(p.get("rows")) is int
             for p in parts
         )
     ):
@@ -370,7 +414,8 @@ def check_head(head) -> None:
 
 
 def rows_of(head: dict, found: dict) -> pa.Table | None:
-    """The parts' rows joined, each part's bytes checked against the head's digest first."""
+    """The parts' rows joined, each part's bytes checked against the head's digest first, and
+    its rows counted as the head counts them."""
     tables = []
     for part in head["parts"]:
         data = found.get(part["id"])
@@ -379,6 +424,8 @@ def rows_of(head: dict, found: dict) -> pa.Table | None:
         table = pa.ipc.open_stream(pa.BufferReader(data)).read_all()
         check_schema(table.schema)
         table.validate(full=True)
+        if len(table) != part["rows"]:
+            raise Damaged(f"part {part['id']} holds {len(table)} rows, not {part['rows']}")
         tables.append(table)
     if not tables:
         return None
@@ -399,21 +446,28 @@ def check_rows(table: pa.Table) -> None:
         raise Damaged("a row of a run that has not ended")
 
 
-def write_cache(db, head, rows, pending, probe_now, dropped) -> None:
-    """Swap in a head naming new parts (compare-and-set on the generation read); a writer that
-    lost the race merges its rows into the winner's, with a probe that never matches."""
-    from pymongo.errors import PyMongoError
+def write_cache(db, head, carried, rows, pending, probe_now, dropped) -> None:
+    """Swap in a head naming the carried parts and new ones of the rows (compare-and-set on the
+    generation read); a writer that lost the race merges its rows into the winner's, with a
+    probe that never matches."""
+    from pymongo.errors import OperationFailure, PyMongoError
 
     try:
         for _ in range(MERGE_TRIES):
-            if _swap(db, head, rows, pending, probe_now):
+            if _swap(db, head, carried, rows, pending, probe_now):
                 return
+            if carried:  # the rows carried were read with the head that lost: joined again
+                rows = _sorted([t for t in (read_cache(db, head)[1], rows) if t is not None])
+                carried = []
             head, theirs = read_cache(db)
             rows = _merged(theirs, rows, dropped)
             pending = sorted(set(pending) | set(head["pending"] if head else []))
-            probe_now = ""  # two views joined: the next reader lists every run
-    except PyMongoError:  # not authorised (a read-only user), or the server is away
-        _read_only.add(id(db.client))
+            probe_now = (-1, "")  # two views joined: the next reader lists every run
+    except OperationFailure as error:
+        if error.code in UNAUTHORISED:  # a read-only user: not asked again in this process
+            _read_only.add(id(db.client))
+    except PyMongoError:  # the server went away, or refused: the cache stays as it is
+        pass
 
 
 def _merged(theirs: pa.Table | None, mine: pa.Table | None, dropped: set[int]) -> pa.Table | None:
@@ -428,65 +482,77 @@ def _merged(theirs: pa.Table | None, mine: pa.Table | None, dropped: set[int]) -
     return _sorted(parts)
 
 
-def _swap(db, head, rows, pending, probe_now) -> bool:
-    """Insert the parts, then the head that names them if the head is still the one read;
-    the parts of generations before the one replaced are removed (a reader of it still finds
-    its parts)."""
-    from bson import Binary
-    from pymongo.errors import DuplicateKeyError
+def _swap(db, head, carried, rows, pending, probe_now) -> bool:
+    """Insert the parts, then the head that names them and the carried ones if the head is
+    still the one read; parts neither head names are removed (a reader of the head replaced
+    still finds its parts). False, the new parts removed, when another writer came first."""
+    from pymongo.errors import PyMongoError
 
     collection = db[CACHE_COLLECTION]
     generation = uuid.uuid4().hex
-    parts = []
-    for k, data in enumerate(_serialised(rows)):
-        part_id = f"{generation}/{k}"
-        collection.insert_one({"_id": part_id, "generation": generation, "data": Binary(data)})
-        parts.append({"id": part_id, "sha256": hashlib.sha256(data).hexdigest()})
-    new = {
-        "_id": HEAD,
-        "version": VERSION,
-        "generation": generation,
-        "probe": probe_now,
-        "pending": pending,
-        "parts": parts,
-    }
-    old = head.get("generation") if isinstance(head, dict) else None
-    if head is None and collection.find_one({"_id": HEAD}, {"_id": 1}) is None:
-        try:
-            collection.insert_one(new)
-        except DuplicateKeyError:
-            return _forget(collection, generation)
-    elif collection.replace_one({"_id": HEAD, "generation": old}, new).matched_count != 1:
-        if head is not None or not _replace_damaged(collection, new):
-            return _forget(collection, generation)
-    keep = [generation] + ([old] if isinstance(old, str) else [])
-    collection.delete_many({"_id": {"$ne": HEAD}, "generation": {"$nin": keep}})
+    try:
+        parts = [*carried, *_insert_parts(collection, generation, rows)]
+        new = {
+            "_id": HEAD,
+            "version": VERSION,
+            "generation": generation,
+            "probe": probe_now[1],
+            "count": probe_now[0],
+            "pending": pending,
+            "parts": parts,
+        }
+        swapped = _put_head(collection, head, new)
+    except PyMongoError:
+        collection.delete_many({"generation": generation})
+        raise
+    if not swapped:
+        collection.delete_many({"generation": generation})
+        return False
+    named = [part["id"] for part in parts + (head["parts"] if head is not None else [])]
+    collection.delete_many({"_id": {"$nin": [HEAD, *named]}})
     return True
 
 
-def _replace_damaged(collection, new: dict) -> bool:
-    """A head that could not be read is replaced as it is (no writer left it so)."""
-    current = collection.find_one({"_id": HEAD})
-    if current is None:
-        return False
-    return collection.replace_one(current, new).matched_count == 1
+def _insert_parts(collection, generation: str, rows: pa.Table | None) -> list[dict]:
+    from bson import Binary
+
+    parts = []
+    for k, (count, data) in enumerate(_serialised(rows)):
+        part_id = f"{generation}/{k}"
+        collection.insert_one({"_id": part_id, "generation": generation, "data": Binary(data)})
+        parts.append({"id": part_id, "sha256": hashlib.sha256(data).hexdigest(), "rows": count})
+    return parts
 
 
-def _forget(collection, generation: str) -> bool:
-    collection.delete_many({"generation": generation})
-    return False
+def _put_head(collection, head: dict | None, new: dict) -> bool:
+    """Compare-and-set: the new head replaces the one read (its generation), or is the first;
+    a head that could not be read is replaced whatever it holds (no writer left it so)."""
+    from pymongo.errors import DuplicateKeyError
+
+    if head is not None:
+        found = collection.replace_one({"_id": HEAD, "generation": head["generation"]}, new)
+        return found.matched_count == 1
+    if collection.find_one({"_id": HEAD}, {"_id": 1}) is None:
+        try:
+            collection.insert_one(new)
+            return True
+        except DuplicateKeyError:
+            return False
+    return collection.replace_one({"_id": HEAD}, new).matched_count == 1
 
 
-def _serialised(rows: pa.Table | None) -> list[bytes]:
-    """The rows as Arrow IPC streams (zstd buffers), split so each fits one part document."""
+def _serialised(rows: pa.Table | None) -> list[tuple[int, bytes]]:
+    """The rows as Arrow IPC streams (zstd buffers), split so each fits one part document;
+    each with its number of rows."""
     if rows is None or not len(rows):
         return []
     whole = _stream(rows)
     count = -(-len(whole) // PART_BYTES)
     if count == 1:
-        return [whole]
+        return [(len(rows), whole)]
     step = -(-len(rows) // count)
-    return [_stream(rows.slice(start, step)) for start in range(0, len(rows), step)]
+    slices = [rows.slice(start, step) for start in range(0, len(rows), step)]
+    return [(len(piece), _stream(piece)) for piece in slices]
 
 
 def _stream(table: pa.Table) -> bytes:

@@ -32,21 +32,21 @@ if TYPE_CHECKING:
 # may hold the dots and dollars MongoDB field names cannot.
 EVALUATIONS_COLLECTION = "evaluations"
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
-ROW_FIELDS = (  # what observers.rows reads of a run document for its load_runs row
-    "status",
-    "experiment.name",
-    "experiment.repositories",
-    "host.hostname",
+ROW_FIELDS = (  # what observers.rows reads of a run document for its load_runs row: top-level
+    "status",  # fields only (a server may give a dotted projection back flat: nx-27017 does)
+    "experiment",
+    "host",
     "start_time",
     "stop_time",
     "heartbeat",
     "result",
     "meta",
     "config",
-    "reprolab.times",
+    "reprolab",
 )
 POINTS = ("steps", "values", "timestamps")
 IN_QUERY_IDS = 1000  # up to this many runs a query names them; beyond, it reads all and keeps them
+BATCH = 10_000  # documents per reply asked for (a server's default, 101, means round trips)
 
 
 def _plain(value):
@@ -201,9 +201,9 @@ class MongoRunStore:
         wanted = None if run_ids is None else set(run_ids)
         documents = {
             doc["_id"]: doc
-            for doc in self.db["runs"].find(
-                {"_id": {"$in": run_ids}} if few else {}, dict.fromkeys(ROW_FIELDS, 1)
-            )
+            for doc in self.db["runs"]
+            .find({"_id": {"$in": run_ids}} if few else {}, dict.fromkeys(ROW_FIELDS, 1))
+            .batch_size(BATCH)
             if type(doc["_id"]) is int and (wanted is None or doc["_id"] in wanted)
         }
         return RowReader(self, documents)
@@ -236,7 +236,7 @@ class MongoRunStore:
         query = {"run_id": {"$in": run_ids}} if len(run_ids) <= IN_QUERY_IDS else {}
         fields = dict.fromkeys(("run_id", "name", *order, *POINTS), 1)
         wanted, by_run = set(run_ids), {}
-        for document in self.db[collection].find(query, fields):
+        for document in self.db[collection].find(query, fields).batch_size(BATCH):
             run_id = document.get("run_id")
             if type(run_id) is int and run_id in wanted:
                 by_run.setdefault(run_id, []).append(document)
