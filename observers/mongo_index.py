@@ -328,7 +328,7 @@ class View:
         if self._appends(kept, new):  # only runs that ended since: a part of their own
             ids = sorted(new)
             rows = encode([new[i][0] for i in ids], [new[i][1] for i in ids], {}) if ids else None
-            carried = self.head["parts"]
+            carried = self.head["parts"] if self.head else []
             write_cache(db, self.head, carried, rows, pending, (self.count, self.probe), dropped)
         else:
             rows = self._table(kept, new)
@@ -400,7 +400,7 @@ def check_head(head) -> None:
         or not isinstance(head.get("probe"), str)
         or type(head.get("count")) is not int
         or not isinstance(pending, list)
-        or not all(type(i) is int for i in pending)
+        or not all(type(i) is int and 0 < i < 2**63 for i in pending)
         or not isinstance(parts, list)
         or not all(
             isinstance(p, dict)

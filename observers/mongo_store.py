@@ -235,7 +235,8 @@ class MongoRunStore:
             return {}
         query = {"run_id": {"$in": run_ids}} if len(run_ids) <= IN_QUERY_IDS else {}
         fields = dict.fromkeys(("run_id", "name", *order, *POINTS), 1)
-        wanted, by_run = set(run_ids), {}
+        wanted = set(run_ids)
+        by_run: dict[int, list[dict]] = {}
         for document in self.db[collection].find(query, fields).batch_size(BATCH):
             run_id = document.get("run_id")
             if type(run_id) is int and run_id in wanted:
