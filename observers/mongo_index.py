@@ -36,7 +36,7 @@ from observers.index import _check_keys as check_keys
 from observers.index import _frame as frame_of
 from observers.index import _index_matches as index_matches
 from observers.index import _matcher as matcher
-from observers.records import is_run_id
+from observers.records import RecordError, is_run_id
 from observers.rows import complete_row, metric_summaries, record_row
 
 CACHE_COLLECTION = "reprolab_rows"
@@ -109,8 +109,6 @@ def _select(store, view, run_ids, statuses, experiments, sweep, wanted, last):
 
 def _known(store, view, run_ids: Iterable[int]) -> list[int]:
     """The ids asked for, in their order; the first one not in the store is an error."""
-    from observers.records import RecordError
-
     ids = [int(run_id) for run_id in run_ids]
     missing = [i for i in ids if i not in view.position and i not in view.live]
     view.read(store, signatures(store.db, missing))  # asked for by id: looked up, not trusted
