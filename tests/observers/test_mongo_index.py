@@ -157,7 +157,11 @@ def test_new_finished_and_deleted_runs_are_seen(url):
     assert_all_live(url)
     db["runs"].delete_one({"_id": 6})
     assert_all_live(url)
-    assert cached_ids(url) == [1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 7000]
+    db["runs"].delete_one({"_id": 7})  # one gone, two added: one more run, two new ones
+    add_run(db, 14)
+    add_run(db, 15)
+    assert_all_live(url)
+    assert cached_ids(url) == [1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 7000]
 
 
 def test_a_finished_run_edited_in_place_is_read_again_where_it_is_shown(url):
