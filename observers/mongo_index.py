@@ -9,8 +9,9 @@ fields its end writes (status, heartbeat, stop time, reprolab's completeness fla
 Checked cheaply on every read: a probe of the runs (how many, the first by `_id` and by start
 time in the server's order, each on an index) must equal the head's, and the runs that are not
 cached (running, queued, damaged) plus any the server says are RUNNING or QUEUED are read live.
-A probe that differs lists every run's signature in one projected aggregation and reads the
-runs whose signature is new. A result of at most VERIFIED_ROWS rows (an ls page, a sweep) is
+A probe that differs because runs were added (the count grew by as many as the newest by start
+time hold unknown) reads those; any other difference lists every run's signature in one
+projected aggregation and reads the runs whose signature is new. A result of at most VERIFIED_ROWS rows (an ls page, a sweep) is
 also checked run by run against the documents. What the probe cannot see (a finished run's
 document or metrics edited in place, a run deleted while another is inserted below the newest)
 is said in docs/mongodb.md, with how to rebuild: drop the collection.
