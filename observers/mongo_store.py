@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from observers.credentials import describe_error, redact_url
 from observers.mongo import reach
@@ -22,26 +24,29 @@ from observers.records import (
     summarize_metrics,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 # `reprolab evaluate` results: one document per evaluation, keyed by run id, inserted whole (the
 # run's own document is never written). The result is kept as JSON text: its keys (shard paths)
 # may hold the dots and dollars MongoDB field names cannot.
 EVALUATIONS_COLLECTION = "evaluations"
 HIDDEN_FIELDS = ("_id", "config", "info", "captured_out", "format", "reprolab")
-ROW_FIELDS = (  # what observers.rows reads of a run document for its load_runs row
-    "status",
-    "experiment.name",
-    "experiment.repositories",
-    "host.hostname",
+ROW_FIELDS = (  # what observers.rows reads of a run document for its load_runs row: top-level
+    "status",  # fields only (a server may give a dotted projection back flat: nx-27017 does)
+    "experiment",
+    "host",
     "start_time",
     "stop_time",
     "heartbeat",
     "result",
     "meta",
     "config",
-    "reprolab.times",
+    "reprolab",
 )
 POINTS = ("steps", "values", "timestamps")
 IN_QUERY_IDS = 1000  # up to this many runs a query names them; beyond, it reads all and keeps them
+BATCH = 10_000  # documents per reply asked for (a server's default, 101, means round trips)
 
 
 def _plain(value):
@@ -84,7 +89,7 @@ def _reading(method):
     return wrapper
 
 
-INDEXED = ("status", "start_time", "heartbeat", "meta.sweep.id")  # what listings filter on
+INDEXED = ("status", "start_time", "heartbeat", "meta.sweep.id")  # what listings look up
 _indexed: set[int] = set()  # databases this process has already asked for them
 
 
@@ -116,17 +121,27 @@ class MongoRunStore:
         self.fs = gridfs.GridFS(self.db)
         ensure_indexes(self.db)
 
-    @_reading
-    def matching_ids(self, statuses: set[str] | None, sweep: str | None) -> list[int]:
-        """Ids of the runs with one of the statuses and of the sweep, found by the server on its
-        indexes, only the ids sent back (load_runs then reads just these runs)."""
-        query: dict = {}
-        if statuses is not None:
-            query["status"] = {"$in": sorted(statuses)}
-        if sweep is not None:
-            query["meta.sweep.id"] = str(sweep)
-        ids = (doc["_id"] for doc in self.db["runs"].find(query, {"_id": 1}))
-        return sorted(i for i in ids if type(i) is int)
+    def cached_runs(
+        self,
+        run_ids: Iterable[int] | None,
+        statuses: set[str] | None,
+        experiments: set[str] | None,
+        sweep: str | None,
+        wanted: dict,
+        last: int | None = None,
+    ) -> tuple[pd.DataFrame, int]:
+        """load_runs' rows that match (the last `last`) and how many match, finished runs from
+        the summary cache kept in the database (observers.mongo_index)."""
+        from pymongo.errors import PyMongoError
+
+        from observers.mongo_index import cached_runs
+
+        try:
+            return cached_runs(self, run_ids, statuses, experiments, sweep, wanted, last)
+        except PyMongoError as error:
+            raise RecordError(
+                f"cannot read from MongoDB at {self.location}: {describe_error(error, self._url)}"
+            ) from None
 
     @_reading
     def run_ids(self) -> list[int]:
@@ -186,9 +201,9 @@ class MongoRunStore:
         wanted = None if run_ids is None else set(run_ids)
         documents = {
             doc["_id"]: doc
-            for doc in self.db["runs"].find(
-                {"_id": {"$in": run_ids}} if few else {}, dict.fromkeys(ROW_FIELDS, 1)
-            )
+            for doc in self.db["runs"]
+            .find({"_id": {"$in": run_ids}} if few else {}, dict.fromkeys(ROW_FIELDS, 1))
+            .batch_size(BATCH)
             if type(doc["_id"]) is int and (wanted is None or doc["_id"] in wanted)
         }
         return RowReader(self, documents)
@@ -220,8 +235,9 @@ class MongoRunStore:
             return {}
         query = {"run_id": {"$in": run_ids}} if len(run_ids) <= IN_QUERY_IDS else {}
         fields = dict.fromkeys(("run_id", "name", *order, *POINTS), 1)
-        wanted, by_run = set(run_ids), {}
-        for document in self.db[collection].find(query, fields):
+        wanted = set(run_ids)
+        by_run: dict[int, list[dict]] = {}
+        for document in self.db[collection].find(query, fields).batch_size(BATCH):
             run_id = document.get("run_id")
             if type(run_id) is int and run_id in wanted:
                 by_run.setdefault(run_id, []).append(document)

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from observers.rows import (
-    READ_STATUSES,
     RECORD_COLUMNS,
     UTC_SUFFIX,
     check_config_keys,
@@ -61,8 +60,11 @@ def load_runs(
         from observers.index import indexed_runs
 
         return indexed_runs(store, run_ids, statuses, experiments, sweep, wanted)[0]
-    ids, reader = _selected(store, run_ids, statuses, sweep, wanted)
-    all_rows = [record_row(reader, run_id) for run_id in ids]
+    cached = getattr(store, "cached_runs", None)  # MongoDB: its summary cache
+    if cached is not None:
+        return cached(run_ids, statuses, experiments, sweep, wanted)[0]
+    ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
+    all_rows = [record_row(store, run_id) for run_id in ids]
     rows = [
         row
         for row in all_rows
@@ -71,31 +73,10 @@ def load_runs(
     ]
     if wanted and not rows:
         check_config_keys(store, all_rows, wanted)
-    summaries = metric_summaries(reader, [row["run_id"] for row in rows])
+    summaries = metric_summaries(store, [row["run_id"] for row in rows])
     for row in rows:
-        complete_row(reader, row, summaries[row["run_id"]])
+        complete_row(store, row, summaries[row["run_id"]])
     return runs_frame(rows)
-
-
-def _selected(store: RunStore, run_ids, statuses, sweep, wanted) -> tuple[list[int], RunStore]:
-    """The ids load_runs reads and what it reads them from. MongoDB (for_rows): the server
-    narrows by status and sweep on its indexes, and one projected query brings the rows'
-    fields, which also tells the ids there are; other stores: listed, then read run by run."""
-    bulk = getattr(store, "for_rows", None)
-    if bulk is None:
-        return (store.run_ids() if run_ids is None else _known_ids(store, run_ids)), store
-    if run_ids is not None:
-        ids = [int(run_id) for run_id in run_ids]
-        reader = bulk(ids)
-        for run_id in ids:
-            if run_id not in reader.documents:
-                raise RecordError(f"no run {run_id} in {store.location}")
-        return ids, reader
-    if not wanted and _server_can_filter(statuses) and (statuses, sweep) != (None, None):
-        ids = store.matching_ids(statuses, sweep)
-        return ids, bulk(ids)
-    reader = bulk(None)
-    return sorted(reader.documents), reader
 
 
 def runs_page(
@@ -112,22 +93,15 @@ def runs_page(
         from observers.index import indexed_runs
 
         return indexed_runs(store, None, status_names(status), None, sweep, {}, last)
-    statuses = status_names(status)
+    cached = getattr(store, "cached_runs", None)  # MongoDB: its summary cache
+    if cached is not None:
+        return cached(None, status_names(status), None, sweep, {}, last)
     if status is None and sweep is None:  # only the page's runs are read
         ids = store.run_ids()
-    elif hasattr(store, "matching_ids") and _server_can_filter(statuses):  # MongoDB's indexes
-        ids = store.matching_ids(statuses, sweep)
-    else:
-        runs = load_runs(store, status=status, sweep=sweep)
-        return (runs.tail(last) if last else runs), len(runs)
-    page = load_runs(store, run_ids=ids[-last:] if last else ids, status=status, sweep=sweep)
-    return page, len(ids)
-
-
-def _server_can_filter(statuses: set[str] | None) -> bool:
-    """Whether MongoDB can select these statuses itself: DAMAGED and DEAD are decided by reading
-    a run (a DEAD run's document says RUNNING), so asking for them reads every run."""
-    return not (statuses or set()) & READ_STATUSES
+        page = load_runs(store, run_ids=ids[-last:] if last else ids)
+        return page, len(ids)
+    runs = load_runs(store, status=status, sweep=sweep)
+    return (runs.tail(last) if last else runs), len(runs)
 
 
 def load_metrics(
