@@ -114,8 +114,8 @@ def _select(store, present, ids, index, statuses, experiments, sweep, wanted, la
     position, unindexed = _positions(index, None if everything else ids, store.listing)
     live_ids = unindexed if everything else [i for i in dict.fromkeys(ids) if i not in position]
     live = _read_rows(store, live_ids, len(present))
-    matching = _matcher(statuses, experiments, sweep, wanted)
-    candidates = _index_matches(index, position, statuses, experiments, sweep, wanted)
+    matching = row_matcher(statuses, experiments, sweep, wanted)
+    candidates = index_matches(index, position, statuses, experiments, sweep, wanted)
     checked: set[int] = set()
     while True:
         if everything:
@@ -133,9 +133,9 @@ def _select(store, present, ids, index, statuses, experiments, sweep, wanted, la
             candidates.pop(run_id)
             position.pop(run_id)
     if wanted and not chosen:
-        _check_keys(store, index, position, live, wanted)
+        check_keys_in(store, index, position, live, wanted)
     _update(store, index, present, folders, live)
-    return _frame(index, position, live, shown), len(chosen)
+    return table_of_rows(index, position, live, shown), len(chosen)
 
 
 def _known(store: FileRunStore, present: list[int], run_ids: Iterable[int]) -> list[int]:
@@ -174,7 +174,7 @@ def _positions(index, ids: list[int] | None, listing) -> tuple[dict[int, int], l
     ].tolist()
 
 
-def _matcher(statuses, experiments, sweep, wanted):
+def row_matcher(statuses, experiments, sweep, wanted):
     """The filter for a row read from the records (load_runs' own rules)."""
 
     def matching(row: dict) -> bool:
@@ -185,7 +185,7 @@ def _matcher(statuses, experiments, sweep, wanted):
     return matching
 
 
-def _index_matches(index, position, statuses, experiments, sweep, wanted) -> dict[int, int]:
+def index_matches(index, position, statuses, experiments, sweep, wanted) -> dict[int, int]:
     """{run id: stored signature} of the index rows that pass the filters, by their columns
     (each filter a pyarrow kernel over its one column)."""
     if not position:
@@ -246,7 +246,7 @@ def _tupled(value):
     return value
 
 
-def _check_keys(store, index, position, live, wanted) -> None:
+def check_keys_in(store, index, position, live, wanted) -> None:
     """load_runs' error for a config key that no run considered has."""
     rows = [row for row, _ in live.values()]
     if index is not None and position:
@@ -310,7 +310,7 @@ def _indexable(row: dict, root: Path) -> bool:
 # --------------------------------------------------------------------------- the frame
 
 
-def _frame(index, position, live, shown: list[int]) -> pd.DataFrame:
+def table_of_rows(index, position, live, shown: list[int]) -> pd.DataFrame:
     """load_runs' table of the shown runs, in their order, from index rows and rows read."""
     if not shown:
         return runs_frame([])

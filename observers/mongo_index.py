@@ -32,11 +32,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from observers.index import FINAL, SIGNATURE, Damaged, check_schema, encode
-from observers.index import _check_keys as check_keys
-from observers.index import _frame as frame_of
-from observers.index import _index_matches as index_matches
-from observers.index import _matcher as matcher
+from observers.index import (
+    FINAL,
+    SIGNATURE,
+    Damaged,
+    check_keys_in,
+    check_schema,
+    encode,
+    index_matches,
+    row_matcher,
+    table_of_rows,
+)
+from observers.mongo_store import IN_QUERY_IDS, server_errors
 from observers.records import RecordError, is_run_id
 from observers.rows import complete_row, metric_summaries, record_row
 
@@ -68,20 +75,21 @@ def cached_runs(
 ) -> tuple[pd.DataFrame, int]:
     """load_runs' table of the matching runs (the last `last` of them) and how many match,
     finished runs from the cache when it still holds, everything else read live."""
-    view = View.open(store)
-    try:
-        result = _select(store, view, run_ids, statuses, experiments, sweep, wanted, last)
-    except Damaged:  # a planted cell: the answer comes from the runs, the cache is rewritten
-        view = View.open(store, use_cache=False)
-        result = _select(store, view, run_ids, statuses, experiments, sweep, wanted, last)
-    view.save(store.db)
+    with server_errors(store):
+        view = View.open(store)
+        try:
+            result = _select(store, view, run_ids, statuses, experiments, sweep, wanted, last)
+        except Damaged:  # a planted cell: the answer comes from the runs, the cache is rewritten
+            view = View.open(store, use_cache=False)
+            result = _select(store, view, run_ids, statuses, experiments, sweep, wanted, last)
+        view.save(store.db)
     return result
 
 
 def _select(store, view, run_ids, statuses, experiments, sweep, wanted, last):
     """The rows that match, the cached ones of a small result checked against their runs."""
     ids = None if run_ids is None else _known(store, view, run_ids)
-    matching = matcher(statuses, experiments, sweep, wanted)
+    matching = row_matcher(statuses, experiments, sweep, wanted)
     candidates = index_matches(view.index, view.position, statuses, experiments, sweep, wanted)
     checked: set[int] = set()
     while True:
@@ -104,8 +112,8 @@ def _select(store, view, run_ids, statuses, experiments, sweep, wanted, last):
         for run_id in stale:
             candidates.pop(run_id)
     if wanted and not chosen:
-        check_keys(store, view.index, view.position, view.live, wanted)
-    return frame_of(view.index, view.position, view.live, shown), len(chosen)
+        check_keys_in(store, view.index, view.position, view.live, wanted)
+    return table_of_rows(view.index, view.position, view.live, shown), len(chosen)
 
 
 def _known(store, view, run_ids: Iterable[int]) -> list[int]:
@@ -209,8 +217,6 @@ def read_rows(store, sigs: dict[int, Signed]) -> dict[int, tuple[dict, int]]:
     and the metrics of all of them at once); a run gone meanwhile is left out."""
     if not sigs:
         return {}
-    from observers.mongo_store import IN_QUERY_IDS
-
     ids = sorted(sigs)
     reader = store.for_rows(ids if len(ids) <= IN_QUERY_IDS else None)
     found = [i for i in ids if i in reader.documents]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from observers.credentials import describe_error, redact_url
 from observers.mongo import reach
@@ -23,9 +22,6 @@ from observers.records import (
     refusal,
     summarize_metrics,
 )
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 # `reprolab evaluate` results: one document per evaluation, keyed by run id, inserted whole (the
 # run's own document is never written). The result is kept as JSON text: its keys (shard paths)
@@ -67,19 +63,27 @@ def _plain(value):
     return value
 
 
+@contextlib.contextmanager
+def server_errors(store: MongoRunStore):
+    """A MongoDB error while reading `store`, as one RecordError sentence."""
+    from pymongo.errors import PyMongoError
+
+    try:
+        yield
+    except PyMongoError as error:
+        raise RecordError(
+            f"cannot read from MongoDB at {store.location}: {describe_error(error, store._url)}"
+        ) from None
+
+
 def _reading(method):
-    """Turn a MongoDB error while reading into one RecordError sentence."""
+    """Turn a MongoDB error while reading, or a document of another shape, into one sentence."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        from pymongo.errors import PyMongoError
-
         try:
-            return method(self, *args, **kwargs)
-        except PyMongoError as error:
-            raise RecordError(
-                f"cannot read from MongoDB at {self.location}: {describe_error(error, self._url)}"
-            ) from None
+            with server_errors(self):
+                return method(self, *args, **kwargs)
         except (AttributeError, KeyError, TypeError) as error:  # a document of another shape
             run = f"run {args[0]}: " if args else ""
             raise RecordError(
@@ -120,28 +124,6 @@ class MongoRunStore:
 
         self.fs = gridfs.GridFS(self.db)
         ensure_indexes(self.db)
-
-    def cached_runs(
-        self,
-        run_ids: Iterable[int] | None,
-        statuses: set[str] | None,
-        experiments: set[str] | None,
-        sweep: str | None,
-        wanted: dict,
-        last: int | None = None,
-    ) -> tuple[pd.DataFrame, int]:
-        """load_runs' rows that match (the last `last`) and how many match, finished runs from
-        the summary cache kept in the database (observers.mongo_index)."""
-        from pymongo.errors import PyMongoError
-
-        from observers.mongo_index import cached_runs
-
-        try:
-            return cached_runs(self, run_ids, statuses, experiments, sweep, wanted, last)
-        except PyMongoError as error:
-            raise RecordError(
-                f"cannot read from MongoDB at {self.location}: {describe_error(error, self._url)}"
-            ) from None
 
     @_reading
     def run_ids(self) -> list[int]:

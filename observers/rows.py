@@ -16,7 +16,6 @@ from observers.liveness import DEAD, process_gone
 from observers.store import RecordError, RunStore, summarize_metrics
 
 DAMAGED = "DAMAGED"  # status of a run whose run.json cannot be read
-READ_STATUSES = frozenset({DAMAGED, DEAD})  # decided by reading a run, unknown to a query
 RECORD_COLUMNS = {  # the columns every runs table starts with, and their dtypes
     "experiment": "str",
     "status": "str",

@@ -60,9 +60,10 @@ def load_runs(
         from observers.index import indexed_runs
 
         return indexed_runs(store, run_ids, statuses, experiments, sweep, wanted)[0]
-    cached = getattr(store, "cached_runs", None)  # MongoDB: its summary cache
-    if cached is not None:
-        return cached(run_ids, statuses, experiments, sweep, wanted)[0]
+    if hasattr(store, "for_rows"):  # MongoDB: finished runs from its summary cache
+        from observers.mongo_index import cached_runs
+
+        return cached_runs(store, run_ids, statuses, experiments, sweep, wanted)[0]
     ids = store.run_ids() if run_ids is None else _known_ids(store, run_ids)
     all_rows = [record_row(store, run_id) for run_id in ids]
     rows = [
@@ -93,9 +94,10 @@ def runs_page(
         from observers.index import indexed_runs
 
         return indexed_runs(store, None, status_names(status), None, sweep, {}, last)
-    cached = getattr(store, "cached_runs", None)  # MongoDB: its summary cache
-    if cached is not None:
-        return cached(None, status_names(status), None, sweep, {}, last)
+    if hasattr(store, "for_rows"):  # MongoDB: finished runs from its summary cache
+        from observers.mongo_index import cached_runs
+
+        return cached_runs(store, None, status_names(status), None, sweep, {}, last)
     if status is None and sweep is None:  # only the page's runs are read
         ids = store.run_ids()
         page = load_runs(store, run_ids=ids[-last:] if last else ids)
