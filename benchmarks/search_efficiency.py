@@ -31,7 +31,8 @@ Each config is train.py's experiment run once (`ex.run`, unrecorded, 1 thread, t
 `--workers 2` trains two configs at once, each in its own process) on the 54,000 training rows,
 an epoch being 200 batches on the small grid and 100 on the large (a training subset drawn anew
 each epoch by the loader's shuffle), validated after each epoch on the 6,000 held-out rows; its
-curve is that validation accuracy per epoch. The target is the best accuracy of any config at any epoch minus 0.5 points.
+curve is that validation accuracy per epoch. The target is the best accuracy of any config at
+any epoch minus 0.5 points.
 
 Every method searches the declared grid's space (each key a categorical of its declared values)
 with reprolab's own sampler and pruner (`Search.make_sampler`, `make_pruner`, as `reprolab
@@ -390,7 +391,8 @@ def report(grid: Grid, curves: dict, seeds: list[int], spread_seeds: list[int]) 
     grid_few, grid_many = median(few["grid"], full), median(many["grid"], full)
     print_table(
         f"epochs to reach {target:.4f} (grid's best {best:.4f} - {WITHIN * 100:g} points; "
-        f"{len(reaching)} of {len(curves)} configs reach it, first at epoch {span(first)}); grid of {len(curves)} configs x {grid.epochs} epochs = {full} in full",
+        f"{len(reaching)} of {len(curves)} configs reach it, first at epoch {span(first)}); "
+        f"{grid.name} grid of {len(curves)} configs x {grid.epochs} epochs = {full} in full",
         [
             "method",
             f"sampler seeds {shown(seeds)}",
