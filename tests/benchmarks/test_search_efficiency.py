@@ -65,6 +65,26 @@ def test_code_hash_changes_with_any_training_source(tmp_path):
     assert bench.code_hash(tmp_path) != before
 
 
+@pytest.mark.parametrize(
+    ("make", "configs", "epochs"),
+    [(bench.fashion_grid, 144, 15), (bench.large_fashion_grid, 648, 9)],
+)
+def test_each_config_of_a_declared_grid_has_its_own_cache_key(make, configs, epochs):
+    grid = make()
+    keys = {bench.entry_key(grid.updates(config)) for config in grid.configs()}
+    assert len(keys) == configs  # every declared value reaches train.py's config
+    assert {grid.updates(config)["epochs"] for config in grid.configs()} == {epochs}
+    assert grid.search({"name": "grid", "seed": 0}, {"name": "none"}).trials == configs
+
+
+def test_the_large_grid_declares_momentum_and_the_small_keeps_0_9():
+    large, small = bench.large_fashion_grid(), bench.fashion_grid()
+    assert list(large.values) == ["lr", "width", "dropout", "weight_decay", "momentum"]
+    momenta = {large.updates(c)["optimizer"]["momentum"] for c in large.configs()}
+    assert momenta == {0.0, 0.5, 0.9}
+    assert {small.updates(c)["optimizer"]["momentum"] for c in small.configs()} == {0.9}
+
+
 @pytest.mark.slow
 @pytest.mark.benchmark
 def test_quick_run_trains_in_workers_then_replays_from_the_cache(tmp_path):
