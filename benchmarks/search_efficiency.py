@@ -1,46 +1,75 @@
 """Search efficiency: epochs spent to come within 0.5 points of a declared grid's best accuracy.
 
-    python benchmarks/search_efficiency.py          # Fashion-MNIST, 6 x 2 x 3 grid, 15 epochs, 3 seeds
-    python benchmarks/search_efficiency.py --quick  # the bundled digits, 2 x 2 x 1 grid, 3 epochs, 1 seed
+    python benchmarks/search_efficiency.py --workers 2               # Fashion-MNIST, 144 configs
+    python benchmarks/search_efficiency.py --grid large --workers 2  # Fashion-MNIST, 648 configs
+    python benchmarks/search_efficiency.py --quick                   # the bundled digits, 4 configs
 
 The full run needs data/fashion-mnist/train.parquet (data/prepare_fashion_mnist.py); it decodes
 the PNGs once into data/fashion-mnist/train-pixels.parquet (raw uint8 pixels: the same images,
-no decoding per epoch) and trains on that.
+no decoding per epoch) and trains on that. The curves it trains are kept in
+data/fashion-mnist/search-curves.json (JSON), so a second run replays them in seconds.
 
-What is measured. The declared grid is SGD (momentum 0.9, batch 128) lr {0.001, 0.003, 0.01,
-0.03, 0.1, 0.3} x MLP width {64, 256} x dropout {0, 0.2, 0.4}: 36 configs, 15 epochs each, 540
-epochs in full. Each config is train.py's experiment run once in this process (`ex.run`,
-unrecorded, 1 thread, training seed 0) on the 54,000 training rows, an epoch being 200 batches
-(25,600 rows, a training subset drawn anew each epoch by the loader's shuffle), validated after
-each epoch on the 6,000 held-out rows; its curve is that validation accuracy per epoch. The
-target is the best accuracy of any config at any epoch minus 0.5 points.
+The small declared grid (the default, --grid small): an MLP with one hidden layer, SGD (momentum
+0.9, batch 128, reprolab's default cosine schedule to 0 over the 15 epochs), 8 x 2 x 3 x 3 = 144
+configs, 2160 epochs in full:
+  lr            1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3: half-decade steps over 3.5
+                decades, as one declares a step size whose scale is not known beforehand
+  width         128, 512: a narrow and a wide hidden layer (1024 would double the cost)
+  dropout       0, 0.25, 0.5: none, moderate, strong
+  weight_decay  0, 1e-4, 1e-3: none and the two usual strengths
+The large declared grid (--grid large): what a researcher declaring five keys gets, a space large
+against its good region (on the small grid 9 of 144 configs come within 0.5 points of the best,
+so a shuffled grid finds one in about 8 configs and leaves search no room). The same lr, dropout
+and weight decay values, and 8 x 3 x 3 x 3 x 3 = 648 configs, 5832 epochs in full:
+  width         128, 256, 512: narrow, middle, wide
+  momentum      0, 0.5, 0.9: SGD's momentum, none, moderate and the usual; it scales the step
+                as lr does, so it is declared beside it when the step size is not known
+To train 648 configs in about half an hour with 2 workers on 2 shared cores, an epoch is 100
+batches (12,800 rows; measured ~0.25 s at width 128 to ~1 s at width 512, one thread) and a
+config trains 9 epochs (cosine to 0 over 9): Hyperband's max 9 at factor 3 gives rungs 1, 3, 9.
+Each config is train.py's experiment run once (`ex.run`, unrecorded, 1 thread, training seed 0;
+`--workers 2` trains two configs at once, each in its own process) on the 54,000 training rows,
+an epoch being 200 batches on the small grid and 100 on the large (a training subset drawn anew
+each epoch by the loader's shuffle), validated after each epoch on the 6,000 held-out rows; its
+curve is that validation accuracy per epoch. The target is the best accuracy of any config at
+any epoch minus 0.5 points.
 
 Every method searches the declared grid's space (each key a categorical of its declared values)
 with reprolab's own sampler and pruner (`Search.make_sampler`, `make_pruner`, as `reprolab
-sweep` builds them), over 36 trials at most. Training is deterministic, so a trial is replayed
-from its config's curve instead of trained again (a pruned trial's first k epochs are the full
-run's first k): each epoch is reported to the trial and counted, and the count stops at the
-first epoch of any trial that reaches the target. The figure is every epoch counted by then,
-pruned trials' and repeated configs' included; ">budget" means no trial reached it.
-  grid             reprolab's grid sampler with the seed (one shuffle of the 36 configs), each
+sweep` builds them, at their defaults), over as many trials as the grid has configs. Training
+is deterministic, so a trial is replayed from its config's curve instead of trained again (a
+pruned trial's first k epochs are the full run's first k): each epoch is reported to the trial
+and counted, and the count stops at the first epoch of any trial that reaches the target. The
+figure is every epoch counted by then, pruned trials' and repeated configs' included; ">budget"
+means no trial reached it.
+  grid             reprolab's grid sampler with the seed (one shuffle of the configs), each
                    config trained in full before the next, as a grid sweep runs them
   random, TPE      reprolab's random and TPE samplers (TPE's defaults: 10 random start-up trials)
-  TPE + Hyperband  TPE with reprolab's Hyperband pruner (min 1 epoch, max 15, reduction factor 3)
-Each over sampler seeds 0, 1, 2. Target: TPE with pruning needs at most a third of the grid's
-epochs (medians over seeds, a miss counted as the full grid's epochs + 1).
+  TPE + Hyperband  TPE with reprolab's Hyperband pruner (min 1 epoch, max the grid's epochs: 15
+                   or 9, reduction factor 3)
+Each over sampler seeds 0, 1, 2 (the issue's), and over seeds 0-19 for the spread. Target: TPE
+with pruning needs at most a third of the grid's epochs (medians over seeds 0, 1, 2, a miss
+counted as the full grid's epochs + 1), on the grid run (each grid is its own verdict); the
+output says so if seeds 0-19 disagree. Both grids' curves share the one cache file.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import io
 import itertools
+import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -50,26 +79,41 @@ from report import print_table
 
 import experiments.train as train_module
 from experiments.sweeps.space import Search
+from ingredients.fingerprints import file_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASHION = REPO_ROOT / "data" / "fashion-mnist" / "train.parquet"
 PIXELS = FASHION.with_name("train-pixels.parquet")
+CACHE = FASHION.with_name("search-curves.json")
+DIGITS = REPO_ROOT / "data" / "digits.parquet"
+CODE = ("experiments", "ingredients")  # the code a curve is trained by (the cache's key)
 WITHIN = 0.005  # of the grid's best validation accuracy
 TARGET_SHARE = 1 / 3  # TPE with pruning against the grid
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1, 2]  # the issue's
+SPREAD_SEEDS = list(range(20))  # replay is cheap: the figure over more seeds
 
 
 class Grid:
-    """A declared grid: its values per key, the epochs each config trains, how each trains."""
+    """A declared grid: its values per key, the epochs each config trains, the settings fixed."""
 
-    def __init__(self, values: dict[str, list], epochs: int, fixed: dict):
-        self.values, self.epochs, self.fixed = values, epochs, fixed
+    def __init__(self, name: str, values: dict[str, list], epochs: int, fixed: dict):
+        self.name, self.values, self.epochs, self.fixed = name, values, epochs, fixed
 
     def configs(self) -> list[dict]:
         return [dict(zip(self.values, combo)) for combo in itertools.product(*self.values.values())]
 
     def key(self, config: dict) -> tuple:
         return tuple(config[name] for name in self.values)
+
+    def updates(self, config: dict) -> dict:
+        """train.py's whole config update for one config: all that decides its curve."""
+        updates = copy.deepcopy(self.fixed)
+        updates.update(lr=config["lr"], epochs=self.epochs)
+        updates["model"].update(hidden=[config["width"]], dropout=config["dropout"])
+        updates["optimizer"]["weight_decay"] = config["weight_decay"]
+        if "momentum" in config:  # the large grid's fifth key; else the fixed 0.9
+            updates["optimizer"]["momentum"] = config["momentum"]
+        return updates
 
     def search(self, sampler: dict, pruner: dict) -> Search:
         """The declared search over the grid's space, as `reprolab sweep` checks it."""
@@ -78,21 +122,48 @@ class Grid:
         return Search(space=space, trials=trials, sampler=sampler, pruner=pruner).check()
 
 
+def fixed_settings(data: dict, limit_batches: int | None) -> dict:
+    return {
+        "data": data,
+        "limit_batches": limit_batches,
+        "seed": 0,
+        "progress": False,
+        "optimizer": {"name": "sgd", "momentum": 0.9},
+        "model": {"name": "mlp"},
+    }
+
+
 def fashion_grid() -> Grid:
-    values = {
-        "lr": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3],
-        "width": [64, 256],
-        "dropout": [0.0, 0.2, 0.4],
+    values: dict[str, list] = {
+        "lr": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3],
+        "width": [128, 512],
+        "dropout": [0.0, 0.25, 0.5],
+        "weight_decay": [0.0, 1e-4, 1e-3],
     }
-    fixed = {
-        "data": {"path": str(PIXELS), "val_fraction": 0.1, "batch_size": 128},
-        "limit_batches": 200,
+    data = {"path": str(PIXELS), "val_fraction": 0.1, "batch_size": 128}
+    return Grid("small", values, 15, fixed_settings(data, 200))
+
+
+def large_fashion_grid() -> Grid:
+    values: dict[str, list] = {
+        "lr": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3],
+        "width": [128, 256, 512],
+        "dropout": [0.0, 0.25, 0.5],
+        "weight_decay": [0.0, 1e-4, 1e-3],
+        "momentum": [0.0, 0.5, 0.9],
     }
-    return Grid(values, 15, fixed)
+    data = {"path": str(PIXELS), "val_fraction": 0.1, "batch_size": 128}
+    return Grid("large", values, 9, fixed_settings(data, 100))
 
 
 def digits_grid() -> Grid:
-    return Grid({"lr": [0.01, 0.1], "width": [16, 64], "dropout": [0.1]}, 3, {})
+    values: dict[str, list] = {
+        "lr": [0.01, 0.1],
+        "width": [16, 64],
+        "dropout": [0.1],
+        "weight_decay": [0.0],
+    }
+    return Grid("digits", values, 3, fixed_settings({"path": str(DIGITS)}, None))
 
 
 def pixels_file() -> None:
@@ -115,11 +186,67 @@ def pixels_file() -> None:
     partial.replace(PIXELS)  # never a half-written file under the final name
 
 
-class Curves:
-    """Trains each config of a grid once: its validation accuracy after each epoch."""
+def code_hash(root: Path = REPO_ROOT) -> str:
+    """SHA-256 over the Python sources that train a curve (train.py and all it imports here)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in CODE for p in (root / folder).rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
-    def __init__(self, grid: Grid):
-        self.grid, self.curve = grid, []
+
+def stamp(grid: Grid) -> dict:
+    """What every curve of a cache shares: the code, torch's version and the data file."""
+    data = Path(grid.fixed["data"]["path"])
+    return {"code": code_hash(), "torch": torch.__version__, "data": file_fingerprint(data)}
+
+
+def entry_key(updates: dict) -> str:
+    return json.dumps(updates, sort_keys=True)
+
+
+class CurveCache:
+    """Curves trained before, kept as JSON: a file whose stamp differs is not read, an entry is
+    found by the config's whole update (grid values, fixed settings, epochs)."""
+
+    def __init__(self, path: Path | None, stamp: dict):
+        self.path, self.stamp = path, stamp
+        self.curves: dict[str, list[float]] = {}
+        self.note = self.load() if path is not None else "no cache"
+
+    def load(self) -> str:
+        assert self.path is not None
+        if not self.path.is_file():
+            return f"{self.path} absent: every curve trained"
+        try:
+            kept = json.loads(self.path.read_text())
+            entries = kept["curves"] if kept["stamp"] == self.stamp else None
+            found = {entry_key(e["updates"]): list(e["curve"]) for e in entries or []}
+        except (ValueError, KeyError, TypeError) as error:
+            return f"{self.path} unreadable ({type(error).__name__}: {error}): not used"
+        if entries is None:
+            return f"{self.path} made by other code, torch or data: not used"
+        self.curves = found
+        return f"{self.path}: {len(found)} curves kept"
+
+    def get(self, updates: dict) -> list[float] | None:
+        return self.curves.get(entry_key(updates))
+
+    def put(self, updates: dict, curve: list[float]) -> None:
+        """Adds a curve and rewrites the file whole (temp + replace: never half-written)."""
+        self.curves[entry_key(updates)] = curve
+        if self.path is None:
+            return
+        entries = [{"updates": json.loads(k), "curve": c} for k, c in self.curves.items()]
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({"stamp": self.stamp, "curves": entries}))
+        partial.replace(self.path)
+
+
+class Trainer:
+    """Trains configs with train.py's experiment: its validation accuracy after each epoch."""
+
+    def __init__(self) -> None:
+        self.curve: list[float] = []
         self.real_evaluate = train_module.evaluate
         train_module.evaluate = self.evaluate  # train.py looks it up at each epoch
 
@@ -128,23 +255,51 @@ class Curves:
         self.curve.append(metrics["val_accuracy"])
         return metrics
 
-    def train(self, config: dict) -> list[float]:
+    def train(self, updates: dict) -> list[float]:
         self.curve = []
-        updates = {
-            **self.grid.fixed,
-            "lr": config["lr"],
-            "epochs": self.grid.epochs,
-            "seed": 0,
-            "progress": False,
-            "optimizer": {"name": "sgd", "momentum": 0.9},
-            "model": {"hidden": [config["width"]], "dropout": config["dropout"]},
-        }
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             train_module.ex.run(config_updates=updates, options={"--unobserved": True})
         return self.curve
 
-    def all(self) -> dict[tuple, list[float]]:
-        return {self.grid.key(c): self.train(c) for c in self.grid.configs()}
+
+def quiet() -> None:
+    """One thread, no log lines: as the benchmark trains and replays, in each process."""
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("reprolab").setLevel(logging.ERROR)
+
+
+WORKER: Trainer | None = None
+
+
+def train_in_worker(updates: dict) -> list[float]:
+    global WORKER
+    if WORKER is None:
+        quiet()
+        WORKER = Trainer()
+    return WORKER.train(updates)
+
+
+def trained(todo: list[dict], workers: int, done: Callable[[dict, list[float]], None]) -> None:
+    """Trains each update, in this process or in `workers` processes, calling done on each."""
+    if workers == 1:
+        trainer = Trainer()
+        for updates in todo:
+            done(updates, trainer.train(updates))
+        return
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        futures = {pool.submit(train_in_worker, updates): updates for updates in todo}
+        for future in as_completed(futures):
+            done(futures[future], future.result())
+
+
+def all_curves(grid: Grid, cache: CurveCache, workers: int) -> tuple[dict, int]:
+    """Every config's curve, from the cache or trained; and how many were trained."""
+    todo = [grid.updates(c) for c in grid.configs() if cache.get(grid.updates(c)) is None]
+    trained(todo, workers, cache.put)
+    curves = {grid.key(c): cache.get(grid.updates(c)) for c in grid.configs()}
+    return curves, len(todo)
 
 
 def replay(grid: Grid, curves: dict, search: Search, target: float) -> int | None:
@@ -188,7 +343,7 @@ def methods(grid: Grid) -> dict[str, tuple[dict, dict]]:
     }
 
 
-def shown(values: list[int | None]) -> str:
+def shown(values: Sequence[int | None]) -> str:
     return " / ".join(">budget" if v is None else str(v) for v in values)
 
 
@@ -197,74 +352,158 @@ def median(values: list[int | None], full: int) -> float:
     return statistics.median(full + 1 if v is None else v for v in values)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="digits, 2 x 2 grid, 3 epochs, 1 seed")
-    args = parser.parse_args()
-    grid, seeds = (digits_grid(), [0]) if args.quick else (fashion_grid(), SEEDS)
-    if not args.quick:
-        pixels_file()
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    logging.getLogger("reprolab").setLevel(logging.ERROR)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible; load average "
-        f"{os.getloadavg()[0]:.2f} at start; data: "
-        f"{'data/digits.parquet' if args.quick else 'Fashion-MNIST'}"
-    )
-    started = time.monotonic()
-    curves = Curves(grid).all()
-    trained = time.monotonic() - started
+def span(values: list[int]) -> str:
+    return f"{values[0]}" if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
+
+
+def spread(values: list[int | None], full: int) -> str:
+    """Quartiles and extremes, a miss counted as in the median."""
+    counted = sorted(full + 1 if v is None else v for v in values)
+    low, _, high = statistics.quantiles(counted, n=4, method="inclusive")
+    return f"{counted[0]} | {low:g} - {high:g} | {counted[-1]}"
+
+
+def replays(grid: Grid, curves: dict, target: float, seeds: list[int]) -> dict[str, dict]:
+    """Each method's epochs-to-reach per sampler seed."""
+    return {
+        name: {
+            seed: replay(grid, curves, grid.search({**s, "seed": seed}, p), target)
+            for seed in seeds
+        }
+        for name, (s, p) in methods(grid).items()
+    }
+
+
+def verdict(pruned: float, grid: float) -> str:
+    return "yes" if pruned <= TARGET_SHARE * grid else "NO"
+
+
+def report(grid: Grid, curves: dict, seeds: list[int], spread_seeds: list[int]) -> None:
+    """The tables: epochs per method and seed, the target's verdict, the best configs."""
     best = max(max(curve) for curve in curves.values())
     target = best - WITHIN
     full = sum(len(curve) for curve in curves.values())
-    near = sum(max(curve) >= target for curve in curves.values())
-    results = {
-        name: [replay(grid, curves, grid.search({**s, "seed": seed}, p), target) for seed in seeds]
-        for name, (s, p) in methods(grid).items()
-    }
-    grid_median = median(results["grid"], full)
-    rows = [
-        [
-            name,
-            shown(values),
-            f"{median(values, full):g}",
-            f"{median(values, full) / grid_median:.2f}x",
-        ]
-        for name, values in results.items()
-    ]
+    reaching = [c for c in curves.values() if max(c) >= target]
+    first = sorted(next(i for i, a in enumerate(c, 1) if a >= target) for c in reaching)
+    results = replays(grid, curves, target, sorted(set(seeds) | set(spread_seeds)))
+    few = {name: [r[s] for s in seeds] for name, r in results.items()}
+    many = {name: [r[s] for s in spread_seeds] for name, r in results.items()}
+    grid_few, grid_many = median(few["grid"], full), median(many["grid"], full)
     print_table(
         f"epochs to reach {target:.4f} (grid's best {best:.4f} - {WITHIN * 100:g} points; "
-        f"{near} of {len(curves)} configs reach it); grid of {len(curves)} configs x "
-        f"{grid.epochs} epochs = {full} epochs in full",
-        ["method", f"per sampler seed {seeds}", "median", "of grid"],
-        rows,
+        f"{len(reaching)} of {len(curves)} configs reach it, first at epoch {span(first)}); "
+        f"{grid.name} grid of {len(curves)} configs x {grid.epochs} epochs = {full} in full",
+        [
+            "method",
+            f"sampler seeds {shown(seeds)}",
+            "median",
+            "of grid",
+            f"{len(spread_seeds)} seeds: median",
+            "of grid",
+            "min | quartiles | max",
+        ],
+        [
+            [
+                name,
+                shown(few[name]),
+                f"{median(few[name], full):g}",
+                f"{median(few[name], full) / grid_few:.2f}x",
+                f"{median(many[name], full):g}",
+                f"{median(many[name], full) / grid_many:.2f}x",
+                spread(many[name], full),
+            ]
+            for name in results
+        ],
     )
-    pruned = median(results["TPE + Hyperband"], full)
+    pruned_few = median(few["TPE + Hyperband"], full)
+    pruned_many = median(many["TPE + Hyperband"], full)
     print_table(
-        "target",
+        f"target on the {grid.name} grid ({len(curves)} configs; the verdict: seeds "
+        + shown(seeds)
+        + ")",
         ["measure", "measured", "target", "met"],
         [
             [
-                "TPE + Hyperband / grid (medians)",
-                f"{pruned / grid_median:.2f}x",
+                f"TPE + Hyperband / grid (medians, seeds {shown(seeds)})",
+                f"{pruned_few / grid_few:.2f}x",
                 f"<= {TARGET_SHARE:.2f}x",
-                "yes" if pruned <= TARGET_SHARE * grid_median else "NO",
+                verdict(pruned_few, grid_few),
             ],
-            ["TPE + Hyperband / full grid", f"{pruned / full:.2f}x", "-", "-"],
+            [
+                f"TPE + Hyperband / grid (medians, {len(spread_seeds)} seeds)",
+                f"{pruned_many / grid_many:.2f}x",
+                f"<= {TARGET_SHARE:.2f}x",
+                verdict(pruned_many, grid_many),
+            ],
+            [
+                "TPE + Hyperband / full grid (seeds " + shown(seeds) + ")",
+                f"{pruned_few / full:.2f}x",
+                "-",
+                "-",
+            ],
         ],
     )
+    if verdict(pruned_few, grid_few) != verdict(pruned_many, grid_many):
+        print(
+            f"note: the {len(spread_seeds)}-seed figure disagrees with the verdict of seeds "
+            f"{shown(seeds)}"
+        )
+    top = sorted(curves.items(), key=lambda item: -max(item[1]))
     print_table(
-        "best validation accuracy per config (any epoch), best first",
+        f"best validation accuracy per config (any epoch), best first: the first "
+        f"{min(20, len(top))} of {len(top)}",
         [*grid.values, "best", "epoch"],
         [
-            [*key, f"{max(curve):.4f}", str(curve.index(max(curve)) + 1)]
-            for key, curve in sorted(curves.items(), key=lambda item: -max(item[1]))
+            [*map(str, key), f"{max(curve):.4f}", str(curve.index(max(curve)) + 1)]
+            for key, curve in top[:20]
         ],
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits, 4 configs, 3 epochs")
+    parser.add_argument(
+        "--grid",
+        choices=["small", "large"],
+        default="small",
+        help="Fashion-MNIST's declared grid: small (144 configs x 15 epochs) or large (648 x 9)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="configs trained at once")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help=f"curves kept as JSON (default: {CACHE.relative_to(REPO_ROOT)}; none with --quick)",
+    )
+    args = parser.parse_args()
+    if args.workers < 1:
+        parser.error("--workers must be 1 or more")
+    if args.quick:
+        grid, seeds, spread_seeds, cache_path = digits_grid(), [0], [0, 1, 2], args.cache
+    else:
+        pixels_file()
+        grid, seeds, spread_seeds, cache_path = (
+            fashion_grid() if args.grid == "small" else large_fashion_grid(),
+            SEEDS,
+            SPREAD_SEEDS,
+            args.cache or CACHE,
+        )
+    quiet()
     print(
-        f"{time.monotonic() - started:.0f} s in all ({trained:.0f} s training the grid); "
-        f"load average {os.getloadavg()[0]:.2f} at the end"
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible; load average "
+        f"{os.getloadavg()[0]:.2f} at start; data: "
+        f"{'data/digits.parquet' if args.quick else 'Fashion-MNIST'}; {args.workers} worker(s)"
+    )
+    started = time.monotonic()
+    cache = CurveCache(cache_path, stamp(grid))
+    print(f"cache: {cache.note}")
+    curves, count = all_curves(grid, cache, args.workers)
+    training = time.monotonic() - started
+    report(grid, curves, seeds, spread_seeds)
+    print(
+        f"\n{time.monotonic() - started:.0f} s in all ({training:.0f} s training {count} "
+        f"configs, {len(curves) - count} from the cache); load average "
+        f"{os.getloadavg()[0]:.2f} at the end"
     )
 
 
