@@ -25,6 +25,7 @@ part is unpickled: plain Arrow types, checked before use, config cells are JSON 
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
 from collections.abc import Iterable
 
@@ -34,6 +35,7 @@ import pyarrow as pa
 
 from observers.index import (
     FINAL,
+    PROGRESS_AFTER,
     SIGNATURE,
     Damaged,
     check_keys_in,
@@ -213,18 +215,30 @@ def running_ids(db) -> set[int]:
 
 
 def read_rows(store, sigs: dict[int, Signed]) -> dict[int, tuple[dict, int]]:
-    """{run id: (load_runs row, signature)} read from the runs' documents (one projected query
-    and the metrics of all of them at once); a run gone meanwhile is left out."""
-    if not sigs:
-        return {}
-    ids = sorted(sigs)
-    reader = store.for_rows(ids if len(ids) <= IN_QUERY_IDS else None)
-    found = [i for i in ids if i in reader.documents]
-    rows = {i: record_row(reader, i) for i in found}
-    summaries = metric_summaries(reader, found)
-    for run_id, row in rows.items():
-        complete_row(reader, row, summaries[run_id])
+    """{run id: (load_runs row, signature)} read from the runs' documents, a query's worth of
+    runs at a time (one projected query and the metrics of all of them at once); a run gone
+    meanwhile is left out."""
+    rows: dict[int, dict] = {}
+    for ids in _progress(sorted(sigs)):
+        reader = store.for_rows(ids)
+        found = [i for i in ids if i in reader.documents]
+        summaries = metric_summaries(reader, found)
+        for run_id in found:
+            rows[run_id] = record_row(reader, run_id)
+            complete_row(reader, rows[run_id], summaries[run_id])
     return {i: (row, sigs[i][0]) for i, row in rows.items()}
+
+
+def _progress(run_ids: list[int]):
+    """The ids in chunks of IN_QUERY_IDS, behind a progress bar when there are many and stderr is
+    a terminal (rebuilding the cache of 10,000 runs takes 20 s or more on a slow server)."""
+    chunks = [run_ids[k : k + IN_QUERY_IDS] for k in range(0, len(run_ids), IN_QUERY_IDS)]
+    if len(run_ids) < PROGRESS_AFTER or not sys.stderr.isatty():
+        return chunks
+    from tqdm import tqdm
+
+    size = f"{IN_QUERY_IDS:,} runs"
+    return tqdm(chunks, desc="reading runs into the summary cache", unit=size, delay=0.5)
 
 
 # --------------------------------------------------------------------------- the view

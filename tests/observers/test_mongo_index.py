@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import os
 
 import mongomock
@@ -286,3 +287,39 @@ def test_a_read_only_user_gets_the_same_answers_without_a_cache(url, monkeypatch
     pd.testing.assert_frame_equal(load_runs(store), live, check_exact=True)
     assert len(refused) == asked  # not asked again by this process
     assert store.db[mi.CACHE_COLLECTION].find_one({"_id": mi.HEAD}) is None
+
+
+class Terminal:
+    """A stderr that says it is a terminal, keeping what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_rebuild_reads_a_query_of_runs_at_a_time_behind_a_progress_bar(url, monkeypatch):
+    import tqdm
+
+    before = assert_live(url)
+    monkeypatch.setattr(mi, "IN_QUERY_IDS", 3)
+    monkeypatch.setattr(mi, "PROGRESS_AFTER", 5)
+    bars = []
+    monkeypatch.setattr(tqdm, "tqdm", lambda chunks, **kw: bars.append((chunks, kw)) or chunks)
+    monkeypatch.setattr(mi.sys, "stderr", Terminal())
+    MongoRunStore(url).db[mi.CACHE_COLLECTION].drop()
+    pd.testing.assert_frame_equal(assert_live(url), before, check_exact=True)
+    chunks, options = bars[0]  # the rebuild: every run, three at a time
+    assert chunks == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11]]
+    assert "summary cache" in options["desc"]
+    monkeypatch.setattr(mi.sys, "stderr", io.StringIO())  # not a terminal: no bar
+    assert mi._progress(list(range(12))) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert len(bars) == 1
