@@ -73,6 +73,8 @@ class Job:
         self.seed_source = "given"  # or "drawn by rank 0" (share_seed)
         self.drawn_seed: int | None = None
         self.peer_failed = False  # rank 0 is ending the run with a peer's failure (signals.py)
+        self.examining_peers = False  # rank 0 is finding out whether a peer failed (signals.py)
+        self.held_stop: BaseException | None = None  # a signal that came meanwhile
 
     @property
     def is_main(self) -> bool:
@@ -283,17 +285,25 @@ class Job:
         A peer that failed first has left its message already (before its exit broke rank 0's
         collective); one failing at the same moment is given PEER_GRACE_S (peers blocked on
         rank 0 cannot fail meanwhile: rank 0 is still there)."""
-        # A peer gone without a word is known at once (torchrun's SIGTERM may cut the wait).
-        failed = self._peer_message(FAILED_KEY) or self._dead_peer()
-        deadline = time.monotonic() + (0 if own_interrupt else PEER_GRACE_S)
-        while failed is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # A peer gone without a word is known at once, once its process has ended. Its sockets
+        # close before that, breaking rank 0's collective, and torchrun's SIGTERM (sent once it
+        # has reaped the peer) may come while rank 0 looks: held until the look is done.
+        self.examining_peers = True
+        try:
             failed = self._peer_message(FAILED_KEY) or self._dead_peer()
+            deadline = time.monotonic() + (0 if own_interrupt else PEER_GRACE_S)
+            while failed is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                failed = self._peer_message(FAILED_KEY) or self._dead_peer()
+        finally:
+            self.examining_peers = False
         if failed is not None:
             rank, message = failed
             self.info["failure"] = {"rank": rank, "message": message}
             self.peer_failed = True  # torchrun's SIGTERM, coming now, must not hide the failure
             raise RankFailed(f"rank {rank} of {self.world_size} failed: {message}") from None
+        if self.held_stop is not None:  # no peer failed: the signal stops the run as it asked
+            raise self.held_stop from None
         if not own_interrupt and self._peer_message(STOPPED_KEY) is not None:
             raise Terminated("another rank was interrupted") from None
 

@@ -37,6 +37,9 @@ class Interrupts:
         stop = self.failure or (
             KeyboardInterrupt() if signum == signal.SIGINT else Terminated("terminated (SIGTERM)")
         )
+        if job().examining_peers:  # rank 0 is finding out whether a peer failed: let it
+            job().held_stop = job().held_stop or stop
+            return
         if job().distributed and not job().is_main:
             # Rank 0 decides when a torchrun job stops (torchrun signals every rank): this rank
             # keeps serving the collectives of rank 0's last checkpoint, then stops with the job.

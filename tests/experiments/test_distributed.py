@@ -421,6 +421,41 @@ class Killed(torch.nn.Module):
 """
 
 
+@pytest.mark.parametrize("peer_found", [True, False])
+def test_torchruns_sigterm_while_rank_0_looks_for_a_failed_peer_waits_for_the_look(
+    monkeypatch, peer_found
+):
+    """A killed rank's sockets close before its process has ended: rank 0's collective breaks
+    and it looks for the failed peer, and torchrun's SIGTERM (sent once it reaped the peer) may
+    come meanwhile. The look goes on: a peer found makes the run FAILED; none, the signal's stop."""
+    from experiments import distributed
+    from experiments.loop import Terminated
+    from experiments.signals import interrupts_handled
+
+    current = distributed.Job()
+    current.world_size, current.info = 2, {}
+    monkeypatch.setattr(distributed, "JOB", current)
+    monkeypatch.setattr(distributed, "PEER_GRACE_S", 0.5)
+    monkeypatch.setattr(current, "_peer_message", lambda key: None)
+    looks = []
+
+    def dead_peer():
+        looks.append(len(looks))
+        if len(looks) == 1:  # the peer's process has not ended yet; torchrun's SIGTERM arrives
+            os.kill(os.getpid(), signal.SIGTERM)
+            return None
+        return (1, "its process (pid 1) was killed by SIGKILL") if peer_found else None
+
+    monkeypatch.setattr(current, "_dead_peer", dead_peer)
+    expected = distributed.RankFailed if peer_found else Terminated
+    with interrupts_handled(), pytest.raises(expected) as raised:
+        current._raise_peer_failure(own_interrupt=False)
+    assert len(looks) >= 2 and not current.examining_peers
+    if peer_found:
+        assert current.info["failure"]["rank"] == 1
+        assert "rank 1 of 2 failed" in str(raised.value)
+
+
 @pytest.mark.parametrize("rank", [1, 0])
 def test_a_killed_rank_leaves_a_failed_run_naming_it(tmp_path, rank):
     (tmp_path / "killing_model.py").write_text(KILLING_MODEL)
