@@ -207,21 +207,19 @@ def source_differences(recorded: dict[str, bytes], root: Path) -> list[Differenc
 
 
 def data_differences(fingerprint: dict | None, path_now: Path | None) -> list[Difference]:
-    """The data file's SHA-256 then against the file the rerun will read."""
-    if not fingerprint or not fingerprint.get("sha256"):
+    """The data file's SHA-256 then against the file the rerun will read (a recorded one that is
+    not text is as good as none: records are untrusted data)."""
+    then = (fingerprint or {}).get("sha256")
+    if not isinstance(then, str) or not then:
         return [Difference("data file", "not recorded", str(path_now))]
     if path_now is None or not path_now.exists():  # a file, or a folder of shards
         return [Difference("data file", fingerprint.get("path"), "not found")]
     from ingredients.data import fingerprint_file
 
     now = fingerprint_file(path_now)["sha256"]
-    if now != fingerprint["sha256"]:
+    if now != then:
         return [
-            Difference(
-                f"data file {path_now}",
-                f"sha256 {short(fingerprint['sha256'])}",
-                f"sha256 {short(now)}",
-            )
+            Difference(f"data file {path_now}", f"sha256 {short(then)}", f"sha256 {short(now)}")
         ]
     return []
 

@@ -375,3 +375,21 @@ def recorded_data_path(value):
 @pytest.mark.parametrize("value", [False, 0, None, ["a"], {"a": 1}, "a\0b", "x" * 5000])
 def test_a_recorded_data_path_of_any_type_is_read_safely(base, sandbox, value):
     fuzz(base, sandbox, recorded_data_path(value))
+
+
+def recorded_data_hash(value):
+    """A change of run 1's recorded data file SHA-256 to `value` (what the fuzzer found: True)."""
+
+    def apply(store: Path) -> None:
+        info_file = store / "1" / "info.json"
+        info = json.loads(info_file.read_text())
+        info["data"]["fingerprint"]["sha256"] = value
+        info_file.write_text(json.dumps(info))
+
+    return f"info.json: data.fingerprint.sha256 set to {value!r}"[:200], apply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [True, 0, 1.5, None, ["a"], {"a": 1}, "", "a\0b", "x" * 5000])
+def test_a_recorded_data_hash_of_any_type_is_read_safely(base, sandbox, value):
+    fuzz(base, sandbox, recorded_data_hash(value))
