@@ -45,7 +45,7 @@ from observers.index import (
     row_matcher,
     table_of_rows,
 )
-from observers.mongo_store import IN_QUERY_IDS, server_errors
+from observers.mongo_store import BATCH, IN_QUERY_IDS, server_errors
 from observers.records import RecordError, is_run_id
 from observers.rows import complete_row, metric_summaries, record_row
 
@@ -60,7 +60,6 @@ PART_BYTES = 8 << 20  # Arrow bytes per part document, well under MongoDB's 16 M
 ADDED_MAX = 1000  # runs added since the cache was written found without listing every run
 ADDED_SLACK = 20  # newest runs looked at beyond the ones added and the ones not cached
 MAX_PARTS = 32  # parts appended (runs that ended since) before the rows are written anew
-BATCH = 100_000  # documents per reply asked for (a server's default, 101, means round trips)
 UNAUTHORISED = (13, 8000)  # MongoDB's Unauthorized, and Atlas' "not allowed to do action"
 MERGE_TRIES = 3  # head swaps a writer tries before it leaves the cache as another wrote it
 _read_only: set[int] = set()  # clients that were refused a write: not asked again
@@ -78,6 +77,9 @@ def cached_runs(
     """load_runs' table of the matching runs (the last `last` of them) and how many match,
     finished runs from the cache when it still holds, everything else read live."""
     with server_errors(store):
+        page = last is not None and run_ids is None and not (statuses or experiments or wanted)
+        if page and store.db[CACHE_COLLECTION].find_one({"_id": HEAD}, {"_id": 1}) is None:
+            return _page_alone(store, sweep, last)  # (a read-only user, or no cache yet)
         view = View.open(store)
         try:
             result = _select(store, view, run_ids, statuses, experiments, sweep, wanted, last)
@@ -118,6 +120,21 @@ def _select(store, view, run_ids, statuses, experiments, sweep, wanted, last):
     return table_of_rows(view.index, view.position, view.live, shown), len(chosen)
 
 
+def _page_alone(store, sweep: str | None, last: int) -> tuple[pd.DataFrame, int]:
+    """The last runs (of a sweep) and how many there are, without a cache: the ids from the
+    server (a sweep's on its index), only the page's runs read. Building the cache is left to a
+    call that reads every run anyway."""
+    db = store.db
+    if sweep is None:
+        ids = sorted(listing(db))
+    else:
+        found = db["runs"].find({"meta.sweep.id": str(sweep)}, {"_id": 1}).batch_size(BATCH)
+        ids = sorted({i for d in found if (i := run_id_of(d.get("_id"))) is not None})
+    shown = ids[-last:] if last else ids
+    rows = read_rows(store, signatures(db, shown))
+    return table_of_rows(None, {}, rows, [i for i in shown if i in rows]), len(ids)
+
+
 def _known(store, view, run_ids: Iterable[int]) -> list[int]:
     """The ids asked for, in their order; the first one not in the store is an error."""
     ids = [int(run_id) for run_id in run_ids]
@@ -151,7 +168,10 @@ def run_id_of(value) -> int | None:
     an aggregation (nx-27017 does); anything else is no run."""
     if type(value) is int:
         return value
-    return int(value) if isinstance(value, str) and is_run_id(value) else None
+    if not isinstance(value, str) or not is_run_id(value.removeprefix("-")):
+        return None
+    number = int(value)  # a negative id too: a find gives it as a number, so must this
+    return number if -(2**63) <= number < 2**63 and str(number) == value else None
 
 
 def listing(db) -> dict[int, Signed]:
@@ -419,7 +439,7 @@ def check_head(head) -> None:
         or not isinstance(head.get("probe"), str)
         or type(head.get("count")) is not int
         or not isinstance(pending, list)
-        or not all(type(i) is int and 0 < i < 2**63 for i in pending)
+        or not all(type(i) is int and -(2**63) <= i < 2**63 for i in pending)
         or not isinstance(parts, list)
         or not all(
             isinstance(p, dict)

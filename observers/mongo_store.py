@@ -42,11 +42,12 @@ ROW_FIELDS = (  # what observers.rows reads of a run document for its load_runs 
 )
 POINTS = ("steps", "values", "timestamps")
 IN_QUERY_IDS = 1000  # up to this many runs a query names them; beyond, it reads all and keeps them
-BATCH = 10_000  # documents per reply asked for (a server's default, 101, means round trips)
+BATCH = 100_000  # documents per reply asked for (a server's default, 101, means round trips)
 
 
 def _plain(value):
-    """BSON values as JSON-like Python: ObjectIds as strings, dates as ISO strings.
+    """BSON values as JSON-like Python: dates as ISO strings, ObjectIds and any other value JSON
+    has no type for (binary, Decimal128, a regex...) as their text.
 
     Raises ObjectEncoding on a key of Sacred's object-encoding (records are plain data)."""
     if isinstance(value, dict):
@@ -58,9 +59,9 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat()
-    if type(value).__name__ == "ObjectId":
-        return str(value)
-    return value
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)
 
 
 @contextlib.contextmanager

@@ -207,10 +207,16 @@ def merged(into: dict | None, record: dict) -> dict:
     if into is None:
         return record
     attempts = {  # one submission changed on the source side since (its job ids): the source's
-        attempt_key(a): a for a in [*(into.get("attempts") or []), *(record.get("attempts") or [])]
+        attempt_key(a): a for a in [*_submissions(into), *_submissions(record)]
     }
     ordered = sorted(attempts.values(), key=lambda a: str(a.get("started", "")))
     return {**record, "attempts": ordered}
+
+
+def _submissions(record: dict) -> list[dict]:
+    """A record's submissions that are objects (a stored record is untrusted data)."""
+    attempts = record.get("attempts")
+    return [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
 
 
 def attempt_key(attempt: dict) -> str:

@@ -323,3 +323,44 @@ def test_a_rebuild_reads_a_query_of_runs_at_a_time_behind_a_progress_bar(url, mo
     monkeypatch.setattr(mi.sys, "stderr", io.StringIO())  # not a terminal: no bar
     assert mi._progress(list(range(12))) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
     assert len(bars) == 1
+
+
+def test_config_values_json_has_no_type_for_are_read_as_text(url, request):
+    from bson import Decimal128, Regex
+
+    if request.node.callspec.params["url"] == "nx-27017":
+        pytest.skip("nx-27017 keeps documents as JSON: it refuses binary values")
+    db = MongoRunStore(url).db
+    odd = {"config.blob": Binary(b"\x00\x01"), "config.price": Decimal128("1.5")}
+    odd["config.pattern"] = Regex("a.*")
+    db["runs"].update_one({"_id": 3}, {"$set": odd})
+    runs = assert_live(url)
+    assert runs.loc[3, "config.price"] == "1.5" and isinstance(runs.loc[3, "config.blob"], str)
+    assert_live(url, sweep="s1")
+    assert_live(url, status="COMPLETED", lr=0.1)
+
+
+def test_a_run_with_a_negative_id_leaves_the_cache_usable(url, monkeypatch):
+    add_run(MongoRunStore(url).db, -3, status="RUNNING")
+    assert_all_live(url)
+    head, _ = mi.read_cache(MongoRunStore(url).db)
+    assert head is not None and -3 in head["pending"]
+
+
+def test_without_a_cache_a_page_reads_only_its_runs(url, monkeypatch):
+    """A read-only user (or a database no call has cached yet): `ls` reads the page, not all."""
+    cached_page, cached_count = runs_page(url, 3)
+    sweep_page, sweep_count = runs_page(url, 2, sweep="s1")
+    MongoRunStore(url).db[mi.CACHE_COLLECTION].drop()
+    read = []
+    for_rows = MongoRunStore.for_rows
+    monkeypatch.setattr(
+        MongoRunStore, "for_rows", lambda self, ids: read.append(ids) or for_rows(self, ids)
+    )
+    page, count = runs_page(url, 3)
+    pd.testing.assert_frame_equal(page, cached_page, check_exact=True)
+    assert count == cached_count == 11 and read == [[9, 10, 11]]
+    page, count = runs_page(url, 2, sweep="s1")
+    pd.testing.assert_frame_equal(page, sweep_page, check_exact=True)
+    assert count == sweep_count == 6 and read[1:] == [[9, 11]]
+    assert MongoRunStore(url).db[mi.CACHE_COLLECTION].find_one({"_id": mi.HEAD}) is None

@@ -159,3 +159,13 @@ def test_a_planted_lock_is_refused_and_nothing_outside_is_created(tmp_path, plan
         records.change("s1", append("w"))
     assert "s1" in str(refused.value) and "\n" not in str(refused.value)
     assert not outside.exists() and "attempts" not in records.find("s1")
+
+
+@pytest.mark.parametrize("attempts", [5, "abc", [1], [None, "x"], {"a": 1}, [[{}]]])
+def test_merging_with_a_stored_record_of_odd_attempts_keeps_the_objects(attempts):
+    from observers.sweep_records import merged
+
+    mine = {"id": "s", "attempts": [{"id": "a1", "engine": "local", "started": "2026"}]}
+    result = merged({"id": "s", "attempts": attempts}, mine)
+    assert result["attempts"] == mine["attempts"]
+    assert merged(mine, {"id": "s", "attempts": attempts})["attempts"] == mine["attempts"]
