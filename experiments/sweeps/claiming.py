@@ -23,6 +23,8 @@ def claim_jobs(
     """The jobs this launcher claimed, and {config index: claim name}; a config (a search's
     trial: `label`) another live launcher holds, or one run since its job was planned, is left
     out with a note."""
+    if not jobs:
+        return [], {}  # (a new search's workers: nothing to reach MongoDB for)
     claims, me = SweepClaims(location, sweep_id), this_process()
     taken, names = [], {}
     for job in jobs:
@@ -57,18 +59,36 @@ def moved_on(location: StoreLocation, sweep_id: str, jobs: list[Job]) -> set[int
 
 class ClaimingSweep(LocalSweep):
     """LocalSweep whose claimed jobs' runs inherit the lock of their claim and are named in it
-    (a search's new trials, numbered by the study one by one, need no claim)."""
+    (a search's new trials are claimed as they are asked: `claim`)."""
 
     names: dict[int, str] = {}
+    claims: SweepClaims | None = None  # only when there are claims (MongoDB: a connection)
 
     def hold(self, names: dict[int, str]) -> Self:
-        self.names, self.claims = names, SweepClaims(self.location, self.record.id)
+        self.names = dict(names)
+        self.claims = SweepClaims(self.location, self.record.id) if names else None
         self.locks: dict[int, int] = {}
         return self
 
-    def inherited(self, job: Job) -> tuple[int, ...]:
+    def claim(self, job: Job) -> bool:
+        """Claim a job that has no run yet (a trial just asked from the study), so a resume
+        elsewhere that finds it RUNNING without a run leaves it alone while it is held here, and
+        checks whether it ran (moved_on) once it is taken over; False when another holds it."""
+        if self.claims is None:
+            self.claims = SweepClaims(self.location, self.record.id)
+        name = self.claims.take(job.index, None, this_process())
+        if name is not None:
+            self.names[job.index] = name
+        return name is not None
+
+    def claim_of(self, job: Job) -> tuple[SweepClaims, str] | None:
+        """The claims and the name of the claim a job holds, or None (a new trial)."""
         name = self.names.get(job.index)
-        lock = None if name is None else self.claims.lock_for_run(name)
+        return None if name is None or self.claims is None else (self.claims, name)
+
+    def inherited(self, job: Job) -> tuple[int, ...]:
+        held = self.claim_of(job)
+        lock = None if held is None else held[0].lock_for_run(held[1])
         if lock is None:
             return ()
         self.locks[job.index] = lock
@@ -82,7 +102,7 @@ class ClaimingSweep(LocalSweep):
             lock = self.locks.pop(job.index, None)
             if lock is not None:
                 os.close(lock)
-        name = self.names.get(job.index)
-        if name is not None:
-            self.claims.add(name, [this_process(), this_process(running.process.pid)])
+        held = self.claim_of(job)
+        if held is not None:
+            held[0].add(held[1], [this_process(), this_process(running.process.pid)])
         return running

@@ -223,7 +223,14 @@ class LocalSearch(ClaimingSweep):
         return code
 
     def next_job(self) -> Job | None:
-        return super().next_job() or self.tuner.ask()
+        """A left-over trial (claimed already), else a new one, claimed as it is asked."""
+        job = super().next_job()
+        while job is None and (asked := self.tuner.ask()) is not None:
+            if self.claim(asked):
+                job = asked
+            else:  # a resume took it for abandoned in the moment since it was asked
+                self.say(f"trial {asked.index}: being started by another launcher; left alone")
+        return job
 
     def child(self, job: Job, id_file: Path | None) -> ChildRun:
         return self.tuner.child(job, threads=self.threads, run_id_file=id_file)

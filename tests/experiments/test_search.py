@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from experiments.sweeps.record import SweepRecord
+from experiments.sweeps.record import SweepBook, SweepRecord
 from experiments.sweeps.space import Search
-from experiments.sweeps.tuner import Tuner
+from experiments.sweeps.tuner import LocalSearch, Tuner
 from ingredients.processes import this_process
 from observers import load_runs
 from observers.claims import SweepClaims
@@ -409,3 +409,18 @@ def test_two_resumes_at_once_continue_an_interrupted_trial_once(
     assert list(runs.trial) == [0, 1, 2, 0]  # continued once, and no trial past the budget
     assert runs["config.resume"].fillna(0).tolist() == [0, 0, 0, 1]
     assert [t.state.name for t in trials(store, sweep)] == ["COMPLETE"] * 3
+
+
+def test_a_new_trial_is_claimed_as_it_is_asked(tmp_path):
+    """A resume elsewhere that finds a just-asked trial RUNNING without a run leaves it alone
+    while the worker that asked it holds its claim (its first claim: not read back as run)."""
+    search = Search(space={"lr": {"low": 1e-4, "high": 1.0, "log": True}}, trials=2).check()
+    record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
+    location = StoreLocation.parse(str(tmp_path))
+    worker = LocalSearch(Tuner(record, location, None), SweepBook(location), 1, 1)
+    job = worker.next_job()
+    assert job is not None and job.index == 0 and worker.names == {0: "0-after-0.g0"}
+    claims = SweepClaims(location, "s1")
+    assert claims.take(0, None, this_process()) is None  # held by this worker (alive)
+    assert claims.take(1, None, this_process()) == "1-after-0.g0"  # as if a resume took trial 1
+    assert worker.next_job() is None  # asked, held elsewhere: left alone; the budget is spent
