@@ -139,7 +139,9 @@ def test_dropping_the_cache_changes_no_answer_and_it_is_rebuilt(url):
     assert cached_ids(url) == list(range(1, 11))
 
 
-def test_new_finished_and_deleted_runs_are_seen(url):
+@pytest.mark.parametrize("verified", [mi.VERIFIED_ROWS, -1])  # -1: the probe alone decides
+def test_new_finished_and_deleted_runs_are_seen(url, verified, monkeypatch):
+    monkeypatch.setattr(mi, "VERIFIED_ROWS", verified)
     assert_all_live(url)
     db = MongoRunStore(url).db
     add_run(db, 12)  # added finished (as `reprolab sync` adds a run)
@@ -245,8 +247,10 @@ def test_a_damaged_cache_is_ignored_and_rebuilt(url, damage):
 
 
 @pytest.mark.parametrize("first", ["earlier", "later"])
-def test_two_writers_at_once_lose_nothing(url, first):
+@pytest.mark.parametrize("verified", [mi.VERIFIED_ROWS, -1])  # -1: the probe alone decides
+def test_two_writers_at_once_lose_nothing(url, first, verified, monkeypatch):
     """Both read the same head; whichever swaps second merges its rows into the first's."""
+    monkeypatch.setattr(mi, "VERIFIED_ROWS", verified)
     assert_live(url)
     db = MongoRunStore(url).db
     add_run(db, 12)
