@@ -183,6 +183,7 @@ def mongo_figures(client, location: str, runs: int, repeats: int) -> dict[str, s
     load_after = timed(lambda: load_runs(location))
     figures["after"] = f"ls {ls_after:.2f} s, load_runs {load_after:.2f} s"
     client.sacred[CACHE_COLLECTION].drop()
+    figures["ls, no cache"] = f"{timed(lambda: ls_in_process(location)):.2f} s"
     figures["rebuild"] += (
         f" (again, {runs + 200:,} runs: {timed(lambda: load_runs(location)):.2f} s)"
     )
@@ -263,6 +264,7 @@ ROWS = [
     ("sweep", f"`load_runs(store, sweep=ID)` of {SWEEP_SIZE} runs"),
     ("after", "first call after 100 new runs finished"),
     ("rebuild", "rebuilding the index (MongoDB: the cache) from nothing (load_runs)"),
+    ("ls, no cache", "`reprolab ls` with no cache (a read-only MongoDB user), in process"),
 ]
 PARTS = ("file", "mongo", "mlflow", "sweep")
 
