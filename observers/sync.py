@@ -366,10 +366,9 @@ def _sync_sweeps(
         targets.save(wanted)
         durable_step(f"sweeps/{record['id']}")
         report.sweeps[record["id"]] = "updated" if there else "copied"
-        echo(
-            f"sweep {record['id']}: {report.sweeps[record['id']]} "
-            f"({len(record.get('configs') or [])} configs)"
-        )
+        configs = record.get("configs")  # a record is data: its configs may be anything
+        count = f"{len(configs)} configs" if isinstance(configs, list) else "configs unreadable"
+        echo(f"sweep {record['id']}: {report.sweeps[record['id']]} ({count})")
 
 
 def _sync_studies(path, db, echo: Callable[[str], object]) -> None:

@@ -393,3 +393,25 @@ def recorded_data_hash(value):
 @pytest.mark.parametrize("value", [True, 0, 1.5, None, ["a"], {"a": 1}, "", "a\0b", "x" * 5000])
 def test_a_recorded_data_hash_of_any_type_is_read_safely(base, sandbox, value):
     fuzz(base, sandbox, recorded_data_hash(value))
+
+
+def sweep_value_changed(key: str, value):
+    """A change of the sweep record's top-level `key` to `value` (what the fuzzer found: configs
+    set to True broke `reprolab sync`)."""
+
+    def apply(store: Path) -> None:
+        sweep_file = file_of(store, "sweep")
+        record = json.loads(sweep_file.read_text())
+        record[key] = value
+        sweep_file.write_text(json.dumps(record))
+
+    return f"sweep: {key} set to {value!r}", apply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [True, 5, "x", None, {"a": 1}, [None]])
+def test_a_sweep_record_with_any_top_level_value_is_read_and_synced_safely(base, sandbox, value):
+    keys = [k for k in json.loads(file_of(base, "sweep").read_text()) if k != "id"]
+    assert "configs" in keys and "attempts" in keys
+    for key in keys:
+        fuzz(base, sandbox, sweep_value_changed(key, value))
