@@ -189,3 +189,16 @@ def stop_when_ready(fifo: Path, process: subprocess.Popen, timeout: float = 600)
             pass
         raise AssertionError("no run of the sweep reached the end of epoch 1")
     process.send_signal(signal.SIGINT)
+
+
+class RunByRun:
+    """A store seen through the RunStore protocol alone: each run read by itself from its record
+    (no index, no summary cache, no bulk read), the answer the faster paths must equal."""
+
+    def __init__(self, store):
+        self.store, self.location = store, store.location
+
+    def __getattr__(self, name):
+        if name in ("run_ids", "run", "config", "info", "metrics"):
+            return getattr(self.store, name)
+        raise AttributeError(name)

@@ -25,6 +25,7 @@ from observers.index import encode
 from observers.mongo_store import MongoRunStore
 from observers.store import RecordError
 from observers.tables import load_runs, runs_page
+from tests.helpers import RunByRun
 
 START = dt.datetime(2026, 1, 1)
 
@@ -80,22 +81,10 @@ def add_run(db, run_id: int, status: str = "COMPLETED", minutes: int | None = No
     )
 
 
-class Live:
-    """The store through the RunStore protocol alone: every run read from its document."""
-
-    def __init__(self, store):
-        self.store, self.location = store, store.location
-
-    def __getattr__(self, name):
-        if name in ("run_ids", "run", "config", "info", "metrics"):
-            return getattr(self.store, name)
-        raise AttributeError(name)
-
-
 def assert_live(url: str, **filters) -> pd.DataFrame:
     """load_runs through the cache equals a live read, with the same filters."""
     cached = load_runs(url, **filters)
-    live = load_runs(Live(MongoRunStore(url)), **filters)
+    live = load_runs(RunByRun(MongoRunStore(url)), **filters)
     pd.testing.assert_frame_equal(cached, live, check_exact=True)
     return cached
 
@@ -105,7 +94,7 @@ def assert_all_live(url: str) -> None:
     assert_live(url, sweep="s1")
     assert_live(url, status="COMPLETED", lr=0.1)
     page, count = runs_page(url, 3)
-    live = load_runs(Live(MongoRunStore(url)))
+    live = load_runs(RunByRun(MongoRunStore(url)))
     pd.testing.assert_frame_equal(page, live.tail(3), check_exact=True)
     assert count == len(live)
 
@@ -284,7 +273,7 @@ def test_a_read_only_user_gets_the_same_answers_without_a_cache(url, monkeypatch
         monkeypatch.setattr(kind, name, refusing(kind, name))
     mi._read_only.clear()
     store = MongoRunStore(url)
-    live = load_runs(Live(store))
+    live = load_runs(RunByRun(store))
     pd.testing.assert_frame_equal(load_runs(store), live, check_exact=True)
     assert refused[0] == "insert_one"
     asked = len(refused)

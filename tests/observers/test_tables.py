@@ -19,6 +19,7 @@ from observers import compare, load_metrics, load_runs
 from observers.filestore import JOURNAL, write_json_atomic
 from observers.store import FileRunStore, RecordError
 from observers.tables import RECORD_COLUMNS, differing_config
+from tests.helpers import RunByRun
 from tests.helpers import read_json as read
 
 LR = {0.01: "debug", 0.05: "sgd", 0.001: "slow"}  # the lr of each of conftest's SMALL_RUNS
@@ -446,18 +447,6 @@ def test_a_running_run_whose_process_is_gone_is_read_as_dead(tmp_path):
     assert sorted(p.read_bytes() for p in tmp_path.glob("[0-9]*/*")) == records
 
 
-class OneRunAtATime:
-    """A MongoDB store seen through the RunStore protocol alone: each run read by itself."""
-
-    def __init__(self, store):
-        self.store, self.location = store, store.location
-
-    def __getattr__(self, name):
-        if name in ("run_ids", "run", "config", "info", "metrics"):
-            return getattr(self.store, name)
-        raise AttributeError(name)
-
-
 @pytest.mark.parametrize("chunks", [True, False], ids=["chunks", "sacred-metric-documents"])
 def test_mongodb_rows_come_from_one_projected_query(store, mongo_url, monkeypatch, chunks):
     """load_runs reads no run document by itself and no run's metrics by themselves, and gives
@@ -469,13 +458,13 @@ def test_mongodb_rows_come_from_one_projected_query(store, mongo_url, monkeypatc
     mongo = MongoRunStore(mongo_url)
     if not chunks:
         mongo.db["metrics_chunks"].drop()
-    run_by_run = load_runs(OneRunAtATime(mongo))
+    run_by_run = load_runs(RunByRun(mongo))
     assert len(run_by_run) == len(ids_of(store)) and run_by_run["val_accuracy.max"].notna().all()
 
     def refused(*args):
         raise AssertionError("read run by run")
 
-    some = load_runs(OneRunAtATime(mongo), run_ids=[3, 1])
+    some = load_runs(RunByRun(mongo), run_ids=[3, 1])
     monkeypatch.setattr(MongoRunStore, "_document", refused)
     monkeypatch.setattr(MongoRunStore, "metrics", refused)
     monkeypatch.setattr(MongoRunStore, "run_ids", refused)  # nor lists every id first
