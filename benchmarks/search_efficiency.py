@@ -66,6 +66,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -86,7 +87,7 @@ FASHION = REPO_ROOT / "data" / "fashion-mnist" / "train.parquet"
 PIXELS = FASHION.with_name("train-pixels.parquet")
 CACHE = FASHION.with_name("search-curves.json")
 DIGITS = REPO_ROOT / "data" / "digits.parquet"
-CODE = ("experiments", "ingredients")  # the code a curve is trained by (the cache's key)
+PACKAGES = ("experiments", "ingredients", "observers")  # this repository's code (not .venv's)
 WITHIN = 0.005  # of the grid's best validation accuracy
 TARGET_SHARE = 1 / 3  # TPE with pruning against the grid
 SEEDS = [0, 1, 2]  # the issue's
@@ -187,9 +188,20 @@ def pixels_file() -> None:
 
 
 def code_hash(root: Path = REPO_ROOT) -> str:
-    """SHA-256 over the Python sources that train a curve (train.py and all it imports here)."""
+    """SHA-256 over the sources of this repository's packages that train.py imports, listed by a
+    fresh interpreter (this process has imported the search code too, which trains nothing): a
+    change to the sweep or search code keeps the curves, a change to training drops them."""
+    listing = (
+        "import sys, experiments.train\n"
+        "for m in list(sys.modules.values()): print(getattr(m, '__file__', None) or '')"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", listing], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    folders = [root / name for name in PACKAGES]
+    sources = sorted({Path(f) for f in printed if any(Path(f).is_relative_to(d) for d in folders)})
     digest = hashlib.sha256()
-    for path in sorted(p for folder in CODE for p in (root / folder).rglob("*.py")):
+    for path in sources:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
