@@ -80,6 +80,7 @@ from report import print_table
 
 import experiments.train as train_module
 from experiments.sweeps.space import Search
+from experiments.sweeps.tuner import answer_from, finished_with
 from ingredients.fingerprints import file_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -325,6 +326,10 @@ def replay(grid: Grid, curves: dict, search: Search, target: float) -> int | Non
     spent, distributions = 0, search.distributions()
     for _ in range(search.trials or 0):
         trial = study.ask(distributions)
+        earlier = finished_with(study, trial.params)
+        if earlier is not None:  # as a search does: answered from it, never trained again
+            answer_from(study, trial, earlier)
+            continue
         curve = curves[grid.key(trial.params)]
         for epoch, accuracy in enumerate(curve, start=1):
             spent += 1

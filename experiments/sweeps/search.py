@@ -41,6 +41,7 @@ from experiments.sweeps.slurm import SlurmOptions, check_devices, follow
 from experiments.sweeps.space import Search
 from experiments.sweeps.tuner import (
     OVER_BUDGET,
+    SAME_AS,
     LocalSearch,
     Tuner,
     submit_workers,
@@ -294,13 +295,18 @@ def search_status(record: SweepRecord, location: StoreLocation) -> int:
         if trial.user_attrs.get(OVER_BUDGET):
             continue
         runs = attempts.get(trial.number) or []
-        ids = ",".join(str(r.run_id) for r in runs) or "-"
+        ids = ",".join(str(r.run_id) for r in runs) or copied_from(trial)
         status = runs[-1].status if runs else "-"
         line = f"{trial.number:>5}  {trial.state.name:<8}  {ids:<10}  {status:<11}  "
         line += f"{trial_value(trial):<26}  "
         print((line + describe(trial.params))[:120])
     print(tuner.summary())
     return ExitCode.OK
+
+
+def copied_from(trial) -> str:
+    """'as 4' for a trial answered from trial 4 (it has no run of its own), else '-'."""
+    return f"as {trial.user_attrs[SAME_AS]}" if SAME_AS in trial.user_attrs else "-"
 
 
 def trial_value(trial) -> str:

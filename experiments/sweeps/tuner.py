@@ -8,7 +8,9 @@ the study for a trial, runs it, and tells the study how it ended: COMPLETED with
 the run reported, PRUNED, or FAILED; an interrupted run's trial stays RUNNING for --resume to
 continue from its checkpoint. The budget is exact with any number of workers: trial numbers are
 handed out by the study one by one, and a trial numbered past the budget is told FAIL at once
-without running (marked `over_budget`), so only trials 0..N-1 ever run.
+without running (marked `over_budget`), so only trials 0..N-1 ever run. A trial proposing a
+finished trial's parameters is answered from it (marked `same_as`) and not run: every trial shares
+one config and seed, so it would be the same run again.
 
 Trials are run by the local engine (sweeps/local.py): `LocalSearch` is `LocalSweep` with the
 study as its job source and its teller, so trials start in warm workers where sweep runs do.
@@ -40,6 +42,7 @@ from observers.records import RecordError
 from observers.studies import STORAGE_VARIABLE, study_storage
 
 OVER_BUDGET = "over_budget"  # user attribute of a trial numbered past the budget (never run)
+SAME_AS = "same_as"  # user attribute of a trial answered from an earlier one's (never run)
 ENDED = ("COMPLETED", "PRUNED", "FAILED", "DAMAGED")  # a run status that ends its trial
 CONTINUABLE = ("INTERRUPTED", "RUNNING", "TIMEOUT")
 
@@ -88,18 +91,24 @@ class Tuner:
         config = {**self.record.configs[0], **params}
         return Job(number, self.record.named_configs + config_words(config), after=after)
 
-    def ask(self) -> Job | None:
-        """A new trial's job, or None once the budget is spent."""
+    def ask(self, say=lambda line: None) -> Job | None:
+        """A new trial's job, or None once the budget is spent. A trial that proposes a finished
+        trial's parameters is answered from that trial and never run (`answer_from`), and the
+        next one is asked: `say` gets a line for each."""
         from optuna.trial import TrialState
 
-        if len(self.study.get_trials(deepcopy=False)) >= self.search.trials:
-            return None
-        trial = self.study.ask(self.distributions)
-        if trial.number >= self.search.trials:  # another worker took the last one first
-            trial.set_user_attr(OVER_BUDGET, True)
-            self.study.tell(trial, state=TrialState.FAIL)
-            return None
-        return self.job(trial.number, trial.params)
+        while len(self.study.get_trials(deepcopy=False)) < self.search.trials:
+            trial = self.study.ask(self.distributions)
+            if trial.number >= self.search.trials:  # another worker took the last one first
+                trial.set_user_attr(OVER_BUDGET, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                return None
+            earlier = finished_with(self.study, trial.params)
+            if earlier is None:
+                return self.job(trial.number, trial.params)
+            answer_from(self.study, trial, earlier)
+            say(f"trial {trial.number}: {answered(self.trial(trial.number), self.search.metric)}")
+        return None
 
     def tell(self, number: int, status: str) -> str:
         """Tell the study how trial `number`'s latest run ended; the word to print."""
@@ -165,6 +174,8 @@ class Tuner:
                 continue
             counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
         line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        copies = sum(SAME_AS in t.user_attrs for t in self.study.get_trials(deepcopy=False))
+        line += f" ({copies} answered by an earlier trial, not run)" if copies else ""
         try:
             best = self.study.best_trial
         except ValueError:
@@ -173,6 +184,44 @@ class Tuner:
             f"search {self.record.id}: {line}; best trial {best.number}: "
             f"{self.search.metric}={best.value:.4g} ({describe(best.params)})"
         )
+
+
+def finished_with(study, params: dict):
+    """The first finished (completed or pruned) trial that had these parameters, or None."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return next((t for t in done if t.params == params), None)
+
+
+def answer_from(study, trial, earlier) -> None:
+    """Tell `trial` what `earlier`, a finished trial with the same parameters, came to, without
+    running it: every trial of a search shares one config and seed, so the same parameters make
+    the same run, bit for bit, and running it again would only repeat it. Samplers propose a
+    finished config again (TPE does often in a discrete space: in a replay of a 648-config grid,
+    one config 91 times in 300 trials); Optuna's FAQ answers such a trial from the earlier one.
+    A pruned trial's reported values are copied, so TPE ranks the copy as it ranks the original;
+    the pruners compare trials by what they reported as they ran, which a copy did not."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr(SAME_AS, earlier.number)
+    if earlier.state == TrialState.COMPLETE:
+        study.tell(trial, earlier.value)
+        return
+    for step, value in earlier.intermediate_values.items():
+        trial.report(value, step)
+    study.tell(trial, state=TrialState.PRUNED)
+
+
+def answered(trial, metric: str) -> str:
+    """What a trial answered from an earlier one came to, in the words of a run's end."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.PRUNED:
+        outcome = f"PRUNED after epoch {max(trial.intermediate_values, default=0)}"
+    else:
+        outcome = f"COMPLETED {metric}={trial.value:.4g}"
+    return f"{outcome}, as trial {trial.user_attrs[SAME_AS]} (the same parameters: not run again)"
 
 
 # --------------------------------------------------------------------------- workers
@@ -225,7 +274,7 @@ class LocalSearch(ClaimingSweep):
     def next_job(self) -> Job | None:
         """A left-over trial (claimed already), else a new one, claimed as it is asked."""
         job = super().next_job()
-        while job is None and (asked := self.tuner.ask()) is not None:
+        while job is None and (asked := self.tuner.ask(self.say)) is not None:
             if self.claim(asked):
                 job = asked
             else:  # a resume took it for abandoned in the moment since it was asked

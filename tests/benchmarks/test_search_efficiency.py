@@ -55,13 +55,23 @@ def test_unreadable_cache_is_named_and_not_used(tmp_path):
     assert str(path) in cache.note and "unreadable" in cache.note
 
 
-def test_code_hash_changes_with_any_training_source(tmp_path):
-    for folder in bench.CODE:
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "a.py").write_text("x = 1\n")
+def test_code_hash_changes_with_the_code_train_py_imports_and_only_that(tmp_path):
+    sources = {
+        "experiments/__init__.py": "",
+        "experiments/train.py": "import ingredients.model\n",
+        "experiments/sweeps/__init__.py": "",
+        "experiments/sweeps/search.py": "x = 1\n",  # launching code: trains nothing
+        "ingredients/__init__.py": "",
+        "ingredients/model.py": "x = 1\n",
+    }
+    for name, text in sources.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
     before = bench.code_hash(tmp_path)
     assert bench.code_hash(tmp_path) == before
-    (tmp_path / "ingredients" / "a.py").write_text("x = 2\n")
+    (tmp_path / "experiments/sweeps/search.py").write_text("x = 2\n")
+    assert bench.code_hash(tmp_path) == before  # the cached curves stay usable
+    (tmp_path / "ingredients/model.py").write_text("x = 2\n")
     assert bench.code_hash(tmp_path) != before
 
 

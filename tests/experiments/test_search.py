@@ -16,7 +16,7 @@ import pytest
 from experiments.cli import main
 from experiments.sweeps.record import SweepBook, SweepRecord
 from experiments.sweeps.space import Search
-from experiments.sweeps.tuner import LocalSearch, Tuner
+from experiments.sweeps.tuner import SAME_AS, LocalSearch, Tuner
 from ingredients.processes import this_process
 from observers import load_runs
 from observers.claims import SweepClaims
@@ -424,3 +424,69 @@ def test_a_new_trial_is_claimed_as_it_is_asked(tmp_path):
     assert claims.take(0, None, this_process()) is None  # held by this worker (alive)
     assert claims.take(1, None, this_process()) == "1-after-0.g0"  # as if a resume took trial 1
     assert worker.next_job() is None  # asked, held elsewhere: left alone; the budget is spent
+
+
+@pytest.mark.parametrize(
+    "sampler", [{"name": "random", "seed": 5}, {"name": "tpe", "seed": 5, "n_startup_trials": 2}]
+)
+def test_a_trial_proposing_a_finished_trials_parameters_is_answered_not_run(tmp_path, sampler):
+    """Every trial shares one config and seed: the same parameters are the same run. Of 12
+    trials over a space of 4 configs, at most 4 are run; each other is told what the first
+    with its parameters came to (its value, or its pruning with its reported values)."""
+    search = Search(
+        space={"lr": {"choices": [0.1, 0.01]}, "optimizer.name": {"choices": ["sgd", "adam"]}},
+        trials=12,
+        sampler=sampler,
+    ).check()
+    record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
+    tuner, said, run = Tuner(record, StoreLocation.parse(str(tmp_path)), None), [], []
+    while (job := tuner.ask(said.append)) is not None:
+        params = tuner.trial(job.index).params
+        run.append(params)
+        score = params["lr"] + (params["optimizer.name"] == "adam")
+        tuner.study.tell(job.index, score) if score > 0.5 else prune_at_2(tuner, job.index, score)
+    every = tuner.study.get_trials(deepcopy=False)
+    assert len(every) == 12 and len(run) == len({tuple(sorted(p.items())) for p in run}) <= 4
+    copies = [t for t in every if SAME_AS in t.user_attrs]
+    assert len(copies) == 12 - len(run) > 0 and len(said) == len(copies)
+    for copy in copies:
+        first = every[copy.user_attrs[SAME_AS]]
+        assert first.number < copy.number and SAME_AS not in first.user_attrs
+        assert (first.params, first.state, first.value) == (copy.params, copy.state, copy.value)
+        assert first.intermediate_values == copy.intermediate_values
+        assert f", as trial {first.number} (the same parameters" in said[copies.index(copy)]
+    assert f"({len(copies)} answered by an earlier trial, not run)" in tuner.summary()
+
+
+def prune_at_2(tuner: Tuner, number: int, score: float) -> None:
+    import optuna
+
+    for epoch in (1, 2):
+        tuner.study._storage.set_trial_intermediate_value(
+            tuner.trial(number)._trial_id, epoch, score / epoch
+        )
+    tuner.study.tell(number, state=optuna.trial.TrialState.PRUNED)
+
+
+def test_a_search_runs_each_config_once_and_shows_the_others_answered(tmp_path):
+    store = tmp_path / "runs"
+    words = (
+        "with",
+        'optimizer.name=["sgd", "adam"]',
+        *TINY,
+        "--trials",
+        "4",
+        "--sampler",
+        "random",
+    )
+    reprolab("sweep", "experiments/train.py", "--store", str(store), "--threads", "1", *words)
+    sweep = search_id(store)
+    runs = load_runs(store, sweep=sweep)
+    every = trials(store, sweep)
+    assert len(every) == 4 and len(runs) == len({t.params["optimizer.name"] for t in every}) <= 2
+    status = reprolab("sweep", "--status", sweep, "--store", str(store)).stdout
+    copies = [t for t in every if SAME_AS in t.user_attrs]
+    for copy in copies:
+        line = next(x for x in status.splitlines() if x.split()[:1] == [str(copy.number)])
+        assert f" as {copy.user_attrs[SAME_AS]} " in line, status
+    assert len(copies) == 4 - len(runs) >= 2
