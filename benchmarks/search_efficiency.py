@@ -7,7 +7,8 @@
 The full run needs data/fashion-mnist/train.parquet (data/prepare_fashion_mnist.py); it decodes
 the PNGs once into data/fashion-mnist/train-pixels.parquet (raw uint8 pixels: the same images,
 no decoding per epoch) and trains on that. The curves it trains are kept in
-data/fashion-mnist/search-curves.json (JSON), so a second run replays them in seconds.
+data/fashion-mnist/search-curves.json (JSON), keyed by the sources train.py imports, torch's
+version and the data file, so a second run replays them in seconds.
 
 The small declared grid (the default, --grid small): an MLP with one hidden layer, SGD (momentum
 0.9, batch 128, reprolab's default cosine schedule to 0 over the 15 epochs), 8 x 2 x 3 x 3 = 144
@@ -40,8 +41,9 @@ sweep` builds them, at their defaults), over as many trials as the grid has conf
 is deterministic, so a trial is replayed from its config's curve instead of trained again (a
 pruned trial's first k epochs are the full run's first k): each epoch is reported to the trial
 and counted, and the count stops at the first epoch of any trial that reaches the target. The
-figure is every epoch counted by then, pruned trials' and repeated configs' included; ">budget"
-means no trial reached it.
+figure is every epoch counted by then, pruned trials' included; ">budget" means no trial reached
+it. A trial that proposes a finished trial's config is answered from it and trains nothing, as a
+search does (`tuner.finished_with`, `answer_from`): the same config and seed are the same run.
   grid             reprolab's grid sampler with the seed (one shuffle of the configs), each
                    config trained in full before the next, as a grid sweep runs them
   random, TPE      reprolab's random and TPE samplers (TPE's defaults: 10 random start-up trials)
