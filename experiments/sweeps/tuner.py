@@ -107,8 +107,17 @@ class Tuner:
             if earlier is None:
                 return self.job(trial.number, trial.params)
             answer_from(self.study, trial, earlier)
-            say(f"trial {trial.number}: {answered(self.trial(trial.number), self.search.metric)}")
+            say(f"trial {trial.number}: {self.said(trial.number)}")
         return None
+
+    def answer(self, frozen, earlier) -> None:
+        """`answer_from` for a trial the study holds as RUNNING (a FrozenTrial)."""
+        from optuna.trial import Trial
+
+        answer_from(self.study, Trial(self.study, frozen._trial_id), earlier)
+
+    def said(self, number: int) -> str:
+        return answered(self.trial(number), self.search.metric)
 
     def tell(self, number: int, status: str) -> str:
         """Tell the study how trial `number`'s latest run ended; the word to print."""
@@ -145,7 +154,8 @@ class Tuner:
     def unfinished(self, busy: bool = False) -> tuple[list[Job], list[str]]:
         """Jobs for trials left RUNNING by a stopped search (continued from their checkpoint,
         or started again with the same parameters; each to be claimed after its latest run), and
-        a line for each; trials whose run ended while nobody listened are told now."""
+        a line for each; trials whose run ended while nobody listened are told now, and a trial
+        left without a run that has a finished trial's parameters is answered from it."""
         from optuna.trial import TrialState
 
         attempts = sweep_attempts(self.location, self.record.id)
@@ -158,6 +168,9 @@ class Tuner:
                 notes.append(f"trial {trial.number}: {self.tell(trial.number, latest.status)}")
             elif latest is not None and (busy or latest.beating()):
                 notes.append(f"trial {trial.number}: run {latest.run_id} is still going")
+            elif latest is None and (earlier := finished_with(self.study, trial.params)):
+                self.answer(trial, earlier)  # stopped between asking it and answering it
+                notes.append(f"trial {trial.number}: {self.said(trial.number)}")
             elif latest is not None and latest.status in CONTINUABLE and latest.checkpoint:
                 notes.append(f"trial {trial.number}: continuing run {latest.run_id}")
                 jobs.append(self.job(trial.number, trial.params, latest.run_id, after))
@@ -202,15 +215,19 @@ def answer_from(study, trial, earlier) -> None:
     one config 91 times in 300 trials); Optuna's FAQ answers such a trial from the earlier one.
     A pruned trial's reported values are copied, so TPE ranks the copy as it ranks the original;
     the pruners compare trials by what they reported as they ran, which a copy did not."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    trial.set_user_attr(SAME_AS, earlier.number)
-    if earlier.state == TrialState.COMPLETE:
-        study.tell(trial, earlier.value)
-        return
-    for step, value in earlier.intermediate_values.items():
-        trial.report(value, step)
-    study.tell(trial, state=TrialState.PRUNED)
+    try:
+        trial.set_user_attr(SAME_AS, earlier.number)
+        if earlier.state == TrialState.COMPLETE:
+            study.tell(trial, earlier.value, skip_if_finished=True)
+            return
+        for step, value in earlier.intermediate_values.items():
+            trial.report(value, step)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        pass  # a resume answered it in the moment since it was asked: the same answer
 
 
 def answered(trial, metric: str) -> str:

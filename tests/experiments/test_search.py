@@ -490,3 +490,25 @@ def test_a_search_runs_each_config_once_and_shows_the_others_answered(tmp_path):
         line = next(x for x in status.splitlines() if x.split()[:1] == [str(copy.number)])
         assert f" as {copy.user_attrs[SAME_AS]} " in line, status
     assert len(copies) == 4 - len(runs) >= 2
+
+
+def test_a_resume_answers_a_trial_left_asked_with_a_finished_trials_parameters(tmp_path):
+    """A search stopped after asking a repeat and before answering it: --resume answers it
+    from the finished trial and starts no run."""
+    search = Search(space={"lr": {"choices": [0.1]}}, trials=3).check()
+    record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
+    tuner = Tuner(record, StoreLocation.parse(str(tmp_path)), None)
+    job = tuner.ask()
+    assert job is not None
+    tuner.study.tell(job.index, 0.75)
+    left = tuner.study.ask(tuner.distributions)  # asked, then the process was stopped
+    jobs, notes = Tuner(record, StoreLocation.parse(str(tmp_path)), None).unfinished()
+    assert jobs == []
+    assert notes == [
+        f"trial {left.number}: COMPLETED val_accuracy=0.75, as trial 0 (the same "
+        "parameters: not run again)"
+    ]
+    again = tuner.trial(left.number)
+    assert (again.state.name, again.value, again.user_attrs[SAME_AS]) == ("COMPLETE", 0.75, 0)
+    tuner.study.tell(tuner.study.ask(tuner.distributions), 0.5)  # the budget's last trial
+    assert tuner.ask() is None
