@@ -24,6 +24,7 @@ part is unpickled: plain Arrow types, checked before use, config cells are JSON 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import sys
 import uuid
@@ -62,6 +63,8 @@ ADDED_SLACK = 20  # newest runs looked at beyond the ones added and the ones not
 MAX_PARTS = 32  # parts appended (runs that ended since) before the rows are written anew
 UNAUTHORISED = (13, 8000)  # MongoDB's Unauthorized, and Atlas' "not allowed to do action"
 MERGE_TRIES = 3  # head swaps a writer tries before it leaves the cache as another wrote it
+ORPHAN_AGE = dt.timedelta(minutes=10)  # a part no head names is removed once this old: younger,
+# it may be another writer's, inserted before its head swap (which follows at once)
 _read_only: set[int] = set()  # clients that were refused a write: not asked again
 
 
@@ -523,7 +526,7 @@ def _merged(theirs: pa.Table | None, mine: pa.Table | None, dropped: set[int]) -
 
 def _swap(db, head, carried, rows, pending, probe_now) -> bool:
     """Insert the parts, then the head that names them and the carried ones if the head is
-    still the one read; parts neither head names are removed (a reader of the head replaced
+    still the one read; old parts neither head names are removed (a reader of the head replaced
     still finds its parts). False, the new parts removed, when another writer came first."""
     from pymongo.errors import PyMongoError
 
@@ -548,8 +551,18 @@ def _swap(db, head, carried, rows, pending, probe_now) -> bool:
         collection.delete_many({"generation": generation})
         return False
     named = [part["id"] for part in parts + (head["parts"] if head is not None else [])]
-    collection.delete_many({"_id": {"$nin": [HEAD, *named]}})
+    _remove_orphans(collection, named)
     return True
+
+
+def _remove_orphans(collection, named: list[str]) -> None:
+    """Remove the parts neither head names that are ORPHAN_AGE old (or undated, written before
+    parts were): a crashed writer's, or a head's from two swaps ago; never another writer's
+    new parts that its head is about to name."""
+    unnamed = {"$nin": [HEAD, *named]}
+    before = dt.datetime.now(dt.UTC) - ORPHAN_AGE
+    for old in ({"$lt": before}, {"$exists": False}):  # not one $or: nx-27017 then drops the _id
+        collection.delete_many({"_id": unnamed, "written": old})
 
 
 def _insert_parts(collection, generation: str, rows: pa.Table | None) -> list[dict]:
@@ -558,7 +571,9 @@ def _insert_parts(collection, generation: str, rows: pa.Table | None) -> list[di
     parts = []
     for k, (count, data) in enumerate(_serialised(rows)):
         part_id = f"{generation}/{k}"
-        collection.insert_one({"_id": part_id, "generation": generation, "data": Binary(data)})
+        written = dt.datetime.now(dt.UTC)
+        document = {"_id": part_id, "generation": generation, "data": Binary(data)}
+        collection.insert_one({**document, "written": written})
         parts.append({"id": part_id, "sha256": hashlib.sha256(data).hexdigest(), "rows": count})
     return parts
 

@@ -357,3 +357,22 @@ def test_without_a_cache_a_page_reads_only_its_runs(url, monkeypatch):
     pd.testing.assert_frame_equal(page, sweep_page, check_exact=True)
     assert count == sweep_count == 6 and read[1:] == [[9, 11]]
     assert MongoRunStore(url).db[mi.CACHE_COLLECTION].find_one({"_id": mi.HEAD}) is None
+
+
+def test_a_writers_cleanup_leaves_another_writers_new_parts(url):
+    """Parts another writer inserted before its head swap survive this writer's swap; parts no
+    head names from long ago (a crashed writer's, or undated ones) are removed by it."""
+    assert_live(url)  # the cache written
+    db = MongoRunStore(url).db
+    collection = db[mi.CACHE_COLLECTION]
+    theirs = mi._insert_parts(collection, "theirs", mi.read_cache(db)[1])  # their head is next
+    long_ago = dt.datetime.now(dt.UTC) - mi.ORPHAN_AGE - dt.timedelta(minutes=1)
+    crashed = {"_id": "crashed/0", "generation": "crashed", "data": Binary(b"x")}
+    collection.insert_one({**crashed, "written": long_ago})
+    collection.insert_one({"_id": "undated/0", "generation": "undated", "data": Binary(b"x")})
+    add_run(db, 12)
+    mi.View.open(MongoRunStore(url)).save(db)  # this writer swaps its head and cleans up
+    kept = {document["_id"] for document in collection.find({}, {"_id": 1})}
+    assert theirs and {part["id"] for part in theirs} <= kept
+    assert not {"crashed/0", "undated/0"} & kept
+    assert_all_live(url)
