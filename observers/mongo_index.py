@@ -571,9 +571,8 @@ def _insert_parts(collection, generation: str, rows: pa.Table | None) -> list[di
     parts = []
     for k, (count, data) in enumerate(_serialised(rows)):
         part_id = f"{generation}/{k}"
-        written = dt.datetime.now(dt.UTC)
         document = {"_id": part_id, "generation": generation, "data": Binary(data)}
-        collection.insert_one({**document, "written": written})
+        collection.insert_one({**document, "written": dt.datetime.now(dt.UTC)})
         parts.append({"id": part_id, "sha256": hashlib.sha256(data).hexdigest(), "rows": count})
     return parts
 
