@@ -42,8 +42,8 @@ is deterministic, so a trial is replayed from its config's curve instead of trai
 pruned trial's first k epochs are the full run's first k): each epoch is reported to the trial
 and counted, and the count stops at the first epoch of any trial that reaches the target. The
 figure is every epoch counted by then, pruned trials' included; ">budget" means no trial reached
-it. A trial that proposes a finished trial's config is answered from it and trains nothing, as a
-search does (`tuner.finished_with`, `answer_from`): the same config and seed are the same run.
+it. A trial that proposes a completed trial's config is answered from it and trains nothing, as
+a search does (`tuner.completed_with`, `answer_from`): the same config and seed are the same run.
   grid             reprolab's grid sampler with the seed (one shuffle of the configs), each
                    config trained in full before the next, as a grid sweep runs them
   random, TPE      reprolab's random and TPE samplers (TPE's defaults: 10 random start-up trials)
@@ -75,6 +75,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 import torch
@@ -82,7 +83,7 @@ from report import print_table
 
 import experiments.train as train_module
 from experiments.sweeps.space import Search
-from experiments.sweeps.tuner import answer_from, finished_with
+from experiments.sweeps.tuner import answer_from, completed_with
 from ingredients.fingerprints import file_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -198,11 +199,15 @@ def code_hash(root: Path = REPO_ROOT) -> str:
         "import sys, experiments.train\n"
         "for m in list(sys.modules.values()): print(getattr(m, '__file__', None) or '')"
     )
+    root = root.resolve()
     printed = subprocess.run(
         [sys.executable, "-c", listing], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.split()
+    ).stdout.splitlines()
     folders = [root / name for name in PACKAGES]
-    sources = sorted({Path(f) for f in printed if any(Path(f).is_relative_to(d) for d in folders)})
+    files = {Path(f).resolve() for f in printed if f}
+    sources = sorted(f for f in files if any(f.is_relative_to(d) for d in folders))
+    if root / "experiments" / "train.py" not in sources:  # another copy imported: no key at all
+        raise RuntimeError(f"{root}: experiments.train was imported from elsewhere")
     digest = hashlib.sha256()
     for path in sources:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -317,33 +322,40 @@ def all_curves(grid: Grid, cache: CurveCache, workers: int) -> tuple[dict, int]:
     return curves, len(todo)
 
 
-def replay(grid: Grid, curves: dict, search: Search, target: float) -> int | None:
-    """Epochs the search spends until a trial's epoch reaches the target (None: never)."""
+class Replay(NamedTuple):
+    epochs: int | None  # spent until a trial's epoch reached the target (None: never)
+    trials: int  # asked by then
+    answered: int  # of them, answered from a completed trial with their config: none trained
+
+
+def replay(grid: Grid, curves: dict, search: Search, target: float) -> Replay:
+    """The search replayed until a trial's epoch reaches the target, or its budget is spent."""
     study = optuna.create_study(  # seeded searches: the name decides nothing (see space.py)
         study_name="search",
         direction="maximize",
         sampler=search.make_sampler(),
         pruner=search.make_pruner(),
     )
-    spent, distributions = 0, search.distributions()
-    for _ in range(search.trials or 0):
+    spent, answered, distributions = 0, 0, search.distributions()
+    for number in range(search.trials or 0):
         trial = study.ask(distributions)
-        earlier = finished_with(study, trial.params)
+        earlier = completed_with(study, trial.params)
         if earlier is not None:  # as a search does: answered from it, never trained again
             answer_from(study, trial, earlier)
+            answered += 1
             continue
         curve = curves[grid.key(trial.params)]
         for epoch, accuracy in enumerate(curve, start=1):
             spent += 1
             if accuracy >= target:
-                return spent
+                return Replay(spent, number + 1, answered)
             trial.report(accuracy, epoch)
             if trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 break
         else:
             study.tell(trial, max(curve))
-    return None
+    return Replay(None, search.trials or 0, answered)
 
 
 def methods(grid: Grid) -> dict[str, tuple[dict, dict]]:
@@ -383,7 +395,7 @@ def spread(values: list[int | None], full: int) -> str:
 
 
 def replays(grid: Grid, curves: dict, target: float, seeds: list[int]) -> dict[str, dict]:
-    """Each method's epochs-to-reach per sampler seed."""
+    """Each method's replay per sampler seed."""
     return {
         name: {
             seed: replay(grid, curves, grid.search({**s, "seed": seed}, p), target)
@@ -405,8 +417,8 @@ def report(grid: Grid, curves: dict, seeds: list[int], spread_seeds: list[int]) 
     reaching = [c for c in curves.values() if max(c) >= target]
     first = sorted(next(i for i, a in enumerate(c, 1) if a >= target) for c in reaching)
     results = replays(grid, curves, target, sorted(set(seeds) | set(spread_seeds)))
-    few = {name: [r[s] for s in seeds] for name, r in results.items()}
-    many = {name: [r[s] for s in spread_seeds] for name, r in results.items()}
+    few = {name: [r[s].epochs for s in seeds] for name, r in results.items()}
+    many = {name: [r[s].epochs for s in spread_seeds] for name, r in results.items()}
     grid_few, grid_many = median(few["grid"], full), median(many["grid"], full)
     print_table(
         f"epochs to reach {target:.4f} (grid's best {best:.4f} - {WITHIN * 100:g} points; "
@@ -467,6 +479,19 @@ def report(grid: Grid, curves: dict, seeds: list[int], spread_seeds: list[int]) 
             f"note: the {len(spread_seeds)}-seed figure disagrees with the verdict of seeds "
             f"{shown(seeds)}"
         )
+    print_table(
+        "trials asked until the target (or the budget), and how many of them were answered from "
+        "a completed trial with their config, trained not at all",
+        ["method", f"sampler seeds {shown(seeds)}: asked", "answered"],
+        [
+            [
+                name,
+                " / ".join(str(r[s].trials) for s in seeds),
+                " / ".join(str(r[s].answered) for s in seeds),
+            ]
+            for name, r in results.items()
+        ],
+    )
     top = sorted(curves.items(), key=lambda item: -max(item[1]))
     print_table(
         f"best validation accuracy per config (any epoch), best first: the first "

@@ -531,9 +531,9 @@ def _swap(db, head, carried, rows, pending, probe_now) -> bool:
     from pymongo.errors import PyMongoError
 
     collection = db[CACHE_COLLECTION]
-    generation = uuid.uuid4().hex
+    generation, now = uuid.uuid4().hex, server_time(db)
     try:
-        parts = [*carried, *_insert_parts(collection, generation, rows)]
+        parts = [*carried, *_insert_parts(collection, generation, rows, now)]
         new = {
             "_id": HEAD,
             "version": VERSION,
@@ -551,28 +551,41 @@ def _swap(db, head, carried, rows, pending, probe_now) -> bool:
         collection.delete_many({"generation": generation})
         return False
     named = [part["id"] for part in parts + (head["parts"] if head is not None else [])]
-    _remove_orphans(collection, named)
+    _remove_orphans(collection, named, now)
     return True
 
 
-def _remove_orphans(collection, named: list[str]) -> None:
-    """Remove the parts neither head names that are ORPHAN_AGE old (or undated, written before
-    parts were): a crashed writer's, or a head's from two swaps ago; never another writer's
-    new parts that its head is about to name."""
+def server_time(db) -> dt.datetime:
+    """The server's clock (`hello`'s localTime), which dates every part and every cleanup, so
+    the writers' clocks never disagree; this machine's where the server does not say."""
+    from pymongo.errors import PyMongoError
+
+    try:
+        return db.command("hello")["localTime"]
+    except (PyMongoError, NotImplementedError, KeyError, TypeError):  # mongomock: not implemented
+        return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _remove_orphans(collection, named: list[str], now: dt.datetime) -> None:
+    """Remove the parts neither head names that are ORPHAN_AGE old by the server's clock (or
+    undated, written before parts were): a crashed writer's, or a head's from two swaps ago;
+    not another writer's new parts that its head is about to name."""
     unnamed = {"$nin": [HEAD, *named]}
-    before = dt.datetime.now(dt.UTC) - ORPHAN_AGE
+    before = now - ORPHAN_AGE
     for old in ({"$lt": before}, {"$exists": False}):  # not one $or: nx-27017 then drops the _id
         collection.delete_many({"_id": unnamed, "written": old})
 
 
-def _insert_parts(collection, generation: str, rows: pa.Table | None) -> list[dict]:
+def _insert_parts(
+    collection, generation: str, rows: pa.Table | None, now: dt.datetime
+) -> list[dict]:
     from bson import Binary
 
     parts = []
     for k, (count, data) in enumerate(_serialised(rows)):
         part_id = f"{generation}/{k}"
         document = {"_id": part_id, "generation": generation, "data": Binary(data)}
-        collection.insert_one({**document, "written": dt.datetime.now(dt.UTC)})
+        collection.insert_one({**document, "written": now})
         parts.append({"id": part_id, "sha256": hashlib.sha256(data).hexdigest(), "rows": count})
     return parts
 

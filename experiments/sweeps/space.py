@@ -377,7 +377,7 @@ def seeded_hyperband(seed: int, settings: dict):
     """Optuna's Hyperband pruner with each trial's bracket drawn from the sampler seed and the
     trial's number. Optuna hashes the study's name instead, which is the search id: two searches
     of one declaration would put trials in other brackets, prune others, and (TPE learning from
-    the trials of a trial's bracket) propose other configs. Overrides Optuna's one method that
+    which trials were pruned) propose other configs. Overrides Optuna's one method that
     chooses the bracket (`_get_bracket_id`, private; the search tests would fail if it changed)."""
     from types import SimpleNamespace
 

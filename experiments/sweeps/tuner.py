@@ -9,8 +9,8 @@ the run reported, PRUNED, or FAILED; an interrupted run's trial stays RUNNING fo
 continue from its checkpoint. The budget is exact with any number of workers: trial numbers are
 handed out by the study one by one, and a trial numbered past the budget is told FAIL at once
 without running (marked `over_budget`), so only trials 0..N-1 ever run. A trial proposing a
-finished trial's parameters is answered from it (marked `same_as`) and not run: every trial shares
-one config and seed, so it would be the same run again.
+completed trial's parameters is answered from it (marked `same_as`) and not run: every trial
+shares one config and seed, so it would be the same run again.
 
 Trials are run by the local engine (sweeps/local.py): `LocalSearch` is `LocalSweep` with the
 study as its job source and its teller, so trials start in warm workers where sweep runs do.
@@ -92,9 +92,9 @@ class Tuner:
         return Job(number, self.record.named_configs + config_words(config), after=after)
 
     def ask(self, say=lambda line: None) -> Job | None:
-        """A new trial's job, or None once the budget is spent. A trial that proposes a finished
-        trial's parameters is answered from that trial and never run (`answer_from`), and the
-        next one is asked: `say` gets a line for each."""
+        """A new trial's job, or None once the budget is spent. A trial that proposes a completed
+        trial's parameters is answered from it and never run (`answer_from`), and the next one is
+        asked: `say` gets a line for each."""
         from optuna.trial import TrialState
 
         while len(self.study.get_trials(deepcopy=False)) < self.search.trials:
@@ -103,21 +103,28 @@ class Tuner:
                 trial.set_user_attr(OVER_BUDGET, True)
                 self.study.tell(trial, state=TrialState.FAIL)
                 return None
-            earlier = finished_with(self.study, trial.params)
-            if earlier is None:
+            if not self.answered(trial, say):
                 return self.job(trial.number, trial.params)
-            answer_from(self.study, trial, earlier)
-            say(f"trial {trial.number}: {self.said(trial.number)}")
         return None
 
-    def answer(self, frozen, earlier) -> None:
-        """`answer_from` for a trial the study holds as RUNNING (a FrozenTrial)."""
+    def answered(self, trial, say) -> bool:
+        """Whether `trial` (an Optuna Trial, not run yet) was answered now from a completed trial
+        with its parameters (`say` gets the line). Also asked of a trial a stopped search left
+        asked, once it is claimed: never of one a live worker is starting."""
+        earlier = completed_with(self.study, trial.params)
+        if earlier is None or self.trial(trial.number).state.is_finished():
+            return False
+        answer_from(self.study, trial, earlier)
+        say(f"trial {trial.number}: {answer_line(self.trial(trial.number), self.search.metric)}")
+        return True
+
+    def left_over_answered(self, job: Job, say) -> bool:
+        """`answered` for a left-over trial's job that would start it again (not continue a run)."""
         from optuna.trial import Trial
 
-        answer_from(self.study, Trial(self.study, frozen._trial_id), earlier)
-
-    def said(self, number: int) -> str:
-        return answered(self.trial(number), self.search.metric)
+        if job.resumes is not None:
+            return False
+        return self.answered(Trial(self.study, self.trial(job.index)._trial_id), say)
 
     def tell(self, number: int, status: str) -> str:
         """Tell the study how trial `number`'s latest run ended; the word to print."""
@@ -154,8 +161,7 @@ class Tuner:
     def unfinished(self, busy: bool = False) -> tuple[list[Job], list[str]]:
         """Jobs for trials left RUNNING by a stopped search (continued from their checkpoint,
         or started again with the same parameters; each to be claimed after its latest run), and
-        a line for each; trials whose run ended while nobody listened are told now, and a trial
-        left without a run that has a finished trial's parameters is answered from it."""
+        a line for each; trials whose run ended while nobody listened are told now."""
         from optuna.trial import TrialState
 
         attempts = sweep_attempts(self.location, self.record.id)
@@ -168,9 +174,6 @@ class Tuner:
                 notes.append(f"trial {trial.number}: {self.tell(trial.number, latest.status)}")
             elif latest is not None and (busy or latest.beating()):
                 notes.append(f"trial {trial.number}: run {latest.run_id} is still going")
-            elif latest is None and (earlier := finished_with(self.study, trial.params)):
-                self.answer(trial, earlier)  # stopped between asking it and answering it
-                notes.append(f"trial {trial.number}: {self.said(trial.number)}")
             elif latest is not None and latest.status in CONTINUABLE and latest.checkpoint:
                 notes.append(f"trial {trial.number}: continuing run {latest.run_id}")
                 jobs.append(self.job(trial.number, trial.params, latest.run_id, after))
@@ -199,46 +202,36 @@ class Tuner:
         )
 
 
-def finished_with(study, params: dict):
-    """The first finished (completed or pruned) trial that had these parameters, or None."""
+def completed_with(study, params: dict):
+    """The first completed trial that ran with these parameters (not one answered), or None."""
     from optuna.trial import TrialState
 
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return next((t for t in done if t.params == params), None)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((t for t in done if t.params == params and SAME_AS not in t.user_attrs), None)
 
 
 def answer_from(study, trial, earlier) -> None:
-    """Tell `trial` what `earlier`, a finished trial with the same parameters, came to, without
-    running it: every trial of a search shares one config and seed, so the same parameters make
-    the same run, bit for bit, and running it again would only repeat it. Samplers propose a
-    finished config again (TPE does often in a discrete space: in a replay of a 648-config grid,
-    one config 91 times in 300 trials); Optuna's FAQ answers such a trial from the earlier one.
-    A pruned trial's reported values are copied, so TPE ranks the copy as it ranks the original;
-    the pruners compare trials by what they reported as they ran, which a copy did not."""
+    """Tell `trial` (an Optuna Trial) the value of `earlier`, a completed trial with the same parameters,
+    without running it: every trial of a search shares one config and seed, so the same
+    parameters make the same run, bit for bit. Samplers propose a completed config again (TPE
+    often does in a discrete space); Optuna's FAQ answers such a trial from the earlier one.
+    A pruned trial's parameters are run again: another bracket or a later study could let the
+    same run go on. A trial answered meanwhile by another process keeps its answer."""
     from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
 
     try:
         trial.set_user_attr(SAME_AS, earlier.number)
-        if earlier.state == TrialState.COMPLETE:
-            study.tell(trial, earlier.value, skip_if_finished=True)
-            return
-        for step, value in earlier.intermediate_values.items():
-            trial.report(value, step)
-        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        study.tell(trial, earlier.value, skip_if_finished=True)
     except UpdateFinishedTrialError:
-        pass  # a resume answered it in the moment since it was asked: the same answer
+        pass
 
 
-def answered(trial, metric: str) -> str:
+def answer_line(trial, metric: str) -> str:
     """What a trial answered from an earlier one came to, in the words of a run's end."""
-    from optuna.trial import TrialState
-
-    if trial.state == TrialState.PRUNED:
-        outcome = f"PRUNED after epoch {max(trial.intermediate_values, default=0)}"
-    else:
-        outcome = f"COMPLETED {metric}={trial.value:.4g}"
-    return f"{outcome}, as trial {trial.user_attrs[SAME_AS]} (the same parameters: not run again)"
+    return (
+        f"COMPLETED {metric}={trial.value:.4g}, as trial {trial.user_attrs[SAME_AS]} "
+        "(the same parameters: not run again)"
+    )
 
 
 # --------------------------------------------------------------------------- workers
@@ -289,14 +282,16 @@ class LocalSearch(ClaimingSweep):
         return code
 
     def next_job(self) -> Job | None:
-        """A left-over trial (claimed already), else a new one, claimed as it is asked."""
-        job = super().next_job()
-        while job is None and (asked := self.tuner.ask(self.say)) is not None:
+        """A left-over trial (claimed already; answered instead where a completed trial had its
+        parameters), else a new one, claimed as it is asked."""
+        while (job := super().next_job()) is not None:
+            if not self.tuner.left_over_answered(job, self.say):
+                return job
+        while (asked := self.tuner.ask(self.say)) is not None:
             if self.claim(asked):
-                job = asked
-            else:  # a resume took it for abandoned in the moment since it was asked
-                self.say(f"trial {asked.index}: being started by another launcher; left alone")
-        return job
+                return asked
+            self.say(f"trial {asked.index}: being started by another launcher; left alone")
+        return None
 
     def child(self, job: Job, id_file: Path | None) -> ChildRun:
         return self.tuner.child(job, threads=self.threads, run_id_file=id_file)

@@ -56,6 +56,7 @@ def test_unreadable_cache_is_named_and_not_used(tmp_path):
 
 
 def test_code_hash_changes_with_the_code_train_py_imports_and_only_that(tmp_path):
+    tmp_path = tmp_path / "a folder"  # a space in the path lists the sources all the same
     sources = {
         "experiments/__init__.py": "",
         "experiments/train.py": "import ingredients.model\n",

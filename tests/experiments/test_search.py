@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
+from experiments.sweeps.claiming import claim_jobs
 from experiments.sweeps.record import SweepBook, SweepRecord
 from experiments.sweeps.space import Search
 from experiments.sweeps.tuner import SAME_AS, LocalSearch, Tuner
@@ -429,43 +430,40 @@ def test_a_new_trial_is_claimed_as_it_is_asked(tmp_path):
 @pytest.mark.parametrize(
     "sampler", [{"name": "random", "seed": 5}, {"name": "tpe", "seed": 5, "n_startup_trials": 2}]
 )
-def test_a_trial_proposing_a_finished_trials_parameters_is_answered_not_run(tmp_path, sampler):
-    """Every trial shares one config and seed: the same parameters are the same run. Of 12
-    trials over a space of 4 configs, at most 4 are run; each other is told what the first
-    with its parameters came to (its value, or its pruning with its reported values)."""
+def test_a_trial_proposing_a_completed_trials_parameters_is_answered_not_run(tmp_path, sampler):
+    """Every trial shares one config and seed: the same parameters are the same run. Of 16
+    trials over a space of 4 configs, each config that completed runs once, and each later
+    trial with its parameters is told its value; a pruned config runs again when proposed (in
+    another bracket, or against other trials, the same run could go on)."""
+    import optuna
+
     search = Search(
         space={"lr": {"choices": [0.1, 0.01]}, "optimizer.name": {"choices": ["sgd", "adam"]}},
-        trials=12,
+        trials=16,
         sampler=sampler,
     ).check()
     record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
     tuner, said, run = Tuner(record, StoreLocation.parse(str(tmp_path)), None), [], []
     while (job := tuner.ask(said.append)) is not None:
         params = tuner.trial(job.index).params
-        run.append(params)
-        score = params["lr"] + (params["optimizer.name"] == "adam")
-        tuner.study.tell(job.index, score) if score > 0.5 else prune_at_2(tuner, job.index, score)
+        run.append(tuple(sorted(params.items())))
+        if params["optimizer.name"] == "adam":
+            tuner.study.tell(job.index, params["lr"] + 1)
+        else:
+            tuner.study.tell(job.index, state=optuna.trial.TrialState.PRUNED)
     every = tuner.study.get_trials(deepcopy=False)
-    assert len(every) == 12 and len(run) == len({tuple(sorted(p.items())) for p in run}) <= 4
+    completing = [config for config in run if ("optimizer.name", "adam") in config]
+    assert len(every) == 16 and len(completing) == len(set(completing)) >= 1
     copies = [t for t in every if SAME_AS in t.user_attrs]
-    assert len(copies) == 12 - len(run) > 0 and len(said) == len(copies)
-    for copy in copies:
+    assert len(copies) == 16 - len(run) > 0 and len(said) == len(copies)
+    for copy, line in zip(copies, said):
         first = every[copy.user_attrs[SAME_AS]]
         assert first.number < copy.number and SAME_AS not in first.user_attrs
-        assert (first.params, first.state, first.value) == (copy.params, copy.state, copy.value)
-        assert first.intermediate_values == copy.intermediate_values
-        assert f", as trial {first.number} (the same parameters" in said[copies.index(copy)]
+        assert (first.params, first.value) == (copy.params, copy.value)
+        assert first.state == copy.state == optuna.trial.TrialState.COMPLETE
+        assert line.startswith(f"trial {copy.number}: COMPLETED val_accuracy={copy.value:.4g}, ")
+        assert f", as trial {first.number} (the same parameters" in line
     assert f"({len(copies)} answered by an earlier trial, not run)" in tuner.summary()
-
-
-def prune_at_2(tuner: Tuner, number: int, score: float) -> None:
-    import optuna
-
-    for epoch in (1, 2):
-        tuner.study._storage.set_trial_intermediate_value(
-            tuner.trial(number)._trial_id, epoch, score / epoch
-        )
-    tuner.study.tell(number, state=optuna.trial.TrialState.PRUNED)
 
 
 def test_a_search_runs_each_config_once_and_shows_the_others_answered(tmp_path):
@@ -492,23 +490,47 @@ def test_a_search_runs_each_config_once_and_shows_the_others_answered(tmp_path):
     assert len(copies) == 4 - len(runs) >= 2
 
 
-def test_a_resume_answers_a_trial_left_asked_with_a_finished_trials_parameters(tmp_path):
-    """A search stopped after asking a repeat and before answering it: --resume answers it
-    from the finished trial and starts no run."""
-    search = Search(space={"lr": {"choices": [0.1]}}, trials=3).check()
+def test_a_resume_answers_a_trial_left_asked_with_a_completed_trials_parameters(tmp_path):
+    """A search stopped after asking a repeat and before answering it: --resume claims it as any
+    trial left over, then answers it from the completed trial instead of starting a run."""
+    search = Search(space={"lr": {"choices": [0.1]}}, trials=2).check()
     record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
-    tuner = Tuner(record, StoreLocation.parse(str(tmp_path)), None)
+    location = StoreLocation.parse(str(tmp_path))
+    tuner = Tuner(record, location, None)
     job = tuner.ask()
     assert job is not None
     tuner.study.tell(job.index, 0.75)
     left = tuner.study.ask(tuner.distributions)  # asked, then the process was stopped
-    jobs, notes = Tuner(record, StoreLocation.parse(str(tmp_path)), None).unfinished()
-    assert jobs == []
-    assert notes == [
-        f"trial {left.number}: COMPLETED val_accuracy=0.75, as trial 0 (the same "
-        "parameters: not run again)"
+    resumed = Tuner(record, location, None)
+    jobs, _ = resumed.unfinished()
+    first, names = claim_jobs(location, "s1", jobs, label="trial")
+    assert [j.index for j in first] == [left.number] and first[0].resumes is None
+    said: list[str] = []
+    worker = LocalSearch(resumed, SweepBook(location), 1, 1, names)
+    worker.say = said.append  # type: ignore[method-assign]
+    worker.pending = list(first)
+    assert worker.next_job() is None  # answered, and the budget is spent: nothing to run
+    assert said == [
+        f"trial {left.number}: COMPLETED val_accuracy=0.75, as trial 0 (the same parameters: "
+        "not run again)"
     ]
-    again = tuner.trial(left.number)
+    again = resumed.trial(left.number)
     assert (again.state.name, again.value, again.user_attrs[SAME_AS]) == ("COMPLETE", 0.75, 0)
-    tuner.study.tell(tuner.study.ask(tuner.distributions), 0.5)  # the budget's last trial
-    assert tuner.ask() is None
+
+
+def test_a_resume_never_answers_a_trial_a_live_worker_is_starting(tmp_path):
+    """Trial 1 is asked with trial 0's parameters while trial 0 still runs, so its worker claims
+    it to run it; trial 0 then completes. A resume at that moment leaves trial 1 to its worker."""
+    search = Search(space={"lr": {"choices": [0.1]}}, trials=2).check()
+    record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
+    location = StoreLocation.parse(str(tmp_path))
+    tuner = Tuner(record, location, None)
+    worker = LocalSearch(tuner, SweepBook(location), 1, 1)
+    running, starting = worker.next_job(), worker.next_job()
+    assert running is not None and starting is not None and starting.index == 1
+    tuner.study.tell(running.index, 0.75)
+    resumed = Tuner(record, location, None)
+    jobs, _ = resumed.unfinished()
+    first, names = claim_jobs(location, "s1", jobs, label="trial")
+    assert first == [] and names == {}  # held by the live worker: left alone
+    assert resumed.trial(1).state.name == "RUNNING" and SAME_AS not in resumed.trial(1).user_attrs

@@ -365,8 +365,9 @@ def test_a_writers_cleanup_leaves_another_writers_new_parts(url):
     assert_live(url)  # the cache written
     db = MongoRunStore(url).db
     collection = db[mi.CACHE_COLLECTION]
-    theirs = mi._insert_parts(collection, "theirs", mi.read_cache(db)[1])  # their head is next
-    long_ago = dt.datetime.now(dt.UTC) - mi.ORPHAN_AGE - dt.timedelta(minutes=1)
+    now = mi.server_time(db)
+    theirs = mi._insert_parts(collection, "theirs", mi.read_cache(db)[1], now)  # head next
+    long_ago = now - mi.ORPHAN_AGE - dt.timedelta(minutes=1)
     crashed = {"_id": "crashed/0", "generation": "crashed", "data": Binary(b"x")}
     collection.insert_one({**crashed, "written": long_ago})
     collection.insert_one({"_id": "undated/0", "generation": "undated", "data": Binary(b"x")})
