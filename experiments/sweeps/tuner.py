@@ -211,12 +211,12 @@ def completed_with(study, params: dict):
 
 
 def answer_from(study, trial, earlier) -> None:
-    """Tell `trial` (an Optuna Trial) the value of `earlier`, a completed trial with the same parameters,
-    without running it: every trial of a search shares one config and seed, so the same
-    parameters make the same run, bit for bit. Samplers propose a completed config again (TPE
-    often does in a discrete space); Optuna's FAQ answers such a trial from the earlier one.
-    A pruned trial's parameters are run again: another bracket or a later study could let the
-    same run go on. A trial answered meanwhile by another process keeps its answer."""
+    """Tell `trial` (an Optuna Trial) the value of `earlier`, a completed trial with the same
+    parameters, without running it: every trial of a search shares one config and seed, so the
+    same parameters make the same run, bit for bit. Samplers propose a completed config again
+    (TPE often does in a discrete space); Optuna's FAQ answers such a trial from the earlier one.
+    A pruned config is run again: in another bracket, or against other trials, the same run could
+    go on. A trial answered meanwhile by another process keeps its answer."""
     from optuna.exceptions import UpdateFinishedTrialError
 
     try:
