@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingredients.progress import progress
 from observers.files import exclusive_lock, replacing
 from observers.records import RecordError, loads_plain
 from observers.rows import (
@@ -285,21 +285,13 @@ def _read_rows(store: FileRunStore, run_ids: list[int], size: int) -> dict[int, 
     signatures = {run_id: _signature(store.root, run_id) for run_id in run_ids}
     reader = store if size <= SMALL_STORE else FileRunStore(store.root, cache=False)
     rows = {}
-    for run_id in _progress(run_ids):
+    bar = progress(run_ids, len(run_ids) >= PROGRESS_AFTER, "reading runs into the index", "run")
+    for run_id in bar:
         rows[run_id] = record_row(store, run_id)
     summaries = reader.metric_summaries(run_ids)
     for run_id, row in rows.items():
         complete_row(store, row, summaries[run_id])
     return {run_id: (row, signatures[run_id]) for run_id, row in rows.items()}
-
-
-def _progress(run_ids: list[int]):
-    """The ids, behind a progress bar when there are many and stderr is a terminal."""
-    if len(run_ids) < PROGRESS_AFTER or not sys.stderr.isatty():
-        return run_ids
-    from tqdm import tqdm
-
-    return tqdm(run_ids, desc="reading runs into the index", unit="run", delay=0.5)
 
 
 def _indexable(row: dict, root: Path) -> bool:

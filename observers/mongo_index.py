@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import sys
 import uuid
 from collections.abc import Iterable
 
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ingredients.progress import progress
 from observers.index import (
     FINAL,
     PROGRESS_AFTER,
@@ -253,15 +253,11 @@ def read_rows(store, sigs: dict[int, Signed]) -> dict[int, tuple[dict, int]]:
 
 
 def _progress(run_ids: list[int]):
-    """The ids in chunks of IN_QUERY_IDS, behind a progress bar when there are many and stderr is
-    a terminal (rebuilding the cache of 10,000 runs takes 20 s or more on a slow server)."""
+    """The ids in chunks of IN_QUERY_IDS, behind a progress bar when there are many (rebuilding
+    the cache of 10,000 runs takes 20 s or more on a slow server)."""
     chunks = [run_ids[k : k + IN_QUERY_IDS] for k in range(0, len(run_ids), IN_QUERY_IDS)]
-    if len(run_ids) < PROGRESS_AFTER or not sys.stderr.isatty():
-        return chunks
-    from tqdm import tqdm
-
-    size = f"{IN_QUERY_IDS:,} runs"
-    return tqdm(chunks, desc="reading runs into the summary cache", unit=size, delay=0.5)
+    many = len(run_ids) >= PROGRESS_AFTER
+    return progress(chunks, many, "reading runs into the summary cache", f"{IN_QUERY_IDS:,} runs")
 
 
 # --------------------------------------------------------------------------- the view
@@ -562,7 +558,7 @@ def server_time(db) -> dt.datetime:
 
     try:
         return db.command("hello")["localTime"]
-    except (PyMongoError, NotImplementedError, KeyError, TypeError):  # mongomock: not implemented
+    except (PyMongoError, NotImplementedError, KeyError):  # mongomock: not implemented
         return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
@@ -584,8 +580,9 @@ def _insert_parts(
     parts = []
     for k, (count, data) in enumerate(_serialised(rows)):
         part_id = f"{generation}/{k}"
-        document = {"_id": part_id, "generation": generation, "data": Binary(data)}
-        collection.insert_one({**document, "written": now})
+        collection.insert_one(
+            {"_id": part_id, "generation": generation, "data": Binary(data), "written": now}
+        )
         parts.append({"id": part_id, "sha256": hashlib.sha256(data).hexdigest(), "rows": count})
     return parts
 

@@ -19,7 +19,7 @@ import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from experiments.sweeps.record import (
 )
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
 from ingredients.checkout import CHECKOUT_ROOT
+from ingredients.progress import progress
 from ingredients.scratch import running
 from observers.credentials import redact_argv
 from observers.exit_codes import ExitCode
@@ -181,7 +182,8 @@ def validate(
     varied = varied_keys(configs)
     checked: set[str] = set()  # configs already built, but for their seed
     with checked_for_elsewhere(elsewhere), gathered_once():
-        for index, config in enumerate(checking(configs)):
+        checking = progress(configs, len(configs) >= 100, "checking configs", "config")
+        for index, config in enumerate(checking):
             shared = json.dumps({**config, "seed": None}, sort_keys=True, default=repr)
             if shared in checked and plain_seed(config.get("seed")):
                 continue
@@ -196,15 +198,6 @@ def validate(
 def plain_seed(seed: object) -> bool:
     """Whether a seed is one Sacred takes as it is: an integer in [0, 2**31)."""
     return seed is None or (type(seed) is int and 0 <= seed < SEED_LIMIT)
-
-
-def checking(configs: list[dict]) -> Iterable[dict]:
-    """The configs, behind a progress bar when there are many and stderr is a terminal."""
-    if len(configs) < 100 or not sys.stderr.isatty():
-        return configs
-    from tqdm import tqdm
-
-    return tqdm(configs, desc="checking configs", unit="config", delay=0.5)
 
 
 def check_named_configs(record: SweepRecord, experiment: Path) -> None:

@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import io
 import os
+import sys
 
 import mongomock
 import pandas as pd
@@ -307,13 +308,13 @@ def test_a_rebuild_reads_a_query_of_runs_at_a_time_behind_a_progress_bar(url, mo
     monkeypatch.setattr(mi, "PROGRESS_AFTER", 5)
     bars = []
     monkeypatch.setattr(tqdm, "tqdm", lambda chunks, **kw: bars.append((chunks, kw)) or chunks)
-    monkeypatch.setattr(mi.sys, "stderr", Terminal())
+    monkeypatch.setattr(sys, "stderr", Terminal())
     MongoRunStore(url).db[mi.CACHE_COLLECTION].drop()
     pd.testing.assert_frame_equal(assert_live(url), before, check_exact=True)
     chunks, options = bars[0]  # the rebuild: every run, three at a time
     assert chunks == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11]]
     assert "summary cache" in options["desc"]
-    monkeypatch.setattr(mi.sys, "stderr", io.StringIO())  # not a terminal: no bar
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar
     assert mi._progress(list(range(12))) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
     assert len(bars) == 1
 
