@@ -143,7 +143,7 @@ class Starts:
             extra={"search": search.record()},
         )
         book.save(record)
-        self.search = LocalSearch(Tuner(record, location, None), book, 1, 1)
+        self.search = LocalSearch(Tuner(record, location, None, new=True), book, 1, 1)
         started = time.monotonic()
         self.search.open_pool(self.search.tuner.job(0, {}), 0, lambda: False)
         if self.search.pool is None:

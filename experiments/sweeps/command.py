@@ -49,6 +49,7 @@ from experiments.sweeps.record import (
     local_attempt,
     new_attempt,
     now,
+    refuse_chosen_run,
 )
 from experiments.sweeps.slurm import SlurmOptions, check_devices, submit, task_states, wait
 from ingredients.checkout import CHECKOUT_ROOT
@@ -416,21 +417,6 @@ def resume_sweep(options: SweepOptions) -> int:
         file=sys.stderr,
     )
     return launch(options, record, book, jobs)
-
-
-# Config keys that choose a run to continue rather than describe one: a sweep record that sets
-# one could make --resume continue (and append to) a run that belongs to no sweep.
-RUN_CHOOSING_KEYS = ("resume",)
-
-
-def refuse_chosen_run(record: SweepRecord, index: int, config: dict) -> None:
-    """A sweep record's config may not choose a run (RecordError, one sentence)."""
-    for key in RUN_CHOOSING_KEYS:
-        if config.get(key) is not None:
-            raise RecordError(
-                f"sweep {record.id}'s config {index} sets {key}={config[key]!r}, which chooses a "
-                "run to continue; a sweep's configs describe new runs, so nothing was run"
-            )
 
 
 def nothing_to_start(record: SweepRecord, attempts: dict) -> int:

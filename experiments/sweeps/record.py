@@ -17,6 +17,7 @@ from pathlib import Path
 
 from experiments.child import ChildRun, checkout_file
 from experiments.sweeps.declare import config_words
+from experiments.sweeps.space import RUN_CHOOSING_KEYS
 from ingredients.checkout import CHECKOUT_ROOT
 from ingredients.imports import FROM_RECORD_VARIABLE
 from observers.files import utc_text
@@ -250,3 +251,13 @@ def code_version() -> dict:
 
 def now() -> str:
     return utc_text(dt.datetime.now(dt.UTC))
+
+
+def refuse_chosen_run(record: SweepRecord, index: int, config: dict) -> None:
+    """A sweep record's config may not choose a run (RecordError, one sentence)."""
+    for key in RUN_CHOOSING_KEYS:
+        if config.get(key) is not None:
+            raise RecordError(
+                f"sweep {record.id}'s config {index} sets {key}={config[key]!r}, which chooses a "
+                "run to continue; a sweep's configs describe new runs, so nothing was run"
+            )

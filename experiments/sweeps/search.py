@@ -82,8 +82,6 @@ def search_from(declaration: Declaration, given: SearchArgs) -> Search:
     both = sorted(set(search.space) & set(declaration.fixed))
     if both:
         raise ValueError(f"{both[0]} is both fixed and searched; give it once")
-    if "resume" in search.space:
-        raise ValueError("resume cannot be searched; continue with reprolab sweep --resume ID")
     search = search.with_options(
         trials=given.trials,
         metric=given.metric,
@@ -148,7 +146,11 @@ def new_search(options: SweepOptions, declaration: Declaration) -> int:
         },
     )
     book.save(record)
-    tuner = Tuner(record, options.store, search.storage)  # creates the study
+    try:
+        tuner = Tuner(record, options.store, search.storage, new=True)
+    except RecordError:  # its storage holds a study of that id: nothing of it stays recorded
+        book.delete(record.id)
+        raise
     print(
         f"search {record.id}: {search.trials} trials of {', '.join(search.space)}, "
         f"{search.sampler['name']} sampler, {search.pruner['name']} pruner, "

@@ -31,6 +31,9 @@ DISTRIBUTION = re.compile(r"^\s*(uniform|loguniform|int|logint)\((.*)\)\s*$", re
 SEARCH_KEYS = ("trials", "metric", "direction", "sampler", "pruner", "space", "storage")
 DIRECTIONS = ("maximize", "minimize")
 MAX_TRIALS = 100_000
+# Config keys that choose a run to continue rather than describe one: a sweep record that sets
+# one could make --resume continue (and append to) a run that belongs to no sweep.
+RUN_CHOOSING_KEYS = ("resume",)
 SAMPLERS = {  # name -> {setting: (rule, words)}
     "tpe": {"seed": "seed", "n_startup_trials": "count"},
     "random": {"seed": "seed"},
@@ -227,6 +230,12 @@ class Search:
                 "search.space in the sweep file"
             )
         self.space = {key: check_param(key, spec) for key, spec in self.space.items()}
+        chosen = sorted(set(self.space) & set(RUN_CHOOSING_KEYS))
+        if chosen:  # a trial describes a new run: a searched `resume` would pick runs to extend
+            raise ValueError(
+                f"space.{chosen[0]}: {chosen[0]} cannot be searched; continue a search with "
+                "reprolab sweep --resume ID"
+            )
         if self.trials is None and self.sampler.get("name") == "grid":
             self.trials = grid_size(self.space)
         if not is_int(self.trials) or not 1 <= self.trials <= MAX_TRIALS:  # type: ignore[operator]

@@ -33,45 +33,47 @@ from experiments.sweeps.attempts import Attempt, sweep_attempts
 from experiments.sweeps.claiming import ClaimingSweep, claim_jobs
 from experiments.sweeps.declare import config_words, describe
 from experiments.sweeps.local import STOP_SIGNALS, Running
-from experiments.sweeps.record import Job, SweepBook, SweepRecord
+from experiments.sweeps.record import Job, SweepBook, SweepRecord, refuse_chosen_run
 from experiments.sweeps.slurm import submit_array
 from experiments.sweeps.space import Search
 from observers.exit_codes import ExitCode
+from observers.liveness import DEAD
 from observers.location import StoreLocation
 from observers.records import RecordError
-from observers.studies import STORAGE_VARIABLE, study_storage
+from observers.studies import STORAGE_VARIABLE, open_study
 
 OVER_BUDGET = "over_budget"  # user attribute of a trial numbered past the budget (never run)
 SAME_AS = "same_as"  # user attribute of a trial answered from an earlier one's (never run)
 ENDED = ("COMPLETED", "PRUNED", "FAILED", "DAMAGED")  # a run status that ends its trial
-CONTINUABLE = ("INTERRUPTED", "RUNNING", "TIMEOUT")
-
-
-def quiet_optuna():
-    """optuna, logging warnings only (its INFO line per trial would drown the progress)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
+CONTINUABLE = ("INTERRUPTED", "RUNNING", "TIMEOUT", DEAD)  # DEAD: killed, run.json says RUNNING
 
 
 class Tuner:
     """One search's study, and the trials it asks, runs and tells."""
 
-    def __init__(self, record: SweepRecord, location: StoreLocation, storage_url: str | None):
-        optuna = quiet_optuna()
+    def __init__(
+        self,
+        record: SweepRecord,
+        location: StoreLocation,
+        storage_url: str | None,
+        new: bool = False,
+    ):
+        """The search's study, created when `new` (refused if its storage holds one of that name:
+        another store's search with the same id), else loaded (refused if it is missing)."""
         self.record, self.location, self.storage_url = record, location, storage_url
         try:
             self.search = Search.parse(record.extra.get("search"))
         except ValueError as error:
             raise RecordError(f"search {record.id}'s record is damaged: {error}") from None
-        self.study = optuna.create_study(
-            study_name=record.id,
-            storage=study_storage(location, record.id, storage_url),
-            direction=self.search.direction,
+        refuse_chosen_run(record, 0, record.configs[0])
+        self.study = open_study(
+            location,
+            record.id,
+            storage_url,
+            new,
             sampler=self.search.make_sampler(),
             pruner=self.search.make_pruner(),
-            load_if_exists=True,
+            **({"direction": self.search.direction} if new else {}),
         )
         self.distributions = self.search.distributions()
 
@@ -88,6 +90,12 @@ class Tuner:
         `after`: the trial's latest run when the job was planned (its claim's name)."""
         if resumes is not None:
             return Job(number, [f"resume={resumes}"], resumes=resumes, after=after)
+        unknown = sorted(set(params) - set(self.search.space))
+        if unknown:  # the study is data: it adds no key the search did not declare
+            raise RecordError(
+                f"search {self.record.id}'s trial {number} sets {unknown[0]}, which its "
+                "space does not declare; nothing was run"
+            )
         config = {**self.record.configs[0], **params}
         return Job(number, self.record.named_configs + config_words(config), after=after)
 
@@ -95,17 +103,25 @@ class Tuner:
         """A new trial's job, or None once the budget is spent. A trial that proposes a completed
         trial's parameters is answered from it and never run (`answer_from`), and the next one is
         asked: `say` gets a line for each."""
-        from optuna.trial import TrialState
-
         while len(self.study.get_trials(deepcopy=False)) < self.search.trials:
             trial = self.study.ask(self.distributions)
             if trial.number >= self.search.trials:  # another worker took the last one first
-                trial.set_user_attr(OVER_BUDGET, True)
-                self.study.tell(trial, state=TrialState.FAIL)
+                self.over_budget(trial.number)
                 return None
             if not self.answered(trial, say):
                 return self.job(trial.number, trial.params)
         return None
+
+    def over_budget(self, number: int) -> None:
+        """Mark trial `number`, past the budget, as never run (FAIL); once, whoever marks it."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import Trial, TrialState
+
+        try:
+            Trial(self.study, self.trial(number)._trial_id).set_user_attr(OVER_BUDGET, True)
+        except UpdateFinishedTrialError:
+            return  # marked by another process
+        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
     def answered(self, trial, say) -> bool:
         """Whether `trial` (an Optuna Trial, not run yet) was answered now from a completed trial
@@ -136,15 +152,23 @@ class Tuner:
         if status in CONTINUABLE:
             return f"{status} (continue it with --resume)"
         if status == "PRUNED":
-            self.study.tell(number, state=TrialState.PRUNED)
-            return f"PRUNED after epoch {max(trial.intermediate_values, default=0)}"
+            told = self.told(number, TrialState.PRUNED)
+            return told or f"PRUNED after epoch {max(trial.intermediate_values, default=0)}"
         values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
         if status != "COMPLETED" or not values:
-            self.study.tell(number, state=TrialState.FAIL)
-            return status if status != "COMPLETED" else "FAILED (no metric reported)"
+            told = self.told(number, TrialState.FAIL)
+            return told or (status if status != "COMPLETED" else "FAILED (no metric reported)")
         best = max(values) if self.search.direction == "maximize" else min(values)
-        self.study.tell(number, best)
-        return f"COMPLETED {self.search.metric}={best:.4g}"
+        told = self.told(number, TrialState.COMPLETE, best)
+        return told or f"COMPLETED {self.search.metric}={best:.4g}"
+
+    def told(self, number: int, state, value: float | None = None) -> str | None:
+        """Tell trial `number` it ended in `state`: None, or the state another process (a resume,
+        a worker) told it first, which stands."""
+        self.study.tell(number, value, state=state, skip_if_finished=True)
+        now = self.trial(number)
+        ours = now.state == state and (value is None or now.value == value)
+        return None if ours else now.state.name
 
     def child(self, job: Job, **options):
         """The trial's run as the sweep machinery starts it."""
@@ -167,6 +191,9 @@ class Tuner:
         attempts = sweep_attempts(self.location, self.record.id)
         jobs, notes = [], []
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number >= self.search.trials:  # its worker stopped before marking it
+                self.over_budget(trial.number)
+                continue
             runs = attempts.get(trial.number) or []
             latest: Attempt | None = runs[-1] if runs else None
             after = latest.run_id if latest is not None else None

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from experiments.cli import main
 from experiments.sweeps.claiming import claim_jobs
@@ -22,6 +24,7 @@ from ingredients.processes import this_process
 from observers import load_runs
 from observers.claims import SweepClaims
 from observers.location import StoreLocation
+from observers.records import RecordError
 from observers.studies import journal_path, study_storage
 from tests.helpers import stop_when_ready
 
@@ -153,7 +156,7 @@ def proposals(store: Path, sampler: dict, trials: int, stop_after: int | None = 
     ).check()
     record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
     location = StoreLocation.parse(str(store))
-    tuner, asked = Tuner(record, location, None), []
+    tuner, asked = Tuner(record, location, None, new=True), []
     while (job := tuner.ask()) is not None:
         params = tuner.trial(job.index).params
         asked.append(params)
@@ -418,7 +421,7 @@ def test_a_new_trial_is_claimed_as_it_is_asked(tmp_path):
     search = Search(space={"lr": {"low": 1e-4, "high": 1.0, "log": True}}, trials=2).check()
     record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
     location = StoreLocation.parse(str(tmp_path))
-    worker = LocalSearch(Tuner(record, location, None), SweepBook(location), 1, 1)
+    worker = LocalSearch(Tuner(record, location, None, new=True), SweepBook(location), 1, 1)
     job = worker.next_job()
     assert job is not None and job.index == 0 and worker.names == {0: "0-after-0.g0"}
     claims = SweepClaims(location, "s1")
@@ -443,7 +446,7 @@ def test_a_trial_proposing_a_completed_trials_parameters_is_answered_not_run(tmp
         sampler=sampler,
     ).check()
     record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
-    tuner, said, run = Tuner(record, StoreLocation.parse(str(tmp_path)), None), [], []
+    tuner, said, run = Tuner(record, StoreLocation.parse(str(tmp_path)), None, new=True), [], []
     while (job := tuner.ask(said.append)) is not None:
         params = tuner.trial(job.index).params
         run.append(tuple(sorted(params.items())))
@@ -496,7 +499,7 @@ def test_a_resume_answers_a_trial_left_asked_with_a_completed_trials_parameters(
     search = Search(space={"lr": {"choices": [0.1]}}, trials=2).check()
     record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
     location = StoreLocation.parse(str(tmp_path))
-    tuner = Tuner(record, location, None)
+    tuner = Tuner(record, location, None, new=True)
     job = tuner.ask()
     assert job is not None
     tuner.study.tell(job.index, 0.75)
@@ -524,7 +527,7 @@ def test_a_resume_never_answers_a_trial_a_live_worker_is_starting(tmp_path):
     search = Search(space={"lr": {"choices": [0.1]}}, trials=2).check()
     record = SweepRecord("s1", "experiments/train.py", [], [{}], extra={"search": search.record()})
     location = StoreLocation.parse(str(tmp_path))
-    tuner = Tuner(record, location, None)
+    tuner = Tuner(record, location, None, new=True)
     worker = LocalSearch(tuner, SweepBook(location), 1, 1)
     running, starting = worker.next_job(), worker.next_job()
     assert running is not None and starting is not None and starting.index == 1
@@ -534,3 +537,165 @@ def test_a_resume_never_answers_a_trial_a_live_worker_is_starting(tmp_path):
     first, names = claim_jobs(location, "s1", jobs, label="trial")
     assert first == [] and names == {}  # held by the live worker: left alone
     assert resumed.trial(1).state.name == "RUNNING" and SAME_AS not in resumed.trial(1).user_attrs
+
+
+def small_search(tmp_path: Path, trials: int = 2, **fixed) -> tuple[SweepRecord, StoreLocation]:
+    search = Search(space={"lr": {"choices": [0.1, 0.01]}}, trials=trials).check()
+    record = SweepRecord(
+        "s1", "experiments/train.py", [], [fixed], extra={"search": search.record()}
+    )
+    return record, StoreLocation.parse(str(tmp_path / "runs"))
+
+
+def test_a_killed_trials_run_is_continued_from_its_checkpoint(tmp_path):
+    """A run killed by SIGKILL (out of memory, a lost node) leaves run.json RUNNING: read as
+    DEAD, its trial is continued from its recorded checkpoint, as a sweep's config is, not
+    started again."""
+    record, location = small_search(tmp_path)
+    tuner = Tuner(record, location, None, new=True)
+    job = tuner.ask()
+    assert job is not None
+    folder = location.path / "7"
+    folder.mkdir(parents=True)
+    run = {  # no process recorded, a heartbeat long stale: its process is gone
+        "status": "RUNNING",
+        "start_time": "2020-01-01T00:00:00+00:00",
+        "heartbeat": "2020-01-01T00:01:00+00:00",
+        "meta": {"sweep": {"id": "s1", "index": job.index}},
+    }
+    (folder / "run.json").write_text(json.dumps(run))
+    (folder / "info.json").write_text(json.dumps({"checkpoints": {"last.pt": {"epoch": 1}}}))
+    jobs, notes = Tuner(record, location, None).unfinished()
+    assert [(j.index, j.resumes) for j in jobs] == [(job.index, 7)]
+    assert notes == [f"trial {job.index}: continuing run 7"]
+
+
+def test_a_trial_asked_past_the_budget_by_a_killed_worker_is_never_run(tmp_path):
+    """A worker killed between asking trial N >= budget and marking it leaves it RUNNING with no
+    mark: the resume marks it (FAIL, over budget) and runs only trials within the budget."""
+    record, location = small_search(tmp_path, trials=1)
+    tuner = Tuner(record, location, None, new=True)
+    first = tuner.ask()
+    assert first is not None and first.index == 0
+    past = tuner.study.ask(tuner.distributions)  # then the worker was killed
+    jobs, _ = Tuner(record, location, None).unfinished()
+    assert [j.index for j in jobs] == [0]
+    marked = tuner.trial(past.number)
+    assert marked.state.name == "FAIL" and marked.user_attrs["over_budget"] is True
+
+
+def test_a_trial_told_by_another_process_first_keeps_that_end(tmp_path):
+    """A resume and a worker both find a trial's run ended and tell it: the first tell stands,
+    and the second says so instead of failing ('Cannot tell a COMPLETE trial')."""
+    record, location = small_search(tmp_path)
+    tuner = Tuner(record, location, None, new=True)
+    job = tuner.ask()
+    assert job is not None
+    tuner.study.tell(job.index, 0.5)  # told elsewhere between our check and our tell
+    assert tuner.told(job.index, optuna_state("PRUNED")) == "COMPLETE"
+    assert tuner.trial(job.index).value == 0.5
+
+
+def optuna_state(name: str):
+    import optuna
+
+    return optuna.trial.TrialState[name]
+
+
+def test_a_search_record_or_study_that_chooses_a_run_is_refused(tmp_path):
+    """A record is data: a fixed resume=, a searched resume or a trial parameter its space does
+    not declare would make every trial extend a run of the store. Each is refused by name."""
+    record, location = small_search(tmp_path, resume=3)
+    with pytest.raises(RecordError, match=r"sweep s1's config 0 sets resume=3"):
+        Tuner(record, location, None, new=True)
+    with pytest.raises(ValueError, match=r"^space.resume: resume cannot be searched"):
+        Search(space={"resume": {"choices": [1, 2]}}).check()
+    record, location = small_search(tmp_path)
+    tuner = Tuner(record, location, None, new=True)
+    with pytest.raises(RecordError, match=r"trial 0 sets resume, which its space does not"):
+        tuner.job(0, {"lr": 0.1, "resume": 3})
+
+
+def test_a_missing_study_is_refused_and_a_read_writes_nothing(tmp_path):
+    record, location = small_search(tmp_path)
+    with pytest.raises(RecordError, match=r"^search s1's study journal .* is missing$"):
+        Tuner(record, location, None)
+    assert not journal_path(location, "s1").exists()
+
+
+def test_a_new_search_never_joins_another_stores_study_of_the_same_id(
+    tmp_path, monkeypatch, capsys
+):
+    """Two stores share one --study-storage database; a search id is unique only within its
+    store. A new search whose id the database holds already is refused in one sentence, and
+    nothing of it is recorded; the study there is left as it was."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(study_name="20260101-beef", storage=url).ask()  # another store's
+    monkeypatch.setattr(SweepBook, "new_id", lambda self: "20260101-beef")
+    store = tmp_path / "runs"
+    words = ["--store", str(store), "--study-storage", url, "--trials", "2"]
+    code = main(["sweep", "experiments/train.py", *words, "with", "lr=[0.1, 0.01]", *TINY])
+    said = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in said
+    assert "the study storage already holds a study named 20260101-beef, which is not" in said
+    assert not list((store / ".reprolab" / "sweeps").glob("*.json"))
+    assert len(optuna.load_study(study_name="20260101-beef", storage=url).trials) == 1
+
+
+damaged_lines = st.one_of(
+    st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(-3, 10), st.text(max_size=4)),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3),
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "op_code",
+                        "worker_id",
+                        "study_id",
+                        "trial_id",
+                        "study_name",
+                        "directions",
+                        "datetime_start",
+                        "state",
+                        "values",
+                        "param_name",
+                        "param_value_internal",
+                        "distribution",
+                        "step",
+                        "intermediate_value",
+                        "user_attr",
+                        "system_attr",
+                    ]
+                ),
+                inner,
+                max_size=5,
+            ),
+        ),
+        max_leaves=8,
+    ).map(json.dumps),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(lines=st.lists(damaged_lines, min_size=1, max_size=3))
+def test_a_damaged_study_journal_is_refused_in_one_sentence(tmp_path, lines):
+    """A journal is data: lines appended to it, of any shape, give a study Optuna reads or one
+    sentence naming the search, never a traceback."""
+    import shutil
+
+    record, location = small_search(tmp_path)
+    shutil.rmtree(location.path, ignore_errors=True)
+    tuner = Tuner(record, location, None, new=True)
+    assert tuner.ask() is not None
+    with journal_path(location, "s1").open("a") as journal:
+        journal.write("".join(line.replace("\n", " ") + "\n" for line in lines))
+    try:
+        Tuner(record, location, None).summary()
+    except RecordError as error:
+        assert str(error).startswith("search s1's study is") and "\n" not in str(error)

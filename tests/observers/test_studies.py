@@ -15,6 +15,7 @@ from optuna.storages.journal import JournalStorage
 
 from experiments.sweeps.space import Search
 from observers.location import StoreLocation
+from observers.records import RecordError
 from observers.studies import MongoJournalBackend, journal_path, study_storage, sync_journal
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -128,3 +129,57 @@ def test_hostile_search_blocks_are_refused_in_one_sentence_or_accepted_checked(b
         return
     assert 1 <= search.trials <= 100_000 and search.direction in ("maximize", "minimize")
     search.make_sampler(), search.make_pruner(), search.distributions()  # Optuna takes them
+
+
+def test_sync_refuses_a_study_continued_apart_in_mongodb_and_in_the_file(tmp_path):
+    """Synced, then resumed in MongoDB and in the file store each: the file's later logs are not
+    MongoDB's, so appending them would splice two histories. Refused; MongoDB is left as it was."""
+    location = StoreLocation.parse(str(tmp_path / "runs"))
+    study = optuna.create_study(study_name="s", storage=study_storage(location, "s"))
+    study.optimize(objective, n_trials=2)
+    db = mongomock.MongoClient()["sacred"]
+    path = journal_path(location, "s")
+    sync_journal(path, db, "s")
+    there = optuna.load_study(study_name="s", storage=JournalStorage(MongoJournalBackend(db, "s")))
+    there.optimize(objective, n_trials=1)
+    study.optimize(objective, n_trials=2)  # the file went on apart, further than MongoDB
+    held = MongoJournalBackend(db, "s").read_logs(0)
+    with pytest.raises(RecordError, match=r"^study s in MongoDB and in .* differ within"):
+        sync_journal(path, db, "s")
+    assert MongoJournalBackend(db, "s").read_logs(0) == held
+
+
+def test_the_mongo_journal_is_read_by_an_index():
+    db = mongomock.MongoClient()["sacred"]
+    MongoJournalBackend(db, "s")
+    keys = [info["key"] for info in db["studies"].index_information().values()]
+    assert [("journal", 1), ("start", 1)] in keys
+
+
+documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "_id": st.one_of(st.sampled_from(["s:000000000000", "s:000000000001", "s:x"]), values),
+        "start": st.one_of(st.integers(-1, 3), values),
+        "logs": st.one_of(st.lists(st.one_of(st.just({"op_code": 0}), values), max_size=2), values),
+    },
+).map(lambda doc: {**doc, "journal": "s"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(documents, min_size=1, max_size=3))
+def test_a_damaged_mongo_journal_is_refused_never_looped_on(docs):
+    """A studies document of any shape (planted or torn) gives logs, or RecordError naming the
+    journal; an append after it ends, appended or refused, instead of retrying forever."""
+    db = mongomock.MongoClient()["sacred"]
+    for doc in docs:
+        try:
+            db["studies"].insert_one(doc)
+        except Exception:  # noqa: BLE001 - a duplicate or unencodable _id: not planted
+            pass
+    backend = MongoJournalBackend(db, "s")
+    for act in (lambda: backend.read_logs(0), backend.count, lambda: backend.append_logs([{}])):
+        try:
+            act()
+        except RecordError as error:
+            assert str(error).startswith("study s's journal in MongoDB is damaged")
