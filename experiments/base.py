@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from sacred import SETTINGS
 from sacred.utils import ConfigAddedError, apply_backspaces_and_linefeeds, iterate_flattened
@@ -81,6 +82,10 @@ def say_once(line: str) -> None:
 class ReproExperiment(PlainExperiment):
     """Experiment with the project's defaults: sources from the whole repository, the default
     store, progress bars filtered from captured output, and strict config keys."""
+
+    # The metrics a run logs each epoch, given its config: a search's metric is checked against
+    # them before any trial starts (None: the experiment does not say; its trials check it).
+    epoch_metrics: Callable[[dict], tuple[str, ...]] | None = None
 
     def __init__(self, name: str, ingredients=(), caller_globals: dict | None = None):
         # The caller's globals name the main file (Sacred would scan every loaded module for

@@ -132,6 +132,14 @@ SCHEMA = {
 }
 
 
+def epoch_metrics(config: dict) -> tuple[str, ...]:
+    """What a run with this config logs each epoch that can be monitored or searched."""
+    return ("train_loss", "val_loss") + (("val_accuracy",) if config["loss"] != "mse" else ())
+
+
+ex.epoch_metrics = epoch_metrics
+
+
 @ex.config_hook
 def validate(config, command_name, logger):
     """Refuse bad top-level settings before the run starts."""
@@ -139,7 +147,7 @@ def validate(config, command_name, logger):
         return {}
     # Sacred draws the seed after the config hooks: an absent one is checked as valid.
     check_section(None, {"seed": 0, **config}, SCHEMA)
-    metrics = ("train_loss", "val_loss") + (("val_accuracy",) if config["loss"] != "mse" else ())
+    metrics = epoch_metrics(config)
     if config["monitor"] not in metrics:
         raise ValueError(f"monitor must be one of {', '.join(metrics)}, got {config['monitor']!r}")
     pick_device(config["device"], here=not checking_for_elsewhere())

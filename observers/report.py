@@ -487,19 +487,21 @@ def compare_sweep(args) -> int:
     if args.runs:
         raise ValueError("give run ids or --sweep, not both")
     store = open_store(args.store)
-    metric = args.metric or DEFAULT_METRIC
+    searched = search_of(args.sweep, args.store)
+    declared = (searched or {}).get("metric")  # a search ranks by its own metric and direction
+    metric = args.metric or (declared if isinstance(declared, str) else DEFAULT_METRIC)
+    direction = (searched or {}).get("direction") if metric == declared else None
     runs = load_runs(store, sweep=args.sweep)
     if runs.empty:
         raise ValueError(f"no runs of sweep '{args.sweep}' in {store.location}")
     # each config's latest run counts (an interrupted one was continued by a later run)
     runs = runs.sort_index().groupby("sweep_index", dropna=False).tail(1)
     runs = runs.drop(columns="config.resume", errors="ignore")
-    best = best_column(runs, metric)
+    best = best_column(runs, metric, direction)
     if best is None:
         raise ValueError(f"no run of sweep '{args.sweep}' recorded the metric '{metric}'")
     runs = runs.sort_values(best, ascending=best.endswith(".min"), na_position="last")
     print("\n".join(sweep_rank_lines(runs, best)))
-    searched = search_of(args.sweep, args.store)
     if args.plot and searched is not None:
         plot_searched(runs, best, args, searched)
     elif args.plot:
@@ -508,6 +510,9 @@ def compare_sweep(args) -> int:
         x_key = plot_sweep(runs, best, args.plot)
         print(f"wrote {args.plot} ({best} against {short_key(x_key)}, sweep {args.sweep})")
     return ExitCode.OK
+
+
+DIRECTIONS = ("maximize", "minimize")
 
 
 def search_of(sweep_id: str, store: str | None) -> dict | None:
@@ -534,9 +539,11 @@ def plot_searched(runs: pd.DataFrame, best: str, args, search: dict) -> None:
     print(f"wrote {args.plot} ({best} by trial, and the searched keys' importance)")
 
 
-def best_column(runs: pd.DataFrame, metric: str) -> str | None:
-    """The metric's best summary: its min for a loss or error, else its max."""
-    lower_is_better = any(word in metric for word in ("loss", "error", "mse"))
+def best_column(runs: pd.DataFrame, metric: str, direction: str | None = None) -> str | None:
+    """The metric's best summary: its min when minimized (by default, for a loss or error), else
+    its max."""
+    guessed = any(word in metric for word in ("loss", "error", "mse"))
+    lower_is_better = direction == "minimize" if direction in DIRECTIONS else guessed
     column = f"{metric}.{'min' if lower_is_better else 'max'}"
     return column if column in runs.columns and runs[column].notna().any() else None
 

@@ -10,6 +10,7 @@ same database (MongoJournalBackend below). Any other Optuna storage is named by 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,29 @@ def study_storage(location: StoreLocation, study_id: str, url: str | None = None
     import optuna
 
     if url:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from observers.credentials import describe_error, redact_url
+
         check_storage_url(url)
-        return optuna.storages.RDBStorage(url)
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (ImportError, SQLAlchemyError) as error:  # no driver, no server, no such file
+            raise ValueError(
+                f"--study-storage {redact_url(url)} cannot be opened: {describe_error(error, url)}"
+            ) from None
     from optuna.storages.journal import JournalStorage
 
     if location.is_mongo:
         from observers.mongo import reach
 
-        return JournalStorage(MongoJournalBackend(reach(location.secret), study_id))
-    return JournalStorage(file_backend(journal_path(location, study_id)))
+        backend = MongoJournalBackend(reach(location.secret), study_id)
+    else:
+        backend = file_backend(journal_path(location, study_id))
+    try:
+        return JournalStorage(backend)  # replays the journal: its logs are data
+    except REPLAY_ERRORS as error:
+        raise unreadable(study_id, error) from None
 
 
 def open_study(
@@ -63,8 +78,8 @@ def open_study(
         journal = journal_path(location, study_id)
         if not journal.is_file():
             raise RecordError(f"search {study_id}'s study journal {journal} is missing")
+    storage = study_storage(location, study_id, url)  # a URL it cannot open: ValueError
     try:
-        storage = study_storage(location, study_id, url)
         if new:
             return optuna.create_study(study_name=study_id, storage=storage, **settings)
         return optuna.load_study(study_name=study_id, storage=storage, **settings)
@@ -74,10 +89,15 @@ def open_study(
             "search's (another store's search with the same id): nothing was run"
         ) from None
     except REPLAY_ERRORS as error:
-        raise RecordError(
-            f"search {study_id}'s study is missing from its storage or damaged "
-            f"({type(error).__name__}: {error})"
-        ) from None
+        raise unreadable(study_id, error) from None
+
+
+def unreadable(study_id: str, error: Exception) -> RecordError:
+    """A study not in its storage, or a damaged journal, in one sentence naming the search."""
+    return RecordError(
+        f"search {study_id}'s study is missing from its storage or damaged "
+        f"({type(error).__name__}: {str(error)[:200]})"
+    )
 
 
 def file_backend(path: Path):
@@ -230,8 +250,10 @@ def param_importances(location: StoreLocation, study_id: str, url: str | None = 
 
     study = open_study(location, study_id, url)
     try:
-        return optuna.importance.get_param_importances(
-            study, evaluator=PedAnovaImportanceEvaluator()
-        )
+        with warnings.catch_warnings():  # its warnings on few trials: {} says it for the plot
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(
+                study, evaluator=PedAnovaImportanceEvaluator()
+            )
     except (ValueError, RuntimeError, ZeroDivisionError):  # too few finished trials
         return {}

@@ -173,12 +173,17 @@ def load_experiment(path: str):
 
 
 def validate(
-    experiment: str, named_configs: list[str], configs: list[dict], elsewhere: bool = False
+    experiment: str,
+    named_configs: list[str],
+    configs: list[dict],
+    elsewhere: bool = False,
+    metric: str | None = None,
 ) -> None:
     """Build every config's run without starting it, so a bad one is refused before any run
     starts: one sentence naming the config and the key. Nothing is recorded (no observer).
     Configs that differ only in a plain seed are built once (a seed changes no other value).
-    `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see."""
+    `elsewhere`: the runs start on other machines (Slurm), whose GPUs this one cannot see.
+    `metric`: a search's, refused where the experiment says its runs do not log it."""
     ex = load_experiment(experiment)
     varied = varied_keys(configs)
     checked: set[str] = set()  # configs already built, but for their seed
@@ -189,11 +194,17 @@ def validate(
             if shared in checked and plain_seed(config.get("seed")):
                 continue
             checked.add(shared)
+            label = describe(config, varied) or describe(config)
             try:
-                create_unstarted_run(ex, dict(config), list(named_configs))
+                run = create_unstarted_run(ex, dict(config), list(named_configs))
             except ValueError as error:  # ConfigurationError: one sentence naming the key
-                label = describe(config, varied) or describe(config)
                 raise ValueError(f"config {index} ({label}): {error}") from None
+            logged = getattr(ex, "epoch_metrics", None)
+            if metric is not None and logged is not None and metric not in logged(run.config):
+                raise ValueError(
+                    f"search.metric {metric!r} is not one that config {index} ({label}) logs "
+                    f"each epoch ({', '.join(logged(run.config))})"
+                )
 
 
 def plain_seed(seed: object) -> bool:

@@ -45,11 +45,16 @@ class SearchArgs:
 
     def given(self) -> bool:
         """Whether any search option was given (then the sweep is a search)."""
-        return any(
-            value not in (None, ())
+        return bool(self.given_flags())
+
+    def given_flags(self) -> list[str]:
+        """The search options given, as typed (--study-storage aside: also given on --resume
+        and --status, to reach the study)."""
+        return [
+            "--pruner-option" if name == "pruner_options" else f"--{name.replace('_', '-')}"
             for name, value in vars(self).items()
-            if name != "storage"  # also given on --resume, to reach the study
-        )
+            if name != "storage" and value not in (None, ())
+        ]
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,25 @@ class SweepOptions:
             self,
             on=self.on or on or "local",
             parallel=self.parallel if self.parallel is not None else (parallel or 1),
-            threads=self.threads or threads,
+            threads=self.threads if self.threads is not None else threads,
         )
         chosen.check()
         return chosen
+
+    def check_recorded(self) -> None:
+        """--resume and --status take the sweep's declaration from its record: ValueError naming
+        the first option given that would declare or change it (it would be ignored)."""
+        flag = "--resume" if self.resume else "--status"
+        declaring = [
+            ("an experiment, a sweep file or config values", bool(self.words or self.file)),
+            ("--dry-run", self.dry_run),
+        ]
+        given = [name for name, on in declaring if on] + self.search.given_flags()
+        if given:
+            raise ValueError(
+                f"{flag} takes the sweep as it was recorded, so {given[0]} cannot be given "
+                "with it; leave it out"
+            )
 
     def check(self) -> None:
         if self.parallel is not None and self.parallel < 1:

@@ -56,6 +56,7 @@ def sweep_or_search(options: SweepOptions) -> int:
     """`reprolab sweep`: a search when it declares one, else a sweep (sweeps/command.py)."""
     known = options.status or options.resume
     if known:
+        options.check_recorded()
         record = SweepBook(options.store).load(known)
         if "search" not in record.extra:
             return sweep_command(options)
@@ -114,15 +115,19 @@ def new_search(options: SweepOptions, declaration: Declaration) -> int:
     search = search_from(declaration, options.search)
     experiment = relative_experiment(declaration.experiment, options.store)  # before it loads
     options = options.with_engine()
-    if options.print_commands:
-        raise ValueError(
-            "a search chooses each trial from the ones before it, so it has no commands to "
-            "print; run it here (--parallel N) or with --on slurm"
-        )
+    refuse_printing(options)
     base = {**declaration.fixed}
-    default_seed = base.setdefault("seed", secrets.randbelow(SEED_LIMIT))
+    if "seed" not in search.space:  # one seed for all trials, drawn unless fixed
+        base.setdefault("seed", secrets.randbelow(SEED_LIMIT))
+    default_seed = base.get("seed")
     configs = extreme_configs(base, search)
-    validate(declaration.experiment, declaration.named_configs, configs, options.runs_elsewhere)
+    validate(
+        declaration.experiment,
+        declaration.named_configs,
+        configs,
+        options.runs_elsewhere,
+        search.metric,
+    )
     if options.on == "slurm":
         check_devices(configs, SlurmOptions.from_args(options.slurm))
     if options.dry_run:
@@ -148,7 +153,7 @@ def new_search(options: SweepOptions, declaration: Declaration) -> int:
     book.save(record)
     try:
         tuner = Tuner(record, options.store, search.storage, new=True)
-    except RecordError:  # its storage holds a study of that id: nothing of it stays recorded
+    except BaseException:  # no study (its storage refused, or holds that id): no record either
         book.delete(record.id)
         raise
     print(
@@ -158,6 +163,14 @@ def new_search(options: SweepOptions, declaration: Declaration) -> int:
         file=sys.stderr,
     )
     return launch_search(options, tuner, book, [])
+
+
+def refuse_printing(options: SweepOptions) -> None:
+    if options.print_commands:
+        raise ValueError(
+            "a search chooses each trial from the ones before it, so it has no commands to "
+            "print; run it here (--parallel N) or with --on slurm"
+        )
 
 
 def print_search(search: Search, base: dict, declaration: Declaration) -> None:
@@ -246,6 +259,7 @@ def storage_url(options: SweepOptions, record: SweepRecord) -> str | None:
 def resume_search(options: SweepOptions, record: SweepRecord) -> int:
     """Continue a stopped search: trials its stop interrupted continue from their checkpoint,
     then new trials until the budget is spent; finished and pruned trials are kept."""
+    refuse_printing(options)
     check_named_configs(record, record.experiment_file(options.store))
     try:
         config_words(record.configs[0])  # plain values only, before any run starts

@@ -25,6 +25,7 @@ import ast
 import math
 import re
 from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 DISTRIBUTION = re.compile(r"^\s*(uniform|loguniform|int|logint)\((.*)\)\s*$", re.S)
@@ -127,8 +128,22 @@ def check_param(key: str, spec: object) -> dict:
             raise ValueError(
                 f"{name}.step must be a positive {'integer' if kind == 'int' else 'number'}"
             )
+        if not divides(step, low, high):  # else Optuna would search a shorter range
+            raise ValueError(f"{name}: step {step!r} must divide high - low evenly")
     out = {"type": kind, "low": low, "high": high, "log": log}
     return out if step is None else {**out, "step": step}
+
+
+def divides(step, low, high) -> bool:
+    """Whether step divides high - low into one or more whole steps: exactly for integers, and
+    for floats by their decimal text, as Optuna checks it (False past Decimal's 28 digits)."""
+    if is_int(step) and is_int(low) and is_int(high):
+        return high - low >= step and (high - low) % step == 0
+    span, each = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))
+    try:
+        return span >= each and not span % each
+    except InvalidOperation:  # more steps than 28 digits count
+        return False
 
 
 def parse_distribution(key: str, text: str) -> dict | None:
@@ -209,12 +224,17 @@ class Search:
         for name in ("trials", "metric", "direction", "storage"):
             if given.get(name) is not None:
                 setattr(chosen, name, given[name])
-        if given.get("sampler") is not None:
-            chosen.sampler = {"name": given["sampler"]}
+        if (
+            given.get("sampler") is not None
+        ):  # the declared seed stays, so does all of a same name's
+            chosen.sampler = {
+                **kept(self.sampler, given["sampler"], "seed"),
+                "name": given["sampler"],
+            }
         if given.get("sampler_seed") is not None:
             chosen.sampler["seed"] = given["sampler_seed"]
         if given.get("pruner") is not None:
-            chosen.pruner = {"name": given["pruner"]}
+            chosen.pruner = {**kept(self.pruner, given["pruner"]), "name": given["pruner"]}
         for item in given.get("pruner_options") or ():
             key, equals, text = item.partition("=")
             if not equals or not key.strip():
@@ -251,6 +271,11 @@ class Search:
             )
         check_settings("sampler", self.sampler, SAMPLERS)
         check_settings("pruner", self.pruner, PRUNERS)
+        low, high = self.pruner.get("min_resource", 1), self.pruner.get("max_resource", "auto")
+        if self.pruner["name"] == "hyperband" and high != "auto" and not high > low:
+            raise ValueError(
+                f"search.pruner.max_resource ({high}) must be more than min_resource ({low})"
+            )
         if self.sampler["name"] == "grid":
             size = grid_size(self.space)
             if self.trials > size:  # type: ignore[operator]
@@ -419,6 +444,14 @@ def named_block(value: object, what: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"search.{what} must be a name or a mapping with name and settings")
     return dict(value)
+
+
+def kept(block: dict, name: str, *always: str) -> dict:
+    """A sampler's or pruner's settings that stay when the command line names `name`: all of
+    them for the same name, else only `always` (a sampler's seed)."""
+    if block.get("name") == name:
+        return dict(block)
+    return {key: value for key, value in block.items() if key in always}
 
 
 def check_settings(what: str, block: dict, known: dict) -> None:

@@ -699,3 +699,102 @@ def test_a_damaged_study_journal_is_refused_in_one_sentence(tmp_path, lines):
         Tuner(record, location, None).summary()
     except RecordError as error:
         assert str(error).startswith("search s1's study is") and "\n" not in str(error)
+
+
+def test_a_metric_the_experiment_does_not_log_is_refused_before_any_trial(tmp_path, capsys):
+    """train.py says what it logs each epoch: a search for another metric would fail every
+    trial after its first epoch and spend the budget on nothing."""
+    store = tmp_path / "runs"
+    for metric in ("nosuch", "val_accuracy.max"):
+        words = ["--store", str(store), "--trials", "4", "--metric", metric]
+        code = main(["sweep", "experiments/train.py", *words, "with", "lr=[0.1, 0.01]", *TINY])
+        said = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(said) == 1, said
+        assert said[0].startswith(f"reprolab: error: search.metric '{metric}' is not one that")
+        assert "(train_loss, val_loss, val_accuracy)" in said[0]
+    assert not store.exists()  # nothing recorded, nothing run
+    mse = ["--metric", "val_accuracy", "--trials", "2", "--dry-run", "with", "lr=[0.1, 0.01]"]
+    mse += ["loss=mse", "monitor=val_loss", *TINY]
+    assert main(["sweep", "experiments/train.py", "--store", str(store), *mse]) == 2
+    assert "(train_loss, val_loss)" in capsys.readouterr().err  # per config: no accuracy
+
+
+def test_a_study_storage_that_cannot_be_opened_is_one_sentence_and_records_nothing(
+    tmp_path, capsys
+):
+    store = tmp_path / "runs"
+    for url in (f"sqlite:///{tmp_path}/no/such/folder/x.db", "postgresql://bob:pw@127.0.0.1:1/db"):
+        words = ["--store", str(store), "--study-storage", url, "--trials", "1"]
+        code = main(["sweep", "experiments/train.py", *words, "with", "lr=[0.1, 0.01]", *TINY])
+        said = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(said) == 1 and "cannot be opened: " in said[0], said
+        assert ":pw@" not in said[0] and "Traceback" not in said[0]
+    assert not [path for path in store.rglob("*") if path.is_file()]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--dry-run"],
+        ["--trials", "9"],
+        ["--pruner", "median"],
+        ["--pruner-option", "n_startup_trials=1"],
+        ["experiments/train.py", "with", "lr=0.5"],
+    ],
+)
+def test_resume_and_status_refuse_options_that_would_change_the_declaration(
+    pruned_search, capsys, extra
+):
+    """--resume and --status take the search as recorded: an option that would declare or
+    change it is refused by name, not silently ignored (and --dry-run never runs a trial)."""
+    store, sweep = pruned_search
+    before = load_runs(store, sweep=sweep)
+    journal = journal_path(StoreLocation.parse(str(store)), sweep).read_bytes()
+    for flag in ("--resume", "--status"):
+        code = main(["sweep", flag, sweep, "--store", str(store), *extra])
+        said = capsys.readouterr().err.strip()
+        assert code == 2 and said.startswith(f"reprolab: error: {flag} takes the sweep as it was")
+        named = extra[0] if extra[0].startswith("--") else "an experiment, a sweep file"
+        assert f"so {named}" in said
+    assert len(load_runs(store, sweep=sweep)) == len(before)
+    assert journal_path(StoreLocation.parse(str(store)), sweep).read_bytes() == journal
+
+
+def test_status_reads_the_study_without_writing_to_it(pruned_search, capsys):
+    """Optuna's create_study(load_if_exists) logs a create before it finds the study: --status
+    did that on each call, and sync then took the journal for one continued elsewhere."""
+    store, sweep = pruned_search
+    journal = journal_path(StoreLocation.parse(str(store)), sweep)
+    before = journal.read_bytes()
+    for _ in range(2):
+        assert main(["sweep", "--status", sweep, "--store", str(store)]) == 0
+    assert "3 trials" in capsys.readouterr().out
+    assert journal.read_bytes() == before
+
+
+def test_compare_ranks_a_search_by_its_own_metric_and_direction(tmp_path, capsys):
+    store = tmp_path / "runs"
+    minimizing = ["--metric", "val_accuracy", "--direction", "minimize", "--sampler", "grid"]
+    words = ["with", "lr=[0.05, 1e-7]", "optimizer.name=adam", *TINY, *minimizing]
+    reprolab("sweep", "experiments/train.py", "--store", str(store), "--threads", "1", *words)
+    sweep = search_id(store)
+    runs = load_runs(store, sweep=sweep)
+    assert main(["compare", "--sweep", sweep, "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "val_accuracy.min" in out and "val_accuracy.max" not in out
+    worst = int(runs["val_accuracy.min"].idxmin())
+    ranked = [line.split() for line in out.splitlines() if line.split()[:1] == ["1"]]
+    assert ranked and ranked[0][1] == str(worst), out
+
+
+def test_a_searched_seed_is_not_also_shown_fixed(tmp_path, capsys):
+    words = ["--store", str(tmp_path / "runs"), "--dry-run", "--trials", "3"]
+    assert main(["sweep", "experiments/train.py", *words, "with", "seed=[0, 1, 2]", *TINY[:2]]) == 0
+    out = capsys.readouterr().out
+    assert "seed: one of [0, 1, 2]" in out and "seed=" not in out.split("the same in all:")[1]
+
+
+def test_threads_zero_is_refused_not_taken_as_the_default(tmp_path, capsys):
+    words = ["--store", str(tmp_path / "runs"), "--threads", "0", "--dry-run", "with", *TINY]
+    assert main(["sweep", "experiments/train.py", *words, "lr=[0.1, 0.01]"]) == 2
+    assert capsys.readouterr().err.strip() == "reprolab: error: --threads must be 1 or more, not 0"

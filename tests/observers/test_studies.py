@@ -183,3 +183,58 @@ def test_a_damaged_mongo_journal_is_refused_never_looped_on(docs):
             act()
         except RecordError as error:
             assert str(error).startswith("study s's journal in MongoDB is damaged")
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (
+            {"pruner": {"name": "hyperband", "min_resource": 5, "max_resource": 2}},
+            "search.pruner.max_resource (2) must be more than min_resource (5)",
+        ),
+        (
+            {"pruner": {"name": "hyperband", "max_resource": 1}},
+            "search.pruner.max_resource (1) must be more than min_resource (1)",
+        ),
+        (
+            {"space": {"lr": {"low": 0.001, "high": 0.1, "step": 5}}},
+            "space.lr: step 5 must divide high - low evenly",
+        ),
+        (
+            {"space": {"width": {"low": 1, "high": 4, "step": 2}}},
+            "space.width: step 2 must divide high - low evenly",
+        ),
+    ],
+)
+def test_a_search_optuna_would_quietly_change_is_refused(block, message):
+    """Hyperband with no room between its resources, a step that does not divide its range
+    (Optuna would search a shorter one): each refused naming the key."""
+    block = {"trials": 4, "space": {"lr": {"low": 0.001, "high": 0.1}}, **block}
+    with pytest.raises(ValueError) as refused:
+        Search.from_block(block).check()
+    assert str(refused.value) == message
+    Search.from_block(
+        {"trials": 4, "space": {"lr": {"low": 0.001, "high": 0.1, "step": 0.001}}}
+    ).check()
+
+
+def test_a_sampler_named_on_the_command_line_keeps_the_declared_seed():
+    declared = Search.from_block(
+        {
+            "trials": 4,
+            "space": {"lr": {"low": 0.001, "high": 0.1}},
+            "sampler": {"name": "tpe", "seed": 7, "n_startup_trials": 3},
+            "pruner": {"name": "median", "n_startup_trials": 2},
+        }
+    )
+    assert declared.with_options(sampler="tpe").check().sampler == {
+        "name": "tpe",
+        "seed": 7,
+        "n_startup_trials": 3,
+    }
+    assert declared.with_options(sampler="random").check().sampler == {"name": "random", "seed": 7}
+    assert declared.with_options(pruner="median").check().pruner == {
+        "name": "median",
+        "n_startup_trials": 2,
+    }
+    assert declared.with_options(pruner="hyperband").check().pruner == {"name": "hyperband"}
