@@ -45,6 +45,7 @@ from experiments.sweeps.tuner import (
     LocalSearch,
     Tuner,
     submit_workers,
+    trial_state,
     worker_tasks,
 )
 from observers.exit_codes import ExitCode
@@ -313,10 +314,11 @@ def search_status(record: SweepRecord, location: StoreLocation) -> int:
         runs = attempts.get(trial.number) or []
         ids = ",".join(str(r.run_id) for r in runs) or copied_from(trial)
         status = runs[-1].status if runs else "-"
-        line = f"{trial.number:>5}  {trial.state.name:<8}  {ids:<10}  {status:<11}  "
+        state = trial_state(trial, runs)
+        line = f"{trial.number:>5}  {state:<8}  {ids:<10}  {status:<11}  "
         line += f"{trial_value(trial):<26}  "
         print((line + describe(trial.params))[:120])
-    print(tuner.summary())
+    print(tuner.summary(attempts))
     return ExitCode.OK
 
 

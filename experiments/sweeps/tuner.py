@@ -209,13 +209,15 @@ class Tuner:
                 jobs.append(self.job(trial.number, trial.params, after=after))
         return jobs, notes
 
-    def summary(self) -> str:
-        """One line: trials by state, and the best one."""
+    def summary(self, attempts: dict[int, list[Attempt]] | None = None) -> str:
+        """One line: trials by state (with `attempts`, a RUNNING trial whose latest run has
+        ended is counted stopped), and the best one."""
         counts: dict[str, int] = {}
         for trial in self.study.get_trials(deepcopy=False):
             if trial.user_attrs.get(OVER_BUDGET):
                 continue
-            counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+            state = trial_state(trial, (attempts or {}).get(trial.number)).lower()
+            counts[state] = counts.get(state, 0) + 1
         line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         copies = sum(SAME_AS in t.user_attrs for t in self.study.get_trials(deepcopy=False))
         line += f" ({copies} answered by an earlier trial, not run)" if copies else ""
@@ -227,6 +229,15 @@ class Tuner:
             f"search {self.record.id}: {line}; best trial {best.number}: "
             f"{self.search.metric}={best.value:.4g} ({describe(best.params)})"
         )
+
+
+def trial_state(trial, runs: list[Attempt] | None) -> str:
+    """A trial's state as shown: Optuna's, but STOPPED for a RUNNING trial whose latest run was
+    stopped or killed (--resume continues it)."""
+    running = trial.state.name == "RUNNING"
+    if running and runs and not runs[-1].beating() and runs[-1].status not in ENDED:
+        return "STOPPED"
+    return trial.state.name
 
 
 def completed_with(study, params: dict):

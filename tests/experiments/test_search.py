@@ -268,6 +268,10 @@ def stop_a_search(tmp_path: Path, stopper: Path) -> tuple[Path, str]:
 
 def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, checkout_folder):
     store, sweep = stop_a_search(tmp_path, sweep_stopper(checkout_folder))
+    status = reprolab("sweep", "--status", sweep, "--store", str(store)).stdout
+    row = next(line for line in status.splitlines() if line.split()[:1] == ["0"])
+    assert row.split()[1:4] == ["STOPPED", "1", "INTERRUPTED"], status  # not RUNNING
+    assert f"search {sweep}: 1 stopped; no trial completed" in status
     resumed = reprolab(
         "sweep", "--resume", sweep, "--store", str(store), env={"REPO_ROOT": str(REPO_ROOT)}
     )
