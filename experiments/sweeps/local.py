@@ -88,6 +88,10 @@ class LocalSweep:
     def say(self, line: str) -> None:
         print(f"{self.noun} {self.record.id}: {line}", file=sys.stderr, flush=True)
 
+    def not_started(self) -> int:
+        """Jobs this sweep has not started (said when it is stopped)."""
+        return len(self.pending)
+
     # ---------------------------------------------------------------- the loop
 
     def open_pool(self, job: Job, attempt: int, stop: Callable[[], bool]) -> None:
@@ -179,7 +183,7 @@ class LocalSweep:
                 self.stop(running)
                 print(
                     f"{self.noun} {self.record.id} stopped: {self.interrupted} run(s) "
-                    f"interrupted, {len(self.pending)} not started; continue it with: "
+                    f"interrupted, {self.not_started()} not started; continue it with: "
                     f"reprolab sweep --resume {self.record.id}{self.location.option_text()}",
                     file=sys.stderr,
                 )

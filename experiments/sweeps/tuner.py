@@ -334,6 +334,12 @@ class LocalSearch(ClaimingSweep):
     def child(self, job: Job, id_file: Path | None) -> ChildRun:
         return self.tuner.child(job, threads=self.threads, run_id_file=id_file)
 
+    def not_started(self) -> int:
+        """Left-over trials not started, and the trials of the budget not asked yet."""
+        trials = self.tuner.study.get_trials(deepcopy=False)
+        asked = sum(not trial.user_attrs.get(OVER_BUDGET) for trial in trials)
+        return len(self.pending) + max(0, self.tuner.search.trials - asked)
+
     def started(self, item: Running) -> None:
         self.say(f"trial {item.job.index} started: {self.tuner.describe(item.job)}")
 

@@ -261,6 +261,7 @@ def stop_a_search(tmp_path: Path, stopper: Path) -> tuple[Path, str]:
     assert first.returncode == 130, stderr
     sweep = search_id(store)
     assert f"reprolab sweep --resume {sweep}" in stderr
+    assert "stopped: 1 run(s) interrupted, 2 not started" in stderr  # the budget's other two
     assert [t.state.name for t in trials(store, sweep)] == ["RUNNING"]
     assert list(load_runs(store, sweep=sweep).status) == ["INTERRUPTED"]
     return store, sweep
