@@ -428,12 +428,16 @@ def seeded_hyperband(seed: int, settings: dict):
 
 def flat_space(space: dict, prefix: str = "") -> dict:
     """{dotted.key: spec} of a nested space (a mapping with low is a spec, not a level)."""
-    flat = {}
+    flat: dict = {}
     for key, value in space.items():
         if isinstance(value, dict) and value and not {"low", "choices"} & set(value):
-            flat.update(flat_space(value, f"{prefix}{key}."))
+            inner = flat_space(value, f"{prefix}{key}.")
         else:
-            flat[f"{prefix}{key}"] = value
+            inner = {f"{prefix}{key}": value}
+        twice = sorted(set(inner) & set(flat))
+        if twice:  # nested and dotted: one would silently win
+            raise ValueError(f"space.{twice[0]} is given twice; give it once")
+        flat.update(inner)
     return flat
 
 

@@ -204,11 +204,16 @@ def test_a_damaged_mongo_journal_is_refused_never_looped_on(docs):
             {"space": {"width": {"low": 1, "high": 4, "step": 2}}},
             "space.width: step 2 must divide high - low evenly",
         ),
+        (
+            {"space": {"model": {"dropout": [0.1, 0.2]}, "model.dropout": [0.3]}},
+            "space.model.dropout is given twice; give it once",
+        ),
     ],
 )
 def test_a_search_optuna_would_quietly_change_is_refused(block, message):
     """Hyperband with no room between its resources, a step that does not divide its range
-    (Optuna would search a shorter one): each refused naming the key."""
+    (Optuna would search a shorter one), a key given nested and dotted (one would win): each
+    refused naming the key."""
     block = {"trials": 4, "space": {"lr": {"low": 0.001, "high": 0.1}}, **block}
     with pytest.raises(ValueError) as refused:
         Search.from_block(block).check()
