@@ -101,20 +101,19 @@ def open_trial(run, study_id: str, number: int):
     from experiments.sweeps.record import SweepBook
     from experiments.sweeps.space import Search
     from observers.location import StoreLocation
-    from observers.studies import STORAGE_VARIABLE, study_storage
+    from observers.studies import STORAGE_VARIABLE, open_study
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     location = StoreLocation.parse((run.meta_info.get("options") or {}).get("--store"))
     record = SweepBook(location).load(study_id)
     search = Search.parse(record.extra.get("search"))
-    storage = study_storage(location, study_id, os.environ.get(STORAGE_VARIABLE))
-    study = optuna.load_study(
-        study_name=study_id,
-        storage=storage,
+    study = open_study(
+        location,
+        study_id,
+        os.environ.get(STORAGE_VARIABLE),
         sampler=optuna.samplers.RandomSampler(),  # a trial only reports; the sampler is unused
         pruner=search.make_pruner(),
     )
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study_id), number
-    )
-    return optuna.trial.Trial(study, trial_id), search.metric
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise ValueError(f"the study holds no trial {number}")
+    return optuna.trial.Trial(study, trials[number]._trial_id), search.metric

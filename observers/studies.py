@@ -46,7 +46,7 @@ def study_storage(location: StoreLocation, study_id: str, url: str | None = None
         check_storage_url(url)
         try:
             return optuna.storages.RDBStorage(url)
-        except (ImportError, SQLAlchemyError) as error:  # no driver, no server, no such file
+        except (ImportError, SQLAlchemyError, ValueError) as error:  # no driver, server, file
             raise ValueError(
                 f"--study-storage {redact_url(url)} cannot be opened: {describe_error(error, url)}"
             ) from None
@@ -127,7 +127,20 @@ class MongoJournalBackend(BaseJournalBackend):
 
     def __init__(self, db, journal: str, collection: str = STUDIES_COLLECTION):
         self.collection, self.journal = db[collection], journal
-        self.collection.create_index([("journal", 1), ("start", 1)])  # every read seeks by it
+        self.indexed = False
+
+    def ensure_index(self) -> None:
+        """The index every read seeks by, made by a writer (once per backend: per search or
+        trial process); a server that refuses it is read without it."""
+        from pymongo.errors import PyMongoError
+
+        if self.indexed:
+            return
+        self.indexed = True
+        try:
+            self.collection.create_index([("journal", 1), ("start", 1)])
+        except PyMongoError:
+            pass
 
     def checked(self, doc: dict) -> tuple[int, list]:
         """A document's (start, logs), or RecordError naming it where it breaks the tiling."""
@@ -176,6 +189,7 @@ class MongoJournalBackend(BaseJournalBackend):
         refusal with no new last document means a damaged journal, reported, not looped on)."""
         from pymongo.errors import DuplicateKeyError
 
+        self.ensure_index()
         start = self.count()
         while True:
             try:
@@ -216,6 +230,11 @@ def sync_journal(path: Path, db, study_id: str) -> int:
     logs = read_journal(path)
     backend = MongoJournalBackend(db, study_id)
     held = backend.read_logs(0)
+    if len(held) != backend.count():  # a gap: appending after its end would splice
+        raise RecordError(
+            f"study {study_id}'s journal in MongoDB is damaged: its logs stop at {len(held)} "
+            f"but its last document ends at {backend.count()}"
+        )
     if len(held) > len(logs):
         raise RecordError(
             f"study {study_id} holds {len(held)} logs in MongoDB but only {len(logs)} in "

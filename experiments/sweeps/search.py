@@ -94,7 +94,7 @@ def search_from(declaration: Declaration, given: SearchArgs) -> Search:
         pruner_options=given.pruner_options,
         storage=given.storage,
     )
-    return search.check()
+    return search.check_declared()
 
 
 def extreme_configs(base: dict, search: Search) -> list[dict]:

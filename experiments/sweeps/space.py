@@ -128,8 +128,6 @@ def check_param(key: str, spec: object) -> dict:
             raise ValueError(
                 f"{name}.step must be a positive {'integer' if kind == 'int' else 'number'}"
             )
-        if not divides(step, low, high):  # else Optuna would search a shorter range
-            raise ValueError(f"{name}: step {step!r} must divide high - low evenly")
     out = {"type": kind, "low": low, "high": high, "log": log}
     return out if step is None else {**out, "step": step}
 
@@ -271,11 +269,6 @@ class Search:
             )
         check_settings("sampler", self.sampler, SAMPLERS)
         check_settings("pruner", self.pruner, PRUNERS)
-        low, high = self.pruner.get("min_resource", 1), self.pruner.get("max_resource", "auto")
-        if self.pruner["name"] == "hyperband" and high != "auto" and not high > low:
-            raise ValueError(
-                f"search.pruner.max_resource ({high}) must be more than min_resource ({low})"
-            )
         if self.sampler["name"] == "grid":
             size = grid_size(self.space)
             if self.trials > size:  # type: ignore[operator]
@@ -284,6 +277,23 @@ class Search:
                 )
         if self.storage is not None and not isinstance(self.storage, str):
             raise ValueError("search.storage must be a database URL")
+        return self
+
+    def check_declared(self) -> Search:
+        """`check`, and for a new declaration what Optuna would quietly change: a step that does
+        not divide its range (it searches a shorter one), Hyperband's max_resource below its
+        min_resource. Not asked of a recorded search: an older one ran as Optuna changed it."""
+        self.check()
+        for key, spec in self.space.items():
+            if "step" in spec and not divides(spec["step"], spec["low"], spec["high"]):
+                raise ValueError(
+                    f"space.{key}: step {spec['step']!r} must divide high - low evenly"
+                )
+        low, high = self.pruner.get("min_resource", 1), self.pruner.get("max_resource", "auto")
+        if self.pruner["name"] == "hyperband" and high != "auto" and high < low:
+            raise ValueError(
+                f"search.pruner.max_resource ({high}) must be min_resource ({low}) or more"
+            )
         return self
 
     def record(self) -> dict:
