@@ -210,8 +210,8 @@ class Tuner:
         return jobs, notes
 
     def summary(self, attempts: dict[int, list[Attempt]] | None = None) -> str:
-        """One line: trials by state (with `attempts`, a RUNNING trial whose latest run has
-        ended is counted stopped), and the best one."""
+        """One line: trials by state (with `attempts`, a RUNNING trial whose latest run was
+        stopped or killed is counted stopped), and the best one."""
         counts: dict[str, int] = {}
         for trial in self.study.get_trials(deepcopy=False):
             if trial.user_attrs.get(OVER_BUDGET):
