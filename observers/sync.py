@@ -266,7 +266,8 @@ class Uploader:
         return document
 
     def _sources(self, local: LocalRun) -> list[list]:
-        base_dir = local.run["experiment"].get("base_dir", "")
+        base_dir = local.run["experiment"].get("base_dir")
+        base_dir = base_dir if isinstance(base_dir, str) else ""  # a record's field: any shape
         return [
             [
                 name,

@@ -142,6 +142,19 @@ def test_sync_uploads_each_artifact_once(file_store, client, tmp_path):
     assert MongoRunStore(URL).artifact(1, "last.pt") == (store / "1" / "last.pt").read_bytes()
 
 
+def test_a_base_dir_of_another_shape_still_uploads_its_sources(file_store, client, tmp_path):
+    """run.json is data: a base_dir that is not text (found by the store fuzzer: null) names
+    the sources by their own names instead of failing the whole sync."""
+    store = tmp_path / "runs"
+    shutil.copytree(file_store, store)
+    run_json = store / "1" / "run.json"
+    run = json.loads(run_json.read_text())
+    run["experiment"]["base_dir"] = None
+    run_json.write_text(json.dumps(run))
+    assert sync_store(store, URL, **QUIET).uploaded == [(1, 1), (2, 2)]
+    assert MongoRunStore(URL).sources(1) == FileRunStore(store).sources(1)
+
+
 def test_cut_short_upload_is_completed_in_place(file_store, client):
     sync_store(file_store, URL, **QUIET)
     before, db = counts(client), client["sacred"]
