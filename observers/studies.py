@@ -229,11 +229,11 @@ def sync_journal(path: Path, db, study_id: str) -> int:
     continued apart and neither is overwritten (RecordError)."""
     logs = read_journal(path)
     backend = MongoJournalBackend(db, study_id)
-    held = backend.read_logs(0)
-    if len(held) != backend.count():  # a gap: appending after its end would splice
+    held, end = backend.read_logs(0), backend.count()
+    if len(held) != end:  # a gap: appending after its end would splice
         raise RecordError(
             f"study {study_id}'s journal in MongoDB is damaged: its logs stop at {len(held)} "
-            f"but its last document ends at {backend.count()}"
+            f"but its last document ends at {end}"
         )
     if len(held) > len(logs):
         raise RecordError(

@@ -10,6 +10,10 @@ from observers.liveness import DEAD, status_now
 from observers.location import StoreLocation
 from observers.store import RecordError, open_store
 
+# How a run ended that --resume continues from its checkpoint (DEAD: killed, its record says
+# RUNNING), for a sweep's configs and a search's trials alike.
+CONTINUABLE = ("INTERRUPTED", "TIMEOUT", DEAD)
+
 
 @dataclass
 class Attempt:
@@ -79,7 +83,7 @@ def jobs_to_do(
             notes.append(
                 f"config {index}: run {latest.run_id} is still {latest.status}; left alone"
             )
-        elif latest.status in ("INTERRUPTED", DEAD, "TIMEOUT") and latest.checkpoint:
+        elif latest.status in CONTINUABLE and latest.checkpoint:
             notes.append(f"config {index}: continuing run {latest.run_id} from its checkpoint")
             jobs.append(
                 Job(index, [f"resume={latest.run_id}"], resumes=latest.run_id, after=latest.run_id)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.child import ChildRun
-from experiments.sweeps.attempts import Attempt, sweep_attempts
+from experiments.sweeps.attempts import CONTINUABLE, Attempt, sweep_attempts
 from experiments.sweeps.claiming import ClaimingSweep, claim_jobs
 from experiments.sweeps.declare import config_words, describe
 from experiments.sweeps.local import STOP_SIGNALS, Running
@@ -37,7 +37,6 @@ from experiments.sweeps.record import Job, SweepBook, SweepRecord, refuse_chosen
 from experiments.sweeps.slurm import submit_array
 from experiments.sweeps.space import Search
 from observers.exit_codes import ExitCode
-from observers.liveness import DEAD
 from observers.location import StoreLocation
 from observers.records import RecordError
 from observers.studies import STORAGE_VARIABLE, open_study
@@ -45,7 +44,6 @@ from observers.studies import STORAGE_VARIABLE, open_study
 OVER_BUDGET = "over_budget"  # user attribute of a trial numbered past the budget (never run)
 SAME_AS = "same_as"  # user attribute of a trial answered from an earlier one's (never run)
 ENDED = ("COMPLETED", "PRUNED", "FAILED", "DAMAGED")  # a run status that ends its trial
-CONTINUABLE = ("INTERRUPTED", "RUNNING", "TIMEOUT", DEAD)  # DEAD: killed, run.json says RUNNING
 
 
 class Tuner:
@@ -83,6 +81,12 @@ class Tuner:
         """The study's trial `number` as it stands now (a FrozenTrial)."""
         return self.study.get_trials(deepcopy=False)[number]
 
+    def live_trial(self, number: int):
+        """Trial `number` as an Optuna Trial, to report to, mark or tell."""
+        from optuna.trial import Trial
+
+        return Trial(self.study, self.trial(number)._trial_id)
+
     def job(
         self, number: int, params: dict, resumes: int | None = None, after: int | None = None
     ) -> Job:
@@ -115,10 +119,10 @@ class Tuner:
     def over_budget(self, number: int) -> None:
         """Mark trial `number`, past the budget, as never run (FAIL); once, whoever marks it."""
         from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import Trial, TrialState
+        from optuna.trial import TrialState
 
         try:
-            Trial(self.study, self.trial(number)._trial_id).set_user_attr(OVER_BUDGET, True)
+            self.live_trial(number).set_user_attr(OVER_BUDGET, True)
         except UpdateFinishedTrialError:
             return  # marked by another process
         self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
@@ -136,11 +140,9 @@ class Tuner:
 
     def left_over_answered(self, job: Job, say) -> bool:
         """`answered` for a left-over trial's job that would start it again (not continue a run)."""
-        from optuna.trial import Trial
-
         if job.resumes is not None:
             return False
-        return self.answered(Trial(self.study, self.trial(job.index)._trial_id), say)
+        return self.answered(self.live_trial(job.index), say)
 
     def tell(self, number: int, status: str) -> str:
         """Tell the study how trial `number`'s latest run ended; the word to print."""
@@ -149,7 +151,7 @@ class Tuner:
         trial = self.trial(number)
         if trial.state.is_finished():
             return trial.state.name
-        if status in CONTINUABLE:
+        if status == "RUNNING" or status in CONTINUABLE:  # RUNNING: its process was killed
             return f"{status} (continue it with --resume)"
         if status == "PRUNED":
             told = self.told(number, TrialState.PRUNED)
