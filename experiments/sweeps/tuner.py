@@ -215,13 +215,14 @@ class Tuner:
         """One line: trials by state (with `attempts`, a RUNNING trial whose latest run was
         stopped or killed is counted stopped), and the best one."""
         counts: dict[str, int] = {}
-        for trial in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in trials:
             if trial.user_attrs.get(OVER_BUDGET):
                 continue
             state = trial_state(trial, (attempts or {}).get(trial.number)).lower()
             counts[state] = counts.get(state, 0) + 1
         line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-        copies = sum(SAME_AS in t.user_attrs for t in self.study.get_trials(deepcopy=False))
+        copies = sum(SAME_AS in t.user_attrs for t in trials)
         line += f" ({copies} answered by an earlier trial, not run)" if copies else ""
         try:
             best = self.study.best_trial
