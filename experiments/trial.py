@@ -30,7 +30,7 @@ class Pruned(SacredInterrupt):
 
 @cli_option("-T", "--trial", is_flag=True)
 def trial_option(args, run) -> None:
-    """Record this run as a trial of its sweep's search (set by `reprolab sweep`, after --sweep)."""
+    """Record this run as a trial of its sweep's search (set by `reprolab sweep` beside the sweep option)."""
     member = run.meta_info.get("sweep")
     if not isinstance(member, dict):
         raise ValueError("--trial needs --sweep SEARCH_ID:TRIAL")

@@ -62,3 +62,19 @@ def test_a_long_command_line_is_cut():
     }
     label_run(meta)
     assert len(meta["comment"]) < 240 and meta["comment"].endswith("...")
+
+
+def test_the_command_line_parses_only_the_options_it_declares():
+    """Sacred's docopt reads options out of the help text: a wrapped help line that begins with
+    `--word` becomes a junk option recorded in every run's meta.options."""
+    from docopt import docopt
+    from sacred.arg_parser import format_usage
+
+    import experiments.train as train
+
+    ex = train.ex
+    usage = format_usage("dummy", ex.doc, dict(ex.gather_commands()), ex.all_cli_options)
+    parsed = {
+        key for key in docopt(usage, ["with", "lr=0.1"], default_help=False) if key[:1] == "-"
+    }
+    assert parsed == {option.get_flag() for option in ex.all_cli_options}
