@@ -43,6 +43,23 @@ ENDED = (
 SACCT_TIMEOUT_S = 30
 SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:+-]*")  # a partition or memory size: no space, no newline
 GPU_OPTIONS = ("gres", "gpus", "gpus-per-node", "gpus-per-task")  # sbatch's ways to ask for GPUs
+NAMED_OPTIONS = {"time": "time", "cpus-per-task": "cpus", "partition": "partition", "mem": "mem"}
+RESERVED_OPTIONS = (  # what submitit and the sweep set themselves: the task array, one process
+    # per task (two would run the config twice), the USR2 ahead of the time limit that ends a run
+    # INTERRUPTED, the log paths --wait names, the environment that carries the store
+    "array",
+    "nodes",
+    "ntasks",
+    "ntasks-per-node",
+    "signal",
+    "output",
+    "error",
+    "job-name",
+    "open-mode",
+    "wrap",
+    "parsable",
+    "export",
+)
 
 
 @dataclass
@@ -70,6 +87,7 @@ class SlurmOptions:
                 raise ValueError(
                     f"--sbatch '{item}': give an sbatch option as KEY=VALUE, e.g. account=proj"
                 )
+            refuse_reserved(key)
             extra[key] = value if equals else True
         asked = [key for key in extra if key.replace("_", "-") in GPU_OPTIONS]
         if args.gpus is not None and asked:
@@ -180,6 +198,15 @@ def run_task(task: Task) -> int:
             return exit_.code
         return ExitCode.OK if exit_.code is None else ExitCode.FAILED
     return ExitCode.OK
+
+
+def refuse_reserved(key: str) -> None:
+    """An --sbatch option the sweep sets itself, or has an option of its own for, is refused."""
+    name = key.replace("_", "-")
+    if name in NAMED_OPTIONS:
+        raise ValueError(f"--sbatch {key}=...: give it as --{NAMED_OPTIONS[name]}")
+    if name in RESERVED_OPTIONS:
+        raise ValueError(f"--sbatch {key}=...: the sweep sets sbatch's --{name} itself")
 
 
 def claim_task(task: Task) -> bool:

@@ -251,3 +251,29 @@ def test_task_cancelled_by_slurm_is_interrupted_and_resumed(
     train(straight, "lr=0.1", *config, env={"OMP_NUM_THREADS": "1"})
     expected = json.loads((straight / "1" / "info.json").read_text())["final_model_sha256"]
     assert info["final_model_sha256"] == expected
+
+
+def test_sbatch_options_the_sweep_sets_itself_are_refused_by_name(tmp_path):
+    """Every option submitit writes for a sweep (but its wckey label), and a task count that would
+    run a config twice, cannot be replaced through --sbatch."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from experiments.sweeps.slurm import SlurmOptions, executor_parameters
+
+    def given(*sbatch: str) -> argparse.Namespace:
+        names = ("partition", "time", "cpus", "gpus", "mem", "max_parallel")
+        return argparse.Namespace(**dict.fromkeys(names), sbatch=list(sbatch))
+
+    parameters = executor_parameters("20261201-abcd", SlurmOptions.from_args(given()))
+    script = _make_sbatch_string(command="python -m run", folder=tmp_path, **parameters)
+    lines = [line for line in script.splitlines() if line.startswith("#SBATCH --")]
+    keys = [line.removeprefix("#SBATCH --").split("=")[0] for line in lines]
+    keys.remove("wckey")
+    assert "signal" in keys and "array" not in keys  # a one-task script: array added below
+    for key in [*keys, "array", "ntasks", "ntasks_per_node"]:
+        with pytest.raises(ValueError, match=f"^--sbatch {key}=...: "):
+            SlurmOptions.from_args(given(f"{key}=x"))
+    assert SlurmOptions.from_args(given("account=proj", "qos=low")).extra == {
+        "account": "proj",
+        "qos": "low",
+    }
