@@ -75,7 +75,9 @@ def jobs_to_do(
         latest = (attempts.get(index) or [None])[-1]
         fresh = record.fresh_job(index)
         fresh.after = latest.run_id if latest else None
-        if latest is None:
+        if latest is None and index in busy:  # its Slurm task is still queued
+            notes.append(f"config {index}: its task is still waiting in Slurm's queue; left alone")
+        elif latest is None:
             jobs.append(fresh)
         elif latest.status == "COMPLETED":
             continue

@@ -278,3 +278,16 @@ def test_slurm_tasks_of_one_config_run_it_once(tmp_path):
     assert late.returncode == 0 and "run since this launch was planned" in late_said, late_said
     assert len(sweep_runs(store)) == 1
     assert json.loads((store / "1" / "run.json").read_text())["status"] == "COMPLETED"
+
+
+def test_a_resume_leaves_alone_a_config_whose_task_is_still_queued():
+    """A config with no run yet but a Slurm task still pending is not submitted again (the claim
+    would stop the second task, but it would hold a place in the queue)."""
+    from experiments.sweeps.attempts import jobs_to_do
+
+    record = SweepRecord("s1", "experiments/train.py", [], [{"seed": 1}, {"seed": 2}, {"seed": 3}])
+    jobs, notes = jobs_to_do(record, {}, busy={1, 2})
+    assert [job.index for job in jobs] == [0]
+    assert notes == [
+        f"config {i}: its task is still waiting in Slurm's queue; left alone" for i in (1, 2)
+    ]
