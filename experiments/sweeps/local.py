@@ -62,6 +62,7 @@ class LocalSweep:
         self.logs = book.work_dir(record.id) / "logs"
         self.done = self.failed = self.interrupted = 0
         self.failures: list[str] = []
+        self.stopped: list[str] = []  # runs ended by a signal from elsewhere: --resume continues
         self.pending: list[Job] = []
         self.running: list[Running] = []
         self.pool: WarmPool | None = None
@@ -80,9 +81,10 @@ class LocalSweep:
         self.progress()
 
     def progress(self) -> None:
+        stopped = f", {self.interrupted} stopped" if self.interrupted else ""
         self.say(
             f"{self.done} done, {len(self.running)} running, "
-            f"{self.failed} failed, {len(self.pending)} left"
+            f"{self.failed} failed{stopped}, {len(self.pending)} left"
         )
 
     def say(self, line: str) -> None:
@@ -193,8 +195,19 @@ class LocalSweep:
                 self.pool.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        for line in self.failures:
+        return self.ended()
+
+    def ended(self) -> int:
+        """Name each run that failed or was stopped from elsewhere (a kill, the OOM killer), and
+        how to continue; 0 when all completed."""
+        for line in self.failures + self.stopped:
             print(line, file=sys.stderr)
+        if self.stopped:
+            print(
+                f"continue the stopped run(s) with: reprolab sweep --resume "
+                f"{self.record.id}{self.location.option_text()}",
+                file=sys.stderr,
+            )
         return ExitCode.FAILED if self.failed or self.interrupted else ExitCode.OK
 
     def finish(self, item: Running) -> None:
@@ -205,6 +218,8 @@ class LocalSweep:
             self.done += 1
         elif code in STOPPED_BY_SIGNAL:
             self.interrupted += 1
+            how = f"by {signal.Signals(-code).name}" if code < 0 else f"with exit code {code}"
+            self.stopped.append(f"{self.label} {item.job.index} (run {run_id}) was stopped {how}")
         else:
             self.failed += 1
             self.failures.append(

@@ -362,6 +362,35 @@ def test_stopping_a_local_sweep_counts_each_run_by_how_it_ended_and_kills_whole_
     assert readable and stubborn.process.stdout.read() == b""  # EOF: the child is gone too
 
 
+def test_a_run_killed_from_elsewhere_is_named_with_how_to_continue(tmp_path, capsys):
+    """A run SIGKILLed by someone else (the OOM killer, a user) is counted stopped, named at the
+    end with the signal, and the resume command said; the sweep exits FAILED."""
+    import experiments.sweeps.local as sweep_module
+    from experiments.sweeps.record import SweepBook, SweepRecord
+    from observers.location import StoreLocation
+
+    store = StoreLocation(str(tmp_path))
+    record = SweepRecord("s1", "experiments/train.py", [], [{}, {}])
+    runner = sweep_module.LocalSweep(record, SweepBook(store), store, parallel=2, threads=1)
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    process = subprocess.Popen([sys.executable, "-c", kill])
+    process.wait(timeout=WAIT_S)
+    (tmp_path / "1.run_id").write_text("7")
+    runner.finish(
+        sweep_module.Running(
+            sweep_module.Job(1, []), process, tmp_path / "log", tmp_path / "1.run_id"
+        )
+    )
+    runner.progress()
+    assert runner.ended() == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "sweep s1: 0 done, 0 running, 0 failed, 1 stopped, 0 left",
+        "config 1 (run 7) was stopped by SIGKILL",
+        f"continue the stopped run(s) with: reprolab sweep --resume s1 --store {tmp_path}",
+    ]
+
+
 def test_a_declaration_beyond_the_bound_is_refused_before_any_config_is_built():
     from experiments.sweeps.declare import MAX_CONFIGS, Declaration, expand
 
