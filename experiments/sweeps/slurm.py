@@ -178,6 +178,15 @@ class Task:
     store: str | None  # the file store's folder; None: MongoDB, from the environment
 
 
+def slurm_task(task: Task) -> int:
+    """What submitit runs on a node: run_task, whose failure is the task's (a task that returned
+    its run's exit code as a value ended COMPLETED in Slurm, sacct and --wait's count)."""
+    code = run_task(task)
+    if code != ExitCode.OK:
+        raise SystemExit(code)  # not an Exception: submitit lets it end the process with it
+    return code
+
+
 def run_task(task: Task) -> int:
     """On the node: claim the config, then run the experiment in this process (the claim's
     holder); its exit code (0: completed, or left to the launcher that holds the config)."""
@@ -261,7 +270,7 @@ def submit(
 ) -> dict[int, str]:
     """Submit one job array; {config index: Slurm task id}."""
     tasks = [task_of(record, job, location, options.cpus) for job in jobs]
-    submitted = submit_array(record.id, location, options, folder, run_task, tasks)
+    submitted = submit_array(record.id, location, options, folder, slurm_task, tasks)
     return {job.index: handle.job_id for job, handle in zip(jobs, submitted)}
 
 

@@ -86,6 +86,21 @@ def test_grid_runs_as_one_job_array(slurm, tmp_path):
     assert status.count("COMPLETED    COMPLETED") == 4 and status.rstrip().endswith("4 completed")
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_failed_run_fails_its_slurm_task(slurm, tmp_path):
+    """Slurm, sacct and --wait's count say FAILED for a config whose run failed (lr 1e30 makes
+    the loss non-finite), not COMPLETED beside the store's FAILED."""
+    store = tmp_path / "runs"
+    waited = reprolab(
+        "sweep", "--store", str(store), "--on", "slurm", "--time", "10", "--wait",
+        "with", "lr=[1e30, 0.1]", "seed=1", *TINY, check=False,
+    )  # fmt: skip
+    assert waited.returncode == 1, waited.stderr
+    assert "1 done, 0 running, 1 failed, 0 left" in waited.stderr, waited.stderr
+    assert "config 0: run" in waited.stderr and "FAILED (Slurm: FAILED;" in waited.stderr
+
+
 def test_gpus_ask_each_task_for_its_own_gres_in_the_job_script(tmp_path):
     from submitit.slurm.slurm import _make_sbatch_string
 
