@@ -91,6 +91,15 @@ def checkout_file(
     return path
 
 
+MAX_THREADS = 256  # torch threads one run is given (Arrow and OpenMP refuse many thousands)
+PROCESSES_PER_CORE = 4  # runs or ranks a launcher starts at once here: more only wait for a core
+
+
+def process_bound() -> int:
+    """The most processes one launcher starts at once on this machine."""
+    return PROCESSES_PER_CORE * (os.cpu_count() or 1)
+
+
 EXPERIMENT_CLASSES = frozenset({"Experiment", "ReproExperiment"})
 MAX_EXPERIMENT_BYTES = 4 * 2**20  # an experiment file is source code, not data
 

@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, replace
 
+from experiments.child import MAX_THREADS, PROCESSES_PER_CORE, process_bound
 from observers.location import StoreLocation
 
 ENGINES = ("local", "slurm")
@@ -143,6 +144,15 @@ class SweepOptions:
             raise ValueError(f"--parallel must be 1 or more, not {self.parallel}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be 1 or more, not {self.threads}")
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise ValueError(
+                f"--threads {self.threads} is more than the {MAX_THREADS} one run takes"
+            )
+        if self.parallel is not None and self.parallel > process_bound() and self.on != "slurm":
+            raise ValueError(
+                f"--parallel {self.parallel} is more than the {process_bound()} runs this "
+                f"machine's {os.cpu_count()} cores can hold at once ({PROCESSES_PER_CORE} a core)"
+            )
         if self.on == "slurm":
             return
         given = self.slurm.given()

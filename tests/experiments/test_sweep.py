@@ -417,3 +417,22 @@ def test_configs_differing_only_in_seed_are_built_once(monkeypatch, repo_root):
     assert [c["lr"] for c in built] == [0.1, 0.01]
     with pytest.raises(ValueError, match="config 2"):
         validate(train, [], [*configs[:2], {"seed": "x", "lr": 0.1}])
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--threads", lambda: 257, "--threads 257 is more than the 256 one run takes"),
+        ("--parallel", lambda: 4 * os.cpu_count() + 1, "runs this machine's"),
+    ],
+)
+def test_counts_of_threads_and_processes_have_a_bound(tmp_path, capsys, option, value, message):
+    """--threads 99999 failed every run inside Arrow; --parallel without a bound could start a
+    process per config (up to 100,000) on one machine."""
+    store = tmp_path / "runs"
+    code, _, err = in_process(
+        capsys, "experiments/train.py", "--store", str(store), option, str(value()),
+        "with", "lr=[0.1, 0.01]",
+    )  # fmt: skip
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not store.exists()
