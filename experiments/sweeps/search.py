@@ -21,6 +21,7 @@ from experiments.sweeps.command import (
     busy_indices,
     check_named_configs,
     declaration_from,
+    recorded_where,
     relative_experiment,
     require_sbatch,
     submit_recorded,
@@ -160,7 +161,7 @@ def new_search(options: SweepOptions, declaration: Declaration) -> int:
     print(
         f"search {record.id}: {search.trials} trials of {', '.join(search.space)}, "
         f"{search.sampler['name']} sampler, {search.pruner['name']} pruner, "
-        f"{search.direction} {search.metric}; recorded in {options.store}",
+        f"{search.direction} {search.metric}" + recorded_where(options).replace(",", ";", 1),
         file=sys.stderr,
     )
     return launch_search(options, tuner, book, [])

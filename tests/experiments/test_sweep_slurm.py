@@ -202,6 +202,8 @@ def test_gpus_reach_sbatch_and_a_refused_array_leaves_no_record(slurm, tmp_path)
     )
     assert refused.returncode == 2, refused.stderr
     assert "Slurm refused the job array: sbatch: error: Invalid generic resource" in refused.stderr
+    said = refused.stderr.splitlines()[0]  # what was said before sbatch answered
+    assert said.endswith(f"recorded in {store} once Slurm takes its job array"), said
     assert not [path for path in store.rglob("*") if path.is_file()]  # no record, no submitit files
 
 
