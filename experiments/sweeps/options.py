@@ -138,6 +138,25 @@ class SweepOptions:
                 f"{flag} takes the sweep as it was recorded, so {given[0]} cannot be given "
                 "with it; leave it out"
             )
+        if self.status is not None:
+            self.refuse_running_options()
+
+    def refuse_running_options(self) -> None:
+        """--status only reads: an option that would start or place runs is refused by name."""
+        running = [
+            ("--resume", self.resume is not None),
+            ("--print-commands", self.print_commands),
+            ("--on", self.on is not None),
+            ("--parallel", self.parallel is not None),
+            ("--threads", self.threads is not None),
+            ("--wait", self.slurm.wait),
+            *((f"--{name.replace('_', '-')}", True) for name in self.slurm.given()),
+        ]
+        given = [name for name, on in running if on]
+        if given:
+            raise ValueError(
+                f"--status only reads the sweep, so {given[0]} cannot be given with it"
+            )
 
     def check(self) -> None:
         if self.parallel is not None and self.parallel < 1:

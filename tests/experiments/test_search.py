@@ -763,6 +763,30 @@ def test_resume_and_status_refuse_options_that_would_change_the_declaration(
     assert journal_path(StoreLocation.parse(str(store)), sweep).read_bytes() == journal
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--parallel", "3"],
+        ["--threads", "2"],
+        ["--on", "local"],
+        ["--wait"],
+        ["--max-parallel", "2"],
+        ["--print-commands"],
+        ["--resume", "x"],
+    ],
+)
+def test_status_refuses_options_that_would_start_or_place_runs(pruned_search, capsys, extra):
+    """--status only reads: --parallel or --resume beside it were silently ignored."""
+    store, sweep = pruned_search
+    code = main(["sweep", "--status", sweep, "--store", str(store), *extra])
+    said = capsys.readouterr().err.strip()
+    assert code == 2, said
+    assert (
+        said
+        == f"reprolab: error: --status only reads the sweep, so {extra[0]} cannot be given with it"
+    )
+
+
 def test_status_reads_the_study_without_writing_to_it(pruned_search, capsys):
     """Optuna's create_study(load_if_exists) logs a create before it finds the study: --status
     did that on each call, and sync then took the journal for one continued elsewhere."""
