@@ -49,10 +49,11 @@ def plot_metric(
             markersize=4,
             label=labels[run_id],
         )
+    plotted = list(points["run_id"].unique())  # a run whose metrics are damaged is left out
     axes.set(
         xlabel=step_label(store, ids),
         ylabel=metric,
-        title=f"{metric} of runs {', '.join(map(str, ids))}",
+        title=f"{metric} of runs {', '.join(map(str, plotted))}",
     )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are epochs or batches
     axes.grid(alpha=0.3)

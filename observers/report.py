@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -460,25 +461,31 @@ def compare_command(args) -> int:
             if c.endswith(".max") and not c.startswith("config.")
         }
     )
-    if metric not in recorded:
+    notes = table["note"].dropna()
+    if metric not in recorded and (args.metric or args.plot):  # else: the configs, compared
         known = ", ".join(recorded) or "none"
+        damaged = f"; run {notes.index[0]}: {notes.iloc[0]}" if len(notes) else ""
         raise ValueError(
-            f"no run of {', '.join(map(str, ids))} recorded the metric '{metric}' (recorded: {known})"
+            f"no run of {', '.join(map(str, ids))} recorded the metric '{metric}' "
+            f"(recorded: {known}{damaged})"
         )
     keep = [
         c
         for c in table.columns
         if c.startswith("config.") or c.rsplit(".", 1)[0] in ("status", metric)
     ]
-    notes = table["note"].dropna()
     table = table[[*keep, "result"]].T
     table.index = [short_key(c) for c in table.index]
     print("\n".join(compare_lines(table)))
     for run_id, note in notes.items():
         print(fit(f"* run {run_id}: {note}"))
     if args.plot:
-        plot_metric(store, ids, metric, args.plot)
-        print(f"wrote {args.plot} ({metric} of runs {', '.join(map(str, ids))})")
+        with warnings.catch_warnings(record=True) as left_out:  # notes, not Python's warnings
+            warnings.simplefilter("always")
+            figure = plot_metric(store, ids, metric, args.plot)
+        for warning in left_out:
+            print(f"reprolab: note: {warning.message}", file=sys.stderr)
+        print(f"wrote {args.plot} ({figure.axes[0].get_title()})")
     return ExitCode.OK
 
 

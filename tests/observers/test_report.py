@@ -317,6 +317,38 @@ def test_compare_draws_the_curves_into_a_png(store, ids, capsys, tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["cmp.png"]  # no temporary file left
 
 
+def test_compare_of_runs_without_metrics_shows_their_configs(copied, ids, capsys):
+    """No metric asked for and none recorded: the configs are still compared; asked for, or
+    plotted, the refusal names the damage that hid it."""
+    clone_run(copied, ids["sgd"], 11, lr=0.5)
+    clone_run(copied, ids["sgd"], 12, lr=0.7)
+    for run in (11, 12):
+        (copied / str(run) / "metrics.json").write_text("[1, 2]")
+    code, lines, err = reprolab(capsys, "compare", "11", "12", "--store", copied)
+    assert code == 0, err
+    assert cells(lines, "lr")[-2:] == ["0.5", "0.7"]
+    assert [line for line in lines if line.startswith("* run 11: ")]  # the damage, noted
+    code, _, err = reprolab(capsys, "compare", "11", "12", "--store", copied, "--plot", "x.png")
+    assert code == 2 and "(recorded: none; run 11: metrics not in Sacred" in err, err
+
+
+def test_compare_plot_notes_a_run_left_out_and_draws_the_others(
+    copied, ids, capsys, tmp_path, monkeypatch
+):
+    """A run whose metrics are damaged is a note on stderr, not Python's warning with its
+    source line, and the written plot names only the runs it holds."""
+    clone_run(copied, ids["sgd"], 11, lr=0.5)
+    (copied / "11" / "metrics.json").write_text("[1, 2]")
+    monkeypatch.chdir(tmp_path)
+    plot = Path("cmp.png")
+    code, lines, err = reprolab(
+        capsys, "compare", ids["sgd"], "11", "--store", copied, "--plot", plot
+    )
+    assert code == 0, err
+    assert err.startswith("reprolab: note: run 11 left out: metrics not in") and "warn" not in err
+    assert lines[-1] == f"wrote {plot} (val_accuracy of runs {ids['sgd']})"
+
+
 def test_plot_metric_labels_curves_by_run_and_differing_config(store, ids):
     figure = plot_metric(store, [ids["debug"], ids["sgd"]], "val_loss")
     legend = [text.get_text() for text in figure.legends[0].get_texts()]
