@@ -138,10 +138,19 @@ def ls_command(args) -> int:
     return ExitCode.OK
 
 
+SKIPPED_NOTES = 10  # entries named one by one; a store of thousands of odd names gets a count
+
+
 def print_skipped(store: RunStore) -> None:
     """Notes on the store's entries that are not runs it lists (odd names, outside links)."""
-    for note in getattr(store, "skipped", []):
+    notes = sorted(getattr(store, "skipped", []))
+    for note in notes[:SKIPPED_NOTES]:
         print(f"reprolab: note: {note}", file=sys.stderr)
+    if len(notes) > SKIPPED_NOTES:
+        print(
+            f"reprolab: note: {len(notes) - SKIPPED_NOTES:,} more entries skipped, as those above",
+            file=sys.stderr,
+        )
 
 
 def ls_lines(runs: pd.DataFrame) -> list[str]:

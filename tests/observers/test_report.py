@@ -128,6 +128,17 @@ def test_ls_of_a_missing_store_names_it(tmp_path, capsys):
     assert code == 2 and f"no run store at {tmp_path / 'nowhere'}" in err
 
 
+def test_ls_names_a_few_skipped_entries_and_counts_the_rest(copied, capsys):
+    """2,000 odd names in a store gave 2,000 unordered note lines on every ls."""
+    for number in range(1, 26):
+        (copied / f"0{number}").mkdir()
+    code, _, err = reprolab(capsys, "ls", "--store", copied)
+    notes = err.splitlines()
+    assert code == 0 and len(notes) == 11, err
+    assert notes[0].startswith(f"reprolab: note: skipped {copied / '010'}: not a run id")
+    assert notes == sorted(notes[:10]) + ["reprolab: note: 15 more entries skipped, as those above"]
+
+
 def test_ls_fits_many_varying_keys_into_80_columns(copied, ids, capsys):
     base = ids["sgd"]
     clone_run(
