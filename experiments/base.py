@@ -20,7 +20,7 @@ from experiments.config_input import (
     read_data_file,
 )
 from experiments.loop import Terminated
-from experiments.membership import label_run, sweep_option
+from experiments.membership import check_membership, label_run, sweep_option
 from experiments.resume import ResumePoint, load_resume_point, resumed_config
 from experiments.sacred_private import PlainExperiment, RecordedRun, run_id
 from experiments.signals import interrupts_handled
@@ -177,6 +177,7 @@ class ReproExperiment(PlainExperiment):
                 run = self.sacred_run(
                     command_name, config_updates, named_configs, info, meta_info, options
                 )
+            check_membership(run)
         except ConfigAddedError as error:
             raise ConfigurationError(
                 unknown_key_message(self, next(iter(error.__conflicting_configs__)))

@@ -39,6 +39,52 @@ def sweep_option(args: str, run) -> None:
     run.meta_info["sweep"] = parse_membership(args)
 
 
+def check_membership(run) -> None:
+    """A run is config INDEX of a sweep only if its store records that sweep, the index is one
+    of its configs, and the run has that config's values and named configs (an edited printed
+    command would be reported as the recorded config): ValueError naming what differs. Called
+    on the run as built (a continued run's values are its checkpoint's). A search's trial is
+    checked against its study instead (experiments/trial.py)."""
+    from experiments.sweeps.record import SweepBook
+    from observers.location import StoreLocation
+
+    member = run.meta_info.get("sweep")
+    options = run.meta_info.get("options") or {}
+    if member is None or options.get("--unobserved"):
+        return  # nothing is recorded, so nothing claims membership
+    record = SweepBook(StoreLocation.parse(options.get("--store"))).load(member["id"])
+    if "search" in record.extra:
+        return
+    named = f"--sweep {member['id']}:{member['index']}"
+    if member["index"] >= len(record.configs):
+        raise ValueError(f"{named}: the sweep has {len(record.configs)} configs")
+    config = record.configs[member["index"]]
+    if run.config.get("resume") is None:  # a continued run takes its words from its checkpoint
+        check_words(named, options.get("UPDATE") or [], record.named_configs, config)
+    for key, value in iterate_flattened(config):
+        found = dotted(run.config, key)
+        if found != value:
+            raise ValueError(f"{named}: the sweep's config has {key}={value!r}, this run {found!r}")
+
+
+def check_words(named: str, words: list[str], named_configs: list[str], config: dict) -> None:
+    """The run's command line names the sweep's named configs and no key its config lacks."""
+    given = [word for word in words if "=" not in word]
+    if given != named_configs:
+        raise ValueError(f"{named}: the sweep's named configs are {named_configs}, not {given}")
+    for word in words:  # the sweep passes each key as it was declared
+        key = word.partition("=")[0].strip()
+        if "=" in word and key not in config:
+            raise ValueError(f"{named}: {key} is not one of the sweep's config values")
+
+
+def dotted(config: dict, key: str) -> object:
+    """The value at a dotted key of a config (None where it has none)."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
 COMMENT_LIMIT = 200  # characters of the run's words in its generated comment
 
 

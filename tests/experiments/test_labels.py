@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from experiments.membership import label_run
@@ -78,3 +80,42 @@ def test_the_command_line_parses_only_the_options_it_declares():
         key for key in docopt(usage, ["with", "lr=0.1"], default_help=False) if key[:1] == "-"
     }
     assert parsed == {option.get_flag() for option in ex.all_cli_options}
+
+
+RECORDED = [{"lr": 0.01, "seed": 7}, {"lr": 0.5, "optimizer": {"name": "sgd"}, "seed": 7}]
+
+
+@pytest.mark.parametrize(
+    "claim, words, config, refusal",
+    [
+        ("s1:1", ["debug", "lr=0.5", "optimizer={'name': 'sgd'}", "seed=7"], RECORDED[1], None),
+        ("s1:0", ["resume=3"], {**RECORDED[0], "resume": 3}, None),  # continued by a sweep
+        ("s1:0", ["resume=3"], {"lr": 0.2, "seed": 7, "resume": 3}, "has lr=0.01, this run 0.2"),
+        ("s1:1", ["debug", "lr=0.01", "seed=7"], RECORDED[0], "config has lr=0.5, this run 0.01"),
+        ("s1:2", ["debug"], RECORDED[0], "the sweep has 2 configs"),
+        ("s1:0", ["lr=0.01", "seed=7"], RECORDED[0], "named configs are ['debug'], not []"),
+        ("s1:0", ["debug", "lr=0.01", "seed=7", "epochs=1"], RECORDED[0], "epochs is not one of"),
+        ("s1:0", ["debug", "lr=0.01"], {"lr": 0.01, "seed": 8}, "config has seed=7, this run 8"),
+        ("nosuch:0", ["debug"], RECORDED[0], "no sweep 'nosuch' in"),
+    ],
+)
+def test_a_run_claims_only_the_sweep_config_it_is(tmp_path, claim, words, config, refusal):
+    """A printed command edited, or typed with another index or sweep, was recorded and reported
+    as the sweep's config: compare --sweep ranked a run under a config it never trained."""
+    from types import SimpleNamespace
+
+    from experiments.membership import check_membership, sweep_option
+    from experiments.sweeps.record import SweepBook, SweepRecord
+    from observers.location import StoreLocation
+    from observers.records import RecordError
+
+    location = StoreLocation.parse(str(tmp_path / "runs"))
+    SweepBook(location).save(SweepRecord("s1", "experiments/train.py", ["debug"], RECORDED))
+    options = {"--store": str(location), "UPDATE": words}
+    run = SimpleNamespace(meta_info={"options": options}, config=config)
+    sweep_option(claim, run)
+    if refusal is None:
+        check_membership(run)
+    else:
+        with pytest.raises((ValueError, RecordError), match=re.escape(refusal)):
+            check_membership(run)

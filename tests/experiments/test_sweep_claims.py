@@ -267,6 +267,7 @@ def test_slurm_tasks_of_one_config_run_it_once(tmp_path):
     store = tmp_path / "runs"
     location = StoreLocation.parse(str(store))
     record = SweepRecord("s1", "experiments/train.py", ["debug"], [{"seed": 1}])
+    SweepBook(location).save(record)  # a run is config 0 of a sweep its store records
     task = task_of(record, record.fresh_job(0), location, cpus=1)
     together = [node(task), node(task)]
     said = [process.communicate(timeout=300)[1] for process in together]

@@ -666,7 +666,9 @@ def test_run_ids_past_9_on_a_server_that_sorts_ids_as_text(nx_server, tmp_path):
 def test_sweep_run_carries_the_notes_and_tags_omniboard_shows(monkeypatch, tmp_path):
     """run.json's meta and the MongoDB document (live, and uploaded by sync) name the sweep and
     config in the comment and the tags; the `omniboard` field holds what Omniboard reads."""
+    from experiments.sweeps.record import SweepBook, SweepRecord
     from experiments.train import ex
+    from observers.location import StoreLocation
 
     client = mongomock.MongoClient()
     monkeypatch.setattr(om, "make_client", lambda url, **options: client)
@@ -675,6 +677,9 @@ def test_sweep_run_carries_the_notes_and_tags_omniboard_shows(monkeypatch, tmp_p
     tags = ["sweep:20261204-ab12"]
     updates = {**SHORT_RUN, "epochs": 1, "lr": 0.05}
     member = {"--sweep": "20261204-ab12:3"}
+    for store in (str(tmp_path / "runs"), URL):  # a run is config 3 of a sweep its store holds
+        record = SweepRecord("20261204-ab12", "experiments/train.py", [], [{}] * 3 + [updates])
+        SweepBook(StoreLocation.parse(store)).save(record)
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         ex.run(config_updates=updates, options={"--store": str(tmp_path / "runs"), **member})
         ex.run(config_updates=updates, options={"--store": URL, **member})
