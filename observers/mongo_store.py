@@ -99,14 +99,17 @@ _indexed: set[int] = set()  # databases this process has already asked for them
 
 
 def ensure_indexes(db) -> None:
-    """Create the runs' indexes where this user may (once per process); a read-only user, or a
-    server that refuses, reads without them."""
+    """Create the runs' indexes where this user may (once per process) and the database holds
+    runs (a reader never creates a database: a misspelt name stays absent); a read-only user,
+    or a server that refuses, reads without them."""
     from pymongo.errors import PyMongoError
 
     if id(db.client) in _indexed:
         return
-    _indexed.add(id(db.client))
     try:
+        if not db.list_collection_names(filter={"name": "runs"}):
+            return  # no runs yet: the observer that writes the first makes its own indexes
+        _indexed.add(id(db.client))
         for key in INDEXED:
             db["runs"].create_index(key)
         db[CHUNKS_COLLECTION].create_index([("run_id", 1), ("name", 1), ("chunk", 1)])

@@ -663,6 +663,20 @@ def test_run_ids_past_9_on_a_server_that_sorts_ids_as_text(nx_server, tmp_path):
     assert mongo.run_ids() == list(range(1, 12)) and mongo.run(11)["status"] == "COMPLETED"
 
 
+def test_reading_a_misspelt_database_creates_nothing_in_it(nx_server, capsys):
+    """`ls` of a database name with a typo made its collections and indexes: readers never
+    create a database."""
+    import pymongo
+
+    from experiments.cli import main
+
+    typo = nx_server.url.rsplit("/", 1)[0] + "/sacrde"
+    assert main(["ls", "--store", typo]) == 0
+    assert capsys.readouterr().out.startswith("no runs in ")
+    with pymongo.MongoClient(nx_server.url) as client:
+        assert client["sacrde"].list_collection_names() == []
+
+
 def test_sweep_run_carries_the_notes_and_tags_omniboard_shows(monkeypatch, tmp_path):
     """run.json's meta and the MongoDB document (live, and uploaded by sync) name the sweep and
     config in the comment and the tags; the `omniboard` field holds what Omniboard reads."""
