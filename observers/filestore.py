@@ -69,9 +69,10 @@ def append_whole(path: Path, data: bytes) -> None:
 def read_journal(path: Path) -> dict:
     """Metrics from a journal in Sacred's metrics.json shape; a torn last line is skipped.
 
-    Read as plain data: observers.records.ObjectEncoding on an object-encoding key."""
+    Read as plain data: observers.records.ObjectEncoding on an object-encoding key; a link is a
+    RecordError."""
     metrics: dict[str, dict] = {}
-    for line in read_regular(path).splitlines():
+    for line in read_regular(path, follow=False).splitlines():
         try:
             entry = loads_plain(line)
         except (json.JSONDecodeError, UnicodeDecodeError):

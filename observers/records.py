@@ -10,6 +10,7 @@ module, which refuses such keys before anything uses the record.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import math
 import os
@@ -60,10 +61,17 @@ def loads_plain(text: str | bytes):
         raise RecordError("the record is nested too deeply to be read") from None
 
 
-def read_regular(path: str | os.PathLike) -> bytes:
+def read_regular(path: str | os.PathLike, follow: bool = True) -> bytes:
     """The bytes of a regular file; RecordError for anything else a store could hold in its
-    place (a FIFO would block the reader, a link to /dev/zero never end), before reading it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO would wait for a writer
+    place (a FIFO would block the reader, a link to /dev/zero never end), before reading it.
+    follow=False: a link is refused (a store's link would make it show a file from outside)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO would wait for a writer
+    except OSError as error:
+        if error.errno == errno.ELOOP and not follow:
+            raise RecordError(f"{path} is a link, so it was not read") from None
+        raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise RecordError(f"{path} is not a regular file, so it was not read")
@@ -73,9 +81,10 @@ def read_regular(path: str | os.PathLike) -> bytes:
         os.close(fd)
 
 
-def load_plain(path: str | os.PathLike):
-    """The JSON file at path as plain data (ObjectEncoding on an object-encoding key)."""
-    return loads_plain(read_regular(path))
+def load_plain(path: str | os.PathLike, follow: bool = True):
+    """The JSON file at path as plain data (ObjectEncoding on an object-encoding key); follow
+    as for read_regular."""
+    return loads_plain(read_regular(path, follow))
 
 
 def check_plain(value):

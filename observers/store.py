@@ -122,14 +122,14 @@ class FileRunStore:
     def _json(self, run_id: int, filename: str, missing=None):
         path = self.run_dir(run_id) / filename
         try:
-            return load_plain(path)
+            return load_plain(path, follow=False)  # a link could show a file outside
         except ObjectEncoding as error:
             raise refusal(f"run {run_id}: {path}", error.key) from None
         except FileNotFoundError:
             if missing is not None:
                 return missing
             raise RecordError(f"run {run_id}: {path} is missing") from None
-        except RecordError as error:  # not a regular file
+        except RecordError as error:  # not a regular file, a link
             raise RecordError(f"run {run_id}: {error}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RecordError(f"run {run_id}: {path} is damaged ({error})") from None

@@ -147,3 +147,30 @@ def test_runs_are_named_by_id_or_folder(store, monkeypatch):
     monkeypatch.chdir(store.parent)
     with pytest.raises(RecordError, match="no run store at runs"):
         open_store()
+
+
+@pytest.mark.parametrize("name", ["config.json", "run.json", "info.json", "metrics.json"])
+def test_a_record_file_that_is_a_link_is_damaged_never_read(store, tmp_path_factory, capsys, name):
+    outside = tmp_path_factory.mktemp("outside") / "secret.json"
+    outside.write_text('{"secret": "outside the store"}')
+    (store / "1" / name).unlink(missing_ok=True)
+    (store / "1" / name).symlink_to(outside)
+    from experiments.cli import main as reprolab
+
+    reprolab(["show", "1", "--store", str(store)])
+    shown = capsys.readouterr().out
+    assert "outside the store" not in shown
+    assert f"{name} is a link, so it was not read" in shown
+    reader = FileRunStore(store)
+    read = {"config.json": reader.config, "run.json": reader.run, "info.json": reader.info}
+    with pytest.raises(RecordError, match=f"{name} is a link"):
+        read.get(name, reader.metrics)(1)
+
+
+def test_a_journal_that_is_a_link_is_not_read(store, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "journal"
+    outside.write_text('{"name": "leak", "steps": [1], "values": [1.0], "timestamps": ["x"]}\n')
+    (store / "2" / JOURNAL).unlink()
+    (store / "2" / JOURNAL).symlink_to(outside)
+    with pytest.raises(RecordError, match="is a link"):
+        FileRunStore(store).metrics(2)
