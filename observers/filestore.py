@@ -33,7 +33,7 @@ from observers.files import (
     utc_text,
     writing,
 )
-from observers.records import loads_plain, read_regular
+from observers.records import METRICS_BYTES, loads_plain, read_regular
 
 JOURNAL = "metrics.jsonl"
 
@@ -69,10 +69,10 @@ def append_whole(path: Path, data: bytes) -> None:
 def read_journal(path: Path) -> dict:
     """Metrics from a journal in Sacred's metrics.json shape; a torn last line is skipped.
 
-    Read as plain data: observers.records.ObjectEncoding on an object-encoding key; a link is a
-    RecordError."""
+    Read as plain data: observers.records.ObjectEncoding on an object-encoding key; a link or
+    a journal over METRICS_BYTES is a RecordError."""
     metrics: dict[str, dict] = {}
-    for line in read_regular(path, follow=False).splitlines():
+    for line in read_regular(path, METRICS_BYTES, follow=False).splitlines():
         try:
             entry = loads_plain(line)
         except (json.JSONDecodeError, UnicodeDecodeError):

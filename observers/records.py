@@ -19,6 +19,13 @@ import stat
 # jsonpickle's tags all start with "py/"; keys starting with "json://" are decoded as JSON that
 # may itself hold tags (Sacred decodes with keys=True).
 ENCODING_PREFIXES = ("py/", "json://")
+# Bounds on a run's record files, checked before a byte is read (a huge file would take the
+# reader's time and memory, and could be planted). config.json, run.json and info.json are
+# MongoDB documents at heart, which MongoDB refuses above 16 MiB; metrics.json (and its journal)
+# holds every point (about 60 bytes each in JSON): 256 MiB is some 4 million points, parsed in
+# seconds within a few GB of memory.
+RECORD_BYTES = 16 << 20
+METRICS_BYTES = 256 << 20
 MAX_EVALUATIONS = 1000  # `reprolab evaluate` results one run keeps (file or MongoDB store)
 
 
@@ -61,10 +68,11 @@ def loads_plain(text: str | bytes):
         raise RecordError("the record is nested too deeply to be read") from None
 
 
-def read_regular(path: str | os.PathLike, follow: bool = True) -> bytes:
+def read_regular(path: str | os.PathLike, limit: int | None = None, follow: bool = True) -> bytes:
     """The bytes of a regular file; RecordError for anything else a store could hold in its
     place (a FIFO would block the reader, a link to /dev/zero never end), before reading it.
-    follow=False: a link is refused (a store's link would make it show a file from outside)."""
+    limit: the most bytes read (checked with fstat first); follow=False: a link is refused (a
+    store's link would make it show a file from outside)."""
     flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO would wait for a writer
@@ -73,18 +81,24 @@ def read_regular(path: str | os.PathLike, follow: bool = True) -> bytes:
             raise RecordError(f"{path} is a link, so it was not read") from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise RecordError(f"{path} is not a regular file, so it was not read")
+        if limit is not None and status.st_size > limit:
+            raise RecordError(
+                f"{path} holds {status.st_size:,} bytes, over the {limit:,} a record file may "
+                "hold, so it was not read"
+            )
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     finally:
         os.close(fd)
 
 
-def load_plain(path: str | os.PathLike, follow: bool = True):
-    """The JSON file at path as plain data (ObjectEncoding on an object-encoding key); follow
-    as for read_regular."""
-    return loads_plain(read_regular(path, follow))
+def load_plain(path: str | os.PathLike, limit: int | None = None, follow: bool = True):
+    """The JSON file at path as plain data (ObjectEncoding on an object-encoding key); limit
+    and follow as for read_regular."""
+    return loads_plain(read_regular(path, limit, follow))
 
 
 def check_plain(value):

@@ -16,6 +16,8 @@ from observers.files import check_name, replacing
 from observers.filestore import JOURNAL, read_journal
 from observers.location import StoreLocation
 from observers.records import (
+    METRICS_BYTES,
+    RECORD_BYTES,
     ObjectEncoding,
     RecordError,
     check_metrics,
@@ -121,15 +123,16 @@ class FileRunStore:
 
     def _json(self, run_id: int, filename: str, missing=None):
         path = self.run_dir(run_id) / filename
+        limit = METRICS_BYTES if filename == "metrics.json" else RECORD_BYTES
         try:
-            return load_plain(path, follow=False)  # a link could show a file outside
+            return load_plain(path, limit, follow=False)  # a link could show a file outside
         except ObjectEncoding as error:
             raise refusal(f"run {run_id}: {path}", error.key) from None
         except FileNotFoundError:
             if missing is not None:
                 return missing
             raise RecordError(f"run {run_id}: {path} is missing") from None
-        except RecordError as error:  # not a regular file, a link
+        except RecordError as error:  # not a regular file, a link, too big
             raise RecordError(f"run {run_id}: {error}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RecordError(f"run {run_id}: {path} is damaged ({error})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,36 @@ def test_a_journal_that_is_a_link_is_not_read(store, tmp_path_factory):
     (store / "2" / JOURNAL).symlink_to(outside)
     with pytest.raises(RecordError, match="is a link"):
         FileRunStore(store).metrics(2)
+
+
+@pytest.mark.parametrize(
+    ("name", "limit"),
+    [
+        ("info.json", "RECORD_BYTES"),
+        ("config.json", "RECORD_BYTES"),
+        ("metrics.json", "METRICS_BYTES"),
+    ],
+)
+def test_a_record_file_over_its_bound_is_damaged_unread(store, monkeypatch, name, limit):
+    import observers.records
+
+    bound = getattr(observers.records, limit)
+    with open(store / "1" / name, "ab") as f:  # sparse: no disk or time spent
+        f.truncate(bound + 1)
+    sizes = []  # of every file opened for reading
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(
+        os,
+        "fdopen",
+        lambda fd, *a, **k: sizes.append(os.fstat(fd).st_size) or real_fdopen(fd, *a, **k),
+    )
+    from observers.tables import load_runs
+
+    if name == "info.json":  # a table reads no info
+        with pytest.raises(RecordError, match=f"{name} holds {bound + 1:,} bytes"):
+            FileRunStore(store).info(1)
+        return
+    row = load_runs(store).loc[1]
+    assert f"{name} holds {bound + 1:,} bytes, over the {bound:,}" in row["note"]
+    assert max(sizes) <= bound  # refused from fstat, never read
+    assert list(load_runs(store).index) == [1, 2]
