@@ -180,7 +180,7 @@ def summarize_metrics(metrics: dict) -> dict[str, dict]:
     skipped for min/max, and a value that is not a number counts as NaN."""
     summaries = {}
     for name, series in metrics.items():
-        values = [_as_float(v) for v in series.get("values", [])]
+        values = [as_float(v) for v in series.get("values", [])]
         steps = series.get("steps", [])
         numbers = [v for v in values if not math.isnan(v)]
         summaries[name] = {
@@ -193,8 +193,9 @@ def summarize_metrics(metrics: dict) -> dict[str, dict]:
     return summaries
 
 
-def _as_float(value) -> float:
+def as_float(value) -> float:
+    """value as a float; NaN for one that is no number or too large for a float (10**400)."""
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan

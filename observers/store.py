@@ -176,7 +176,7 @@ class FileRunStore:
                 summaries[run_id] = self._summary(run_id, cached, fresh)
             except RecordError as error:
                 summaries[run_id] = error
-            except (AttributeError, KeyError, TypeError) as error:  # valid JSON, wrong shape
+            except (AttributeError, KeyError, TypeError, OverflowError) as error:  # wrong shape
                 summaries[run_id] = RecordError(
                     f"run {run_id}: metrics not in Sacred's shape ({error!r})"
                 )

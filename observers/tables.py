@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from observers.records import as_float
 from observers.rows import (
     RECORD_COLUMNS,
     UTC_SUFFIX,
@@ -187,8 +188,8 @@ def _steps(steps: list) -> np.ndarray | pd.Series:
 def _floats(values: list) -> np.ndarray:
     try:
         return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):  # a value that is not a number becomes NaN
-        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
+    except (TypeError, ValueError, OverflowError):  # no number, or too large: NaN
+        return np.array([as_float(v) for v in values], np.float64)
 
 
 def _datetimes(values: list) -> pd.DatetimeIndex:

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import observers.store
 from observers.filestore import JOURNAL, FileStore
@@ -208,3 +210,32 @@ def test_a_record_file_over_its_bound_is_damaged_unread(store, monkeypatch, name
     assert f"{name} holds {bound + 1:,} bytes, over the {bound:,}" in row["note"]
     assert max(sizes) <= bound  # refused from fstat, never read
     assert list(load_runs(store).index) == [1, 2]
+
+
+def test_a_metric_value_too_large_for_a_float_reads_as_missing(store):
+    from observers.tables import load_metrics, load_runs
+
+    metrics = json.loads((store / "1" / "metrics.json").read_text())
+    metrics["loss"]["values"][1] = 10**400  # valid JSON; float() of it raises OverflowError
+    (store / "1" / "metrics.json").write_text(json.dumps(metrics))
+    runs = load_runs(store)
+    assert list(runs.index) == [1, 2]
+    assert runs.loc[1, ["loss.last", "loss.min", "loss.max"]].tolist() == [1.25, 0.5, 1.5]
+    values = load_metrics(store, [1], ["loss"])["value"].tolist()
+    assert math.isnan(values[1]) and values[2:] == [1.5, 1.0, 1.25]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(),
+            st.integers(min_value=2**1024),
+            st.floats(),
+            st.text(max_size=3),
+            st.none(),
+        )
+    )
+)
+def test_summaries_of_any_json_values_are_floats(values):
+    summary = summarize_metrics({"m": {"steps": [], "values": values, "timestamps": []}})["m"]
+    assert all(type(summary[k]) is float for k in ("last", "min", "max"))
