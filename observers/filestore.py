@@ -13,6 +13,7 @@ Sources are copied atomically, and a stored copy that does not match its hash is
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ from observers.files import (
     utc_text,
     writing,
 )
-from observers.records import METRICS_BYTES, loads_plain, read_regular
+from observers.records import MAX_RUN_ID, METRICS_BYTES, is_run_id, loads_plain, read_regular
 
 JOURNAL = "metrics.jsonl"
 
@@ -100,6 +101,19 @@ class FileStore(FileStorageObserver):
                 shutil.rmtree(self.dir, ignore_errors=True)  # no half-made run folder
             self.run_entry = None
             raise
+
+    def _maximum_existing_run_id(self) -> int:
+        """The largest run id among the store's folders, of names is_run_id accepts only (Sacred
+        takes any isdigit name: '²' fails its int(), '9223372036854775807' passes the bound)."""
+        with os.scandir(self.basedir) as entries:
+            ids = [int(e.name) for e in entries if is_run_id(e.name) and e.is_dir()]
+        return max(ids, default=0)
+
+    def _make_dir(self, _id):
+        if int(_id) > MAX_RUN_ID:
+            cause = f"run id {_id} would pass {MAX_RUN_ID:,}, the largest a store numbers runs to"
+            raise StoreWriteError(Path(self.basedir) / str(_id), OSError(errno.EOVERFLOW, cause))
+        super()._make_dir(_id)
 
     def _make_run_dir(self, _id):
         with writing(self.basedir):

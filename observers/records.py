@@ -117,10 +117,22 @@ def check_plain(value):
     return value
 
 
+# The largest run id a store holds: ids go through float64 (pandas, Omniboard's JavaScript) and
+# int64 arrays (the index), and 2**53 is the largest integer a double holds exactly.
+MAX_RUN_ID = 2**53
+
+
 def is_run_id(text: str) -> bool:
-    """Whether text names a run the way Sacred numbers them (ASCII digits, no leading zero)."""
+    """Whether text names a run the way Sacred numbers them (ASCII digits, no leading zero), at
+    most MAX_RUN_ID."""
     # isascii: str.isdigit alone also accepts '³' and '٣'
-    return text.isascii() and text.isdigit() and (text[0] != "0" or text == "0")
+    return (
+        text.isascii()
+        and text.isdigit()
+        and (text[0] != "0" or text == "0")
+        and len(text) <= len(str(MAX_RUN_ID))
+        and int(text) <= MAX_RUN_ID
+    )
 
 
 def recorded_sources(run: dict, run_id: int) -> list[tuple[str, object]]:

@@ -16,6 +16,7 @@ from observers.files import check_name, replacing
 from observers.filestore import JOURNAL, read_journal
 from observers.location import StoreLocation
 from observers.records import (
+    MAX_RUN_ID,
     METRICS_BYTES,
     RECORD_BYTES,
     ObjectEncoding,
@@ -82,12 +83,8 @@ class FileRunStore:
             for entry in entries:
                 name = entry.name
                 if not is_run_id(name):
-                    path = self.root / name
                     if name.isdigit():  # digits of another script, superscripts, a leading zero
-                        self.skipped.append(
-                            f"skipped {path}: not a run id (runs are numbered 1, 2, 3, ... "
-                            "in ASCII digits)"
-                        )
+                        self.skipped.append(f"skipped {self.root / name}: {_not_a_run_id(name)}")
                     continue
                 if not entry.is_dir():
                     continue
@@ -253,6 +250,13 @@ class FileRunStore:
                 raise RecordError(f"run {run_id}: recorded source {name} is missing ({path})")
             files[name] = path.read_bytes()
         return files
+
+
+def _not_a_run_id(name: str) -> str:
+    """Why a name of digits is no run's."""
+    if name.isascii() and name[0] != "0":
+        return f"a run id over {MAX_RUN_ID:,}, the largest a store numbers runs to"
+    return "not a run id (runs are numbered 1, 2, 3, ... in ASCII digits)"
 
 
 def _within(path: Path, folder: Path) -> bool:

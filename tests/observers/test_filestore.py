@@ -11,7 +11,9 @@ import pytest
 from sacred import Experiment
 from sacred.observers import FileStorageObserver
 
+from observers.files import StoreWriteError
 from observers.filestore import JOURNAL, FileStore, read_journal, write_json_atomic
+from observers.records import MAX_RUN_ID
 from observers.store import FileRunStore
 from tests.helpers import START, metric_points, start_observer
 
@@ -187,3 +189,27 @@ def test_a_failed_write_names_the_file_and_leaves_the_journal_as_it_was(tmp_path
     ):
         observer.log_metrics(beat_points(1), INFO)
     assert journal.read_bytes() == before
+
+
+def test_names_past_the_run_id_bound_are_skipped_by_readers_and_the_writer(tmp_path):
+    for name in ("9223372036854775807", "99999999999999999999999", "²"):
+        (tmp_path / name).mkdir()
+    observer = start_observer(FileStore(tmp_path), tmp_path, {"lr": 0.1})
+    assert Path(observer.dir).name == "1"  # Sacred's own count gave 2**63 (or failed on '²')
+    reader = FileRunStore(tmp_path)
+    assert reader.run_ids() == [1]
+    from observers.tables import load_runs
+
+    assert list(load_runs(tmp_path).index) == [1]
+    assert f"skipped {tmp_path / '9223372036854775807'}: a run id over" in " ".join(reader.skipped)
+
+
+def test_a_run_past_the_largest_id_is_refused_in_one_sentence(tmp_path):
+    (tmp_path / str(MAX_RUN_ID)).mkdir()
+    with pytest.raises(StoreWriteError) as refused:
+        start_observer(FileStore(tmp_path), tmp_path, {"lr": 0.1})
+    assert str(refused.value) == (
+        f"could not write {tmp_path / str(MAX_RUN_ID + 1)}: run id {MAX_RUN_ID + 1} would pass "
+        f"{MAX_RUN_ID:,}, the largest a store numbers runs to"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [str(MAX_RUN_ID)]
