@@ -13,6 +13,7 @@ import datetime
 import errno
 import json
 import math
+import numbers
 import os
 import stat
 
@@ -132,6 +133,19 @@ def is_run_id(text: str) -> bool:
         and (text[0] != "0" or text == "0")
         and len(text) <= len(str(MAX_RUN_ID))
         and int(text) <= MAX_RUN_ID
+    )
+
+
+def run_id_of(value) -> int:
+    """A run id given to the Python API: an integer (not a bool) or digits is_run_id accepts;
+    ValueError naming it for anything else, never a quiet reading ('007' as 7, True as 1)."""
+    if isinstance(value, str) and is_run_id(value):
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if 0 <= int(value) <= MAX_RUN_ID:
+            return int(value)
+    raise ValueError(
+        f"{value!r} is not a run id (a whole number from 0 to {MAX_RUN_ID}, or its ASCII digits)"
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from observers.records import as_float
+from observers.records import as_float, run_id_of
 from observers.rows import (
     RECORD_COLUMNS,
     UTC_SUFFIX,
@@ -57,6 +57,8 @@ def load_runs(
     store = as_store(store)
     wanted = {key.replace("__", "."): value for key, value in config.items()}
     statuses, experiments = status_names(status), status_names(experiment)
+    if run_ids is not None:
+        run_ids = [run_id_of(run_id) for run_id in run_ids]
     if isinstance(store, FileRunStore) and store.cache:  # finished runs from the index
         from observers.index import indexed_runs
 
@@ -141,8 +143,8 @@ def load_metrics(
 
 
 def _known_ids(store: RunStore, run_ids: Iterable[int]) -> list[int]:
+    ids = [run_id_of(run_id) for run_id in run_ids]
     present = set(store.run_ids())
-    ids = [int(run_id) for run_id in run_ids]
     for run_id in ids:
         if run_id not in present:
             raise RecordError(f"no run {run_id} in {store.location}")

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,22 @@ def test_a_metric_value_too_large_for_a_float_reads_as_missing(store):
 def test_summaries_of_any_json_values_are_floats(values):
     summary = summarize_metrics({"m": {"steps": [], "values": values, "timestamps": []}})["m"]
     assert all(type(summary[k]) is float for k in ("last", "min", "max"))
+
+
+@pytest.mark.parametrize("bad", ["007", True, 1e3, 1.0, "../x", "", " 1", "²", -1, 2**63, None])
+def test_the_python_api_refuses_what_is_no_run_id_naming_it(store, bad):
+    from observers.tables import compare, load_metrics, load_runs
+
+    for call in (load_runs, load_metrics):
+        with pytest.raises(ValueError, match=rf"^{re.escape(repr(bad))} is not a run id"):
+            call(store, run_ids=[1, bad])
+    with pytest.raises(ValueError, match="is not a run id"):
+        compare(store, [1, bad])
+
+
+def test_the_python_api_takes_integers_and_digits(store):
+    import numpy as np
+
+    from observers.tables import load_runs
+
+    assert list(load_runs(store, run_ids=["2", np.int64(1)]).index) == [2, 1]
