@@ -97,6 +97,8 @@ def indexed_runs(
     present = store.run_ids()
     ids = present if run_ids is None else _known(store, present, run_ids)
     index = IndexFile.open(store.root)
+    if index is None and (store.root / INDEX).is_dir():
+        store.skipped.append(_folder_in_place(store.root / INDEX))
     try:
         return _select(store, present, ids, index, statuses, experiments, sweep, wanted, last)
     except Damaged:  # a planted or broken cell: the file goes, the answer comes from records
@@ -105,6 +107,16 @@ def indexed_runs(
     finally:
         if index is not None:
             index.close()
+
+
+def _folder_in_place(path: Path) -> str:
+    """A note on a folder where the index file belongs; an empty one is removed (so the index
+    is rebuilt), one holding files is left to its owner and runs are read without an index."""
+    try:
+        path.rmdir()
+        return f"{path} was an empty folder, not the index file: removed, the index is rebuilt"
+    except OSError:
+        return f"{path} is a folder, not the index file, so runs were read without the index"
 
 
 def _select(store, present, ids, index, statuses, experiments, sweep, wanted, last):
@@ -421,11 +433,12 @@ class IndexFile:
             fd = os.open(Path(root) / INDEX, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return None
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_size == 0:
+            os.close(fd)  # a folder, FIFO or device planted there: unread
+            return None
         file = os.fdopen(fd, "rb")
         try:
-            status = os.fstat(fd)
-            if not stat.S_ISREG(status.st_mode) or status.st_size == 0:
-                raise Damaged("not a regular file")  # a FIFO or device planted there: unread
             return cls(file, whole or status.st_size <= WHOLE_FILE)
         except (pa.ArrowException, OSError, ValueError, TypeError):  # Damaged is a ValueError
             file.close()

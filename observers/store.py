@@ -211,7 +211,8 @@ class FileRunStore:
     def _write_summary_cache(self, entries: dict) -> None:
         if not self.cache:
             return
-        present = {str(run_id) for run_id in self.run_ids()}
+        with os.scandir(self.root) as found:  # not run_ids(): it would reset self.skipped
+            present = {entry.name for entry in found if is_run_id(entry.name)}
         entries = {k: v for k, v in entries.items() if k in present}
         path = self.root / SUMMARY_CACHE
         try:

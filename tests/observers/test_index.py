@@ -425,3 +425,22 @@ def test_runs_added_one_by_one_stay_small_batches_until_the_file_is_compacted(st
         index.close()
     assert indexed_ids(store) == [1, 2, 3, 4, 5, 6, 8, 9, 11, 12, *range(13, 20)]
     assert max(batches) <= 17 // 4 + 2 + 1 and batches != sorted(batches)  # appended, compacted
+
+
+@pytest.mark.parametrize("holding", [False, True])
+def test_a_folder_in_place_of_the_index_is_noted_and_read_without(store, holding, capsys):
+    truth = records(store)
+    (store / INDEX).mkdir(parents=True)
+    if holding:
+        (store / INDEX / "a file").write_text("someone's")
+    assert reprolab(["ls", "--store", str(store)]) == 0
+    note = capsys.readouterr().err
+    opened = len(os.listdir("/proc/self/fd"))
+    pd.testing.assert_frame_equal(load_runs(store), truth)
+    assert len(os.listdir("/proc/self/fd")) == opened  # no descriptor left open
+    if holding:  # someone's folder stays; runs are read without the index
+        assert f"{store / INDEX} is a folder, not the index file, so runs were read" in note
+        assert (store / INDEX / "a file").is_file()
+    else:  # an empty one goes, and the index is rebuilt
+        assert f"{store / INDEX} was an empty folder, not the index file" in note
+        assert {1, 2, 8, 12} <= set(indexed_ids(store))
