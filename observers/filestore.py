@@ -13,6 +13,7 @@ Sources are copied atomically, and a stored copy that does not match its hash is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -25,7 +26,6 @@ from sacred.observers import FileStorageObserver
 from sacred.serializer import flatten
 
 from observers.files import (
-    TMP_PATTERN,
     StoreWriteError,
     durable_step,
     replacing,
@@ -93,7 +93,7 @@ class FileStore(FileStorageObserver):
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         try:
-            return super().started_event(
+            started = super().started_event(
                 ex_info, command, host_info, utc(start_time), config, meta_info, _id
             )
         except StoreWriteError:
@@ -101,6 +101,19 @@ class FileStore(FileStorageObserver):
                 shutil.rmtree(self.dir, ignore_errors=True)  # no half-made run folder
             self.run_entry = None
             raise
+        self._sweep_resumed(config.get("resume") if isinstance(config, dict) else None)
+        return started
+
+    def _sweep_resumed(self, ref) -> None:
+        """Remove the temporaries a killed run left in its folder when a run resumes it. Only
+        that folder: a glob over every run folder at each start took 2 s at 100,000 runs, and
+        readers never look at temporaries."""
+        if ref is None or isinstance(ref, bool):
+            return
+        folder = Path(self.basedir) / str(ref) if is_run_id(str(ref)) else Path(str(ref))
+        with contextlib.suppress(OSError, ValueError):  # best effort, as any sweep
+            if folder.is_dir():
+                sweep_temporaries(folder)
 
     def _maximum_existing_run_id(self) -> int:
         """The largest run id among the store's folders, of names is_run_id accepts only (Sacred
@@ -118,7 +131,6 @@ class FileStore(FileStorageObserver):
     def _make_run_dir(self, _id):
         with writing(self.basedir):
             super()._make_run_dir(_id)
-        sweep_temporaries(self.basedir, f"*/{TMP_PATTERN}")  # left by killed runs
 
     def find_or_save(self, filename, store_dir: Path):
         """Sacred's copy of a source or resource, stored once per content as name_md5.ext; written

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from sacred import Experiment
 from sacred.observers import FileStorageObserver
 
+from ingredients.scratch import HOST, writer_tag
 from observers.files import StoreWriteError
 from observers.filestore import JOURNAL, FileStore, read_journal, write_json_atomic
 from observers.records import MAX_RUN_ID
@@ -213,3 +216,20 @@ def test_a_run_past_the_largest_id_is_refused_in_one_sentence(tmp_path):
         f"{MAX_RUN_ID:,}, the largest a store numbers runs to"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [str(MAX_RUN_ID)]
+
+
+def test_a_run_start_sweeps_only_the_folder_of_the_run_it_resumes(tmp_path, monkeypatch):
+    start_observer(FileStore(tmp_path), tmp_path, {"lr": 0.1})
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    orphan = tmp_path / "1" / f".last.pt.ab12.{dead.pid}@{HOST}.tmp"
+    live = tmp_path / "1" / f".best.pt.cd34.{writer_tag()}.tmp"
+    for path in (orphan, live):
+        path.write_bytes(b"partial")
+    with monkeypatch.context() as no_globbing:  # a glob over every run folder cost 2 s at 100k
+        no_globbing.setattr(Path, "glob", lambda *a: pytest.fail("globbed the store"))
+        start_observer(FileStore(tmp_path), tmp_path, {"lr": 0.1})
+    assert orphan.exists()  # a plain start looks into no other run's folder
+    start_observer(FileStore(tmp_path), tmp_path, {"lr": 0.1, "resume": 1})
+    assert not orphan.exists() and live.exists()  # the resumed run's leftovers go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "3"]
