@@ -27,6 +27,7 @@ ENCODING_PREFIXES = ("py/", "json://")
 # seconds within a few GB of memory.
 RECORD_BYTES = 16 << 20
 METRICS_BYTES = 256 << 20
+TABLE_BYTES = METRICS_BYTES  # a sweep record or the summary cache: an entry per config or run
 MAX_EVALUATIONS = 1000  # `reprolab evaluate` results one run keeps (file or MongoDB store)
 
 
@@ -96,9 +97,9 @@ def read_regular(path: str | os.PathLike, limit: int | None = None, follow: bool
         os.close(fd)
 
 
-def load_plain(path: str | os.PathLike, limit: int | None = None, follow: bool = True):
+def load_plain(path: str | os.PathLike, limit: int = RECORD_BYTES, follow: bool = False):
     """The JSON file at path as plain data (ObjectEncoding on an object-encoding key); limit
-    and follow as for read_regular."""
+    and follow as for read_regular: a store's JSON is bounded and never a link by default."""
     return loads_plain(read_regular(path, limit, follow))
 
 

@@ -19,6 +19,7 @@ from observers.records import (
     MAX_RUN_ID,
     METRICS_BYTES,
     RECORD_BYTES,
+    TABLE_BYTES,
     ObjectEncoding,
     RecordError,
     check_metrics,
@@ -203,7 +204,7 @@ class FileRunStore:
         if not self.cache:
             return {}
         try:
-            entries = load_plain(self.root / SUMMARY_CACHE)
+            entries = load_plain(self.root / SUMMARY_CACHE, TABLE_BYTES)
             return entries if isinstance(entries, dict) else {}
         except (OSError, ValueError, RecordError):  # ObjectEncoding is a ValueError too
             return {}  # no cache yet, or a damaged one: rebuilt below

@@ -20,7 +20,14 @@ from pathlib import Path
 
 from observers.files import check_name, exclusive_lock, replacing
 from observers.location import StoreLocation
-from observers.records import ObjectEncoding, RecordError, check_plain, load_plain, refusal
+from observers.records import (
+    TABLE_BYTES,
+    ObjectEncoding,
+    RecordError,
+    check_plain,
+    load_plain,
+    refusal,
+)
 
 SWEEPS = Path(".reprolab") / "sweeps"  # inside a file store, beside the numbered run folders
 SWEEPS_COLLECTION = "sweeps"
@@ -46,8 +53,8 @@ class FileSweepRecords:
         path = self.folder / f"{sweep_id}.json"
         if not os.path.lexists(path):
             return None
-        try:  # a link to a device or a dangling one is refused in one sentence, never read
-            record = load_plain(path)
+        try:  # a link (to a device, outside the store, dangling) is refused, never read
+            record = load_plain(path, TABLE_BYTES)
         except ObjectEncoding as error:
             raise refusal(f"sweep {sweep_id}'s record {path}", error.key) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -145,6 +145,29 @@ def test_a_deleted_sweep_leaves_no_file_behind(tmp_path):
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]
 
 
+@pytest.mark.parametrize("planted", ["link", "oversized"])
+def test_a_sweep_record_linked_outside_or_oversized_is_refused_unread(tmp_path, planted):
+    """A copied store's sweep record that is a link to a file outside it, or over the bound,
+    is refused in one sentence naming the file, never read."""
+    import json
+
+    from observers.records import TABLE_BYTES
+    from observers.sweep_records import SWEEPS
+
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(record()))
+    store = tmp_path / "runs"
+    path = store / SWEEPS / "s1.json"
+    path.parent.mkdir(parents=True)
+    if planted == "link":
+        path.symlink_to(outside)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(TABLE_BYTES + 1)  # sparse: no disk spent
+    with pytest.raises(RecordError, match=f"^{path} (is a link|holds {TABLE_BYTES + 1:,} bytes)"):
+        sweep_records(StoreLocation.parse(str(store))).find("s1")
+
+
 @pytest.mark.parametrize("planted", ["dangling link", "fifo"])
 def test_a_planted_lock_is_refused_and_nothing_outside_is_created(tmp_path, planted):
     """A copied store's lock file that is a link (to a file to be created outside the store) or a
