@@ -33,7 +33,7 @@ from experiments.outside_code import outside_differences
 from experiments.trial import PRUNED_AT_VARIABLE
 from ingredients.checkout import CHECKOUT_ROOT, resolve_path
 from ingredients.imports import FROM_RECORD_VARIABLE
-from ingredients.schema import TEXT
+from ingredients.schema import TEXT, is_int, shown
 from observers.exit_codes import ExitCode
 from observers.location import StoreLocation
 from observers.provenance import (
@@ -119,8 +119,10 @@ def read_pruned(store: RunStore, run_id: int, run: dict, verify: bool) -> Origin
 
 
 def with_verification(original: Original, verify: bool) -> Original:
-    """The original with its metrics read for --verify (RecordError if it has nothing to compare)."""
+    """The original, its resume pinned to this store, with its metrics read for --verify
+    (RecordError if it has nothing to compare)."""
     store, run_id = original.store, original.run_id
+    original.config = resume_in_store(original)
     if verify:
         if not original.info.get("final_model_sha256"):
             raise RecordError(
@@ -133,6 +135,26 @@ def with_verification(original: Original, verify: bool) -> Original:
                 f"run {run_id} recorded no metrics, so --verify has nothing to compare"
             )
     return original
+
+
+def resume_in_store(original: Original) -> dict:
+    """The config with its recorded `resume` pinned to a run id of the store being rerun: a path
+    counts only when it names a run folder directly in that store (taken from the current
+    directory), so a record cannot make the rerun read a checkpoint from anywhere else."""
+    value = original.config.get("resume")
+    if value is None or is_int(value) or (isinstance(value, str) and is_run_id(value)):
+        return original.config  # an id: the child looks it up in this same store
+    root = getattr(original.store, "root", None)
+    try:
+        path = Path(value).resolve() if isinstance(value, str) and root is not None else None
+    except (OSError, ValueError):  # a name no folder can hold
+        path = None
+    if path is None or path.parent != Path(root).resolve() or not is_run_id(path.name):
+        raise RecordError(
+            f"run {original.run_id}'s config.json sets resume to {shown(value)}, which is not "
+            f"a run of the store {original.store.location} being rerun, so it was not followed"
+        )
+    return {**original.config, "resume": int(path.name)}
 
 
 def store_target(ref: str, store: str | None) -> StoreLocation:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,3 +368,66 @@ def test_only_the_repositorys_own_code_counts_as_sources(relative, own):
 
     assert is_own_code(str(ROOT / relative)) is own
     assert is_own_code("/usr/lib/python3/os.py") is False
+
+
+# --------------------------------------------------------------------------- rerun of a resumed run
+
+
+def recorded(store: Path, run_id: int, config: dict) -> Path:
+    """A finished run's bare record (nothing trained): enough for rerun's read_original."""
+    folder = store / str(run_id)
+    folder.mkdir(parents=True)
+    run = {"status": "COMPLETED", "experiment": {"mainfile": "experiments/train.py"}}
+    (folder / "run.json").write_text(json.dumps(run))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "info.json").write_text("{}")
+    return folder
+
+
+def test_a_rerun_pins_a_recorded_resume_to_a_run_of_the_store_being_rerun(tmp_path, monkeypatch):
+    from experiments.rerun import read_original
+    from ingredients.schema import shown
+    from observers.store import FileRunStore, RecordError
+
+    store, elsewhere = tmp_path / "store", tmp_path / "other" / "1"
+    recorded(store, 1, {"seed": 1})
+    monkeypatch.chdir(tmp_path)
+    for resume, pinned in [(1, 1), ("1", "1"), (str(store / "1"), 1), ("store/1", 1)]:
+        recorded(store, 2, {"seed": 1, "resume": resume})
+        assert read_original(FileRunStore(store), 2, False).config["resume"] == pinned
+        shutil.rmtree(store / "2")
+    recorded(tmp_path / "other", 1, {"seed": 1})
+    for resume in [str(elsewhere), "other/1", str(store / "1" / ".." / ".." / "other" / "1"), [1]]:
+        recorded(store, 2, {"seed": 1, "resume": resume})
+        with pytest.raises(RecordError) as error:
+            read_original(FileRunStore(store), 2, False)
+        assert str(error.value) == (
+            f"run 2's config.json sets resume to {shown(resume)}, which is not a run of the store "
+            f"{store} being rerun, so it was not followed"
+        )
+        shutil.rmtree(store / "2")
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_copied_store_never_reads_the_original_stores_checkpoint(
+    train, tmp_path, load, tree_hash
+):
+    from tests.helpers import run_reprolab
+
+    store, copy = tmp_path / "store", tmp_path / "copy"
+    train(store, "debug", "seed=3", env=ONE_THREAD)
+    train(store, f"resume={store / '1'}", "epochs=2", env=ONE_THREAD)
+    shutil.copytree(store, copy)
+    before = tree_hash(copy)
+    refused = run_reprolab("rerun", "2", "--store", str(copy), env=ONE_THREAD)
+    assert refused.returncode == 2 and tree_hash(copy) == before
+    assert refused.stderr.strip() == (
+        f"reprolab: error: run 2's config.json sets resume to '{store / '1'}', which is not a "
+        f"run of the store {copy} being rerun, so it was not followed"
+    )
+    config = load(copy / "2" / "config.json")
+    (copy / "2" / "config.json").write_text(json.dumps({**config, "resume": str(copy / "1")}))
+    run_reprolab("rerun", "2", "--store", str(copy), env=ONE_THREAD, check=True)
+    assert load(copy / "3" / "info.json")["resumed_from"]["store"] == str(copy)
+    again, then = load(copy / "3" / "metrics.json"), load(copy / "2" / "metrics.json")
+    assert {k: v["values"] for k, v in again.items()} == {k: v["values"] for k, v in then.items()}
