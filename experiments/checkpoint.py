@@ -7,22 +7,27 @@ is saved and checked before it is used.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
+import numbers
 import os
 import pickle
+import random
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from experiments.checkpoint_sidecar import SIDECAR, sidecar_text
 from experiments.loop import OneSentenceError
 from experiments.sacred_private import emit_heartbeat
 from experiments.signals import INTERRUPTS
+from ingredients.schema import Rule, integer, is_int, is_number, mapping, nullable, shown
 from ingredients.scratch import sweep_orphans, writer_tag
 from ingredients.seeding import rng_state, set_rng_state
 from observers.files import replacing
@@ -95,7 +100,186 @@ def checkpoint_from_bytes(
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"{source} is incomplete: it has no {', '.join(missing)}")
+    check_fields(state, source)
     return state
+
+
+# What each field must hold for a resume to use it: a hash that verifies proves the file was not
+# damaged, not that reprolab wrote it (a store is data), so the fields are checked before use.
+FIELDS = {
+    "model": Rule(
+        lambda v: (
+            isinstance(v, dict)
+            and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+        ),
+        "a dict of named tensors",
+    ),
+    "optimizer": Rule(
+        lambda v: (
+            isinstance(v, dict)
+            and isinstance(v.get("param_groups"), list)
+            and all(
+                isinstance(g, dict) and isinstance(g.get("params"), list) for g in v["param_groups"]
+            )
+            and isinstance(v.get("state"), dict)
+            and all(
+                isinstance(s, dict)
+                and all(
+                    x is None or isinstance(x, torch.Tensor) or is_number(x) for x in s.values()
+                )
+                for s in v["state"].values()
+            )
+        ),
+        "an optimizer's state (param_groups, and tensors or numbers per parameter)",
+    ),
+    "scheduler": Rule(
+        lambda v: isinstance(v, dict) and is_int(v.get("last_epoch")) and v["last_epoch"] >= 0,
+        "a schedule's state with a last_epoch >= 0",
+    ),
+    "scaler": Rule(
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, dict)
+                and all(isinstance(k, str) and is_number(x) for k, x in v.items())
+            )
+        ),
+        "None or a grad scaler's state (numbers by name)",
+    ),
+    "epoch": integer(1),
+    "step": integer(0),
+    "best": mapping(
+        {
+            "value": nullable(Rule(lambda v: is_number(v) or isinstance(v, float), "a number")),
+            "epoch": integer(0),
+            "stale": integer(0),
+        },
+        required=("value", "epoch", "stale"),
+    ),
+    "config": mapping(),
+}
+# Each RNG state restored into a throwaway generator: exactly what set_rng_state accepts, with no
+# effect on this process's own RNGs (and CUDA is not started).
+RNG_RESTORES = {
+    "python": lambda s: random.Random().setstate((s["version"], tuple(s["state"]), s["gauss"])),
+    "numpy": lambda s: np.random.RandomState().set_state(
+        (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
+    ),
+    "torch": lambda s: torch.Generator().set_state(s),
+    "loader": lambda s: torch.Generator().set_state(s),
+}
+
+
+def check_fields(state: dict, source: str) -> None:
+    """Refuse, in one CheckpointError naming `source` and the field, a checkpoint whose fields a
+    resume could not use (wrong types, shapes or keys)."""
+    for key, rule in FIELDS.items():
+        if not rule.accepts(state[key]):
+            raise CheckpointError(
+                f"{source} is not usable: its {key} is {described(state[key])}, "
+                f"not {rule.expected}, so it was not loaded"
+            )
+    ranks = state.get("rng_ranks")  # torchrun: every rank's RNG states
+    fields = [("rng", state["rng"])]
+    fields += (
+        [(f"rng_ranks[{i}]", r) for i, r in enumerate(ranks)] if isinstance(ranks, list) else []
+    )
+    if "rng_ranks" in state and not isinstance(ranks, list):
+        fields.append(("rng_ranks", None))
+    for name, rng in fields:
+        bad = unusable_rng(rng)
+        if bad is not None:
+            raise CheckpointError(
+                f"{source} is not usable: its {name}{bad} is not an RNG state that can be "
+                "restored, so it was not loaded"
+            )
+
+
+def unusable_rng(rng) -> str | None:
+    """The part of an rng_state dict that cannot be restored ('' for the whole), or None."""
+    if not isinstance(rng, dict):
+        return ""
+    for name, restore in RNG_RESTORES.items():
+        try:
+            restore(rng[name])
+        except Exception:  # any shape or type the restore rejects
+            return f".{name}"
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, list) or not all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda
+    ):
+        return ".cuda"
+    return None
+
+
+def described(value) -> str:
+    """A field's value in one short line (a tensor by its dtype and shape)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return " ".join(shown(value).split())
+
+
+def check_fit(state: dict, model, optimizer, scheduler, same_schedule: bool, source: str) -> None:
+    """Restore the checkpoint's model, optimizer and schedule into ones freshly built from its
+    config and take one dry step (before any run exists): a checkpoint that would fail once
+    training resumed is one CheckpointError naming `source` and the field."""
+    state = copy.deepcopy(state)  # loaded states share its tensors, and the dry step moves them
+    groups = kinds([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+    schedule = kinds(scheduler.state_dict())
+    with refusing(source, "model"):
+        model.load_state_dict(state["model"])
+    with refusing(source, "optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    saved = kinds([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+    if saved != groups:  # load_state_dict takes any value; the optimizer's step would not
+        raise CheckpointError(
+            f"{source} is not usable: its optimizer's param_groups differ in kind from those its config builds"
+        )
+    if same_schedule and kinds(state["scheduler"]) != schedule:
+        raise CheckpointError(
+            f"{source} is not usable: its scheduler differs in kind from the one its config builds"
+        )
+    for param, values in optimizer.state.items():  # load_state_dict takes any shape too
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise CheckpointError(
+                    f"{source} is not usable: its optimizer's {key} is {described(value)}, "
+                    f"not of its parameter's shape {tuple(param.shape)}"
+                )
+    with refusing(source, "optimizer"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for param in model.parameters():
+            param.grad = torch.zeros_like(param)
+        optimizer.step()
+    if same_schedule:
+        with refusing(source, "scheduler"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler.load_state_dict(state["scheduler"])
+            scheduler.step()
+
+
+@contextmanager
+def refusing(source: str, field: str):
+    """Any error restoring or stepping `field` as one CheckpointError sentence naming it."""
+    try:
+        yield
+    except Exception as error:  # a foreign state can fail anywhere inside torch
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise CheckpointError(
+            f"{source} is not usable: its {field} does not fit what its config builds ({reason})"
+        ) from None
+
+
+def kinds(value):
+    """A value's structure with numbers as "number" (1 and 1.0 alike): what a state must share
+    with a freshly built one."""
+    if isinstance(value, dict):
+        return {k: kinds(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [kinds(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return repr(value) if value is None else "bool"
+    return "number" if isinstance(value, numbers.Real) else type(value).__name__
 
 
 def load_checkpoint(

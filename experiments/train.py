@@ -29,7 +29,9 @@ import torch
 from experiments import distributed
 from experiments.base import ReproExperiment
 from experiments.checkpoint import (
+    LAST,
     CheckpointRecorder,
+    check_fit,
     restore_training_state,
     state_hash,
     training_state,
@@ -167,7 +169,23 @@ def preflight(config: dict) -> None:
             contents.sample_shape, outputs, **{key: config["model"][key] for key in MODEL_KEYS}
         )
     with naming_errors("optimizer"):
-        build_optimizer(net, 0.1, **{key: config["optimizer"][key] for key in OPTIMIZER_KEYS})
+        opt = build_optimizer(net, 0.1, **{key: config["optimizer"][key] for key in OPTIMIZER_KEYS})
+    check_resume_fit(config, net, opt)
+
+
+def check_resume_fit(config: dict, net, opt) -> None:
+    """When resuming, the checkpoint's states restored into what its config builds and stepped
+    once, so one that would fail in training is refused before a run exists."""
+    point = getattr(ex, "resume_point", None)  # set when the resumed config is checked
+    if point is None:
+        return
+    keys = ("schedule", "step_size", "gamma", "warmup_epochs")
+    schedule = build_scheduler(
+        opt, config["epochs"], 1, **{k: config["optimizer"][k] for k in keys}
+    )
+    same = point.state["config"].get("epochs") == config["epochs"]
+    source = f"resume: run {point.run_id}'s checkpoint {LAST}"
+    check_fit(point.state, net, opt, schedule, same, source)
 
 
 def model_outputs(loss: str, contents: Contents) -> int:

@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import experiments.checkpoint as checkpoint_module
 from experiments.checkpoint import (
     CheckpointError,
     CheckpointMismatch,
+    check_fit,
+    checkpoint_from_bytes,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -113,7 +117,7 @@ def test_a_checkpoint_that_no_longer_fits_the_model_is_one_sentence():
         epoch=1,
         step=0,
         generator=generator,
-        best={},
+        best={"value": None, "epoch": 0, "stale": 0},
         config={},
     )
     wider = mlp((8,), 3, hidden=(24,), dropout=0.5)  # the model's code changed since
@@ -146,7 +150,7 @@ def test_a_longer_schedule_is_advanced_to_the_checkpoint_step(tmp_path):
         epoch=2,
         step=6,
         generator=generator,
-        best={},
+        best={"value": None, "epoch": 0, "stale": 0},
         config={},
     )
     save_checkpoint(tmp_path / "last.pt", state)
@@ -190,7 +194,7 @@ def checkpoint_file(tmp_path) -> tuple[Path, str]:
         epoch=1,
         step=3,
         generator=generator,
-        best={},
+        best={"value": None, "epoch": 0, "stale": 0},
         config={"seed": 1},
     )
     path = tmp_path / "last.pt"
@@ -353,3 +357,157 @@ def test_a_checkpoint_file_gets_the_mode_the_umask_allows(tmp_path, umask, mode)
         os.umask(previous)
     assert (tmp_path / "last.pt").stat().st_mode & 0o777 == mode
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+# --------------------------------------------------------------------------- foreign fields
+
+
+def real_state() -> dict:
+    """A checkpoint as training writes it, loaded back as a resume loads it."""
+    net, opt, scheduler, generator = build("step")
+    train_steps(net, opt, scheduler, generator, 3)
+    state = training_state(
+        model=net,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=None,
+        epoch=1,
+        step=3,
+        generator=generator,
+        best={"value": 0.5, "epoch": 1, "stale": 0},
+        config={"seed": 1, "epochs": 4},
+    )
+    return as_loaded(state)
+
+
+def as_loaded(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save({"format": checkpoint_module.FORMAT, **state}, buffer)
+    return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+SOURCE = "run 1's checkpoint last.pt"
+PATHS = [  # every field a resume reads, and parts of each
+    *[(key,) for key in checkpoint_module.REQUIRED],
+    ("model", "1.weight"),
+    ("optimizer", "state"),
+    ("optimizer", "state", 0, "exp_avg"),
+    ("optimizer", "state", 0, "step"),
+    ("optimizer", "param_groups"),
+    ("optimizer", "param_groups", 0, "lr"),
+    ("optimizer", "param_groups", 0, "betas"),
+    ("scheduler", "last_epoch"),
+    ("scheduler", "base_lrs"),
+    ("scheduler", "lr_lambdas", 0, "gamma"),
+    ("rng", "python"),
+    ("rng", "python", "state"),
+    ("rng", "numpy", "keys"),
+    ("rng", "numpy", "pos"),
+    ("rng", "torch"),
+    ("rng", "loader"),
+    ("best", "value"),
+    ("best", "epoch"),
+    ("best", "stale"),
+]
+TENSORS = st.builds(
+    lambda shape, dtype: torch.zeros(shape, dtype=dtype),
+    st.lists(st.integers(0, 3), max_size=3).map(tuple),
+    st.sampled_from([torch.float32, torch.uint8, torch.int64]),
+)
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(),
+    st.text(max_size=4),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    TENSORS,
+)
+
+
+def resumes(state: dict) -> None:
+    """What a resumed run does with the state: restore it into what its config builds, train a
+    step, carry on the best tracker and log the epoch and step."""
+    from experiments.train import Best
+
+    net, opt, scheduler, generator = build("step")
+    epoch, step, best = restore_training_state(
+        state,
+        model=net,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=None,
+        generator=generator,
+        same_schedule=True,
+    )
+    train_steps(net, opt, scheduler, generator, 1)
+    tracker = Best("max")
+    tracker.load_state_dict(best)
+    tracker.update(0.5, epoch + 1)
+    assert f"{epoch:d} {step:d}" and epoch >= 1 and step >= 0
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(PATHS), action=st.sampled_from(["set", "delete", "add"]), value=VALUES)
+def test_a_checkpoint_with_foreign_fields_is_refused_naming_the_field_or_resumes(
+    path, action, value
+):
+    state = real_state()
+    *parents, last = path
+    holder = state
+    for key in parents:
+        holder = holder[key]
+    if action == "set":
+        holder[last] = value
+    elif action == "delete":
+        del holder[last]
+    elif isinstance(holder[last], dict):
+        holder[last]["extra"] = value
+    data = io.BytesIO()
+    torch.save(state, data)
+    rngs = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        loaded = checkpoint_from_bytes(data.getvalue(), None, SOURCE)
+        net, opt, scheduler, _ = build("step")
+        check_fit(loaded, net, opt, scheduler, True, SOURCE)
+    except CheckpointError as error:
+        message = str(error)
+        assert message.startswith(SOURCE) and "\n" not in message and len(message) < 600
+        assert path[0] in message, message
+        return
+    finally:
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.set_rng_state(rngs[2])
+    resumes(loaded)  # accepted: then it really is usable
+
+
+def test_each_field_of_a_real_checkpoint_passes_and_a_wrong_type_is_named():
+    state = real_state()
+    net, opt, scheduler, _ = build("step")
+    check_fit(
+        checkpoint_from_bytes(as_loaded_bytes(state), None, SOURCE),
+        *build("step")[:3],
+        True,
+        SOURCE,
+    )
+    before = as_loaded_bytes(state)
+    check_fit(state, net, opt, scheduler, True, SOURCE)
+    assert as_loaded_bytes(state) == before  # checked, never moved (a resume restores it next)
+    for key, value, said in [
+        ("epoch", "2", "its epoch is '2', not an integer >= 1"),
+        ("epoch", -3, "its epoch is -3, not an integer >= 1"),
+        ("step", "x", "its step is 'x', not an integer >= 0"),
+        ("best", {}, "its best is {}, not a dict with 'value'"),
+        ("rng", {}, "its rng.python is not an RNG state that can be restored"),
+    ]:
+        with pytest.raises(CheckpointError) as error:
+            checkpoint_from_bytes(as_loaded_bytes({**state, key: value}), None, SOURCE)
+        assert str(error.value).startswith(f"{SOURCE} is not usable: {said}")
+
+
+def as_loaded_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

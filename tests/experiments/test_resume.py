@@ -431,3 +431,37 @@ def test_a_rerun_of_a_copied_store_never_reads_the_original_stores_checkpoint(
     assert load(copy / "3" / "info.json")["resumed_from"]["store"] == str(copy)
     again, then = load(copy / "3" / "metrics.json"), load(copy / "2" / "metrics.json")
     assert {k: v["values"] for k, v in again.items()} == {k: v["values"] for k, v in then.items()}
+
+
+def rewrite_checkpoint(run: Path, state: dict) -> None:
+    """Save `state` as the run's last.pt with records that vouch for it (its hash verifies)."""
+    torch.save(state, run / "last.pt")
+    data = (run / "last.pt").read_bytes()
+    vouched = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    for name, record in [("last.pt.sha256", None), ("info.json", "checkpoints")]:
+        content = json.loads((run / name).read_text())
+        (content[record]["last.pt"] if record else content).update(vouched)
+        (content[record]["last.pt"] if record else content).pop("replaces", None)
+        (run / name).write_text(json.dumps(content))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("epoch", -3, "is not usable: its epoch is -3, not an integer >= 1"),
+        ("model", {}, "is not usable: its model does not fit what its config builds"),
+    ],
+)
+def test_a_checkpoint_whose_hash_verifies_but_fields_do_not_fit_records_nothing(
+    train, tmp_path, tree_hash, field, value, said
+):
+    store = tmp_path / "store"
+    train(store, "debug", "seed=3", env=ONE_THREAD)
+    state = torch.load(store / "1" / "last.pt", weights_only=True)
+    rewrite_checkpoint(store / "1", {**state, field: value})
+    before = tree_hash(store)
+    result = train(store, "resume=1", "epochs=3", check=False, env=ONE_THREAD)
+    assert result.returncode == 2 and tree_hash(store) == before
+    assert result.stderr.strip().startswith(f"error: resume: run 1's checkpoint last.pt {said}")
+    assert len(result.stderr.strip().splitlines()) == 1
