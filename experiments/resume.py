@@ -22,6 +22,7 @@ from experiments.checkpoint_sidecar import (
 from experiments.distributed import check_world_size
 from ingredients.checkout import resolve_path
 from ingredients.data import fingerprint_file
+from observers.liveness import process_gone
 from observers.records import ObjectEncoding, check_plain, dig, refusal
 from observers.store import RecordError, resolve_run
 
@@ -89,6 +90,7 @@ def verified_checkpoint(reader, run_id: int, name: str, records: dict) -> tuple[
 def load_resume_point(ref: str, store: str | None) -> ResumePoint:
     """Find run `ref` (an id in `store` or a run directory), verify and load its last checkpoint."""
     reader, run_id = resolve_run(str(ref), store)
+    refuse_live(reader, run_id)
     info = reader.info(run_id)
     records = info.get("checkpoints") if isinstance(info, dict) else None
     if not isinstance(records, dict):
@@ -118,6 +120,20 @@ def load_resume_point(ref: str, store: str | None) -> ResumePoint:
     if type(world_size) is not int or world_size < 1:
         raise RecordError(f"run {run_id}'s info distributed.world_size is not a count")
     return ResumePoint(run_id, reader.location, state, record["sha256"], carried, world_size)
+
+
+def refuse_live(reader, run_id: int) -> None:
+    """Refuse to resume a run whose process still runs: both would train and write."""
+    try:
+        run = reader.run(run_id)
+    except RecordError:  # run.json damaged or missing after a kill: the checkpoint decides
+        return
+    if isinstance(run, dict) and run.get("status") == "RUNNING" and not process_gone(run):
+        raise RecordError(
+            f"run {run_id} is still running (its record says RUNNING and its process is alive "
+            "or its heartbeat recent), so it was not resumed; stop it first (Ctrl-C or kill "
+            "leaves a checkpoint to resume from)"
+        )
 
 
 def plain_config(run_id: int, name: str, state: dict) -> None:

@@ -7,6 +7,7 @@ then equal a straight 3-epoch run too.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -465,3 +466,30 @@ def test_a_checkpoint_whose_hash_verifies_but_fields_do_not_fit_records_nothing(
     assert result.returncode == 2 and tree_hash(store) == before
     assert result.stderr.strip().startswith(f"error: resume: run 1's checkpoint last.pt {said}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_run_whose_process_still_runs_is_not_resumed(train, tmp_path, tree_hash, load):
+    from ingredients.processes import this_process
+
+    store = tmp_path / "store"
+    train(store, "debug", "seed=3", env=ONE_THREAD)
+    run_file = store / "1" / "run.json"
+    run = load(run_file)
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    # this test's own process stands in for the run's: alive, with a fresh heartbeat
+    run.update(status="RUNNING", heartbeat=now, stop_time=None)
+    run["meta"]["process"] = this_process()
+    run_file.write_text(json.dumps(run))
+    before = tree_hash(store)
+    result = train(store, "resume=1", "epochs=2", check=False, env=ONE_THREAD)
+    assert result.returncode == 2 and tree_hash(store) == before
+    assert result.stderr.strip() == (
+        "error: resume: run 1 is still running (its record says RUNNING and its process is "
+        "alive or its heartbeat recent), so it was not resumed; stop it first (Ctrl-C or kill "
+        "leaves a checkpoint to resume from)"
+    )
+    run["meta"]["process"] = {**this_process(), "pid": 2**22 + 1}  # a pid no process holds
+    run_file.write_text(json.dumps(run))
+    train(store, "resume=1", "epochs=2", env=ONE_THREAD)  # gone: resumed
+    assert load(store / "2" / "info.json")["resumed_from"]["run_id"] == 1
