@@ -119,9 +119,14 @@ def read_pruned(store: RunStore, run_id: int, run: dict, verify: bool) -> Origin
 
 
 def with_verification(original: Original, verify: bool) -> Original:
-    """The original, its resume pinned to this store, with its metrics read for --verify
-    (RecordError if it has nothing to compare)."""
+    """The original, checked to have a seed, its resume pinned to this store, with its metrics
+    read for --verify (RecordError if it has nothing to compare)."""
     store, run_id = original.store, original.run_id
+    if original.config.get("seed") is None:  # Sacred would draw a new one: another run
+        raise RecordError(
+            f"run {run_id}'s config.json records no seed, so a rerun would draw a new one "
+            "and could not repeat the run; nothing was run"
+        )
     original.config = resume_in_store(original)
     if verify:
         if not original.info.get("final_model_sha256"):

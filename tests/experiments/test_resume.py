@@ -493,3 +493,17 @@ def test_a_run_whose_process_still_runs_is_not_resumed(train, tmp_path, tree_has
     run_file.write_text(json.dumps(run))
     train(store, "resume=1", "epochs=2", env=ONE_THREAD)  # gone: resumed
     assert load(store / "2" / "info.json")["resumed_from"]["run_id"] == 1
+
+
+def test_a_rerun_of_a_record_without_a_seed_is_refused_before_running(tmp_path, capsys, tree_hash):
+    from experiments.cli import main as reprolab
+
+    store = tmp_path / "store"
+    recorded(store, 1, {"lr": 0.01})
+    before = tree_hash(store)
+    assert reprolab(["rerun", "1", "--store", str(store)]) == 2
+    assert capsys.readouterr().err == (
+        "reprolab: error: run 1's config.json records no seed, so a rerun would draw a new "
+        "one and could not repeat the run; nothing was run\n"
+    )
+    assert tree_hash(store) == before
