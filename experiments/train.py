@@ -22,6 +22,7 @@ if __name__ == "__main__":  # first, before Sacred and torch load (a second or m
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopped_while_starting)
 
+import re
 from contextlib import contextmanager
 
 import torch
@@ -116,7 +117,11 @@ SCHEMA = {
     "seed": integer(0, 2**32, words="an integer in [0, 2**32)"),
     "lr": POSITIVE_NUMBER,
     "epochs": POSITIVE_INT,
-    "device": Rule(TEXT.accepts, "auto, cpu, cuda or cuda:N"),
+    # pick_device knows only these (torch.device also takes 'meta', 'mps'..., which train fails on)
+    "device": Rule(
+        lambda v: isinstance(v, str) and re.fullmatch("auto|cpu|cuda(:[0-9]+)?", v) is not None,
+        "auto, cpu, cuda or cuda:N",
+    ),
     "amp": choice(*AMP_MODES),
     "accumulate": POSITIVE_INT,
     "loss": choice(*LOSSES),

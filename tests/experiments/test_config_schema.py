@@ -276,6 +276,15 @@ def test_a_path_that_cannot_be_a_file_is_one_sentence(store, path, expected):
     assert refused(store, {"data": {"path": path}}).startswith(expected)
 
 
+@pytest.mark.parametrize(
+    "device", ["meta", "mps", "cuda:", "cuda:-1", "cpu:0", "CPU", "cuda:\u0663"]
+)
+def test_a_device_train_cannot_use_is_one_sentence(store, device):
+    assert refused(store, {"device": device}) == (
+        f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+    )
+
+
 def test_a_runs_loglevel_is_for_that_run_only(store):
     """Sacred's --loglevel sets the experiment's logger for good; a later run would log nothing."""
     refused(store, {"epochs": 0})
