@@ -56,6 +56,7 @@ from ingredients.schema import (
     choice,
     integer,
     nullable,
+    shown,
 )
 from ingredients.seeding import loader_generator, seed_everything, seed_worker, seeding
 from observers.provenance import record_provenance
@@ -156,7 +157,9 @@ def validate(config, command_name, logger):
     check_section(None, {"seed": 0, **config}, SCHEMA)
     metrics = epoch_metrics(config)
     if config["monitor"] not in metrics:
-        raise ValueError(f"monitor must be one of {', '.join(metrics)}, got {config['monitor']!r}")
+        raise ValueError(
+            f"monitor must be one of {', '.join(metrics)}, got {shown(config['monitor'])}"
+        )
     pick_device(config["device"], here=not checking_for_elsewhere())
     distributed.check_sync_batchnorm(config["model"]["sync_batchnorm"])
     preflight(config)

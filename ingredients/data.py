@@ -227,7 +227,9 @@ def _check_columns(
     names = schema.names
     wanted = list(features) if features is not None else [n for n in names if n != target]
     if target not in names:
-        _fail(f"data.target: column {target!r} is not in {path} (columns: {column_list(names)})")
+        _fail(
+            f"data.target: column {shown(target)} is not in {path} (columns: {column_list(names)})"
+        )
     if not _is_numeric_type(schema.field(target).type):
         _fail(
             f"data.target: column {target!r} in {path} must be integer or floating point, "
@@ -236,7 +238,7 @@ def _check_columns(
     for column in wanted:
         if column not in names:
             _fail(
-                f"data.features: column {column!r} is not in {path} (columns: {column_list(names)})"
+                f"data.features: column {shown(column)} is not in {path} (columns: {column_list(names)})"
             )
         kind = schema.field(column).type
         if not (

@@ -24,6 +24,7 @@ from ingredients.schema import (
     list_of,
     mapping,
     number,
+    shown,
 )
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
@@ -113,7 +114,7 @@ def resolve(name: str) -> Callable[..., nn.Module]:
         return REGISTRY[name]
     if ":" not in name:
         raise ValueError(
-            f"model.name: unknown model '{name}' (registered: {', '.join(REGISTRY)}; "
+            f"model.name: unknown model {shown(name)} (registered: {', '.join(REGISTRY)}; "
             "or give an import path 'package.module:callable')"
         )
     return import_callable("model.name", name)
@@ -162,7 +163,7 @@ def freeze_parameters(net: nn.Module, patterns: list[str]) -> list[str]:
     for pattern in patterns:
         if not fnmatch.filter(names, pattern):
             raise ValueError(
-                f"model.freeze: pattern '{pattern}' matches no parameter "
+                f"model.freeze: pattern {shown(pattern)} matches no parameter "
                 f"(parameters: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
             )
     frozen = []

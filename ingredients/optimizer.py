@@ -25,6 +25,7 @@ from ingredients.schema import (
     mapping,
     nullable,
     number,
+    shown,
 )
 
 # Explicit globals and no git query: Sacred would scan the whole stack (slow); the run's
@@ -105,7 +106,7 @@ def parameter_groups(
     for group, params, group_names in zip([*groups, {}], buckets, names):
         if group and not params:
             raise ValueError(
-                f"optimizer.param_groups: pattern '{group['pattern']}' matches no trainable parameter"
+                f"optimizer.param_groups: pattern {shown(group['pattern'])} matches no trainable parameter"
             )
         if params:
             result.append(

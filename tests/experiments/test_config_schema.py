@@ -285,6 +285,25 @@ def test_a_device_train_cannot_use_is_one_sentence(store, device):
     )
 
 
+HUGE = "a" * 100_000
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        {"monitor": HUGE},
+        {"model": {"name": HUGE}},
+        {"model": {"freeze": [HUGE]}},
+        {"data": {"target": HUGE}},
+        {"data": {"features": [HUGE]}},
+        {"optimizer": {"param_groups": [{"pattern": HUGE, "lr_scale": 2.0}]}},
+    ],
+)
+def test_a_huge_value_is_shortened_in_its_sentence(store, updates):
+    message = refused(store, updates)
+    assert f"'{'a' * 39}...{'a' * 19}'" in message and len(message) < 300, message[:300]
+
+
 def test_a_runs_loglevel_is_for_that_run_only(store):
     """Sacred's --loglevel sets the experiment's logger for good; a later run would log nothing."""
     refused(store, {"epochs": 0})
