@@ -28,7 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.child import ChildRun, checkout_file
+from experiments.child import (
+    PROCESSES_PER_CORE,
+    ChildRun,
+    checkout_file,
+    process_bound,
+    wait_passing_on_stops,
+)
 from experiments.outside_code import outside_differences
 from experiments.trial import PRUNED_AT_VARIABLE
 from ingredients.checkout import CHECKOUT_ROOT, resolve_path
@@ -367,6 +373,12 @@ def launcher(original: Original, world_size: int | None) -> list[str]:
     if world_size is not None and world_size < 1:
         raise ValueError(f"--world-size must be a positive integer, got {world_size}")
     processes = world_size or recorded
+    if processes > process_bound():  # a record's count decides no more processes than this
+        raise ValueError(
+            f"run {original.run_id} would start {processes} processes here, more than the "
+            f"{process_bound()} this machine's {os.cpu_count()} cores hold "
+            f"({PROCESSES_PER_CORE} a core); rerun it on a larger machine"
+        )
     if recorded is not None and processes != recorded:
         print(
             f"world size {processes} asked for, run {original.run_id} ran with {recorded}: "
@@ -419,10 +431,7 @@ def run_again(
         )
         sys.stdout.flush()
         process = subprocess.Popen(child.argv(), cwd=tree.cwd, env=child.env())
-        try:
-            code = process.wait()
-        except KeyboardInterrupt:  # the child got Ctrl-C too: let it record its interruption
-            code = process.wait()
+        code = wait_passing_on_stops(process)
         return code, int(id_file.read_text()) if id_file.is_file() else None
 
 

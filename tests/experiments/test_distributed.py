@@ -355,6 +355,23 @@ def test_a_rerun_relaunches_through_torchrun_with_the_recorded_world_size(capsys
     assert launcher(SimpleNamespace(run_id=5, info={}), None) == [sys.executable]
 
 
+@pytest.mark.parametrize("recorded, asked", [(100_000, None), (2, 100_000)])
+def test_a_rerun_starts_no_more_processes_than_the_machine_holds(recorded, asked):
+    """--world-size 100000, or a record's world size, started that many ranks, which outlived the
+    launcher and held the machine for half an hour."""
+    from types import SimpleNamespace
+
+    from experiments.child import process_bound
+    from experiments.rerun import launcher
+
+    original = SimpleNamespace(run_id=4, info={"distributed": {"world_size": recorded}})
+    with pytest.raises(
+        ValueError,
+        match=f"^run 4 would start 100000 processes here, more than the {process_bound()} ",
+    ):
+        launcher(original, asked)
+
+
 def test_the_recorded_torchrun_command_hides_a_store_password():
     """The worker records its parent's command line, which may carry `-R mongodb://user:pw@...`."""
     child = (
