@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,6 +100,21 @@ PROCESSES_PER_CORE = 4  # runs or ranks a launcher starts at once here: more onl
 def process_bound() -> int:
     """The most processes one launcher starts at once on this machine."""
     return PROCESSES_PER_CORE * (os.cpu_count() or 1)
+
+
+def wait_passing_on_stops(process: subprocess.Popen) -> int:
+    """Wait for a child run, passing a SIGTERM sent to this launcher on to it (Ctrl-C reaches
+    the whole process group already): a killed launcher left the run, or torchrun and its
+    ranks, running with no one to wait for them."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:  # the child got Ctrl-C too: let it record its interruption
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 EXPERIMENT_CLASSES = frozenset({"Experiment", "ReproExperiment"})

@@ -258,3 +258,29 @@ def test_a_signal_while_mongodb_is_reached_interrupts_the_run_in_one_line(tmp_pa
     assert lines[-1].strip() == "interrupted before the run started; nothing was recorded"
     assert "Traceback" not in stderr and "unreachable" not in stderr
     assert "pw-hidden" not in stderr and not (tmp_path / "fallback").exists()
+
+
+STOPPABLE_CHILD = """
+import signal, sys
+signal.signal(signal.SIGTERM, lambda *_: (print("stopped", flush=True), sys.exit(143)))
+print("ready", flush=True)
+signal.pause()
+"""
+LAUNCHER = f"""
+import subprocess, sys
+from experiments.child import wait_passing_on_stops
+child = subprocess.Popen([sys.executable, "-c", {STOPPABLE_CHILD!r}])
+sys.exit(wait_passing_on_stops(child))
+"""
+
+
+def test_a_launcher_stopped_by_sigterm_stops_its_run_and_waits_for_it():
+    """`timeout 60 reprolab rerun` left the run (or torchrun and its ranks) running after the
+    launcher was gone; the run now gets the SIGTERM, records its stop, and gives its exit code."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert launcher.stdout.readline() == "ready\n"
+    launcher.send_signal(signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=60)
+    assert out == "stopped\n" and launcher.returncode == 143
