@@ -34,7 +34,7 @@ from observers.files import (
     utc_text,
     writing,
 )
-from observers.records import MAX_RUN_ID, METRICS_BYTES, is_run_id, loads_plain, read_regular
+from observers.records import MAX_RUN_ID, RUN_FILE_BYTES, is_run_id, loads_plain, read_regular
 
 JOURNAL = "metrics.jsonl"
 
@@ -71,9 +71,9 @@ def read_journal(path: Path) -> dict:
     """Metrics from a journal in Sacred's metrics.json shape; a torn last line is skipped.
 
     Read as plain data: observers.records.ObjectEncoding on an object-encoding key; a link or
-    a journal over METRICS_BYTES is a RecordError."""
+    a journal over RUN_FILE_BYTES is a RecordError."""
     metrics: dict[str, dict] = {}
-    for line in read_regular(path, METRICS_BYTES, follow=False).splitlines():
+    for line in read_regular(path, RUN_FILE_BYTES, follow=False).splitlines():
         try:
             entry = loads_plain(line)
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -20,14 +20,14 @@ import stat
 # jsonpickle's tags all start with "py/"; keys starting with "json://" are decoded as JSON that
 # may itself hold tags (Sacred decodes with keys=True).
 ENCODING_PREFIXES = ("py/", "json://")
-# Bounds on a run's record files, checked before a byte is read (a huge file would take the
-# reader's time and memory, and could be planted). config.json, run.json and info.json are
-# MongoDB documents at heart, which MongoDB refuses above 16 MiB; metrics.json (and its journal)
-# holds every point (about 60 bytes each in JSON): 256 MiB is some 4 million points, parsed in
+# Bounds on a store's JSON files, checked before a byte is read (a huge file would take the
+# reader's time and memory, and could be planted). A run's files: metrics.json (and its journal)
+# holds every point (about 60 bytes each in JSON: 256 MiB is some 4 million), info.json what a
+# run adds to its info (cut for MongoDB above 16 MiB, kept whole by the file store); parsed in
 # seconds within a few GB of memory.
-RECORD_BYTES = 16 << 20
-METRICS_BYTES = 256 << 20
-TABLE_BYTES = METRICS_BYTES  # a sweep record or the summary cache: an entry per config or run
+RUN_FILE_BYTES = 256 << 20
+TABLE_BYTES = RUN_FILE_BYTES  # a sweep record or the summary cache: an entry per config or run
+RECORD_BYTES = 16 << 20  # any other (claims, evaluations), as MongoDB bounds a document
 MAX_EVALUATIONS = 1000  # `reprolab evaluate` results one run keeps (file or MongoDB store)
 
 

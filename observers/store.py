@@ -17,8 +17,7 @@ from observers.filestore import JOURNAL, read_journal
 from observers.location import StoreLocation
 from observers.records import (
     MAX_RUN_ID,
-    METRICS_BYTES,
-    RECORD_BYTES,
+    RUN_FILE_BYTES,
     TABLE_BYTES,
     ObjectEncoding,
     RecordError,
@@ -121,9 +120,10 @@ class FileRunStore:
 
     def _json(self, run_id: int, filename: str, missing=None):
         path = self.run_dir(run_id) / filename
-        limit = METRICS_BYTES if filename == "metrics.json" else RECORD_BYTES
         try:
-            return load_plain(path, limit, follow=False)  # a link could show a file outside
+            return load_plain(
+                path, RUN_FILE_BYTES, follow=False
+            )  # a link could show a file outside
         except ObjectEncoding as error:
             raise refusal(f"run {run_id}: {path}", error.key) from None
         except FileNotFoundError:

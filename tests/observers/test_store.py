@@ -183,9 +183,9 @@ def test_a_journal_that_is_a_link_is_not_read(store, tmp_path_factory):
 @pytest.mark.parametrize(
     ("name", "limit"),
     [
-        ("info.json", "RECORD_BYTES"),
-        ("config.json", "RECORD_BYTES"),
-        ("metrics.json", "METRICS_BYTES"),
+        ("info.json", "RUN_FILE_BYTES"),
+        ("config.json", "RUN_FILE_BYTES"),
+        ("metrics.json", "RUN_FILE_BYTES"),
     ],
 )
 def test_a_record_file_over_its_bound_is_damaged_unread(store, monkeypatch, name, limit):
