@@ -145,8 +145,10 @@ def check_storable(key: str, value) -> None:
     """Refuse, naming the key, a value that cannot be recorded as plain JSON."""
     bad = unstorable(value, key)
     if bad is not None:
+        where = bad[0] if bad[0].isprintable() else bad[0].encode("unicode_escape").decode()
+        # (a key may hold a newline: the sentence stays one line)
         raise ValueError(
-            f"{bad[0]} cannot be stored in a run's record (use numbers, strings, "
+            f"{where} cannot be stored in a run's record (use numbers, strings, "
             f"true/false, None, lists and dicts), got {shown(bad[1])}"
         )
 

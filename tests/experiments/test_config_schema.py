@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from experiments.base import ConfigurationError
@@ -350,6 +350,7 @@ def test_a_section_replaced_beside_named_configs_is_one_sentence(store, named, s
         max_size=3,
     )
 )
+@example(kwargs={"\n": {"": None}})  # a key's newline was repeated into the sentence
 def test_values_of_every_json_type_in_a_dict_valued_key_are_one_sentence(store, kwargs):
     """Plain data is taken as typed (never decoded); anything else is one sentence naming it."""
     updates = {"epochs": 1, "model": {"kwargs": kwargs}}
