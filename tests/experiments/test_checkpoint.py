@@ -65,22 +65,39 @@ def train_steps(net, opt, scheduler, generator, steps: int) -> list[float]:
     return drawn
 
 
+NO_BEST = {"value": None, "epoch": 0, "stale": 0}
+
+
+def state_of(net, opt, scheduler, generator, *, epoch, step, config, best=NO_BEST) -> dict:
+    """training_state of the models these tests build (no AMP scaler)."""
+    return training_state(
+        model=net,
+        optimizer=opt,
+        scheduler=scheduler,
+        scaler=None,
+        epoch=epoch,
+        step=step,
+        generator=generator,
+        best=best,
+        config=config,
+    )
+
+
 @pytest.mark.parametrize("schedule", ["none", "step", "cosine", "onecycle"])
 def test_restored_state_continues_bit_exactly(tmp_path, schedule):
     random.seed(2)
     np.random.seed(3)
     net, opt, scheduler, generator = build(schedule)
     train_steps(net, opt, scheduler, generator, 4)
-    state = training_state(
-        model=net,
-        optimizer=opt,
-        scheduler=scheduler,
-        scaler=None,
+    state = state_of(
+        net,
+        opt,
+        scheduler,
+        generator,
         epoch=1,
         step=4,
-        generator=generator,
-        best={"value": 0.5, "epoch": 1, "stale": 0},
         config={"seed": 3, "optimizer": {"betas": (0.9, 0.99)}},
+        best={"value": 0.5, "epoch": 1, "stale": 0},
     )
     digest = save_checkpoint(tmp_path / "last.pt", state)
     straight = train_steps(net, opt, scheduler, generator, 5)
@@ -109,17 +126,7 @@ def test_restored_state_continues_bit_exactly(tmp_path, schedule):
 
 def test_a_checkpoint_that_no_longer_fits_the_model_is_one_sentence():
     net, opt, scheduler, generator = build("none")
-    state = training_state(
-        model=net,
-        optimizer=opt,
-        scheduler=scheduler,
-        scaler=None,
-        epoch=1,
-        step=0,
-        generator=generator,
-        best={"value": None, "epoch": 0, "stale": 0},
-        config={},
-    )
+    state = state_of(net, opt, scheduler, generator, epoch=1, step=0, config={})
     wider = mlp((8,), 3, hidden=(24,), dropout=0.5)  # the model's code changed since
     with pytest.raises(CheckpointMismatch) as refused:
         restore_training_state(
@@ -142,17 +149,7 @@ def test_a_checkpoint_that_no_longer_fits_the_model_is_one_sentence():
 def test_a_longer_schedule_is_advanced_to_the_checkpoint_step(tmp_path):
     net, opt, scheduler, generator = build("step", epochs=2)
     train_steps(net, opt, scheduler, generator, 6)
-    state = training_state(
-        model=net,
-        optimizer=opt,
-        scheduler=scheduler,
-        scaler=None,
-        epoch=2,
-        step=6,
-        generator=generator,
-        best={"value": None, "epoch": 0, "stale": 0},
-        config={},
-    )
+    state = state_of(net, opt, scheduler, generator, epoch=2, step=6, config={})
     save_checkpoint(tmp_path / "last.pt", state)
     longer_net, longer_opt, longer, longer_generator = build("step", epochs=5)
     restore_training_state(
@@ -186,17 +183,7 @@ def test_state_hash_sees_one_bit_and_handles_0_d_tensors():
 @pytest.fixture
 def checkpoint_file(tmp_path) -> tuple[Path, str]:
     net, opt, scheduler, generator = build("cosine")
-    state = training_state(
-        model=net,
-        optimizer=opt,
-        scheduler=scheduler,
-        scaler=None,
-        epoch=1,
-        step=3,
-        generator=generator,
-        best={"value": None, "epoch": 0, "stale": 0},
-        config={"seed": 1},
-    )
+    state = state_of(net, opt, scheduler, generator, epoch=1, step=3, config={"seed": 1})
     path = tmp_path / "last.pt"
     return path, save_checkpoint(path, state)
 
@@ -366,16 +353,15 @@ def real_state() -> dict:
     """A checkpoint as training writes it, loaded back as a resume loads it."""
     net, opt, scheduler, generator = build("step")
     train_steps(net, opt, scheduler, generator, 3)
-    state = training_state(
-        model=net,
-        optimizer=opt,
-        scheduler=scheduler,
-        scaler=None,
+    state = state_of(
+        net,
+        opt,
+        scheduler,
+        generator,
         epoch=1,
         step=3,
-        generator=generator,
-        best={"value": 0.5, "epoch": 1, "stale": 0},
         config={"seed": 1, "epochs": 4},
+        best={"value": 0.5, "epoch": 1, "stale": 0},
     )
     return as_loaded(state)
 
