@@ -101,7 +101,7 @@ def sweep_command(options: SweepOptions) -> int:
     print(
         f"sweep {record.id}: {len(configs)} configs"
         + (f" ({dropped} duplicates run once)" if dropped else "")
-        + recorded_where(options),
+        + f", {recorded_where(options)}",
         file=sys.stderr,
     )
     jobs = [record.fresh_job(index) for index in range(len(configs))]
@@ -112,8 +112,8 @@ def recorded_where(options: SweepOptions) -> str:
     """Where a new sweep or search is recorded: on Slurm, only once sbatch takes its array
     (a refusal takes the record back)."""
     if options.on == "slurm" and not options.print_commands:
-        return f", recorded in {options.store} once Slurm takes its job array"
-    return f", recorded in {options.store}"
+        return f"recorded in {options.store} once Slurm takes its job array"
+    return f"recorded in {options.store}"
 
 
 def declaration_from(

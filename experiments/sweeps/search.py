@@ -161,7 +161,7 @@ def new_search(options: SweepOptions, declaration: Declaration) -> int:
     print(
         f"search {record.id}: {search.trials} trials of {', '.join(search.space)}, "
         f"{search.sampler['name']} sampler, {search.pruner['name']} pruner, "
-        f"{search.direction} {search.metric}" + recorded_where(options).replace(",", ";", 1),
+        f"{search.direction} {search.metric}; {recorded_where(options)}",
         file=sys.stderr,
     )
     return launch_search(options, tuner, book, [])
