@@ -262,6 +262,11 @@ def pick_device(name: str, here: bool = True) -> torch.device:
         raise ValueError(f"device: unknown device '{name}' (auto, cpu, cuda or cuda:N)") from None
     if here and device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: '{name}' asked for, but CUDA is not available here")
+    if here and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device: '{name}' asked for, but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), numbered from 0"
+        )
     return device
 
 

@@ -285,6 +285,15 @@ def test_a_device_train_cannot_use_is_one_sentence(store, device):
     )
 
 
+def test_a_gpu_past_the_machines_count_is_refused_before_the_run(store, monkeypatch):
+    # this machine has no GPU: CUDA is made to report one, so that cuda:1 is one too many
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert refused(store, {"device": "cuda:1"}) == (
+        "device: 'cuda:1' asked for, but this machine has 1 CUDA device(s), numbered from 0"
+    )
+
+
 HUGE = "a" * 100_000
 
 
