@@ -40,7 +40,8 @@ with reprolab's own sampler and pruner (`Search.make_sampler`, `make_pruner`, as
 sweep` builds them, at their defaults), over as many trials as the grid has configs. Training
 is deterministic, so a trial is replayed from its config's curve instead of trained again (a
 pruned trial's first k epochs are the full run's first k): each epoch is reported to the trial
-and counted, and the count stops at the first epoch of any trial that reaches the target. The
+and counted, the pruner asked after each but the last (as a trial asks it), and the count stops
+at the first epoch of any trial that reaches the target. The
 figure is every epoch counted by then, pruned trials' included; ">budget" means no trial reached
 it. A trial that proposes a completed trial's config is answered from it and trains nothing, as
 a search does (`tuner.completed_with`, `answer_from`): the same config and seed are the same run.
@@ -350,7 +351,7 @@ def replay(grid: Grid, curves: dict, search: Search, target: float) -> Replay:
             if accuracy >= target:
                 return Replay(spent, number + 1, answered)
             trial.report(accuracy, epoch)
-            if trial.should_prune():
+            if epoch < len(curve) and trial.should_prune():  # never after the last, as a trial
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 break
         else:

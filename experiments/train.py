@@ -465,7 +465,8 @@ def train(
                     checkpoints.save("best.pt", state(epoch))
                     if splits.test is not None:
                         kept = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            if trial.epoch_end(epoch, metrics):  # after the checkpoint: a pruned run keeps it
+            # after the checkpoint (a pruned run keeps it); never pruned after its last epoch
+            if trial.epoch_end(epoch, metrics, last=epoch == epochs):
                 log.info("pruned after epoch %d", epoch)
                 break
             if patience is not None and best.stale >= patience:

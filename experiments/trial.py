@@ -62,8 +62,11 @@ class TrialHook:
             raise OneSentenceError(message) from None
         return cls(trial=trial, metric=metric)
 
-    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Report the epoch's metric; True when the run is to stop here as pruned."""
+    def epoch_end(self, epoch: int, metrics: dict[str, float], last: bool = False) -> bool:
+        """Report the epoch's metric; True when the run is to stop here as pruned. After the
+        run's `last` epoch the pruner is not asked: stopping there saves nothing, and a trial
+        that trained every epoch is a completed one, and is seen by TPE as one (TPE ranks a
+        pruned trial below every completed trial)."""
         if self.pruned_at is not None:
             if epoch < self.pruned_at:
                 return False
@@ -80,7 +83,7 @@ class TrialHook:
         if not math.isfinite(value):
             return False  # Optuna refuses NaN as a report; the run's own guard fails it
         self.trial.report(value, epoch)  # type: ignore[attr-defined]
-        if self.trial.should_prune():  # type: ignore[attr-defined]
+        if not last and self.trial.should_prune():  # type: ignore[attr-defined]
             self.pruned = {"epoch": epoch, "metric": self.metric, "value": value}
             return True
         return False

@@ -124,6 +124,36 @@ def test_pruned_trials_are_recorded_and_shown_as_pruned(pruned_search):
     assert status.count("pruned at epoch") == len(pruned)  # completed trials carry no label
 
 
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
+    # PRUNING's median pruner stops the learning-nothing rates after epoch 1; with epochs=1 that
+    # epoch is their last, where stopping saves nothing: they end COMPLETED, told their value
+    store = tmp_path / "runs"
+    one_epoch = [("epochs=1" if word == "epochs=2" else word) for word in PRUNING]
+    reprolab("sweep", "experiments/train.py", "--store", str(store), "--threads", "1", *one_epoch)
+    runs = load_runs(store, sweep=search_id(store))
+    assert list(runs.status) == ["COMPLETED"] * 3 and runs.pruned_epoch.isna().all()
+    studied = trials(store, search_id(store))
+    assert [t.state.name for t in studied] == ["COMPLETE"] * 3
+    assert all(t.intermediate_values == {1: t.value} for t in studied)  # reported all the same
+
+
+def test_the_pruner_is_asked_after_every_epoch_but_a_runs_last():
+    import optuna
+
+    from experiments.trial import TrialHook
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=0.9))
+    below = {"val_accuracy": 0.5}  # the threshold prunes it wherever it is asked
+    early, last = (TrialHook(trial=study.ask(), metric="val_accuracy") for _ in range(2))
+    assert early.epoch_end(1, below) and early.pruned == {
+        "epoch": 1,
+        "metric": "val_accuracy",
+        "value": 0.5,
+    }
+    assert not last.epoch_end(3, below, last=True) and last.pruned is None
+    assert study.trials[1].intermediate_values == {3: 0.5}
+
+
 def test_a_pruned_trial_reruns_bit_for_bit(pruned_search):
     store, sweep = pruned_search
     runs = load_runs(store, sweep=sweep)
