@@ -179,13 +179,12 @@ def check_fields(state: dict, source: str) -> None:
                 f"{source} is not usable: its {key} is {described(state[key])}, "
                 f"not {rule.expected}, so it was not loaded"
             )
-    ranks = state.get("rng_ranks")  # torchrun: every rank's RNG states
     fields = [("rng", state["rng"])]
-    fields += (
-        [(f"rng_ranks[{i}]", r) for i, r in enumerate(ranks)] if isinstance(ranks, list) else []
-    )
-    if "rng_ranks" in state and not isinstance(ranks, list):
-        fields.append(("rng_ranks", None))
+    ranks = state.get("rng_ranks", [])  # torchrun: every rank's RNG states
+    if isinstance(ranks, list):
+        fields += [(f"rng_ranks[{i}]", r) for i, r in enumerate(ranks)]
+    else:
+        fields.append(("rng_ranks", None))  # not a list: refused whole
     for name, rng in fields:
         bad = unusable_rng(rng)
         if bad is not None:
@@ -224,14 +223,13 @@ def check_fit(state: dict, model, optimizer, scheduler, same_schedule: bool, sou
     config and take one dry step (before any run exists): a checkpoint that would fail once
     training resumed is one CheckpointError naming `source` and the field."""
     state = copy.deepcopy(state)  # loaded states share its tensors, and the dry step moves them
-    groups = kinds([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
-    schedule = kinds(scheduler.state_dict())
+    groups, schedule = group_kinds(optimizer), kinds(scheduler.state_dict())
     with refusing(source, "model"):
         model.load_state_dict(state["model"])
     with refusing(source, "optimizer"):
         optimizer.load_state_dict(state["optimizer"])
-    saved = kinds([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
-    if saved != groups:  # load_state_dict takes any value; the optimizer's step would not
+    # load_state_dict takes any value; the optimizer's step would not
+    if group_kinds(optimizer) != groups:
         raise CheckpointError(
             f"{source} is not usable: its optimizer's param_groups differ in kind from those its config builds"
         )
@@ -270,6 +268,11 @@ def refusing(source: str, field: str):
         ) from None
 
 
+def group_kinds(optimizer) -> list:
+    """The kinds of an optimizer's param_groups settings (its parameters left out)."""
+    return kinds([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+
+
 def kinds(value):
     """A value's structure with numbers as "number" (1 and 1.0 alike): what a state must share
     with a freshly built one."""
@@ -277,8 +280,8 @@ def kinds(value):
         return {k: kinds(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [kinds(v) for v in value]
-    if isinstance(value, bool) or value is None:
-        return repr(value) if value is None else "bool"
+    if value is None or isinstance(value, bool):
+        return "None" if value is None else "bool"
     return "number" if isinstance(value, numbers.Real) else type(value).__name__
 
 

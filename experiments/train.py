@@ -187,9 +187,8 @@ def check_resume_fit(config: dict, net, opt) -> None:
     point = getattr(ex, "resume_point", None)  # set when the resumed config is checked
     if point is None:
         return
-    keys = ("schedule", "step_size", "gamma", "warmup_epochs")
     schedule = build_scheduler(
-        opt, config["epochs"], 1, **{k: config["optimizer"][k] for k in keys}
+        opt, config["epochs"], 1, **{key: config["optimizer"][key] for key in SCHEDULER_KEYS}
     )
     same = point.state["config"].get("epochs") == config["epochs"]
     source = f"resume: run {point.run_id}'s checkpoint {LAST}"
@@ -239,6 +238,7 @@ MODEL_KEYS = (
     "freeze_batchnorm",
 )
 OPTIMIZER_KEYS = ("name", "momentum", "nesterov", "betas", "weight_decay", "param_groups")
+SCHEDULER_KEYS = ("schedule", "step_size", "gamma", "warmup_epochs")
 
 
 @contextmanager

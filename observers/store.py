@@ -120,10 +120,8 @@ class FileRunStore:
 
     def _json(self, run_id: int, filename: str, missing=None):
         path = self.run_dir(run_id) / filename
-        try:
-            return load_plain(
-                path, RUN_FILE_BYTES, follow=False
-            )  # a link could show a file outside
+        try:  # not through a link, which could show a file outside the store
+            return load_plain(path, RUN_FILE_BYTES, follow=False)
         except ObjectEncoding as error:
             raise refusal(f"run {run_id}: {path}", error.key) from None
         except FileNotFoundError:

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 from pathlib import Path
 
@@ -432,6 +433,29 @@ def resumes(state: dict) -> None:
     tracker.load_state_dict(best)
     tracker.update(0.5, epoch + 1)
     assert f"{epoch:d} {step:d}" and epoch >= 1 and step >= 0
+
+
+@pytest.mark.parametrize(
+    ("ranks", "named"),
+    [
+        ({"python": 1}, "its rng_ranks is not"),  # not a list of states
+        ("both", "its rng_ranks[1].python is not"),  # the second rank's python state
+    ],
+)
+def test_a_torchrun_checkpoints_rank_rng_states_are_each_checked(ranks, named):
+    state = real_state()
+    good = state["rng"]
+    ranks = [good, {**good, "python": 1}] if ranks == "both" else ranks
+    for value, refused in ((ranks, True), ([good, good], False)):
+        data = io.BytesIO()
+        torch.save({**state, "rng_ranks": value}, data)
+        if refused:
+            with pytest.raises(
+                CheckpointError, match=re.escape(f"{SOURCE} is not usable: {named}")
+            ):
+                checkpoint_from_bytes(data.getvalue(), None, SOURCE)
+        else:
+            assert checkpoint_from_bytes(data.getvalue(), None, SOURCE)["rng_ranks"][1]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
