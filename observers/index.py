@@ -48,6 +48,7 @@ SIGNED = ("run.json", "config.json", "metrics.json")  # the files a row is read 
 SIGNATURE, FOLDER = "_index.signature", "_index.folder"  # internal columns (never a metric's)
 SMALL_STORE = 1000  # up to this many runs, metric-summaries.json is kept as before too
 PROGRESS_AFTER = 1000  # runs read at once before a progress bar may show (on a terminal)
+CATCH_UP = 10_000  # runs an index lacks that are indexed in chunks of this many, first
 WHOLE_FILE = 1 << 22  # bytes of an index read whole (about 6,000 runs); larger: by column
 BATCH_ROWS = 4096  # rows per record batch of the file: a page of ls reads one or two
 MORE_BATCHES = 32  # small batches of appended rows kept before the file is written compacted
@@ -100,6 +101,8 @@ def indexed_runs(
     if index is None and (store.root / INDEX).is_dir():
         store.skipped.append(_folder_in_place(store.root / INDEX))
     try:
+        if ids is present:  # every run is read that the index lacks: a chunk at a time
+            index = _caught_up(store, present, index)
         return _select(store, present, ids, index, statuses, experiments, sweep, wanted, last)
     except Damaged:  # a planted or broken cell: the file goes, the answer comes from records
         (store.root / INDEX).unlink(missing_ok=True)
@@ -107,6 +110,29 @@ def indexed_runs(
     finally:
         if index is not None:
             index.close()
+
+
+def _caught_up(store: FileRunStore, present: list[int], index):
+    """The index, once given the rows of the finished runs it lacks, CATCH_UP runs read and
+    written at a time, where it lacks more than CATCH_UP: a first call on a big store then holds
+    one chunk's rows at once, not every run's. As it was where it cannot be written."""
+    _, unindexed = _positions(index, None, store.listing)
+    if len(unindexed) <= CATCH_UP:
+        return index
+    for start in range(0, len(unindexed), CATCH_UP):
+        chunk = unindexed[start : start + CATCH_UP]
+        label = f"indexing runs {start + 1}-{start + len(chunk)} of {len(unindexed)}"
+        rows = _read_rows(store, chunk, len(present), label).values()
+        new = [(row, signature) for row, signature in rows if _indexable(row, store.root)]
+        table = encode([r for r, _ in new], [s for _, s in new], store.folders)
+        try:
+            if not write_index(store.root, table, drop=set(), present=set(present)):
+                break  # another writer holds the lock: the rest is read as before
+        except (OSError, pa.ArrowException):
+            break  # a read-only or full store is read without an index
+    if index is not None:
+        index.close()
+    return IndexFile.open(store.root)
 
 
 def _folder_in_place(path: Path) -> str:
@@ -290,14 +316,16 @@ def _signature(root: Path, run_id: int) -> int:
     return hash(tuple(parts))
 
 
-def _read_rows(store: FileRunStore, run_ids: list[int], size: int) -> dict[int, tuple[dict, int]]:
+def _read_rows(
+    store: FileRunStore, run_ids: list[int], size: int, label: str = "reading runs into the index"
+) -> dict[int, tuple[dict, int]]:
     """{run id: (load_runs row, signature taken before reading)} read from the records."""
     if not run_ids:
         return {}
     signatures = {run_id: _signature(store.root, run_id) for run_id in run_ids}
     reader = store if size <= SMALL_STORE else FileRunStore(store.root, cache=False)
     rows = {}
-    bar = progress(run_ids, len(run_ids) >= PROGRESS_AFTER, "reading runs into the index", "run")
+    bar = progress(run_ids, len(run_ids) >= PROGRESS_AFTER, label, "run")
     for run_id in bar:
         rows[run_id] = record_row(store, run_id)
     summaries = reader.metric_summaries(run_ids)
@@ -571,13 +599,14 @@ def _update(store, index, present, folders, live) -> None:
         pass  # a read-only or full store is read without an index
 
 
-def write_index(root: Path, rows: pa.Table, drop: set[int], present: set[int]) -> None:
+def write_index(root: Path, rows: pa.Table, drop: set[int], present: set[int]) -> bool:
     """Merge rows into the index under its lock and replace the file whole: a row another
-    writer added meanwhile is kept unless its run is gone (dropped, or no longer a folder)."""
+    writer added meanwhile is kept unless its run is gone (dropped, or no longer a folder).
+    False when another writer held the lock for LOCK_WAIT seconds: nothing written."""
     (Path(root) / INDEX).parent.mkdir(exist_ok=True)
     with exclusive_lock(Path(root) / LOCK, LOCK_WAIT) as locked:
         if not locked:
-            return
+            return False
         current = read_index(root)
         parts = [rows]
         if current is not None:
@@ -592,6 +621,7 @@ def write_index(root: Path, rows: pa.Table, drop: set[int], present: set[int]) -
         ]
         merged = merged.select(names).replace_schema_metadata(VERSION)
         _write(Path(root) / INDEX, merged)
+    return True
 
 
 def _kept(

@@ -321,6 +321,61 @@ def test_a_page_reads_only_the_runs_it_shows(store, monkeypatch):
     assert read == [7, 10]  # the running and the damaged run, always read
 
 
+def spy_on_reads(monkeypatch) -> list[list[int]]:
+    """The run ids of each read of records into rows, in order."""
+    reads: list[list[int]] = []
+    original = run_index._read_rows
+
+    def read_rows(store, run_ids, *args):
+        reads.append(list(run_ids))
+        return original(store, run_ids, *args)
+
+    monkeypatch.setattr(run_index, "_read_rows", read_rows)
+    return reads
+
+
+@pytest.mark.parametrize("filters", [{}, {"status": "COMPLETED"}, {"sweep": "s1"}])
+def test_runs_the_index_lacks_are_indexed_a_chunk_at_a_time(store, monkeypatch, filters):
+    """A first call on a big store holds one chunk's rows at once, not every run's, and answers
+    as the records do; the running and damaged runs are read after, as always."""
+    for run_id in range(13, 30):
+        write_run(store, run_id)
+    monkeypatch.setattr(run_index, "CATCH_UP", 4)
+    reads = spy_on_reads(monkeypatch)
+    same(store, **filters)
+    assert [len(ids) for ids in reads[:-1]] == [4, 4, 4, 4, 4, 4, 4, 1]
+    assert [i for ids in reads[:-1] for i in ids] == list(range(1, 30))
+    assert reads[-1] == [7, 10]
+    assert indexed_ids(store) == [i for i in range(1, 30) if i not in (7, 10)]
+    reads.clear()
+    same(store, **filters)
+    assert reads == [[7, 10]]
+
+
+def test_a_catch_up_that_cannot_write_leaves_the_rest_to_be_read_as_before(store, monkeypatch):
+    """Another writer holding the lock after the first chunk: the answer is still the records'."""
+    monkeypatch.setattr(run_index, "CATCH_UP", 4)
+    original, writes = run_index.write_index, []
+
+    def write_once(*args, **kwargs):
+        writes.append(args)
+        return len(writes) == 1 and original(*args, **kwargs)
+
+    monkeypatch.setattr(run_index, "write_index", write_once)
+    reads = spy_on_reads(monkeypatch)
+    same(store)
+    assert reads[:2] == [[1, 2, 3, 4], [5, 6, 7, 8]]  # the second chunk's write is refused
+    assert reads[2] == [5, 6, 7, 8, 9, 10, 11, 12]  # then read as without a catch-up
+    assert indexed_ids(store)[:4] == [1, 2, 3, 4]
+
+
+def test_a_call_for_some_runs_reads_only_those(store, monkeypatch):
+    monkeypatch.setattr(run_index, "CATCH_UP", 1)
+    reads = spy_on_reads(monkeypatch)
+    load_runs(store, run_ids=[3, 4])
+    assert reads == [[3, 4]]
+
+
 def test_small_stores_keep_their_metric_summary_cache(store):
     load_runs(store)
     assert set(json.loads((store / SUMMARY_CACHE).read_text())) >= {"1", "2"}
