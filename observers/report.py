@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import numbers
 import os
 import sys
 import textwrap
@@ -510,9 +511,7 @@ def compare_sweep(args) -> int:
     runs = load_runs(store, sweep=args.sweep)
     if runs.empty:
         raise ValueError(f"no runs of sweep '{args.sweep}' in {store.location}")
-    # each config's latest run counts (an interrupted one was continued by a later run)
-    runs = runs.sort_index().groupby("sweep_index", dropna=False).tail(1)
-    runs = runs.drop(columns="config.resume", errors="ignore")
+    runs = latest_runs(runs).drop(columns="config.resume", errors="ignore")
     best = best_column(runs, metric, direction)
     if best is None:
         raise ValueError(f"no run of sweep '{args.sweep}' recorded the metric '{metric}'")
@@ -526,6 +525,48 @@ def compare_sweep(args) -> int:
         x_key = plot_sweep(runs, best, args.plot)
         print(f"wrote {args.plot} ({best} against {short_key(x_key)}, sweep {args.sweep})")
     return ExitCode.OK
+
+
+def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each config's latest run, whose metrics' min and max also count the runs it continued
+    (`resume=` an earlier run of the config): a continued run records only the epochs it
+    trained, and a search's trial value counts them all."""
+    latest = runs.sort_index().groupby("sweep_index", dropna=False).tail(1).copy()
+    if "config.resume" not in runs.columns:
+        return latest
+    summaries = [c for c in runs.columns if c.endswith((".min", ".max"))]
+    for run_id in latest.index:
+        chain = continued_chain(runs, run_id)
+        if len(chain) > 1:
+            for column in summaries:
+                values = runs.loc[chain, column]
+                latest.at[run_id, column] = (
+                    values.min() if column.endswith(".min") else values.max()
+                )
+    return latest
+
+
+def continued_chain(runs: pd.DataFrame, run_id: int) -> list[int]:
+    """run_id and the runs of its config it continues, one `resume=` after another; a record is
+    data, so a link to another config's run, a run not listed or a loop ends the chain."""
+    chain, config = [run_id], runs.at[run_id, "sweep_index"]
+    earlier = whole_number(runs.at[run_id, "config.resume"])
+    while (
+        earlier is not None
+        and earlier in runs.index
+        and earlier not in chain
+        and runs.at[earlier, "sweep_index"] == config
+    ):
+        chain.append(earlier)
+        earlier = whole_number(runs.at[earlier, "config.resume"])
+    return chain
+
+
+def whole_number(value) -> int | None:
+    """A config cell as a run id: a whole number (float64 in a column with gaps), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return int(value) if float(value).is_integer() else None
 
 
 DIRECTIONS = ("maximize", "minimize")

@@ -495,8 +495,7 @@ def status_command(sweep_id: str, location: StoreLocation) -> int:
     varied = varied_keys(record.configs)
     counts: dict[str, int] = {}
     print(
-        f"sweep {sweep_id}: {record.experiment}, {len(record.configs)} configs, "
-        f"{', '.join(a['engine'] for a in record.attempts) or 'not started'}"
+        f"sweep {sweep_id}: {record.experiment}, {len(record.configs)} configs, {record.engines()}"
     )
     header = (
         f"{'config':>6}  {'runs':<10}  {'status':<11}"

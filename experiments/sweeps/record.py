@@ -139,6 +139,15 @@ class SweepRecord:
         """The sweep's latest submission on this engine, or {}."""
         return next((a for a in reversed(self.attempts) if a["engine"] == engine), {})
 
+    def engines(self) -> str:
+        """Where the sweep was started and resumed, as a status line says it: 'local', 'local,
+        resumed twice (slurm)', or 'not started'."""
+        engines = [attempt["engine"] for attempt in self.attempts]
+        if len(engines) < 2:
+            return engines[0] if engines else "not started"
+        times = {2: "once", 3: "twice"}.get(len(engines), f"{len(engines) - 1} times")
+        return f"{engines[0]}, resumed {times} ({', '.join(dict.fromkeys(engines[1:]))})"
+
 
 def new_attempt(engine: str, **fields) -> dict:
     """A submission as the record keeps it, named by a random id (change_attempt finds it by

@@ -306,7 +306,7 @@ def search_status(record: SweepRecord, location: StoreLocation) -> int:
     search = tuner.search
     print(
         f"search {record.id}: {record.experiment}, {search.trials} trials, {search.direction} "
-        f"{search.metric}, {', '.join(a['engine'] for a in record.attempts) or 'not started'}"
+        f"{search.metric}, {record.engines()}"
     )
     print(f"{'trial':>5}  {'state':<8}  {'runs':<10}  {'run':<11}  {'value':<26}  parameters")
     for trial in tuner.study.get_trials(deepcopy=False):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from observers import load_runs
+from observers.report import continued_chain, latest_runs
 from tests.helpers import (
     REPO_ROOT,
     reprolab_command,
@@ -266,6 +267,14 @@ def test_stopped_sweep_resumes_without_running_any_config_twice(
     ]  # only config 0 continued; none twice
     info = json.loads((store / "2" / "info.json").read_text())
     assert info["resumed_from"]["run_id"] == 1 and info["resumed_from"]["epoch"] == 1
+    status = sweep("--status", sweep_name, "--store", str(store))
+    assert status.stdout.splitlines()[0].endswith(", 2 configs, local, resumed once (local)")
+    assert continued_chain(runs, 2) == [2, 1] and continued_chain(runs, 3) == [3]
+    best = latest_runs(runs)["val_accuracy.max"]  # compare --sweep's: run 1's epoch counts too
+    assert (
+        best[2] == runs.loc[[1, 2], "val_accuracy.max"].max()
+        and best[3] == runs.at[3, "val_accuracy.max"]
+    )
 
     straight = tmp_path / "straight"
     train(straight, "lr=0.1", *config, env={"OMP_NUM_THREADS": "1"})

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from experiments.cli import main
 from ingredients.processes import this_process
 from observers import load_runs, plot_metric
 from observers.filestore import write_json_atomic
 from observers.plots import abbreviate
-from observers.report import write_table
+from observers.report import latest_runs, write_table
 from observers.store import FileRunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -504,3 +506,44 @@ def test_ls_of_an_empty_store_imports_neither_torch_nor_pandas(tmp_path, repo_ro
         timeout=120,
     )
     assert result.stdout.splitlines() == [f"no runs in {tmp_path}", "[]"], result.stderr
+
+
+def sweep_frame(resumes: list, best: list[float], configs: list[int]) -> pd.DataFrame:
+    """load_runs' columns of a sweep's runs 1..n: config index, `resume=` and a metric's max."""
+    return pd.DataFrame(
+        {"sweep_index": configs, "config.resume": resumes, "val_accuracy.max": best},
+        index=pd.Index(range(1, len(configs) + 1), name="run_id"),
+    )
+
+
+def test_a_continued_run_ranks_by_every_epoch_of_its_config():
+    """Run 3 continues run 2, which continued run 1, whose epochs held config 0's best; run 4
+    (config 1) names a run of config 0 and run 5 itself: neither counts another's epochs."""
+    runs = sweep_frame([None, 1.0, 2.0, 1.0, 5.0], [0.9, 0.5, 0.6, 0.3, 0.4], [0, 0, 0, 1, 2])
+    latest = latest_runs(runs)
+    assert list(latest.index) == [3, 4, 5]
+    assert latest["val_accuracy.max"].tolist() == [0.9, 0.3, 0.4]
+    assert runs["val_accuracy.max"].tolist() == [0.9, 0.5, 0.6, 0.3, 0.4]  # the input kept
+
+
+links = st.one_of(
+    st.none(),
+    st.integers(-2, 12),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(max_size=3),
+)
+
+
+@given(st.lists(st.tuples(links, st.floats(0, 1), st.integers(0, 2)), min_size=1, max_size=10))
+def test_any_resume_links_leave_each_configs_latest_run_within_its_configs_values(rows):
+    """Whatever a store's `resume` cells hold (loops, other configs, ids not listed, text),
+    each config's latest run is shown, no better than its config's best and no worse than itself."""
+    resumes, best, configs = (list(column) for column in zip(*rows, strict=True))
+    runs = sweep_frame(resumes, best, configs)
+    latest = latest_runs(runs)
+    latest_of = {c: max(runs.index[runs.sweep_index == c]) for c in configs}
+    assert list(latest.index) == sorted(latest_of.values())
+    for run_id, row in latest.iterrows():
+        own = runs.loc[runs.sweep_index == row.sweep_index, "val_accuracy.max"]
+        assert runs.at[run_id, "val_accuracy.max"] <= row["val_accuracy.max"] <= own.max()
