@@ -12,6 +12,7 @@ pool and its fallback, the logs and run-id files, Ctrl-C and SIGTERM, stopping a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,17 +254,30 @@ def kill_session(process: subprocess.Popen | WarmProcess) -> None:
 
 
 def last_error(log: Path) -> str:
-    """The last line of a run's output that says what went wrong (its exception, usually)."""
+    """The last line of a run's output that says what went wrong: its exception, usually
+    (`experiments.loop.NonFiniteLoss: ...`), rather than Sacred's `Failed after` line."""
     try:
         lines = [
             line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()
         ]
     except OSError:
         return "no output"
-    errors = [
-        line
-        for line in lines
-        if line.startswith(("error:", "ERROR"))
-        or (":" in line and line.split(":", 1)[0].endswith(("Error", "Exception")))
-    ]
-    return (errors or lines or ["no output"])[-1]
+    errors = [line for line in lines if says_what_failed(line)]
+    ends = [line for line in lines if SACRED_FAILED.match(line)]
+    return (errors or ends or lines or ["no output"])[-1]
+
+
+# A traceback's last line, `package.module.Name: message`, and Sacred's own closing line.
+EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*: \S")
+SACRED_FAILED = re.compile(r"ERROR - \S+ - Failed after ")
+
+
+def says_what_failed(line: str) -> bool:
+    if SACRED_FAILED.match(line):
+        return False
+    name = line.split(":", 1)[0]
+    return (
+        line.startswith(("error:", "ERROR"))
+        or name.endswith(("Error", "Exception"))
+        or EXCEPTION_LINE.match(line) is not None
+    )

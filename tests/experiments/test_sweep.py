@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.sweeps.local import last_error
 from observers import load_runs
 from observers.report import continued_chain, latest_runs
 from tests.helpers import (
@@ -445,3 +446,35 @@ def test_counts_of_threads_and_processes_have_a_bound(tmp_path, capsys, option, 
     )  # fmt: skip
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not store.exists()
+
+
+@pytest.mark.parametrize(
+    "log, said",
+    [
+        (  # a traceback's last line names the cause, after Sacred's closing line
+            "INFO - reprolab.train - epoch 1: train_loss=1.2  val_accuracy=0.1\n"
+            "ERROR - reprolab.train - Failed after 0:00:00!\n"
+            "experiments.loop.NonFiniteLoss: training loss became nan at epoch 1, step 4\n",
+            "experiments.loop.NonFiniteLoss: training loss became nan at epoch 1, step 4",
+        ),
+        (
+            "Traceback (most recent call last):\n  File 'x.py', line 1\nValueError: bad lr\n"
+            "ERROR - reprolab.train - Failed after 0:00:01!\n",
+            "ValueError: bad lr",
+        ),
+        (
+            "error: could not write runs/4/last.pt: No space left on device; run 4 stopped\n",
+            "error: could not write runs/4/last.pt: No space left on device; run 4 stopped",
+        ),
+        (
+            "INFO - reprolab.train - Result: 0.5\nERROR - reprolab.train - Failed after 0:00:02!\n",
+            "ERROR - reprolab.train - Failed after 0:00:02!",
+        ),
+        ("INFO - reprolab.train - started\n", "INFO - reprolab.train - started"),
+        ("", "no output"),
+    ],
+)
+def test_a_failed_run_is_told_by_the_line_that_says_why(tmp_path, log, said):
+    path = tmp_path / "run.log"
+    path.write_text(log)
+    assert last_error(path) == said
