@@ -173,6 +173,17 @@ def plot_sweep(runs: pd.DataFrame, column: str, path: str | os.PathLike) -> str:
     return x_key
 
 
+def best_so_far(runs: pd.DataFrame, column: str, maximize: bool) -> tuple[list, list]:
+    """The best completed value after each completed trial, held to the last trial asked."""
+    done = runs[runs["status"] == "COMPLETED"].sort_values("trial")
+    best = done[column].cummax() if maximize else done[column].cummin()
+    steps, values = done["trial"].tolist(), best.tolist()
+    if steps and runs["trial"].max() > steps[-1]:
+        steps.append(runs["trial"].max())
+        values.append(values[-1])
+    return steps, values
+
+
 def plot_search(
     runs: pd.DataFrame, column: str, importances: dict[str, float], path: str | os.PathLike
 ) -> None:
@@ -189,9 +200,8 @@ def plot_search(
     for status, marker in (("COMPLETED", "o"), ("PRUNED", "x")):
         shown = runs[runs["status"] == status]
         trials.scatter(shown["trial"], shown[column], marker=marker, label=status.lower())
-    done = runs[runs["status"] == "COMPLETED"]
-    best = done[column].cummax() if maximize else done[column].cummin()
-    trials.step(done["trial"], best, where="post", color="black", label="best so far")
+    steps, best = best_so_far(runs, column, maximize)
+    trials.step(steps, best, where="post", color="black", label="best so far")
     trials.set(xlabel="trial", ylabel=column, title=f"{column} by trial")
     trials.grid(alpha=0.3)
     trials.legend(fontsize="small")

@@ -95,7 +95,10 @@ def check_param(key: str, spec: object) -> dict:
         if not spec:
             raise ValueError(f"{name} lists no values")
         if not all(v is None or isinstance(v, (bool, int, float, str)) for v in spec):
-            raise ValueError(f"{name}: a categorical's values must be numbers, text, bools or null")
+            raise ValueError(
+                f"{name}: a categorical's values must be numbers, text, bools or null (a list "
+                "that every trial takes goes under `fixed:` in a sweep file)"
+            )
         if len({repr(v) for v in spec}) != len(spec):
             raise ValueError(f"{name} lists a value twice")
         return {"choices": list(spec)}

@@ -369,6 +369,11 @@ def test_a_stopped_search_resumes_within_its_budget(tmp_path, sweep_stopper, che
         ),
         (["lr=int(1, 5, step=0)", "--trials", "2"], "space.lr.step must be a positive integer"),
         (
+            ["lr=loguniform(1e-4, 1e-1)", "model.hidden=[[32]]", "--trials", "2"],
+            "space.model.hidden: a categorical's values must be numbers, text, bools or null "
+            "(a list that every trial takes goes under `fixed:` in a sweep file)",
+        ),
+        (
             ["lr=[0.1, 0.01]", "--trials", "2", "--metric", "val accuracy"],
             "search.metric must be a metric name",
         ),

@@ -18,7 +18,7 @@ from experiments.cli import main
 from ingredients.processes import this_process
 from observers import load_runs, plot_metric
 from observers.filestore import write_json_atomic
-from observers.plots import abbreviate
+from observers.plots import abbreviate, best_so_far, plot_search
 from observers.report import latest_runs, write_table
 from observers.store import FileRunStore
 
@@ -547,3 +547,18 @@ def test_any_resume_links_leave_each_configs_latest_run_within_its_configs_value
     for run_id, row in latest.iterrows():
         own = runs.loc[runs.sweep_index == row.sweep_index, "val_accuracy.max"]
         assert runs.at[run_id, "val_accuracy.max"] <= row["val_accuracy.max"] <= own.max()
+
+
+def test_the_best_so_far_line_counts_completed_trials_and_reaches_the_last_trial(tmp_path):
+    runs = pd.DataFrame(
+        {
+            "trial": [3, 0, 1, 2, 4],
+            "status": ["COMPLETED", "COMPLETED", "PRUNED", "COMPLETED", "PRUNED"],
+            "v": [0.7, 0.5, 0.9, 0.4, 0.95],  # a pruned trial's value is no best
+        }
+    )
+    assert best_so_far(runs, "v", maximize=True) == ([0, 2, 3, 4], [0.5, 0.5, 0.7, 0.7])
+    assert best_so_far(runs, "v", maximize=False) == ([0, 2, 3, 4], [0.5, 0.4, 0.4, 0.4])
+    assert best_so_far(runs[runs.status == "PRUNED"], "v", maximize=True) == ([], [])
+    plot_search(runs.rename(columns={"v": "v.max"}), "v.max", {"lr": 1.0}, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
