@@ -315,6 +315,11 @@ def preload(trials: bool) -> None:
         pass
 
 
+# Signals held from before a fork until the child has a fresh process's handlers: a stop sent to
+# a child as it is born would otherwise land in Python's at-fork hooks, which swallow it.
+HELD_OVER_FORK = {signal.SIGINT, signal.SIGTERM}
+
+
 def say(text: str) -> None:
     os.write(1, text.encode() + b"\n")
 
@@ -348,9 +353,11 @@ def serve(experiment: str, trials: bool) -> None:
             request = json.loads(line)
             sys.stdout.flush()
             sys.stderr.flush()
+            signal.pthread_sigmask(signal.SIG_BLOCK, HELD_OVER_FORK)
             pid = os.fork()
             if pid == 0:
                 become(request, module, name)  # never returns here: the child exits
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_OVER_FORK)
             say(f"started {pid}")
 
 
@@ -389,6 +396,7 @@ def become(request: dict, module, name: str) -> None:
     module.__name__ = "__main__"
     sys.modules["__main__"] = module  # this file leaves the modules a run records
     del sys.modules["__mp_main__"]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_OVER_FORK)  # a stop sent meanwhile: now
     getattr(module, name).run_commandline()
     raise SystemExit(0)
 

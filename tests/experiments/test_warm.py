@@ -217,6 +217,42 @@ def test_a_warm_run_is_stopped_with_its_whole_session(tmp_path, monkeypatch):
         pool.close()
 
 
+# What a warm child runs, stopped (by its own hand) while Python's at-fork hooks still run: the
+# moment a launcher's Ctrl-C meets a run just forked. It must not be lost there.
+BORN_STOPPED = """
+import os, signal
+
+os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGINT))
+
+
+class Run:
+    def run_commandline(self):
+        with open(os.environ["RAN_FILE"], "w") as ran:
+            ran.write("the stop was lost")
+
+
+ex = Run()
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+def test_a_stop_sent_as_a_warm_run_is_forked_stops_it(tmp_path):
+    experiment, ran = tmp_path / "born_stopped.py", tmp_path / "ran"
+    experiment.write_text(BORN_STOPPED)
+    env = {**os.environ, "RAN_FILE": str(ran)}
+    pool = WarmPool.open(experiment, env, tmp_path / "warm.log")
+    try:
+        pool.wait_ready(timeout=WAIT_S)
+        process = pool.start([str(experiment)], env, tmp_path / "run.log", 1)
+        assert process.wait(timeout=WAIT_S) == -signal.SIGINT
+        assert not ran.exists()
+        assert "KeyboardInterrupt" in (tmp_path / "run.log").read_text()
+    finally:
+        pool.close()
+
+
 MAIN_BLOCKS = {
     'if __name__ == "__main__":\n    ex.run_commandline()\n': "ex",
     "if '__main__' == __name__:\n    experiment.run_commandline()\n": "experiment",
