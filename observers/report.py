@@ -534,7 +534,9 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     latest = runs.sort_index().groupby("sweep_index", dropna=False).tail(1).copy()
     if "config.resume" not in runs.columns:
         return latest
-    summaries = [c for c in runs.columns if c.endswith((".min", ".max"))]
+    summaries = [
+        c for c in runs.columns if c.endswith((".min", ".max")) and not c.startswith("config.")
+    ]
     for run_id in latest.index:
         chain = continued_chain(runs, run_id)
         if len(chain) > 1:

@@ -520,9 +520,11 @@ def test_a_continued_run_ranks_by_every_epoch_of_its_config():
     """Run 3 continues run 2, which continued run 1, whose epochs held config 0's best; run 4
     (config 1) names a run of config 0 and run 5 itself: neither counts another's epochs."""
     runs = sweep_frame([None, 1.0, 2.0, 1.0, 5.0], [0.9, 0.5, 0.6, 0.3, 0.4], [0, 0, 0, 1, 2])
+    runs["config.clip.max"] = [(1,), (1,), [2], 3, 4]  # a config key, not a metric's summary
     latest = latest_runs(runs)
     assert list(latest.index) == [3, 4, 5]
     assert latest["val_accuracy.max"].tolist() == [0.9, 0.3, 0.4]
+    assert latest["config.clip.max"].tolist() == [[2], 3, 4]
     assert runs["val_accuracy.max"].tolist() == [0.9, 0.5, 0.6, 0.3, 0.4]  # the input kept
 
 
