@@ -353,11 +353,11 @@ def serve(experiment: str, trials: bool) -> None:
             request = json.loads(line)
             sys.stdout.flush()
             sys.stderr.flush()
-            signal.pthread_sigmask(signal.SIG_BLOCK, HELD_OVER_FORK)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_OVER_FORK)
             pid = os.fork()
             if pid == 0:
-                become(request, module, name)  # never returns here: the child exits
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_OVER_FORK)
+                become(request, module, name, mask)  # never returns here: the child exits
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             say(f"started {pid}")
 
 
@@ -373,10 +373,11 @@ def reap() -> None:
         say(f"exited {pid} {os.waitstatus_to_exitcode(status)}")
 
 
-def become(request: dict, module, name: str) -> None:
-    """In the forked child: turn into the fresh process the run would have had, and run it.
-    The end is `SystemExit` (or the run's own exception) unwinding to the interpreter, so
-    Python's shutdown (non-daemon threads, atexit) is a fresh process's."""
+def become(request: dict, module, name: str, mask: set) -> None:
+    """In the forked child: turn into the fresh process the run would have had, and run it;
+    `mask`: the signal mask the server had before the fork. The end is `SystemExit` (or the
+    run's own exception) unwinding to the interpreter, so Python's shutdown (non-daemon threads,
+    atexit) is a fresh process's."""
     os.setsid()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python starts
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
@@ -391,12 +392,12 @@ def become(request: dict, module, name: str) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    fresh_numerics(request.get("threads"))
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop sent meanwhile arrives now
+    fresh_numerics(request.get("threads"))  # its threads start with a fresh process's mask
     sys.argv = list(request["argv"])
     module.__name__ = "__main__"
     sys.modules["__main__"] = module  # this file leaves the modules a run records
     del sys.modules["__mp_main__"]
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_OVER_FORK)  # a stop sent meanwhile: now
     getattr(module, name).run_commandline()
     raise SystemExit(0)
 

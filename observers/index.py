@@ -100,39 +100,50 @@ def indexed_runs(
     index = IndexFile.open(store.root)
     if index is None and (store.root / INDEX).is_dir():
         store.skipped.append(_folder_in_place(store.root / INDEX))
+    filters = (statuses, experiments, sweep, wanted, last)
     try:
+        read: dict[int, tuple[dict, int]] = {}
         if ids is present:  # every run is read that the index lacks: a chunk at a time
-            index = _caught_up(store, present, index)
-        return _select(store, present, ids, index, statuses, experiments, sweep, wanted, last)
+            index, read = _caught_up(store, present, index)
+        return _select(store, present, ids, index, *filters, read)
     except Damaged:  # a planted or broken cell: the file goes, the answer comes from records
         (store.root / INDEX).unlink(missing_ok=True)
-        return _select(store, present, ids, None, statuses, experiments, sweep, wanted, last)
+        return _select(store, present, ids, None, *filters, {})
     finally:
         if index is not None:
             index.close()
 
 
-def _caught_up(store: FileRunStore, present: list[int], index):
+def _caught_up(store: FileRunStore, present: list[int], index) -> tuple[IndexFile | None, dict]:
     """The index, once given the rows of the finished runs it lacks, CATCH_UP runs read and
     written at a time, where it lacks more than CATCH_UP: a first call on a big store then holds
-    one chunk's rows at once, not every run's. As it was where it cannot be written."""
+    one chunk's rows at once, not every run's. With it, the rows read that it does not hold
+    (unfinished runs; a chunk it could not take), which the call uses rather than read again."""
     _, unindexed = _positions(index, None, store.listing)
+    held: dict[int, tuple[dict, int]] = {}
     if len(unindexed) <= CATCH_UP:
-        return index
+        return index, held
     for start in range(0, len(unindexed), CATCH_UP):
         chunk = unindexed[start : start + CATCH_UP]
         label = f"indexing runs {start + 1}-{start + len(chunk)} of {len(unindexed)}"
-        rows = _read_rows(store, chunk, len(present), label).values()
-        new = [(row, signature) for row, signature in rows if _indexable(row, store.root)]
-        table = encode([r for r, _ in new], [s for _, s in new], store.folders)
-        try:
-            if not write_index(store.root, table, drop=set(), present=set(present)):
-                break  # another writer holds the lock: the rest is read as before
-        except (OSError, pa.ArrowException):
-            break  # a read-only or full store is read without an index
+        rows = _read_rows(store, chunk, len(present), label)
+        new = {i: entry for i, entry in rows.items() if _indexable(entry[0], store.root)}
+        held.update((i, entry) for i, entry in rows.items() if i not in new)
+        if new and not _added(store, new, present):
+            held.update(new)  # read-only, full, or another writer holds the lock
+            break
     if index is not None:
         index.close()
-    return IndexFile.open(store.root)
+    return IndexFile.open(store.root), held
+
+
+def _added(store: FileRunStore, rows: dict, present: list[int]) -> bool:
+    """Whether these finished runs' rows were merged into the index."""
+    table = encode([row for row, _ in rows.values()], [s for _, s in rows.values()], store.folders)
+    try:
+        return write_index(store.root, table, drop=set(), present=set(present))
+    except (OSError, pa.ArrowException):
+        return False
 
 
 def _folder_in_place(path: Path) -> str:
@@ -145,13 +156,15 @@ def _folder_in_place(path: Path) -> str:
         return f"{path} is a folder, not the index file, so runs were read without the index"
 
 
-def _select(store, present, ids, index, statuses, experiments, sweep, wanted, last):
-    """indexed_runs for one reading of the index (None: no usable index)."""
+def _select(store, present, ids, index, statuses, experiments, sweep, wanted, last, read):
+    """indexed_runs for one reading of the index (None: no usable index); `read`: rows of runs
+    read already this call."""
     folders = store.folders
     everything = ids is present  # sorted, each once: lists are merged, not scanned
     position, unindexed = _positions(index, None if everything else ids, store.listing)
     live_ids = unindexed if everything else [i for i in dict.fromkeys(ids) if i not in position]
-    live = _read_rows(store, live_ids, len(present))
+    live = {i: read[i] for i in live_ids if i in read}
+    live.update(_read_rows(store, [i for i in live_ids if i not in read], len(present)))
     matching = row_matcher(statuses, experiments, sweep, wanted)
     candidates = index_matches(index, position, statuses, experiments, sweep, wanted)
     checked: set[int] = set()

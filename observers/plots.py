@@ -175,6 +175,7 @@ def plot_sweep(runs: pd.DataFrame, column: str, path: str | os.PathLike) -> str:
 
 def best_so_far(runs: pd.DataFrame, column: str, maximize: bool) -> tuple[list, list]:
     """The best completed value after each completed trial, held to the last trial asked."""
+    runs = runs[runs["trial"].notna()]  # a record without its trial number is not placed
     done = runs[runs["status"] == "COMPLETED"].sort_values("trial")
     best = done[column].cummax() if maximize else done[column].cummin()
     steps, values = done["trial"].tolist(), best.tolist()

@@ -557,18 +557,27 @@ def continued_chain(runs: pd.DataFrame, run_id: int) -> list[int]:
         earlier is not None
         and earlier in runs.index
         and earlier not in chain
-        and runs.at[earlier, "sweep_index"] == config
+        and same_config(runs.at[earlier, "sweep_index"], config)
     ):
         chain.append(earlier)
         earlier = whole_number(runs.at[earlier, "config.resume"])
     return chain
 
 
+def same_config(one, other) -> bool:
+    """Whether two sweep indices name one config (a missing one names none)."""
+    return not pd.isna(one) and not pd.isna(other) and one == other
+
+
 def whole_number(value) -> int | None:
     """A config cell as a run id: a whole number (float64 in a column with gaps), else None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool):
         return None
-    return int(value) if float(value).is_integer() else None
+    if isinstance(value, numbers.Integral):
+        return int(value)  # exactly, however large (JSON keeps 10**400)
+    if isinstance(value, float) and value.is_integer():  # never inf or nan
+        return int(value)
+    return None
 
 
 DIRECTIONS = ("maximize", "minimize")

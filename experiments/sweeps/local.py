@@ -268,7 +268,7 @@ def last_error(log: Path) -> str:
 
 
 # A traceback's last line, `package.module.Name: message`, and Sacred's own closing line.
-EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*: \S")
+EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)+[A-Z]\w*: \S")
 SACRED_FAILED = re.compile(r"ERROR - \S+ - Failed after ")
 
 

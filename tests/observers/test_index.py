@@ -343,13 +343,26 @@ def test_runs_the_index_lacks_are_indexed_a_chunk_at_a_time(store, monkeypatch, 
     monkeypatch.setattr(run_index, "CATCH_UP", 4)
     reads = spy_on_reads(monkeypatch)
     same(store, **filters)
-    assert [len(ids) for ids in reads[:-1]] == [4, 4, 4, 4, 4, 4, 4, 1]
-    assert [i for ids in reads[:-1] for i in ids] == list(range(1, 30))
-    assert reads[-1] == [7, 10]
+    assert [len(ids) for ids in reads] == [4, 4, 4, 4, 4, 4, 4, 1, 0]  # none read twice
+    assert [i for ids in reads for i in ids] == list(range(1, 30))
     assert indexed_ids(store) == [i for i in range(1, 30) if i not in (7, 10)]
     reads.clear()
     same(store, **filters)
     assert reads == [[7, 10]]
+
+
+def test_many_runs_the_index_cannot_hold_are_read_once_a_call_and_never_written(store, monkeypatch):
+    for run_id in range(13, 21):
+        write_run(store, run_id, status="RUNNING")
+    same(store)
+    monkeypatch.setattr(run_index, "CATCH_UP", 4)
+    reads, writes = spy_on_reads(monkeypatch), []
+    write_index = run_index.write_index
+    monkeypatch.setattr(
+        run_index, "write_index", lambda *a, **k: writes.append(a) or write_index(*a, **k)
+    )
+    same(store)
+    assert [i for ids in reads for i in ids] == [7, 10, *range(13, 21)] and writes == []
 
 
 def test_a_catch_up_that_cannot_write_leaves_the_rest_to_be_read_as_before(store, monkeypatch):
@@ -364,8 +377,7 @@ def test_a_catch_up_that_cannot_write_leaves_the_rest_to_be_read_as_before(store
     monkeypatch.setattr(run_index, "write_index", write_once)
     reads = spy_on_reads(monkeypatch)
     same(store)
-    assert reads[:2] == [[1, 2, 3, 4], [5, 6, 7, 8]]  # the second chunk's write is refused
-    assert reads[2] == [5, 6, 7, 8, 9, 10, 11, 12]  # then read as without a catch-up
+    assert reads == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]  # 5-8 refused, then kept
     assert indexed_ids(store)[:4] == [1, 2, 3, 4]
 
 

@@ -508,10 +508,15 @@ def test_ls_of_an_empty_store_imports_neither_torch_nor_pandas(tmp_path, repo_ro
     assert result.stdout.splitlines() == [f"no runs in {tmp_path}", "[]"], result.stderr
 
 
-def sweep_frame(resumes: list, best: list[float], configs: list[int]) -> pd.DataFrame:
-    """load_runs' columns of a sweep's runs 1..n: config index, `resume=` and a metric's max."""
+def sweep_frame(resumes: list, best: list[float], configs: list[int | None]) -> pd.DataFrame:
+    """load_runs' columns of a sweep's runs 1..n: config index (Int64: a record without one
+    reads as NA), `resume=` and a metric's max."""
     return pd.DataFrame(
-        {"sweep_index": configs, "config.resume": resumes, "val_accuracy.max": best},
+        {
+            "sweep_index": pd.array(configs, dtype="Int64"),
+            "config.resume": resumes,
+            "val_accuracy.max": best,
+        },
         index=pd.Index(range(1, len(configs) + 1), name="run_id"),
     )
 
@@ -531,24 +536,31 @@ def test_a_continued_run_ranks_by_every_epoch_of_its_config():
 links = st.one_of(
     st.none(),
     st.integers(-2, 12),
+    st.integers(),
+    st.just(10**400),  # JSON keeps a whole number of any size
     st.floats(allow_nan=True),
     st.booleans(),
     st.text(max_size=3),
 )
 
 
-@given(st.lists(st.tuples(links, st.floats(0, 1), st.integers(0, 2)), min_size=1, max_size=10))
+configs = st.one_of(st.none(), st.integers(0, 2))
+
+
+@given(st.lists(st.tuples(links, st.floats(0, 1), configs), min_size=1, max_size=10))
 def test_any_resume_links_leave_each_configs_latest_run_within_its_configs_values(rows):
-    """Whatever a store's `resume` cells hold (loops, other configs, ids not listed, text),
-    each config's latest run is shown, no better than its config's best and no worse than itself."""
-    resumes, best, configs = (list(column) for column in zip(*rows, strict=True))
-    runs = sweep_frame(resumes, best, configs)
+    """Whatever a store's `resume` cells and sweep indices hold (loops, other configs, ids not
+    listed, huge numbers, text, none), each config's latest run is shown, no better than its
+    config's best and no worse than itself; a run without a config index counts only itself."""
+    resumes, best, indices = (list(column) for column in zip(*rows, strict=True))
+    runs = sweep_frame(resumes, best, indices)
     latest = latest_runs(runs)
-    latest_of = {c: max(runs.index[runs.sweep_index == c]) for c in configs}
-    assert list(latest.index) == sorted(latest_of.values())
+    groups = {c: [i + 1 for i, d in enumerate(indices) if d == c] for c in set(indices)}
+    assert list(latest.index) == sorted(max(ids) for ids in groups.values())
     for run_id, row in latest.iterrows():
-        own = runs.loc[runs.sweep_index == row.sweep_index, "val_accuracy.max"]
-        assert runs.at[run_id, "val_accuracy.max"] <= row["val_accuracy.max"] <= own.max()
+        peers = groups[indices[run_id - 1]] if indices[run_id - 1] is not None else [run_id]
+        value, own = row["val_accuracy.max"], runs.at[run_id, "val_accuracy.max"]
+        assert own <= value <= runs.loc[peers, "val_accuracy.max"].max()
 
 
 def test_the_best_so_far_line_counts_completed_trials_and_reaches_the_last_trial(tmp_path):
@@ -562,5 +574,7 @@ def test_the_best_so_far_line_counts_completed_trials_and_reaches_the_last_trial
     assert best_so_far(runs, "v", maximize=True) == ([0, 2, 3, 4], [0.5, 0.5, 0.7, 0.7])
     assert best_so_far(runs, "v", maximize=False) == ([0, 2, 3, 4], [0.5, 0.4, 0.4, 0.4])
     assert best_so_far(runs[runs.status == "PRUNED"], "v", maximize=True) == ([], [])
+    lost = runs.assign(trial=pd.array([3, 0, None, 2, 4], dtype="Int64"), status="COMPLETED")
+    assert best_so_far(lost, "v", maximize=True) == ([0, 2, 3, 4], [0.5, 0.5, 0.7, 0.95])
     plot_search(runs.rename(columns={"v": "v.max"}), "v.max", {"lr": 1.0}, tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
