@@ -129,7 +129,7 @@ def _caught_up(store: FileRunStore, present: list[int], index) -> tuple[IndexFil
         rows = _read_rows(store, chunk, len(present), label)
         new = {i: entry for i, entry in rows.items() if _indexable(entry[0], store.root)}
         held.update((i, entry) for i, entry in rows.items() if i not in new)
-        if new and not _added(store, new, present):
+        if new and not _added(store, list(new.values()), present, store.folders):
             held.update(new)  # read-only, full, or another writer holds the lock
             break
     if index is not None:
@@ -137,11 +137,12 @@ def _caught_up(store: FileRunStore, present: list[int], index) -> tuple[IndexFil
     return IndexFile.open(store.root), held
 
 
-def _added(store: FileRunStore, rows: dict, present: list[int]) -> bool:
-    """Whether these finished runs' rows were merged into the index."""
-    table = encode([row for row, _ in rows.values()], [s for _, s in rows.values()], store.folders)
+def _added(store, rows: list[tuple[dict, int]], present, folders, drop=frozenset()) -> bool:
+    """Whether these finished runs' (row, signature) were merged into the index, the rows of
+    `drop` taken out; False where it cannot be written (read-only, full, locked by another)."""
+    table = encode([row for row, _ in rows], [signature for _, signature in rows], folders)
     try:
-        return write_index(store.root, table, drop=set(), present=set(present))
+        return write_index(store.root, table, drop=set(drop), present=set(present))
     except (OSError, pa.ArrowException):
         return False
 
@@ -603,13 +604,8 @@ def _update(store, index, present, folders, live) -> None:
     read = np.fromiter(live, np.int64, len(live))
     stale = set(read[np.isin(read, run_ids)].tolist())
     gone = set(run_ids[~np.isin(run_ids, np.array(store.listing[0], np.int64))].tolist())
-    if not new and not gone and not stale:
-        return
-    table = encode([r for r, _ in new], [s for _, s in new], folders)
-    try:
-        write_index(store.root, table, drop=gone | stale, present=set(present))
-    except (OSError, pa.ArrowException):
-        pass  # a read-only or full store is read without an index
+    if new or gone or stale:  # a store that cannot take it is read without an index
+        _added(store, new, present, folders, drop=gone | stale)
 
 
 def write_index(root: Path, rows: pa.Table, drop: set[int], present: set[int]) -> bool:
